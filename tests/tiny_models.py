@@ -19,7 +19,12 @@ CHAT_TEMPLATE = (
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
 
-WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "the", "dog", "ran", "to", "the", "park", "while", "birds", "sang", "in", "green", "trees", "what", "is", "your", "name", "my", "name", "is", "affiner", "how", "are", "you", "I", "am", "fine", "thank", "you", "please", "tell", "me", "a", "story", "about", "the", "sea", "the", "sun", "rises", "in", "the", "east", "and", "sets", "in", "the", "west", "good", "bad", "great", "awful", "movie", "film", "plot", "actor", "loved", "hated", "boring", "brilliant", "fresh", "rotten", "user", "assistant"]
+WORDS = (
+    "the cat sat on a mat and the dog ran to the park while birds sang in green trees "
+    "what is your name my name is affiner how are you I am fine thank you please tell me "
+    "a story about the sea the sun rises in the east and sets in the west good bad great "
+    "awful movie film plot actor loved hated boring brilliant fresh rotten user assistant"
+).split()
 
 
 def corpus(n_lines: int = 400, seed: int = 0) -> list[str]:
