@@ -1,0 +1,79 @@
+"""The TUI's collaborators, passed in rather than imported, so tests swap in fakes.
+
+`AffinerApp` takes a `Services`; `Services.default()` wires the real planner and runner,
+and tests build one with in-memory fakes (no patching). Each default imports its module
+inside the call, so building the app costs nothing before a screen needs the work done.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from planner.hardware import HardwareReport
+from planner.model_spec import ModelSpec
+
+
+@dataclass
+class Services:
+    """What the screens may call. Every callable may be slow: call it from a worker.
+
+    Attributes:
+        probe_hardware: returns the machine's `HardwareReport`.
+        resolve_model: turns a model reference (folder, hub id, ``7B``) into a `ModelSpec`.
+        make_plan: ``(spec, device, request) -> PlanReport`` (see `planner.recommend`).
+        start_run: ``(run_config) -> RunDir``: writes the run folder and launches training.
+        stop_run: ``(run_dir) -> None``: asks a run to stop gracefully.
+        runs_root: the folder holding run folders.
+    """
+
+    probe_hardware: Callable[[], HardwareReport]
+    resolve_model: Callable[[str], ModelSpec]
+    make_plan: Callable[..., Any]
+    start_run: Callable[..., Any]
+    stop_run: Callable[..., Any]
+    runs_root: Path
+
+    @classmethod
+    def default(cls, runs_root: str | os.PathLike[str] | None = None) -> Services:
+        """The real planner and runner."""
+        from runner.rundir import runs_root as default_root
+
+        root = default_root(runs_root)
+
+        def probe_hardware() -> HardwareReport:
+            from planner.hardware import probe
+
+            return probe(runs_dir=root)
+
+        def resolve_model(ref: str) -> ModelSpec:
+            from planner.model_resolve import resolve_model as resolve
+
+            return resolve(ref)
+
+        def make_plan(spec: ModelSpec, device: Any, request: Any) -> Any:
+            from planner.recommend import plan
+
+            return plan(spec, device, request)
+
+        def start_run(config: Any) -> Any:
+            from runner.launch import start_run as start
+
+            return start(config, runs_root=root)
+
+        def stop_run(run_dir: Any) -> Any:
+            from runner.launch import stop_run as stop
+
+            return stop(run_dir)
+
+        return cls(
+            probe_hardware=probe_hardware,
+            resolve_model=resolve_model,
+            make_plan=make_plan,
+            start_run=start_run,
+            stop_run=stop_run,
+            runs_root=root,
+        )
