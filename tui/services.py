@@ -8,13 +8,29 @@ inside the call, so building the app costs nothing before a screen needs the wor
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from planner.device import DeviceTarget
 from planner.hardware import HardwareReport
 from planner.model_spec import ModelSpec
+
+
+def _catalog_names() -> list[str]:
+    """Every GPU in `planner.gpu_catalog.CATALOG`, by its display name."""
+    from planner.gpu_catalog import CATALOG
+
+    models = CATALOG.values() if isinstance(CATALOG, dict) else CATALOG
+    return [model.name for model in models]
+
+
+def _catalog_target(name: str) -> DeviceTarget:
+    from planner.device import target_from_catalog
+
+    return target_from_catalog(name)
 
 
 @dataclass
@@ -28,6 +44,12 @@ class Services:
         start_run: ``(run_config) -> RunDir``: writes the run folder and launches training.
         stop_run: ``(run_dir) -> None``: asks a run to stop gracefully.
         runs_root: the folder holding run folders.
+        gpu_catalog: names of the catalog GPUs a plan can be made "as if" for.
+        catalog_target: ``(name) -> DeviceTarget`` for one of those names.
+        clock: the time screens show ages and elapsed times against (tests fix it, so
+            snapshots never depend on when they were taken).
+        run_poll_seconds: how often a watched run folder is read for new events.
+        hardware_poll_seconds: how often the hardware screen probes again.
     """
 
     probe_hardware: Callable[[], HardwareReport]
@@ -36,6 +58,11 @@ class Services:
     start_run: Callable[..., Any]
     stop_run: Callable[..., Any]
     runs_root: Path
+    gpu_catalog: Callable[[], Sequence[str]] = _catalog_names
+    catalog_target: Callable[[str], DeviceTarget] = _catalog_target
+    clock: Callable[[], float] = time.time
+    run_poll_seconds: float = 0.5
+    hardware_poll_seconds: float = 3.0
 
     @classmethod
     def default(cls, runs_root: str | os.PathLike[str] | None = None) -> Services:
