@@ -1,0 +1,102 @@
+"""Turn an offline model into a folder transformers loads in a second.
+
+SmolLM2 arrives as a quantized GGUF file. transformers can read it (dequantizing, ~20 s),
+but a GGUF-loaded model refuses `save_pretrained`, and training wants plain weights.
+So the first use converts it once: read the GGUF, copy its weights into a plain model of the
+same config, and save that with the tokenizer as safetensors in affiner's cache. Later runs
+load the folder directly.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from planner.errors import AffinerError
+from planner.offline_models import (
+    OfflineModel,
+    converted_dir,
+    find_offline_model,
+    ready_path,
+    source_path,
+)
+
+#: Called with a stage description and the fraction done (0.0 to 1.0).
+ProgressFn = Callable[[str, float], None]
+
+_STAGES = (
+    "reading the tokenizer from the GGUF file",
+    "dequantizing the GGUF weights",
+    "building a plain model",
+    "writing safetensors",
+)
+
+
+def provision(ref: str | OfflineModel, *, progress: ProgressFn | None = None) -> Path:
+    """The loadable folder of an offline model, converting it first if needed.
+
+    Args:
+        ref: an offline model key or alias (see `planner.offline_models`), or the model itself.
+        progress: receives ``(stage, fraction)`` as the conversion goes.
+
+    Returns:
+        A folder with ``config.json``, safetensors weights and the tokenizer.
+    """
+    model = ref if isinstance(ref, OfflineModel) else find_offline_model(ref)
+    if model is None:
+        raise AffinerError(f"{ref!r} is not one of affiner's offline models")
+    ready = ready_path(model)
+    if ready is not None:
+        return ready
+    if model.kind != "gguf":
+        source_path(model)  # raises the "not installed" error with the install command
+        raise AffinerError(f"{model.title} has no loadable folder")
+    return _convert_gguf(model, progress or (lambda stage, done: None))
+
+
+def _convert_gguf(model: OfflineModel, progress: ProgressFn) -> Path:
+    gguf = source_path(model)
+    try:
+        import gguf as _gguf  # noqa: F401  (transformers needs it to read the file)
+    except ImportError as exc:
+        raise AffinerError(
+            f"reading {gguf.name} needs the 'gguf' package", hint="pip install gguf"
+        ) from exc
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = converted_dir(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    progress(_STAGES[0], 0.0)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    progress(_STAGES[1], 0.15)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    progress(_STAGES[2], 0.75)
+    config = loaded.config
+    config.quantization_config = None
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.architectures = [type(loaded).__name__]
+    config.name_or_path = model.title
+    plain = type(loaded)(config)
+    plain.load_state_dict(loaded.state_dict())
+    plain.generation_config = loaded.generation_config
+    del loaded
+    progress(_STAGES[3], 0.85)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{model.key}.", dir=target.parent))
+    try:
+        plain.save_pretrained(scratch, safe_serialization=True)
+        tokenizer.save_pretrained(scratch)
+        if target.exists():  # a concurrent conversion finished first
+            shutil.rmtree(scratch)
+        else:
+            scratch.rename(target)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    progress("done", 1.0)
+    return target
