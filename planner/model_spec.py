@@ -25,6 +25,11 @@ class LinearTarget:
         count: how many such modules the model holds (usually one per block; per expert
             for mixture-of-experts MLPs).
         bias: whether the layer has a bias.
+        kind: ``linear`` (``nn.Linear``), ``conv1d`` (GPT-2's transposed ``Conv1D``, which peft
+            wraps with ``fan_in_fan_out=True``) or ``expert`` (one expert's slice of a 3-D
+            mixture-of-experts parameter, reached through peft's ``target_parameters``).
+        part: the `MODULE_KEYS` group the layer belongs to (``attention``, ``mlp``...), so a
+            plan can say "attention only" or "all linear layers".
     """
 
     name: str
@@ -32,6 +37,8 @@ class LinearTarget:
     out_features: int
     count: int
     bias: bool = False
+    kind: str = "linear"
+    part: str = ""
 
     @property
     def params(self) -> int:
