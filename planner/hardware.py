@@ -16,6 +16,15 @@ from types import ModuleType
 from typing import Any
 
 
+def _lists(value: Any) -> Any:
+    """Tuples to lists, recursively, so the dict equals what a JSON round trip gives."""
+    if isinstance(value, dict):
+        return {key: _lists(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_lists(item) for item in value]
+    return value
+
+
 @dataclass(frozen=True)
 class GpuProcess:
     """A process holding memory on a GPU (memory is None when the driver will not say)."""
@@ -84,7 +93,7 @@ class HardwareReport:
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
-        return asdict(self)
+        return _lists(asdict(self))
 
 
 #: CPU flags worth reporting: the SIMD width and the bf16 paths that decide CPU training speed.
