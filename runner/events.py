@@ -8,6 +8,15 @@ Every event has ``t`` (unix time, float) and ``type``; the other fields depend o
 and are listed on the dataclasses below. Readers ignore fields they do not know, so adding a
 field never breaks an older screen.
 
+Resuming: a run continued from a checkpoint appends to the same ``events.jsonl``; nothing is
+ever truncated or rewritten. The resumed attempt starts with a ``run_started`` event whose
+``resumed_from_step`` is N, the step of the checkpoint it continues from. Events written
+before that marker with a ``step`` greater than N describe training the checkpoint does not
+hold (it is done again, and logged again, after the marker), and an earlier ``run_finished``
+no longer ends the run. Readers apply that rule with `effective_events`, which gives one
+sequence with no step logged twice and none missing, however the earlier attempt ended
+(``kill -9`` included).
+
 This module must stay light: no torch, no transformers, no textual.
 """
 
@@ -16,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -141,7 +151,7 @@ class Warning_(Event):
     """Something the user should see. `code` is machine-readable; `action` suggests a next step.
 
     Codes in use: ``overfitting``, ``nan_loss``, ``oom``, ``dropped_rows``, ``leakage``,
-    ``truncation``, ``preflight_adjusted``, ``slow``.
+    ``truncation``, ``preflight_adjusted``, ``slow``, ``early_stopping``.
     """
 
     type: ClassVar[str] = "warning"
@@ -238,28 +248,33 @@ class EventWriter:
 
     Only rank 0 of a multi-process run should own a writer. Each line is written with a
     single ``write`` call on a file opened in append mode, so a reader never sees two
-    events interleaved, and a crash can only tear the last line.
+    events interleaved, and a crash can only tear the last line. A lock makes one writer
+    safe to share between threads (the training loop and the system sampler).
     """
 
     def __init__(self, run_dir: str | os.PathLike[str], *, fsync: bool = False) -> None:
         self.path = Path(run_dir) / EVENTS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
+        self._lock = threading.Lock()
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - owned by the writer
 
     def write(self, event: Event) -> dict[str, Any]:
         if not event.t:
             event.t = time.time()
         data = event.to_dict()
-        self._file.write(json.dumps(data, allow_nan=False, default=_json_default) + "\n")
-        self._file.flush()
-        if self._fsync:
-            os.fsync(self._file.fileno())
+        line = json.dumps(data, allow_nan=False, default=_json_default) + "\n"
+        with self._lock:
+            self._file.write(line)
+            self._file.flush()
+            if self._fsync:
+                os.fsync(self._file.fileno())
         return data
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        with self._lock:
+            if not self._file.closed:
+                self._file.close()
 
     def __enter__(self) -> EventWriter:
         return self
@@ -341,6 +356,27 @@ class EventReader:
 def read_events(run_dir: str | os.PathLike[str]) -> list[Event]:
     """Every complete event of a run, in order (a torn last line is left out)."""
     return EventReader(run_dir).read_new()
+
+
+def effective_events(events: list[Event]) -> list[Event]:
+    """The run's history with the resume rule applied (see the module docstring).
+
+    At each ``run_started`` with ``resumed_from_step`` N, events kept so far whose ``step``
+    is greater than N are dropped, and so are earlier ``run_finished`` events. Events without
+    a step (``run_started``, ``preflight``) are always kept. The input is not modified.
+    """
+    kept: list[Event] = []
+    for event in events:
+        if isinstance(event, RunStarted) and event.resumed_from_step is not None:
+            cut = event.resumed_from_step
+            kept = [
+                e
+                for e in kept
+                if not isinstance(e, RunFinished)
+                and not (isinstance(getattr(e, "step", None), int) and e.step > cut)  # type: ignore[attr-defined]
+            ]
+        kept.append(event)
+    return kept
 
 
 def iter_event_dicts(run_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
