@@ -1,0 +1,373 @@
+"""Load the base model and tokenizer, ready for the method a run asks for.
+
+Methods (``[method].name``):
+
+* ``full``: every weight trains. Weights load in fp32 (mixed precision comes from the Trainer's
+  bf16/fp16 flags); ``bf16-pure`` loads them in bf16 and trains without fp32 master weights.
+* ``freeze``: only the last ``trainable_layers`` transformer blocks, the final norm and the head
+  train. The block list is found generically (the longest list of identical modules), so
+  Llama-likes, GPT-2, GPT-NeoX, Falcon, OPT and BERT all work without a table of names.
+* ``lora``: a peft LoRA adapter on a frozen base (held in the compute dtype to save memory).
+* ``qlora``: a 4-bit NF4 (or FP4) base through bitsandbytes, double quantization optional, then
+  peft's ``prepare_model_for_kbit_training`` and LoRA.
+* ``lora8``: an 8-bit base (LLM.int8) and LoRA.
+
+Classification runs load ``AutoModelForSequenceClassification`` with the data's labels; its
+head trains in every method (peft's ``modules_to_save`` for the LoRA family).
+
+Nothing is downloaded when ``HF_HUB_OFFLINE`` is set: a hub id is read from the local cache.
+Remote code runs only when ``[model].trust_remote_code`` is true.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from planner.errors import AffinerError
+from runner.config import RunConfig
+
+#: Names classification heads go by in transformers' model classes.
+HEAD_NAMES = ("score", "classifier", "pre_classifier", "lm_head")
+
+
+@dataclass
+class Precision:
+    """How numbers are held and computed.
+
+    Attributes:
+        name: ``fp32``, ``bf16``, ``fp16`` or ``bf16-pure`` after resolving ``auto``.
+        bf16, fp16: the Trainer's mixed-precision flags.
+        compute_dtype: the dtype a frozen base (and 4-bit matmuls) compute in.
+        note: why a requested precision was changed (empty when it was not).
+    """
+
+    name: str
+    bf16: bool
+    fp16: bool
+    compute_dtype: torch.dtype
+    note: str = ""
+
+
+@dataclass
+class LoadedModel:
+    """The model ready for the Trainer, with what the rest of the recipe needs to know."""
+
+    model: nn.Module
+    tokenizer: Any
+    device: str
+    precision: Precision
+    trainable_params: int
+    total_params: int
+    quantized: bool
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` becomes ``cuda`` when torch sees a GPU, else ``cpu``."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise AffinerError(
+            "[training].device is 'cuda' but torch sees no CUDA GPU.",
+            hint='Set device = "auto" or "cpu", or install a CUDA build of torch.',
+            where="[training].device",
+        )
+    return requested
+
+
+def resolve_precision(requested: str, device: str) -> Precision:
+    """Turn ``[training].precision`` into Trainer flags and a compute dtype for this device.
+
+    ``auto`` means bf16 where the GPU supports it, fp16 on older GPUs, fp32 on the CPU. fp16
+    mixed precision on the CPU is not offered by torch's CPU autocast path the Trainer uses, so
+    it falls back to fp32 with a note.
+    """
+    on_gpu = device == "cuda"
+    bf16_ok = torch.cuda.is_bf16_supported() if on_gpu else True
+    if requested == "auto":
+        requested = ("bf16" if bf16_ok else "fp16") if on_gpu else "fp32"
+    if requested in ("bf16", "bf16-pure") and not bf16_ok:
+        return Precision(
+            "fp16",
+            False,
+            True,
+            torch.float16,
+            note="this GPU has no bf16; using fp16 mixed precision",
+        )
+    if requested == "fp16" and not on_gpu:
+        return Precision("fp32", False, False, torch.float32, note="fp16 needs a GPU; using fp32")
+    if requested == "bf16":
+        return Precision("bf16", True, False, torch.bfloat16)
+    if requested == "bf16-pure":
+        return Precision("bf16-pure", False, False, torch.bfloat16)
+    if requested == "fp16":
+        return Precision("fp16", False, True, torch.float16)
+    return Precision("fp32", False, False, torch.float32)
+
+
+def _hub_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"trust_remote_code": bool(cfg.model.trust_remote_code)}
+    if cfg.model.revision:
+        kwargs["revision"] = cfg.model.revision
+    return kwargs
+
+
+def _not_found(cfg: RunConfig, exc: Exception) -> AffinerError:
+    ref = cfg.model.name_or_path
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    hint = "Give a local folder with config.json and weights, or a hub id already in the cache" + (
+        " (HF_HUB_OFFLINE is set, so nothing is downloaded)." if offline else "."
+    )
+    return AffinerError(
+        f"Cannot load model {ref!r}: {exc}", hint=hint, where="[model].name_or_path"
+    )
+
+
+def load_tokenizer(cfg: RunConfig) -> Any:
+    """The run's tokenizer, with a pad token (the EOS token, or UNK) when it has none."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model.name_or_path, **_hub_kwargs(cfg))
+    except (OSError, ValueError) as exc:
+        raise _not_found(cfg, exc) from exc
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise AffinerError(
+                f"The tokenizer of {cfg.model.name_or_path!r} has no pad, EOS or UNK token.",
+                hint="Add a pad token to the tokenizer (tokenizer_config.json) and try again.",
+                where="[model].name_or_path",
+            )
+        tokenizer.pad_token = fallback
+    return tokenizer
+
+
+def quantization_config(cfg: RunConfig, precision: Precision) -> Any | None:
+    """A BitsAndBytesConfig for ``qlora``/``lora8`` (or any explicit quantization), else None."""
+    quant = cfg.quantization
+    if quant == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    skip = list(HEAD_NAMES) if cfg.model.task == "classification" else None
+    if quant == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant,  # "nf4" or "fp4"
+        bnb_4bit_use_double_quant=bool(cfg.method.double_quant),
+        bnb_4bit_compute_dtype=precision.compute_dtype,
+        llm_int8_skip_modules=skip,
+    )
+
+
+def load_dtype(cfg: RunConfig, precision: Precision) -> torch.dtype:
+    """The dtype weights load in: fp32 master weights where they train, compute dtype otherwise."""
+    if precision.name == "bf16-pure":
+        return torch.bfloat16
+    if cfg.method.name in ("full", "freeze"):
+        return torch.float32
+    return precision.compute_dtype
+
+
+def load_model(
+    cfg: RunConfig,
+    tokenizer: Any,
+    *,
+    device: str,
+    precision: Precision,
+    labels: list[str] | None = None,
+) -> LoadedModel:
+    """Load the base model and apply the run's method.
+
+    Args:
+        cfg: the run configuration.
+        tokenizer: from `load_tokenizer` (its pad token is copied into the model config).
+        device: ``cpu`` or ``cuda`` (from `resolve_device`).
+        precision: from `resolve_precision`.
+        labels: class names in id order, for classification.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    classification = cfg.model.task == "classification"
+    qconfig = quantization_config(cfg, precision)
+    kwargs: dict[str, Any] = {
+        **_hub_kwargs(cfg),
+        "dtype": load_dtype(cfg, precision),
+        "attn_implementation": cfg.model.attn_implementation,
+    }
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        # Quantized weights are placed at load time; the Trainer cannot move them afterwards.
+        kwargs["device_map"] = (
+            {"": int(os.environ.get("LOCAL_RANK", "0"))} if device == "cuda" else "cpu"
+        )
+    if classification:
+        if not labels:
+            raise AffinerError(
+                "A classification run needs labels, and none were found in the data.",
+                hint="List them in [data].labels or give each row a label column.",
+                where="[data].labels",
+            )
+        kwargs.update(
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)},
+        )
+    auto_class = AutoModelForSequenceClassification if classification else AutoModelForCausalLM
+    try:
+        model = auto_class.from_pretrained(cfg.model.name_or_path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _not_found(cfg, exc) from exc
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+    method = cfg.method.name
+    if method == "freeze":
+        freeze_all_but_last(model, cfg.method.trainable_layers)
+    elif cfg.uses_lora:
+        model = apply_lora(model, cfg, quantized=qconfig is not None)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return LoadedModel(model, tokenizer, device, precision, trainable, total, qconfig is not None)
+
+
+def apply_lora(model: nn.Module, cfg: RunConfig, *, quantized: bool) -> nn.Module:
+    """Wrap the model in a peft LoRA adapter (after k-bit preparation for a quantized base)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=bool(cfg.training.gradient_checkpointing),
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+        disable_cpu_inference_repack(model)
+    classification = cfg.model.task == "classification"
+    targets = cfg.method.target_modules
+    lora = LoraConfig(
+        r=cfg.method.lora_rank,
+        lora_alpha=cfg.method.lora_alpha,
+        lora_dropout=cfg.method.lora_dropout,
+        target_modules=targets if isinstance(targets, str) else list(targets),
+        task_type="SEQ_CLS" if classification else "CAUSAL_LM",
+        modules_to_save=head_module_names(model) if classification else None,
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as exc:
+        raise AffinerError(
+            f"LoRA could not be applied: {exc}",
+            hint='Use target_modules = "all-linear" or names of linear layers in this model.',
+            where="[method].target_modules",
+        ) from exc
+
+
+def head_module_names(model: nn.Module) -> list[str]:
+    """The classification head's module names present in this model (``score``, ``classifier``)."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    return [name for name in HEAD_NAMES[:3] if name in names]
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The transformer's block list: the longest `nn.ModuleList` whose items share one class.
+
+    Works across architectures without a table of attribute names (``model.layers``,
+    ``transformer.h``, ``gpt_neox.layers``, ``model.decoder.layers``, ``encoder.layer``).
+    """
+    best: tuple[str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            kinds = {type(child) for child in module}
+            if len(kinds) == 1 and (best is None or len(module) > len(best[1])):
+                best = (name, module)
+    if best is None:
+        raise AffinerError(
+            f"Cannot find the transformer blocks of {type(model).__name__} to freeze.",
+            hint='Use method "lora" or "full" for this model.',
+            where="[method].name",
+        )
+    return best
+
+
+def freeze_all_but_last(model: nn.Module, trainable_layers: int) -> list[str]:
+    """Freeze everything except the last `trainable_layers` blocks, the final norm and the head.
+
+    Parameters outside the blocks that are not embeddings (the final norm, a pooler, the
+    classification or LM head) stay trainable; input embeddings are frozen unless the head is
+    tied to them. Returns the names of the parameters left trainable.
+    """
+    block_name, blocks = find_blocks(model)
+    if trainable_layers < 1 or trainable_layers > len(blocks):
+        raise AffinerError(
+            f"trainable_layers must be between 1 and {len(blocks)} for this model (it has "
+            f"{len(blocks)} blocks); got {trainable_layers}.",
+            where="[method].trainable_layers",
+        )
+    keep_blocks = {f"{block_name}.{i}." for i in range(len(blocks) - trainable_layers, len(blocks))}
+    embedding_prefixes = [
+        f"{name}." for name, module in model.named_modules() if isinstance(module, nn.Embedding)
+    ]
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head_params = {id(p) for p in head.parameters()} if head is not None else set()
+    trainable = []
+    for name, param in model.named_parameters():
+        in_blocks = name.startswith(f"{block_name}.")
+        if in_blocks:
+            train = any(name.startswith(prefix) for prefix in keep_blocks)
+        else:
+            is_embedding = any(name.startswith(prefix) for prefix in embedding_prefixes)
+            train = not is_embedding or id(param) in head_params
+        param.requires_grad_(train)
+        if train:
+            trainable.append(name)
+    return trainable
+
+
+def disable_cpu_inference_repack(model: nn.Module) -> int:
+    """Keep bitsandbytes 4-bit layers trainable after an evaluation on a CPU.
+
+    On CPUs with AVX512-BF16, ``Linear4bit.forward`` in eval mode with an input that needs no
+    gradient repacks its weight into an inference layout, permanently. Every later forward,
+    training included, then runs ``gemv_4bit``, which has no autograd: the base layer's output
+    is detached and LoRA gradients that should flow through it are silently lost. We switch the
+    per-module flag that allows the repack off, and undo a repack that already happened (a
+    pre-flight evaluation, say). Returns the number of 4-bit layers seen.
+    """
+    try:
+        import bitsandbytes as bnb
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+    except ImportError:
+        return 0
+    count = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            count += 1
+            module.support_avx512bf16_for_cpu = False
+            state = getattr(module.weight, "quant_state", None)
+            if state is not None and getattr(state, "packing_format_for_cpu", False):
+                module.weight.data, state = _convert_weight_packed_for_cpu_inverse(
+                    module.weight.data, state
+                )
+                module.weight.quant_state = state
+                module.quant_state = state
+    return count
+
+
+def count_repacked(model: nn.Module) -> int:
+    """How many 4-bit layers hold their weight in the CPU inference layout (0 is healthy)."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    return sum(
+        1
+        for module in model.modules()
+        if isinstance(module, bnb.nn.Linear4bit)
+        and getattr(getattr(module.weight, "quant_state", None), "packing_format_for_cpu", False)
+    )
