@@ -1,0 +1,226 @@
+"""``affiner hw``: what this machine has for fine-tuning, for people (tables) and scripts (JSON).
+
+Kept light on purpose: ``affiner hw --json`` imports neither torch, transformers nor
+Textual, and never measures CPU throughput, so scripts and the SSH prompt get an answer in
+well under a second. rich is imported only when tables are drawn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from planner.gpu_catalog import GpuModel
+    from planner.hardware import GpuInfo, HardwareReport
+
+GIB = 1024**3
+BAR_WIDTH = 16
+#: Memory-used fractions where a bar turns yellow, then red. The question here is "is there
+#: room to train", so a half-full card is already worth a look.
+WARN_AT, FULL_AT = 0.5, 0.8
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "hw",
+        help="show the GPUs, CPU, RAM and disk affiner plans for",
+        description="Show every NVIDIA GPU (memory in use, compute capability, bf16, driver, "
+        "temperature, power, the processes holding memory), the CPU, RAM and the disk where "
+        "runs are written. With no GPU, says why and that plans will be for the CPU.",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--gpu",
+        metavar="NAME",
+        help="also show the catalog GPU NAME that plans would assume (e.g. 4090, a100-80)",
+    )
+    parser.add_argument(
+        "--catalog", action="store_true", help="list the GPUs affiner knows and their figures"
+    )
+    parser.set_defaults(func=run_hw)
+
+
+def run_hw(args: argparse.Namespace) -> int:
+    """Probe and print. Exit 0 also with no GPU: that is information, not an error."""
+    from planner.gpu_catalog import CATALOG, lookup
+
+    if args.catalog:
+        if args.json:
+            _print_json([model.to_json() for model in CATALOG])
+        else:
+            _console().print(catalog_table(CATALOG))
+        return 0
+    model = lookup(args.gpu) if args.gpu else None  # an unknown name fails before probing
+
+    from planner.hardware import probe
+    from runner.rundir import runs_root
+
+    report = probe(runs_dir=runs_root())
+    if args.json:
+        data: dict[str, Any] = report.to_json()
+        if model is not None:
+            from planner.device import target_from_catalog
+
+            data["target"] = target_from_catalog(args.gpu).to_json()
+        _print_json(data)
+        return 0
+    render_report(report, _console(), catalog_gpu=model)
+    return 0
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def gib(value: int | None) -> str:
+    return "N/A" if value is None else f"{value / GIB:.1f} GiB"
+
+
+def _na(value: Any, unit: str = "") -> str:
+    return "N/A" if value is None else f"{value}{unit}"
+
+
+def usage_colour(fraction: float) -> str:
+    """green / yellow / red, as nvitop colours a memory gauge."""
+    if fraction >= FULL_AT:
+        return "red"
+    if fraction >= WARN_AT:
+        return "yellow"
+    return "green"
+
+
+def memory_bar(used: int, total: int, width: int = BAR_WIDTH) -> str:
+    """A rich-markup gauge: ``[green]████░░░░[/] 12.0/80.0 GiB``."""
+    if total <= 0:
+        return "N/A"
+    fraction = min(max(used / total, 0.0), 1.0)
+    filled = round(fraction * width)
+    colour = usage_colour(fraction)
+    bar = "█" * filled + "[dim]" + "░" * (width - filled) + "[/dim]"
+    return f"[{colour}]{bar}[/{colour}] {used / GIB:.1f}/{total / GIB:.1f} GiB"
+
+
+def _power(gpu: GpuInfo) -> str:
+    if gpu.power_w is None and gpu.power_limit_w is None:
+        return "N/A"
+    return f"{_na(gpu.power_w)}/{_na(gpu.power_limit_w)} W"
+
+
+def _yes(flag: bool) -> str:
+    return "[green]yes[/green]" if flag else "[yellow]no[/yellow]"
+
+
+def gpu_table(report: HardwareReport) -> Any:
+    from rich.table import Table
+
+    driver = f"driver {_na(report.driver_version)} · CUDA {_na(report.cuda_driver_version)}"
+    table = Table(title=f"GPUs ({driver})", title_justify="left", expand=False)
+    for column in ("#", "name", "memory used", "free", "CC", "bf16", "util", "temp", "power"):
+        table.add_column(column, no_wrap=column in ("memory used", "free"))
+    for gpu in report.gpus:
+        cc = ".".join(map(str, gpu.compute_capability)) if gpu.compute_capability else "N/A"
+        table.add_row(
+            str(gpu.index),
+            gpu.name,
+            memory_bar(gpu.memory_used, gpu.memory_total),
+            gib(gpu.memory_free),
+            cc,
+            _yes(gpu.bf16),
+            _na(gpu.utilization_percent, "%"),
+            _na(gpu.temperature_c, "°C"),
+            _power(gpu),
+        )
+    return table
+
+
+def process_table(report: HardwareReport) -> Any | None:
+    from rich.table import Table
+
+    rows = [(gpu.index, proc) for gpu in report.gpus for proc in gpu.processes]
+    if not rows:
+        return None
+    table = Table(title="Processes holding GPU memory", title_justify="left")
+    for column in ("GPU", "PID", "name", "kind", "memory"):
+        table.add_column(column)
+    for index, proc in rows:
+        table.add_row(
+            str(index), str(proc.pid), proc.name or "N/A", proc.kind, gib(proc.used_bytes)
+        )
+    return table
+
+
+def machine_table(report: HardwareReport) -> Any:
+    from rich.table import Table
+
+    cpu = report.cpu
+    table = Table(title="Machine", title_justify="left", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    cores = f"{_na(cpu.physical_cores)} physical, {cpu.logical_cores} logical"
+    clock = f", {cpu.clock_mhz / 1000:.2f} GHz" if cpu.clock_mhz else ""
+    table.add_row("CPU", f"{cpu.model} ({cores}{clock})")
+    table.add_row(
+        "CPU bf16", _yes(cpu.bf16) + (f"  [dim]{' '.join(cpu.flags)}[/dim]" if cpu.flags else "")
+    )
+    ram_used = report.ram_total - report.ram_available
+    table.add_row(
+        "RAM", memory_bar(ram_used, report.ram_total) + f", {gib(report.ram_available)} available"
+    )
+    disk_used = report.disk_total - report.disk_free
+    table.add_row(
+        "Disk",
+        memory_bar(disk_used, report.disk_total)
+        + f", {gib(report.disk_free)} free at {report.disk_path}",
+    )
+    return table
+
+
+def catalog_table(models: tuple[GpuModel, ...] | list[GpuModel]) -> Any:
+    from rich.table import Table
+
+    table = Table(
+        title="GPU catalog (dense peak TFLOP/s; --gpu takes any of these names)",
+        title_justify="left",
+    )
+    for column in ("name", "memory", "CC", "bf16", "fp16", "fp32", "GB/s"):
+        table.add_column(column, justify="left" if column == "name" else "right")
+    for model in models:
+        table.add_row(
+            model.name,
+            gib(model.memory),
+            ".".join(map(str, model.compute_capability)),
+            _na(model.tflops_bf16),
+            _na(model.tflops_fp16),
+            f"{model.tflops_fp32:.1f}",
+            f"{model.bandwidth_gbs:g}",
+        )
+    return table
+
+
+def render_report(
+    report: HardwareReport, console: Console, *, catalog_gpu: GpuModel | None = None
+) -> None:
+    """Everything `affiner hw` shows, in the order a person scans it."""
+    if report.gpus:
+        console.print(gpu_table(report))
+        processes = process_table(report)
+        if processes is not None:
+            console.print(processes)
+    else:
+        console.print(f"[yellow]No GPU:[/yellow] {report.gpu_reason or 'none found'}")
+    console.print(machine_table(report))
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    if catalog_gpu is not None:
+        console.print(catalog_table([catalog_gpu]))
