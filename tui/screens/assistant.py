@@ -1,46 +1,291 @@
 """The first screen: a guided conversation from "what do I have" to a running fine-tune.
 
-This first version shows the hardware found and takes typed input; the full step machine
-lives in `tui.assistant_flow`.
+The conversation's logic lives in `tui.assistant_flow.AssistantFlow`; this screen draws its
+replies and runs its slow tasks in named thread workers (``exit_on_error=False``), feeding
+results back through `Worker.StateChanged`. Failures become readable messages in the
+conversation. Nothing here imports torch or transformers: the data preview loads a tokenizer
+inside a worker, and only when the user has given a model and data.
+
+Layout: the conversation scrolls; under it, once there is a plan, the live panel (memory
+bars for every method, a one-line summary with the time estimate, and in the settings step
+the settings fields); the input line at the bottom.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
-from textual.containers import VerticalScroll
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Markdown
+from textual.widgets import Footer, Input, Static
+from textual.worker import Worker, WorkerState
+
+from planner.errors import AffinerError
+from tui import answers
+from tui.assistant_flow import AssistantFlow, Reply, Task
+from tui.messages import PlanTargetChanged
+from tui.widgets.conversation import Conversation
+from tui.widgets.example_view import ExampleView
+from tui.widgets.plan_bars import PlanBars
+from tui.widgets.settings_form import SettingsForm
+from tui.widgets.token_histogram import TokenHistogram
+
+
+def readable(error: BaseException) -> str:
+    """An error as a person reads it: an AffinerError's own words, else the type and message."""
+    if isinstance(error, AffinerError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
 
 
 class AssistantScreen(Screen):
-    """The guided assistant: messages above, one input line below."""
+    """The guided assistant (see the module docstring)."""
 
-    def __init__(self, services: Any, **kwargs: Any) -> None:
+    DEFAULT_CSS = """
+    AssistantScreen #live {
+        height: auto;
+        max-height: 60%;
+        display: none;
+    }
+    AssistantScreen #live.-shown {
+        display: block;
+    }
+    AssistantScreen #summary {
+        padding: 0 1;
+        color: $text-muted;
+    }
+    AssistantScreen #prompt {
+        margin: 0 1;
+    }
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+n", "next", "Next/accept"),
+        Binding("ctrl+b", "back", "Back"),
+        Binding("escape", "focus_prompt", "Type", show=False),
+    ]
+
+    def __init__(
+        self,
+        services: Any,
+        *,
+        default_model: str | None = None,
+        default_data: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.services = services
+        self.flow = AssistantFlow(
+            default_model=default_model or getattr(services, "default_model", None),
+            default_data=default_data or getattr(services, "default_data", None),
+        )
+        self._histograms: list[TokenHistogram] = []
 
     def compose(self) -> ComposeResult:
-        yield VerticalScroll(id="conversation")
-        yield Input(placeholder="Type an answer or a question (help)", id="prompt")
+        yield Conversation(id="conversation")
+        with Vertical(id="live"):
+            yield PlanBars(id="plan-bars")
+            yield Static(id="summary")
+        yield Input(placeholder="Answer, or ask: what fits? · use qlora · help", id="prompt")
         yield Footer()
 
     def on_mount(self) -> None:
-        self._say("Looking at this machine…")
-        self._probe()
+        self.query_one("#prompt", Input).focus()
+        self.apply(self.flow.start())
 
-    def _say(self, text: str) -> None:
-        self.query_one("#conversation", VerticalScroll).mount(Markdown(text))
+    # -- drawing a reply ---------------------------------------------------------------
+    def apply(self, reply: Reply) -> None:
+        """Show a reply's messages and start its tasks."""
+        conversation = self.query_one(Conversation)
+        for say in reply.messages:
+            if say.kind == "markdown":
+                conversation.say(say.text, say.role)
+            elif say.kind == "data":
+                conversation.say(say.text)
+            elif say.kind == "histogram":
+                histogram = TokenHistogram(say.data.lengths, self.flow.settings.seq_len)
+                self._histograms.append(histogram)
+                conversation.show(histogram)
+            elif say.kind == "example":
+                conversation.show(ExampleView(say.data.example))
+            elif say.kind == "plan":
+                self.refresh_live()
+            elif say.kind == "settings":
+                self.show_settings()
+        for task in reply.tasks:
+            self.start(task)
+        self.refresh_live()
 
-    @work(thread=True, name="probe-hardware", group="assistant", exit_on_error=False)
-    def _probe(self) -> None:
-        report = self.services.probe_hardware()
-        names = ", ".join(g.name for g in report.gpus) or f"no GPU ({report.gpu_reason})"
-        self.app.call_from_thread(self._say, f"Found: {names}.")
+    def refresh_live(self) -> None:
+        """Redraw the bars, the summary line and the histograms from the flow's state."""
+        flow = self.flow
+        live = self.query_one("#live")
+        if flow.plan is None:
+            return
+        live.add_class("-shown")
+        self.query_one(PlanBars).update_plan(flow.plan, flow.device, flow.settings.method)
+        self.query_one("#summary", Static).update(self.summary_line())
+        for histogram in self._histograms:
+            histogram.set_max_len(flow.settings.seq_len)
+        forms = self.query(SettingsForm)
+        if forms:
+            forms.first().sync(flow.settings)
 
+    def summary_line(self) -> str:
+        flow = self.flow
+        settings = flow.settings
+        candidate = flow.candidate()
+        if candidate is None:
+            return "Nothing fits with these settings."
+        method = candidate.method
+        parts = [answers.method_name(method)]
+        if method in ("lora", "qlora", "lora8"):
+            parts.append(f"rank {settings.lora_rank}")
+        parts += [
+            f"length {settings.seq_len}",
+            f"batch {settings.micro_batch}",
+            f"{settings.epochs:g} epochs",
+            f"lr {settings.lr_for(method):g}",
+        ]
+        line = " · ".join(parts) + f" → peak {answers.gib(candidate.peak_bytes)}"
+        steps = flow.context().total_steps()
+        if steps and candidate.step_seconds:
+            line += f", {steps} steps ≈ {answers.duration(steps * candidate.step_seconds)}"
+        elif candidate.step_seconds:
+            line += f", {answers.duration(candidate.step_seconds)}/step"
+        if flow.data is not None and flow.data.lengths:
+            cut = flow.data.truncated(settings.seq_len)
+            line += f"; {cut} rows cut" if cut else "; no row cut"
+        return line
+
+    def show_settings(self) -> None:
+        live = self.query_one("#live")
+        for old in self.query(SettingsForm):
+            old.remove()
+        form = SettingsForm(self.flow.settings)
+        live.mount(form)
+        self.call_after_refresh(lambda: form.query(Input).first().focus())
+
+    # -- input ---------------------------------------------------------------------------
     @on(Input.Submitted, "#prompt")
     def _submitted(self, event: Input.Submitted) -> None:
-        self._say(f"> {event.value}")
         event.input.value = ""
+        self.apply(self.flow.submit(event.value))
+
+    @on(SettingsForm.Changed)
+    def _setting_changed(self, event: SettingsForm.Changed) -> None:
+        attr = {"epochs": "epochs", "lr": "learning_rate", "rank": "lora_rank"}
+        attr |= {"seq_len": "seq_len", "batch": "micro_batch"}
+        if float(getattr(self.flow.settings, attr[event.name])) == event.value:
+            return
+        reply = self.flow.change_setting(event.name, event.value, quiet=True)
+        self.apply(reply)
+
+    @on(SettingsForm.Accepted)
+    def _settings_accepted(self) -> None:
+        self.query_one("#prompt", Input).focus()
+        self.apply(self.flow.submit(""))
+
+    @on(PlanTargetChanged)
+    def _target_changed(self, message: PlanTargetChanged) -> None:
+        if message.target == self.flow.target:
+            return
+        self.apply(self.flow.set_target(message.target))
+
+    def action_next(self) -> None:
+        self.apply(self.flow.submit(""))
+
+    def action_back(self) -> None:
+        self.apply(self.flow.submit("back"))
+
+    def action_focus_prompt(self) -> None:
+        self.query_one("#prompt", Input).focus()
+
+    # -- workers -------------------------------------------------------------------------
+    def start(self, task: Task) -> None:
+        """Run one task: quick ones here, slow ones in a named thread worker."""
+        if task.kind == "open_monitor":
+            self.app.open_monitor(getattr(task.arg, "path", task.arg))
+            return
+        work = getattr(self, f"_task_{task.kind}")
+        self.run_worker(
+            lambda: work(task.arg),
+            name=task.kind,
+            group="assistant-plan" if task.kind == "plan" else "assistant",
+            description=f"assistant: {task.kind}",
+            thread=True,
+            exclusive=task.kind == "plan",
+            exit_on_error=False,
+        )
+
+    def _task_probe(self, _arg: Any) -> tuple[Any, Any]:
+        report = self.services.probe_hardware()
+        resolve = getattr(self.services, "resolve_device", None)
+        if resolve is None:
+            from planner.device import resolve_target
+
+            return report, resolve_target(report, measure=False)
+        return report, resolve(report)
+
+    def _task_resolve_model(self, ref: str) -> Any:
+        return self.services.resolve_model(ref)
+
+    def _task_load_data(self, path: str) -> Any:
+        inspect = getattr(self.services, "inspect_data", None)
+        if inspect is None:
+            from tui.data_preview import build_preview as inspect
+        return inspect(path, self.flow.spec, self.flow.settings.seq_len)
+
+    def _task_plan(self, _arg: Any) -> Any:
+        flow = self.flow
+        return self.services.make_plan(flow.spec, flow.device, flow.plan_request())
+
+    def _task_target(self, name: str | None) -> Any:
+        return self.services.catalog_target(name) if name else None
+
+    def _task_preflight(self, config: Any) -> Any:
+        run = getattr(self.services, "preflight", None)
+        if run is None:
+            from runner.preflight import run_preflight as run
+        return run(config)
+
+    def _task_launch(self, config: Any) -> Any:
+        return self.services.start_run(config)
+
+    @on(Worker.StateChanged)
+    def _worker_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if worker.group not in ("assistant", "assistant-plan"):
+            return
+        if (
+            event.state == WorkerState.ERROR
+            and worker.name == "plan"
+            and self.flow.plan is not None
+        ):
+            self.notify(readable(worker.error), title="Could not re-plan", severity="error")
+            return
+        if event.state == WorkerState.ERROR:
+            self.apply(self.flow.failed(worker.name, readable(worker.error)))
+            return
+        if event.state != WorkerState.SUCCESS:
+            return
+        result = worker.result
+        flow = self.flow
+        handlers = {
+            "probe": lambda: flow.hardware_ready(*result),
+            "resolve_model": lambda: flow.model_ready(result),
+            "load_data": lambda: flow.data_ready(result),
+            "plan": lambda: flow.plan_ready(result),
+            "target": lambda: self._apply_target(result),
+            "preflight": lambda: flow.preflight_ready(result),
+            "launch": lambda: flow.launched(result),
+        }
+        self.apply(handlers[worker.name]())
+
+    def _apply_target(self, target: Any) -> Reply:
+        if hasattr(self.app, "plan_target"):
+            self.app.plan_target = target
+        return self.flow.set_target(target)
