@@ -182,6 +182,9 @@ class PlanSection:
     predicted_peak_bytes: int | None = None
     predicted_step_seconds: float | None = None
     device: str | None = None
+    #: What the pre-flight check measured on the real hardware (written back by it).
+    measured_peak_bytes: int | None = None
+    measured_step_seconds: float | None = None
 
 
 @dataclass
