@@ -404,7 +404,17 @@ def config_from_plan(
     task: str = "causal_lm",
     **overrides: Any,
 ) -> RunConfig:
-    """Turn a planner candidate into a checked `RunConfig` (see `runner.config_plan`)."""
+    """Turn a planner candidate into a checked `RunConfig`.
+
+    Args:
+        candidate: any object with the planner `Candidate`'s attributes (read by name).
+        model, train, eval, task: what the plan does not know: the model and data to use.
+        **overrides: ``learning_rate=1e-4`` (a field unique to one section),
+            ``eval__every_steps=10`` (section and field) or ``training={"epochs": 1}``.
+
+    Raises:
+        ConfigError: an unknown override, a wrong type, or a combination `validate_config` refuses.
+    """
     from runner.config_plan import build_from_plan
 
     cfg = build_from_plan(

@@ -59,10 +59,19 @@ def build_from_plan(
 ) -> RunConfig:
     """The unchecked `RunConfig` for `candidate`; `runner.config_io.config_from_plan` checks it.
 
-    `overrides` are either a section name with a dict (``training={"epochs": 1}``) or a field
-    name that exists in exactly one section (``learning_rate=1e-4``).
+    `overrides` are a section name with a dict (``training={"epochs": 1}``), a
+    ``section__field`` name (``eval__every_steps=10``: `eval` itself is the eval data path), or
+    a field name that exists in exactly one section (``learning_rate=1e-4``).
     """
     from runner.config_io import ConfigError
+
+    for name, value in (("model", model), ("train", train), ("eval", eval), ("task", task)):
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"{name}= must be text, got {type(value).__name__}",
+                file="plan",
+                hint="eval= is the held-out data path; pass [eval] settings as eval__every_steps=...",
+            )
 
     cfg = RunConfig()
     cfg.model.name_or_path = model
@@ -116,6 +125,10 @@ def build_from_plan(
         for f in dataclasses.fields(getattr(cfg, section)):
             owners.setdefault(f.name, []).append(section)
     for key, value in overrides.items():
+        section, _, field_name = key.partition("__")
+        if field_name and section in sections:
+            _set(cfg, section, field_name, value)
+            continue
         if key in sections:
             if not isinstance(value, dict):
                 raise ConfigError(
@@ -131,7 +144,7 @@ def build_from_plan(
             raise ConfigError(
                 f"override {key!r} is in several sections ({', '.join(sorted(where))})",
                 file="plan",
-                hint=f"pass it as a section dict, e.g. {sorted(where)[0]}={{{key!r}: ...}}",
+                hint=f"name the section, e.g. {sorted(where)[0]}__{key}=...",
             )
         else:
             close = difflib.get_close_matches(key, list(owners) + list(sections), n=1)
