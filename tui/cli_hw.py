@@ -112,29 +112,57 @@ def memory_bar(used: int, total: int, width: int = BAR_WIDTH) -> str:
 
 
 def _power(gpu: GpuInfo) -> str:
+    def watts(value: float | None) -> str:
+        return "N/A" if value is None else f"{value:.0f}"
+
     if gpu.power_w is None and gpu.power_limit_w is None:
         return "N/A"
-    return f"{_na(gpu.power_w)}/{_na(gpu.power_limit_w)} W"
+    return f"{watts(gpu.power_w)}/{watts(gpu.power_limit_w)} W"
 
 
 def _yes(flag: bool) -> str:
     return "[green]yes[/green]" if flag else "[yellow]no[/yellow]"
 
 
-def gpu_table(report: HardwareReport) -> Any:
+def _table(title: str, **options: Any) -> Any:
+    """The house table for `affiner hw`: no borders, so it fits 80 columns over SSH."""
     from rich.table import Table
 
+    return Table(
+        title=title,
+        title_justify="left",
+        title_style="bold",
+        box=None,
+        pad_edge=False,
+        header_style="bold underline",
+        **options,
+    )
+
+
+def short_name(name: str) -> str:
+    """``NVIDIA GeForce RTX 4090`` -> ``RTX 4090``: the brand words cost columns at 80x24."""
+    for prefix in ("NVIDIA ", "GeForce "):
+        name = name.removeprefix(prefix)
+    return name
+
+
+def gpu_table(report: HardwareReport) -> Any:
+    """One row a GPU: name over its memory gauge, then the readings (fits 80 columns)."""
+
     driver = f"driver {_na(report.driver_version)} · CUDA {_na(report.cuda_driver_version)}"
-    table = Table(title=f"GPUs ({driver})", title_justify="left", expand=False)
-    for column in ("#", "name", "memory used", "free", "CC", "bf16", "util", "temp", "power"):
-        table.add_column(column, no_wrap=column in ("memory used", "free"))
+    table = _table(f"GPUs ({driver})")
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("GPU / memory used", no_wrap=True)
+    for column in ("CC", "bf16", "util", "temp", "power"):
+        table.add_column(column, justify="right", no_wrap=True)
     for gpu in report.gpus:
         cc = ".".join(map(str, gpu.compute_capability)) if gpu.compute_capability else "N/A"
+        gauge = memory_bar(gpu.memory_used, gpu.memory_total, width=12)
+        if gpu.memory_total > 0:
+            gauge += f", {gpu.memory_free / GIB:.1f} free"
         table.add_row(
             str(gpu.index),
-            gpu.name,
-            memory_bar(gpu.memory_used, gpu.memory_total),
-            gib(gpu.memory_free),
+            f"[bold]{short_name(gpu.name)}[/bold]\n{gauge}",
             cc,
             _yes(gpu.bf16),
             _na(gpu.utilization_percent, "%"),
@@ -145,12 +173,10 @@ def gpu_table(report: HardwareReport) -> Any:
 
 
 def process_table(report: HardwareReport) -> Any | None:
-    from rich.table import Table
-
     rows = [(gpu.index, proc) for gpu in report.gpus for proc in gpu.processes]
     if not rows:
         return None
-    table = Table(title="Processes holding GPU memory", title_justify="left")
+    table = _table("Processes holding GPU memory")
     for column in ("GPU", "PID", "name", "kind", "memory"):
         table.add_column(column)
     for index, proc in rows:
@@ -161,10 +187,8 @@ def process_table(report: HardwareReport) -> Any | None:
 
 
 def machine_table(report: HardwareReport) -> Any:
-    from rich.table import Table
-
     cpu = report.cpu
-    table = Table(title="Machine", title_justify="left", show_header=False)
+    table = _table("Machine", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
     cores = f"{_na(cpu.physical_cores)} physical, {cpu.logical_cores} logical"
@@ -186,13 +210,11 @@ def machine_table(report: HardwareReport) -> Any:
     return table
 
 
-def catalog_table(models: tuple[GpuModel, ...] | list[GpuModel]) -> Any:
-    from rich.table import Table
-
-    table = Table(
-        title="GPU catalog (dense peak TFLOP/s; --gpu takes any of these names)",
-        title_justify="left",
-    )
+def catalog_table(
+    models: tuple[GpuModel, ...] | list[GpuModel], title: str = "GPU catalog (dense TFLOP/s)"
+) -> Any:
+    """Catalog GPUs; --gpu takes any name shown (or a looser spelling of it)."""
+    table = _table(title)
     for column in ("name", "memory", "CC", "bf16", "fp16", "fp32", "GB/s"):
         table.add_column(column, justify="left" if column == "name" else "right")
     for model in models:
@@ -216,11 +238,14 @@ def render_report(
         console.print(gpu_table(report))
         processes = process_table(report)
         if processes is not None:
+            console.print()
             console.print(processes)
     else:
         console.print(f"[yellow]No GPU:[/yellow] {report.gpu_reason or 'none found'}")
+    console.print()
     console.print(machine_table(report))
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     if catalog_gpu is not None:
-        console.print(catalog_table([catalog_gpu]))
+        console.print()
+        console.print(catalog_table([catalog_gpu], title="Plans with --gpu assume (dense TFLOP/s)"))
