@@ -1,0 +1,298 @@
+"""Talk to a fine-tuned model next to its base model: streaming chat and classification.
+
+The playground and the demo ask the same question twice, once of the tuned model and once
+of the base. With a LoRA-family run the base is *the same loaded model* with its adapter
+switched off (peft's ``disable_adapter()``), so a 7B model is loaded once, not twice. A full
+or layer-freeze run saves whole weights, so there the base is loaded separately, on demand.
+
+Generation runs in its own thread and yields text as it is produced
+(`transformers.TextIteratorStreamer`); the caller iterates from wherever it likes (the TUI
+does it from a thread worker and posts each piece to the screen). One generation at a time:
+the adapter switch is model-wide state, so concurrent calls are serialised by a lock.
+
+torch, transformers and peft are imported inside the functions: importing this module is free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from planner.errors import AffinerError
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One text's predicted class and every class's probability (they sum to 1)."""
+
+    label: str
+    probabilities: dict[str, float]
+
+
+def find_adapter(run_dir: str | Path) -> Path:
+    """The weights a run left: ``adapter/``, else the best checkpoint, else the newest one.
+
+    Raises:
+        AffinerError: the run has saved nothing yet.
+    """
+    root = Path(run_dir)
+    candidates = [root / "adapter", root / "checkpoints" / "best"]
+    candidates += sorted(
+        (root / "checkpoints").glob("checkpoint-*"),
+        key=lambda p: int(p.name.rsplit("-", 1)[-1]) if p.name.rsplit("-", 1)[-1].isdigit() else -1,
+        reverse=True,
+    )
+    for folder in candidates:
+        if (folder / "adapter_config.json").exists() or (folder / "config.json").exists():
+            return folder
+    raise AffinerError(
+        f"the run in {root} has no saved weights yet",
+        hint="wait for the first checkpoint (or the end of training), then open the playground again",
+        where=str(root),
+    )
+
+
+def _device(requested: str) -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _dtype(device: str) -> Any:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+class ChatSession:
+    """A base model and (optionally) the weights a run trained, loaded once.
+
+    Args:
+        base: the base model's folder or cached hub id.
+        adapter: the run's ``adapter/`` folder (a PEFT adapter or a whole model), or None to
+            chat with the base only.
+        task: ``causal_lm`` (chat) or ``classification``.
+        labels: class names in id order, for classification (else the model config's).
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        trust_remote_code: run the model repository's own code; off unless asked for.
+    """
+
+    def __init__(
+        self,
+        base: str | Path,
+        adapter: str | Path | None = None,
+        *,
+        task: str = "causal_lm",
+        labels: Sequence[str] = (),
+        device: str = "auto",
+        trust_remote_code: bool = False,
+    ) -> None:
+        self.base = str(base)
+        self.adapter = Path(adapter) if adapter is not None else None
+        self.task = task
+        self.labels = list(labels)
+        self.requested_device = device
+        self.trust_remote_code = trust_remote_code
+        self.tokenizer: Any = None
+        self.model: Any = None
+        self._base_model: Any = None  # only for whole-model runs (full, freeze)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, **kwargs: Any) -> ChatSession:
+        """The session for a run folder: base, task and labels from its ``run.toml``."""
+        from runner.config_io import load_config
+        from runner.rundir import RunDir
+
+        run = RunDir(Path(run_dir))
+        cfg = load_config(run.config)
+        return cls(
+            cfg.model.name_or_path,
+            find_adapter(run.path),
+            task=cfg.model.task,
+            labels=cfg.data.labels,
+            trust_remote_code=cfg.model.trust_remote_code,
+            **kwargs,
+        )
+
+    @property
+    def is_peft(self) -> bool:
+        return self.adapter is not None and (self.adapter / "adapter_config.json").exists()
+
+    @property
+    def has_chat_template(self) -> bool:
+        self.load()
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    # -- loading ---------------------------------------------------------------------
+    def _auto_class(self) -> Any:
+        import transformers
+
+        if self.task == "classification":
+            return transformers.AutoModelForSequenceClassification
+        return transformers.AutoModelForCausalLM
+
+    def _load_plain(self, ref: str) -> Any:
+        kwargs: dict[str, Any] = {
+            "dtype": _dtype(self.device),
+            "trust_remote_code": self.trust_remote_code,
+        }
+        if self.task == "classification" and self.labels:
+            kwargs["num_labels"] = len(self.labels)
+            kwargs["id2label"] = dict(enumerate(self.labels))
+            kwargs["label2id"] = {name: i for i, name in enumerate(self.labels)}
+        model = self._auto_class().from_pretrained(ref, **kwargs)
+        return model.to(self.device).eval()
+
+    def load(self) -> ChatSession:
+        """Load tokenizer, base and adapter (once; later calls return at once)."""
+        if self.model is not None:
+            return self
+        from transformers import AutoTokenizer
+
+        self.device = _device(self.requested_device)
+        tokenizer_from = self.adapter if self._has_tokenizer(self.adapter) else self.base
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            str(tokenizer_from), trust_remote_code=self.trust_remote_code
+        )
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.adapter is None:
+            self.model = self._load_plain(self.base)
+        elif self.is_peft:
+            from peft import PeftModel
+
+            base = self._load_plain(self.base)
+            self.model = PeftModel.from_pretrained(base, str(self.adapter)).to(self.device).eval()
+        else:
+            self.model = self._load_plain(str(self.adapter))
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        return self
+
+    @staticmethod
+    def _has_tokenizer(folder: Path | None) -> bool:
+        return folder is not None and (folder / "tokenizer_config.json").exists()
+
+    @contextlib.contextmanager
+    def _model_for(self, use_adapter: bool) -> Iterator[Any]:
+        """The tuned model, or the base: the same model with the adapter off when it is PEFT."""
+        if use_adapter or self.adapter is None:
+            yield self.model
+        elif self.is_peft:
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            if self._base_model is None:
+                self._base_model = self._load_plain(self.base)
+            yield self._base_model
+
+    # -- chat ----------------------------------------------------------------------------
+    def encode(self, messages: Sequence[Message]) -> Any:
+        """Token ids for `messages`: the chat template when the tokenizer has one, else the
+        contents joined by blank lines (a base model without a template just continues text)."""
+        self.load()
+        if getattr(self.tokenizer, "chat_template", None):
+            encoded = self.tokenizer.apply_chat_template(
+                list(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
+        else:
+            text = "\n\n".join(m["content"] for m in messages)
+            encoded = self.tokenizer(text, return_tensors="pt")
+        return {
+            k: v.to(self.device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")
+        }
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        use_adapter: bool = True,
+        max_new_tokens: int = 256,
+        temperature: float = 0.7,
+    ) -> Iterator[str]:
+        """Yield the reply to `messages` piece by piece as the model writes it.
+
+        Args:
+            messages: ``[{"role": "user", "content": "..."}, ...]``.
+            use_adapter: False answers with the base model.
+            max_new_tokens: the longest reply.
+            temperature: 0 is greedy (the same answer every time); above 0 samples.
+        """
+        if self.task == "classification":
+            raise AffinerError(
+                "this run trained a classifier: it predicts labels, it does not chat",
+                hint="use classify(texts)",
+            )
+        from transformers import TextIteratorStreamer
+
+        with self._lock:
+            inputs = self.encode(messages)
+            streamer = TextIteratorStreamer(
+                self.tokenizer, skip_prompt=True, skip_special_tokens=True
+            )
+            settings: dict[str, Any] = {
+                "max_new_tokens": max_new_tokens,
+                "do_sample": temperature > 0,
+                "pad_token_id": self.tokenizer.pad_token_id,
+                "streamer": streamer,
+            }
+            if temperature > 0:
+                settings |= {"temperature": temperature, "top_p": 0.95}
+            failure: list[BaseException] = []
+
+            def generate() -> None:
+                try:
+                    with self._model_for(use_adapter) as model:
+                        model.generate(**inputs, **settings)
+                except BaseException as error:  # re-raised in the caller's thread below
+                    failure.append(error)
+                    streamer.end()
+
+            thread = threading.Thread(target=generate, name="affiner-generate", daemon=True)
+            thread.start()
+            try:
+                yield from streamer
+            finally:
+                thread.join()
+            if failure:
+                raise failure[0]
+
+    def generate(self, messages: Sequence[Message], use_adapter: bool = True, **kwargs: Any) -> str:
+        """The whole reply at once (`stream` joined)."""
+        return "".join(self.stream(messages, use_adapter, **kwargs))
+
+    # -- classification --------------------------------------------------------------------
+    def classify(self, texts: Sequence[str], use_adapter: bool = True) -> list[Prediction]:
+        """Each text's predicted label with the probability of every label."""
+        import torch
+
+        if self.task != "classification":
+            raise AffinerError(
+                "this run trained a generator, not a classifier", hint="use stream(messages)"
+            )
+        self.load()
+        with self._lock, torch.no_grad(), self._model_for(use_adapter) as model:
+            batch = self.tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True)
+            batch = {
+                k: v.to(self.device)
+                for k, v in batch.items()
+                if k in ("input_ids", "attention_mask")
+            }
+            probs = torch.softmax(model(**batch).logits.float(), dim=-1).cpu()
+        id2label = getattr(model.config, "id2label", None) or {}
+        names = self.labels or [str(id2label.get(i, i)) for i in range(probs.shape[-1])]
+        predictions = []
+        for row in probs.tolist():
+            scores = {names[i]: float(p) for i, p in enumerate(row)}
+            predictions.append(Prediction(max(scores, key=scores.__getitem__), scores))
+        return predictions
