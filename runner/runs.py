@@ -31,6 +31,7 @@ from runner.events import (
     RunStatus,
     TrainLog,
     Warning_,
+    effective_events,
     read_status,
 )
 from runner.process import is_worker_of
@@ -176,7 +177,7 @@ def summarize(run_dir: RunDir | str | os.PathLike[str], *, now: float | None = N
     now = time.time() if now is None else now
     status = read_status(rd.path)
     reader = EventReader(rd.path)
-    events = reader.read_new()
+    events = effective_events(reader.read_new())
     attempt = last_attempt(events)
     model, method = _read_config_labels(rd.config)
 

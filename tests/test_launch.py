@@ -1,0 +1,202 @@
+"""Launching, stopping and refusing runs.
+
+The fast tests use a stand-in worker: a tiny Python process whose command line names
+``runner.worker`` and the run folder (so pid checks accept it) and that handles SIGTERM the
+way the real worker does (final event, ``stopped`` status). The real training bars — a LoRA
+run started with ``affiner train`` that finishes and leaves a working adapter, and
+``affiner preflight`` — are at the end, marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from planner.errors import AffinerError
+from runner import launch
+from runner.events import RunFinished, read_events, read_status
+from runner.process import is_worker_of, spawn_detached
+from runner.rundir import RunDir
+from runner.runs import summarize
+
+REPO = Path(__file__).resolve().parent.parent
+
+FAKE_WORKER = """
+import os, signal, sys, time
+sys.path.insert(0, {repo!r})
+from runner.events import EventWriter, RunFinished, RunStarted, RunStatus, read_status, write_status
+mode, run_dir = sys.argv[1], sys.argv[-1]
+status = read_status(run_dir) or RunStatus(run_id=os.path.basename(run_dir))
+writer = EventWriter(run_dir)
+writer.write(RunStarted(pid=os.getpid(), total_steps=10))
+def on_term(*_):
+    writer.write(RunFinished(state="stopped", step=3, message="stopped at step 3"))
+    status.state, status.message = "stopped", "stopped at step 3"
+    write_status(run_dir, status)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term if mode == "graceful" else signal.SIG_IGN)
+status.state, status.pid, status.step = "running", os.getpid(), 3
+write_status(run_dir, status)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def write_toml(folder: Path, body: str = "") -> Path:
+    (folder / "models" / "tiny").mkdir(parents=True, exist_ok=True)  # else it reads as a hub id
+    path = folder / "my-run.toml"
+    path.write_text(
+        '[model]\nname_or_path = "models/tiny"\n\n[method]\nname = "lora"\n\n'
+        '[data]\ntrain = "data/train.jsonl"\n' + body,
+        encoding="utf-8",
+    )
+    return path
+
+
+def start_fake_worker(rd: RunDir, mode: str) -> subprocess.Popen[bytes]:
+    argv = [
+        sys.executable,
+        "-c",
+        FAKE_WORKER.format(repo=str(REPO)),
+        mode,
+        "-m",
+        "runner.worker",
+        str(rd.path),
+    ]
+    proc = spawn_detached(argv, log_path=rd.log, cwd=rd.path)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        status = read_status(rd.path)
+        if status is not None and status.state == "running" and status.pid == proc.pid:
+            return proc
+        assert proc.poll() is None, rd.log.read_text()
+        time.sleep(0.05)
+    raise AssertionError("the stand-in worker did not start")
+
+
+def test_prepare_run_writes_a_complete_self_contained_folder(
+    runs_dir: Path, tmp_path: Path
+) -> None:
+    prepared = launch.prepare_run(write_toml(tmp_path), preflight=False)
+    rd = prepared.run_dir
+    assert rd.path.parent == runs_dir.resolve()
+    assert "-lora-tiny-" in rd.run_id
+    assert sorted(p.name for p in rd.path.iterdir()) == ["command.txt", "run.toml", "status.json"]
+    from runner.config_io import load_config
+
+    cfg = load_config(rd.config)
+    assert cfg.model.name_or_path == str(tmp_path / "models" / "tiny")  # absolute: movable folder
+    assert cfg.data.train == str(tmp_path / "data" / "train.jsonl")
+    assert cfg.training.preflight is False
+    status = read_status(rd.path)
+    assert status is not None and status.state == "starting" and status.started > 0
+    command = rd.command.read_text()
+    assert f"affiner train {rd.config}" in command and f"-m runner.worker {rd.path}" in command
+    assert [p.name for p in runs_dir.iterdir()] == [rd.run_id]  # no staging folder left
+
+
+def test_bad_config_leaves_no_run_folder(runs_dir: Path, tmp_path: Path) -> None:
+    bad = write_toml(tmp_path, "\n[training]\nmicro_batch = 0\n")
+    with pytest.raises(AffinerError) as error:
+        launch.start_run(bad)
+    assert "micro_batch" in str(error.value) and "my-run.toml:11" in str(error.value)
+    assert list(runs_dir.iterdir()) == []
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[model\n")
+    with pytest.raises(AffinerError, match="not valid TOML"):
+        launch.start_run(broken)
+    with pytest.raises(AffinerError, match="not found"):
+        launch.start_run(tmp_path / "missing.toml")
+    assert list(runs_dir.iterdir()) == []
+
+
+def test_run_id_must_be_new_and_plain(runs_dir: Path, tmp_path: Path) -> None:
+    toml = write_toml(tmp_path)
+    launch.prepare_run(toml, run_id="mine")
+    with pytest.raises(AffinerError, match="already exists"):
+        launch.prepare_run(toml, run_id="mine")
+    with pytest.raises(AffinerError, match="plain folder name"):
+        launch.prepare_run(toml, run_id="a/b")
+    assert [p.name for p in runs_dir.iterdir()] == ["mine"]
+
+
+def test_detached_process_has_its_own_session_and_no_stdin(tmp_path: Path) -> None:
+    log = tmp_path / "train.log"
+    log.write_text("earlier line\n")
+    code = "import os, sys; print(os.getsid(0) == os.getpid(), repr(sys.stdin.read()))"
+    proc = spawn_detached([sys.executable, "-c", code], log_path=log, cwd=tmp_path)
+    assert proc.wait(timeout=30) == 0
+    assert log.read_text() == "earlier line\nTrue ''\n"  # appended, new session, /dev/null
+
+
+def test_stop_sends_sigterm_and_waits_for_the_final_state(runs_dir: Path, tmp_path: Path) -> None:
+    rd = launch.prepare_run(write_toml(tmp_path)).run_dir
+    proc = start_fake_worker(rd, "graceful")
+    try:
+        assert is_worker_of(proc.pid, rd.path)
+        assert summarize(rd).state == "running"
+        with pytest.raises(AffinerError, match="still running"):
+            launch.resume_run(rd.run_id)
+        result = launch.stop_run(rd.run_id, timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert result.stopped and result.state == "stopped" and result.signalled == ["SIGTERM"]
+    assert summarize(rd).state == "stopped"
+    again = launch.stop_run(rd)
+    assert again.signalled == [] and "nothing to stop" in again.message
+
+
+def test_force_stop_kills_a_stuck_worker_and_marks_it_stopped(
+    runs_dir: Path, tmp_path: Path
+) -> None:
+    rd = launch.prepare_run(write_toml(tmp_path)).run_dir
+    proc = start_fake_worker(rd, "stubborn")
+    try:
+        result = launch.stop_run(rd, timeout=0.5, force=True)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert result.signalled == ["SIGTERM", "SIGKILL"] and result.state == "stopped"
+    status = read_status(rd.path)
+    assert status is not None and status.state == "stopped" and "SIGKILL" in status.message
+    last = read_events(rd.path)[-1]
+    assert isinstance(last, RunFinished) and last.state == "stopped"
+
+
+def test_stop_without_force_reports_a_worker_still_stopping(runs_dir: Path, tmp_path: Path) -> None:
+    rd = launch.prepare_run(write_toml(tmp_path)).run_dir
+    proc = start_fake_worker(rd, "stubborn")
+    try:
+        result = launch.stop_run(rd, timeout=0.3)
+        assert not result.stopped and result.state == "stopping"
+        assert "--force" in result.message
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_stop_and_resume_refuse_sensibly(runs_dir: Path, tmp_path: Path) -> None:
+    rd = launch.prepare_run(write_toml(tmp_path)).run_dir
+    status = read_status(rd.path)
+    assert status is not None
+    status.state = "finished"
+    from runner.events import write_status
+
+    write_status(rd.path, status)
+    result = launch.stop_run(rd.run_id)
+    assert result.stopped and result.signalled == [] and "already finished" in result.message
+    with pytest.raises(AffinerError, match="already finished"):
+        launch.resume_run(rd.run_id)
+    # A live pid that is not this run's worker (pid reuse) is never signalled.
+    status.state, status.pid = "running", os.getpid()
+    write_status(rd.path, status)
+    with pytest.raises(AffinerError, match="not this run's worker"):
+        launch.stop_run(rd)
+    assert json.loads(rd.status.read_text())["state"] == "running"
