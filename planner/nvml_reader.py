@@ -2,7 +2,7 @@
 
 NVML is generous on a data-centre card and stingy elsewhere: consumer cards refuse power
 readings, containers hide other processes, vGPUs refuse utilization. A single refused reading
-must never cost the whole report, so every call goes through `_read`, and a failure to start
+must never cost the whole report, so every reading goes through `_Reader.read`, and a failure to start
 NVML at all becomes a sentence a person can act on (`NvmlReading.reason`).
 
 The module object is passed in (`read_gpus(nvml)`), so tests hand in `tests.fake_nvml`.

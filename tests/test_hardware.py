@@ -12,10 +12,12 @@ from planner.hardware import nearest_existing, probe, read_cpu
 from planner.nvml_reader import cuda_version_text
 from tests.fake_nvml import (
     GIB,
+    NVMLError,
     NVMLError_DriverNotLoaded,
     NVMLError_LibraryNotFound,
     NVMLError_NoPermission,
     NVMLError_NotSupported,
+    NVMLError_Uninitialized,
     ProcessInfo,
     gpu,
     make_fake_nvml,
@@ -43,6 +45,14 @@ def test_eight_gpus_are_read_in_full(tmp_path: Path) -> None:
     assert first.processes[0].pid == 4242 and first.processes[0].used_bytes == 3 * GIB
     assert report.driver_version == "550.54.15" and report.cuda_driver_version == "12.4"
     assert nvml.calls == ["init", "shutdown"]
+    with pytest.raises(NVMLError_Uninitialized):  # shut down: the fake behaves like pynvml
+        nvml.nvmlDeviceGetCount()
+
+
+def test_fake_builds_error_subclasses_by_code() -> None:
+    error = NVMLError(12)
+    assert isinstance(error, NVMLError_LibraryNotFound)
+    assert str(error) == "NVML Shared Library Not Found"
 
 
 @pytest.mark.parametrize(
