@@ -225,21 +225,21 @@ def _validate(
 
 
 def _resolve_labels(
-    examples: list[Example], known: list[str], split: str, out: LoadedData
+    examples: list[Example], known: list[str], split: str, out: LoadedData, *, listed: bool
 ) -> list[Example]:
+    """Rows with their label as a class name; rows with a label outside `known` are dropped."""
     kept = []
     for example in examples:
         try:
             name = label_name(example.data["label"], known)
         except RowProblem as problem:
-            out.dropped.append(DroppedRow(example.where, str(problem), split))
-            continue
-        if split == "eval" and name not in known:
-            out.dropped.append(
-                DroppedRow(
-                    example.where, f"label {name!r} was not seen in the training data", split
-                )
-            )
+            reason = str(problem)
+            if listed:
+                reason = reason.replace("(known:", "(not in [data].labels:", 1)
+            else:  # the classes came from the training rows themselves
+                reason = reason.replace("unknown label", "label", 1)
+                reason = reason.replace(" (known:", " was not seen in the training data (known:", 1)
+            out.dropped.append(DroppedRow(example.where, reason, split))
             continue
         kept.append(Example({**example.data, "label": name}, example.where))
     return kept
@@ -315,8 +315,8 @@ def load_rows(
                     names.add(label_name(example.data["label"], []))
             known = sort_labels(names)
         out.labels = known
-        train = _resolve_labels(train, known, "train", out)
-        evals = _resolve_labels(evals, known, "eval", out)
+        train = _resolve_labels(train, known, "train", out, listed=bool(data.labels))
+        evals = _resolve_labels(evals, known, "eval", out, listed=bool(data.labels))
     _check_dropped(out, data, {"train": train_src.source, "eval": out.eval_source})
     if not train:
         raise DataError("no usable training rows", where=train_src.source)
