@@ -32,6 +32,11 @@ def method_name(method: str) -> str:
     return METHOD_NAMES.get(method, method)
 
 
+def capitalized(text: str) -> str:
+    """First letter up, the rest as written (``str.capitalize`` would turn LoRA into Lora)."""
+    return text[:1].upper() + text[1:]
+
+
 def gib(num_bytes: float | None) -> str:
     """``12.3 GiB``; ``512 MiB`` below one GiB; ``N/A`` when unknown."""
     if num_bytes is None:
@@ -42,11 +47,13 @@ def gib(num_bytes: float | None) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    """``45 s``, ``12 min``, ``3 h 20 min``, ``2 d 4 h``; ``N/A`` when unknown."""
+    """``40 ms``, ``0.9 s``, ``45 s``, ``12 min``, ``3 h 20 min``, ``2 d 4 h``; ``N/A`` when unknown."""
     if seconds is None or math.isnan(seconds):
         return "N/A"
-    if seconds < 1:
+    if seconds < 0.1:
         return f"{seconds * 1000:.0f} ms"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     minutes = seconds / 60
@@ -167,13 +174,13 @@ def why_not(report: Any, method: str, device: Any) -> str:
     best = recommended(report)
     if not candidate.fits:
         text = (
-            f"{name.capitalize()} needs **{gib(candidate.peak_bytes)}** at its peak; "
+            f"{capitalized(name)} needs **{gib(candidate.peak_bytes)}** at its peak; "
             f"the {device_name} has **{gib(have)}** free."
         )
     elif best is not None and best.method == method:
-        text = f"{name.capitalize()} is the recommendation: {gib(candidate.peak_bytes)} of {gib(have)}."
+        text = f"{capitalized(name)} is the recommendation: {gib(candidate.peak_bytes)} of {gib(have)}."
     else:
-        text = f"{name.capitalize()} fits ({gib(candidate.peak_bytes)} of {gib(have)})"
+        text = f"{capitalized(name)} fits ({gib(candidate.peak_bytes)} of {gib(have)})"
         if best is not None:
             text += f", but {method_name(best.method)} is recommended"
             if best.step_seconds and candidate.step_seconds:
@@ -207,7 +214,7 @@ def why(report: Any, method: str | None, device: Any) -> str:
     if best is None:
         return nothing_fits(report, device)
     text = (
-        f"**{method_name(best.method).capitalize()}** is recommended: peak {gib(best.peak_bytes)} "
+        f"**{capitalized(method_name(best.method))}** is recommended: peak {gib(best.peak_bytes)} "
         f"of {gib(device_memory(device))}, {duration(best.step_seconds)} a step."
     )
     reasons = _reasons(best)
@@ -254,13 +261,14 @@ def how_long(ctx: AnswerContext) -> str:
     steps = ctx.total_steps()
     if step is None:
         return f"The planner has no time estimate for {name} on this device."
+    plural = "" if ctx.epochs == 1 else "s"
     if steps is None:
         return (
-            f"{name.capitalize()}: about **{duration(step)} a step** "
+            f"{capitalized(name)}: about **{duration(step)} a step** "
             f"({ctx.micro_batch * ctx.grad_accum} examples). Give me the data for a total."
         )
     return (
-        f"{name.capitalize()}: {steps} steps ({ctx.rows} rows × {ctx.epochs:g} epochs ÷ "
+        f"{capitalized(name)}: {steps} steps ({ctx.rows} rows × {ctx.epochs:g} epoch{plural} ÷ "
         f"{ctx.micro_batch * ctx.grad_accum} a step) × {duration(step)} ≈ **{duration(step * steps)}**."
     )
 
@@ -310,7 +318,7 @@ def setting_changed(label: str, old: Any, new: Any, before: Any, after: Any, dev
     text = f"{label}: {old} → **{new}**."
     if after is None:
         return text
-    text += f" {method_name(after.method).capitalize()} now peaks at **{gib(after.peak_bytes)}**"
+    text += f" {capitalized(method_name(after.method))} now peaks at **{gib(after.peak_bytes)}**"
     if (
         before is not None
         and before.method == after.method

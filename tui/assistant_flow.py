@@ -11,11 +11,12 @@ a thin layer that draws and runs workers.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from tui import answers
-from tui.answers import AnswerContext, method_name
+from tui.answers import AnswerContext, capitalized, method_name
 from tui.intents import Intent, parse_intent
 
 #: The steps, in order. ``monitor`` is where the flow ends (the app opens the monitor).
@@ -328,7 +329,7 @@ class AssistantFlow:
         old = self.settings.method
         self.settings.method = method
         if self.plan is None:
-            return _say(f"{method_name(method).capitalize()} it is; the plan follows the model.")
+            return _say(f"{capitalized(method_name(method))} it is; the plan follows the model.")
         candidate = self.candidate()
         text = f"Using **{method_name(method)}**" + (
             " (was the recommendation)." if old is None else "."
@@ -483,7 +484,18 @@ def _data_summary(preview: DataPreview) -> str:
             text += f"\n- … and {len(preview.dropped) - 8} more"
     else:
         text += " Every row is valid."
+    if preview.sample:
+        text += "\n\nThe first rows:\n\n" + "\n".join(
+            f"- `{_short(row)}`" for row in preview.sample
+        )
     return text
+
+
+def _short(row: Any, width: int = 90) -> str:
+    """A row on one line, cut to `width` characters (backticks removed for Markdown)."""
+    text = json.dumps(row, ensure_ascii=False) if not isinstance(row, str) else row
+    text = " ".join(text.split()).replace("`", "'")
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _preflight_summary(event: Any, candidate: Any) -> str:

@@ -237,7 +237,7 @@ class AssistantScreen(Screen):
         inspect = getattr(self.services, "inspect_data", None)
         if inspect is None:
             from tui.data_preview import build_preview as inspect
-        return inspect(path, self.flow.spec, self.flow.settings.seq_len)
+        return inspect(path, self.flow.spec, self.flow.settings.seq_len, self.flow.model_ref)
 
     def _task_plan(self, _arg: Any) -> Any:
         flow = self.flow
