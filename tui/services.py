@@ -33,6 +33,12 @@ def _catalog_target(name: str) -> DeviceTarget:
     return target_from_catalog(name)
 
 
+def _is_run_alive(pid: int | None, run_dir: Path) -> bool:
+    from runner.process import is_worker_of
+
+    return is_worker_of(pid, run_dir)
+
+
 @dataclass
 class Services:
     """What the screens may call. Every callable may be slow: call it from a worker.
@@ -46,6 +52,8 @@ class Services:
         runs_root: the folder holding run folders.
         gpu_catalog: names of the catalog GPUs a plan can be made "as if" for.
         catalog_target: ``(name) -> DeviceTarget`` for one of those names.
+        is_run_alive: ``(pid, run_dir) -> bool``: is that pid the run's training process now?
+            A "running" status whose process is gone is shown as interrupted.
         clock: the time screens show ages and elapsed times against (tests fix it, so
             snapshots never depend on when they were taken).
         run_poll_seconds: how often a watched run folder is read for new events.
@@ -60,6 +68,7 @@ class Services:
     runs_root: Path
     gpu_catalog: Callable[[], Sequence[str]] = _catalog_names
     catalog_target: Callable[[str], DeviceTarget] = _catalog_target
+    is_run_alive: Callable[[int | None, Path], bool] = _is_run_alive
     clock: Callable[[], float] = time.time
     run_poll_seconds: float = 0.5
     hardware_poll_seconds: float = 3.0

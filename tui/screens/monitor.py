@@ -1,0 +1,233 @@
+"""The monitor: one run, live. Loss, memory against the plan, progress, evals, warnings, log.
+
+A thread worker tails the run folder (`tui.run_watcher.watch_run`) and posts `RunBatch`
+messages; the handler folds them into a `RunHistory` and redraws. Quitting the TUI cancels
+the worker and leaves training alone, and opening the run again replays its whole history
+from ``events.jsonl``.
+
+Stopping asks first (a modal), then calls `Services.stop_run` in a worker: the run ends at
+its next step, saves, and keeps its best checkpoint. When the run warns about overfitting,
+the banner offers exactly that, with the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from planner.errors import AffinerError
+from runner.rundir import RunDir
+from runner.runs import LIVE_STATES
+from tui.messages import RunBatch, WatchFailed
+from tui.run_history import RunHistory
+from tui.run_watcher import WatchBatch, watch_run
+from tui.screens.confirm import ConfirmScreen
+from tui.widgets.plots import LossPlot, MemoryPlot
+from tui.widgets.run_panels import EvalTable, LogTail, RunProgress, RunStats, WarningsBanner
+
+#: Smoothing weights the toggle cycles through (0 = raw).
+SMOOTHING_STEPS = (0.6, 0.9, 0.0)
+
+
+class MonitorScreen(Screen):
+    """Live view of one run folder. `show_run(run_dir)` switches to another run."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("s,f8", "stop_run", "Stop run"),
+        Binding("t", "toggle_smoothing", "Smoothing"),
+        Binding("l", "toggle_log", "Log"),
+        Binding("p,f7", "playground", "Chat with it"),
+    ]
+
+    def __init__(
+        self, services: object, run_dir: str | Path | None = None, **kwargs: object
+    ) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.services = services
+        self.run_dir: Path | None = Path(run_dir) if run_dir else None
+        self.history = RunHistory()
+        self.state = ""
+        self.status_message = ""
+        self._smoothing = 0
+        self._ready = False
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="run-title")
+        yield WarningsBanner(stop_key="s", id="warnings")
+        yield RunProgress(id="progress")
+        with Horizontal(id="plots"):
+            yield LossPlot(id="loss-plot")
+            yield MemoryPlot(id="memory-plot")
+        with Horizontal(id="details"):
+            yield RunStats(id="stats")
+            with Vertical(id="tables"):
+                yield EvalTable(id="evals")
+                yield LogTail(id="log")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self._ready = True
+        if self.run_dir is not None:
+            self.show_run(self.run_dir)
+        else:
+            self._draw()
+
+    # -- following a run ------------------------------------------------------------------
+
+    def show_run(self, run_dir: str | Path) -> None:
+        """Show ``run_dir`` from its first event, and follow it until another run is shown."""
+        self.workers.cancel_group(self, "run-watch")
+        self.run_dir = Path(run_dir)
+        self.history = RunHistory()
+        self.state, self.status_message = "", ""
+        if self._ready:
+            self.query_one(LogTail).clear()
+            self._draw()
+            self._watch_worker(self.run_dir)
+
+    @work(thread=True, group="run-watch", name="watch-run", exit_on_error=False)
+    def _watch_worker(self, run_dir: Path) -> None:
+        worker = get_current_worker()
+
+        def deliver(batch: WatchBatch) -> None:
+            self.post_message(
+                RunBatch(
+                    run_dir=run_dir,
+                    events=batch.events,
+                    log_lines=batch.log_lines,
+                    status=batch.status,
+                    state=batch.state,
+                    first=batch.first,
+                )
+            )
+
+        try:
+            watch_run(
+                run_dir,
+                deliver,
+                lambda: worker.is_cancelled,
+                interval=getattr(self.services, "run_poll_seconds", 0.5),
+                alive=getattr(self.services, "is_run_alive", None),
+            )
+        except OSError as error:
+            self.post_message(WatchFailed(run_dir=run_dir, error=str(error)))
+
+    @on(RunBatch)
+    def _batch(self, message: RunBatch) -> None:
+        if message.run_dir != self.run_dir:
+            return  # a late batch from the run shown before
+        self.history.add(message.events)
+        if message.status is not None:
+            self.status_message = message.status.message
+            if not self.history.total_steps:
+                self.history.total_steps = message.status.total_steps
+        if message.state is not None:
+            self.state = message.state
+        if message.log_lines:
+            self.query_one(LogTail).write_lines(message.log_lines)
+        self._draw()
+
+    @on(WatchFailed)
+    def _failed(self, message: WatchFailed) -> None:
+        self.notify(f"Cannot read {message.run_dir}: {message.error}", severity="error")
+
+    # -- drawing --------------------------------------------------------------------------
+
+    def _draw(self) -> None:
+        h = self.history
+        title = self.query_one("#run-title", Static)
+        if self.run_dir is None:
+            title.update("No run open. F4 lists the runs; Enter on one opens it here.")
+        else:
+            parts = [self.state, h.run_id or self.run_dir.name, h.model, h.method, h.device]
+            title.update("  ·  ".join(p for p in parts if p))
+        self.query_one(WarningsBanner).show(h)
+        self.query_one(RunProgress).show(h, self.state)
+        self.query_one(LossPlot).set_losses(h.train_loss, h.eval_loss)
+        self.query_one(MemoryPlot).set_series(
+            [(s.label, s.points) for s in h.memory.values()],
+            predicted_peak=h.predicted_peak_bytes or self._planned_peak(),
+            capacity=max((s.total or 0 for s in h.memory.values()), default=0) or None,
+            title="GPU memory (GiB)" if h.on_gpu or not h.memory else "RAM (GiB)",
+        )
+        self.query_one(RunStats).show(h)
+        self.query_one(EvalTable).show(h)
+
+    def _planned_peak(self) -> int | None:
+        """The plan's predicted peak from run.toml's [plan], for runs that logged none."""
+        if self.run_dir is None:
+            return None
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        try:
+            data = tomllib.loads(RunDir(self.run_dir).config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        value = data.get("plan", {}).get("predicted_peak_bytes")
+        return int(value) if isinstance(value, (int, float)) and value > 0 else None
+
+    # -- actions --------------------------------------------------------------------------
+
+    def action_toggle_smoothing(self) -> None:
+        self._smoothing = (self._smoothing + 1) % len(SMOOTHING_STEPS)
+        weight = SMOOTHING_STEPS[self._smoothing]
+        self.query_one(LossPlot).set_smoothing(weight)
+        self.notify(f"Loss smoothing {weight:g}" if weight else "Loss smoothing off", timeout=2)
+
+    def action_toggle_log(self) -> None:
+        self.query_one(LogTail).toggle_class("-hidden")
+
+    def action_playground(self) -> None:
+        if self.run_dir is not None:
+            self.app.open_playground(self.run_dir)  # type: ignore[attr-defined]
+
+    def action_stop_run(self) -> None:
+        if self.run_dir is None:
+            self.notify("No run is open.", severity="warning")
+            return
+        if self.state and self.state not in LIVE_STATES:
+            self.notify(f"This run is {self.state}; there is nothing to stop.", timeout=3)
+            return
+        best = self.history.best_checkpoint
+        keep = (
+            f"The best checkpoint (step {best.step}) is kept."
+            if best is not None
+            else "The last checkpoint is kept."
+        )
+        question = (
+            f"Stop run {self.run_dir.name}?\n\nTraining ends at its next step and saves. {keep}"
+        )
+        self.app.push_screen(ConfirmScreen(question, yes="Stop"), self._confirmed)
+
+    def _confirmed(self, yes: bool | None) -> None:
+        if yes and self.run_dir is not None:
+            self.notify("Stopping… the run saves before it ends.", timeout=4)
+            self._stop_worker(self.run_dir)
+
+    @work(thread=True, group="run-stop", name="stop-run", exit_on_error=False)
+    def _stop_worker(self, run_dir: Path) -> str:
+        result = self.services.stop_run(RunDir(run_dir))  # type: ignore[attr-defined]
+        return str(getattr(result, "message", "") or "Stop requested.")
+
+    @on(Worker.StateChanged)
+    def _worker_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != "run-stop":
+            if event.state == WorkerState.ERROR and event.worker.group == "run-watch":
+                self.notify(f"Watching the run failed: {event.worker.error}", severity="error")
+            return
+        if event.state == WorkerState.SUCCESS:
+            self.notify(str(event.worker.result), timeout=5)
+        elif event.state == WorkerState.ERROR:
+            error = event.worker.error
+            text = str(error) if isinstance(error, AffinerError) else f"Stopping failed: {error!r}"
+            self.notify(text, severity="error", timeout=8)

@@ -1,0 +1,200 @@
+"""The monitor's text panels: progress, evaluation table, warnings banner, log tail, stats.
+
+Each renders from a `RunHistory` handed to ``show()``; none reads files or the clock, so a
+snapshot of a hand-written run folder is the same on every machine and every day.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+from rich.text import Text
+from textual.widget import Widget
+from textual.widgets import DataTable, Log, Static
+
+from runner.events import EvalResult
+from tui.run_history import RunHistory, format_bytes, format_duration
+from tui.widgets.gauge import bar_text
+
+
+class RunProgress(Widget):
+    """``step 120/400 ▕████░░░░▏ 30%  epoch 0.90/3  ETA 4m05s`` (ETA from the run's events)."""
+
+    DEFAULT_CSS = """
+    RunProgress { height: 1; width: 1fr; }
+    RunProgress > .progress--bar { color: $accent; }
+    """
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"progress--bar"}
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.history = RunHistory()
+        self.state = ""
+
+    def show(self, history: RunHistory, state: str = "") -> None:
+        self.history, self.state = history, state
+        self.refresh()
+
+    def describe(self) -> tuple[str, str]:
+        """The text left and right of the bar (also what tests read)."""
+        h = self.history
+        total = f"/{h.total_steps}" if h.total_steps else ""
+        left = f"step {h.step}{total}"
+        epochs = f"/{h.epochs:g}" if h.epochs else ""
+        percent = f"{h.progress * 100:3.0f}%" if h.progress is not None else " N/A"
+        if h.finished is not None:
+            tail = f"{h.finished.state}"
+        else:
+            tail = f"ETA {format_duration(h.eta_seconds)}"
+        right = f"{percent}  epoch {h.epoch:.2f}{epochs}  {tail}"
+        return left, right
+
+    def render(self) -> Text:
+        left, right = self.describe()
+        width = max(0, self.size.width - len(left) - len(right) - 5)
+        filled, empty = bar_text(self.history.progress, width)
+        text = Text(left + " ▕")
+        text.append(filled, self.get_component_rich_style("progress--bar"))
+        text.append(empty)
+        text.append("▏ " + right)
+        return text
+
+
+class EvalTable(DataTable):
+    """One row per evaluation; classification columns appear only when a run reports them."""
+
+    DEFAULT_CSS = """
+    EvalTable { height: auto; max-height: 8; }
+    """
+
+    OPTIONAL = ("accuracy", "precision", "recall", "f1")
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)  # type: ignore[arg-type]
+        self._shown: tuple[int, tuple[str, ...]] = (-1, ())
+
+    def show(self, history: RunHistory) -> None:
+        evals = history.evals
+        optional = tuple(
+            name for name in self.OPTIONAL if any(getattr(e, name) is not None for e in evals)
+        )
+        if self._shown == (len(evals), optional):
+            return
+        self._shown = (len(evals), optional)
+        self.clear(columns=True)
+        self.add_columns("step", "epoch", "eval loss", "ppl", *optional)
+        best = history.best_eval
+        for ev in evals[-50:]:
+            marker = " *" if ev is best else ""
+            self.add_row(
+                f"{ev.step}{marker}",
+                f"{ev.epoch:.2f}",
+                _num(ev.loss, 4),
+                _num(_perplexity(ev), 2),
+                *(_num(getattr(ev, name), 3) for name in optional),
+            )
+        if self.row_count:
+            self.move_cursor(row=self.row_count - 1)
+
+
+def _perplexity(ev: EvalResult) -> float | None:
+    if ev.perplexity is not None:
+        return ev.perplexity
+    if ev.loss is not None and ev.loss < 50:
+        return math.exp(ev.loss)
+    return None
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "N/A" if value is None else f"{value:.{digits}f}"
+
+
+class WarningsBanner(Static):
+    """Overfitting, NaN loss and out-of-memory warnings, impossible to miss.
+
+    Hidden while there is nothing serious. When the run is overfitting and still going, it
+    offers the stop-and-keep-best action with its key.
+    """
+
+    DEFAULT_CSS = """
+    WarningsBanner {
+        display: none; height: auto; max-height: 5; padding: 0 1;
+        background: $error 20%; color: $text; border-left: thick $error;
+    }
+    WarningsBanner.-shown { display: block; }
+    """
+
+    def __init__(self, stop_key: str = "s", **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.stop_key = stop_key
+        self.text = ""
+
+    def show(self, history: RunHistory) -> None:
+        lines: list[str] = []
+        offer = history.overfitting
+        if offer is not None:
+            best = history.best_checkpoint
+            keep = (
+                f" (step {best.step}, eval loss {best.eval_loss:.4f})"
+                if best is not None and best.eval_loss is not None
+                else ""
+            )
+            lines.append(
+                f"⚠ Overfitting: {offer.message}. Press [{self.stop_key}] to stop now and keep "
+                f"the best checkpoint{keep}."
+            )
+        seen = {"overfitting"} if offer is not None else set()
+        for warning in reversed(history.serious_warnings):
+            if warning.code in seen:
+                continue
+            seen.add(warning.code)
+            at = f" at step {warning.step}" if warning.step is not None else ""
+            action = f" {warning.action}" if warning.action and warning.action != "stop" else ""
+            lines.append(f"⚠ {warning.code.replace('_', ' ')}{at}: {warning.message}{action}")
+        for error in history.errors[-1:]:
+            lines.append(f"✖ {error.code or 'error'}: {error.message}")
+        self.text = "\n".join(lines[:4])
+        self.set_class(bool(lines), "-shown")
+        self.update(Text(self.text))
+
+
+class RunStats(Static):
+    """A column of current numbers: loss, learning rate, throughput, memory against the plan."""
+
+    DEFAULT_CSS = """
+    RunStats { height: auto; width: 1fr; }
+    """
+
+    def show(self, history: RunHistory) -> None:
+        self.update(Text("\n".join(stats_lines(history))))
+
+
+def stats_lines(h: RunHistory) -> list[str]:
+    """Short ``name value`` lines for the stats panel."""
+    loss = h.train_loss[-1][1] if h.train_loss else None
+    lr = h.learning_rate[-1][1] if h.learning_rate else None
+    tps = h.tokens_per_second[-1][1] if h.tokens_per_second else None
+    best = h.best_eval
+    lines = [
+        f"loss      {_num(loss, 4)}",
+        f"best eval {_num(best.loss, 4) if best else 'N/A'}" + (f" @{best.step}" if best else ""),
+        f"lr        {'N/A' if lr is None else f'{lr:.2e}'}",
+        f"tokens/s  {'N/A' if tps is None else f'{tps:,.0f}'}",
+        f"peak      {format_bytes(h.measured_peak_bytes)}",
+        f"predicted {format_bytes(h.predicted_peak_bytes)}",
+    ]
+    for series in h.memory.values():
+        lines.append(f"{series.label[:9]:<9} {format_bytes(series.latest)}")
+    return lines
+
+
+class LogTail(Log):
+    """The last lines of train.log (the training process's own output)."""
+
+    DEFAULT_CSS = """
+    LogTail { height: 1fr; min-height: 3; }
+    """
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(max_lines=500, highlight=False, **kwargs)  # type: ignore[arg-type]
