@@ -1,0 +1,235 @@
+"""How close is the planner's memory model to reality?
+
+CPU mode (the default without a GPU): for a tiny model of every family and the methods
+full / LoRA / freeze (and QLoRA where bitsandbytes runs on the CPU), measure exactly the
+parameter, gradient and optimizer-state bytes after a step and the bytes saved for backward
+(`bench.memory_probe`), next to `planner.memory.estimate_memory`'s matching terms.
+
+CUDA mode (``--cuda``): a matrix of real-size models (Qwen2-0.5B-like, a 1.5B, Llama-3-8B-like)
+built from their configs with random weights, methods full/LoRA/QLoRA/freeze, seq 512/2048,
+batch 1/4, checkpointing on/off: three AdamW steps per cell with the runner's recipe, then
+``torch.cuda.max_memory_reserved`` plus the CUDA context (NVML used minus reserved, read
+after the first CUDA call), next to the estimate. Cells the estimate says cannot fit are skipped
+and listed.
+
+    PYTHONPATH=. python bench/memory_accuracy.py [--json] [--cuda] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench import memory_probe as probe
+from planner.device import DeviceTarget
+from planner.memory import estimate_memory
+from planner.model_shapes import spec_from_config
+from planner.settings import TrainSettings
+
+FAMILIES = tuple(probe.TINY_CONFIGS)
+CPU = DeviceTarget(
+    kind="cpu",
+    name="CPU",
+    source="cpu",
+    memory_total=1 << 34,
+    memory_free=1 << 34,
+    bf16=False,
+    fp16=False,
+)
+
+
+def _error(pred: int, meas: int) -> float:
+    if meas == 0:
+        return 0.0 if pred == 0 else float("inf")
+    return (pred - meas) / meas
+
+
+def apply_method(model, spec, settings: TrainSettings):
+    """Set trainable parameters as the runner does: peft LoRA, or freeze all but the last blocks."""
+    if settings.uses_lora:
+        from peft import LoraConfig, get_peft_model
+
+        targets = list(settings.lora_targets)
+        cfg = LoraConfig(
+            r=settings.lora_rank,
+            lora_alpha=settings.lora_alpha,
+            lora_dropout=settings.lora_dropout,
+            target_modules="all-linear" if targets == ["all-linear"] else targets,
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, cfg)
+    if settings.method == "freeze":
+        for p in model.parameters():
+            p.requires_grad_(False)
+        layers = probe.decoder_layers(model)
+        for layer in layers[len(layers) - settings.trainable_layers :]:
+            for p in layer.parameters():
+                p.requires_grad_(True)
+        for p in model.get_output_embeddings().parameters():
+            p.requires_grad_(True)
+        for name, module in model.named_modules():
+            if (
+                name.endswith(("norm", "final_layer_norm", "ln_f", "norm_f"))
+                and "layers" not in name
+            ):
+                for p in module.parameters():
+                    p.requires_grad_(True)
+    return model
+
+
+def cpu_cell(
+    family: str,
+    method: str,
+    *,
+    batch: int = 2,
+    seq: int = 48,
+    checkpointing: bool = False,
+    padded: bool = False,
+) -> dict:
+    """Measure one tiny-model cell on the CPU and compare with the estimate."""
+    config = probe.tiny_config(family)
+    spec = spec_from_config(config, name=f"tiny-{family}")
+    attn = "eager" if family == "gemma2" else "sdpa"
+    settings = TrainSettings(
+        method=method,
+        precision="fp32",
+        micro_batch=batch,
+        seq_len=seq,
+        gradient_checkpointing=checkpointing,
+        padded=padded,
+        lora_rank=8,
+        lora_dropout=0.0 if method == "lora" else 0.05,
+        trainable_layers=1,
+        attention=attn if attn == "eager" else "sdpa",
+    )
+    est = estimate_memory(spec, settings, CPU)
+    model = probe.build_model(config, attn=attn)
+    model.train()
+    model = apply_method(model, spec, settings)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if settings.uses_lora:
+            model.enable_input_require_grads()
+    batch_t = probe.make_batch(spec.vocab_size, batch, seq, padded=padded)
+    saved = probe.saved_for_backward(model, batch_t)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-4)
+    out = model(**batch_t)
+    out.loss.backward()
+    grads = probe.grad_bytes(model)
+    opt.step()
+    measured = {
+        "weights": probe.param_bytes(model),
+        "gradients": grads,
+        "optimizer": probe.optimizer_bytes(opt),
+        "activations": saved.activations + saved.checkpoint_inputs,
+        "logits": saved.logits,
+    }
+    d = est.details
+    predicted = {
+        "weights": est.weights,
+        "gradients": est.trainable_params * 4,
+        "optimizer": est.optimizer,
+        "activations": d["activations_saved"],
+        "logits": d["logits_saved"],
+    }
+    return {
+        "family": family,
+        "method": method,
+        "batch": batch,
+        "seq": seq,
+        "checkpointing": checkpointing,
+        "padded": padded,
+        "measured": measured,
+        "predicted": predicted,
+        "error": {k: _error(predicted[k], measured[k]) for k in measured},
+    }
+
+
+CPU_MATRIX = (
+    [(f, m, {}) for f in FAMILIES for m in ("full", "lora", "freeze")]
+    + [(f, "full", {"checkpointing": True}) for f in ("llama", "gpt2", "bert")]
+    + [(f, "full", {"padded": True}) for f in ("llama", "qwen2")]
+)
+
+
+def run_cpu(families: tuple[str, ...] = FAMILIES) -> list[dict]:
+    torch.set_num_threads(1)
+    rows = []
+    for family, method, extra in CPU_MATRIX:
+        if family not in families:
+            continue
+        try:
+            rows.append(cpu_cell(family, method, **extra))
+        except Exception as exc:  # a cell that cannot run is reported, not hidden
+            rows.append(
+                {
+                    "family": family,
+                    "method": method,
+                    **extra,
+                    "skipped": f"{type(exc).__name__}: {exc}",
+                }
+            )
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="planner vs measured (CPU, fp32, tiny models): error per component")
+    for col in ("family", "method", "case", "weights", "grads", "optim", "activations", "logits"):
+        table.add_column(col)
+    for row in rows:
+        case = ",".join(k for k in ("checkpointing", "padded") if row.get(k)) or "-"
+        if "skipped" in row:
+            table.add_row(row["family"], row["method"], case, row["skipped"][:60], "", "", "", "")
+            continue
+        err = row["error"]
+        cells = []
+        for key in ("weights", "gradients", "optimizer", "activations", "logits"):
+            e = err[key]
+            colour = "green" if abs(e) <= 0.05 else "red"
+            cells.append(f"[{colour}]{e * 100:+.1f}%[/]")
+        table.add_row(row["family"], row["method"], case, *cells)
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument("--cuda", action="store_true", help="run the real-size GPU matrix")
+    parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument("--family", action="append", help="limit to these families")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    if args.cuda:
+        from bench.memory_cuda import run_cuda
+
+        rows = run_cuda()
+    else:
+        rows = run_cpu(tuple(args.family) if args.family else FAMILIES)
+    result = {
+        "mode": "cuda" if args.cuda else "cpu",
+        "torch": torch.__version__,
+        "seconds": round(time.perf_counter() - started, 1),
+        "rows": rows,
+    }
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

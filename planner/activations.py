@@ -1,0 +1,377 @@
+"""Bytes autograd keeps for backward, derived from the architecture one saved tensor at a time.
+
+Every term below names the operation that saves it, as PyTorch's autograd formulas and
+transformers 5's modelling code do it (checked against `bench/memory_probe.py`, which catches
+every saved tensor with ``saved_tensors_hooks``):
+
+- RMSNorm (llama style) upcasts its input to fp32 (saved by ``pow`` and ``mul``), keeps the
+  normalized tensor in the compute dtype when its weight trains (Gemma keeps it in fp32, and
+  multiplies by ``1 + weight``); LayerNorm keeps its input plus fp32 mean/rstd per token.
+- A linear layer keeps its input only when its weight trains; a frozen one needs only the
+  weight (saved by reference, not an activation).
+- Gated MLPs (SwiGLU/GeGLU) keep gate, activation output and up (``act(gate) * up``), and the
+  product when ``down`` trains; plain MLPs keep the first projection's output, whatever their
+  activation keeps (``gelu_new`` is Python arithmetic: four tensors), and the down input.
+- Attention: SDPA's flash / memory-efficient kernels (CUDA, and PyTorch's CPU flash kernel)
+  keep q, k, v, the output (whose layout makes it the ``o_proj`` input too) and an fp32
+  log-sum-exp per head and token. Without a padding mask transformers passes grouped-query k/v
+  as they are (``enable_gqa``); with one it repeats them to all heads and SDPA keeps the mask,
+  converted to the query dtype, in every layer. Eager attention (and SDPA's math fallback)
+  keeps the s² scores: the fp32 softmax output and, in 16-bit, its cast copy.
+- Dropout with p > 0 keeps a one-byte mask. LoRA adds, per wrapped layer: the cast of the input
+  to the adapter's fp32 dtype (peft casts it; under autocast the matmul then keeps a 16-bit copy),
+  the dropout mask, and the rank-wide ``lora_A`` output that ``lora_B`` keeps.
+- Gradient checkpointing (non-reentrant, transformers 5's default) keeps each block's input;
+  backward recomputes one block at a time, so one block's full set comes back at the peak.
+
+What differs between CUDA and CPU is chosen in `attention_kernel`: GPT-2-style attention
+dropout runs in CUDA's flash kernel (which keeps no mask, only an RNG state) but in the CPU's
+math fallback (which keeps s² probabilities and the dropout mask).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from planner.model_spec import ModelSpec
+from planner.settings import TrainSettings
+
+BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+#: Bytes one activation function keeps per element of its input.
+ACT_SAVED = {
+    "gelu_new": 4,  # python tanh formula: x, tanh(...), 0.5*x, 1+tanh
+    "gelu_fast": 4,
+    "gelu_accurate": 4,
+    "quick_gelu": 2,  # x * sigmoid(1.702 x): x and sigmoid output
+}
+#: Families whose attention always runs the eager path in transformers 5.
+EAGER_ONLY = {"gemma2"}
+#: Families with one fused q/k/v projection whose output v stays a view of.
+FUSED_QKV = {"phi3", "gpt_neox", "falcon", "gpt2"}
+
+
+@dataclass
+class Traits:
+    """What a family's blocks do that changes what backward keeps."""
+
+    norm: str  # "rms" | "rms_gemma" | "layer"
+    norms_per_block: int
+    shared_norm: bool  # falcon's single norm feeding attention and MLP
+    rotary: bool
+    rotary_fraction: float
+    fused_qkv: bool
+    fused_gate_up: bool
+    post_ln: bool  # BERT: norm after the residual add
+    attn_softcap: bool
+    logit_softcap: bool
+    mqa_broadcast: bool  # k/v with fewer heads passed to SDPA without enable_gqa
+    embed_scale: bool
+    act_saved: int
+
+
+def traits(spec: ModelSpec) -> Traits:
+    """The family traits of `spec`, from its fields and (for a few quirks) its raw config."""
+    mt = spec.model_type
+    raw = spec.raw_config or {}
+    rotary_fraction = float(raw.get("partial_rotary_factor") or 1.0)
+    if mt == "gpt_neox":
+        rotary_fraction = float(raw.get("rotary_pct", 0.25))
+    new_falcon = bool(raw.get("new_decoder_architecture", False))
+    act = spec.hidden_act or "silu"
+    return Traits(
+        norm="rms_gemma"
+        if mt in ("gemma", "gemma2", "gemma3")
+        else ("rms" if spec.norm_kind == "rmsnorm" else "layer"),
+        norms_per_block=4 if mt in ("gemma2", "gemma3") else 2,
+        shared_norm=mt == "falcon" and not new_falcon and spec.parallel_residual,
+        rotary=mt not in ("gpt2", "opt", "bert") and not raw.get("alibi", False),
+        rotary_fraction=rotary_fraction,
+        fused_qkv=mt in FUSED_QKV,
+        fused_gate_up=mt == "phi3",
+        post_ln=not spec.is_decoder,
+        attn_softcap=bool(raw.get("attn_logit_softcapping")) and mt == "gemma2",
+        logit_softcap=bool(raw.get("final_logit_softcapping", 30.0 if mt == "gemma2" else None)),
+        mqa_broadcast=mt == "falcon"
+        and not new_falcon
+        and spec.num_kv_heads < spec.num_attention_heads,
+        embed_scale=mt.startswith("gemma"),
+        act_saved=ACT_SAVED.get(act, 1),
+    )
+
+
+def attention_kernel(spec: ModelSpec, settings: TrainSettings, device_kind: str) -> str:
+    """``flash`` (keeps q, k, v, out, lse) or ``math`` (keeps the s² probabilities)."""
+    if settings.attention == "eager" or spec.model_type in EAGER_ONLY:
+        return "math"
+    if traits(spec).mqa_broadcast:
+        return "math"  # different head counts without enable_gqa: only the math kernel accepts it
+    if settings.attention == "sdpa" and device_kind == "cpu" and spec.attention_dropout > 0:
+        return "math"  # PyTorch's CPU flash kernel has no dropout
+    return "flash"
+
+
+@dataclass
+class ActivationEstimate:
+    """Saved-for-backward bytes of one micro-batch.
+
+    Attributes:
+        kept: bytes held from the end of the forward until backward reaches them (all blocks,
+            or only block inputs under checkpointing), excluding the loss path.
+        recompute: bytes of one block recomputed during backward (0 without checkpointing).
+        logits_saved: the fp32 log-softmax over the vocabulary that cross-entropy keeps.
+        logits_peak: the largest vocabulary-sized working set (saved + its gradients).
+        per_block: bytes one trainable block keeps without checkpointing.
+        details: the terms, by name.
+    """
+
+    kept: int
+    recompute: int
+    logits_saved: int
+    logits_peak: int
+    per_block: int
+    details: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def peak(self) -> int:
+        """Activations at their largest: everything kept plus one recomputed block."""
+        return self.kept + self.recompute
+
+
+def _lora_sites(spec: ModelSpec, settings: TrainSettings) -> dict[str, list[tuple[int, int]]]:
+    """LoRA-wrapped layers per block by where their input comes from: (in, count-per-block)."""
+    sites: dict[str, list[tuple[int, int]]] = {}
+    if not settings.uses_lora:
+        return sites
+    wanted = set(settings.lora_targets)
+    all_linear = "all-linear" in wanted
+    layers = max(spec.num_layers, 1)
+    for target in spec.lora_targets:
+        if target.kind == "expert":
+            continue  # expert slices are only wrapped through target_parameters
+        if not all_linear and target.name not in wanted:
+            continue
+        per_block = max(target.count // layers, 1)
+        if target.part == "mlp":
+            site = "mlp_out" if target.out_features == spec.hidden_size else "mlp_in"
+        else:
+            site = (
+                "attn_out"
+                if target.out_features == spec.hidden_size
+                and target.in_features != spec.hidden_size
+                else "attn_in"
+            )
+            if target.out_features == spec.hidden_size and target.in_features == spec.hidden_size:
+                # square projections: q (attn_in) vs o (attn_out) decided by the name
+                site = (
+                    "attn_out"
+                    if target.name in ("o_proj", "dense", "out_proj", "c_proj")
+                    else "attn_in"
+                )
+        sites.setdefault(site, []).append((target.in_features, per_block))
+    return sites
+
+
+def _lora_saved(
+    sites: dict[str, list[tuple[int, int]]],
+    site: str,
+    tokens: int,
+    settings: TrainSettings,
+    b: int,
+    autocast: bool,
+) -> tuple[int, bool]:
+    """Bytes the LoRA branches at one input site keep, and whether one of them keeps the input itself."""
+    total = 0
+    keeps_input = False
+    cast = b != 4  # adapters are fp32 (peft upcasts them) while the input is 16-bit
+    for width, count in sites.get(site, []):
+        for _ in range(count):
+            elems = tokens * width
+            if settings.lora_dropout > 0:
+                total += elems  # dropout mask (bool)
+                total += elems * (b if autocast else 4)  # what lora_A's matmul keeps
+            elif cast:
+                total += elems * (b if autocast else 4)
+            else:
+                keeps_input = True
+            total += tokens * settings.lora_rank * (b if autocast else 4)
+    return total, keeps_input
+
+
+def _norm(t: Traits, elems: int, b: int, *, input_grad: bool, weight_trains: bool) -> int:
+    """Bytes a norm keeps (its output excluded: consumers decide)."""
+    tokens_f32 = 0
+    if t.norm == "layer":
+        kept = elems * b if (input_grad or weight_trains) else 0
+        return kept + tokens_f32
+    kept = elems * 4 if input_grad else 0  # fp32 upcast of the input (pow and mul keep it)
+    if weight_trains:
+        kept += elems * (4 if t.norm == "rms_gemma" else b)
+    return kept
+
+
+def block_bytes(
+    spec: ModelSpec,
+    settings: TrainSettings,
+    device_kind: str,
+    *,
+    trainable: bool,
+    input_grad: bool = True,
+) -> dict[str, int]:
+    """Saved bytes of one transformer block for one micro-batch, term by term.
+
+    Args:
+        trainable: the block's own weights train (full, freeze's trainable blocks).
+        input_grad: the block's input needs a gradient (False for the first block when
+            nothing below it trains).
+    """
+    t = traits(spec)
+    bsz, seq = settings.micro_batch, settings.seq_len
+    tokens = bsz * seq
+    b = BYTES[settings.compute_dtype]
+    autocast = settings.precision in ("bf16", "fp16")
+    h, nh, nkv, hd = spec.hidden_size, spec.num_attention_heads, spec.num_kv_heads, spec.head_dim
+    q_dim, kv_dim = nh * hd, nkv * hd
+    inter = spec.intermediate_size
+    sites = _lora_sites(spec, settings)
+    out: dict[str, int] = {}
+
+    # attention side: norm, its output, q/k/v
+    out["norm_attn"] = _norm(t, tokens * h, b, input_grad=input_grad, weight_trains=trainable)
+    lora_in, lora_keeps_in = _lora_saved(sites, "attn_in", tokens, settings, b, autocast)
+    out["lora_attn_in"] = lora_in
+    if t.post_ln:
+        out["norm_attn"] = 0  # BERT's norms sit after the residual add (counted below)
+    out["attn_input"] = tokens * h * b if (trainable or lora_keeps_in) else 0
+
+    kernel = attention_kernel(spec, settings, device_kind)
+    heads_kv = nh if (settings.padded or kernel == "math") and not t.mqa_broadcast else nkv
+    if t.fused_qkv and t.rotary and t.rotary_fraction < 1.0:
+        qkv_storage = tokens * (q_dim + 2 * kv_dim) * b  # v stays a view of the fused output
+        kv_term = tokens * kv_dim * b + qkv_storage
+    elif t.fused_qkv and spec.model_type == "phi3":
+        kv_term = tokens * kv_dim * b + tokens * (q_dim + 2 * kv_dim) * b
+    else:
+        kv_term = 2 * tokens * heads_kv * hd * b
+    if kernel == "flash":
+        out["sdpa"] = tokens * q_dim * b * 2 + kv_term + bsz * nh * seq * 4
+        if settings.padded:
+            out["attn_mask"] = bsz * seq * seq * b
+    else:
+        probs = bsz * nh * seq * seq
+        out["sdpa"] = (
+            tokens * q_dim * b * 2 + 2 * tokens * (nkv if t.mqa_broadcast else nh) * hd * b
+        )
+        out["attn_probs"] = probs * 4 + (probs * b if b != 4 else 0)
+        if t.attn_softcap:
+            out["attn_probs"] += probs * 4  # tanh output of the soft cap
+        if spec.attention_dropout > 0:
+            out["attn_probs"] += probs * (1 + b)
+        lora_o, keeps_o = _lora_saved(sites, "attn_out", tokens, settings, b, autocast)
+        out["attn_out_input"] = tokens * q_dim * b if (trainable or keeps_o) else 0
+    if kernel == "flash":
+        lora_o, _ = _lora_saved(sites, "attn_out", tokens, settings, b, autocast)
+    out["lora_attn_out"] = lora_o
+    if spec.hidden_dropout > 0:
+        out["dropout_masks"] = 2 * tokens * h
+
+    # MLP side
+    if not t.shared_norm:
+        out["norm_mlp"] = _norm(t, tokens * h, b, input_grad=True, weight_trains=trainable)
+    if t.norms_per_block == 4:
+        out["norm_post"] = 2 * _norm(t, tokens * h, b, input_grad=True, weight_trains=trainable)
+        out["norm_post"] += 2 * tokens * h * b  # the post-norms' outputs feed the residual add
+    lora_mi, keeps_mi = _lora_saved(sites, "mlp_in", tokens, settings, b, autocast)
+    out["lora_mlp_in"] = lora_mi
+    if not t.shared_norm:
+        out["mlp_input"] = tokens * h * b if (trainable or keeps_mi) else 0
+    lora_mo, keeps_mo = _lora_saved(sites, "mlp_out", tokens, settings, b, autocast)
+    out["lora_mlp_out"] = lora_mo
+    routed = tokens
+    if spec.num_experts:
+        routed = tokens * spec.experts_per_token
+        out["router"] = tokens * spec.num_experts * 4 + tokens * spec.experts_per_token * 16
+        out["expert_io"] = routed * h * b * (2 if trainable else 1)
+    if spec.mlp_kind == "gated":
+        out["mlp"] = 3 * routed * inter * b
+    else:
+        out["mlp"] = routed * inter * b * t.act_saved
+    out["mlp_down_input"] = routed * inter * b if (trainable or keeps_mo) else 0
+    if t.post_ln:
+        out["norm_post"] = 2 * tokens * h * b + (2 * tokens * h * b if trainable else 0)
+    return out
+
+
+def estimate_activations(
+    spec: ModelSpec, settings: TrainSettings, device_kind: str
+) -> ActivationEstimate:
+    """Saved-for-backward bytes of one micro-batch on `device_kind` (``cuda`` or ``cpu``)."""
+    t = traits(spec)
+    tokens = settings.micro_batch * settings.seq_len
+    b = BYTES[settings.compute_dtype]
+    h, layers = spec.hidden_size, spec.num_layers
+    method = settings.method
+    first_trainable = 0
+    if method == "freeze":
+        first_trainable = max(layers - settings.trainable_layers, 0)
+    full = method == "full"
+    blocks = layers - first_trainable
+    details: dict[str, int] = {}
+    per_block_terms = block_bytes(spec, settings, device_kind, trainable=full or method == "freeze")
+    per_block = sum(per_block_terms.values())
+    first_input_grad = full or settings.gradient_checkpointing
+    first_terms = block_bytes(
+        spec,
+        settings,
+        device_kind,
+        trainable=full or method == "freeze",
+        input_grad=first_input_grad,
+    )
+    first_block = sum(first_terms.values()) if blocks else 0
+    head_trains = method in ("full", "freeze")
+    final = (
+        _norm(t, tokens * h, b, input_grad=True, weight_trains=head_trains)
+        if spec.is_decoder
+        else 0
+    )
+    final += tokens * h * b if head_trains else 0  # lm_head input
+    if not spec.is_decoder:  # BERT's MLM transform: dense, gelu, LayerNorm, decoder
+        final = tokens * h * b * (4 if head_trains else 2)
+    embed = 0
+    if spec.hidden_dropout > 0 and spec.model_type in ("gpt2", "opt", "bert"):
+        embed += tokens * h  # embedding dropout mask
+    if spec.model_type == "bert":
+        embed += tokens * h * b  # embedding LayerNorm input
+    if method == "freeze" and spec.tied_embeddings and first_trainable:
+        # a tied head trains the token embeddings, so every frozen block below still keeps
+        # what its input gradient needs: freezing saves no activation memory here
+        frozen = block_bytes(spec, settings, device_kind, trainable=False)
+        embed += first_trainable * sum(frozen.values())
+        first_block = per_block
+    details["first_block"] = first_block
+    details["per_block"] = per_block
+    details["blocks_kept"] = blocks
+    details["final"] = final
+    details["embedding"] = embed
+    if settings.gradient_checkpointing:
+        kept = blocks * tokens * h * b + final + embed
+        if settings.padded:
+            kept += settings.micro_batch * settings.seq_len  # the boolean mask, shared
+        recompute = per_block
+        details["checkpoint_inputs"] = blocks * tokens * h * b
+    else:
+        kept = first_block + max(blocks - 1, 0) * per_block + final + embed
+        recompute = 0
+    vocab_elems = tokens * spec.vocab_size
+    logits_saved = vocab_elems * 4
+    if t.logit_softcap:
+        logits_saved += vocab_elems * b  # tanh output of the final soft cap
+    logits_peak = vocab_elems * 12 + (vocab_elems * b if t.logit_softcap else 0)
+    return ActivationEstimate(
+        kept=kept,
+        recompute=recompute,
+        logits_saved=logits_saved,
+        logits_peak=logits_peak,
+        per_block=per_block,
+        details=details | {f"block.{k}": v for k, v in per_block_terms.items()},
+    )
