@@ -37,6 +37,7 @@ _OPTIM_ALIASES = {
     "adamw_bnb_8bit": "adamw8bit",
     "paged_adamw_8bit": "paged_adamw8bit",
 }
+FULL_LEARNING_RATE = 2e-5
 _PRECISION_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "32": "fp32"}
 
 
@@ -94,6 +95,14 @@ def build_from_plan(
         value = _pick(candidate, name)
         if value is not None:
             _set(cfg, "method", name, value)
+    targets = _pick(
+        candidate, "lora_targets"
+    )  # the planner's TrainSettings spells it so, as a tuple
+    if targets is not None and _pick(candidate, "target_modules") is None:
+        targets = [str(t) for t in targets] if not isinstance(targets, str) else [targets]
+        _set(
+            cfg, "method", "target_modules", "all-linear" if targets == ["all-linear"] else targets
+        )
     if _pick(candidate, "lora_alpha") is None and _pick(candidate, "lora_rank") is not None:
         cfg.method.lora_alpha = 2 * int(cfg.method.lora_rank)
 
@@ -110,7 +119,9 @@ def build_from_plan(
         cfg.model.attn_implementation = attention
 
     cfg.plan.predicted_peak_bytes = _pick(candidate, "peak_bytes")
-    step = _pick(candidate, "step_seconds")
+    step = _pick(
+        candidate, "step_seconds", getattr(getattr(candidate, "time", None), "step_seconds", None)
+    )
     cfg.plan.predicted_step_seconds = float(step) if step is not None else None
     device = _pick(candidate, "device")
     if device is not None:
@@ -118,6 +129,11 @@ def build_from_plan(
         kind = getattr(device, "kind", None)
         if kind in ("cpu", "cuda"):
             cfg.training.device = kind
+
+    if cfg.method.name in ("full", "freeze"):
+        # Updating the base weights themselves wants a learning rate about ten times lower
+        # than an adapter does; an explicit learning_rate override still wins.
+        cfg.training.learning_rate = FULL_LEARNING_RATE
 
     sections = {f.name for f in dataclasses.fields(RunConfig)}
     owners: dict[str, list[str]] = {}

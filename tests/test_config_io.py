@@ -192,6 +192,12 @@ def test_load_config_reports_a_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.toml")
 
 
+@pytest.fixture
+def bnb_ok(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quantized plans are checked against bitsandbytes' backends; pretend this machine has them."""
+    monkeypatch.setattr(config_checks, "bitsandbytes_problem", lambda device: None)
+
+
 def candidate(**changes: object) -> SimpleNamespace:
     settings = SimpleNamespace(
         lora_alpha=16, lora_dropout=0.1, trainable_layers=2, attention="sdpa"
@@ -215,7 +221,7 @@ def candidate(**changes: object) -> SimpleNamespace:
     return SimpleNamespace(**values)
 
 
-def test_config_from_plan_with_a_duck_typed_candidate() -> None:
+def test_config_from_plan_with_a_duck_typed_candidate(bnb_ok: None) -> None:
     cfg = config_from_plan(
         candidate(),
         model="org/model",
@@ -243,7 +249,33 @@ def test_config_from_plan_with_a_duck_typed_candidate() -> None:
     assert loads_config(dumps_config(cfg)) == cfg
 
 
-def test_config_from_plan_rejects_bad_overrides_and_values() -> None:
+def test_config_from_plan_with_the_planners_own_candidate(bnb_ok: None) -> None:
+    from planner.device import target_from_vram
+    from planner.model_sizes import spec_from_size
+    from planner.recommend import PlanRequest, plan
+
+    report = plan(spec_from_size("1B"), target_from_vram(16), PlanRequest(method="qlora"))
+    chosen = report.candidates[0]
+    cfg = config_from_plan(
+        chosen, model="org/model", train="/d/train.jsonl", plan__device="16 GB GPU"
+    )
+    assert cfg.method.name == chosen.settings.method == "qlora" and cfg.quantization == "nf4"
+    assert (
+        cfg.training.micro_batch == chosen.settings.micro_batch
+        and cfg.data.max_seq_len == chosen.settings.seq_len
+    )
+    assert (
+        cfg.method.target_modules == "all-linear"
+        and cfg.plan.predicted_peak_bytes == chosen.peak_bytes
+    )
+    assert cfg.plan.device == "16 GB GPU"
+    full = config_from_plan(
+        candidate(method="full", quantization="none"), model="m", train="t.jsonl"
+    )
+    assert full.training.learning_rate == 2e-5
+
+
+def test_config_from_plan_rejects_bad_overrides_and_values(bnb_ok: None) -> None:
     with pytest.raises(ConfigError, match="did you mean 'epochs'"):
         config_from_plan(candidate(), model="m", train="t.jsonl", epoch=1)
     with pytest.raises(ConfigError, match="several sections"):
