@@ -13,7 +13,7 @@ from planner.device import DeviceTarget
 from planner.hardware import CpuInfo, GpuInfo, HardwareReport
 from planner.model_spec import LinearTarget, ModelSpec
 
-GIB = 1024**3
+GIB = 10**9  # decimal GB, the unit the planner and the assistant speak
 
 
 @dataclass
@@ -53,7 +53,7 @@ def gpu_device(name: str = "NVIDIA GeForce RTX 4090", gib: float = 24.0) -> Devi
 def fake_plan(
     rank: int = 16, seq_len: int = 512, batch: int = 4, capacity_gib: float = 24.0
 ) -> FakeReport:
-    """Full does not fit (61 GiB), LoRA is recommended, QLoRA fits; memory grows with settings."""
+    """Full does not fit (61 GB), LoRA is recommended, QLoRA fits; memory grows with settings."""
     grow = (rank / 16 - 1) * 0.5 * GIB + (seq_len / 512 - 1) * 2 * GIB + (batch / 4 - 1) * 1.5 * GIB
     cap = capacity_gib * GIB
     candidates = [
@@ -88,7 +88,7 @@ def fake_planner(spec: Any, device: DeviceTarget, request: Any) -> FakeReport:
     return fake_plan(
         getattr(request, "lora_rank", 16),
         getattr(request, "seq_len", 512),
-        getattr(request, "micro_batch", 4),
+        getattr(request, "target_batch", 16) // 4,
         device.memory_free / GIB,
     )
 

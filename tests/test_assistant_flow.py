@@ -94,7 +94,7 @@ def test_data_shows_rows_bad_lines_histogram_example_then_the_plan(at_data: Assi
 
 
 def test_questions_get_specific_answers_at_any_step(at_data: AssistantFlow) -> None:
-    assert "needs **61.0 GiB**" in texts(at_data.submit("why not full?"))
+    assert "needs **61.0 GB**" in texts(at_data.submit("why not full?"))
     assert at_data.step == "data"  # a question does not move the conversation
     assert "I did not understand" not in texts(at_data.submit("what fits?"))
 
@@ -112,14 +112,14 @@ def test_settings_replan_and_report_the_change(at_data: AssistantFlow) -> None:
     assert tasks(reply) == [("plan", None)] and flow.settings.lora_rank == 64
     reply = flow.plan_ready(fake_plan(rank=64))
     assert texts(reply).startswith(
-        "LoRA rank: 16 → **64**. LoRA now peaks at **18.0 GiB** (was 16.5 GiB)"
+        "LoRA rank: 16 → **64**. LoRA now peaks at **18.0 GB** (was 16.5 GB)"
     )
     # epochs and learning rate change time, not memory: answered at once with a new total.
     reply = flow.submit("epochs 1")
     assert (
         not reply.tasks
         and "Epochs: 3 → **1**." in texts(reply)
-        and "250 steps (1000 rows × 1 epoch ÷ 4 a step)" in texts(reply)
+        and "63 steps (1000 rows × 1 epoch ÷ 16 a step)" in texts(reply)
     )
     assert "0.0002 → **0.0001**" in texts(flow.submit("lr 1e-4"))
     # quiet changes (the settings fields, on every keystroke) re-plan without a message
@@ -140,7 +140,7 @@ def test_choosing_a_method_follows_it_everywhere(at_data: AssistantFlow) -> None
     assert flow.settings.method == "qlora" and flow.candidate().method == "qlora"
     assert "Using **QLoRA (4-bit base)** (was the recommendation)" in texts(reply)
     reply = flow.submit("use full")
-    assert "needs **61.0 GiB**" in texts(reply)  # chosen, and told it will not fit
+    assert "needs **61.0 GB**" in texts(reply)  # chosen, and told it will not fit
     assert "Full fine-tuning" in texts(flow.submit("how long?"))
 
 
@@ -159,7 +159,7 @@ def test_what_if_another_gpu_replans_and_blocks_running_here(at_data: AssistantF
     reply = flow.plan_ready(fake_plan(capacity_gib=80))
     assert "Re-planned for **A100 80GB**" in texts(
         reply
-    ) and "full fine-tuning**: 61.0 GiB, fits" in texts(reply)
+    ) and "full fine-tuning**: 61.0 GB, fits" in texts(reply)
     assert "not this machine" in texts(flow.submit("launch"))
     flow.set_target(None)
     assert flow.device.name == "NVIDIA GeForce RTX 4090"
@@ -200,9 +200,9 @@ def test_preflight_then_launch_then_monitor(at_data: AssistantFlow, tmp_path: Pa
     assert config.model.name_or_path == "models/llama" and config.data.train == str(data)
     assert config.training.learning_rate == 2e-4 and config.training.epochs == 3
     reply = flow.preflight_ready(
-        type("Preflight", (), {"peak_bytes": 15 * 1024**3, "step_seconds": 1.1})()
+        type("Preflight", (), {"peak_bytes": 15 * 10**9, "step_seconds": 1.1})()
     )
-    assert "peak memory: **15.0 GiB** (predicted 17.0 GiB)" in texts(reply)
+    assert "peak memory: **15.0 GB** (predicted 17.0 GB)" in texts(reply)
     assert "step time: **1.1 s** (predicted 0.9 s)" in texts(reply) and flow.step == "launch"
     reply = flow.submit("")
     assert [k for k, _ in tasks(reply)] == ["launch"]

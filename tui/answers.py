@@ -14,9 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from planner.explain import gb as explain_gb
 from tui.intents import Intent
-
-GIB = 1024**3
 
 #: How methods are named to people.
 METHOD_NAMES: dict[str, str] = {
@@ -37,13 +36,11 @@ def capitalized(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def gib(num_bytes: float | None) -> str:
-    """``12.3 GiB``; ``512 MiB`` below one GiB; ``N/A`` when unknown."""
+def gb(num_bytes: float | None) -> str:
+    """Decimal gigabytes as the planner's own reasons write them (``44.1 GB``); ``N/A`` if unknown."""
     if num_bytes is None:
         return "N/A"
-    if num_bytes < GIB:
-        return f"{num_bytes / 1024**2:.0f} MiB"
-    return f"{num_bytes / GIB:.1f} GiB"
+    return explain_gb(num_bytes)
 
 
 def duration(seconds: float | None) -> str:
@@ -88,6 +85,14 @@ def recommended(report: Any) -> Any | None:
     return candidates[index]
 
 
+def step_seconds(candidate: Any) -> float | None:
+    """Predicted seconds an optimizer step: the planner keeps it in ``candidate.time``."""
+    value = getattr(candidate, "step_seconds", None)
+    if value is None:
+        value = getattr(getattr(candidate, "time", None), "step_seconds", None)
+    return value
+
+
 def _reasons(candidate: Any) -> list[str]:
     return [str(r) for r in (getattr(candidate, "reasons", ()) or ())]
 
@@ -101,7 +106,7 @@ class AnswerContext:
         plan: the latest `PlanReport`.
         method: the method the user chose, None to follow the recommendation.
         rows: training rows after validation (for "how long?").
-        epochs, micro_batch, grad_accum: to turn rows into optimizer steps.
+        epochs, batch: to turn rows into optimizer steps (`batch` rows a step).
         hardware: the machine's `HardwareReport`.
         step: the assistant step the user is at (for "help").
     """
@@ -111,8 +116,7 @@ class AnswerContext:
     method: str | None = None
     rows: int | None = None
     epochs: float = 3.0
-    micro_batch: int = 4
-    grad_accum: int = 1
+    batch: int = 16
     hardware: Any = None
     step: str = "hardware"
     extra_help: Sequence[str] = field(default_factory=tuple)
@@ -128,7 +132,7 @@ class AnswerContext:
     def total_steps(self) -> int | None:
         if not self.rows:
             return None
-        per_step = max(1, self.micro_batch * self.grad_accum)
+        per_step = max(1, self.batch)
         return max(1, math.ceil(self.rows / per_step * self.epochs))
 
 
@@ -174,17 +178,23 @@ def why_not(report: Any, method: str, device: Any) -> str:
     best = recommended(report)
     if not candidate.fits:
         text = (
-            f"{capitalized(name)} needs **{gib(candidate.peak_bytes)}** at its peak; "
-            f"the {device_name} has **{gib(have)}** free."
+            f"{capitalized(name)} needs **{gb(candidate.peak_bytes)}** at its peak; "
+            f"the {device_name} has **{gb(have)}** free"
+        )
+        usable = getattr(report, "usable_bytes", None)
+        text += (
+            f" ({gb(usable)} usable, keeping a safety margin)." if usable and usable < have else "."
         )
     elif best is not None and best.method == method:
-        text = f"{capitalized(name)} is the recommendation: {gib(candidate.peak_bytes)} of {gib(have)}."
+        text = (
+            f"{capitalized(name)} is the recommendation: {gb(candidate.peak_bytes)} of {gb(have)}."
+        )
     else:
-        text = f"{capitalized(name)} fits ({gib(candidate.peak_bytes)} of {gib(have)})"
+        text = f"{capitalized(name)} fits ({gb(candidate.peak_bytes)} of {gb(have)})"
         if best is not None:
             text += f", but {method_name(best.method)} is recommended"
-            if best.step_seconds and candidate.step_seconds:
-                ratio = candidate.step_seconds / best.step_seconds
+            if step_seconds(best) and step_seconds(candidate):
+                ratio = step_seconds(candidate) / step_seconds(best)
                 text += f" ({_speed_words(ratio)})"
         text += "."
     if reasons:
@@ -214,8 +224,8 @@ def why(report: Any, method: str | None, device: Any) -> str:
     if best is None:
         return nothing_fits(report, device)
     text = (
-        f"**{capitalized(method_name(best.method))}** is recommended: peak {gib(best.peak_bytes)} "
-        f"of {gib(device_memory(device))}, {duration(best.step_seconds)} a step."
+        f"**{capitalized(method_name(best.method))}** is recommended: peak {gb(best.peak_bytes)} "
+        f"of {gb(device_memory(device))}, {duration(step_seconds(best))} a step."
     )
     reasons = _reasons(best)
     if reasons:
@@ -225,12 +235,15 @@ def why(report: Any, method: str | None, device: Any) -> str:
 
 def nothing_fits(report: Any, device: Any) -> str:
     smallest = min(report.candidates, key=lambda c: c.peak_bytes, default=None)
-    text = f"Nothing fits in the {gib(device_memory(device))} the {getattr(device, 'name', 'device')} has free."
+    text = f"Nothing fits in the {gb(device_memory(device))} the {getattr(device, 'name', 'device')} has free."
     if smallest is not None:
         text += (
-            f" The smallest plan, {method_name(smallest.method)}, needs {gib(smallest.peak_bytes)}: "
+            f" The smallest plan, {method_name(smallest.method)}, needs {gb(smallest.peak_bytes)}: "
             "try a shorter `seq`, a smaller `batch`, or `what if I had` a larger GPU."
         )
+    suggestions = list(getattr(report, "suggestions", ()) or ())
+    if suggestions:
+        text += "\n\n" + "\n".join(f"- {s}" for s in suggestions)
     return text
 
 
@@ -238,13 +251,13 @@ def what_fits(report: Any, device: Any) -> str:
     """Each method, fits or not, with its peak memory and step time."""
     have = device_memory(device)
     best = recommended(report)
-    lines = [f"On the {getattr(device, 'name', 'device')} ({gib(have)} free):", ""]
+    lines = [f"On the {getattr(device, 'name', 'device')} ({gb(have)} free):", ""]
     for candidate in report.candidates:
         mark = "fits" if candidate.fits else "does not fit"
         star = " ← recommended" if best is not None and candidate is best else ""
         lines.append(
-            f"- **{method_name(candidate.method)}**: {gib(candidate.peak_bytes)}, {mark}, "
-            f"{duration(candidate.step_seconds)}/step{star}"
+            f"- **{method_name(candidate.method)}**: {gb(candidate.peak_bytes)}, {mark}, "
+            f"{duration(step_seconds(candidate))}/step{star}"
         )
     if best is None:
         lines += ["", nothing_fits(report, device)]
@@ -256,7 +269,7 @@ def how_long(ctx: AnswerContext) -> str:
     candidate = ctx.chosen()
     if candidate is None:
         return "There is no plan yet: choose a model first (and data, for a total)."
-    step = candidate.step_seconds
+    step = step_seconds(candidate)
     name = method_name(candidate.method)
     steps = ctx.total_steps()
     if step is None:
@@ -265,11 +278,11 @@ def how_long(ctx: AnswerContext) -> str:
     if steps is None:
         return (
             f"{capitalized(name)}: about **{duration(step)} a step** "
-            f"({ctx.micro_batch * ctx.grad_accum} examples). Give me the data for a total."
+            f"({ctx.batch} rows). Give me the data for a total."
         )
     return (
         f"{capitalized(name)}: {steps} steps ({ctx.rows} rows × {ctx.epochs:g} epoch{plural} ÷ "
-        f"{ctx.micro_batch * ctx.grad_accum} a step) × {duration(step)} ≈ **{duration(step * steps)}**."
+        f"{ctx.batch} a step) × {duration(step)} ≈ **{duration(step * steps)}**."
     )
 
 
@@ -279,15 +292,15 @@ def hardware_summary(report: Any) -> str:
     for gpu in report.gpus:
         cc = ".".join(map(str, gpu.compute_capability)) if gpu.compute_capability else "N/A"
         lines.append(
-            f"- GPU {gpu.index}: **{gpu.name}**, {gib(gpu.memory_free)} free of "
-            f"{gib(gpu.memory_total)} (compute {cc}, bf16 {'yes' if gpu.bf16 else 'no'})"
+            f"- GPU {gpu.index}: **{gpu.name}**, {gb(gpu.memory_free)} free of "
+            f"{gb(gpu.memory_total)} (compute {cc}, bf16 {'yes' if gpu.bf16 else 'no'})"
         )
     if not report.gpus:
         lines.append(f"- No NVIDIA GPU: {report.gpu_reason or 'none found'}")
     cpu = report.cpu
     lines.append(
-        f"- CPU: {cpu.model}, {cpu.logical_cores} threads; RAM {gib(report.ram_available)} "
-        f"free of {gib(report.ram_total)}; disk {gib(report.disk_free)} free"
+        f"- CPU: {cpu.model}, {cpu.logical_cores} threads; RAM {gb(report.ram_available)} "
+        f"free of {gb(report.ram_total)}; disk {gb(report.disk_free)} free"
     )
     lines += [f"- ⚠ {w}" for w in report.warnings]
     return "\n".join(lines)
@@ -318,14 +331,14 @@ def setting_changed(label: str, old: Any, new: Any, before: Any, after: Any, dev
     text = f"{label}: {old} → **{new}**."
     if after is None:
         return text
-    text += f" {capitalized(method_name(after.method))} now peaks at **{gib(after.peak_bytes)}**"
+    text += f" {capitalized(method_name(after.method))} now peaks at **{gb(after.peak_bytes)}**"
     if (
         before is not None
         and before.method == after.method
         and before.peak_bytes != after.peak_bytes
     ):
-        text += f" (was {gib(before.peak_bytes)})"
-    text += f" of {gib(device_memory(device))}, {duration(after.step_seconds)} a step."
+        text += f" (was {gb(before.peak_bytes)})"
+    text += f" of {gb(device_memory(device))}, {duration(step_seconds(after))} a step."
     if not after.fits:
         text += " ⚠ That no longer fits."
     return text

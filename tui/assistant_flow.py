@@ -12,6 +12,7 @@ a thin layer that draws and runs workers.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +55,7 @@ class Settings:
     learning_rate: float = LORA_LR
     lora_rank: int = 16
     seq_len: int = 512
-    micro_batch: int = 4
+    batch: int = 16
     learning_rate_set: bool = False
 
     def lr_for(self, method: str) -> float:
@@ -167,7 +168,7 @@ class AssistantFlow:
             method=method,
             rows=self.data.rows if self.data else None,
             epochs=self.settings.epochs,
-            micro_batch=self.settings.micro_batch,
+            batch=self.settings.batch,
             hardware=self.hardware,
             step=self.step,
         )
@@ -183,7 +184,7 @@ class AssistantFlow:
     def hardware_ready(self, report: Any, device: Any) -> Reply:
         self.hardware, self.own_device = report, device
         text = "Here is what this machine has:\n\n" + answers.hardware_summary(report)
-        text += f"\n\nPlans are made for **{device.name}** ({answers.gib(answers.device_memory(device))} free)."
+        text += f"\n\nPlans are made for **{device.name}** ({answers.gb(answers.device_memory(device))} free)."
         if self.step == "hardware":
             return _say(text) + self._enter("model")
         return _say(text)
@@ -298,7 +299,7 @@ class AssistantFlow:
             "lr": ("learning_rate", "Learning rate", float),
             "rank": ("lora_rank", "LoRA rank", int),
             "seq_len": ("seq_len", "Maximum length", int),
-            "batch": ("micro_batch", "Batch", int),
+            "batch": ("batch", "Batch (rows a step)", int),
         }
         attr, label, cast = fields[name]
         value = cast(value)
@@ -337,7 +338,7 @@ class AssistantFlow:
         if candidate is not None and not candidate.fits:
             text += "\n\n" + answers.why_not(self.plan, method, self.device)
         elif candidate is not None:
-            text += f" Peak {answers.gib(candidate.peak_bytes)}, {answers.duration(candidate.step_seconds)} a step."
+            text += f" Peak {answers.gb(candidate.peak_bytes)}, {answers.duration(answers.step_seconds(candidate))} a step."
         return Reply([Say(text), Say("", kind="plan", data=self.plan)])
 
     def _time_line(self) -> str:
@@ -454,7 +455,6 @@ class AssistantFlow:
             "epochs": self.settings.epochs,
             "learning_rate": self.settings.lr_for(method),
             "max_seq_len": self.settings.seq_len,
-            "micro_batch": self.settings.micro_batch,
         }
         if method in ("lora", "qlora", "lora8"):
             overrides["lora_rank"] = self.settings.lora_rank
@@ -468,10 +468,15 @@ class AssistantFlow:
         """The `planner.recommend.PlanRequest` for the current settings."""
         from planner.recommend import PlanRequest
 
+        lengths = self.data.lengths if self.data else []
+        p95 = sorted(lengths)[max(0, math.ceil(0.95 * len(lengths)) - 1)] if lengths else None
         return PlanRequest(
             seq_len=self.settings.seq_len,
-            micro_batch=self.settings.micro_batch,
+            target_batch=self.settings.batch,
             lora_rank=self.settings.lora_rank,
+            p95_len=min(p95, self.settings.seq_len) if p95 else None,
+            train_rows=self.data.rows if self.data else None,
+            epochs=self.settings.epochs,
         )
 
 
@@ -503,10 +508,10 @@ def _preflight_summary(event: Any, candidate: Any) -> str:
     step = getattr(event, "step_seconds", None)
     lines = ["Pre-flight measured (predicted beside it):", ""]
     lines.append(
-        f"- peak memory: **{answers.gib(peak)}** (predicted {answers.gib(getattr(candidate, 'peak_bytes', None))})"
+        f"- peak memory: **{answers.gb(peak)}** (predicted {answers.gb(getattr(candidate, 'peak_bytes', None))})"
     )
     lines.append(
-        f"- step time: **{answers.duration(step)}** (predicted {answers.duration(getattr(candidate, 'step_seconds', None))})"
+        f"- step time: **{answers.duration(step)}** (predicted {answers.duration(answers.step_seconds(candidate))})"
     )
     ok = getattr(event, "ok", True)
     message = getattr(event, "message", None) or getattr(event, "error", None)

@@ -146,16 +146,17 @@ class AssistantScreen(Screen):
             parts.append(f"rank {settings.lora_rank}")
         parts += [
             f"length {settings.seq_len}",
-            f"batch {settings.micro_batch}",
+            f"batch {settings.batch}",
             f"{settings.epochs:g} epochs",
             f"lr {settings.lr_for(method):g}",
         ]
-        line = " · ".join(parts) + f" → peak {answers.gib(candidate.peak_bytes)}"
+        line = " · ".join(parts) + f" → peak {answers.gb(candidate.peak_bytes)}"
         steps = flow.context().total_steps()
-        if steps and candidate.step_seconds:
-            line += f", {steps} steps ≈ {answers.duration(steps * candidate.step_seconds)}"
-        elif candidate.step_seconds:
-            line += f", {answers.duration(candidate.step_seconds)}/step"
+        step = answers.step_seconds(candidate)
+        if steps and step:
+            line += f", {steps} steps ≈ {answers.duration(steps * step)}"
+        elif step:
+            line += f", {answers.duration(step)}/step"
         if flow.data is not None and flow.data.lengths:
             cut = flow.data.truncated(settings.seq_len)
             line += f"; {cut} rows cut" if cut else "; no row cut"
@@ -178,7 +179,7 @@ class AssistantScreen(Screen):
     @on(SettingsForm.Changed)
     def _setting_changed(self, event: SettingsForm.Changed) -> None:
         attr = {"epochs": "epochs", "lr": "learning_rate", "rank": "lora_rank"}
-        attr |= {"seq_len": "seq_len", "batch": "micro_batch"}
+        attr |= {"seq_len": "seq_len", "batch": "batch"}
         if float(getattr(self.flow.settings, attr[event.name])) == event.value:
             return
         reply = self.flow.change_setting(event.name, event.value, quiet=True)

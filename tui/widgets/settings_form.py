@@ -23,7 +23,7 @@ FIELDS = (
     ("lr", "learning rate", "learning_rate", False),
     ("rank", "LoRA rank", "lora_rank", True),
     ("seq_len", "max length", "seq_len", True),
-    ("batch", "batch", "micro_batch", True),
+    ("batch", "batch", "batch", True),
 )
 
 
