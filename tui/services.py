@@ -39,6 +39,33 @@ def _is_run_alive(pid: int | None, run_dir: Path) -> bool:
     return is_worker_of(pid, run_dir)
 
 
+def _resolve_device(report: HardwareReport) -> DeviceTarget:
+    """GPU 0, else the CPU from its cached or estimated speed (no torch on the first screen)."""
+    from planner.device import resolve_target
+
+    return resolve_target(report, measure=False)
+
+
+def _inspect_data(
+    path: str, spec: ModelSpec | None, seq_len: int, model_ref: str | None = None
+) -> Any:
+    from tui.data_preview import build_preview
+
+    return build_preview(path, spec, seq_len, model_ref)
+
+
+def _preflight(config: Any) -> Any:
+    from runner.preflight import run_preflight
+
+    return run_preflight(config)
+
+
+def _chat_session(run_dir: Path) -> Any:
+    from runner.inference import ChatSession
+
+    return ChatSession.from_run(run_dir)
+
+
 @dataclass
 class Services:
     """What the screens may call. Every callable may be slow: call it from a worker.
@@ -58,6 +85,11 @@ class Services:
             snapshots never depend on when they were taken).
         run_poll_seconds: how often a watched run folder is read for new events.
         hardware_poll_seconds: how often the hardware screen probes again.
+        resolve_device: ``(report) -> DeviceTarget``: the device the assistant plans for.
+        inspect_data: ``(path, spec, seq_len, model_ref) -> DataPreview`` for the data step
+            (rows, bad lines, token lengths, one rendered example; see `tui.data_preview`).
+        preflight: ``(run_config) -> Preflight`` event: measured peak memory and step time.
+        chat_session: ``(run_dir) -> ChatSession`` for the playground (`runner.inference`).
     """
 
     probe_hardware: Callable[[], HardwareReport]
@@ -72,6 +104,10 @@ class Services:
     clock: Callable[[], float] = time.time
     run_poll_seconds: float = 0.5
     hardware_poll_seconds: float = 3.0
+    resolve_device: Callable[[HardwareReport], DeviceTarget] = _resolve_device
+    inspect_data: Callable[..., Any] = _inspect_data
+    preflight: Callable[[Any], Any] = _preflight
+    chat_session: Callable[[Path], Any] = _chat_session
 
     @classmethod
     def default(cls, runs_root: str | os.PathLike[str] | None = None) -> Services:

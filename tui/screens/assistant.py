@@ -79,8 +79,8 @@ class AssistantScreen(Screen):
         super().__init__(**kwargs)
         self.services = services
         self.flow = AssistantFlow(
-            default_model=default_model or getattr(services, "default_model", None),
-            default_data=default_data or getattr(services, "default_data", None),
+            default_model=default_model,
+            default_data=default_data,
         )
         self._histograms: list[TokenHistogram] = []
 
@@ -224,21 +224,14 @@ class AssistantScreen(Screen):
 
     def _task_probe(self, _arg: Any) -> tuple[Any, Any]:
         report = self.services.probe_hardware()
-        resolve = getattr(self.services, "resolve_device", None)
-        if resolve is None:
-            from planner.device import resolve_target
-
-            return report, resolve_target(report, measure=False)
-        return report, resolve(report)
+        return report, self.services.resolve_device(report)
 
     def _task_resolve_model(self, ref: str) -> Any:
         return self.services.resolve_model(ref)
 
     def _task_load_data(self, path: str) -> Any:
-        inspect = getattr(self.services, "inspect_data", None)
-        if inspect is None:
-            from tui.data_preview import build_preview as inspect
-        return inspect(path, self.flow.spec, self.flow.settings.seq_len, self.flow.model_ref)
+        flow = self.flow
+        return self.services.inspect_data(path, flow.spec, flow.settings.seq_len, flow.model_ref)
 
     def _task_plan(self, _arg: Any) -> Any:
         flow = self.flow
@@ -248,10 +241,7 @@ class AssistantScreen(Screen):
         return self.services.catalog_target(name) if name else None
 
     def _task_preflight(self, config: Any) -> Any:
-        run = getattr(self.services, "preflight", None)
-        if run is None:
-            from runner.preflight import run_preflight as run
-        return run(config)
+        return self.services.preflight(config)
 
     def _task_launch(self, config: Any) -> Any:
         return self.services.start_run(config)
