@@ -189,3 +189,48 @@ def test_real_checkpoint_folder_matches_its_weights() -> None:
     weights = _safetensors_params(folder / "model.safetensors")
     # Old BERT checkpoints also store the position_ids buffer; it is not a parameter.
     assert spec.params_total in (weights, weights - spec.max_position_embeddings)
+
+
+@pytest.fixture
+def online(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """HF_HUB_OFFLINE unset, with huggingface_hub's download replaced: no test reaches the network."""
+    import huggingface_hub
+
+    calls: list[tuple] = []
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+
+    def fake_download(repo_id: str, filename: str, **kwargs) -> str:
+        calls.append((repo_id, filename, kwargs))
+        outcome = kwargs["revision"]
+        if outcome == "gated":
+            raise huggingface_hub.errors.GatedRepoError.__new__(
+                huggingface_hub.errors.GatedRepoError
+            )
+        if outcome == "down":
+            raise ConnectionError("no route to host")
+        return str(_write(tmp_path / "fetched", GPT2_SMALL))
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    return calls
+
+
+def test_online_fetches_only_the_config(online: list[tuple], tmp_path: Path) -> None:
+    spec = resolve_model("acme/gpt")
+    assert spec.source == "hub" and spec.params_total == 124_439_808
+    assert online == [
+        ("acme/gpt", "config.json", {"revision": "main", "cache_dir": str(tmp_path / "cache")})
+    ]
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("acme/gpt@gated", r"(?s)gated.*hf auth login"),
+        ("acme/gpt@down", r"(?s)could not fetch.*ConnectionError"),
+    ],
+)
+def test_online_failures_are_explained(online: list[tuple], ref: str, message: str) -> None:
+    with pytest.raises(AffinerError, match=message):
+        resolve_model(ref)
