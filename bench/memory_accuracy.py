@@ -112,7 +112,11 @@ def cpu_cell(
     model.train()
     model = apply_method(model, spec, settings)
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = (
+            getattr(model, "activation_checkpointing_enable", None)
+            or model.gradient_checkpointing_enable
+        )
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if settings.uses_lora:
             model.enable_input_require_grads()
     batch_t = probe.make_batch(spec.vocab_size, batch, seq, padded=padded)

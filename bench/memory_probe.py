@@ -279,7 +279,12 @@ def saved_for_backward(
 
     checkpoint_inputs: dict[int, int] = {}
     handles = []
-    if getattr(model, "is_gradient_checkpointing", False):
+    flag = (
+        "is_activation_checkpointing"
+        if hasattr(type(model), "is_activation_checkpointing")
+        else "is_gradient_checkpointing"
+    )
+    if getattr(model, flag, False):
 
         def pre_hook(module, args, kwargs):
             hidden = args[0] if args else kwargs.get("hidden_states")

@@ -1,0 +1,75 @@
+"""``affiner plan``: the JSON schema scripts rely on, the table, and no torch on the way."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def affiner(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", COLUMNS="100")
+    cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "tui", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+
+
+def test_json_schema_keys_and_types() -> None:
+    out = affiner("plan", "--model", "7B", "--gpu", "4090", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert {"model", "gpu", "candidates", "recommended"} <= set(data)
+    types = {
+        "method": str,
+        "quantization": str,
+        "precision": str,
+        "optimizer": str,
+        "gradient_checkpointing": bool,
+        "micro_batch": int,
+        "grad_accum": int,
+        "seq_len": int,
+        "trainable_params": int,
+        "peak_bytes": int,
+        "breakdown": dict,
+        "fits": bool,
+        "step_seconds": float,
+        "reasons": list,
+    }
+    for cand in data["candidates"]:
+        for key, kind in types.items():
+            assert isinstance(cand[key], kind), (key, cand[key])
+        assert cand["method"] in ("full", "freeze", "lora", "qlora", "lora8")
+        assert cand["quantization"] in ("none", "nf4", "fp4", "int8")
+        assert set(cand["breakdown"]) == {
+            "weights",
+            "gradients",
+            "optimizer",
+            "activations",
+            "logits",
+            "overhead",
+        }
+        assert all(isinstance(v, int) for v in cand["breakdown"].values())
+        assert cand["lora_rank"] is None or isinstance(cand["lora_rank"], int)
+    assert isinstance(data["recommended"], int)
+    assert data["candidates"][data["recommended"]]["fits"]
+
+
+def test_table_max_seq_len_and_errors_without_torch() -> None:
+    code = (
+        "import sys; from tui.cli import main; rc = main(sys.argv[1:]);"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)"
+    )
+    table = affiner("plan", "--model", "7B", "--vram", "24", "--method", "qlora", code=code)
+    assert table.returncode == 0, table.stderr
+    assert "Recommended" in table.stdout and "qlora" in table.stdout
+    assert table.stdout.strip().endswith("NO-TORCH")
+    longest = affiner(
+        "plan", "--model", "7B", "--gpu", "A100 80GB", "--method", "lora", "--max-seq-len", "--json"
+    )
+    assert longest.returncode == 0, longest.stderr
+    assert json.loads(longest.stdout)["max_seq_len"] > 2048
+    bad = affiner("plan", "--model", "7B", "--gpu", "NoSuchCard 9000")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
