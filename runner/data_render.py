@@ -159,11 +159,18 @@ def _render_chat(messages: list[dict[str, str]], tokenizer: Any) -> Rendered:
 
 
 def _mask_from_offsets(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
-    """A token carries loss when its characters overlap a loss span (tokens the tokenizer added have none)."""
-    return [
-        end > start and any(start < s_end and end > s_start for s_start, s_end in spans)
-        for start, end in offsets
-    ]
+    """A token carries loss when its characters overlap a loss span (tokens the tokenizer added have none).
+
+    Offsets and spans both run left to right, so one sweep does it.
+    """
+    ordered = sorted(spans)
+    mask = []
+    k = 0
+    for start, end in offsets:
+        while k < len(ordered) and ordered[k][1] <= start:
+            k += 1
+        mask.append(end > start and k < len(ordered) and ordered[k][0] < end)
+    return mask
 
 
 def _mask_from_prefixes(tokenizer: Any, rendered: Rendered, count: int) -> list[bool]:
@@ -202,10 +209,13 @@ def encode_causal(row: dict[str, Any], fmt: str, tokenizer: Any, max_seq_len: in
         mask = _mask_from_prefixes(tokenizer, rendered, len(ids))
     eos_id = getattr(tokenizer, "eos_token_id", None)
     text = rendered.text
-    if eos_id is not None and not rendered.has_eos and (not ids or ids[-1] != eos_id):
-        ids.append(eos_id)
-        mask.append(True)
-        text += tokenizer.eos_token
+    if eos_id is not None and not rendered.has_eos:
+        if ids and ids[-1] == eos_id:  # the tokenizer added EOS itself: it still has to be learned
+            mask[-1] = True
+        else:
+            ids.append(eos_id)
+            mask.append(True)
+            text += tokenizer.eos_token
     length = len(ids)
     ids, mask = ids[:max_seq_len], mask[:max_seq_len]
     labels = [token if keep else IGNORE for token, keep in zip(ids, mask, strict=True)]
