@@ -180,11 +180,13 @@ class EventCallback(TrainerCallback):
         replay_history(history or [], self.overfit, self.stopper)
         self.failure: str | None = None
         self.early_stopped = False
+        self.last_eval: dict[str, float | None] = {}
         self._last_eval_step: int | None = None
         self._pending_best: tuple[int, float] | None = None
         self._session_start = 0.0
         self._session_start_step = 0
-        self._last_log_time = 0.0
+        self._step_seconds = 0.0
+        self._step_started: float | None = None
 
     # -- helpers -------------------------------------------------------------------------
     def _emit(self, state: Any, event: Any) -> None:
@@ -203,7 +205,7 @@ class EventCallback(TrainerCallback):
     # -- hooks ---------------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         now = self.clock()
-        self._session_start = self._last_log_time = now
+        self._session_start = now
         self._session_start_step = state.global_step
         self.tokens.take()  # forget anything counted before training (a pre-flight, say)
         info = self.info
@@ -230,7 +232,14 @@ class EventCallback(TrainerCallback):
         self._save_status(state)
         return control
 
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self._step_started = self.clock()
+        return control
+
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self._step_started is not None:
+            self._step_seconds += self.clock() - self._step_started
+            self._step_started = None
         if state.global_step >= state.max_steps:
             control.should_log = True  # the last step is always logged
         if self.stop.requested:
@@ -252,8 +261,7 @@ class EventCallback(TrainerCallback):
         self.overfit.observe_train(loss)
         now = self.clock()
         tokens = self.tokens.take() * self.world_size
-        elapsed = now - self._last_log_time
-        self._last_log_time = now
+        elapsed, self._step_seconds = self._step_seconds, 0.0  # evaluation and saving left out
         done = step - self._session_start_step
         per_step = (now - self._session_start) / done if done > 0 else None
         self._emit(
@@ -291,6 +299,9 @@ class EventCallback(TrainerCallback):
         self._last_eval_step = step
         loss = metrics["eval_loss"]
         scores = {name: clean_number(metrics.get(f"eval_{name}")) for name in _CLASS_METRICS}
+        # Perplexity means something for language modelling only, not for a class head's loss.
+        ppl = None if "eval_accuracy" in metrics else perplexity(loss)
+        self.last_eval = {"loss": clean_number(loss), "perplexity": ppl, **scores}
         extra = {
             key[5:]: float(value)
             for key, value in metrics.items()
@@ -306,7 +317,7 @@ class EventCallback(TrainerCallback):
                 step=step,
                 epoch=float(state.epoch or 0.0),
                 loss=clean_number(loss),
-                perplexity=perplexity(loss),
+                perplexity=ppl,
                 runtime_seconds=clean_number(metrics.get("eval_runtime")),
                 extra=extra,
                 **scores,

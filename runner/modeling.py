@@ -182,6 +182,7 @@ def load_model(
     device: str,
     precision: Precision,
     labels: list[str] | None = None,
+    apply_method: bool = True,
 ) -> LoadedModel:
     """Load the base model and apply the run's method.
 
@@ -191,14 +192,16 @@ def load_model(
         device: ``cpu`` or ``cuda`` (from `resolve_device`).
         precision: from `resolve_precision`.
         labels: class names in id order, for classification.
+        apply_method: False loads the plain, unquantized base in the compute dtype (to merge
+            a trained adapter into).
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     classification = cfg.model.task == "classification"
-    qconfig = quantization_config(cfg, precision)
+    qconfig = quantization_config(cfg, precision) if apply_method else None
     kwargs: dict[str, Any] = {
         **_hub_kwargs(cfg),
-        "dtype": load_dtype(cfg, precision),
+        "dtype": load_dtype(cfg, precision) if apply_method else precision.compute_dtype,
         "attn_implementation": cfg.model.attn_implementation,
     }
     if qconfig is not None:
@@ -227,10 +230,10 @@ def load_model(
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
 
-    method = cfg.method.name
+    method = cfg.method.name if apply_method else "none"
     if method == "freeze":
         freeze_all_but_last(model, cfg.method.trainable_layers)
-    elif cfg.uses_lora:
+    elif method in ("lora", "qlora", "lora8"):
         model = apply_lora(model, cfg, quantized=qconfig is not None)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

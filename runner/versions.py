@@ -101,6 +101,11 @@ def reproduce_command(run_dir: RunDir) -> str:
 
 
 def write_command(run_dir: RunDir) -> Path:
-    """Write ``command.txt``: one line, the command that reproduces the run headless."""
-    run_dir.command.write_text(reproduce_command(run_dir) + "\n", encoding="utf-8")
+    """Write ``command.txt`` (the headless reproduce command) unless the launcher already did.
+
+    `runner.launch` writes a fuller one (with the worker's own command line) when it creates
+    the folder; a run started in-process, without the launcher, gets this one line.
+    """
+    if not run_dir.command.exists():
+        run_dir.command.write_text(reproduce_command(run_dir) + "\n", encoding="utf-8")
     return run_dir.command

@@ -1,0 +1,336 @@
+"""The pre-flight check: measure what a run really needs before committing hours to it.
+
+A plan is a prediction. The pre-flight check runs a few optimizer steps on the LONGEST
+sequences of the data set at the planned micro-batch, one evaluation batch and one save
+(to a temporary folder), and measures the real peak memory (torch's peak reserved bytes plus
+the CUDA context NVML sees, on a GPU; the process's peak RSS on the CPU) and the real step
+time. If training, evaluating or saving runs out of memory, it halves the micro-batch and
+doubles gradient accumulation (the effective batch stays the same) and tries again; the
+result says ``adjusted=True`` and a warning event says what changed. The measured figures
+(and an adjusted batch) are written back into the run's ``run.toml``.
+
+`run_training` calls it automatically for long runs when ``[training].preflight`` is true;
+``affiner preflight`` calls it on its own.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from planner.errors import AffinerError
+from runner.config import RunConfig
+from runner.events import EventWriter, Preflight, Warning_
+from runner.rundir import RunDir
+
+#: A run is "long" (worth a pre-flight) above this many predicted seconds ...
+LONG_RUN_SECONDS = 600.0
+#: ... or, without a time prediction, above this many optimizer steps.
+LONG_RUN_STEPS = 200
+
+
+def planned_steps(cfg: RunConfig, train_rows: int, world_size: int = 1) -> int:
+    """Optimizer steps the run will take (what the Trainer will compute)."""
+    t = cfg.training
+    if t.max_steps > 0:
+        return t.max_steps
+    per_epoch = math.ceil(train_rows / max(1, t.micro_batch * world_size)) // max(1, t.grad_accum)
+    return max(1, math.ceil(max(1, per_epoch) * t.epochs))
+
+
+def is_long_run(cfg: RunConfig, train_rows: int) -> bool:
+    """True when a mistake would cost enough time that a minute of measuring pays for itself."""
+    steps = planned_steps(cfg, train_rows)
+    if cfg.plan.predicted_step_seconds:
+        return steps * cfg.plan.predicted_step_seconds > LONG_RUN_SECONDS
+    return steps > LONG_RUN_STEPS
+
+
+@dataclass
+class _Measured:
+    peak_bytes: int
+    step_seconds: float
+    eval_peak_bytes: int | None
+    seq_len: int
+    device_name: str
+    notes: list[str]
+
+
+class _OutOfMemory(Exception):
+    def __init__(self, stage: str) -> None:
+        super().__init__(stage)
+        self.stage = stage
+
+
+def run_preflight(
+    cfg: RunConfig,
+    run_dir: RunDir | str | None = None,
+    *,
+    prepared: Any = None,
+    tokenizer: Any = None,
+    steps: int = 3,
+) -> Preflight:
+    """Measure peak memory and step time for `cfg`; adjust the batch if it does not fit.
+
+    Args:
+        cfg: the run configuration; on adjustment its micro_batch/grad_accum are changed in
+            place, and ``[plan].measured_*`` are filled in either way.
+        run_dir: when given, a ``preflight`` event (and a warning when adjusted) is written to
+            its event log and the figures are written back into its ``run.toml``.
+        prepared, tokenizer: already prepared data and tokenizer (the recipe passes them).
+        steps: optimizer steps to time (the first is a warm-up and not counted).
+    """
+    from runner.data import prepare_data
+    from runner.modeling import load_tokenizer, resolve_device, resolve_precision
+
+    device = resolve_device(cfg.training.device)
+    precision = resolve_precision(cfg.training.precision, device)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)
+    data = prepared if prepared is not None else prepare_data(cfg, tokenizer)
+    first_micro, first_accum = cfg.training.micro_batch, cfg.training.grad_accum
+    micro, accum = first_micro, first_accum
+    notes: list[str] = []
+    while True:
+        try:
+            measured = _measure(cfg, data, tokenizer, device, precision, micro, accum, steps)
+            break
+        except _OutOfMemory as oom:
+            _free_memory()
+            if micro <= 1:
+                raise AffinerError(
+                    f"The run does not fit in memory even at micro_batch 1 (out of memory in {oom.stage}).",
+                    hint="Shorten [data].max_seq_len, turn on gradient_checkpointing, or use qlora.",
+                    where="[training].micro_batch",
+                ) from None
+            notes.append(
+                f"out of memory in {oom.stage} at micro_batch {micro}; trying {micro // 2} "
+                f"with grad_accum {accum * 2}"
+            )
+            micro, accum = micro // 2, accum * 2
+    adjusted = micro != first_micro
+    event = Preflight(
+        device=measured.device_name,
+        measured_peak_bytes=measured.peak_bytes,
+        predicted_peak_bytes=cfg.plan.predicted_peak_bytes,
+        measured_step_seconds=measured.step_seconds,
+        predicted_step_seconds=cfg.plan.predicted_step_seconds,
+        eval_peak_bytes=measured.eval_peak_bytes,
+        save_ok=True,
+        micro_batch=micro,
+        grad_accum=accum,
+        adjusted=adjusted,
+        seq_len=measured.seq_len,
+        notes=notes + measured.notes,
+    )
+    cfg.training.micro_batch, cfg.training.grad_accum = micro, accum
+    cfg.plan.measured_peak_bytes = measured.peak_bytes
+    cfg.plan.measured_step_seconds = measured.step_seconds
+    if run_dir is not None:
+        rd = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
+        with EventWriter(rd.path) as writer:
+            writer.write(event)
+            if adjusted:
+                writer.write(
+                    Warning_(
+                        code="preflight_adjusted",
+                        message=(
+                            f"micro_batch {first_micro} x grad_accum {first_accum} did not fit; "
+                            f"using {micro} x {accum} (same effective batch)."
+                        ),
+                        action="none",
+                    )
+                )
+        write_back(rd, micro=micro, accum=accum, event=event)
+    return event
+
+
+def write_back(rd: RunDir, *, micro: int, accum: int, event: Preflight) -> None:
+    """Record the measured figures (and the batch that fits) in the run's ``run.toml``.
+
+    The file is updated from its raw TOML, so relative paths stay relative.
+    """
+    import sys
+
+    from runner.config_io import config_from_dict, save_config
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    if not rd.config.exists():
+        return
+    data = tomllib.loads(rd.config.read_text(encoding="utf-8"))
+    plan = data.setdefault("plan", {})
+    plan["measured_peak_bytes"] = int(event.measured_peak_bytes)
+    plan["measured_step_seconds"] = round(float(event.measured_step_seconds), 4)
+    training = data.setdefault("training", {})
+    training["micro_batch"], training["grad_accum"] = micro, accum
+    save_config(config_from_dict(data, source=str(rd.config)), rd.config)
+
+
+def _longest_rows(dataset: Any, count: int, repeat: int) -> Any:
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])[: max(1, count)]
+    while len(order) < count:  # fewer rows than a micro-batch: reuse the longest
+        order.append(order[len(order) % len(order)])
+    return dataset.select(order * repeat), lengths[order[0]]
+
+
+def _measure(
+    cfg: RunConfig,
+    data: Any,
+    tokenizer: Any,
+    device: str,
+    precision: Any,
+    micro: int,
+    accum: int,
+    steps: int,
+) -> _Measured:
+    import torch
+    from transformers import PrinterCallback, TrainerCallback
+
+    from runner.callbacks import CountingTrainer
+    from runner.metrics import make_compute_metrics, preprocess_logits_for_metrics
+    from runner.modeling import load_model
+    from runner.system_sampler import peak_rss_bytes
+    from runner.trainer_setup import build_collator, build_training_args
+
+    cuda = device == "cuda"
+    train_rows, seq_len = _longest_rows(data.train, micro, steps * accum)
+    eval_source = data.eval if data.eval is not None and len(data.eval) else data.train
+    eval_rows, _ = _longest_rows(eval_source, micro, 1)
+    classification = cfg.model.task == "classification"
+    step_ends: list[float] = []
+
+    class _Timer(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if cuda:
+                torch.cuda.synchronize()
+            step_ends.append(time.perf_counter())
+
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory(prefix="affiner-preflight-") as tmp:
+        stage = "loading the model"
+        try:
+            loaded = load_model(
+                cfg, tokenizer, device=device, precision=precision, labels=list(data.labels or [])
+            )
+            args = build_training_args(
+                cfg,
+                output_dir=Path(tmp),
+                device=device,
+                precision=precision,
+                has_eval=False,
+                max_steps=steps,
+                per_device_train_batch_size=micro,
+                per_device_eval_batch_size=micro,
+                gradient_accumulation_steps=accum,
+                save_strategy="no",
+                logging_strategy="no",
+                logging_first_step=False,
+                warmup_steps=0,
+            )
+            trainer = CountingTrainer(
+                model=loaded.model,
+                args=args,
+                train_dataset=train_rows,
+                data_collator=build_collator(cfg, tokenizer, device),
+                processing_class=tokenizer,
+                compute_metrics=make_compute_metrics(len(data.labels)) if classification else None,
+                preprocess_logits_for_metrics=preprocess_logits_for_metrics
+                if classification
+                else None,
+                callbacks=[_Timer()],
+            )
+            trainer.remove_callback(PrinterCallback)
+            stage = "training"
+            started = time.perf_counter()
+            trainer.train()
+            train_peak = _peak_bytes(cuda)
+            stage = "evaluation"
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            trainer.evaluate(eval_dataset=eval_rows)
+            eval_peak = _peak_bytes(cuda)
+            stage = "saving a checkpoint"
+            trainer.save_model(str(Path(tmp) / "checkpoint"))
+            if trainer.optimizer is not None:
+                torch.save(
+                    trainer.optimizer.state_dict(), Path(tmp) / "checkpoint" / "optimizer.pt"
+                )
+        except Exception as exc:
+            if _is_oom(exc):
+                raise _OutOfMemory(stage) from exc
+            raise
+        finally:
+            trainer = loaded = None  # release the model before the next attempt
+            _free_memory()
+    times = [b - a for a, b in zip([started, *step_ends], step_ends, strict=False)]
+    step_seconds = statistics.median(times[1:]) if len(times) > 1 else (times[0] if times else 0.0)
+    notes = []
+    context = _cuda_context_bytes() if cuda else None
+    if cuda and context is None:
+        notes.append("NVML unavailable: the CUDA context is not included in the peak")
+    peak = max(train_peak, eval_peak or 0) + (context or 0)
+    if not cuda:
+        peak = peak_rss_bytes() or train_peak
+        notes.append("CPU: the peak is the process's peak resident memory")
+    name = torch.cuda.get_device_name(0) if cuda else "cpu"
+    return _Measured(peak, step_seconds, eval_peak, seq_len, name, notes)
+
+
+def _peak_bytes(cuda: bool) -> int:
+    import torch
+
+    from runner.system_sampler import peak_rss_bytes
+
+    if cuda:
+        return int(torch.cuda.max_memory_reserved())
+    return peak_rss_bytes() or 0
+
+
+def _cuda_context_bytes() -> int | None:
+    """Memory this process holds on GPU 0 beyond torch's allocator (CUDA context, cuBLAS)."""
+    import os
+
+    import torch
+
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid == os.getpid() and proc.usedGpuMemory:
+                    return max(0, int(proc.usedGpuMemory) - int(torch.cuda.memory_reserved()))
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return None
+    return None
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "cublas_status_alloc_failed" in text
+
+
+def _free_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
