@@ -126,7 +126,9 @@ def test_loss_on_output_completion_and_all_text(
 ) -> None:
     shown = render_example(row, fmt, tokenizer, 512)
     assert learned_runs(tokenizer, shown.labels) == [learned]
-    if fmt != "instruction":  # instruction rows go through the chat template, which ends turns itself
+    if (
+        fmt != "instruction"
+    ):  # instruction rows go through the chat template, which ends turns itself
         assert shown.input_ids[-1] == tokenizer.eos_token_id
 
 
@@ -214,3 +216,31 @@ def test_prepare_data_for_classification(tmp_path: Path, tokenizer: Any) -> None
         prepared.labels == ["bad", "good"] and len(prepared.train) == 15 and len(prepared.eval) == 5
     )
     assert all(isinstance(label, int) for label in prepared.train["labels"])
+
+
+def test_a_template_that_rewrites_history_falls_back_to_finding_the_answer(tmp_path: Path) -> None:
+    tok = build_tokenizer(tmp_path / "odd")
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% if loop.last %} [END]{% endif %}\n"
+        "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "good day"},
+                        {"role": "user", "content": "and you"}, {"role": "assistant", "content": "fine"}]}  # fmt: skip
+    shown = render_example(row, "chat", tok, 512)
+    assert learned_runs(tok, shown.labels) == [
+        "good day",
+        "fine",
+        "<|im_end|>",
+    ]  # EOS appended: the template has none
+
+
+def test_token_stats_for_loaded_rows(tmp_path: Path, tokenizer: Any) -> None:
+    from runner.config import DataSection
+    from runner.data import load_rows, token_stats_for
+
+    write_jsonl(tmp_path / "t.jsonl", [{"text": "the cat " * n} for n in range(1, 11)])
+    loaded = load_rows(DataSection(train=str(tmp_path / "t.jsonl"), eval_fraction=0.2))
+    train, evals = token_stats_for(loaded, tokenizer, max_seq_len=12)
+    assert (train.count, evals.count) == (8, 2)
+    lengths = [len(tokenizer(e.data["text"])["input_ids"]) + 1 for e in loaded.train]  # + EOS
+    assert train.max == max(lengths) and train.truncated == sum(n > 12 for n in lengths)
