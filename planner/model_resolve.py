@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from planner.errors import AffinerError
 from planner.model_shapes import spec_from_config
@@ -155,6 +157,28 @@ def _from_hub(ref: str, trust_remote_code: bool) -> ModelSpec:
     return _download_config(repo_id, revision, cache, ref, trust_remote_code)
 
 
+def _hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check of the hub before huggingface_hub's retries (about 25 s offline).
+
+    Behind a proxy a direct connection proves nothing, so the check is skipped there.
+    """
+    if any(
+        os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+    ):
+        return True
+    parsed = urlsplit(_hub_endpoint())
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _download_config(
     repo_id: str, revision: str, cache: Path, ref: str, trust_remote_code: bool
 ) -> ModelSpec:
@@ -162,6 +186,14 @@ def _download_config(
     from huggingface_hub import errors, hf_hub_download
 
     hint_folder = "or pass the model's folder"
+    if not hub_reachable():
+        raise AffinerError(
+            f"{repo_id} is not in the local Hugging Face cache ({cache}), and the hub "
+            f"({_hub_endpoint()}) cannot be reached from here",
+            hint=f"on a machine with internet run `hf download {repo_id}` and copy the cache "
+            "folder here (set HF_HOME or HF_HUB_CACHE to it), or pass the model's folder; "
+            "set HF_HUB_OFFLINE=1 to skip this check",
+        )
     try:
         file = hf_hub_download(repo_id, "config.json", revision=revision, cache_dir=str(cache))
     except errors.GatedRepoError as exc:
@@ -177,6 +209,11 @@ def _download_config(
     except errors.RevisionNotFoundError as exc:
         raise AffinerError(
             f"{repo_id} has no revision {revision!r}", hint="check the branch, tag or commit"
+        ) from exc
+    except errors.LocalEntryNotFoundError as exc:  # the hub went away mid-request
+        raise AffinerError(
+            f"could not fetch {repo_id}'s config from the hub (connection failed)",
+            hint=f"check the connection, or set HF_HUB_OFFLINE=1 and {hint_folder}",
         ) from exc
     except errors.EntryNotFoundError as exc:
         raise AffinerError(
@@ -202,8 +239,7 @@ def _looks_like_path(text: str) -> bool:
     return (
         text.startswith(("/", "./", "../", "~", "."))
         or text.endswith((".json", *_WEIGHT_SUFFIXES))
-        or os.sep in text.rstrip(os.sep)
-        and text.count("/") > 1
+        or text.partition("@")[0].rstrip("/").count("/") > 1  # hub ids have one slash at most
     )
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from planner import model_resolve
 from planner.errors import AffinerError
 from planner.model_resolve import resolve_model
 from planner.model_sizes import parse_size, spec_from_size
@@ -213,6 +214,7 @@ def online(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
         return str(_write(tmp_path / "fetched", GPT2_SMALL))
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(model_resolve, "hub_reachable", lambda: True)
     return calls
 
 
@@ -234,3 +236,10 @@ def test_online_fetches_only_the_config(online: list[tuple], tmp_path: Path) -> 
 def test_online_failures_are_explained(online: list[tuple], ref: str, message: str) -> None:
     with pytest.raises(AffinerError, match=message):
         resolve_model(ref)
+
+
+def test_unreachable_hub_fails_fast(hub_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(model_resolve, "hub_reachable", lambda: False)
+    with pytest.raises(AffinerError, match=r"(?s)cannot be reached.*hf download acme/elsewhere"):
+        resolve_model("acme/elsewhere")
