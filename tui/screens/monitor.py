@@ -74,6 +74,10 @@ class MonitorScreen(Screen):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
+        # After the first refresh every child is mounted and can be queried.
+        self.call_after_refresh(self._begin)
+
+    def _begin(self) -> None:
         self._ready = True
         if self.run_dir is not None:
             self.show_run(self.run_dir)
