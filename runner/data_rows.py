@@ -183,13 +183,25 @@ def load_rows(
     train_src = read_source(data.train, base_dir=base_dir)
     eval_src = read_source(data.eval, base_dir=base_dir) if data.eval else None
     eval_raw = eval_src.rows if eval_src else train_src.eval_rows
+    raw_keys: set[str] = set()
+    for row in train_src.rows[:200]:
+        if isinstance(row.values, dict):
+            raw_keys |= set(row.values)
+    missing = {k: v for k, v in data.columns.items() if v not in raw_keys}
+    if raw_keys and missing:
+        canonical, column = next(iter(missing.items()))
+        raise DataError(
+            f"[data].columns maps {canonical} to {column!r}, which is not a column of this data "
+            f"(columns: {', '.join(sorted(raw_keys))})",
+            where=train_src.source,
+            hint="fix the name in [data].columns (the right side is your column, the left side affiner's)",
+        )
     fmt = data.format
     if fmt == "auto":
         keys: set[str] = set()
         for row in train_src.rows[:200]:
-            values = rename_columns(row.values, data.columns)
-            if isinstance(values, dict):
-                keys |= set(values)
+            if isinstance(row.values, dict):
+                keys |= set(rename_columns(row.values, data.columns))
         fmt = detect_format(keys, task, source=train_src.source)
     out = LoadedData(train=[], eval=[], format=fmt, task=task)
     out.sources = [train_src.source] + ([eval_src.source] if eval_src else [])

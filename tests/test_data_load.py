@@ -263,3 +263,8 @@ def test_a_broken_json_document_names_its_line(tmp_path: Path) -> None:
     with pytest.raises(DataError) as caught:
         load_rows(DataSection(train=str(tmp_path / "d.json")))
     assert caught.value.where.endswith("d.json:3") and "not valid JSON" in str(caught.value)
+
+
+def test_a_rename_of_a_column_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="maps text to 'review', which is not a column"):
+        load(tmp_path, "d.jsonl", rows(5), columns={"text": "review"})
