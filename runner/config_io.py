@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import tempfile
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -228,7 +229,7 @@ def key_lines(text: str) -> dict[str, int]:
 def _convert(value: Any, hint: Any) -> tuple[bool, Any, str]:
     """Check `value` against a field's type; ints are fine where floats are, bools never are numbers."""
     origin = typing.get_origin(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
+    if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         names = []
         for option in options:
