@@ -385,7 +385,8 @@ def _settle_final_state(rd: RunDir, *, killed: bool) -> str:
     loading the model), never writes a final state; without one the run would read as
     ``interrupted``. It was stopped on purpose, so say so in both status and events.
     """
-    deadline = time.monotonic() + 2.0
+    # A worker that exited on its own wrote status.json before exiting; a killed one never will.
+    deadline = time.monotonic() + (0.0 if killed else 2.0)
     while True:
         status = read_status(rd.path)
         if status is not None and status.final:

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,159 @@ def test_stop_and_resume_refuse_sensibly(runs_dir: Path, tmp_path: Path) -> None
     with pytest.raises(AffinerError, match="not this run's worker"):
         launch.stop_run(rd)
     assert json.loads(rd.status.read_text())["state"] == "running"
+
+
+# ------------------------------------------------------------------------ real training runs
+# These start the real worker (`python -m runner.worker`) as a detached process on the tiny
+# Llama, through `affiner train` in-process, and wait for it. The helpers are shared with
+# tests/test_resume_kill.py.
+
+
+def write_training_toml(
+    folder: Path,
+    model: Path,
+    *,
+    max_steps: int,
+    checkpoint_every: int,
+    eval_every: int,
+) -> Path:
+    """A LoRA run on the tiny Llama with tiny text data, logging every step."""
+    from tests.tiny_models import corpus, write_jsonl
+
+    lines = corpus(120, seed=3)
+    write_jsonl(folder / "train.jsonl", [{"text": t} for t in lines[:100]])
+    write_jsonl(folder / "eval.jsonl", [{"text": t} for t in lines[100:]])
+    path = folder / "run.toml"
+    path.write_text(
+        f"""
+[model]
+name_or_path = "{model}"
+
+[method]
+name = "lora"
+lora_rank = 4
+lora_alpha = 8
+
+[data]
+train = "train.jsonl"
+eval = "eval.jsonl"
+max_seq_len = 24
+
+[training]
+max_steps = {max_steps}
+micro_batch = 4
+learning_rate = 0.01
+lr_scheduler = "constant"
+warmup_ratio = 0.0
+logging_steps = 1
+device = "cpu"
+
+[eval]
+every_steps = {eval_every}
+
+[checkpoint]
+every_steps = {checkpoint_every}
+keep_last = 2
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def started_run_id(out: str) -> str:
+    first = out.splitlines()[0]
+    assert first.startswith("Started run "), out
+    return first.removeprefix("Started run ").strip()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, rd: RunDir) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    log = rd.log.read_text(errors="replace")[-3000:] if rd.log.exists() else "(no train.log)"
+    raise AssertionError(f"timed out waiting for {what}; train.log ends:\n{log}")
+
+
+def wait_final(rd: RunDir, timeout: float = 150.0) -> str:
+    """Wait for the worker to end and reap it; return the run's state."""
+    status = read_status(rd.path)
+    child = launch._children.get(status.pid) if status and status.pid else None
+    wait_until(
+        lambda: summarize(rd).state not in ("starting", "running"), timeout, "the run to end", rd
+    )
+    if child is not None:
+        child.wait(timeout=30)
+        launch._children.pop(child.pid, None)
+    return summarize(rd).state
+
+
+def train_log_steps(rd: RunDir) -> list[int]:
+    from runner.events import TrainLog, effective_events
+
+    return [e.step for e in effective_events(read_events(rd.path)) if isinstance(e, TrainLog)]
+
+
+@pytest.mark.slow
+def test_affiner_train_runs_lora_to_a_working_adapter(
+    tiny_llama: Path, runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runner.events import EvalResult, TrainLog, effective_events
+    from tui.cli import main
+
+    toml = write_training_toml(tmp_path, tiny_llama, max_steps=12, checkpoint_every=6, eval_every=6)
+    assert main(["train", str(toml), "--no-preflight"]) == 0  # returns at once
+    out = capsys.readouterr().out
+    run_id = started_run_id(out)
+    assert f"affiner attach {run_id}" in out and f"affiner stop {run_id}" in out
+    rd = RunDir(runs_dir.resolve() / run_id)
+    assert wait_final(rd) == "finished", rd.log.read_text()[-3000:]
+
+    events = effective_events(read_events(rd.path))
+    losses = [e.loss for e in events if isinstance(e, TrainLog) and e.loss is not None]
+    assert len(losses) == 12
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4  # the train loss goes down
+    assert [e.step for e in events if isinstance(e, EvalResult)] == [6, 12]
+    summary = summarize(rd)
+    assert summary.progress == 1.0 and summary.best_eval_loss is not None
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    ids = torch.tensor([[1, 10, 20, 30, 40, 50]])
+    with torch.no_grad():
+        before = base(ids).logits.clone()
+        tuned = PeftModel.from_pretrained(base, rd.adapter)
+        after = tuned(ids).logits
+    assert not torch.allclose(before, after, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_affiner_preflight_reports_measured_next_to_estimate(
+    tiny_llama: Path, runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tui.cli import main
+
+    toml = write_training_toml(tmp_path, tiny_llama, max_steps=12, checkpoint_every=6, eval_every=6)
+    assert main(["preflight", str(toml), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["type"] == "preflight" and data["measured_peak_bytes"] > 0
+    assert data["measured_step_seconds"] > 0
+    assert data["predicted_peak_bytes"] > 0 and data["predicted_step_seconds"] > 0
+    assert data["estimate_source"].startswith("planner")
+    assert list(runs_dir.iterdir()) == []  # a pre-flight is not a run
+
+    from rich.console import Console
+
+    from runner.events import Preflight
+    from tui.cli_runs import render_preflight
+
+    event = Preflight(**{k: v for k, v in data.items() if k not in ("type", "estimate_source")})
+    console = Console(record=True, width=100, color_system=None)
+    console.print(render_preflight(event, None, source=data["estimate_source"]))
+    text = console.export_text()
+    assert "peak memory" in text and "step time" in text and "measured/estimate" in text
+    assert "×" in text and "N/A" not in text.split("eval peak")[0]

@@ -20,7 +20,7 @@ from rich.text import Text
 from runner.events import EventReader, read_status
 from runner.process import is_worker_of
 from runner.rundir import RunDir
-from runner.runs import INTERRUPTED, UNKNOWN, derive_state, latest_checkpoint
+from runner.runs import INTERRUPTED, UNKNOWN, derive_state, latest_checkpoint, model_label
 from tui.run_history import RunHistory, downsample, format_bytes, format_duration
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
@@ -134,7 +134,7 @@ class AttachView:
         grid = Table.grid(padding=(0, 1))
         grid.add_column(style="bold", no_wrap=True)
         grid.add_column()
-        what = " · ".join(x for x in (h.model, h.method, h.device) if x)
+        what = " · ".join(x for x in (model_label(h.model), h.method, h.device) if x)
         if what:
             grid.add_row("model", what)
         grid.add_row("progress", self._progress_line(now))
@@ -179,9 +179,7 @@ class AttachView:
         bits = [f"step {h.step}/{h.total_steps}" if total else f"step {h.step}"]
         if h.progress is not None:
             bits.append(f"{h.progress:.0%}")
-        if h.epochs:
-            bits.append(f"epoch {h.epoch:.2f}/{h.epochs:g}")
-        elif h.epoch:
+        if h.epoch:  # (the planned epochs are not shown: max_steps may end the run sooner)
             bits.append(f"epoch {h.epoch:.2f}")
         if not self.ended and h.eta_seconds is not None:
             bits.append(f"ETA {format_duration(h.eta_seconds)}")

@@ -178,24 +178,105 @@ def _print_outcome(rd: Any) -> None:
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
+    import contextlib
+    import io
+
     from runner.config_io import load_config
 
     cfg = load_config(args.config)
     print(
-        f"Pre-flight for {args.config}: loading the model and running a few steps…", file=sys.stderr
+        f"Pre-flight for {args.config}: loading the model and timing a few steps…", file=sys.stderr
     )
     from runner.preflight import run_preflight
 
-    result = run_preflight(cfg, run_dir=None)
+    # The Trainer and the loaders print progress bars and dict logs; keep them for a crash only.
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+            result = run_preflight(cfg, run_dir=None)
+    except AffinerError:
+        raise
+    except BaseException:
+        sys.stderr.write(captured.getvalue())
+        raise
+    source = "plan"
+    if result.predicted_peak_bytes is None or result.predicted_step_seconds is None:
+        peak, step, source = planner_estimate(cfg, result)
+        if result.predicted_peak_bytes is None:
+            result.predicted_peak_bytes = peak
+        if result.predicted_step_seconds is None:
+            result.predicted_step_seconds = step
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        data = result.to_dict()
+        data["estimate_source"] = source
+        print(json.dumps(data, indent=2))
         return 0
-    _out().print(render_preflight(result, cfg))
+    _out().print(render_preflight(result, cfg, source=source))
     return 0
 
 
-def render_preflight(result: Any, cfg: Any) -> Any:
-    """Measured beside estimated, and what was adjusted (a rich renderable)."""
+def planner_estimate(cfg: Any, result: Any) -> tuple[int | None, float | None, str]:
+    """What the planner predicts for the batch the pre-flight measured: (peak bytes, step s, source).
+
+    A ``run.toml`` written by hand has no ``[plan]`` figures, so the comparison is made here
+    against the same memory and time model `affiner plan` uses, for the same micro-batch,
+    sequence length and device.
+    """
+    from planner.hardware import probe
+    from planner.memory import estimate_memory
+    from planner.model_resolve import resolve_model
+    from planner.settings import ALL_LINEAR, ATTENTIONS, TrainSettings
+    from planner.timing import estimate_time
+    from runner.config_checks import effective_device
+
+    try:
+        spec = resolve_model(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
+        report = probe()
+        if effective_device(cfg.training.device) == "cuda" and report.gpus:
+            from planner.device import resolve_target
+
+            device = resolve_target(report)
+        else:
+            from planner.device import cpu_target
+
+            device = cpu_target(report)
+        precision = cfg.training.precision
+        if precision == "auto":
+            precision = "fp32" if device.is_cpu else ("bf16" if device.bf16 else "fp16")
+        targets = cfg.method.target_modules
+        settings = TrainSettings(
+            method=cfg.method.name,
+            precision=precision,
+            quantization=cfg.method.quantization,
+            double_quant=cfg.method.double_quant,
+            optimizer=cfg.training.optimizer,
+            micro_batch=result.micro_batch,
+            seq_len=max(1, result.seq_len or cfg.data.max_seq_len),
+            grad_accum=result.grad_accum,
+            gradient_checkpointing=cfg.training.gradient_checkpointing,
+            attention=cfg.model.attn_implementation
+            if cfg.model.attn_implementation in ATTENTIONS
+            else "sdpa",
+            padded=True,
+            lora_rank=cfg.method.lora_rank,
+            lora_alpha=cfg.method.lora_alpha,
+            lora_dropout=cfg.method.lora_dropout,
+            lora_targets=ALL_LINEAR if isinstance(targets, str) else tuple(targets),
+            trainable_layers=cfg.method.trainable_layers,
+        )
+        memory = estimate_memory(spec, settings, device)
+        timing = estimate_time(spec, settings, device)
+    except AffinerError as exc:
+        return None, None, f"no estimate ({exc.message})"
+    return memory.peak_bytes, timing.step_seconds, f"planner, {device.name}"
+
+
+def render_preflight(result: Any, cfg: Any, *, source: str = "plan") -> Any:
+    """Measured beside estimated, and what was adjusted (a rich renderable).
+
+    Args:
+        source: where the estimate comes from (the run's ``[plan]`` or the planner just now).
+    """
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -228,6 +309,7 @@ def render_preflight(result: Any, cfg: Any) -> Any:
         table.add_row("eval peak memory", format_bytes(result.eval_peak_bytes), "", "")
     table.add_row("saving a checkpoint", "ok" if result.save_ok else "FAILED", "", "")
     lines = Text()
+    lines.append(f"estimate from: {source}\n", style="dim")
     lines.append(
         f"micro_batch {result.micro_batch} · grad_accum {result.grad_accum} · seq_len {result.seq_len}"
     )
