@@ -88,8 +88,8 @@ class RunsScreen(Screen):
         table.add_column("run", key="run")
         table.add_column("state", key="state")
         table.add_column("progress", key="progress")
-        table.add_column("best eval", key="best")
         table.add_column("age", key="age")
+        table.add_column("best eval", key="best")
         self.query_one("#runs-compare", LossPlot).display = False
 
     def on_screen_resume(self) -> None:
@@ -141,8 +141,8 @@ class RunsScreen(Screen):
                 summary.run_id,
                 summary.state,
                 progress_text(summary),
-                best_text(summary),
                 age_text(summary, now),
+                best_text(summary),
                 key=summary.run_id,
             )
         if self.summaries:
