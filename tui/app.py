@@ -113,7 +113,18 @@ class AffinerApp(App[int]):
         if self._initial_run is not None:
             self.open_monitor(self._initial_run)
 
+    def _available(self, name: str) -> bool:
+        """A screen whose module is missing from this install says so instead of crashing."""
+        import importlib.util
+
+        if importlib.util.find_spec(f"tui.screens.{name}") is not None:
+            return True
+        self.notify(f"The {name} screen is not part of this installation.", severity="error")
+        return False
+
     def action_show(self, name: str) -> None:
+        if not self._available(name):
+            return
         if name == "monitor" and self.current_run is None:
             self.notify("No run open yet: pick one on the runs screen (F4).", timeout=3)
         self.switch_mode(name)
@@ -144,6 +155,8 @@ class AffinerApp(App[int]):
         """Chat with a run's tuned model (and its base model) in the playground."""
         if run_dir is not None:
             self.current_run = Path(run_dir)
+        if not self._available("playground"):
+            return
         self.switch_mode("playground")
         playground = self._screens.get("playground")
         show = getattr(playground, "show_run", None)
