@@ -181,3 +181,14 @@ async def test_dead_process_and_other_runs(runs_dir: Path) -> None:
         app.open_monitor(old.path)  # switching runs starts over from the new run's history
         await wait_for(pilot, lambda: screen.state == "finished" and screen.history.step == 100)
         assert screen.history.run_id == old.run_id
+
+
+def test_a_resumed_run_shows_each_step_once(tmp_path: Path) -> None:
+    run = lm_run(tmp_path, upto=80)
+    run.append([RunStarted(t=NOW, run_id=run.run_id, total_steps=200, resumed_from_step=40)])
+    run.append(train_logs(50, 60))
+    history = RunHistory()
+    history.add(RunWatcher(run.path).poll().events)
+    steps = [int(p[0]) for p in history.train_loss]
+    assert steps == sorted(set(steps)) and steps[-1] == 60
+    assert [e.step for e in history.evals] == [40]

@@ -18,8 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner import events as run_events
-from runner.events import Event, EventReader, RunStatus, read_status
+from runner.events import Event, EventReader, RunStatus, effective_events, read_status
 from runner.rundir import RunDir
 from runner.runs import INTERRUPTED, LIVE_STATES
 
@@ -78,7 +77,8 @@ class RunWatcher:
         self._polled = True
         events = self._events.read_new()
         if first:
-            events = _effective(events)
+            # A resumed run's first attempt logged steps it later redid: show them once.
+            events = effective_events(events)
         status = self._read_status()
         return WatchBatch(
             events=events,
@@ -153,12 +153,6 @@ class RunWatcher:
             lines = lines[1:]
         # Progress bars rewrite one line with carriage returns: keep what is left visible.
         return [line.rsplit("\r", 1)[-1].rstrip() for line in lines][-LOG_TAIL_LINES:]
-
-
-def _effective(events: list[Event]) -> list[Event]:
-    """The events a resumed run's screen should show, when the runner says which those are."""
-    effective = getattr(run_events, "effective_events", None)
-    return list(effective(events)) if callable(effective) else events
 
 
 def watch_run(
