@@ -192,3 +192,19 @@ def test_a_resumed_run_shows_each_step_once(tmp_path: Path) -> None:
     steps = [int(p[0]) for p in history.train_loss]
     assert steps == sorted(set(steps)) and steps[-1] == 60
     assert [e.step for e in history.evals] == [40]
+
+
+def test_cpu_runs_plot_ram() -> None:
+    from runner.events import SystemSample
+
+    history = RunHistory()
+    history.add(
+        [
+            SystemSample(
+                step=5, ram_used=8 * 1024**3, ram_total=24 * 1024**3, process_rss=2 * 1024**3
+            )
+        ]
+    )
+    assert not history.on_gpu
+    series = history.memory["RAM (process)"]
+    assert series.latest == 2 * 1024**3 and series.total == 24 * 1024**3

@@ -16,6 +16,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Footer, Label, Select, Static
 
 from planner.errors import AffinerError
@@ -105,6 +106,7 @@ class HardwareScreen(Screen):
         self.report: HardwareReport | None = None
         self._shown_at_least_once = False
         self._active = False
+        self._timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="hw-body"):
@@ -161,7 +163,10 @@ class HardwareScreen(Screen):
             )
         if self._active:
             interval = getattr(self.services, "hardware_poll_seconds", 3.0)
-            self.set_timer(interval, self._rearm, name="hardware-poll")
+            # One pending re-poll at most, however many refreshes were asked for.
+            if self._timer is not None:
+                self._timer.stop()
+            self._timer = self.set_timer(interval, self._rearm, name="hardware-poll")
 
     def _rearm(self) -> None:
         if self._active:

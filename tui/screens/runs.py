@@ -15,6 +15,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Static
 
 from runner.events import TrainLog, read_events
@@ -75,6 +76,7 @@ class RunsScreen(Screen):
         self.summaries: list[RunSummary] = []
         self.marked: list[str] = []
         self._active = False
+        self._timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(id="runs-title")
@@ -112,7 +114,10 @@ class RunsScreen(Screen):
         self.summaries = list(message.rows)
         self._draw()
         if self._active:
-            self.set_timer(REFRESH_SECONDS, self._rearm, name="runs-poll")
+            # One pending re-poll at most, however many refreshes were asked for.
+            if self._timer is not None:
+                self._timer.stop()
+            self._timer = self.set_timer(REFRESH_SECONDS, self._rearm, name="runs-poll")
 
     def _rearm(self) -> None:
         if self._active:
