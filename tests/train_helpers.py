@@ -51,9 +51,11 @@ def make_run(
     task: str = "causal_lm",
     rows: list[dict[str, Any]] | None = None,
     eval_rows: list[dict[str, Any]] | None = None,
-    **sections: dict[str, Any],
+    sections: dict[str, dict[str, Any]] | None = None,
+    **more_sections: dict[str, Any],
 ) -> RunDir:
-    """A run folder with data files and a ``run.toml``; `sections` override config fields."""
+    """A run folder with data files and a ``run.toml``; `sections` (and keyword sections such
+    as ``training={...}``) override config fields."""
     rd = RunDir(tmp / "run")
     rd.path.mkdir(parents=True, exist_ok=True)
     if rows is None:
@@ -86,7 +88,7 @@ def make_run(
     cfg.eval.every_steps = 10
     cfg.checkpoint.every_steps = 10
     cfg.checkpoint.keep_last = 2
-    for name, values in sections.items():
+    for name, values in {**(sections or {}), **more_sections}.items():
         section = getattr(cfg, name)
         for key, value in values.items():
             setattr(section, key, value)
