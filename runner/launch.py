@@ -189,20 +189,29 @@ def launch_worker(
 ) -> int:
     """Start the run's worker detached and record its pid; with `foreground`, follow it.
 
+    Even in the foreground the worker is its own session writing ``train.log``: if this
+    terminal goes away the run goes on, and Ctrl-C becomes a graceful stop (see
+    `runner.follow.follow_worker`).
+
     Returns:
         0 once a detached worker is started; in the foreground, the worker's exit code.
     """
+    from runner.follow import Follower, follow_worker
+
     extra = ["--resume"] if resume else []
     argv = worker_argv(run_dir.path, *extra)
     with open(run_dir.log, "ab") as log:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         log.write(f"\n=== {stamp} affiner: {shlex.join(argv)}\n".encode())
+    follower = Follower(run_dir, out or sys.stdout) if foreground else None
     child = spawn_detached(argv, log_path=run_dir.log, cwd=run_dir.path, env=_child_env())
     _children[child.pid] = child
     _record_pid(run_dir, child.pid, message)
-    if not foreground:
+    if follower is None:
         return 0
-    return follow_log(run_dir, child, out=out or sys.stdout)
+    code = follow_worker(run_dir, child, follower=follower)
+    _children.pop(child.pid, None)
+    return code
 
 
 def _record_pid(run_dir: RunDir, pid: int, message: str) -> None:
@@ -215,49 +224,10 @@ def _record_pid(run_dir: RunDir, pid: int, message: str) -> None:
     write_status(run_dir.path, status)
 
 
-def follow_log(run_dir: RunDir, child: subprocess.Popen[bytes], *, out: TextIO) -> int:
-    """Stream ``train.log`` while the worker runs. Ctrl-C asks it to stop (SIGTERM) and keeps
-    streaming until it has saved and ended; a second Ctrl-C leaves it stopping on its own."""
-    offset = run_dir.log.stat().st_size if run_dir.log.exists() else 0
-    interrupts = 0
-    while True:
-        try:
-            offset = _copy_new(run_dir.log, offset, out)
-            if child.poll() is not None:
-                _copy_new(run_dir.log, offset, out)
-                return child.returncode
-            time.sleep(0.2)
-        except KeyboardInterrupt:
-            interrupts += 1
-            if interrupts > 1:
-                out.write(f"\naffiner: left run {run_dir.run_id} stopping on its own\n")
-                return 130
-            out.write(
-                "\naffiner: stopping the run (it saves a checkpoint first; Ctrl-C again to leave it)\n"
-            )
-            send_signal(child.pid, signal.SIGTERM)
-
-
-def _copy_new(path: Path, offset: int, out: TextIO) -> int:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            data = handle.read()
-    except FileNotFoundError:
-        return offset
-    if data:
-        out.write(data.decode("utf-8", errors="replace"))
-        out.flush()
-    return offset + len(data)
-
-
-def resume_run(
-    ref: str | RunDir,
-    *,
-    runs_root: str | os.PathLike[str] | None = None,
-    foreground: bool = False,
-) -> RunDir:
-    """Continue a stopped, failed or interrupted run in its own folder from its newest checkpoint.
+def check_resumable(
+    ref: str | RunDir, *, runs_root: str | os.PathLike[str] | None = None
+) -> tuple[RunDir, str]:
+    """The run to resume and what the resume will do, in words; raises when it cannot be resumed.
 
     Raises:
         AffinerError: the run is unknown, still running, already finished, or its ``run.toml``
@@ -282,9 +252,22 @@ def resume_run(
     load_config(rd.config)  # an edited run.toml must still be valid before anything starts
     checkpoint = latest_checkpoint(rd)
     if checkpoint is None:
-        message = "no checkpoint was saved, so the run starts again from step 0"
-    else:
-        message = f"resuming from the checkpoint at step {checkpoint[0]}"
+        return rd, "no checkpoint was saved, so the run starts again from step 0"
+    return rd, f"resuming from the checkpoint at step {checkpoint[0]}"
+
+
+def resume_run(
+    ref: str | RunDir,
+    *,
+    runs_root: str | os.PathLike[str] | None = None,
+    foreground: bool = False,
+) -> RunDir:
+    """Continue a stopped, failed or interrupted run in its own folder from its newest checkpoint.
+
+    Raises:
+        AffinerError: see `check_resumable`.
+    """
+    rd, message = check_resumable(ref, runs_root=runs_root)
     launch_worker(rd, resume=True, foreground=foreground, message=message)
     return rd
 

@@ -203,6 +203,54 @@ def test_stop_and_resume_refuse_sensibly(runs_dir: Path, tmp_path: Path) -> None
     assert json.loads(rd.status.read_text())["state"] == "running"
 
 
+def test_foreground_follower_prints_new_log_bytes_and_events_as_lines(runs_dir: Path) -> None:
+    import io
+
+    from runner.events import EvalResult, EventWriter, RunStarted, TrainLog, Warning_
+    from runner.follow import Follower
+
+    rd = RunDir(runs_dir / "r")
+    rd.path.mkdir()
+    rd.log.write_text("from an earlier attempt\n")
+    with EventWriter(rd.path) as writer:
+        writer.write(TrainLog(step=1, loss=9.0))  # earlier attempt: not repeated
+    out = io.StringIO()
+    follower = Follower(rd, out)
+    with open(rd.log, "a") as log:
+        log.write("UserWarning: something\n")
+    with EventWriter(rd.path) as writer:
+        writer.write(
+            RunStarted(
+                method="lora", device="cpu", total_steps=40, train_rows=100, resumed_from_step=5
+            )
+        )
+        writer.write(
+            TrainLog(
+                step=6,
+                epoch=0.5,
+                loss=2.31456,
+                learning_rate=0.01,
+                tokens_per_second=1234.5,
+                total_steps=40,
+                eta_seconds=12,
+            )
+        )
+        writer.write(EvalResult(step=10, loss=2.5, perplexity=12.18))
+        writer.write(Warning_(code="overfitting", message="eval loss rose", action="stop"))
+        writer.write(
+            RunFinished(state="finished", step=40, best_eval_loss=2.4, message="Training finished.")
+        )
+    follower.pump()
+    assert out.getvalue().splitlines() == [
+        "UserWarning: something",
+        "[affiner] started: lora on cpu, 40 steps, 100 training rows, resumed from step 5",
+        "[affiner] step 6/40  epoch 0.50  loss 2.3146  lr 1.0e-02  1,234 tok/s  ETA 12s",
+        "[affiner] eval at step 10  loss 2.5000  perplexity 12.1800",
+        "[affiner] WARNING overfitting: eval loss rose (stop)",
+        "[affiner] finished at step 40, best eval loss 2.4000. Training finished.",
+    ]
+
+
 # ------------------------------------------------------------------------ real training runs
 # These start the real worker (`python -m runner.worker`) as a detached process on the tiny
 # Llama, through `affiner train` in-process, and wait for it. The helpers are shared with

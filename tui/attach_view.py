@@ -251,7 +251,7 @@ class AttachView:
                 lines.append(f"\n  → {warning.action}", style="italic")
             lines.append("\n")
         lines.rstrip()
-        count = len(h.warnings)
+        count = len(seen)
         title = f"{count} warning{'s' if count != 1 else ''}" if count else "errors"
         style = "red" if h.errors or h.serious_warnings else "yellow"
         return Panel(lines, title=title, title_align="left", border_style=style)

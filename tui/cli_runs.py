@@ -99,10 +99,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.run_id:
             raise AffinerError("--run-id names a new run; a resumed run keeps its id")
-        rd = launch.resume_run(args.resume)
-        print(f"Resuming run {rd.run_id}: {_status_message(rd)}")
+        rd, message = launch.check_resumable(args.resume)
+        print(f"Resuming run {rd.run_id}: {message}", flush=True)
         if args.foreground:
-            return _follow_foreground(rd)
+            code = launch.launch_worker(rd, resume=True, foreground=True, message=message)
+            _print_outcome(rd)
+            return code
+        launch.launch_worker(rd, resume=True, message=message)
         _print_follow(rd)
         return 0
     if not args.config:
@@ -125,31 +128,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"Started run {rd.run_id}")
     _print_follow(rd)
     return 0
-
-
-def _status_message(rd: Any) -> str:
-    from runner.events import read_status
-
-    status = read_status(rd.path)
-    return status.message if status is not None else "launched"
-
-
-def _follow_foreground(rd: Any) -> int:
-    from runner import launch
-
-    child = launch._children.get(_pid_of(rd))
-    if child is None:
-        return 0
-    code = launch.follow_log(rd, child, out=sys.stdout)
-    _print_outcome(rd)
-    return code
-
-
-def _pid_of(rd: Any) -> int:
-    from runner.events import read_status
-
-    status = read_status(rd.path)
-    return status.pid if status is not None and status.pid else 0
 
 
 def _print_follow(rd: Any) -> None:
