@@ -92,12 +92,28 @@ def test_stop_attach_and_resume_on_ended_runs(
 
 
 def test_runs_dir_option_points_at_another_root(
-    two_runs: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    two_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     other = tmp_path / "elsewhere"
     other.mkdir()
     assert main(["--runs-dir", str(other), "runs", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+def test_stop_on_an_interrupted_run_points_to_resume(
+    runs_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_runs import dead_pid
+
+    make_run(
+        runs_dir,
+        "gone",
+        state="running",
+        pid=dead_pid(),
+        events=[RunStarted(total_steps=5, t=1000)],
+    )
+    assert main(["stop", "gone"]) == 0
+    assert "is not running (interrupted); nothing to stop" in capsys.readouterr().out
+    assert main(["runs", "--json"]) == 0
+    [run] = json.loads(capsys.readouterr().out)
+    assert run["state"] == "interrupted" and "resume starts from scratch" in run["message"]
