@@ -60,7 +60,7 @@ def apply_method(model, spec, settings: TrainSettings):
             lora_alpha=settings.lora_alpha,
             lora_dropout=settings.lora_dropout,
             target_modules="all-linear" if targets == ["all-linear"] else targets,
-            task_type="CAUSAL_LM",
+            task_type="CAUSAL_LM" if spec.is_decoder else None,
         )
         return get_peft_model(model, cfg)
     if settings.method == "freeze":
@@ -90,6 +90,7 @@ def cpu_cell(
     seq: int = 48,
     checkpointing: bool = False,
     padded: bool = False,
+    lora_dropout: float = 0.0,
 ) -> dict:
     """Measure one tiny-model cell on the CPU and compare with the estimate."""
     config = probe.tiny_config(family)
@@ -103,7 +104,7 @@ def cpu_cell(
         gradient_checkpointing=checkpointing,
         padded=padded,
         lora_rank=8,
-        lora_dropout=0.0 if method == "lora" else 0.05,
+        lora_dropout=lora_dropout,
         trainable_layers=1,
         attention=attn if attn == "eager" else "sdpa",
     )
@@ -112,11 +113,14 @@ def cpu_cell(
     model.train()
     model = apply_method(model, spec, settings)
     if checkpointing:
-        enable = (
-            getattr(model, "activation_checkpointing_enable", None)
-            or model.gradient_checkpointing_enable
-        )
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # the transformers 5 name
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False}
+            )
+        else:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         if settings.uses_lora:
             model.enable_input_require_grads()
     batch_t = probe.make_batch(spec.vocab_size, batch, seq, padded=padded)
@@ -149,6 +153,7 @@ def cpu_cell(
         "seq": seq,
         "checkpointing": checkpointing,
         "padded": padded,
+        "lora_dropout": lora_dropout,
         "measured": measured,
         "predicted": predicted,
         "error": {k: _error(predicted[k], measured[k]) for k in measured},
@@ -159,6 +164,7 @@ CPU_MATRIX = (
     [(f, m, {}) for f in FAMILIES for m in ("full", "lora", "freeze")]
     + [(f, "full", {"checkpointing": True}) for f in ("llama", "gpt2", "bert")]
     + [(f, "full", {"padded": True}) for f in ("llama", "qwen2")]
+    + [(f, "lora", {"lora_dropout": 0.05}) for f in ("llama", "gpt2", "phi3")]
 )
 
 
@@ -190,7 +196,7 @@ def print_table(rows: list[dict]) -> None:
     for col in ("family", "method", "case", "weights", "grads", "optim", "activations", "logits"):
         table.add_column(col)
     for row in rows:
-        case = ",".join(k for k in ("checkpointing", "padded") if row.get(k)) or "-"
+        case = ",".join(k for k in ("checkpointing", "padded", "lora_dropout") if row.get(k)) or "-"
         if "skipped" in row:
             table.add_row(row["family"], row["method"], case, row["skipped"][:60], "", "", "", "")
             continue

@@ -311,7 +311,7 @@ def saved_for_backward(
         if shape and shape[-1] == vocab and ptr not in checkpoint_inputs:
             kind = "logits"
             report.logits += nbytes
-        elif shape in param_shapes:
+        elif autocast_dtype is not None and shape in param_shapes:
             kind = "weight"
             report.weight_copies += nbytes
         elif ptr in checkpoint_inputs:

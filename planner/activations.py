@@ -45,10 +45,10 @@ ACT_SAVED = {
     "gelu_accurate": 4,
     "quick_gelu": 2,  # x * sigmoid(1.702 x): x and sigmoid output
 }
+#: Activations whose backward needs their output (not their input).
+SAVES_OUTPUT = {"relu"}
 #: Families whose attention always runs the eager path in transformers 5.
 EAGER_ONLY = {"gemma2"}
-#: Families with one fused q/k/v projection whose output v stays a view of.
-FUSED_QKV = {"phi3", "gpt_neox", "falcon", "gpt2"}
 
 
 @dataclass
@@ -59,8 +59,6 @@ class Traits:
     norms_per_block: int
     shared_norm: bool  # falcon's single norm feeding attention and MLP
     rotary: bool
-    rotary_fraction: float
-    fused_qkv: bool
     fused_gate_up: bool
     post_ln: bool  # BERT: norm after the residual add
     attn_softcap: bool
@@ -74,9 +72,6 @@ def traits(spec: ModelSpec) -> Traits:
     """The family traits of `spec`, from its fields and (for a few quirks) its raw config."""
     mt = spec.model_type
     raw = spec.raw_config or {}
-    rotary_fraction = float(raw.get("partial_rotary_factor") or 1.0)
-    if mt == "gpt_neox":
-        rotary_fraction = float(raw.get("rotary_pct", 0.25))
     new_falcon = bool(raw.get("new_decoder_architecture", False))
     act = spec.hidden_act or "silu"
     return Traits(
@@ -86,8 +81,6 @@ def traits(spec: ModelSpec) -> Traits:
         norms_per_block=4 if mt in ("gemma2", "gemma3") else 2,
         shared_norm=mt == "falcon" and not new_falcon and spec.parallel_residual,
         rotary=mt not in ("gpt2", "opt", "bert") and not raw.get("alibi", False),
-        rotary_fraction=rotary_fraction,
-        fused_qkv=mt in FUSED_QKV,
         fused_gate_up=mt == "phi3",
         post_ln=not spec.is_decoder,
         attn_softcap=bool(raw.get("attn_logit_softcapping")) and mt == "gemma2",
@@ -172,6 +165,12 @@ def _lora_sites(spec: ModelSpec, settings: TrainSettings) -> dict[str, list[tupl
     return sites
 
 
+def mask_bytes(device_kind: str, dtype_bytes: int) -> int:
+    """Bytes per element of a dropout mask: CUDA's fused kernel keeps a bool mask; on the CPU
+    ``at::dropout`` multiplies by a noise tensor of the input's dtype and keeps that."""
+    return 1 if device_kind == "cuda" else dtype_bytes
+
+
 def _lora_saved(
     sites: dict[str, list[tuple[int, int]]],
     site: str,
@@ -179,6 +178,7 @@ def _lora_saved(
     settings: TrainSettings,
     b: int,
     autocast: bool,
+    device_kind: str = "cuda",
 ) -> tuple[int, bool]:
     """Bytes the LoRA branches at one input site keep, and whether one of them keeps the input itself."""
     total = 0
@@ -188,7 +188,7 @@ def _lora_saved(
         for _ in range(count):
             elems = tokens * width
             if settings.lora_dropout > 0:
-                total += elems  # dropout mask (bool)
+                total += elems * mask_bytes(device_kind, b if autocast else 4)  # dropout mask
                 total += elems * (b if autocast else 4)  # what lora_A's matmul keeps
             elif cast:
                 total += elems * (b if autocast else 4)
@@ -231,14 +231,16 @@ def block_bytes(
     b = BYTES[settings.compute_dtype]
     autocast = settings.precision in ("bf16", "fp16")
     h, nh, nkv, hd = spec.hidden_size, spec.num_attention_heads, spec.num_kv_heads, spec.head_dim
-    q_dim, kv_dim = nh * hd, nkv * hd
+    q_dim = nh * hd
     inter = spec.intermediate_size
     sites = _lora_sites(spec, settings)
     out: dict[str, int] = {}
 
     # attention side: norm, its output, q/k/v
     out["norm_attn"] = _norm(t, tokens * h, b, input_grad=input_grad, weight_trains=trainable)
-    lora_in, lora_keeps_in = _lora_saved(sites, "attn_in", tokens, settings, b, autocast)
+    lora_in, lora_keeps_in = _lora_saved(
+        sites, "attn_in", tokens, settings, b, autocast, device_kind
+    )
     out["lora_attn_in"] = lora_in
     if t.post_ln:
         out["norm_attn"] = 0  # BERT's norms sit after the residual add (counted below)
@@ -246,34 +248,29 @@ def block_bytes(
 
     kernel = attention_kernel(spec, settings, device_kind)
     heads_kv = nh if (settings.padded or kernel == "math") and not t.mqa_broadcast else nkv
-    if t.fused_qkv and t.rotary and t.rotary_fraction < 1.0:
-        qkv_storage = tokens * (q_dim + 2 * kv_dim) * b  # v stays a view of the fused output
-        kv_term = tokens * kv_dim * b + qkv_storage
-    elif t.fused_qkv and spec.model_type == "phi3":
-        kv_term = tokens * kv_dim * b + tokens * (q_dim + 2 * kv_dim) * b
-    else:
-        kv_term = 2 * tokens * heads_kv * hd * b
+    kv_term = 2 * tokens * heads_kv * hd * b
     if kernel == "flash":
         out["sdpa"] = tokens * q_dim * b * 2 + kv_term + bsz * nh * seq * 4
+        if spec.model_type == "phi3":
+            # phi3's attention output reaches o_proj as its own copy, not SDPA's output storage
+            out["sdpa"] += tokens * q_dim * b
         if settings.padded:
             out["attn_mask"] = bsz * seq * seq * b
     else:
         probs = bsz * nh * seq * seq
-        out["sdpa"] = (
-            tokens * q_dim * b * 2 + 2 * tokens * (nkv if t.mqa_broadcast else nh) * hd * b
-        )
+        out["sdpa"] = tokens * q_dim * b * 2 + 2 * tokens * nh * hd * b
         out["attn_probs"] = probs * 4 + (probs * b if b != 4 else 0)
         if t.attn_softcap:
             out["attn_probs"] += probs * 4  # tanh output of the soft cap
         if spec.attention_dropout > 0:
-            out["attn_probs"] += probs * (1 + b)
-        lora_o, keeps_o = _lora_saved(sites, "attn_out", tokens, settings, b, autocast)
+            out["attn_probs"] += probs * (mask_bytes(device_kind, b) + b)
+        lora_o, keeps_o = _lora_saved(sites, "attn_out", tokens, settings, b, autocast, device_kind)
         out["attn_out_input"] = tokens * q_dim * b if (trainable or keeps_o) else 0
     if kernel == "flash":
-        lora_o, _ = _lora_saved(sites, "attn_out", tokens, settings, b, autocast)
+        lora_o, _ = _lora_saved(sites, "attn_out", tokens, settings, b, autocast, device_kind)
     out["lora_attn_out"] = lora_o
     if spec.hidden_dropout > 0:
-        out["dropout_masks"] = 2 * tokens * h
+        out["dropout_masks"] = 2 * tokens * h * mask_bytes(device_kind, b)
 
     # MLP side
     if not t.shared_norm:
@@ -281,24 +278,46 @@ def block_bytes(
     if t.norms_per_block == 4:
         out["norm_post"] = 2 * _norm(t, tokens * h, b, input_grad=True, weight_trains=trainable)
         out["norm_post"] += 2 * tokens * h * b  # the post-norms' outputs feed the residual add
-    lora_mi, keeps_mi = _lora_saved(sites, "mlp_in", tokens, settings, b, autocast)
+    lora_mi, keeps_mi = _lora_saved(sites, "mlp_in", tokens, settings, b, autocast, device_kind)
     out["lora_mlp_in"] = lora_mi
     if not t.shared_norm:
         out["mlp_input"] = tokens * h * b if (trainable or keeps_mi) else 0
-    lora_mo, keeps_mo = _lora_saved(sites, "mlp_out", tokens, settings, b, autocast)
+    lora_mo, keeps_mo = _lora_saved(sites, "mlp_out", tokens, settings, b, autocast, device_kind)
     out["lora_mlp_out"] = lora_mo
     routed = tokens
+    experts_wrapped = (
+        settings.uses_lora
+        and settings.lora_dropout == 0
+        and "all-linear" in settings.lora_targets
+        and any(target.kind == "expert" for target in spec.lora_targets)
+    )
     if spec.num_experts:
         routed = tokens * spec.experts_per_token
         out["router"] = tokens * spec.num_experts * 4 + tokens * spec.experts_per_token * 16
-        out["expert_io"] = routed * h * b * (2 if trainable else 1)
+        expert_trains = trainable or experts_wrapped
+        out["expert_io"] = routed * h * b * (2 if expert_trains else 1)
+        if experts_wrapped:
+            # peft's ParamWrapper adds B@A to each 3-D expert weight in forward: the merged
+            # weight (one per expert tensor) is saved like a trained weight
+            expert_params = sum(
+                t.in_features * t.out_features * (t.count // max(spec.num_layers, 1))
+                for t in spec.lora_targets
+                if t.kind == "expert"
+            )
+            out["expert_merged_weights"] = expert_params * b
+            keeps_mo = True
     if spec.mlp_kind == "gated":
         out["mlp"] = 3 * routed * inter * b
     else:
         out["mlp"] = routed * inter * b * t.act_saved
-    out["mlp_down_input"] = routed * inter * b if (trainable or keeps_mo) else 0
+    shares_output = spec.mlp_kind != "gated" and (spec.hidden_act or "") in SAVES_OUTPUT
+    # relu keeps its output, which is also the down projection's input: one tensor
+    out["mlp_down_input"] = (
+        routed * inter * b if (trainable or keeps_mo) and not shares_output else 0
+    )
     if t.post_ln:
-        out["norm_post"] = 2 * tokens * h * b + (2 * tokens * h * b if trainable else 0)
+        # post-LN: the second norm's input; its output is the next block's input (counted there)
+        out["norm_post"] = tokens * h * b
     return out
 
 
@@ -339,7 +358,7 @@ def estimate_activations(
         final = tokens * h * b * (4 if head_trains else 2)
     embed = 0
     if spec.hidden_dropout > 0 and spec.model_type in ("gpt2", "opt", "bert"):
-        embed += tokens * h  # embedding dropout mask
+        embed += tokens * h * mask_bytes(device_kind, b)  # embedding dropout mask
     if spec.model_type == "bert":
         embed += tokens * h * b  # embedding LayerNorm input
     if method == "freeze" and spec.tied_embeddings and first_trainable:

@@ -8,7 +8,7 @@ The peak is the larger of two moments of a step (the HF Trainer with torch AdamW
   ``logits.float()``, cross-entropy keeps the fp32 log-softmax, and its backward holds that
   plus two fp32 gradients of the same size (12 bytes per token per vocabulary entry).
 - **the optimizer step**: weights, all gradients and all optimizer state at once, plus the
-  optimizer's scratch. On the first step this is also when the state is created, so a run that
+  optimizer's scratch (foreach AdamW's temporary square root of every second moment). On the first step this is also when the state is created, so a run that
   survives step one's ``optimizer.step()`` survives the rest.
 
 Precision follows the Trainer: ``bf16``/``fp16`` keep fp32 weights (and fp32 gradients and
@@ -99,14 +99,29 @@ def lora_shapes(spec: ModelSpec, settings: TrainSettings) -> list[tuple[int, int
     """Shapes of the LoRA matrices peft adds (A: r×in, B: out×r) for the chosen targets."""
     wanted = set(settings.lora_targets)
     shapes: list[tuple[int, int]] = []
+    r = settings.lora_rank
+    layers = max(spec.num_layers, 1)
     for target in spec.lora_targets:
-        if target.kind == "expert":
-            continue
         if "all-linear" not in wanted and target.name not in wanted:
             continue
+        if target.kind == "expert":
+            # peft's ParamWrapper (target_parameters; it refuses lora_dropout > 0) adds one A/B
+            # pair per 3-D expert tensor with rank r per expert; the fused gate_up tensor gets
+            # two slices (gate and up) per expert
+            if settings.lora_dropout > 0:
+                continue
+            experts = max(target.count // layers, 1)
+            rank = r * experts * (2 if "gate_up" in target.name else 1)
+            for _ in range(layers):
+                shapes.append((rank, target.in_features))
+                shapes.append((target.out_features, rank))
+            continue
         for _ in range(target.count):
-            shapes.append((settings.lora_rank, target.in_features))
-            shapes.append((target.out_features, settings.lora_rank))
+            shapes.append((r, target.in_features))
+            shapes.append((target.out_features, r))
+    if spec.num_experts and "all-linear" in wanted:
+        for _ in range(layers):  # the router is an nn.Linear too
+            shapes.extend([(r, spec.hidden_size), (spec.num_experts, r)])
     return shapes
 
 
@@ -183,7 +198,7 @@ def estimate_memory(
     gradients = trainable * train_bytes
     optimizer = optimizer_bytes(settings.optimizer, shapes, param_bytes=train_bytes)
     largest = max((_numel(s) for s in shapes), default=0)
-    opt_scratch = step_transient(settings.optimizer, largest, param_bytes=train_bytes)
+    opt_scratch = step_transient(settings.optimizer, largest, trainable, param_bytes=train_bytes)
 
     act = estimate_activations(spec, settings, device.kind)
     details.update({f"act.{k}": v for k, v in act.details.items()})

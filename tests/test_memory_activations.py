@@ -20,6 +20,10 @@ CASES = [
     ("gemma", "full", {}),
     ("llama", "full", {"checkpointing": True}),
     ("llama", "full", {"padded": True}),
+    ("gpt2", "full", {}),
+    ("opt", "lora", {}),
+    ("phi3", "full", {}),
+    ("mixtral", "lora", {}),
 ]
 
 
