@@ -26,7 +26,7 @@ def loaded_after(statement: str) -> set[str]:
         "import planner.hardware, planner.model_spec, planner.device, planner.errors",
         "import planner.model_shapes, planner.model_sizes, planner.model_resolve, planner.meta_count",
         "import planner.gpu_catalog, planner.offline_models, planner.nvml_reader",
-        "import runner.config_io, runner.data",
+        "import runner.config_io, runner.data, runner.launch, runner.runs, runner.follow",
         "import runner.events, runner.rundir, runner.config",
         "import tui.cli; tui.cli.build_parser()",
     ],
