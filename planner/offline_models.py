@@ -199,3 +199,29 @@ def offline_spec(ref: str) -> ModelSpec | None:
         config = json.loads((ready / "config.json").read_text(encoding="utf-8"))
         return spec_from_config(config, name=model.title, source="folder", path=str(ready))
     return spec_from_config(dict(model.config), name=model.title, source="offline")
+
+
+def offline_folder(ref: str) -> str | None:
+    """The loadable folder an offline model name stands for in a ``run.toml`` (no torch).
+
+    Returns None when `ref` names no offline model (or is an existing path), so the caller
+    keeps it as written.
+
+    Raises:
+        AffinerError: the model's package is missing (with the install command), or the GGUF
+            has not been converted yet (with the command that converts it once).
+    """
+    if not ref or Path(ref).expanduser().exists():
+        return None
+    model = find_offline_model(ref)
+    if model is None:
+        return None
+    source_path(model)  # the install command when the package is missing
+    ready = ready_path(model)
+    if ready is None:
+        raise AffinerError(
+            f"{model.title} is installed but not converted for training yet",
+            hint=f"convert it once (about 30 s): python -m runner.provision {model.key}",
+            where="[model].name_or_path",
+        )
+    return str(ready)

@@ -14,11 +14,7 @@ switched off and on); for classification, the tuned model labels a few held-out 
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import tempfile
-import warnings
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,31 +22,10 @@ from typing import Any
 from runner.config import RunConfig
 from runner.events import EvalResult, EventWriter, RunFinished, effective_events, read_events
 from runner.metrics import perplexity
+from runner.provision import quiet_libraries
 from runner.rundir import RunDir
 
 _SCORES = ("accuracy", "precision", "recall", "f1")
-
-
-@contextlib.contextmanager
-def quiet_libraries() -> Iterator[None]:
-    """Keep transformers' load reports, progress bars and library warnings off the demo's
-    screen (the worker's own output goes to ``train.log`` as usual)."""
-    import transformers
-
-    verbosity = transformers.logging.get_verbosity()
-    bnb = logging.getLogger("bitsandbytes")
-    bnb_level = bnb.level
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    bnb.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-        transformers.logging.enable_progress_bar()
-        bnb.setLevel(bnb_level)
 
 
 def evaluate_base(cfg: RunConfig) -> EvalResult:

@@ -9,9 +9,12 @@ load the folder directly.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from planner.errors import AffinerError
@@ -79,7 +82,34 @@ def named_folder(model: OfflineModel, folder: Path) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Keep transformers' load reports, progress bars and library warnings off the demo's
+    screen (the worker's own output goes to ``train.log`` as usual)."""
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    bnb = logging.getLogger("bitsandbytes")
+    bnb_level = bnb.level
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    bnb.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        transformers.logging.enable_progress_bar()
+        bnb.setLevel(bnb_level)
+
+
 def _convert_gguf(model: OfflineModel, progress: ProgressFn) -> Path:
+    with quiet_libraries():
+        return _convert_quietly(model, progress)
+
+
+def _convert_quietly(model: OfflineModel, progress: ProgressFn) -> Path:
     gguf = source_path(model)
     try:
         import gguf as _gguf  # noqa: F401  (transformers needs it to read the file)
@@ -123,3 +153,30 @@ def _convert_gguf(model: OfflineModel, progress: ProgressFn) -> Path:
         raise
     progress("done", 1.0)
     return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m runner.provision NAME``: make an offline model loadable, printing progress."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m runner.provision",
+        description="Convert an offline model (smollm2, minilm) into a folder affiner trains from.",
+    )
+    parser.add_argument("name", help="an offline model's name, e.g. smollm2")
+    args = parser.parse_args(argv)
+
+    def report(stage: str, done: float) -> None:
+        print(f"{done:4.0%}  {stage}", file=sys.stderr, flush=True)
+
+    try:
+        print(provision(args.name, progress=report))
+    except AffinerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
