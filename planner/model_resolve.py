@@ -4,8 +4,9 @@ A reference is, in the order tried:
 
 1. a local path: a folder holding ``config.json`` (what ``save_pretrained`` writes, or a
    Hugging Face cache folder ``models--org--name``), or a ``config.json`` itself;
-2. a bare size: ``7B``, ``0.5b``, ``8x7B`` (see `planner.model_sizes`);
-3. a Hugging Face id, ``org/name`` (optionally ``@revision``): read from the local Hugging
+2. an offline model's name (``smollm2``, ``minilm``: see `planner.offline_models`);
+3. a bare size: ``7B``, ``0.5b``, ``8x7B`` (see `planner.model_sizes`);
+4. a Hugging Face id, ``org/name`` (optionally ``@revision``): read from the local Hugging
    Face cache (``HF_HUB_CACHE``, ``HF_HOME``), and fetched from the hub only when
    ``HF_HUB_OFFLINE`` is not set. Only ``config.json`` is ever fetched, never weights.
 
@@ -27,6 +28,7 @@ from planner.errors import AffinerError
 from planner.model_shapes import spec_from_config
 from planner.model_sizes import EXAMPLES, is_size, spec_from_size
 from planner.model_spec import ModelSpec
+from planner.offline_models import offline_spec
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(?:/[\w.-]+)?$")
 _WEIGHT_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".pth", ".ckpt")
@@ -260,6 +262,9 @@ def resolve_model(ref: str | os.PathLike[str], *, trust_remote_code: bool = Fals
     path = Path(text).expanduser()
     if path.exists():
         return _from_path(path, text, trust_remote_code)
+    offline = offline_spec(text)  # smollm2, minilm: models a registry package carries
+    if offline is not None:
+        return offline
     if is_size(text):
         return spec_from_size(text)
     if _looks_like_path(text):
