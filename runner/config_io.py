@@ -180,8 +180,12 @@ def config_from_dict(
 
 def resolve_paths(cfg: RunConfig, base_dir: str | os.PathLike[str]) -> None:
     """Make relative local paths absolute against `base_dir`; hub ids are left alone."""
+    from planner.offline_models import offline_folder
+
     base = Path(base_dir)
-    cfg.model.name_or_path = resolve_reference(cfg.model.name_or_path, base)
+    # An offline model's name (smollm2, minilm) stands for its converted folder.
+    offline = offline_folder(cfg.model.name_or_path)
+    cfg.model.name_or_path = offline or resolve_reference(cfg.model.name_or_path, base)
     cfg.data.train = resolve_reference(cfg.data.train, base)
     cfg.data.eval = resolve_reference(cfg.data.eval, base)
 
