@@ -20,7 +20,7 @@ import argparse
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from textual.app import App
 from textual.binding import Binding, BindingType
@@ -59,10 +59,17 @@ class AffinerApp(App[int]):
     """The device plans are made for; None means this machine's own (GPU 0, else the CPU)."""
 
     def __init__(
-        self, services: Services, *, initial_run: str | os.PathLike[str] | None = None
+        self,
+        services: Services,
+        *,
+        initial_run: str | os.PathLike[str] | None = None,
+        assistant: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.services = services
+        #: Pre-filled answers for the assistant (``affiner demo``): ``default_model``,
+        #: ``default_data`` and ``settings`` (a dict of `tui.assistant_flow.Settings` fields).
+        self.assistant_options = dict(assistant or {})
         self.current_run: Path | None = Path(initial_run) if initial_run else None
         self._initial_run = self.current_run
         self._screens: dict[str, Screen] = {}
@@ -85,7 +92,14 @@ class AffinerApp(App[int]):
         if name == "assistant":
             from tui.screens.assistant import AssistantScreen
 
-            return AssistantScreen(services)
+            options = dict(self.assistant_options)
+            settings = options.pop("settings", None) or {}
+            screen = AssistantScreen(services, **options)
+            for field_name, value in settings.items():
+                setattr(screen.flow.settings, field_name, value)
+            if "learning_rate" in settings:
+                screen.flow.settings.learning_rate_set = True
+            return screen
         if name == "hardware":
             from tui.screens.hardware import HardwareScreen
 
@@ -197,9 +211,15 @@ def build_app(
     *,
     runs_root: str | os.PathLike[str] | None = None,
     initial_run: str | os.PathLike[str] | None = None,
+    assistant: dict[str, Any] | None = None,
 ) -> AffinerApp:
-    """The one way the CLI and the tests make the app: real services unless given fakes."""
-    return AffinerApp(services or Services.default(runs_root), initial_run=initial_run)
+    """The one way the CLI and the tests make the app: real services unless given fakes.
+
+    `assistant` pre-fills the guided assistant (see `AffinerApp.assistant_options`).
+    """
+    return AffinerApp(
+        services or Services.default(runs_root), initial_run=initial_run, assistant=assistant
+    )
 
 
 def run_app(args: argparse.Namespace | None = None) -> int:
