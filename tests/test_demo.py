@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -204,3 +205,29 @@ def test_headless_classify_demo_end_to_end(
     assert Path(result["model_card"]).exists()
     assert len(result["samples"]) == 3 and all(s["tuned"] for s in result["samples"])
     assert (runs_dir / "demo-data" / "classify" / "train.jsonl").exists()
+
+
+async def test_tui_opens_on_the_assistant_prefilled_with_the_demo(runs_dir: Path) -> None:
+    from tests.tui_fakes import fake_services
+    from tui.app import build_app
+    from tui.cli_demo import assistant_preset
+    from tui.screens.assistant import AssistantScreen
+
+    for name in ("train.jsonl", "eval.jsonl"):
+        (runs_dir / name).write_text("{}\n", "utf-8")
+    data = DemoData(runs_dir / "train.jsonl", runs_dir / "eval.jsonl", 48, 16, "test")
+    best = plan(offline_spec("minilm"), CPU, PlanRequest(seq_len=64, method="lora")).best
+    config = _config(PRESETS["classify"], best, runs_dir, data, CPU, max_steps=None)
+    prepared = SimpleNamespace(model_path=runs_dir / "model", data=data, config=config)
+    services, _ = fake_services(runs_dir)
+    app = build_app(services, assistant=assistant_preset(prepared))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, AssistantScreen)
+        flow = screen.flow
+        assert flow.default_model == str(runs_dir / "model")
+        assert flow.default_data == str(runs_dir / "train.jsonl")
+        settings = flow.settings
+        assert (settings.epochs, settings.learning_rate, settings.lora_rank) == (2.0, 1e-3, 16)
+        assert (settings.seq_len, settings.batch, settings.learning_rate_set) == (64, 32, True)

@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from planner.errors import AffinerError
-
 DEFAULT_DEMO = "classify"
 
 
@@ -277,10 +275,4 @@ def assistant_preset(prepared: Any) -> dict[str, Any]:
 def _build_demo_app(prepared: Any, runs_dir: str | None) -> Any:
     from tui.app import build_app
 
-    try:
-        return build_app(runs_root=runs_dir, assistant=assistant_preset(prepared))
-    except TypeError as exc:  # an app without the assistant preset hook
-        raise AffinerError(
-            "this version of the TUI cannot open pre-filled with a demo",
-            hint=f"run `affiner demo {prepared.preset.key} --headless` instead",
-        ) from exc
+    return build_app(runs_root=runs_dir, assistant=assistant_preset(prepared))
