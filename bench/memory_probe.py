@@ -143,6 +143,9 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         max_position_embeddings=512,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
+        # The probe builds the masked-LM class (a vocabulary head and a loss, as in
+        # fine-tuning); say so, or the planner counts the bare encoder.
+        architectures=["BertForMaskedLM"],
     ),
 }
 
