@@ -104,3 +104,20 @@ def test_worker_preflight_only(
     assert isinstance(of_type(events_of(rd), "preflight")[0]["measured_step_seconds"], float)
     assert worker_main([str(tmp_path / "nowhere")]) == 2
     assert Preflight.type == "preflight"
+
+
+def test_a_long_run_starts_with_a_preflight(tiny_llama: Path, tmp_path: Path) -> None:
+    from runner.train import EXIT_FINISHED, run_training
+
+    rd = make_run(
+        tmp_path,
+        tiny_llama,
+        method="lora",
+        training={"max_steps": 4, "preflight": True},
+        eval={"every_steps": 4},
+        plan={"predicted_step_seconds": 600.0},  # 4 steps x 10 minutes: long
+    )
+    assert run_training(rd.path) == EXIT_FINISHED
+    kinds = [e["type"] for e in events_of(rd) if e["type"] != "system"]
+    assert kinds.index("preflight") < kinds.index("run_started")
+    assert load_config(rd.config).plan.measured_step_seconds is not None
