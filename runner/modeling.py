@@ -118,6 +118,12 @@ def _hub_kwargs(cfg: RunConfig) -> dict[str, Any]:
 
 def _not_found(cfg: RunConfig, exc: Exception) -> AffinerError:
     ref = cfg.model.name_or_path
+    if ref.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(ref)):
+        return AffinerError(
+            f"Model folder {ref!r} does not exist.",
+            hint="Check the path; it should hold config.json, the weights and the tokenizer.",
+            where="[model].name_or_path",
+        )
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     hint = "Give a local folder with config.json and weights, or a hub id already in the cache" + (
         " (HF_HUB_OFFLINE is set, so nothing is downloaded)." if offline else "."

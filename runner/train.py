@@ -175,7 +175,15 @@ class _Run:
         has_eval = eval_ds is not None and len(eval_ds) > 0
 
         # -- pre-flight (a long run measures what fits before committing to it)
-        if cfg.training.preflight and checkpoint is None and is_long_run(cfg, len(train_ds)):
+        # (single-process runs only: ranks of a distributed run would each measure alone)
+        if (
+            cfg.training.preflight
+            and checkpoint is None
+            and world_size() == 1
+            and is_long_run(cfg, len(train_ds))
+        ):
+            self.status.message = "pre-flight check"
+            _status(rd, self.status, self.rank0)
             run_preflight(cfg, run_dir=rd, prepared=data, tokenizer=tokenizer)
             gc.collect()
 

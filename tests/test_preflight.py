@@ -121,3 +121,33 @@ def test_a_long_run_starts_with_a_preflight(tiny_llama: Path, tmp_path: Path) ->
     kinds = [e["type"] for e in events_of(rd) if e["type"] != "system"]
     assert kinds.index("preflight") < kinds.index("run_started")
     assert load_config(rd.config).plan.measured_step_seconds is not None
+
+
+def _no_cuda() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif("_no_cuda()", reason="needs an NVIDIA GPU with a driver")
+def test_qlora_on_the_gpu_with_a_measured_peak(tiny_llama: Path, tmp_path: Path) -> None:
+    import torch
+
+    from runner.train import EXIT_FINISHED, run_training
+
+    rd = make_run(
+        tmp_path,
+        tiny_llama,
+        method="qlora",
+        training={"device": "cuda", "precision": "auto", "max_steps": 6, "preflight": True},
+        eval={"every_steps": 3},
+        plan={"predicted_step_seconds": 600.0},
+    )
+    assert run_training(rd.path) == EXIT_FINISHED
+    events = events_of(rd)
+    measured = of_type(events, "preflight")[0]
+    assert measured["device"] == torch.cuda.get_device_name(0)
+    assert measured["measured_peak_bytes"] > 0
+    assert of_type(events, "run_started")[0]["device"] == "cuda"
+    assert events[-1]["state"] == "finished"
