@@ -76,9 +76,10 @@ def render_model_card(cfg: RunConfig, facts: CardFacts, run_id: str) -> str:
         lines += [
             "`merged/` holds the base with the adapter folded in (plain safetensors, no peft needed)."
             + (
-                " For QLoRA the base was loaded again in 16-bit precision for the merge, so the"
-                " merged weights are not 4-bit quantized."
-                if cfg.quantization == "nf4" or cfg.quantization == "fp4"
+                " The adapter was trained against a quantized base; for the merge the original"
+                " base was loaded again unquantized (in the compute dtype), so the merged weights"
+                " are full precision and differ from the trained model by the quantization error."
+                if cfg.quantization != "none"
                 else ""
             ),
             "",
