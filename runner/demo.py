@@ -53,6 +53,8 @@ class DemoPreset:
         metric: the headline held-out metric (``loss`` or ``accuracy``).
         goal: the improvement the demo is meant to show, in words.
         samples: held-out examples shown before and after.
+        labels: class names in id order (classification), written into the run's config so
+            the recipe, the model card and the playground all name the classes the same way.
     """
 
     key: str
@@ -75,6 +77,7 @@ class DemoPreset:
     metric: str
     goal: str
     samples: int = 3
+    labels: tuple[str, ...] = ()
 
     def build_data(self, folder: Path, *, train_rows: int, eval_rows: int) -> DemoData:
         """Write this demo's train/eval JSONL into `folder`."""
@@ -90,8 +93,8 @@ PRESETS: dict[str, DemoPreset] = {
         model="smollm2-135m-instruct",
         task="causal_lm",
         data="English question/answer dialogues from chatterbot-corpus (loss on the answers only)",
-        train_rows=800,
-        eval_rows=60,
+        train_rows=400,
+        eval_rows=48,
         target_modules="all-linear",
         lora_rank=16,
         lora_alpha=32,
@@ -125,6 +128,7 @@ PRESETS: dict[str, DemoPreset] = {
         epochs=2.0,
         metric="accuracy",
         goal="held-out accuracy of at least 0.70",
+        labels=("fresh", "rotten"),
     ),
 }
 
@@ -309,6 +313,7 @@ def _config(
         # the epoch short): the live view shows it, and the summary reads "after" from it.
         "eval__every_steps": 0,
         "data__max_seq_len": preset.max_seq_len,
+        "data__labels": list(preset.labels),
         "checkpoint__keep_last": 1,
     }
     if device.is_cpu:

@@ -152,7 +152,7 @@ def run_headless(key: str, runs_dir: str | None, args: argparse.Namespace) -> in
         + (
             f"{cfg.training.max_steps} steps"
             if cfg.training.max_steps > 0
-            else f"{cfg.training.epochs:g} epochs"
+            else f"{cfg.training.epochs:g} epoch{'' if cfg.training.epochs == 1 else 's'}"
         )
     )
 
