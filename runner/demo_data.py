@@ -109,11 +109,17 @@ def build_chat_data(
 ) -> DemoData:
     """Write the chat demo's train/eval JSONL (one dialogue per row, ``messages`` format).
 
-    Dialogues are grouped by their first question before splitting, so a question never
-    appears in both train and eval with different answers (that would be leakage).
+    Repeated dialogues are kept once, and dialogues are grouped by their first question before
+    splitting, so a question never appears in both train and eval with different answers
+    (that would be leakage).
     """
     by_question: dict[str, list[list[dict[str, str]]]] = {}
+    seen: set[str] = set()
     for dialogue in chat_dialogues():
+        key = json.dumps(dialogue, ensure_ascii=False)
+        if key in seen:  # the corpus repeats dialogues across its files
+            continue
+        seen.add(key)
         by_question.setdefault(dialogue[0]["content"].lower(), []).append(dialogue)
     groups = list(by_question.values())
     rng = random.Random(seed)

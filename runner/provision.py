@@ -105,8 +105,30 @@ def quiet_libraries() -> Iterator[None]:
 
 
 def _convert_gguf(model: OfflineModel, progress: ProgressFn) -> Path:
-    with quiet_libraries():
+    with quiet_libraries(), _no_gguf_bar():
         return _convert_quietly(model, progress)
+
+
+@contextlib.contextmanager
+def _no_gguf_bar() -> Iterator[None]:
+    """transformers' GGUF reader draws its own tqdm bar (not behind its logging switch);
+    our caller draws the progress, so that bar is turned off while converting."""
+    import functools
+
+    try:
+        from transformers import modeling_gguf_pytorch_utils as reader
+    except ImportError:
+        yield
+        return
+    original = getattr(reader, "tqdm", None)
+    if original is None:
+        yield
+        return
+    reader.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        reader.tqdm = original
 
 
 def _convert_quietly(model: OfflineModel, progress: ProgressFn) -> Path:

@@ -92,6 +92,7 @@ def test_chat_data_rows_and_no_question_in_both_splits(tmp_path: Path) -> None:
         assert roles[0] == "user" and len(roles) % 2 == 0
         assert roles == ["user", "assistant"] * (len(roles) // 2)
         assert all(m["content"].strip() for m in row["messages"])
+    assert len({json.dumps(r) for r in train}) == len(train)  # repeated dialogues kept once
     first = lambda rows: {r["messages"][0]["content"].lower() for r in rows}  # noqa: E731
     assert not first(train) & first(held)
 
