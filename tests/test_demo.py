@@ -233,3 +233,18 @@ async def test_tui_opens_on_the_assistant_prefilled_with_the_demo(runs_dir: Path
         settings = flow.settings
         assert (settings.epochs, settings.learning_rate, settings.lora_rank) == (2.0, 1e-3, 16)
         assert (settings.seq_len, settings.batch, settings.learning_rate_set) == (64, 32, True)
+
+
+def test_run_toml_accepts_offline_model_names(tmp_path: Path, cache: Path) -> None:
+    from runner.config_io import load_config
+
+    (tmp_path / "train.jsonl").write_text('{"text": "good", "label": "fresh"}\n', "utf-8")
+    toml = tmp_path / "run.toml"
+    body = '[model]\nname_or_path = "{}"\ntask = "classification"\n[data]\ntrain = "train.jsonl"\n'
+    toml.write_text(body.format("minilm"), "utf-8")
+    folder = Path(load_config(toml).model.name_or_path)
+    assert (folder / "config.json").exists()
+    toml.write_text(body.format("smollm2"), "utf-8")  # installed, not converted in this cache
+    with pytest.raises(AffinerError) as info:
+        load_config(toml)
+    assert "python -m runner.provision smollm2-135m-instruct" in (info.value.hint or "")
