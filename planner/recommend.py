@@ -52,6 +52,7 @@ class PlanRequest:
         p95_len, train_rows, train_tokens, epochs: the data, when known (for time).
         num_gpus, sharding: multi-GPU layout.
         safety_margin: share of free memory kept free.
+        precision: force a precision (``fp32``, ``bf16``, ``fp16``); None picks the device's best.
     """
 
     seq_len: int = 512
@@ -67,6 +68,7 @@ class PlanRequest:
     num_gpus: int = 1
     sharding: str = "none"
     safety_margin: float = SAFETY_MARGIN
+    precision: str | None = None
 
     def __post_init__(self) -> None:
         if self.method is not None and self.method not in METHODS:
@@ -74,6 +76,17 @@ class PlanRequest:
                 f"unknown method {self.method!r}",
                 hint=f"use one of: {', '.join(METHODS)}",
                 where="--method",
+            )
+        if self.precision is not None and self.precision not in (
+            "fp32",
+            "bf16",
+            "fp16",
+            "bf16-pure",
+        ):
+            raise AffinerError(
+                f"unknown precision {self.precision!r}",
+                hint="use fp32, bf16, fp16 or bf16-pure",
+                where="--precision",
             )
         if self.priority not in PRIORITIES:
             raise AffinerError(
@@ -176,7 +189,7 @@ def _base_settings(
     seq = request.p95_len or request.seq_len
     return TrainSettings(
         method=method,
-        precision=default_precision(device),
+        precision=request.precision or default_precision(device),
         seq_len=seq,
         lora_rank=request.lora_rank,
         num_gpus=request.num_gpus,

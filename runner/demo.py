@@ -263,6 +263,8 @@ def _plan(preset: DemoPreset, model_path: Path, data: DemoData) -> tuple[Any, An
         lora_rank=preset.lora_rank,
         train_rows=data.train_rows,
         epochs=preset.epochs,
+        # The presets were measured in fp32 on the CPU (see _config): plan what will run.
+        precision="fp32" if device.is_cpu else None,
     )
     report = plan(resolve_model(str(model_path)), device, request)
     if report.best is None:
