@@ -46,15 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="folder that holds run folders (default: ./runs, or $AFFINER_RUNS)",
     )
+    parser.add_argument(
+        "--run",
+        metavar="RUN",
+        default=None,
+        help="open the app on this run's monitor (an id, a unique part of one, or a folder)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a command module not written yet
-            if exc.name != name:
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
     return parser
 
 
