@@ -12,6 +12,8 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from tui.tables import house_table
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -53,7 +55,7 @@ def run_hw(args: argparse.Namespace) -> int:
         if args.json:
             _print_json([model.to_json() for model in CATALOG])
         else:
-            _console().print(catalog_table(CATALOG))
+            _console().print(cataloghouse_table(CATALOG))
         return 0
     model = lookup(args.gpu) if args.gpu else None  # an unknown name fails before probing
 
@@ -124,21 +126,6 @@ def _yes(flag: bool) -> str:
     return "[green]yes[/green]" if flag else "[yellow]no[/yellow]"
 
 
-def _table(title: str, **options: Any) -> Any:
-    """The house table for `affiner hw`: no borders, so it fits 80 columns over SSH."""
-    from rich.table import Table
-
-    return Table(
-        title=title,
-        title_justify="left",
-        title_style="bold",
-        box=None,
-        pad_edge=False,
-        header_style="bold underline",
-        **options,
-    )
-
-
 def short_name(name: str) -> str:
     """``NVIDIA GeForce RTX 4090`` -> ``RTX 4090``: the brand words cost columns at 80x24."""
     for prefix in ("NVIDIA ", "GeForce "):
@@ -146,11 +133,11 @@ def short_name(name: str) -> str:
     return name
 
 
-def gpu_table(report: HardwareReport) -> Any:
+def gpuhouse_table(report: HardwareReport) -> Any:
     """One row a GPU: name over its memory gauge, then the readings (fits 80 columns)."""
 
     driver = f"driver {_na(report.driver_version)} · CUDA {_na(report.cuda_driver_version)}"
-    table = _table(f"GPUs ({driver})")
+    table = house_table(f"GPUs ({driver})")
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("GPU / memory used", no_wrap=True)
     for column in ("CC", "bf16", "util", "temp", "power"):
@@ -172,11 +159,11 @@ def gpu_table(report: HardwareReport) -> Any:
     return table
 
 
-def process_table(report: HardwareReport) -> Any | None:
+def processhouse_table(report: HardwareReport) -> Any | None:
     rows = [(gpu.index, proc) for gpu in report.gpus for proc in gpu.processes]
     if not rows:
         return None
-    table = _table("Processes holding GPU memory")
+    table = house_table("Processes holding GPU memory")
     for column in ("GPU", "PID", "name", "kind", "memory"):
         table.add_column(column)
     for index, proc in rows:
@@ -186,9 +173,9 @@ def process_table(report: HardwareReport) -> Any | None:
     return table
 
 
-def machine_table(report: HardwareReport) -> Any:
+def machinehouse_table(report: HardwareReport) -> Any:
     cpu = report.cpu
-    table = _table("Machine", show_header=False)
+    table = house_table("Machine", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
     cores = f"{_na(cpu.physical_cores)} physical, {cpu.logical_cores} logical"
@@ -210,11 +197,11 @@ def machine_table(report: HardwareReport) -> Any:
     return table
 
 
-def catalog_table(
+def cataloghouse_table(
     models: tuple[GpuModel, ...] | list[GpuModel], title: str = "GPU catalog (dense TFLOP/s)"
 ) -> Any:
     """Catalog GPUs; --gpu takes any name shown (or a looser spelling of it)."""
-    table = _table(title)
+    table = house_table(title)
     for column in ("name", "memory", "CC", "bf16", "fp16", "fp32", "GB/s"):
         table.add_column(column, justify="left" if column == "name" else "right")
     for model in models:
@@ -235,17 +222,19 @@ def render_report(
 ) -> None:
     """Everything `affiner hw` shows, in the order a person scans it."""
     if report.gpus:
-        console.print(gpu_table(report))
-        processes = process_table(report)
+        console.print(gpuhouse_table(report))
+        processes = processhouse_table(report)
         if processes is not None:
             console.print()
             console.print(processes)
     else:
         console.print(f"[yellow]No GPU:[/yellow] {report.gpu_reason or 'none found'}")
     console.print()
-    console.print(machine_table(report))
+    console.print(machinehouse_table(report))
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     if catalog_gpu is not None:
         console.print()
-        console.print(catalog_table([catalog_gpu], title="Plans with --gpu assume (dense TFLOP/s)"))
+        console.print(
+            cataloghouse_table([catalog_gpu], title="Plans with --gpu assume (dense TFLOP/s)")
+        )

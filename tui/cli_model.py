@@ -14,6 +14,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from planner.model_spec import MODULE_KEYS
+from tui.tables import house_table
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -83,21 +84,6 @@ def human(count: int | float) -> str:
     return str(int(count))
 
 
-def _table(title: str | None = None, **options: Any) -> Any:
-    """The house table: no borders, so it fits 80 columns over SSH (as ``affiner hw``)."""
-    from rich.table import Table
-
-    return Table(
-        title=title,
-        title_justify="left",
-        title_style="bold",
-        box=None,
-        pad_edge=False,
-        header_style="bold underline",
-        **options,
-    )
-
-
 def _attention_kind(spec: ModelSpec) -> str:
     if spec.num_kv_heads == 1 and spec.num_attention_heads > 1:
         return "multi-query"
@@ -106,9 +92,9 @@ def _attention_kind(spec: ModelSpec) -> str:
     return "multi-head"
 
 
-def summary_table(spec: ModelSpec) -> Any:
+def summaryhouse_table(spec: ModelSpec) -> Any:
     """Architecture and the shape numbers a plan depends on."""
-    table = _table(show_header=False)
+    table = house_table(show_header=False)
     table.add_column("what", style="bold", no_wrap=True)
     table.add_column("value")
     table.add_row("architecture", f"{spec.architecture} [dim]({spec.model_type})[/dim]")
@@ -142,9 +128,9 @@ def summary_table(spec: ModelSpec) -> Any:
     return table
 
 
-def modules_table(spec: ModelSpec) -> Any:
+def moduleshouse_table(spec: ModelSpec) -> Any:
     """Where the parameters sit, with each part's share of the total."""
-    table = _table("Parameters by part")
+    table = house_table("Parameters by part")
     table.add_column("part", no_wrap=True)
     table.add_column("params", justify="right", no_wrap=True)
     table.add_column("exact", justify="right", no_wrap=True)
@@ -162,9 +148,9 @@ def modules_table(spec: ModelSpec) -> Any:
     return table
 
 
-def lora_table(spec: ModelSpec) -> Any:
+def lorahouse_table(spec: ModelSpec) -> Any:
     """The linear layers LoRA can wrap (the output head left out), with shapes and counts."""
-    table = _table("LoRA targets")
+    table = house_table("LoRA targets")
     for column in ("name", "part", "in → out", "bias", "count", "params"):
         table.add_column(
             column, justify="right" if column in ("count", "params") else "left", no_wrap=True
@@ -195,12 +181,12 @@ def render_spec(spec: ModelSpec, console: Console) -> None:
         f"[dim]{_SOURCES.get(spec.source, spec.source)}{': ' + where if where else ''}[/dim]"
     )
     console.print()
-    console.print(summary_table(spec))
+    console.print(summaryhouse_table(spec))
     console.print()
-    console.print(modules_table(spec))
+    console.print(moduleshouse_table(spec))
     console.print()
     if spec.lora_targets:
-        console.print(lora_table(spec))
+        console.print(lorahouse_table(spec))
         added = lora_params(spec)
         console.print(
             f"[dim]LoRA r={EXAMPLE_RANK} on all of these adds {human(added)} trainable "
