@@ -55,7 +55,7 @@ def run_hw(args: argparse.Namespace) -> int:
         if args.json:
             _print_json([model.to_json() for model in CATALOG])
         else:
-            _console().print(cataloghouse_table(CATALOG))
+            _console().print(catalog_table(CATALOG))
         return 0
     model = lookup(args.gpu) if args.gpu else None  # an unknown name fails before probing
 
@@ -133,7 +133,7 @@ def short_name(name: str) -> str:
     return name
 
 
-def gpuhouse_table(report: HardwareReport) -> Any:
+def gpu_table(report: HardwareReport) -> Any:
     """One row a GPU: name over its memory gauge, then the readings (fits 80 columns)."""
 
     driver = f"driver {_na(report.driver_version)} · CUDA {_na(report.cuda_driver_version)}"
@@ -159,7 +159,7 @@ def gpuhouse_table(report: HardwareReport) -> Any:
     return table
 
 
-def processhouse_table(report: HardwareReport) -> Any | None:
+def process_table(report: HardwareReport) -> Any | None:
     rows = [(gpu.index, proc) for gpu in report.gpus for proc in gpu.processes]
     if not rows:
         return None
@@ -173,7 +173,7 @@ def processhouse_table(report: HardwareReport) -> Any | None:
     return table
 
 
-def machinehouse_table(report: HardwareReport) -> Any:
+def machine_table(report: HardwareReport) -> Any:
     cpu = report.cpu
     table = house_table("Machine", show_header=False)
     table.add_column("what", style="bold")
@@ -197,7 +197,7 @@ def machinehouse_table(report: HardwareReport) -> Any:
     return table
 
 
-def cataloghouse_table(
+def catalog_table(
     models: tuple[GpuModel, ...] | list[GpuModel], title: str = "GPU catalog (dense TFLOP/s)"
 ) -> Any:
     """Catalog GPUs; --gpu takes any name shown (or a looser spelling of it)."""
@@ -222,19 +222,19 @@ def render_report(
 ) -> None:
     """Everything `affiner hw` shows, in the order a person scans it."""
     if report.gpus:
-        console.print(gpuhouse_table(report))
-        processes = processhouse_table(report)
+        console.print(gpu_table(report))
+        processes = process_table(report)
         if processes is not None:
             console.print()
             console.print(processes)
     else:
         console.print(f"[yellow]No GPU:[/yellow] {report.gpu_reason or 'none found'}")
     console.print()
-    console.print(machinehouse_table(report))
+    console.print(machine_table(report))
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     if catalog_gpu is not None:
         console.print()
         console.print(
-            cataloghouse_table([catalog_gpu], title="Plans with --gpu assume (dense TFLOP/s)")
+            catalog_table([catalog_gpu], title="Plans with --gpu assume (dense TFLOP/s)")
         )

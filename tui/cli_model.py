@@ -92,7 +92,7 @@ def _attention_kind(spec: ModelSpec) -> str:
     return "multi-head"
 
 
-def summaryhouse_table(spec: ModelSpec) -> Any:
+def summary_table(spec: ModelSpec) -> Any:
     """Architecture and the shape numbers a plan depends on."""
     table = house_table(show_header=False)
     table.add_column("what", style="bold", no_wrap=True)
@@ -128,7 +128,7 @@ def summaryhouse_table(spec: ModelSpec) -> Any:
     return table
 
 
-def moduleshouse_table(spec: ModelSpec) -> Any:
+def modules_table(spec: ModelSpec) -> Any:
     """Where the parameters sit, with each part's share of the total."""
     table = house_table("Parameters by part")
     table.add_column("part", no_wrap=True)
@@ -148,7 +148,7 @@ def moduleshouse_table(spec: ModelSpec) -> Any:
     return table
 
 
-def lorahouse_table(spec: ModelSpec) -> Any:
+def lora_table(spec: ModelSpec) -> Any:
     """The linear layers LoRA can wrap (the output head left out), with shapes and counts."""
     table = house_table("LoRA targets")
     for column in ("name", "part", "in → out", "bias", "count", "params"):
@@ -181,12 +181,12 @@ def render_spec(spec: ModelSpec, console: Console) -> None:
         f"[dim]{_SOURCES.get(spec.source, spec.source)}{': ' + where if where else ''}[/dim]"
     )
     console.print()
-    console.print(summaryhouse_table(spec))
+    console.print(summary_table(spec))
     console.print()
-    console.print(moduleshouse_table(spec))
+    console.print(modules_table(spec))
     console.print()
     if spec.lora_targets:
-        console.print(lorahouse_table(spec))
+        console.print(lora_table(spec))
         added = lora_params(spec)
         console.print(
             f"[dim]LoRA r={EXAMPLE_RANK} on all of these adds {human(added)} trainable "
