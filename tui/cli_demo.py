@@ -263,6 +263,9 @@ def assistant_preset(prepared: Any) -> dict[str, Any]:
         "default_model": str(prepared.model_path),
         "default_data": str(prepared.data.train),
         "settings": {
+            # The presets' learning rates were measured with LoRA; full fine-tuning at the
+            # same rate would wreck the model, so the demo keeps the method it was tuned for.
+            "method": cfg.method.name,
             "epochs": cfg.training.epochs,
             "learning_rate": cfg.training.learning_rate,
             "lora_rank": cfg.method.lora_rank,
