@@ -381,7 +381,8 @@ def estimate_activations(
     else:
         kept = first_block + max(blocks - 1, 0) * per_block + final + embed
         recompute = 0
-    vocab_elems = tokens * spec.vocab_size
+    # A bare encoder or a classifier has no vocabulary head: no vocabulary-sized logits.
+    vocab_elems = tokens * spec.vocab_size if spec.has_lm_head else 0
     logits_saved = vocab_elems * 4
     if t.logit_softcap:
         logits_saved += vocab_elems * b  # tanh output of the final soft cap

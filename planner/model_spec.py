@@ -114,6 +114,18 @@ class ModelSpec:
         return self.params_active if self.params_active is not None else self.params_total
 
     @property
+    def has_lm_head(self) -> bool:
+        """Whether the model ends in a vocabulary-sized head (and so in vocabulary-sized logits).
+
+        Causal and masked language models do; a bare encoder (``BertModel``) or a
+        sequence-classification model does not, and plans for it carry no logits term.
+        """
+        arch = self.architecture
+        return arch.endswith(("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForPreTraining")) or (
+            not arch.endswith(("Model", "ForSequenceClassification", "ForTokenClassification"))
+        )
+
+    @property
     def params_trainable_full(self) -> int:
         """Parameters a full fine-tune updates (all of them; tied matrices count once)."""
         return self.params_total
