@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from runner.events import Preflight
 from tests.assistant_fakes import fake_plan, gpu_device, hardware, model_spec
 from tui.assistant_flow import AssistantFlow, DataPreview, Reply
 
@@ -199,9 +200,8 @@ def test_preflight_then_launch_then_monitor(at_data: AssistantFlow, tmp_path: Pa
     )
     assert config.model.name_or_path == "models/llama" and config.data.train == str(data)
     assert config.training.learning_rate == 2e-4 and config.training.epochs == 3
-    reply = flow.preflight_ready(
-        type("Preflight", (), {"peak_bytes": 15 * 10**9, "step_seconds": 1.1})()
-    )
+    event = Preflight(device="cpu", measured_peak_bytes=15 * 10**9, measured_step_seconds=1.1)
+    reply = flow.preflight_ready(event)
     assert "peak memory: **15.0 GB** (predicted 17.0 GB)" in texts(reply)
     assert "step time: **1.1 s** (predicted 0.9 s)" in texts(reply) and flow.step == "launch"
     reply = flow.submit("")

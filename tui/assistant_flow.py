@@ -504,19 +504,30 @@ def _short(row: Any, width: int = 90) -> str:
 
 
 def _preflight_summary(event: Any, candidate: Any) -> str:
-    peak = getattr(event, "peak_bytes", None)
-    step = getattr(event, "step_seconds", None)
-    lines = ["Pre-flight measured (predicted beside it):", ""]
-    lines.append(
-        f"- peak memory: **{answers.gb(peak)}** (predicted {answers.gb(getattr(candidate, 'peak_bytes', None))})"
+    """`runner.events.Preflight` beside the plan: measured first, predicted in brackets."""
+    peak = getattr(event, "measured_peak_bytes", None)
+    step = getattr(event, "measured_step_seconds", None)
+    predicted_peak = getattr(event, "predicted_peak_bytes", None) or getattr(
+        candidate, "peak_bytes", None
     )
-    lines.append(
-        f"- step time: **{answers.duration(step)}** (predicted {answers.duration(answers.step_seconds(candidate))})"
+    predicted_step = getattr(event, "predicted_step_seconds", None) or answers.step_seconds(
+        candidate
     )
-    ok = getattr(event, "ok", True)
-    message = getattr(event, "message", None) or getattr(event, "error", None)
-    if not ok:
-        lines.append(f"\n⚠ {message or 'the pre-flight check failed'}")
-    elif message:
-        lines.append(f"\n{message}")
+    device = getattr(event, "device", "") or "this machine"
+    lines = [f"Pre-flight on {device}: measured, with the plan's prediction beside it.", ""]
+    lines.append(f"- peak memory: **{answers.gb(peak)}** (predicted {answers.gb(predicted_peak)})")
+    eval_peak = getattr(event, "eval_peak_bytes", None)
+    if eval_peak:
+        lines.append(f"- evaluation peak: {answers.gb(eval_peak)}")
+    lines.append(
+        f"- step time: **{answers.duration(step)}** (predicted {answers.duration(predicted_step)})"
+    )
+    if getattr(event, "adjusted", False):
+        lines.append(
+            f"- the batch was adjusted to fit: micro-batch {event.micro_batch} × "
+            f"{event.grad_accum} accumulation steps"
+        )
+    if not getattr(event, "save_ok", True):
+        lines.append("- ⚠ saving a checkpoint failed: check the disk before a long run")
+    lines += [f"- {note}" for note in getattr(event, "notes", ()) or ()]
     return "\n".join(lines)

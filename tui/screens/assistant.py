@@ -166,9 +166,7 @@ class AssistantScreen(Screen):
         live = self.query_one("#live")
         for old in self.query(SettingsForm):
             old.remove()
-        form = SettingsForm(self.flow.settings)
-        live.mount(form)
-        self.call_after_refresh(lambda: form.query(Input).first().focus())
+        live.mount(SettingsForm(self.flow.settings))
 
     # -- input ---------------------------------------------------------------------------
     @on(Input.Submitted, "#prompt")

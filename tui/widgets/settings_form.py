@@ -62,8 +62,9 @@ class SettingsForm(Horizontal):
     class Accepted(Message):
         """Enter in a field: continue with the current values."""
 
-    def __init__(self, settings: Any, **kwargs: Any) -> None:
+    def __init__(self, settings: Any, *, autofocus: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.autofocus = autofocus
         self._initial = {name: getattr(settings, attr) for name, _, attr, _ in FIELDS}
 
     def compose(self) -> ComposeResult:
@@ -79,8 +80,14 @@ class SettingsForm(Horizontal):
                     compact=True,
                 )
 
+    def on_mount(self) -> None:
+        if self.autofocus:
+            self.query(Input).first().focus()
+
     def sync(self, settings: Any) -> None:
         """Show `settings` (after a typed ``rank 32``) without posting Changed."""
+        if not self.query(Input):  # not composed yet: it was built from the current settings
+            return
         for name, _label, attr, _integer in FIELDS:
             field = self.query_one(f"#setting-{name}", Input)
             value = getattr(settings, attr)
