@@ -145,3 +145,41 @@ def model_spec(name: str = "llama-7b", path: str | None = None, max_pos: int = 4
 
 def with_capacity(device: DeviceTarget, gib: float) -> DeviceTarget:
     return replace(device, memory_total=int(gib * GIB), memory_free=int(gib * GIB))
+
+
+def make_adapter(base: Any, folder: Any) -> Any:
+    """Save a LoRA adapter with non-zero weights for the tiny model at `base` into `folder`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    config = LoraConfig(
+        r=4,
+        lora_alpha=64,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        init_lora_weights=False,
+    )
+    get_peft_model(model, config).save_pretrained(folder)
+    return folder
+
+
+class FakeChat:
+    """A `ChatSession` stand-in that streams fixed words (for snapshots: same text every run)."""
+
+    task = "causal_lm"
+    base = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    adapter = "adapter/"
+
+    def load(self) -> FakeChat:
+        return self
+
+    def stream(self, messages, use_adapter=True, max_new_tokens=256, temperature=0.7):
+        words = (
+            "The sea is calm tonight, and the lighthouse keeper counts the waves."
+            if use_adapter
+            else "the the sea sea a a mat"
+        )
+        for word in words.split(" "):
+            yield word + " "
