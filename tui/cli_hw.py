@@ -235,6 +235,4 @@ def render_report(
         console.print(f"[yellow]warning:[/yellow] {warning}")
     if catalog_gpu is not None:
         console.print()
-        console.print(
-            catalog_table([catalog_gpu], title="Plans with --gpu assume (dense TFLOP/s)")
-        )
+        console.print(catalog_table([catalog_gpu], title="Plans with --gpu assume (dense TFLOP/s)"))
