@@ -171,3 +171,24 @@ async def test_unknown_lines_and_failures_are_answered(tmp_path: Path) -> None:
         assert screen.flow.step == "model"
         await type_line(pilot, "help")
         assert "what if I had a 4090" in conversation_text(screen)
+
+
+def test_the_first_screen_imports_no_torch() -> None:
+    """Opening the assistant must not pay for torch/transformers (a fresh interpreter checks)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tui.app, tui.screens.assistant, tui.screens.playground, tui.data_preview\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'datasets') if m in sys.modules))"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+        env={**__import__("os").environ, "PYTHONPATH": root},
+    )
+    assert out.stdout.strip() == "[]"
