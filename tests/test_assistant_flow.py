@@ -215,3 +215,21 @@ def test_launch_before_data_says_what_is_missing() -> None:
     flow = AssistantFlow()
     flow.hardware_ready(hardware(), gpu_device())
     assert "Choose a model and data first" in texts(flow.submit("launch"))
+
+
+def test_the_first_message_offers_the_demo_and_demo_ready_prefills_it() -> None:
+    flow = AssistantFlow()
+    flow.start()
+    offer = flow.hardware_ready(hardware(gpus=False), gpu_device())
+    assert "demo classify" in " ".join(say.text for say in offer.messages)
+    reply = flow.submit("demo chat")
+    assert [task.kind for task in reply.tasks] == ["demo"] and reply.tasks[0].arg == "chat"
+    preset = {
+        "default_model": "/cache/smollm2",
+        "default_data": "/runs/demo-data/chat/train.jsonl",
+        "settings": {"method": "lora", "epochs": 1.0, "learning_rate": 1e-3, "seq_len": 128},
+    }
+    ready = flow.demo_ready(preset)
+    assert flow.step == "model" and flow.default_model == "/cache/smollm2"
+    assert flow.settings.method == "lora" and flow.settings.learning_rate_set
+    assert "/cache/smollm2" in " ".join(say.text for say in ready.messages)

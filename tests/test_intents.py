@@ -164,3 +164,17 @@ def test_model_summary_and_formatting_helpers() -> None:
         "2 h 20 min",
         "3 d",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("demo", "classify"),
+        ("demo chat", "chat"),
+        ("Demo classify", "classify"),
+        ("run the demo chat", "chat"),
+    ],
+)
+def test_demo_phrases_name_the_task(text: str, key: str) -> None:
+    intent = parse_intent(text)
+    assert (intent.kind, intent.value) == ("demo", key)

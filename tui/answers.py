@@ -144,6 +144,7 @@ PHRASES: tuple[tuple[str, str], ...] = (
     ("why not full? · why qlora? · why?", "the planner's reasons"),
     ("how long? · what fits? · hardware", "time, the methods that fit, the machine"),
     ("next (or Enter) · back · go to data · preflight · launch", "move through the steps"),
+    ("demo classify · demo chat", "fine-tune a real model offline, on this machine"),
 )
 
 

@@ -108,7 +108,7 @@ class Say:
 class Task:
     """Slow work for the screen: ``probe``, ``resolve_model`` (arg: ref), ``load_data``
     (arg: path), ``plan``, ``preflight`` (arg: RunConfig), ``launch`` (arg: RunConfig),
-    ``open_monitor`` (arg: run folder)."""
+    ``open_monitor`` (arg: run folder), ``demo`` (arg: ``chat`` or ``classify``)."""
 
     kind: str
     arg: Any = None
@@ -185,6 +185,12 @@ class AssistantFlow:
         self.hardware, self.own_device = report, device
         text = "Here is what this machine has:\n\n" + answers.hardware_summary(report)
         text += f"\n\nPlans are made for **{device.name}** ({answers.gb(answers.device_memory(device))} free)."
+        if self.default_model is None:
+            text += (
+                "\n\nNew here? Type **demo classify** (a sentiment classifier, about 3 minutes on"
+                " two CPU cores) or **demo chat** (a chat model, about 5 minutes) to fine-tune a real"
+                " model on real data on this machine, with nothing downloaded."
+            )
         if self.step == "hardware":
             return _say(text) + self._enter("model")
         return _say(text)
@@ -286,7 +292,27 @@ class AssistantFlow:
             return self._launch()
         if kind == "preflight":
             return self._preflight()
+        if kind == "demo":
+            return Reply(
+                [Say(f"Getting the **{value}** demo ready: its model and data ship in packages…")],
+                [Task("demo", value)],
+            )
         return _say(answers.answer(intent, self.context()))
+
+    def demo_ready(self, preset: dict[str, Any]) -> Reply:
+        """A demo's model and data are on disk: pre-fill them and its settings, ask for the model.
+
+        `preset` is what `Services.prepare_demo` returns: ``default_model``, ``default_data``
+        and ``settings`` (field values of `Settings`).
+        """
+        self.default_model = preset["default_model"]
+        self.default_data = preset["default_data"]
+        for name, value in preset.get("settings", {}).items():
+            setattr(self.settings, name, value)
+        self.settings.learning_rate_set = "learning_rate" in preset.get("settings", {})
+        return _say("Ready. Press Enter at each step to accept the demo's choices.") + self._enter(
+            "model"
+        )
 
     def change_setting(self, name: str, value: Any, *, quiet: bool = False) -> Reply:
         """Set one knob (``epochs``, ``lr``, ``rank``, ``seq_len``, ``batch``) and re-plan.

@@ -150,6 +150,12 @@ def parse_intent(text: str) -> Intent:
     for kind, pattern in _SIMPLE:
         if re.fullmatch(pattern, bare):
             return Intent(kind, None, stripped)
+    demo = re.fullmatch(
+        r"(?:run |start |try )?(?:the )?demo(?: (chat|classify|classification))?", bare
+    )
+    if demo:
+        key = "classify" if demo.group(1) in (None, "classification") else demo.group(1)
+        return Intent("demo", key, stripped)
 
     match = re.fullmatch(r"why(?: not)?(?: use)?(?: the)?\s*(.*?)\??", line)
     if match:

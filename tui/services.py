@@ -60,6 +60,14 @@ def _preflight(config: Any) -> Any:
     return run_preflight(config)
 
 
+def _prepare_demo(key: str, runs_root: Path | None = None) -> dict[str, Any]:
+    """Provision a demo's model and data (`runner.demo`) and say how to pre-fill the assistant."""
+    from runner.demo import prepare_demo
+    from tui.cli_demo import assistant_preset
+
+    return assistant_preset(prepare_demo(key, workdir=runs_root))
+
+
 def _chat_session(run_dir: Path) -> Any:
     from runner.inference import ChatSession
 
@@ -90,6 +98,8 @@ class Services:
             (rows, bad lines, token lengths, one rendered example; see `tui.data_preview`).
         preflight: ``(run_config) -> Preflight`` event: measured peak memory and step time.
         chat_session: ``(run_dir) -> ChatSession`` for the playground (`runner.inference`).
+        prepare_demo: ``(key) -> preset``: readies the offline demo ``chat`` or ``classify``
+            and returns what to pre-fill (``default_model``, ``default_data``, ``settings``).
     """
 
     probe_hardware: Callable[[], HardwareReport]
@@ -108,6 +118,7 @@ class Services:
     inspect_data: Callable[..., Any] = _inspect_data
     preflight: Callable[[Any], Any] = _preflight
     chat_session: Callable[[Path], Any] = _chat_session
+    prepare_demo: Callable[[str], dict[str, Any]] = _prepare_demo
 
     @classmethod
     def default(cls, runs_root: str | os.PathLike[str] | None = None) -> Services:
@@ -148,4 +159,5 @@ class Services:
             start_run=start_run,
             stop_run=stop_run,
             runs_root=root,
+            prepare_demo=lambda key: _prepare_demo(key, root),
         )

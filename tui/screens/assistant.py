@@ -244,6 +244,9 @@ class AssistantScreen(Screen):
     def _task_launch(self, config: Any) -> Any:
         return self.services.start_run(config)
 
+    def _task_demo(self, key: str) -> Any:
+        return self.services.prepare_demo(key)
+
     @on(Worker.StateChanged)
     def _worker_changed(self, event: Worker.StateChanged) -> None:
         worker = event.worker
@@ -271,6 +274,7 @@ class AssistantScreen(Screen):
             "target": lambda: self._apply_target(result),
             "preflight": lambda: flow.preflight_ready(result),
             "launch": lambda: flow.launched(result),
+            "demo": lambda: flow.demo_ready(result),
         }
         self.apply(handlers[worker.name]())
 
