@@ -11,13 +11,13 @@ a thin layer that draws and runs workers.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from tui import answers
 from tui.answers import AnswerContext, capitalized, method_name
+from tui.assistant_text import QUESTIONS, data_summary, preflight_summary
 from tui.intents import Intent, parse_intent
 
 #: The steps, in order. ``monitor`` is where the flow ends (the app opens the monitor).
@@ -26,24 +26,6 @@ STEPS = ("hardware", "model", "data", "plan", "settings", "preflight", "launch",
 #: Learning rates people start from: full fine-tuning wants a much smaller one than LoRA.
 DEFAULT_LR = {"full": 2e-5, "freeze": 5e-5}
 LORA_LR = 2e-4
-
-QUESTIONS = {
-    "model": (
-        "Which model? A local folder, a hub id already in your cache "
-        "(`HuggingFaceTB/SmolLM2-135M-Instruct`), or a size such as `7B`."
-    ),
-    "data": "Which training data? A JSONL, JSON, CSV or Parquet file (text, instruction or chat rows).",
-    "plan": "Enter accepts the highlighted plan; `use qlora` picks another; `why not full?` explains.",
-    "settings": (
-        "Settings: Tab moves through the fields below (the bar updates as you type), or type "
-        "`rank 32`, `seq 2048`, `lr 1e-4`… Enter continues."
-    ),
-    "preflight": (
-        "Enter runs the pre-flight check: it loads the model and times a few real steps "
-        "(a minute or two). `launch` skips it."
-    ),
-    "launch": "Enter launches the run in the background; the monitor opens on it.",
-}
 
 
 @dataclass
@@ -204,7 +186,7 @@ class AssistantFlow:
 
     def data_ready(self, preview: DataPreview) -> Reply:
         self.data = preview
-        reply = Reply([Say(_data_summary(preview), kind="data", data=preview)])
+        reply = Reply([Say(data_summary(preview), kind="data", data=preview)])
         if preview.lengths:
             reply.messages.append(Say("", kind="histogram", data=preview))
         elif preview.note:
@@ -234,7 +216,7 @@ class AssistantFlow:
 
     def preflight_ready(self, event: Any) -> Reply:
         self.preflight = event
-        return _say(_preflight_summary(event, self.candidate())) + self._enter("launch")
+        return _say(preflight_summary(event, self.candidate())) + self._enter("launch")
 
     def launched(self, run_dir: Any) -> Reply:
         self.run_dir = run_dir
@@ -504,56 +486,3 @@ class AssistantFlow:
             train_rows=self.data.rows if self.data else None,
             epochs=self.settings.epochs,
         )
-
-
-def _data_summary(preview: DataPreview) -> str:
-    text = f"**{preview.rows:,} rows** of **{preview.format}** data in `{preview.path}`."
-    if preview.dropped:
-        text += f" {len(preview.dropped)} rows were dropped:\n\n"
-        text += "\n".join(f"- `{where}`: {why}" for where, why in preview.dropped[:8])
-        if len(preview.dropped) > 8:
-            text += f"\n- … and {len(preview.dropped) - 8} more"
-    else:
-        text += " Every row is valid."
-    if preview.sample:
-        text += "\n\nThe first rows:\n\n" + "\n".join(
-            f"- `{_short(row)}`" for row in preview.sample
-        )
-    return text
-
-
-def _short(row: Any, width: int = 90) -> str:
-    """A row on one line, cut to `width` characters (backticks removed for Markdown)."""
-    text = json.dumps(row, ensure_ascii=False) if not isinstance(row, str) else row
-    text = " ".join(text.split()).replace("`", "'")
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _preflight_summary(event: Any, candidate: Any) -> str:
-    """`runner.events.Preflight` beside the plan: measured first, predicted in brackets."""
-    peak = getattr(event, "measured_peak_bytes", None)
-    step = getattr(event, "measured_step_seconds", None)
-    predicted_peak = getattr(event, "predicted_peak_bytes", None) or getattr(
-        candidate, "peak_bytes", None
-    )
-    predicted_step = getattr(event, "predicted_step_seconds", None) or answers.step_seconds(
-        candidate
-    )
-    device = getattr(event, "device", "") or "this machine"
-    lines = [f"Pre-flight on {device}: measured, with the plan's prediction beside it.", ""]
-    lines.append(f"- peak memory: **{answers.gb(peak)}** (predicted {answers.gb(predicted_peak)})")
-    eval_peak = getattr(event, "eval_peak_bytes", None)
-    if eval_peak:
-        lines.append(f"- evaluation peak: {answers.gb(eval_peak)}")
-    lines.append(
-        f"- step time: **{answers.duration(step)}** (predicted {answers.duration(predicted_step)})"
-    )
-    if getattr(event, "adjusted", False):
-        lines.append(
-            f"- the batch was adjusted to fit: micro-batch {event.micro_batch} × "
-            f"{event.grad_accum} accumulation steps"
-        )
-    if not getattr(event, "save_ok", True):
-        lines.append("- ⚠ saving a checkpoint failed: check the disk before a long run")
-    lines += [f"- {note}" for note in getattr(event, "notes", ()) or ()]
-    return "\n".join(lines)
