@@ -227,6 +227,7 @@ def test_the_first_message_offers_the_demo_and_demo_ready_prefills_it() -> None:
     preset = {
         "default_model": "/cache/smollm2",
         "default_data": "/runs/demo-data/chat/train.jsonl",
+        "default_eval": "/runs/demo-data/chat/eval.jsonl",
         "settings": {"method": "lora", "epochs": 1.0, "learning_rate": 1e-3, "seq_len": 128},
     }
     ready = flow.demo_ready(preset)

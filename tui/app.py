@@ -94,7 +94,9 @@ class AffinerApp(App[int]):
 
             options = dict(self.assistant_options)
             settings = options.pop("settings", None) or {}
+            eval_path = options.pop("default_eval", "")
             screen = AssistantScreen(services, **options)
+            screen.flow.eval_path = eval_path
             for field_name, value in settings.items():
                 setattr(screen.flow.settings, field_name, value)
             if "learning_rate" in settings:

@@ -116,6 +116,7 @@ class AssistantFlow:
         self.step = "hardware"
         self.default_model = default_model
         self.default_data = default_data
+        self.eval_path = ""  # held-out data the user (or a demo) gave; empty: split from train
         self.hardware: Any = None
         self.own_device: Any = None
         self.target: Any = None  # a catalog DeviceTarget ("as if"), None for this machine
@@ -289,6 +290,7 @@ class AssistantFlow:
         """
         self.default_model = preset["default_model"]
         self.default_data = preset["default_data"]
+        self.eval_path = preset.get("default_eval", "")
         for name, value in preset.get("settings", {}).items():
             setattr(self.settings, name, value)
         self.settings.learning_rate_set = "learning_rate" in preset.get("settings", {})
@@ -469,7 +471,12 @@ class AssistantFlow:
             overrides["lora_alpha"] = 2 * self.settings.lora_rank
         model = getattr(self.spec, "path", None) or self.model_ref or self.spec.name
         return config_from_plan(
-            candidate, model=str(model), train=self.data.path, task=self.task_kind(), **overrides
+            candidate,
+            model=str(model),
+            train=self.data.path,
+            eval=self.eval_path,
+            task=self.task_kind(),
+            **overrides,
         )
 
     def plan_request(self) -> Any:

@@ -262,6 +262,7 @@ def assistant_preset(prepared: Any) -> dict[str, Any]:
     return {
         "default_model": str(prepared.model_path),
         "default_data": str(prepared.data.train),
+        "default_eval": str(prepared.data.eval),
         "settings": {
             # The presets' learning rates were measured with LoRA; full fine-tuning at the
             # same rate would wreck the model, so the demo keeps the method it was tuned for.
