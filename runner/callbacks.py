@@ -326,6 +326,11 @@ class EventCallback(TrainerCallback):
         if not _finite(loss):
             self._fail_nan(state, control, f"the evaluation loss became {loss}")
             return control
+        if step == 0:
+            # The untouched model's baseline ([eval].at_start): recorded, but never the "best"
+            # checkpoint nor the reference for overfitting or early stopping.
+            self._save_status(state)
+            return control
         loss = float(loss)
         self._keep_if_best(state, control, loss, kwargs)
         if self.overfit.observe_eval(loss):

@@ -152,12 +152,15 @@ class EvalSection:
         early_stopping_patience: stop after this many evaluations without improvement (0 = off).
         overfit_patience: warn when eval loss has risen this many evaluations while train loss fell.
         max_rows: evaluate on at most this many held-out rows (0 = all).
+        at_start: evaluate the untouched model before the first step (an ``eval`` event at
+            step 0), so results read "before → after". Skipped when resuming.
     """
 
     every_steps: int = 50
     early_stopping_patience: int = 0
     overfit_patience: int = 2
     max_rows: int = 0
+    at_start: bool = False
 
 
 @dataclass

@@ -240,6 +240,8 @@ class _Run:
             self.sampler.start()
 
         # -- train
+        if cfg.eval.at_start and has_eval and checkpoint is None:
+            self.trainer.evaluate()  # the base model's numbers, as the eval event of step 0
         started = time.time()
         self.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         self.train_seconds = time.time() - started

@@ -199,3 +199,24 @@ def test_overfitting_warning_on_a_tiny_train_set(tiny_llama: Path, tmp_path: Pat
     best_step = json.loads((rd.best / "affiner_best.json").read_text())["step"]
     evals = of_type(events, "eval")
     assert min(evals, key=lambda e: e["loss"])["step"] == best_step
+
+
+def test_eval_at_start_records_the_base_model_without_calling_it_best(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    rd = make_run(
+        tmp_path,
+        tiny_llama,
+        method="lora",
+        task="classification",
+        training={"max_steps": 10},
+        eval={"every_steps": 10, "at_start": True},
+    )
+    assert run_training(rd.path) == EXIT_FINISHED
+
+    events = events_of(rd)
+    evals = of_type(events, "eval")
+    assert [e["step"] for e in evals] == [0, 10]
+    assert evals[0]["accuracy"] is not None  # the "before" of a before → after
+    assert evals[1]["accuracy"] > evals[0]["accuracy"] or evals[0]["accuracy"] >= 0.9
+    assert all(c["step"] > 0 for c in of_type(events, "checkpoint") if c["best"])

@@ -465,6 +465,8 @@ class AssistantFlow:
             "epochs": self.settings.epochs,
             "learning_rate": self.settings.lr_for(method),
             "max_seq_len": self.settings.seq_len,
+            # The monitor's eval table then reads "before → after" from step 0 on.
+            "eval__at_start": True,
         }
         if method in ("lora", "qlora", "lora8"):
             overrides["lora_rank"] = self.settings.lora_rank
