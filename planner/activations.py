@@ -258,7 +258,11 @@ def block_bytes(
             out["attn_mask"] = bsz * seq * seq * b
     else:
         probs = bsz * nh * seq * seq
-        out["sdpa"] = tokens * q_dim * b * 2 + 2 * tokens * nh * hd * b
+        # k and v broadcast to every head (k transposed for the scores) and q; transformers'
+        # own eager attention keeps a second q-sized tensor that SDPA's math fallback does not
+        # (measured: gemma2 eager vs falcon/gpt2 on the math kernel). Probabilities: below.
+        eager = settings.attention == "eager" or spec.model_type in EAGER_ONLY
+        out["sdpa"] = tokens * q_dim * b * (2 if eager else 1) + 2 * tokens * nh * hd * b
         out["attn_probs"] = probs * 4 + (probs * b if b != 4 else 0)
         if t.attn_softcap:
             out["attn_probs"] += probs * 4  # tanh output of the soft cap

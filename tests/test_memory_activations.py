@@ -24,6 +24,10 @@ CASES = [
     ("opt", "lora", {}),
     ("phi3", "full", {}),
     ("mixtral", "lora", {}),
+    # SDPA's math kernel (falcon's multi-query heads) against transformers' eager attention
+    ("falcon", "freeze", {}),
+    ("gemma2", "lora", {}),
+    ("bert", "freeze", {}),
 ]
 
 
