@@ -314,6 +314,8 @@ def _config(
         # One evaluation at the end of each epoch (and at the last step when max_steps cuts
         # the epoch short): the live view shows it, and the summary reads "after" from it.
         "eval__every_steps": 0,
+        # ... and one before the first step: the base model's score, the demo's "before".
+        "eval__at_start": True,
         "data__max_seq_len": preset.max_seq_len,
         "data__labels": list(preset.labels),
         "checkpoint__keep_last": 1,

@@ -1,11 +1,9 @@
 """A demo's before and after: the base model's held-out score, the run's, and sample answers.
 
-"Before" is an evaluation at step 0 with the recipe's own pieces (its data preparation, model
-loading, Trainer arguments, collator and metrics, then ``Trainer.evaluate``), so it measures
-exactly what the run's later evaluations measure, on the same rows, with the same seeded
-classification head the training starts from. It is written into the run's ``events.jsonl``
-as an ``eval`` event at step 0 before the worker starts, so the live view, the TUI monitor and
-`runner.runs` see it like any other evaluation.
+"Before" is the run's own evaluation at step 0 (``[eval].at_start``): the worker evaluates the
+untouched model on the held-out rows before its first step, with the same data, metrics and
+seeded classification head as every later evaluation, and logs it as an ``eval`` event, so
+the live view, the TUI monitor and `runner.runs` see it like any other evaluation.
 
 "After" is the run's last evaluation. For chat, a few held-out questions are answered by the
 base model and the tuned one (`runner.inference.ChatSession`, one model with the adapter
@@ -14,74 +12,32 @@ switched off and on); for classification, the tuned model labels a few held-out 
 
 from __future__ import annotations
 
-import tempfile
+import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from runner.config import RunConfig
-from runner.events import EvalResult, EventWriter, RunFinished, effective_events, read_events
-from runner.metrics import perplexity
+from runner.events import EvalResult, RunFinished, effective_events, read_events
 from runner.provision import quiet_libraries
 from runner.rundir import RunDir
 
 _SCORES = ("accuracy", "precision", "recall", "f1")
 
 
-def evaluate_base(cfg: RunConfig) -> EvalResult:
-    """The base model's held-out evaluation, as the run's step-0 ``eval`` event."""
-    with quiet_libraries():
-        return _evaluate_base(cfg)
+def wait_for_baseline(run_dir: RunDir, *, poll: float = 0.5) -> EvalResult | None:
+    """Wait for the worker's step-0 evaluation; None if the run ends or dies without one."""
+    from runner.events import EventReader
+    from runner.runs import summarize
 
-
-def _evaluate_base(cfg: RunConfig) -> EvalResult:
-    from transformers import PrinterCallback, set_seed
-
-    from runner.callbacks import CountingTrainer
-    from runner.data import prepare_data
-    from runner.metrics import make_compute_metrics, preprocess_logits_for_metrics
-    from runner.modeling import load_model, load_tokenizer, resolve_device, resolve_precision
-    from runner.trainer_setup import build_collator, build_training_args
-
-    set_seed(cfg.training.seed)  # the same seeded head the worker starts from
-    device = resolve_device(cfg.training.device)
-    precision = resolve_precision(cfg.training.precision, device)
-    tokenizer = load_tokenizer(cfg)
-    data = prepare_data(cfg, tokenizer)
-    loaded = load_model(
-        cfg, tokenizer, device=device, precision=precision, labels=list(data.labels or [])
-    )
-    classification = cfg.model.task == "classification"
-    with tempfile.TemporaryDirectory(prefix="affiner-demo-eval-") as scratch:
-        args = build_training_args(
-            cfg, output_dir=Path(scratch), device=device, precision=precision, has_eval=True
-        )
-        trainer = CountingTrainer(
-            model=loaded.model,
-            args=args,
-            eval_dataset=data.eval,
-            data_collator=build_collator(cfg, tokenizer, device),
-            processing_class=tokenizer,
-            compute_metrics=make_compute_metrics(len(data.labels)) if classification else None,
-            preprocess_logits_for_metrics=preprocess_logits_for_metrics if classification else None,
-        )
-        trainer.remove_callback(PrinterCallback)
-        metrics = trainer.evaluate()
-    loss = metrics.get("eval_loss")
-    return EvalResult(
-        step=0,
-        epoch=0.0,
-        loss=loss,
-        perplexity=None if classification else perplexity(loss),
-        runtime_seconds=metrics.get("eval_runtime"),
-        **{name: metrics.get(f"eval_{name}") for name in _SCORES},
-    )
-
-
-def record_before(run_dir: RunDir, event: EvalResult) -> None:
-    """Append the step-0 evaluation to the run's event log (before its worker starts)."""
-    with EventWriter(run_dir.path) as writer:
-        writer.write(event)
+    reader = EventReader(run_dir.path)
+    while True:
+        for event in reader.read_new():
+            if isinstance(event, EvalResult) and event.step == 0:
+                return event
+            if isinstance(event, RunFinished):
+                return None
+        if not summarize(run_dir).live:  # finished, failed, stopped or interrupted
+            return None
+        time.sleep(poll)
 
 
 @dataclass

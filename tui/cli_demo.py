@@ -123,7 +123,7 @@ def _section(console: Any, number: int, title: str) -> None:
 def run_headless(key: str, runs_dir: str | None, args: argparse.Namespace) -> int:
     """Every step of the demo in this terminal; returns the exit code."""
     from runner import launch
-    from runner.demo_eval import collect_result, evaluate_base, record_before
+    from runner.demo_eval import collect_result, wait_for_baseline
     from runner.rundir import new_run_id
     from tui.attach_view import attach
 
@@ -159,14 +159,17 @@ def run_headless(key: str, runs_dir: str | None, args: argparse.Namespace) -> in
     run = launch.prepare_run(cfg, runs_root=prepared.runs_root, run_id=new_run_id(f"demo-{key}"))
     rd = run.run_dir
     _section(console, 4, "Before training")
-    with console.status(f"Evaluating the base model on {prepared.data.eval_rows} held-out rows…"):
-        before = evaluate_base(run.config)
-    record_before(rd, before)
-    console.print(f"  base model: {_metric_line(prepared.preset.metric, before)}")
+    launch.launch_worker(rd)
+    status = f"The run first evaluates the base model on {prepared.data.eval_rows} held-out rows…"
+    with console.status(status):
+        before = wait_for_baseline(rd)
+    if before is not None:
+        console.print(f"  base model: {_metric_line(prepared.preset.metric, before)}")
+    else:
+        console.print(f"  the run ended before its first evaluation: see {rd.log}")
 
     _section(console, 5, "Training")
     console.print(f"  run {rd.run_id} in {rd.path}")
-    launch.launch_worker(rd)
     attach(rd, console=console)
     from runner.runs import summarize
 
