@@ -8,8 +8,9 @@ The peak is the larger of two moments of a step (the HF Trainer with torch AdamW
   ``logits.float()``, cross-entropy keeps the fp32 log-softmax, and its backward holds that
   plus two fp32 gradients of the same size (12 bytes per token per vocabulary entry).
 - **the optimizer step**: weights, all gradients and all optimizer state at once, plus the
-  optimizer's scratch (foreach AdamW's temporary square root of every second moment). On the first step this is also when the state is created, so a run that
-  survives step one's ``optimizer.step()`` survives the rest.
+  optimizer's scratch (none for fused AdamW; Adafactor's fp32 copies of one tensor). On the
+  first step this is also when the state is created, so a run that survives step one's
+  ``optimizer.step()`` survives the rest.
 
 Precision follows the Trainer: ``bf16``/``fp16`` keep fp32 weights (and fp32 gradients and
 states) and autocast the matmuls, whose 16-bit weight copies are saved for backward;

@@ -1,6 +1,6 @@
 """Optimizer state bytes per trainable parameter, as each implementation allocates them.
 
-- ``adamw`` (torch AdamW, foreach as the Trainer's ``adamw_torch`` runs it): ``exp_avg`` and ``exp_avg_sq`` in the parameter's
+- ``adamw`` (torch's fused AdamW, the Trainer's ``adamw_torch_fused``): ``exp_avg`` and ``exp_avg_sq`` in the parameter's
   dtype (fp32 master weights: 8 bytes a parameter; a pure-bf16 model: 4) plus a scalar step.
 - ``adamw8bit`` / ``paged_adamw8bit`` (bitsandbytes): two uint8 states plus one fp32 absmax
   per block of 256 values, for tensors of at least 4096 elements; smaller tensors keep fp32
@@ -48,15 +48,11 @@ def optimizer_bytes(optimizer: str, shapes: Iterable[tuple[int, ...]], *, param_
 def step_transient(optimizer: str, largest_tensor: int, total: int, *, param_bytes: int) -> int:
     """Scratch memory during ``optimizer.step()``.
 
-    The runner maps ``adamw`` to the Trainer's ``adamw_torch``: torch's multi-tensor (foreach)
-    AdamW, which computes ``sqrt(exp_avg_sq)`` for every parameter of a group at once, one
-    temporary the size of all second moments. bitsandbytes' 8-bit kernels update block by
-    block in place; Adafactor makes fp32 copies of one tensor's update and parameter.
+    The runner maps ``adamw`` to the Trainer's ``adamw_torch_fused``: one kernel updates every
+    tensor in place (the multi-tensor ``adamw_torch`` would add a temporary the size of all
+    second moments). bitsandbytes' 8-bit kernels update block by block in place; Adafactor
+    makes fp32 copies of one tensor's update and parameter.
     """
-    if optimizer == "adamw":
-        return total * param_bytes
     if optimizer == "adafactor":
         return largest_tensor * 4 * 2
-    if optimizer == "sgd":
-        return 0
     return 0

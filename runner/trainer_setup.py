@@ -1,8 +1,9 @@
 """From ``run.toml`` to the Trainer's arguments and collator (shared by training and pre-flight).
 
 Names are mapped to transformers 5: ``eval_strategy``, ``use_cpu``, ``warmup_steps`` (a float
-below 1 is a ratio of the total steps), and optimizer names (``adamw`` → ``adamw_torch``,
-``adamw8bit`` → ``adamw_bnb_8bit``, ``paged_adamw8bit`` → ``paged_adamw_8bit``).
+below 1 is a ratio of the total steps), and optimizer names (``adamw`` → ``adamw_torch_fused``, the Trainer's own
+default since torch 2.8: one fused kernel, faster than the multi-tensor loop and without its
+full-size temporary; ``adamw8bit`` → ``adamw_bnb_8bit``, ``paged_adamw8bit`` → ``paged_adamw_8bit``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from runner.config import RunConfig
 from runner.modeling import Precision
 
 OPTIMIZERS = {
-    "adamw": "adamw_torch",
+    "adamw": "adamw_torch_fused",
     "adamw8bit": "adamw_bnb_8bit",
     "paged_adamw8bit": "paged_adamw_8bit",
     "sgd": "sgd",
