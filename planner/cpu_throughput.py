@@ -17,6 +17,14 @@ aarch64 NEON) or 8 (anything else), and for bf16 twice the fp32 figure with AVX5
 the ARM BF16 extension and 16x with AMX-BF16 (capped by practice: AMX rarely sustains more
 than about a quarter of its peak in PyTorch's GEMMs, so 4x). 0.7 is the share of peak a
 large GEMM typically sustains on a CPU.
+
+A figure timed while other work held the cores is too low, and a cached one would make every
+later CPU estimate too slow. So each measurement records the 1-minute load average and the
+CPU count; one taken with the load above half the CPUs is *provisional*: a later measurement
+on a quiet machine (taken automatically the next time a figure is asked for with
+``measure=True``) replaces it when faster, and the best rate seen is kept. ``refresh=True``
+(``affiner hw --remeasure-cpu``, ``affiner plan --remeasure-cpu``) replaces the figure
+whatever it is. Cache entries written before these fields existed load as final figures.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +43,9 @@ CACHE_FILE = "cpu_throughput.json"
 GEMM_EFFICIENCY = 0.7
 #: Clock assumed when the OS does not report one (MHz).
 DEFAULT_CLOCK_MHZ = 2500.0
+#: A machine whose 1-minute load average is above this share of its CPUs is busy: a
+#: throughput measured then is provisional.
+BUSY_LOAD_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,10 @@ class CpuThroughput:
         measured: True when timed on this machine, False for the heuristic.
         method: how the figure was obtained, for people (``"torch matmul 1024^2, 12 runs"``).
         key: the cache key (CPU model, cores, torch version).
+        load_average: the 1-minute load average when measured (None: unknown, e.g. an
+            entry cached by an older affiner, or an OS without ``getloadavg``).
+        cpu_count: the CPUs the OS reported then (what the load average is compared with).
+        provisional: measured on a busy machine; a faster later measurement replaces it.
     """
 
     tflops_fp32: float
@@ -54,9 +69,48 @@ class CpuThroughput:
     measured: bool
     method: str
     key: str
+    load_average: float | None = None
+    cpu_count: int | None = None
+    provisional: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CpuThroughput | None:
+        """An entry from the cache file; None when it is not one (damaged, or foreign).
+
+        Keys this version does not know are ignored, so a newer affiner's cache still loads.
+        """
+        known = {f.name for f in fields(cls)}
+        try:
+            entry = cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError:
+            return None
+        if not isinstance(entry.tflops_fp32, (int, float)) or entry.tflops_fp32 <= 0:
+            return None
+        return entry
+
+    def describe(self) -> str:
+        """``0.412 TFLOP/s fp32, 0.80 bf16`` for a status line."""
+        bf16 = "" if self.tflops_bf16 is None else f", {self.tflops_bf16:.3g} bf16"
+        return f"{self.tflops_fp32:.3g} TFLOP/s fp32{bf16}"
+
+
+def machine_load() -> tuple[float | None, int | None]:
+    """(1-minute load average, CPU count) now; None for what the OS does not tell."""
+    try:
+        load: float | None = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = None
+    return load, os.cpu_count()
+
+
+def is_busy(load: float | None, cpu_count: int | None) -> bool:
+    """More runnable work than half the CPUs: a matmul timed now would get a share of them."""
+    if load is None or not cpu_count:
+        return False
+    return load > cpu_count * BUSY_LOAD_SHARE
 
 
 def cache_dir() -> Path:
@@ -92,6 +146,13 @@ def _load_cache(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def cached_cpu_tflops(cpu: CpuInfo, cache_path: Path | None = None) -> CpuThroughput | None:
+    """The cached figure for this CPU and torch version, or None; never measures or imports torch."""
+    path = cache_path or cache_dir() / CACHE_FILE
+    entry = _load_cache(path).get(cache_key(cpu, _installed_torch_version()))
+    return CpuThroughput.from_json(entry) if isinstance(entry, dict) else None
 
 
 def _save_cache(path: Path, key: str, result: CpuThroughput) -> None:
@@ -158,6 +219,60 @@ def _time_matmul(dtype: Any, size: int, seconds: float) -> tuple[float, int]:
     return best, runs
 
 
+def _time_rates(cpu: CpuInfo, size: int, seconds: float) -> tuple[float, float | None, str] | None:
+    """(fp32 TFLOP/s, bf16 TFLOP/s or None, how) timed now; None when torch is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    fp32, runs = _time_matmul(torch.float32, size, seconds)
+    bf16: float | None = None
+    if cpu.bf16:
+        bf16, _ = _time_matmul(torch.bfloat16, size, seconds)
+    how = (
+        f"torch {torch.__version__} matmul {size}x{size}, best of {runs}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    return fp32, bf16, how
+
+
+def _measure(cpu: CpuInfo, key: str, size: int, seconds: float) -> CpuThroughput | None:
+    """A fresh measurement with the machine's load beside it; None without torch."""
+    load, cpu_count = machine_load()  # before timing: the benchmark itself adds load
+    timed = _time_rates(cpu, size, seconds)
+    if timed is None:
+        return None
+    fp32, bf16, how = timed
+    busy = is_busy(load, cpu_count)
+    if busy:
+        how += f", machine busy (load {load:.1f} on {cpu_count} CPUs)"
+    return CpuThroughput(
+        tflops_fp32=round(fp32, 4),
+        tflops_bf16=None if bf16 is None else round(bf16, 4),
+        measured=True,
+        method=how,
+        key=key,
+        load_average=None if load is None else round(load, 2),
+        cpu_count=cpu_count,
+        provisional=busy,
+    )
+
+
+def best_of(old: CpuThroughput, new: CpuThroughput) -> CpuThroughput:
+    """The faster of two measurements of one CPU, each dtype at its best rate seen.
+
+    The result stays provisional only when both were taken on a busy machine: one quiet
+    measurement shows what the CPU does when it is free.
+    """
+    winner = new if new.tflops_fp32 > old.tflops_fp32 else old
+    rates = [r for r in (old.tflops_bf16, new.tflops_bf16) if r is not None]
+    return replace(
+        winner,
+        tflops_bf16=max(rates) if rates else None,
+        provisional=old.provisional and new.provisional,
+    )
+
+
 def measure_cpu_tflops(
     cpu: CpuInfo,
     *,
@@ -169,41 +284,69 @@ def measure_cpu_tflops(
 ) -> CpuThroughput:
     """This CPU's matmul throughput: cached, else measured (``measure=True``), else estimated.
 
+    A provisional cached figure (measured on a busy machine) is measured again when
+    ``measure=True`` and the machine is quiet now; the faster figure is kept (`best_of`).
+    While the machine stays busy the provisional figure is used as it is: timing again
+    then would be as low, and would cost a torch import on every plan.
+
     Args:
         cpu: the CPU from `planner.hardware.probe` (its model and cores form the cache key).
         measure: time torch matmuls when nothing is cached (about 1 s, once per machine);
             False never imports torch and falls back to `estimate_cpu_tflops`.
-        refresh: measure again even when a cached figure exists.
+        refresh: measure again and replace the cached figure, even with a slower one.
         size: matrix side; 1024 is large enough to reach steady GEMM speed on a laptop.
         seconds: time spent per dtype.
         cache_path: the JSON file; default ``cache_dir() / "cpu_throughput.json"``.
     """
     path = cache_path or cache_dir() / CACHE_FILE
-    key = cache_key(cpu, _installed_torch_version())
-    if not refresh:
-        cached = _load_cache(path).get(key)
-        if isinstance(cached, dict):
-            try:
-                return CpuThroughput(**cached)
-            except TypeError:
-                pass  # written by another version of affiner: measure again
+    torch_version = _installed_torch_version()
+    key = cache_key(cpu, torch_version)
+    cached = cached_cpu_tflops(cpu, path)
+    settled = cached is not None and (not cached.provisional or is_busy(*machine_load()))
+    if cached is not None and not refresh and (settled or not measure):
+        return cached
     if not measure:
-        return estimate_cpu_tflops(cpu, _installed_torch_version())
-    try:
-        import torch
-    except ImportError:
-        return estimate_cpu_tflops(cpu, None)
-    fp32, runs = _time_matmul(torch.float32, size, seconds)
-    bf16: float | None = None
-    if cpu.bf16:
-        bf16, _ = _time_matmul(torch.bfloat16, size, seconds)
-    result = CpuThroughput(
-        tflops_fp32=round(fp32, 4),
-        tflops_bf16=None if bf16 is None else round(bf16, 4),
-        measured=True,
-        method=f"torch {torch.__version__} matmul {size}x{size}, best of {runs}, "
-        f"{torch.get_num_threads()} threads",
-        key=key,
-    )
+        return estimate_cpu_tflops(cpu, torch_version)
+    result = _measure(cpu, key, size, seconds)
+    if result is None:
+        return cached or estimate_cpu_tflops(cpu, None)
+    if cached is not None and not refresh:
+        result = best_of(cached, result)
     _save_cache(path, key, result)
     return result
+
+
+def remeasure_cpu_tflops(
+    cpu: CpuInfo, *, cache_path: Path | None = None, **kwargs: Any
+) -> tuple[CpuThroughput | None, CpuThroughput]:
+    """Measure again and replace the cached figure: ``(the figure before or None, the new one)``.
+
+    What ``--remeasure-cpu`` runs. The new figure replaces the old one even when slower (the
+    user asked); measured on a busy machine it is provisional like any other.
+    """
+    path = cache_path or cache_dir() / CACHE_FILE
+    before = cached_cpu_tflops(cpu, path)
+    after = measure_cpu_tflops(cpu, refresh=True, cache_path=path, **kwargs)
+    return before, after
+
+
+def remeasure_message(before: CpuThroughput | None, after: CpuThroughput) -> str:
+    """One line for people: what the CPU figure was, what it is now, and whether to trust it."""
+    if not after.measured:
+        return f"CPU matmul rate: torch is not installed, so not measured ({after.describe()}, estimated)"
+    if before is None:
+        old = "nothing cached"
+    elif before.measured:
+        old = f"{before.tflops_fp32:.3g}"
+    else:
+        old = f"{before.tflops_fp32:.3g} (estimated)"
+    line = f"CPU matmul rate re-measured: {old} → {after.tflops_fp32:.3g} TFLOP/s fp32"
+    if after.tflops_bf16 is not None:
+        was = "" if before is None or before.tflops_bf16 is None else f"{before.tflops_bf16:.3g} → "
+        line += f", bf16 {was}{after.tflops_bf16:.3g}"
+    if after.provisional:
+        line += (
+            f" (provisional: measured with load {after.load_average} on {after.cpu_count} CPUs;"
+            " a faster measurement on a quieter machine will replace it)"
+        )
+    return line
