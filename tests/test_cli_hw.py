@@ -122,3 +122,33 @@ def test_hw_json_imports_nothing_heavy(tmp_path: Path) -> None:
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
     assert "planner.hardware" in imported  # the import-time log is being read
     assert not [name for name in HEAVY if name in imported]
+
+
+@pytest.fixture
+def fake_timing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """A private CPU-rate cache, a quiet machine, and matmul timings that return these rates."""
+    import planner.cpu_throughput as ct
+
+    monkeypatch.setenv("AFFINER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ct, "machine_load", lambda: (0.0, 4))
+    rates = [0.25, 0.5]
+    monkeypatch.setattr(ct, "_time_rates", lambda cpu, size, s: (rates.pop(0), None, "fake"))
+    return rates
+
+
+def test_remeasure_cpu_says_old_and_new(
+    fake_timing: list[float],
+    runs_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", make_fake_nvml([]))
+    assert main(["hw", "--remeasure-cpu"]) == 0
+    first = capsys.readouterr().out
+    assert "re-measured: nothing cached → 0.25 TFLOP/s fp32" in first
+    assert "CPU matmul  0.25 TFLOP/s fp32 (measured)" in first  # the Machine table's row
+    assert main(["hw", "--json", "--remeasure-cpu"]) == 0
+    second = capsys.readouterr()
+    assert "0.25 → 0.5 TFLOP/s fp32" in second.err  # stdout stays pure JSON
+    rates = json.loads(second.out)["cpu_throughput"]
+    assert (rates["before"]["tflops_fp32"], rates["after"]["tflops_fp32"]) == (0.25, 0.5)

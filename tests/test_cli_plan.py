@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -73,3 +75,20 @@ def test_table_max_seq_len_and_errors_without_torch() -> None:
     assert json.loads(longest.stdout)["max_seq_len"] > 2048
     bad = affiner("plan", "--model", "7B", "--gpu", "NoSuchCard 9000")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_remeasure_cpu_on_a_gpu_plan_keeps_stdout_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In-process, with the timing faked: the CPU figure is refreshed, the GPU plan unchanged."""
+    import planner.cpu_throughput as ct
+    from tui.cli import main
+
+    monkeypatch.setenv("AFFINER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(ct, "machine_load", lambda: (0.0, 4))
+    monkeypatch.setattr(ct, "_time_rates", lambda cpu, size, s: (0.125, None, "fake"))
+    assert main(["plan", "--model", "7B", "--gpu", "4090", "--json", "--remeasure-cpu"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["gpu"]
+    assert "nothing cached → 0.125 TFLOP/s fp32" in out.err

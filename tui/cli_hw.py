@@ -2,7 +2,9 @@
 
 Kept light on purpose: ``affiner hw --json`` imports neither torch, transformers nor
 Textual, and never measures CPU throughput, so scripts and the SSH prompt get an answer in
-well under a second. rich is imported only when tables are drawn.
+well under a second. rich is imported only when tables are drawn. The one exception is asked
+for by name: ``--remeasure-cpu`` times the CPU's matmul rate again (torch, about 1 s) and
+replaces the cached figure CPU plans use, e.g. after one was measured on a busy machine.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tui.tables import house_table
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from planner.cpu_throughput import CpuThroughput
     from planner.gpu_catalog import GpuModel
     from planner.hardware import GpuInfo, HardwareReport
 
@@ -44,7 +47,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--catalog", action="store_true", help="list the GPUs affiner knows and their figures"
     )
+    add_remeasure_flag(parser)
     parser.set_defaults(func=run_hw)
+
+
+def add_remeasure_flag(parser: argparse.ArgumentParser) -> None:
+    """``--remeasure-cpu``, shared with ``affiner plan``."""
+    parser.add_argument(
+        "--remeasure-cpu",
+        action="store_true",
+        help="time this CPU's matmul rate again (about 1 s, needs torch) and replace the "
+        "cached figure that CPU plans use",
+    )
+
+
+def remeasure_cpu(cpu: Any, *, to_stderr: bool) -> dict[str, Any]:
+    """Measure the CPU again, say ``old → new`` (on stderr when stdout carries JSON).
+
+    Returns:
+        ``{"before": ..., "after": ...}``, the two figures as JSON (before is None when
+        nothing was cached).
+    """
+    from planner.cpu_throughput import remeasure_cpu_tflops, remeasure_message
+
+    before, after = remeasure_cpu_tflops(cpu)
+    line = remeasure_message(before, after)
+    if to_stderr:
+        sys.stderr.write(line + "\n")
+    else:
+        _console().print(line, markup=False)
+    return {"before": before.to_json() if before else None, "after": after.to_json()}
 
 
 def run_hw(args: argparse.Namespace) -> int:
@@ -63,14 +95,19 @@ def run_hw(args: argparse.Namespace) -> int:
     from runner.rundir import runs_root
 
     report = probe(runs_dir=runs_root())
+    remeasured = remeasure_cpu(report.cpu, to_stderr=args.json) if args.remeasure_cpu else None
     if args.json:
         data: dict[str, Any] = report.to_json()
         if model is not None:
             from planner.device import target_from_catalog
 
             data["target"] = target_from_catalog(args.gpu).to_json()
+        if remeasured is not None:
+            data["cpu_throughput"] = remeasured
         _print_json(data)
         return 0
+    if remeasured is not None:
+        _console().print()
     render_report(report, _console(), catalog_gpu=model)
     return 0
 
@@ -173,7 +210,21 @@ def process_table(report: HardwareReport) -> Any | None:
     return table
 
 
-def machine_table(report: HardwareReport) -> Any:
+def cpu_rate_line(speed: CpuThroughput | None) -> str:
+    """The cached CPU matmul rate CPU plans use, or how to get one (read only, never measured)."""
+    if speed is None:
+        return "[dim]not measured yet: a CPU plan times it once, or --remeasure-cpu now[/dim]"
+    if not speed.measured:
+        return f"{speed.describe()} [dim](estimated)[/dim]"
+    if speed.provisional:
+        return (
+            f"{speed.describe()} [yellow](provisional: measured with load "
+            f"{speed.load_average} on {speed.cpu_count} CPUs)[/yellow]"
+        )
+    return f"{speed.describe()} [dim](measured)[/dim]"
+
+
+def machine_table(report: HardwareReport, cpu_rate: CpuThroughput | None = None) -> Any:
     cpu = report.cpu
     table = house_table("Machine", show_header=False)
     table.add_column("what", style="bold")
@@ -184,6 +235,7 @@ def machine_table(report: HardwareReport) -> Any:
     table.add_row(
         "CPU bf16", _yes(cpu.bf16) + (f"  [dim]{' '.join(cpu.flags)}[/dim]" if cpu.flags else "")
     )
+    table.add_row("CPU matmul", cpu_rate_line(cpu_rate))
     ram_used = report.ram_total - report.ram_available
     table.add_row(
         "RAM", memory_bar(ram_used, report.ram_total) + f", {gib(report.ram_available)} available"
@@ -229,8 +281,10 @@ def render_report(
             console.print(processes)
     else:
         console.print(f"[yellow]No GPU:[/yellow] {report.gpu_reason or 'none found'}")
+    from planner.cpu_throughput import cached_cpu_tflops
+
     console.print()
-    console.print(machine_table(report))
+    console.print(machine_table(report, cached_cpu_tflops(report.cpu)))
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     if catalog_gpu is not None:

@@ -4,7 +4,8 @@ Plans every method (full, freeze, LoRA, QLoRA, 8-bit LoRA) against a device: the
 this machine, a catalog GPU (``--gpu 4090``), a bare memory size (``--vram 24``) or the CPU
 (``--cpu``). Prints a table with a memory bar per candidate, the recommendation and its
 reasons, or with ``--json`` the report as data. Planning reads configs only: no torch import
-(except the CPU's one-off cached speed measurement in `planner.device`).
+(except the CPU's one-off cached speed measurement in `planner.device`, and
+``--remeasure-cpu``, which times it again before planning).
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="allow modelling code shipped with the checkpoint",
     )
+    from tui.cli_hw import add_remeasure_flag
+
+    add_remeasure_flag(parser)
     parser.set_defaults(func=run_plan)
 
 
@@ -104,6 +108,11 @@ def run_plan(args: argparse.Namespace) -> int:
         raise AffinerError("--gpus must be at least 1", where="--gpus")
     spec = resolve_model(args.model, trust_remote_code=args.trust_remote_code)
     report_hw = probe()
+    if args.remeasure_cpu:
+        # Harmless on a GPU plan: the CPU's cached figure is refreshed, the GPU plan unchanged.
+        from tui.cli_hw import remeasure_cpu
+
+        remeasure_cpu(report_hw.cpu, to_stderr=args.json)
     device = resolve_target(report_hw, gpu="cpu" if args.cpu else args.gpu, vram=args.vram)
     request = PlanRequest(
         seq_len=args.seq_len,
