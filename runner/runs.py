@@ -7,6 +7,11 @@ talks to the training process, so summarising is safe from any terminal, at any 
 One state is derived rather than written: a status that says ``starting`` or ``running``
 whose process is gone (``kill -9``, the OOM killer, a reboot) becomes ``interrupted``, so the
 user knows the run will not finish by itself and can be resumed from its last checkpoint.
+
+`summarize` is called again and again (``affiner runs --watch``, the TUI's runs screen), and a
+long run's ``events.jsonl`` holds tens of thousands of lines, so the event log is not re-read
+each time: `runner.event_tally` keeps, per events file, how far it was read and the folded
+state `summarize` needs, and the next call reads only the bytes appended since.
 """
 
 from __future__ import annotations
@@ -20,18 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import AffinerError
+from runner.event_tally import has_class_metrics, tally_events
 from runner.events import (
     FINAL_STATES,
-    Checkpoint,
     EvalResult,
     Event,
-    EventReader,
     RunFinished,
     RunStarted,
     RunStatus,
-    TrainLog,
-    Warning_,
-    effective_events,
     read_status,
 )
 from runner.process import is_worker_of
@@ -67,6 +68,8 @@ class RunSummary:
         model, method: from ``run.toml`` (model shown by its folder name when it is a path).
         step, total_steps, progress: optimizer steps done, planned, and their ratio (None when unknown).
         epoch: fractional epoch of the last log.
+        task: ``causal_lm`` or ``classification``, from ``run.toml``, else from the evaluations
+            (classification scores mean classification); empty when neither tells.
         best_eval_loss: lowest eval loss seen; best_metric_name/best_metric: the headline metric
             at that evaluation (accuracy or F1 for classification, perplexity for language models).
         started, updated: unix times.
@@ -83,6 +86,7 @@ class RunSummary:
     pid_alive: bool = False
     model: str = ""
     method: str = ""
+    task: str = ""
     step: int = 0
     total_steps: int = 0
     progress: float | None = None
@@ -140,17 +144,40 @@ def _as_rundir(run_dir: RunDir | str | os.PathLike[str]) -> RunDir:
     return run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
 
 
-def _read_config_labels(path: Path) -> tuple[str, str]:
-    """Model and method names from ``run.toml`` without validating it (a summary never fails)."""
+def _read_config_labels(path: Path) -> tuple[str, str, str]:
+    """Model, method and task from ``run.toml`` without validating it (a summary never fails).
+
+    The task is empty unless the file names one of ``causal_lm`` / ``classification``.
+    """
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return "", ""
+        return "", "", ""
     model_section = data.get("model") if isinstance(data.get("model"), dict) else {}
     method_section = data.get("method") if isinstance(data.get("method"), dict) else {}
-    return model_label(str(model_section.get("name_or_path", ""))), str(
-        method_section.get("name", "")
+    task = str(model_section.get("task", ""))
+    return (
+        model_label(str(model_section.get("name_or_path", ""))),
+        str(method_section.get("name", "")),
+        task if task in ("causal_lm", "classification") else "",
     )
+
+
+def is_language_model(evals: list[EvalResult], task: str | None = None) -> bool:
+    """Whether perplexity means anything for a run: its task, else what its evaluations hold.
+
+    Perplexity is exp(loss) of next-token prediction; for a classification head's
+    cross-entropy it is a number without a meaning, so screens show it only when this is True.
+
+    Args:
+        evals: the run's evaluations (read only when `task` is not known).
+        task: ``causal_lm`` or ``classification`` from the run's config; empty or None when
+            unknown, and then a run is a language model unless an evaluation has
+            classification scores (every classification run logs accuracy).
+    """
+    if task:
+        return task == "causal_lm"
+    return not any(has_class_metrics(event) for event in evals)
 
 
 def model_label(name_or_path: str) -> str:
@@ -172,42 +199,41 @@ def last_attempt(events: list[Event]) -> list[Event]:
 
 
 def summarize(run_dir: RunDir | str | os.PathLike[str], *, now: float | None = None) -> RunSummary:
-    """Summarise one run folder. Never raises for a damaged folder: it reports what it can."""
+    """Summarise one run folder. Never raises for a damaged folder: it reports what it can.
+
+    The event log is read incrementally (see the module docstring); the status, config and
+    checkpoints are read each time, as they are small and change in place.
+    """
     rd = _as_rundir(run_dir)
     now = time.time() if now is None else now
     status = read_status(rd.path)
-    reader = EventReader(rd.path)
-    events = effective_events(reader.read_new())
-    attempt = last_attempt(events)
-    model, method = _read_config_labels(rd.config)
+    tally = tally_events(rd.events)
+    model, method, task = _read_config_labels(rd.config)
 
     summary = RunSummary(run_id=rd.run_id, path=rd.path, state=UNKNOWN, model=model, method=method)
-    started_events = [e for e in events if isinstance(e, RunStarted)]
-    if started_events:
-        first, last = started_events[0], started_events[-1]
-        summary.started = first.t or None
-        summary.total_steps = last.total_steps
-        summary.model = summary.model or model_label(last.model)
-        summary.method = summary.method or last.method
+    started = tally.last_started
+    if tally.first_started is not None and started is not None:
+        summary.started = tally.first_started.t or None
+        summary.total_steps = started.total_steps
+        summary.model = summary.model or model_label(started.model)
+        summary.method = summary.method or started.method
 
-    logs = [e for e in events if isinstance(e, TrainLog)]
-    if logs:
-        latest = logs[-1]
+    latest = tally.latest_log
+    if latest is not None:
         summary.step, summary.epoch = latest.step, latest.epoch
         summary.total_steps = latest.total_steps or summary.total_steps
-        summary.last_loss = next((e.loss for e in reversed(logs) if e.loss is not None), None)
+        summary.last_loss = tally.last_loss
         summary.eta_seconds = latest.eta_seconds
-    _fill_best_eval(summary, [e for e in events if isinstance(e, EvalResult)])
-    summary.warnings = sum(isinstance(e, Warning_) for e in events)
+    if task:
+        summary.task = task
+    elif tally.best_eval is not None or tally.class_metrics:
+        summary.task = "classification" if tally.class_metrics else "causal_lm"
+    _fill_best_eval(summary, tally.best_eval, language_model=summary.task != "classification")
+    summary.warnings = tally.warnings
     ckpt = latest_checkpoint(rd)
-    if ckpt is None:
-        ckpt_steps = [e.step for e in events if isinstance(e, Checkpoint)]
-        summary.last_checkpoint_step = max(ckpt_steps) if ckpt_steps else None
-    else:
-        summary.last_checkpoint_step = ckpt[0]
+    summary.last_checkpoint_step = tally.checkpoint_step if ckpt is None else ckpt[0]
 
-    finished = next((e for e in reversed(attempt) if isinstance(e, RunFinished)), None)
-    started = started_events[-1] if started_events else None
+    finished = tally.finished
     if status is not None:
         summary.pid = status.pid
         summary.step = max(summary.step, status.step)
@@ -227,7 +253,7 @@ def summarize(run_dir: RunDir | str | os.PathLike[str], *, now: float | None = N
     if summary.state == UNKNOWN and status is None:
         summary.message = summary.message or "no status.json and no events in the run folder"
     if summary.updated is None:
-        summary.updated = events[-1].t if events else _mtime(rd.path)
+        summary.updated = tally.last_t if tally.last_t is not None else _mtime(rd.path)
     if summary.total_steps:
         summary.progress = min(1.0, summary.step / summary.total_steps)
     if summary.state == INTERRUPTED and not summary.message.startswith("interrupted"):
@@ -277,13 +303,13 @@ def _interrupted_message(summary: RunSummary) -> str:
     return f"interrupted: the training process is gone without a final state ({where})"
 
 
-def _fill_best_eval(summary: RunSummary, evals: list[EvalResult]) -> None:
-    scored = [e for e in evals if e.loss is not None]
-    if not scored:
+def _fill_best_eval(summary: RunSummary, best: EvalResult | None, *, language_model: bool) -> None:
+    """The lowest-loss evaluation's loss and headline score (never perplexity for classification)."""
+    if best is None:
         return
-    best = min(scored, key=lambda e: e.loss)  # type: ignore[arg-type, return-value]
     summary.best_eval_loss = best.loss
-    for name in ("accuracy", "f1", "perplexity"):
+    names = ("accuracy", "f1", "perplexity") if language_model else ("accuracy", "f1")
+    for name in names:
         value = getattr(best, name)
         if value is not None:
             summary.best_metric_name, summary.best_metric = name, value
