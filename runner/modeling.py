@@ -21,7 +21,10 @@ Remote code runs only when ``[model].trust_remote_code`` is true.
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +70,16 @@ class LoadedModel:
 
 
 def resolve_device(requested: str) -> str:
-    """``auto`` becomes ``cuda`` when torch sees a GPU, else ``cpu``."""
+    """``auto`` becomes ``cuda`` when torch sees a GPU, else ``cpu``.
+
+    A single-process run on a machine with several visible GPUs is first pinned to one of
+    them (`pin_one_gpu`); this must happen before torch initialises CUDA, which
+    ``torch.cuda.is_available()`` below does.
+    """
+    if requested in ("auto", "cuda"):
+        note = pin_one_gpu()
+        if note:
+            warnings.warn(note, RuntimeWarning, stacklevel=2)
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
@@ -79,6 +91,41 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def pin_one_gpu() -> str | None:
+    """Make a single-process run see one GPU; returns a note saying so (None: nothing done).
+
+    Without a launcher (torchrun, ``accelerate launch``) the Trainer counts every visible GPU
+    and, with more than one, wraps the model in ``nn.DataParallel`` and multiplies the batch
+    by the GPU count (transformers ``training_args.py``: ``train_batch_size =
+    per_device_train_batch_size * max(1, n_gpu)``). A quantized model is not wrapped but its
+    batch is multiplied all the same, on one GPU. Neither is what the plan measured, so the
+    run keeps to the first visible GPU by narrowing ``CUDA_VISIBLE_DEVICES`` to it (in CUDA's
+    own order, so it is the GPU the run would have called ``cuda:0``).
+
+    ``torch.cuda.device_count()`` counts through NVML and honours the variable until CUDA is
+    initialised; once it is, the count is cached and nothing can be changed here.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return None
+    cuda = torch.cuda
+    if cuda.is_initialized() or cuda.device_count() <= 1:
+        return None
+    count = cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    first = visible.split(",")[0].strip() if visible else "0"
+    os.environ["CUDA_VISIBLE_DEVICES"] = first
+    if cuda.device_count() != 1:
+        return (
+            f"{count} GPUs are visible to a single-process run and CUDA_VISIBLE_DEVICES could "
+            "not narrow them (CUDA was already started): the Trainer will use DataParallel. "
+            f"Set CUDA_VISIBLE_DEVICES={first} before starting, or launch with torchrun."
+        )
+    return (
+        f"{count} GPUs are visible; this single-process run trains on GPU {first} only "
+        f"(CUDA_VISIBLE_DEVICES={first}). Use torchrun or accelerate launch to train on several."
+    )
+
+
 def resolve_precision(requested: str, device: str) -> Precision:
     """Turn ``[training].precision`` into Trainer flags and a compute dtype for this device.
 
@@ -87,7 +134,9 @@ def resolve_precision(requested: str, device: str) -> Precision:
     it falls back to fp32 with a note.
     """
     on_gpu = device == "cuda"
-    bf16_ok = torch.cuda.is_bf16_supported() if on_gpu else True
+    # Without including_emulation=False torch answers True on Turing/Volta (it only checks
+    # that a bf16 tensor can be created), and "auto" would pick slow, emulated bf16 there.
+    bf16_ok = torch.cuda.is_bf16_supported(including_emulation=False) if on_gpu else True
     if requested == "auto":
         requested = ("bf16" if bf16_ok else "fp16") if on_gpu else "fp32"
     if requested in ("bf16", "bf16-pure") and not bf16_ok:
@@ -228,10 +277,18 @@ def load_model(
             id2label=dict(enumerate(labels)),
             label2id={name: i for i, name in enumerate(labels)},
         )
+    check_attention(cfg.model.attn_implementation, device)
+    if qconfig is not None and cfg.quantization == "int8" and device == "cuda":
+        quiet_int8_cast_warning()
     auto_class = AutoModelForSequenceClassification if classification else AutoModelForCausalLM
     try:
         model = auto_class.from_pretrained(cfg.model.name_or_path, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:
+        attention = _attention_error(cfg, exc)
+        if attention is not None:
+            raise attention from exc
+        if isinstance(exc, ImportError):
+            raise
         raise _not_found(cfg, exc) from exc
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -241,6 +298,8 @@ def load_model(
         freeze_all_but_last(model, cfg.method.trainable_layers)
     elif method in ("lora", "qlora", "lora8"):
         model = apply_lora(model, cfg, quantized=qconfig is not None)
+        if precision.bf16 or precision.fp16:
+            upcast_trainable(model)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return LoadedModel(model, tokenizer, device, precision, trainable, total, qconfig is not None)
@@ -275,6 +334,93 @@ def apply_lora(model: nn.Module, cfg: RunConfig, *, quantized: bool) -> nn.Modul
             hint='Use target_modules = "all-linear" or names of linear layers in this model.',
             where="[method].target_modules",
         ) from exc
+
+
+def upcast_trainable(model: nn.Module) -> int:
+    """Hold every trainable fp16/bf16 parameter in fp32 (mixed precision wants fp32 masters).
+
+    peft upcasts the LoRA matrices itself, but not the copy of a classification head it makes
+    for ``modules_to_save``: with a base loaded in fp16 that copy trains in fp16 and the fp16
+    grad scaler refuses it ("Attempting to unscale FP16 gradients."); in bf16 its updates
+    round away. Returns how many parameters were cast.
+    """
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.float16, torch.bfloat16):
+            param.data = param.data.float()
+            cast += 1
+    return cast
+
+
+def check_attention(name: str, device: str) -> None:
+    """Refuse an attention implementation this machine cannot run, before loading weights.
+
+    transformers raises a bare ImportError for ``flash_attention_2`` without the ``flash_attn``
+    package (or tries a Hub kernel through ``kernels``, which needs the network).
+    """
+    if not name.startswith("flash_attention"):
+        return
+    if device != "cuda":
+        raise AffinerError(
+            f"attn_implementation {name!r} needs an NVIDIA GPU; this run is on the {device}.",
+            hint='Use attn_implementation = "sdpa".',
+            where="[model].attn_implementation",
+        )
+    package = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+    module = package.get(name, "flash_attn")
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    hub_kernels = importlib.util.find_spec("kernels") is not None and not offline
+    if importlib.util.find_spec(module) is None and not hub_kernels:
+        raise AffinerError(
+            f"attn_implementation {name!r} needs the {module} package, which is not installed.",
+            hint='Use attn_implementation = "sdpa" (PyTorch\'s fused attention), or install '
+            "flash-attn built for this torch and CUDA.",
+            where="[model].attn_implementation",
+        )
+
+
+def _attention_error(cfg: RunConfig, exc: Exception) -> AffinerError | None:
+    """An AffinerError naming [model].attn_implementation when `exc` is about attention."""
+    text = str(exc)
+    if "attn_implementation" not in text and "Flash" not in text and "scaled_dot_product" not in text:
+        return None
+    return AffinerError(
+        f"The model cannot use attn_implementation {cfg.model.attn_implementation!r}: "
+        f"{text.splitlines()[0] if text else type(exc).__name__}",
+        hint='Use attn_implementation = "sdpa", or "eager" for a model without SDPA support.',
+        where="[model].attn_implementation",
+    )
+
+
+class _OncePerMessage(logging.Filter):
+    """Let each distinct message through once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+#: bitsandbytes' logger that warns on every 8-bit matmul with a non-fp16 input.
+INT8_LOGGER = "bitsandbytes.autograd._functions"
+
+
+def quiet_int8_cast_warning() -> None:
+    """Say "inputs will be cast ... to float16" once, not on every 8-bit layer of every step.
+
+    On CUDA, ``MatMul8bitLt.forward`` logs that warning each call when its input is bf16/fp32
+    (bitsandbytes ``autograd/_functions.py``); under bf16 autocast that is every 8-bit
+    linear layer of every forward, which would fill ``train.log``.
+    """
+    logger = logging.getLogger(INT8_LOGGER)
+    if not any(isinstance(f, _OncePerMessage) for f in logger.filters):
+        logger.addFilter(_OncePerMessage())
 
 
 def head_module_names(model: nn.Module) -> list[str]:
