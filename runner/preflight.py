@@ -15,11 +15,13 @@ result says ``adjusted=True`` and a warning event says what changed. The measure
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import statistics
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,9 +65,12 @@ class _Measured:
 
 
 class _OutOfMemory(Exception):
-    def __init__(self, stage: str) -> None:
+    """Raised by `_measure` after it has let go of the model (it carries no traceback to it)."""
+
+    def __init__(self, stage: str, detail: str = "") -> None:
         super().__init__(stage)
         self.stage = stage
+        self.detail = detail
 
 
 def run_preflight(
@@ -101,18 +106,26 @@ def run_preflight(
             measured = _measure(cfg, data, tokenizer, device, precision, micro, accum, steps)
             break
         except _OutOfMemory as oom:
-            _free_memory()
-            if micro <= 1:
-                raise AffinerError(
-                    f"The run does not fit in memory even at micro_batch 1 (out of memory in {oom.stage}).",
-                    hint="Shorten [data].max_seq_len, turn on gradient_checkpointing, or use qlora.",
-                    where="[training].micro_batch",
-                ) from None
-            notes.append(
-                f"out of memory in {oom.stage} at micro_batch {micro}; trying {micro // 2} "
-                f"with grad_accum {accum * 2}"
+            stage = f"{oom.stage} ({oom.detail})" if oom.detail else oom.stage
+        # Freed here, out of the except block: while an exception is being handled, its
+        # traceback keeps the failed attempt's frames (and the model in them) alive.
+        _free_memory()
+        if micro <= 1:
+            raise AffinerError(
+                f"The run does not fit in memory even at micro_batch 1 (out of memory in {stage}).",
+                hint="Shorten [data].max_seq_len, turn on gradient_checkpointing, or use qlora.",
+                where="[training].micro_batch",
             )
-            micro, accum = micro // 2, accum * 2
+        notes.append(
+            f"out of memory in {stage} at micro_batch {micro}; trying {micro // 2} "
+            f"with grad_accum {accum * 2}"
+        )
+        micro, accum = micro // 2, accum * 2
+    if device == "cuda":
+        import torch
+
+        # The run that follows in this process reports its own peak, not the pre-flight's.
+        torch.cuda.reset_peak_memory_stats()
     adjusted = micro != first_micro
     event = Preflight(
         device=measured.device_name,
@@ -215,8 +228,9 @@ def _measure(
             step_ends.append(time.perf_counter())
 
     if cuda:
-        torch.cuda.empty_cache()
+        _free_memory()
         torch.cuda.reset_peak_memory_stats()
+    oom: _OutOfMemory | None = None
     with tempfile.TemporaryDirectory(prefix="affiner-preflight-") as tmp:
         stage = "loading the model"
         try:
@@ -267,23 +281,28 @@ def _measure(
                     trainer.optimizer.state_dict(), Path(tmp) / "checkpoint" / "optimizer.pt"
                 )
         except Exception as exc:
-            if _is_oom(exc):
-                raise _OutOfMemory(stage) from exc
-            raise
+            if not _is_oom(exc):
+                raise
+            # The traceback's frames (trainer.train() and below) hold the model, gradients
+            # and optimizer state; clear them, and raise only after leaving this block.
+            traceback.clear_frames(exc.__traceback__)
+            oom = _OutOfMemory(stage, _first_line(exc))
         finally:
             trainer = loaded = None  # release the model before the next attempt
-            _free_memory()
+    _free_memory()
+    if oom is not None:
+        raise oom
     times = [b - a for a, b in zip([started, *step_ends], step_ends, strict=False)]
     step_seconds = statistics.median(times[1:]) if len(times) > 1 else (times[0] if times else 0.0)
     notes = []
-    context = _cuda_context_bytes() if cuda else None
-    if cuda and context is None:
-        notes.append("NVML unavailable: the CUDA context is not included in the peak")
+    context, context_note = _cuda_context_bytes() if cuda else (None, "")
+    if context_note:
+        notes.append(context_note)
     peak = max(train_peak, eval_peak or 0) + (context or 0)
     if not cuda:
         peak = peak_rss_bytes() or train_peak
         notes.append("CPU: the peak is the process's peak resident memory")
-    name = torch.cuda.get_device_name(0) if cuda else "cpu"
+    name = torch.cuda.get_device_name(torch.cuda.current_device()) if cuda else "cpu"
     return _Measured(peak, step_seconds, eval_peak, seq_len, name, notes)
 
 
@@ -297,35 +316,91 @@ def _peak_bytes(cuda: bool) -> int:
     return peak_rss_bytes() or 0
 
 
-def _cuda_context_bytes() -> int | None:
-    """Memory this process holds on GPU 0 beyond torch's allocator (CUDA context, cuBLAS)."""
+def _cuda_context_bytes() -> tuple[int | None, str]:
+    """Memory this process holds on its GPU beyond torch's allocator (CUDA context, cuBLAS).
+
+    NVML lists processes by PID on NVML's device, which is not torch's index under
+    CUDA_VISIBLE_DEVICES or CUDA_DEVICE_ORDER, so the device is found by UUID. Inside a
+    container NVML reports host PIDs that never equal ``os.getpid()``; when this process is
+    then the only one on the GPU, that entry is taken as ours. Returns the bytes (None when
+    unknown) and a note for the pre-flight event (empty when the figure is exact).
+    """
     import os
 
     import torch
+
+    from runner.system_sampler import nvml_handle_for_torch_device
 
     try:
         import pynvml
 
         pynvml.nvmlInit()
-        try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
-            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                if proc.pid == os.getpid() and proc.usedGpuMemory:
-                    return max(0, int(proc.usedGpuMemory) - int(torch.cuda.memory_reserved()))
-        finally:
+    except Exception as error:
+        return None, f"NVML unavailable ({error}): the CUDA context is not in the peak"
+    try:
+        handle = nvml_handle_for_torch_device(pynvml, torch.cuda.current_device())
+        if handle is None:
+            return None, "NVML could not find this GPU: the CUDA context is not in the peak"
+        processes = list(pynvml.nvmlDeviceGetComputeRunningProcesses(handle))
+        mine = [p for p in processes if int(p.pid) == os.getpid()]
+        note = ""
+        if not mine and len(processes) == 1:
+            mine = processes
+            note = "NVML shows host PIDs here; the only process on the GPU was taken as this one"
+        used = mine[0].usedGpuMemory if mine else None
+        if used is None:
+            why = "NVML does not say" if mine else "NVML does not list this process"
+            return (
+                None,
+                f"{why} how much memory this process holds (a container or MIG?): the CUDA context is not in the peak",
+            )
+        return max(0, int(used) - int(torch.cuda.memory_reserved())), note
+    except Exception as error:  # NVMLError_NoPermission, NotSupported under MIG, ...
+        return None, f"NVML refused the process list ({error}): the CUDA context is not in the peak"
+    finally:
+        with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
-    except Exception:
-        return None
-    return None
+
+
+#: Lower-case fragments of out-of-memory messages: the caching allocator ("CUDA out of
+#: memory. Tried to allocate"), a kernel or cudaMalloc outside it ("CUDA error: out of
+#: memory"), cuBLAS/cuDNN workspaces, and the CPU allocator.
+OOM_TEXTS = (
+    "out of memory",
+    "cublas_status_alloc_failed",
+    "cudnn_status_alloc_failed",
+    "can't allocate memory",
+)
 
 
 def _is_oom(exc: BaseException) -> bool:
+    """True for an out-of-memory error, also when another exception wraps it."""
     import torch
 
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    text = str(exc).lower()
-    return "out of memory" in text or "cublas_status_alloc_failed" in text
+    oom_types = tuple(
+        t
+        for t in (
+            getattr(torch, "OutOfMemoryError", None),
+            getattr(torch.cuda, "OutOfMemoryError", None),
+        )
+        if isinstance(t, type)
+    )
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, oom_types):
+            return True
+        text = str(current).lower()
+        if any(fragment in text for fragment in OOM_TEXTS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _free_memory() -> None:

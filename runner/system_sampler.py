@@ -9,6 +9,7 @@ sampler never raises into training.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 
 import psutil
 
+from planner.nvml_reader import memory_info
 from runner.events import EventWriter, GpuSample, SystemSample
 
 
@@ -54,9 +56,7 @@ class _Nvml:
         for index, handle in enumerate(self.handles):
             gpu = GpuSample(index=index)
             gpu.memory_used, gpu.memory_total = _try(
-                lambda h=handle: (lambda m: (int(m.used), int(m.total)))(
-                    nv.nvmlDeviceGetMemoryInfo(h)
-                ),
+                lambda h=handle: (lambda m: (int(m.used), int(m.total)))(memory_info(nv, h)),
                 (None, None),
             )
             gpu.utilization_percent = _try(
@@ -82,14 +82,56 @@ def _try(func: Callable[[], Any], default: Any) -> Any:
         return default
 
 
-def take_sample(nvml: _Nvml | None = None, step: int = 0) -> SystemSample:
-    """One reading of the machine and this process."""
+def training_device_index() -> int:
+    """The CUDA device this process trains on, read in the training thread.
+
+    CUDA's current device is per thread: a new thread starts on device 0 whatever the
+    training thread chose, so the sampler thread must be told (torchrun's LOCAL_RANK when
+    CUDA has not started yet).
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return int(torch.cuda.current_device())
+    return int(os.environ.get("LOCAL_RANK", "0") or 0)
+
+
+def nvml_handle_for_torch_device(nvml: Any, index: int) -> Any | None:
+    """NVML's handle for torch's CUDA device `index`, or None when it cannot be matched.
+
+    Indices differ between the two: torch counts only CUDA_VISIBLE_DEVICES, in CUDA's order
+    (fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID); NVML counts every GPU by PCI bus.
+    The UUID names the same device in both (``GPU-...``, or ``MIG-...`` for a MIG slice);
+    the PCI bus id is the fallback.
+    """
+    import torch
+
+    props = torch.cuda.get_device_properties(index)
+    uuid = str(getattr(props, "uuid", "") or "")
+    if uuid:
+        names = [uuid] if uuid.startswith(("GPU-", "MIG-")) else [f"GPU-{uuid}", f"MIG-{uuid}"]
+        for name in names:
+            handle = _try(lambda n=name: nvml.nvmlDeviceGetHandleByUUID(n), None)
+            if handle is not None:
+                return handle
+    bus = getattr(props, "pci_bus_id", None)
+    if bus is not None:
+        domain, device = getattr(props, "pci_domain_id", 0), getattr(props, "pci_device_id", 0)
+        bus_id = f"{int(domain):08X}:{int(bus):02X}:{int(device):02X}.0"
+        return _try(lambda: nvml.nvmlDeviceGetHandleByPciBusId(bus_id), None)
+    return None
+
+
+def take_sample(
+    nvml: _Nvml | None = None, step: int = 0, device: int | None = None
+) -> SystemSample:
+    """One reading of the machine and this process (`device`: the training CUDA device)."""
     sample = SystemSample(step=step, gpus=nvml.sample() if nvml else [])
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        sample.torch_allocated = int(torch.cuda.memory_allocated())
-        sample.torch_reserved = int(torch.cuda.memory_reserved())
-        sample.torch_peak = int(torch.cuda.max_memory_reserved())
+        index = training_device_index() if device is None else device
+        sample.torch_allocated = _try(lambda: int(torch.cuda.memory_allocated(index)), None)
+        sample.torch_reserved = _try(lambda: int(torch.cuda.memory_reserved(index)), None)
+        sample.torch_peak = _try(lambda: int(torch.cuda.max_memory_reserved(index)), None)
     memory = psutil.virtual_memory()
     sample.ram_used, sample.ram_total = int(memory.total - memory.available), int(memory.total)
     sample.process_rss = _try(lambda: int(psutil.Process().memory_info().rss), None)
@@ -115,6 +157,7 @@ class SystemSampler(threading.Thread):
         self.writer = writer
         self.interval = interval
         self.step = step
+        self.device = training_device_index()  # read here, in the training thread
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -123,7 +166,7 @@ class SystemSampler(threading.Thread):
         try:
             while not self._stop_event.wait(self.interval):
                 try:
-                    self.writer.write(take_sample(nvml, self.step()))
+                    self.writer.write(take_sample(nvml, self.step(), self.device))
                 except ValueError:  # the writer was closed under us: the run is over
                     return
         finally:
