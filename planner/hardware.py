@@ -53,6 +53,8 @@ class GpuInfo:
     power_w: float | None = None
     power_limit_w: float | None = None
     processes: tuple[GpuProcess, ...] = ()
+    #: What the driver keeps for itself (NVML memory info v2); not in used or free. None: v1.
+    memory_reserved: int | None = None
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,51 @@ class _Reader:
         return None
 
 
+def memory_info(nvml: Any, handle: Any) -> Any:
+    """``nvmlDeviceGetMemoryInfo``, version 2 where the bindings and the driver have it.
+
+    Version 1 counts the memory the driver keeps for itself as used (hundreds of MiB on a
+    data-centre card), so an idle GPU looks busy and the figure disagrees with nvidia-smi;
+    version 2 reports it apart, as ``reserved``. Free memory is the same in both. Bindings
+    without the ``version`` argument (TypeError) and drivers without the ``_v2`` function
+    (an NVMLError) get version 1; a refusal of version 1 propagates.
+    """
+    version = getattr(nvml, "nvmlMemory_v2", None)
+    if version is not None:
+        try:
+            return nvml.nvmlDeviceGetMemoryInfo(handle, version=version)
+        except (TypeError, nvml.NVMLError):
+            pass
+    return nvml.nvmlDeviceGetMemoryInfo(handle)
+
+
+#: ``nvmlDeviceGetMigMode``'s "enabled" value (NVML_DEVICE_MIG_ENABLE).
+MIG_ENABLED = 1
+
+
+def mig_slices(reader: _Reader, handle: Any) -> list[tuple[str, int]]:
+    """(name, total memory) of each MIG instance of a GPU in MIG mode; [] otherwise.
+
+    CUDA sees these slices, never the whole card, so a plan made for the card's memory
+    would not fit.
+    """
+    mode = reader.read("nvmlDeviceGetMigMode", handle)
+    if not mode or int(mode[0]) != MIG_ENABLED:
+        return []
+    slices = []
+    for i in range(int(reader.read("nvmlDeviceGetMaxMigDeviceCount", handle) or 0)):
+        mig = reader.read("nvmlDeviceGetMigDeviceHandleByIndex", handle, i)  # empty slot: None
+        if mig is None:
+            continue
+        name = _maybe(reader.read("nvmlDeviceGetName", mig), _text) or f"MIG {i}"
+        try:
+            total = int(memory_info(reader.nvml, mig).total)
+        except reader.refusals:
+            total = 0
+        slices.append((name, total))
+    return slices
+
+
 def _maybe(value: Any, convert: Callable[[Any], T]) -> T | None:
     return None if value is None else convert(value)
 
@@ -147,7 +192,10 @@ def _read_gpu(reader: _Reader, index: int, handle: Any, warnings: list[str]) -> 
     nvml = reader.nvml
     name = _maybe(reader.read("nvmlDeviceGetName", handle), _text) or f"GPU {index}"
     uuid = _maybe(reader.read("nvmlDeviceGetUUID", handle), _text) or ""
-    memory = reader.read("nvmlDeviceGetMemoryInfo", handle)
+    try:
+        memory = memory_info(nvml, handle)
+    except reader.refusals:
+        memory = None
     if memory is None:
         warnings.append(
             f"GPU {index} ({name}): NVML would not report its memory; plan with --vram GB"
@@ -155,6 +203,14 @@ def _read_gpu(reader: _Reader, index: int, handle: Any, warnings: list[str]) -> 
         total = used = free = 0
     else:
         total, used, free = int(memory.total), int(memory.used), int(memory.free)
+    reserved = getattr(memory, "reserved", None)
+    slices = mig_slices(reader, handle)
+    if slices:
+        listed = ", ".join(f"{n} {t / 1024**3:.1f} GiB" for n, t in slices)
+        warnings.append(
+            f"GPU {index} ({name}) is in MIG mode: CUDA sees its slices ({listed}), not the "
+            f"whole card; plan with --vram GB for the slice the run will use"
+        )
     cc = reader.read("nvmlDeviceGetCudaComputeCapability", handle)
     capability = (int(cc[0]), int(cc[1])) if cc is not None else None
     rates = reader.read("nvmlDeviceGetUtilizationRates", handle)
@@ -170,6 +226,7 @@ def _read_gpu(reader: _Reader, index: int, handle: Any, warnings: list[str]) -> 
         memory_total=total,
         memory_used=used,
         memory_free=free,
+        memory_reserved=None if reserved is None else int(reserved),
         compute_capability=capability,
         bf16=capability is not None and capability >= (8, 0),
         utilization_percent=_maybe(getattr(rates, "gpu", None), int),

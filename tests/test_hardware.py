@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -192,6 +193,69 @@ def test_this_machine_has_no_gpu_and_says_why(tmp_path: Path) -> None:
     assert data["gpus"] == [] and isinstance(data["cpu"]["flags"], list)
 
 
+def _with_memory_v2(nvml, reserved: int):
+    """Give the fake nvidia-ml-py 12+'s memory call: ``version=nvmlMemory_v2`` returns
+    c_nvmlMemory_v2_t (total, reserved, free, used) where used no longer counts reserved."""
+    v1 = nvml.nvmlDeviceGetMemoryInfo
+    nvml.nvmlMemory_v2 = 0x02000028
+
+    def memory(handle, version=None):
+        m = v1(handle)
+        if not version:
+            return m
+        return SimpleNamespace(
+            version=version, total=m.total, reserved=reserved, free=m.free, used=m.used - reserved
+        )
+
+    nvml.nvmlDeviceGetMemoryInfo = memory
+    return nvml
+
+
+def test_memory_is_read_as_v2_so_the_drivers_reserve_is_not_used_memory(tmp_path: Path) -> None:
+    nvml = _with_memory_v2(make_fake_nvml([gpu(memory_used=GIB)]), reserved=GIB // 2)
+    info = probe(runs_dir=tmp_path, nvml=nvml).gpus[0]
+    assert (info.memory_used, info.memory_reserved) == (GIB // 2, GIB // 2)
+    assert info.memory_free == 79 * GIB  # free is the same in v1 and v2
+
+
+def test_memory_falls_back_to_v1_on_an_old_driver(tmp_path: Path) -> None:
+    nvml = make_fake_nvml([gpu(memory_used=GIB)])
+    v1 = nvml.nvmlDeviceGetMemoryInfo
+    nvml.nvmlMemory_v2 = 0x02000028
+
+    def memory(handle, version=None):
+        if version:  # pynvml: _nvmlGetFunctionPointer("nvmlDeviceGetMemoryInfo_v2") fails
+            raise NVMLError(13)  # NVML_ERROR_FUNCTION_NOT_FOUND
+        return v1(handle)
+
+    nvml.nvmlDeviceGetMemoryInfo = memory
+    info = probe(runs_dir=tmp_path, nvml=nvml).gpus[0]
+    assert (info.memory_used, info.memory_reserved) == (GIB, None)
+
+
+def test_a_gpu_in_mig_mode_warns_that_cuda_sees_only_slices(tmp_path: Path) -> None:
+    nvml = make_fake_nvml([gpu(), gpu(uuid="GPU-2")])
+    slices = {0: ("NVIDIA H100 80GB HBM3 MIG 3g.40gb", 40 * GIB), 1: ("... MIG 1g.10gb", 10 * GIB)}
+    name, memory = nvml.nvmlDeviceGetName, nvml.nvmlDeviceGetMemoryInfo
+    # pynvml: (current, pending) mode; empty slots raise NVMLError_NotFound (code 6).
+    nvml.nvmlDeviceGetMigMode = lambda h: (1, 1) if h == 0 else (0, 0)
+    nvml.nvmlDeviceGetMaxMigDeviceCount = lambda h: 7
+    nvml.nvmlDeviceGetMigDeviceHandleByIndex = lambda h, i: (
+        ("mig", i) if i in slices else (_ for _ in ()).throw(NVMLError(6))
+    )
+    nvml.nvmlDeviceGetName = lambda h: slices[h[1]][0] if isinstance(h, tuple) else name(h)
+    nvml.nvmlDeviceGetMemoryInfo = lambda h: (
+        SimpleNamespace(total=slices[h[1]][1], used=0, free=slices[h[1]][1])
+        if isinstance(h, tuple)
+        else memory(h)
+    )
+    report = probe(runs_dir=tmp_path, nvml=nvml)
+    mig = [w for w in report.warnings if "MIG mode" in w]
+    assert len(mig) == 1 and mig[0].startswith("GPU 0 ")
+    assert "3g.40gb 40.0 GiB" in mig[0] and "1g.10gb 10.0 GiB" in mig[0] and "--vram" in mig[0]
+    assert len(report.gpus) == 2
+
+
 @pytest.mark.gpu
 def test_real_nvml(tmp_path: Path) -> None:
     pynvml = pytest.importorskip("pynvml")
@@ -206,4 +270,8 @@ def test_real_nvml(tmp_path: Path) -> None:
     for info in report.gpus:
         assert info.memory_total > 0 and info.memory_free <= info.memory_total
         assert info.compute_capability is not None
+        # v2 (R510+ drivers): used + free + reserved adds up to the total, within a MiB.
+        if info.memory_reserved is not None:
+            parts = info.memory_used + info.memory_free + info.memory_reserved
+            assert abs(parts - info.memory_total) <= 2**20, info
     assert report.driver_version
