@@ -163,6 +163,11 @@ def _read_config_labels(path: Path) -> tuple[str, str, str]:
     )
 
 
+def run_task(run_dir: RunDir | str | os.PathLike[str]) -> str:
+    """The task ``run.toml`` names (``causal_lm`` / ``classification``), or "" when it names none."""
+    return _read_config_labels(_as_rundir(run_dir).config)[2]
+
+
 def is_language_model(evals: list[EvalResult], task: str | None = None) -> bool:
     """Whether perplexity means anything for a run: its task, else what its evaluations hold.
 

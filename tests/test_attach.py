@@ -194,3 +194,25 @@ def test_sparkline_and_trend() -> None:
     assert trend([1.0, 1.5, 2.0, 2.5]) == "rising"
     assert trend([1.0, 1.0, 1.0]) == "flat"
     assert trend([1.0]) == ""
+
+
+def test_classification_run_shows_its_scores_not_perplexity(runs_dir: Path) -> None:
+    scores = {"accuracy": 0.91, "precision": 0.9, "recall": 0.88, "f1": 0.89}
+    events = [
+        RunStarted(run_id="r", model="tiny-bert", method="lora", total_steps=4, t=1000),
+        # An older writer logged exp(loss) for class heads too: it must not be shown.
+        EvalResult(step=4, epoch=1.0, loss=0.31, perplexity=1.36, t=1004, **scores),
+        RunFinished(state="finished", step=4, t=1005),
+    ]
+    rd = write_run(runs_dir, "20260101-lora-bert-cccc", events, "finished")
+    view = AttachView(rd)
+    view.poll()
+    text = render_text(view, width=120)
+    assert "accuracy" in text and "precision" in text and "recall" in text and "f1" in text
+    assert "0.91" in text and "0.88" in text and "0.31" in text
+    assert "perplexity" not in text and "1.36" not in text
+
+    lm = write_run(runs_dir, "20260101-lora-tiny-dddd", run_events(None), "finished")
+    lm_view = AttachView(lm)
+    lm_view.poll()
+    assert "perplexity" in render_text(lm_view)

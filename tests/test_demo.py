@@ -248,3 +248,13 @@ def test_run_toml_accepts_offline_model_names(tmp_path: Path, cache: Path) -> No
     with pytest.raises(AffinerError) as info:
         load_config(toml)
     assert "python -m runner.provision smollm2-135m-instruct" in (info.value.hint or "")
+
+
+def test_metric_line_shows_perplexity_for_language_models_only() -> None:
+    from runner.events import EvalResult
+    from tui.cli_demo import _metric_line
+
+    lm = EvalResult(step=0, loss=2.0, perplexity=7.39)
+    assert _metric_line("loss", lm) == "held-out loss 2.0000 · perplexity 7.4"
+    head = EvalResult(step=0, loss=0.3, perplexity=1.35, accuracy=0.9, f1=0.8)
+    assert "perplexity" not in _metric_line("loss", head)

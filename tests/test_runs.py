@@ -203,3 +203,19 @@ def test_resolve_run_references(runs_dir: Path) -> None:
     assert "no run matches 'nope'" in text and a.run_id in text and "recent runs" in text
     with pytest.raises(AffinerError, match="not a run folder"):
         resolve_run(str(runs_dir.parent))
+
+
+def test_classification_headline_is_never_perplexity(runs_dir: Path) -> None:
+    """The task comes from run.toml, else from the evaluations; perplexity is for LMs only."""
+    events = [
+        RunStarted(run_id="r", model="bert", method="lora", total_steps=4, t=1000),
+        EvalResult(step=4, loss=0.3, perplexity=1.35, t=1001),  # no scores logged
+    ]
+    toml = RUN_TOML.replace("[method]", 'task = "classification"\n\n[method]')
+    head = summarize(make_run(runs_dir, "20260101-000000-lora-bert-aaaa", events=events, toml=toml))
+    assert (head.task, head.best_eval_loss, head.best_metric_name) == ("classification", 0.3, None)
+    lm = summarize(make_run(runs_dir, "20260101-000000-lora-tiny-bbbb", events=events))
+    assert (lm.task, lm.best_metric_name) == ("causal_lm", "perplexity")
+    scored = [events[0], EvalResult(step=4, loss=0.3, perplexity=1.35, f1=0.8, t=1001)]
+    by_events = summarize(make_run(runs_dir, "20260101-000000-lora-bert-cccc", events=scored))
+    assert (by_events.task, by_events.best_metric_name) == ("classification", "f1")

@@ -208,3 +208,40 @@ def test_cpu_runs_plot_ram() -> None:
     assert not history.on_gpu
     series = history.memory["RAM (process)"]
     assert series.latest == 2 * 1024**3 and series.total == 24 * 1024**3
+
+
+async def test_eval_table_shows_perplexity_for_language_models_only() -> None:
+    """A classification run's table has accuracy/precision/recall/F1 and loss, never ppl."""
+    from textual.app import App, ComposeResult
+
+    from runner.events import EvalResult
+    from tui.widgets.run_panels import EvalTable
+
+    class TableApp(App):
+        def compose(self) -> ComposeResult:
+            yield EvalTable()
+
+    def labels(table: EvalTable) -> list[str]:
+        return [str(column.label) for column in table.columns.values()]
+
+    lm, head = RunHistory(), RunHistory()
+    lm.add([EvalResult(step=5, loss=2.0)])  # written without perplexity: exp(loss) is shown
+    head.add([EvalResult(step=5, loss=0.4, accuracy=0.9, precision=0.8, recall=0.7, f1=0.75)])
+    async with TableApp().run_test() as pilot:
+        table = pilot.app.query_one(EvalTable)
+        table.show(lm)
+        assert labels(table) == ["step", "epoch", "eval loss", "ppl"]
+        assert table.get_row_at(0)[3] == "7.39"
+        table.show(head)
+        assert labels(table) == [
+            "step",
+            "epoch",
+            "eval loss",
+            "accuracy",
+            "precision",
+            "recall",
+            "f1",
+        ]
+        # The run's config wins over what the evaluations suggest.
+        table.show(lm, task="classification")
+        assert labels(table) == ["step", "epoch", "eval loss"]

@@ -20,7 +20,15 @@ from rich.text import Text
 from runner.events import EventReader, read_status
 from runner.process import is_worker_of
 from runner.rundir import RunDir
-from runner.runs import INTERRUPTED, UNKNOWN, derive_state, latest_checkpoint, model_label
+from runner.runs import (
+    INTERRUPTED,
+    UNKNOWN,
+    derive_state,
+    is_language_model,
+    latest_checkpoint,
+    model_label,
+    run_task,
+)
 from tui.run_history import RunHistory, downsample, format_bytes, format_duration
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
@@ -82,6 +90,8 @@ class AttachView:
         self.message = ""
         self.started: float | None = None
         self._seen_start = False
+        #: From run.toml; "" lets the evaluations say whether perplexity means anything.
+        self.task = run_task(run_dir)
 
     def poll(self, now: float | None = None) -> str:
         """Read new events and the status; return the run's state."""
@@ -212,11 +222,11 @@ class AttachView:
         table.add_column("step", justify="right")
         table.add_column("epoch", justify="right")
         table.add_column("eval loss", justify="right")
-        extra = [
-            n
-            for n in ("perplexity", "accuracy", "f1")
-            if any(getattr(e, n) is not None for e in evals)
-        ]
+        # Perplexity for language models; a classification head's loss has none, and its
+        # run shows accuracy, precision, recall and F1 instead.
+        names = ("perplexity",) if is_language_model(evals, self.task) else ()
+        names += ("accuracy", "precision", "recall", "f1")
+        extra = [n for n in names if any(getattr(e, n) is not None for e in evals)]
         for name in extra:
             table.add_column(name, justify="right")
         for ev in shown:

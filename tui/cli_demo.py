@@ -196,7 +196,10 @@ def _metric_line(metric: str, event: Any) -> str:
             f"accuracy {event.accuracy:.3f} · precision {event.precision:.3f} · "
             f"recall {event.recall:.3f} · F1 {event.f1:.3f} · loss {event.loss:.4f}"
         )
-    ppl = f" · perplexity {event.perplexity:.1f}" if event.perplexity is not None else ""
+    from runner.runs import is_language_model
+
+    lm = event.perplexity is not None and is_language_model([event])  # never for a class head
+    ppl = f" · perplexity {event.perplexity:.1f}" if lm else ""
     return f"held-out loss {event.loss:.4f}{ppl}"
 
 

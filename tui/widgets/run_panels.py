@@ -14,6 +14,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Log, Static
 
 from runner.events import EvalResult
+from runner.runs import is_language_model
 from tui.run_history import RunHistory, format_bytes, format_duration
 from tui.widgets.gauge import bar_text
 
@@ -62,7 +63,11 @@ class RunProgress(Widget):
 
 
 class EvalTable(DataTable):
-    """One row per evaluation; classification columns appear only when a run reports them."""
+    """One row per evaluation; classification columns appear only when a run reports them.
+
+    Perplexity (``ppl``) is shown for language models only: for a classification head's
+    loss it is a number without a meaning (`runner.runs.is_language_model` decides).
+    """
 
     DEFAULT_CSS = """
     EvalTable { height: auto; max-height: 8; }
@@ -74,16 +79,25 @@ class EvalTable(DataTable):
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)  # type: ignore[arg-type]
         self._shown: tuple[int, tuple[str, ...]] = (-1, ())
 
-    def show(self, history: RunHistory) -> None:
+    def show(self, history: RunHistory, task: str | None = None) -> None:
+        """Rebuild the rows when evaluations arrived.
+
+        Args:
+            history: the run so far.
+            task: ``causal_lm`` / ``classification`` from the run's config when the caller
+                knows it; otherwise the evaluations tell (classification scores or not).
+        """
         evals = history.evals
         optional = tuple(
             name for name in self.OPTIONAL if any(getattr(e, name) is not None for e in evals)
         )
+        if is_language_model(evals, task):
+            optional = ("ppl", *optional)
         if self._shown == (len(evals), optional):
             return
         self._shown = (len(evals), optional)
         self.clear(columns=True)
-        self.add_columns("step", "epoch", "eval loss", "ppl", *optional)
+        self.add_columns("step", "epoch", "eval loss", *optional)
         best = history.best_eval
         for ev in evals[-50:]:
             marker = " *" if ev is best else ""
@@ -91,14 +105,20 @@ class EvalTable(DataTable):
                 f"{ev.step}{marker}",
                 f"{ev.epoch:.2f}",
                 _num(ev.loss, 4),
-                _num(_perplexity(ev), 2),
-                *(_num(getattr(ev, name), 3) for name in optional),
+                *(_cell(ev, name) for name in optional),
             )
         if self.row_count:
             self.move_cursor(row=self.row_count - 1)
 
 
+def _cell(ev: EvalResult, name: str) -> str:
+    if name == "ppl":
+        return _num(_perplexity(ev), 2)
+    return _num(getattr(ev, name), 3)
+
+
 def _perplexity(ev: EvalResult) -> float | None:
+    """The logged perplexity, else exp(loss) (a language model's eval written without one)."""
     if ev.perplexity is not None:
         return ev.perplexity
     if ev.loss is not None and ev.loss < 50:
