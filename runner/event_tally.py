@@ -3,11 +3,12 @@
 ``affiner runs --watch`` and the TUI's runs screen summarise every run again and again, and a
 long run's ``events.jsonl`` holds tens of thousands of lines. So a module-level cache keeps,
 per events file, its identity (device and inode), the offset just past its last complete
-line, the bytes just before that offset, and the folded state (`EventTally`); the next call
-reads only what was appended since.
+line, its first bytes and the bytes just before that offset, and the folded state
+(`EventTally`); the next call reads only what was appended since.
 
-It starts over from the first byte when the file shrank, changed inode, or its bytes before
-the offset changed (a rewritten or replaced log), and when a new ``run_started`` resumes from
+It starts over from the first byte when the file shrank, changed inode, or its first bytes or
+those before the offset changed (a rewritten or replaced log; a run folder deleted and made
+again, whose new log may get the old inode number, starts with a new ``run_started`` time), and when a new ``run_started`` resumes from
 a step earlier than events already counted (the resume rule of `runner.events` drops those,
 see `runner.events.effective_events`). A torn last line (a writer mid-line) is not consumed:
 the offset stays after the last newline, and the line is read whole on a later call.
@@ -39,7 +40,8 @@ from runner.events import (
 
 #: Scores only a classification head reports; a run that logs any of them is not a language model.
 CLASS_METRICS = ("accuracy", "precision", "recall", "f1")
-#: Bytes kept from just before the read offset, to notice a log rewritten in place.
+#: Bytes kept from the start and from just before the read offset, to notice a log rewritten
+#: in place or replaced by one that reuses the inode number.
 TAIL_BYTES = 64
 #: Event logs whose tallies are kept (the least recently read is dropped past this).
 MAX_CACHED_LOGS = 1024
@@ -119,6 +121,7 @@ class _LogCursor:
     device: int
     inode: int
     offset: int = 0
+    head: bytes = b""
     tail: bytes = b""
     tally: EventTally = field(default_factory=EventTally)
 
@@ -146,8 +149,10 @@ def _parse_lines(data: bytes) -> list[Event]:
 
 def _read_on(cursor: _LogCursor, handle: BinaryIO) -> bool:
     """Fold the lines appended since `cursor`; False when the file is not the one it read."""
-    start = cursor.offset - len(cursor.tail)
-    handle.seek(start)
+    handle.seek(0)
+    if handle.read(len(cursor.head)) != cursor.head:
+        return False
+    handle.seek(cursor.offset - len(cursor.tail))
     data = handle.read()
     if not data.startswith(cursor.tail):
         return False
@@ -162,18 +167,21 @@ def _read_on(cursor: _LogCursor, handle: BinaryIO) -> bool:
     cursor.tally = tally
     cursor.offset += len(complete) + 1
     cursor.tail = (cursor.tail + complete + b"\n")[-TAIL_BYTES:]
+    if len(cursor.head) < TAIL_BYTES:
+        cursor.head = (cursor.head + complete + b"\n")[:TAIL_BYTES]
     return True
 
 
 def _read_all(cursor: _LogCursor, handle: BinaryIO) -> None:
     handle.seek(0)
     complete, newline, _torn = handle.read().rpartition(b"\n")
-    cursor.offset, cursor.tail, cursor.tally = 0, b"", EventTally()
+    cursor.offset, cursor.head, cursor.tail, cursor.tally = 0, b"", b"", EventTally()
     if not newline:
         return
     for event in effective_events(_parse_lines(complete)):
         cursor.tally.absorb(event)
     cursor.offset = len(complete) + 1
+    cursor.head = (complete + b"\n")[:TAIL_BYTES]
     cursor.tail = complete[-(TAIL_BYTES - 1) :] + b"\n"
 
 
