@@ -239,14 +239,16 @@ def render_result(console: Any, result: Any, runs_dir: str | None) -> None:
             console.print(f"    base:  {sample.base}")
         console.print(f"    tuned: {sample.tuned}")
     console.print()
-    console.print(f"  adapter:    {result.adapter or 'not saved'}")
-    console.print(f"  model card: {result.model_card or 'not written'}")
+    # paths and commands are printed whole (soft wrap) so that they can be copied as they are
+    console.print(f"  adapter:    {result.adapter or 'not saved'}", soft_wrap=True)
+    console.print(f"  model card: {result.model_card or 'not written'}", soft_wrap=True)
     runs = f" --runs-dir {runs_dir}" if runs_dir else ""
     console.print(
         f"  chat with it: `affiner{runs}` → F4 runs → open {result.run_id} → F6 chat "
-        "(base and tuned side by side)"
+        "(base and tuned side by side)",
+        soft_wrap=True,
     )
-    console.print(f"  its history:  `affiner{runs} attach {result.run_id}`")
+    console.print(f"  its history:  `affiner{runs} attach {result.run_id}`", soft_wrap=True)
 
 
 def _open_tui(args: argparse.Namespace, runs_dir: str | None) -> int:
