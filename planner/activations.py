@@ -113,7 +113,10 @@ class ActivationEstimate:
             or only block inputs under checkpointing), excluding the loss path.
         recompute: bytes of one block recomputed during backward (0 without checkpointing).
         logits_saved: the fp32 log-softmax over the vocabulary that cross-entropy keeps.
-        logits_peak: the largest vocabulary-sized working set (saved + its gradients).
+        logits_peak: the largest vocabulary-sized working set of backward (saved + its gradients).
+        logits_forward: the vocabulary-sized tensors alive when the forward computes the loss:
+            the logits in the compute dtype (the model's output holds them), their fp32 upcast
+            and the log-softmax.
         per_block: bytes one trainable block keeps without checkpointing.
         details: the terms, by name.
     """
@@ -123,12 +126,25 @@ class ActivationEstimate:
     logits_saved: int
     logits_peak: int
     per_block: int
+    logits_forward: int = 0
     details: dict[str, int] = field(default_factory=dict)
 
     @property
     def peak(self) -> int:
         """Activations at their largest: everything kept plus one recomputed block."""
         return self.kept + self.recompute
+
+
+def _site(spec: ModelSpec, target) -> str:
+    """Where a block's linear layer reads its input: ``attn_in`` (the attention norm's output),
+    ``attn_out`` (attention's output), ``mlp_in`` (the MLP norm's output) or ``mlp_out``."""
+    if target.part == "mlp":
+        return "mlp_out" if target.out_features == spec.hidden_size else "mlp_in"
+    h = spec.hidden_size
+    if target.out_features == h and target.in_features == h:
+        # square projections: q (attn_in) vs o (attn_out) decided by the name
+        return "attn_out" if target.name in ("o_proj", "dense", "out_proj", "c_proj") else "attn_in"
+    return "attn_out" if target.out_features == h else "attn_in"
 
 
 def _lora_sites(spec: ModelSpec, settings: TrainSettings) -> dict[str, list[tuple[int, int]]]:
@@ -145,24 +161,45 @@ def _lora_sites(spec: ModelSpec, settings: TrainSettings) -> dict[str, list[tupl
         if not all_linear and target.name not in wanted:
             continue
         per_block = max(target.count // layers, 1)
-        if target.part == "mlp":
-            site = "mlp_out" if target.out_features == spec.hidden_size else "mlp_in"
-        else:
-            site = (
-                "attn_out"
-                if target.out_features == spec.hidden_size
-                and target.in_features != spec.hidden_size
-                else "attn_in"
-            )
-            if target.out_features == spec.hidden_size and target.in_features == spec.hidden_size:
-                # square projections: q (attn_in) vs o (attn_out) decided by the name
-                site = (
-                    "attn_out"
-                    if target.name in ("o_proj", "dense", "out_proj", "c_proj")
-                    else "attn_in"
-                )
-        sites.setdefault(site, []).append((target.in_features, per_block))
+        sites.setdefault(_site(spec, target), []).append((target.in_features, per_block))
     return sites
+
+
+def _readers(spec: ModelSpec, site: str) -> int:
+    """How many of a block's linear layers read the input at `site` (q, k and v: three)."""
+    layers = max(spec.num_layers, 1)
+    return max(
+        sum(
+            max(t.count // layers, 1)
+            for t in spec.lora_targets
+            if t.kind != "expert" and _site(spec, t) == site
+        ),
+        1,
+    )
+
+
+def stream_bytes(settings: TrainSettings) -> int:
+    """Bytes per element of the residual stream: the dtype the weights are held in.
+
+    Mixed precision keeps fp32 master weights, so the embeddings, residual adds and norm
+    outputs stay fp32 while only the matmuls run in 16 bits; peft's
+    ``prepare_model_for_kbit_training`` upcasts a quantized base's embeddings and norms to
+    fp32 as well. A LoRA base or a pure-bf16 model is held (and streams) in the compute dtype.
+    """
+    b = BYTES[settings.compute_dtype]
+    if settings.effective_quantization != "none":
+        return 4
+    if settings.method in ("full", "freeze") and settings.precision != "bf16-pure":
+        return 4
+    return b
+
+
+def linear_out_bytes(settings: TrainSettings) -> int:
+    """Bytes per element of a base linear layer's output: autocast's 16 bits, except that
+    bitsandbytes' quantized layers cast their output back to their input's dtype (the stream)."""
+    if settings.effective_quantization != "none":
+        return stream_bytes(settings)
+    return BYTES[settings.compute_dtype]
 
 
 def mask_bytes(device_kind: str, dtype_bytes: int) -> int:
@@ -188,7 +225,9 @@ def _lora_saved(
         for _ in range(count):
             elems = tokens * width
             if settings.lora_dropout > 0:
-                total += elems * mask_bytes(device_kind, b if autocast else 4)  # dropout mask
+                # peft casts the input to the adapters' fp32 before dropout, so a CPU noise
+                # mask is fp32 whatever the compute dtype (CUDA keeps a bool mask)
+                total += elems * mask_bytes(device_kind, 4)
                 total += elems * (b if autocast else 4)  # what lora_A's matmul keeps
             elif cast:
                 total += elems * (b if autocast else 4)
@@ -198,15 +237,19 @@ def _lora_saved(
     return total, keeps_input
 
 
-def _norm(t: Traits, elems: int, b: int, *, input_grad: bool, weight_trains: bool) -> int:
-    """Bytes a norm keeps (its output excluded: consumers decide)."""
-    tokens_f32 = 0
+def _norm(
+    t: Traits, elems: int, r: int, *, input_grad: bool, weight_trains: bool, autocast: bool
+) -> int:
+    """Bytes a norm keeps (its output excluded: consumers decide).
+
+    `r` is the residual stream's bytes per element (`stream_bytes`). Autocast runs LayerNorm
+    in fp32, so it keeps an fp32 input whatever the stream holds.
+    """
     if t.norm == "layer":
-        kept = elems * b if (input_grad or weight_trains) else 0
-        return kept + tokens_f32
+        return elems * (4 if autocast else r) if (input_grad or weight_trains) else 0
     kept = elems * 4 if input_grad else 0  # fp32 upcast of the input (pow and mul keep it)
     if weight_trains:
-        kept += elems * (4 if t.norm == "rms_gemma" else b)
+        kept += elems * (4 if t.norm == "rms_gemma" else r)  # the normalized tensor
     return kept
 
 
@@ -229,7 +272,12 @@ def block_bytes(
     bsz, seq = settings.micro_batch, settings.seq_len
     tokens = bsz * seq
     b = BYTES[settings.compute_dtype]
+    r = stream_bytes(settings)
     autocast = settings.precision in ("bf16", "fp16")
+    # an fp32 stream under autocast: every linear casts its input to 16 bits and keeps its own
+    # copy (q, k and v three), where a 16-bit stream is kept once by all of them
+    own_copy = autocast and r != b
+    o = linear_out_bytes(settings)
     h, nh, nkv, hd = spec.hidden_size, spec.num_attention_heads, spec.num_kv_heads, spec.head_dim
     q_dim = nh * hd
     inter = spec.intermediate_size
@@ -237,14 +285,17 @@ def block_bytes(
     out: dict[str, int] = {}
 
     # attention side: norm, its output, q/k/v
-    out["norm_attn"] = _norm(t, tokens * h, b, input_grad=input_grad, weight_trains=trainable)
+    out["norm_attn"] = _norm(
+        t, tokens * h, r, input_grad=input_grad, weight_trains=trainable, autocast=autocast
+    )
     lora_in, lora_keeps_in = _lora_saved(
         sites, "attn_in", tokens, settings, b, autocast, device_kind
     )
     out["lora_attn_in"] = lora_in
     if t.post_ln:
         out["norm_attn"] = 0  # BERT's norms sit after the residual add (counted below)
-    out["attn_input"] = tokens * h * b if (trainable or lora_keeps_in) else 0
+    readers = _readers(spec, "attn_in") if own_copy and trainable else 1
+    out["attn_input"] = readers * tokens * h * b if (trainable or lora_keeps_in) else 0
 
     kernel = attention_kernel(spec, settings, device_kind)
     heads_kv = nh if (settings.padded or kernel == "math") and not t.mqa_broadcast else nkv
@@ -274,18 +325,23 @@ def block_bytes(
         lora_o, _ = _lora_saved(sites, "attn_out", tokens, settings, b, autocast, device_kind)
     out["lora_attn_out"] = lora_o
     if spec.hidden_dropout > 0:
-        out["dropout_masks"] = 2 * tokens * h * mask_bytes(device_kind, b)
+        out["dropout_masks"] = 2 * tokens * h * mask_bytes(device_kind, r)
 
     # MLP side
     if not t.shared_norm:
-        out["norm_mlp"] = _norm(t, tokens * h, b, input_grad=True, weight_trains=trainable)
+        out["norm_mlp"] = _norm(
+            t, tokens * h, r, input_grad=True, weight_trains=trainable, autocast=autocast
+        )
     if t.norms_per_block == 4:
-        out["norm_post"] = 2 * _norm(t, tokens * h, b, input_grad=True, weight_trains=trainable)
+        out["norm_post"] = 2 * _norm(
+            t, tokens * h, r, input_grad=True, weight_trains=trainable, autocast=autocast
+        )
         out["norm_post"] += 2 * tokens * h * b  # the post-norms' outputs feed the residual add
     lora_mi, keeps_mi = _lora_saved(sites, "mlp_in", tokens, settings, b, autocast, device_kind)
     out["lora_mlp_in"] = lora_mi
     if not t.shared_norm:
-        out["mlp_input"] = tokens * h * b if (trainable or keeps_mi) else 0
+        readers = _readers(spec, "mlp_in") if own_copy and trainable else 1
+        out["mlp_input"] = readers * tokens * h * b if (trainable or keeps_mi) else 0
     lora_mo, keeps_mo = _lora_saved(sites, "mlp_out", tokens, settings, b, autocast, device_kind)
     out["lora_mlp_out"] = lora_mo
     routed = tokens
@@ -311,9 +367,9 @@ def block_bytes(
             out["expert_merged_weights"] = expert_params * b
             keeps_mo = True
     if spec.mlp_kind == "gated":
-        out["mlp"] = 3 * routed * inter * b
+        out["mlp"] = 3 * routed * inter * o
     else:
-        out["mlp"] = routed * inter * b * t.act_saved
+        out["mlp"] = routed * inter * o * t.act_saved
     shares_output = spec.mlp_kind != "gated" and (spec.hidden_act or "") in SAVES_OUTPUT
     # relu keeps its output, which is also the down projection's input: one tensor
     out["mlp_down_input"] = (
@@ -352,8 +408,10 @@ def estimate_activations(
     )
     first_block = sum(first_terms.values()) if blocks else 0
     head_trains = method in ("full", "freeze")
+    r = stream_bytes(settings)
+    autocast = settings.precision in ("bf16", "fp16")
     final = (
-        _norm(t, tokens * h, b, input_grad=True, weight_trains=head_trains)
+        _norm(t, tokens * h, r, input_grad=True, weight_trains=head_trains, autocast=autocast)
         if spec.is_decoder
         else 0
     )
@@ -362,14 +420,17 @@ def estimate_activations(
         final = tokens * h * b * (4 if head_trains else 2)
     embed = 0
     if spec.hidden_dropout > 0 and spec.model_type in ("gpt2", "opt", "bert"):
-        embed += tokens * h * mask_bytes(device_kind, b)  # embedding dropout mask
+        embed += tokens * h * mask_bytes(device_kind, r)  # embedding dropout mask
     if spec.model_type == "bert":
         embed += tokens * h * b  # embedding LayerNorm input
     if method == "freeze" and spec.tied_embeddings and first_trainable:
         # a tied head trains the token embeddings, so every frozen block below still keeps
         # what its input gradient needs: freezing saves no activation memory here
         frozen = block_bytes(spec, settings, device_kind, trainable=False)
-        embed += first_trainable * sum(frozen.values())
+        if settings.gradient_checkpointing:
+            embed += first_trainable * tokens * h * r  # checkpointed too: their inputs only
+        else:
+            embed += first_trainable * sum(frozen.values())
         first_block = per_block
     details["first_block"] = first_block
     details["per_block"] = per_block
@@ -377,11 +438,11 @@ def estimate_activations(
     details["final"] = final
     details["embedding"] = embed
     if settings.gradient_checkpointing:
-        kept = blocks * tokens * h * b + final + embed
+        kept = blocks * tokens * h * r + final + embed
         if settings.padded:
             kept += settings.micro_batch * settings.seq_len  # the boolean mask, shared
         recompute = per_block
-        details["checkpoint_inputs"] = blocks * tokens * h * b
+        details["checkpoint_inputs"] = blocks * tokens * h * r
     else:
         kept = first_block + max(blocks - 1, 0) * per_block + final + embed
         recompute = 0
@@ -391,11 +452,15 @@ def estimate_activations(
     if t.logit_softcap:
         logits_saved += vocab_elems * b  # tanh output of the final soft cap
     logits_peak = vocab_elems * 12 + (vocab_elems * b if t.logit_softcap else 0)
+    logits_forward = vocab_elems * (b + (4 if b != 4 else 0) + 4)
+    if t.logit_softcap:
+        logits_forward += vocab_elems * b
     return ActivationEstimate(
         kept=kept,
         recompute=recompute,
         logits_saved=logits_saved,
         logits_peak=logits_peak,
+        logits_forward=logits_forward,
         per_block=per_block,
         details=details | {f"block.{k}": v for k, v in per_block_terms.items()},
     )

@@ -57,7 +57,8 @@ class MemoryEstimate:
     Attributes:
         peak_bytes: the predicted peak (VRAM reserved plus context on a GPU; resident on a CPU).
         weights, gradients, optimizer, activations, logits, overhead: the peak's parts.
-        phase: which moment is the peak: ``backward`` or ``optimizer_step``.
+        phase: which moment is the peak: ``forward`` (the loss computed), ``backward`` (its
+            start), ``backward_end`` (every gradient made) or ``optimizer_step``.
         trainable_params: parameters that receive gradients.
         details: finer terms (bytes), for the bench and for explanations.
     """
@@ -161,6 +162,56 @@ def trainable_shapes(spec: ModelSpec, settings: TrainSettings) -> list[tuple[int
     return shapes
 
 
+@dataclass(frozen=True)
+class AutocastCopies:
+    """16-bit copies autocast makes of fp32 weights that train (bytes).
+
+    Autocast caches the copy of every trainable fp32 weight until the forward's autocast
+    context ends, and a matmul saves it for backward. Under checkpointing the blocks' saved
+    tensors are dropped, so backward starts with only the head's copy and each recomputed block
+    makes its own again. Embedding lookups are not cast.
+
+    Attributes:
+        all: every copy (alive at the end of the forward).
+        kept: copies still held when backward starts.
+        per_block: one block's copies (made again when it is recomputed).
+    """
+
+    all: int = 0
+    kept: int = 0
+    per_block: int = 0
+
+
+def autocast_copies(
+    spec: ModelSpec, settings: TrainSettings, shapes: list[tuple[int, ...]]
+) -> AutocastCopies:
+    """The copies autocast keeps for mixed-precision training (fp32 masters, fp32 adapters)."""
+    if settings.precision not in ("bf16", "fp16"):
+        return AutocastCopies()
+    if settings.uses_lora:
+        total = sum(_numel(s) for s in shapes if len(s) == 2) * 2  # adapters live in blocks
+        per_block = total // max(spec.num_layers, 1)
+        kept = 0 if settings.gradient_checkpointing else total
+        head = 0
+        if settings.effective_quantization != "none" and spec.has_lm_head:
+            # the head stays unquantized and k-bit preparation upcasts it to fp32: frozen, so
+            # not cached, but its matmul keeps the 16-bit cast for the input's gradient
+            head = spec.vocab_size * spec.hidden_size * 2
+        return AutocastCopies(total + head, kept + head, per_block)
+    if _param_dtype(settings) != "fp32":
+        return AutocastCopies()
+    layers = max(spec.num_layers, 1)
+    block = 0
+    for target in spec.lora_targets:
+        if target.kind != "expert":
+            block += target.in_features * target.out_features * max(target.count // layers, 1)
+    block *= 2
+    blocks = layers if settings.method == "full" else min(settings.trainable_layers, layers)
+    head = spec.vocab_size * spec.hidden_size * 2 if spec.has_lm_head else 0
+    total = block * blocks + head
+    return AutocastCopies(total, head if settings.gradient_checkpointing else total, block)
+
+
 def _numel(shape: tuple[int, ...]) -> int:
     n = 1
     for d in shape:
@@ -206,12 +257,8 @@ def estimate_memory(
     details["activations_saved"] = act.kept
     details["activations_recompute"] = act.recompute
     details["logits_saved"] = act.logits_saved
-    # autocast keeps 16-bit copies of fp32 weights that matmuls save for backward
-    copies = 0
-    if settings.precision in ("bf16", "fp16") and pdtype == "fp32" and not settings.uses_lora:
-        linear = sum(_numel(s) for s in shapes if len(s) == 2)
-        copies = linear * 2
-    details["autocast_weight_copies"] = copies
+    copies = autocast_copies(spec, settings, shapes)
+    details["autocast_weight_copies"] = copies.all
     # dequantized weight of the largest layer exists while its matmul runs
     dequant = 0
     if quant != "none":
@@ -223,16 +270,44 @@ def estimate_memory(
         spec, settings, weights, gradients, optimizer, details
     )
     held_grads = gradients if settings.grad_accum > 1 else 0
-    activations = act.peak + copies + dequant
-    backward = weights + optimizer + held_grads + activations + act.logits_peak + extra_grad
+    resident = weights + optimizer + held_grads + extra_grad
+    # the end of the forward: every kept activation, every cached weight copy, the loss
+    forward_acts = act.kept + copies.all + dequant
+    forward = resident + forward_acts + act.logits_forward
+    # backward begins with the loss's vocabulary-sized working set; under checkpointing the
+    # blocks are recomputed one at a time after it, never beside it
+    backward_acts = act.kept + copies.kept + dequant
+    loss_stage = act.logits_peak
+    block_stage = act.recompute + copies.per_block
+    backward = resident + backward_acts + max(loss_stage, block_stage)
+    # backward ends with every gradient made; a tied embedding receives two (the head's and the
+    # lookup's), and the second exists beside the first until autograd adds them up
+    tied = _tied_gradient(spec, settings, train_bytes)
+    details["tied_embedding_gradient"] = tied
+    backward_end = weights + gradients + optimizer + extra_grad + tied
     step = weights + gradients + optimizer + opt_scratch + extra_grad
-    phase = "backward" if backward >= step else "optimizer_step"
-    allocated = max(backward, step)
-    if phase == "optimizer_step":
+    moments = {
+        "forward": forward,
+        "backward": backward,
+        "backward_end": backward_end,
+        "optimizer_step": step,
+    }
+    phase = max(moments, key=lambda name: moments[name])
+    allocated = moments[phase]
+    if phase == "backward_end":
+        act_part, logits_part, grad_part = 0, 0, gradients + tied + extra_grad
+    elif phase == "optimizer_step":
         # report the step's parts: activations are gone by then
         act_part, logits_part, grad_part = 0, 0, gradients + opt_scratch + extra_grad
+    elif phase == "forward":
+        act_part, logits_part = forward_acts, act.logits_forward
+        grad_part = held_grads + extra_grad
+    elif loss_stage >= block_stage:
+        act_part, logits_part = backward_acts, loss_stage
+        grad_part = held_grads + extra_grad
     else:
-        act_part, logits_part, grad_part = activations, act.logits_peak, held_grads + extra_grad
+        act_part, logits_part = backward_acts + block_stage, 0
+        grad_part = held_grads + extra_grad
     if device.kind == "cpu":
         overhead = CPU_RUNTIME + int(allocated * CPU_SLACK)
     else:
@@ -242,7 +317,9 @@ def estimate_memory(
         details["allocator_slack"] = int(allocated * ALLOCATOR_SLACK)
         overhead = context + details["allocator_slack"]
     details["allocated_peak"] = allocated
+    details["forward_peak"] = forward
     details["backward_peak"] = backward
+    details["backward_end_peak"] = backward_end
     details["step_peak"] = step
     return MemoryEstimate(
         peak_bytes=allocated + overhead,
@@ -256,6 +333,18 @@ def estimate_memory(
         trainable_params=trainable,
         details=details,
     )
+
+
+def _tied_gradient(spec: ModelSpec, settings: TrainSettings, grad_bytes: int) -> int:
+    """Bytes of the second gradient of a tied input/output embedding, when it trains.
+
+    The head's matmul gives the shared matrix its gradient at the start of backward; the
+    embedding lookup's backward makes a dense vocabulary-sized gradient of its own at the end,
+    which autograd then adds to the first: both exist for a moment.
+    """
+    if not spec.tied_embeddings or settings.uses_lora or not spec.has_lm_head:
+        return 0  # full and freeze both train the head, and so the shared matrix
+    return spec.vocab_size * spec.hidden_size * grad_bytes
 
 
 def _shard(
