@@ -311,14 +311,18 @@ def block_bytes(
         probs = bsz * nh * seq * seq
         # k and v broadcast to every head (k transposed for the scores) and q; transformers'
         # own eager attention keeps a second q-sized tensor that SDPA's math fallback does not
-        # (measured: gemma2 eager vs falcon/gpt2 on the math kernel). Probabilities: below.
+        # (measured: gemma2 eager vs falcon/gpt2 on the math kernel). Eager attention keeps
+        # the fp32 softmax and its cast back to the compute dtype; SDPA's math fallback works
+        # in fp32 throughout (16-bit q, k and v are upcast first, as PyTorch does unless
+        # ``allow_fp16_bf16_reduction_math_sdp`` is set), so everything it keeps is fp32.
         eager = settings.attention == "eager" or spec.model_type in EAGER_ONLY
-        out["sdpa"] = tokens * q_dim * b * (2 if eager else 1) + 2 * tokens * nh * hd * b
-        out["attn_probs"] = probs * 4 + (probs * b if b != 4 else 0)
+        a = b if eager else 4
+        out["sdpa"] = tokens * q_dim * a * (2 if eager else 1) + 2 * tokens * nh * hd * a
+        out["attn_probs"] = probs * 4 + (probs * a if a != 4 else 0)
         if t.attn_softcap:
             out["attn_probs"] += probs * 4  # tanh output of the soft cap
         if spec.attention_dropout > 0:
-            out["attn_probs"] += probs * (mask_bytes(device_kind, b) + b)
+            out["attn_probs"] += probs * (mask_bytes(device_kind, a) + a)
         lora_o, keeps_o = _lora_saved(sites, "attn_out", tokens, settings, b, autocast, device_kind)
         out["attn_out_input"] = tokens * q_dim * b if (trainable or keeps_o) else 0
     if kernel == "flash":
