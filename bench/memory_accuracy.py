@@ -5,12 +5,10 @@ full / LoRA / freeze (and QLoRA where bitsandbytes runs on the CPU), measure exa
 parameter, gradient and optimizer-state bytes after a step and the bytes saved for backward
 (`bench.memory_probe`), next to `planner.memory.estimate_memory`'s matching terms.
 
-CUDA mode (``--cuda``): a matrix of real-size models (Qwen2-0.5B-like, a 1.5B, Llama-3-8B-like)
-built from their configs with random weights, methods full/LoRA/QLoRA/freeze, seq 512/2048,
-batch 1/4, checkpointing on/off: three AdamW steps per cell with the runner's recipe, then
-``torch.cuda.max_memory_reserved`` plus the CUDA context (NVML used minus reserved, read
-after the first CUDA call), next to the estimate. Cells the estimate says cannot fit are skipped
-and listed.
+On a GPU the parts cannot be caught one by one as cheaply, and what matters there is their
+sum: ``--cuda`` runs the real-size matrix of `bench/memory_peak.py` (``--device cuda``:
+three shapes, full/LoRA/QLoRA/freeze, seq 512/2048, batch 1/4, checkpointing off and on),
+which compares the allocated peak and the reserved peak plus CUDA context with the plan.
 
     PYTHONPATH=. python bench/memory_accuracy.py [--json] [--cuda] [--out FILE]
 """
@@ -215,19 +213,19 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
-    parser.add_argument("--cuda", action="store_true", help="run the real-size GPU matrix")
+    parser.add_argument("--cuda", action="store_true", help="run bench/memory_peak.py's real-size GPU matrix")
     parser.add_argument("--out", help="also write the JSON here")
     parser.add_argument("--family", action="append", help="limit to these families")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     if args.cuda:
-        from bench.memory_cuda import run_cuda
+        from bench.memory_peak import main as peak_main
 
-        rows = run_cuda()
-    else:
-        rows = run_cpu(tuple(args.family) if args.family else FAMILIES)
+        rest = ["--json"] if args.json else []
+        return peak_main(["--device", "cuda", *rest, *(["--out", args.out] if args.out else [])])
+    rows = run_cpu(tuple(args.family) if args.family else FAMILIES)
     result = {
-        "mode": "cuda" if args.cuda else "cpu",
+        "mode": "cpu",
         "torch": torch.__version__,
         "seconds": round(time.perf_counter() - started, 1),
         "rows": rows,

@@ -382,7 +382,11 @@ def check_attention(name: str, device: str) -> None:
 def _attention_error(cfg: RunConfig, exc: Exception) -> AffinerError | None:
     """An AffinerError naming [model].attn_implementation when `exc` is about attention."""
     text = str(exc)
-    if "attn_implementation" not in text and "Flash" not in text and "scaled_dot_product" not in text:
+    if (
+        "attn_implementation" not in text
+        and "Flash" not in text
+        and "scaled_dot_product" not in text
+    ):
         return None
     return AffinerError(
         f"The model cannot use attn_implementation {cfg.model.attn_implementation!r}: "

@@ -295,7 +295,7 @@ def _measure(
     times = [b - a for a, b in zip([started, *step_ends], step_ends, strict=False)]
     step_seconds = statistics.median(times[1:]) if len(times) > 1 else (times[0] if times else 0.0)
     notes = []
-    context, context_note = _cuda_context_bytes() if cuda else (None, "")
+    context, context_note = cuda_context_bytes() if cuda else (None, "")
     if context_note:
         notes.append(context_note)
     peak = max(train_peak, eval_peak or 0) + (context or 0)
@@ -316,7 +316,7 @@ def _peak_bytes(cuda: bool) -> int:
     return peak_rss_bytes() or 0
 
 
-def _cuda_context_bytes() -> tuple[int | None, str]:
+def cuda_context_bytes() -> tuple[int | None, str]:
     """Memory this process holds on its GPU beyond torch's allocator (CUDA context, cuBLAS).
 
     NVML lists processes by PID on NVML's device, which is not torch's index under

@@ -261,7 +261,7 @@ class _NVMLError(Exception):
 
 
 def _fake_pynvml(uuids: list[str], processes: dict[str, list[Any]]) -> types.ModuleType:
-    """pynvml's calls that `_cuda_context_bytes` makes, over GPUs named by UUID."""
+    """pynvml's calls that `cuda_context_bytes` makes, over GPUs named by UUID."""
     nv = types.ModuleType("pynvml")
     nv.NVMLError = _NVMLError
 
@@ -307,7 +307,7 @@ def test_the_cuda_context_is_read_on_torchs_gpu_not_nvml_index_0(
     me = os.getpid()
     nv = _fake_pynvml([GPU0, GPU1], {GPU0: [_proc(99, 20 * GIB)], GPU1: [_proc(me, GIB + 500)]})
     torch_on_second_gpu.setitem(sys.modules, "pynvml", nv)
-    assert preflight._cuda_context_bytes() == (500, "")
+    assert preflight.cuda_context_bytes() == (500, "")
 
 
 def test_in_a_container_the_only_process_on_the_gpu_is_this_one(
@@ -316,12 +316,12 @@ def test_in_a_container_the_only_process_on_the_gpu_is_this_one(
     host_pid = 4_000_000  # NVML reports the host's PID, never os.getpid() inside a container
     nv = _fake_pynvml([GPU0, GPU1], {GPU1: [_proc(host_pid, 2 * GIB)]})
     torch_on_second_gpu.setitem(sys.modules, "pynvml", nv)
-    context, note = preflight._cuda_context_bytes()
+    context, note = preflight.cuda_context_bytes()
     assert context == GIB and "host PIDs" in note
 
     nv = _fake_pynvml([GPU0, GPU1], {GPU1: [_proc(host_pid, None)]})  # MIG, no privilege
     torch_on_second_gpu.setitem(sys.modules, "pynvml", nv)
-    context, note = preflight._cuda_context_bytes()
+    context, note = preflight.cuda_context_bytes()
     assert context is None and "not in the peak" in note
 
 
