@@ -42,7 +42,7 @@ def test_the_cuda_context_is_measured() -> None:
     import runner.preflight as preflight
 
     torch.ones(1024, 1024, device="cuda").matmul(torch.ones(1024, 1024, device="cuda"))
-    context, note = preflight._cuda_context_bytes()
+    context, note = preflight.cuda_context_bytes()
     if context is None:
         pytest.skip(f"NVML cannot attribute memory to this process here: {note}")
     assert 50 * 2**20 < context < 4 * 2**30, (context, note)
@@ -128,3 +128,25 @@ def test_the_sampler_reports_the_training_gpu() -> None:
         nvml.close()
     assert sample.torch_reserved and sample.torch_reserved > 0
     assert sample.gpus and all(g.memory_total for g in sample.gpus)
+
+
+def test_the_peak_bench_meets_the_planners_bar_on_a_real_shape() -> None:
+    """One cell of `bench/memory_peak.py --device cuda`: Qwen2-0.5B's shape, LoRA, 512 tokens.
+
+    Both comparisons: the allocated peak (the memory model) and reserved + context (what
+    nvidia-smi shows, where the planner's context and allocator-slack figures come in).
+    """
+    from bench import memory_peak
+    from bench.peak_models import SHAPE_CONFIGS
+    from bench.step_recipe import Cell
+    from planner.device import resolve_target
+    from planner.hardware import probe
+
+    cell = Cell("qwen2-0.5b", "lora", seq=512, batch=1, checkpointing=False)
+    target = resolve_target(probe(), measure=False)
+    rows = memory_peak.run_matrix([cell], SHAPE_CONFIGS, target, memory_peak.meter_for("cuda"))
+    row = rows[0]
+    assert "failed" not in row and "skipped" not in row, row
+    assert memory_peak.within_bar(row["error"]), row
+    assert row.get("context"), row.get("note")
+    assert memory_peak.within_bar(row["peak_error"]), row

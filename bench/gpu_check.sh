@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Everything affiner can only check on an NVIDIA GPU, in one call that fits a short lease:
+# the GPU card, the `gpu`-marked tests (NVML, CUDA context, bf16, OOM recovery, 4-bit and 8-bit
+# LoRA, one real-shape cell of the peak bench) and the planner's accuracy matrix
+# (bench/memory_peak.py --device cuda), each row written to a JSONL file as soon as it is
+# measured.
+#
+#   bash bench/gpu_check.sh [RESULTS_DIR]       (default: $OUT, else bench/results/gpu)
+#
+# Wheels the GPU machine lacks (bitsandbytes, for QLoRA and 8-bit) are installed from .whl/
+# when it holds any. DEADLINE (seconds, default 540) is the time the whole script may take:
+# the bench starts no new cell once less than a minute of it is left. A second call with the
+# same RESULTS_DIR (its memory_cuda.jsonl copied back) measures only the cells not yet done.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+started=$(date +%s)
+deadline=${DEADLINE:-540}
+results=${1:-${OUT:-bench/results/gpu}}
+mkdir -p "$results"
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/affiner-site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/affiner-site
+fi
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+
+nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,compute_cap --format=csv \
+  | tee "$results/nvidia-smi.csv"
+python3 -c "import torch, transformers, peft; print('torch', torch.__version__, '· transformers', transformers.__version__, '· peft', peft.__version__)"
+
+python3 -m pytest -q -p no:cacheprovider -m gpu -o addopts="" tests/test_gpu_real.py 2>&1 \
+  | tee "$results/gpu-tests.log"
+tests_rc=${PIPESTATUS[0]}
+
+left=$(( deadline - ($(date +%s) - started) - 60 ))
+if [ "$left" -gt 0 ]; then
+  python3 bench/memory_peak.py --device cuda --jsonl "$results/memory_cuda.jsonl" --resume \
+    --budget "$left" --out "$results/memory_cuda.json" 2>"$results/memory_cuda.stderr"
+  bench_rc=$?
+  tail -n 5 "$results/memory_cuda.stderr"
+else
+  echo "gpu_check: no time left for the accuracy matrix" >&2
+  bench_rc=1
+fi
+echo "gpu_check: tests exit $tests_rc, bench exit $bench_rc, $(( $(date +%s) - started )) s"
+[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
