@@ -213,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
-    parser.add_argument("--cuda", action="store_true", help="run bench/memory_peak.py's real-size GPU matrix")
+    parser.add_argument(
+        "--cuda", action="store_true", help="run bench/memory_peak.py's real-size GPU matrix"
+    )
     parser.add_argument("--out", help="also write the JSON here")
     parser.add_argument("--family", action="append", help="limit to these families")
     args = parser.parse_args(argv)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -69,10 +70,17 @@ def test_table_max_seq_len_and_errors_without_torch() -> None:
     assert "Recommended" in table.stdout and "qlora" in table.stdout
     assert table.stdout.strip().endswith("NO-TORCH")
     longest = affiner(
-        "plan", "--model", "7B", "--gpu", "A100 80GB", "--method", "lora", "--max-seq-len", "--json"
+        "plan", "--model", "8B", "--gpu", "A100 80GB", "--method", "lora", "--max-seq-len", "--json"
     )
     assert longest.returncode == 0, longest.stderr
-    assert json.loads(longest.stdout)["max_seq_len"] > 2048
+    answer = json.loads(longest.stdout)
+    assert answer["max_seq_len"] > answer["max_seq_len_without_checkpointing"] > 2048
+    assert answer["gradient_checkpointing"] is True and answer["method"] == "lora"
+    words = affiner(
+        "plan", "--model", "8B", "--gpu", "A100 80GB", "--method", "lora", "--max-seq-len"
+    )
+    assert f"{answer['max_seq_len']} tokens" in words.stdout
+    assert f"without it, {answer['max_seq_len_without_checkpointing']} tokens" in words.stdout
     bad = affiner("plan", "--model", "7B", "--gpu", "NoSuchCard 9000")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
@@ -92,3 +100,20 @@ def test_remeasure_cpu_on_a_gpu_plan_keeps_stdout_json(
     out = capsys.readouterr()
     assert json.loads(out.out)["gpu"]
     assert "nothing cached → 0.125 TFLOP/s fp32" in out.err
+
+
+def test_the_longest_sequence_stops_at_the_models_window() -> None:
+    from planner.device import target_from_catalog
+    from planner.model_sizes import spec_from_size
+    from planner.recommend import longest_sequence
+    from planner.settings import TrainSettings
+    from tui.cli_plan import longest_sequence_text
+
+    spec = spec_from_size("8B")
+    small_window = replace(spec, max_position_embeddings=4096)
+    h100 = target_from_catalog("H100")
+    found = longest_sequence(small_window, h100, TrainSettings(method="lora"))
+    assert found.longest == 4096 and found.capped
+    assert "context window" in longest_sequence_text(found, h100.name)
+    roomy = longest_sequence(spec, h100, TrainSettings(method="lora"))
+    assert roomy.longest > 4096 and not roomy.capped

@@ -20,7 +20,7 @@ from planner.settings import METHODS, SHARDINGS
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from planner.recommend import PlanReport
+    from planner.recommend import LongestSequence, PlanReport
 
 BAR_WIDTH = 8
 
@@ -102,7 +102,7 @@ def run_plan(args: argparse.Namespace) -> int:
     from planner.errors import AffinerError
     from planner.hardware import probe
     from planner.model_resolve import resolve_model
-    from planner.recommend import PlanRequest, max_seq_len, plan
+    from planner.recommend import PlanRequest, longest_sequence, plan
 
     if args.gpus < 1:
         raise AffinerError("--gpus must be at least 1", where="--gpus")
@@ -127,25 +127,21 @@ def run_plan(args: argparse.Namespace) -> int:
     report = plan(spec, device, request)
     if args.max_seq_len:
         chosen = report.best or report.candidates[0]
-        settings = chosen.settings.with_(micro_batch=args.micro_batch or 1)
-        longest = max_seq_len(spec, device, settings)
+        found = longest_sequence(
+            spec, device, chosen.settings.with_(micro_batch=args.micro_batch or 1)
+        )
         if args.json:
-            sys.stdout.write(
-                json.dumps(
-                    {
-                        "method": settings.method,
-                        "micro_batch": settings.micro_batch,
-                        "gradient_checkpointing": settings.gradient_checkpointing,
-                        "max_seq_len": longest,
-                    }
-                )
-                + "\n"
-            )
+            answer = {
+                "method": found.method,
+                "micro_batch": found.micro_batch,
+                "gradient_checkpointing": found.needs_checkpointing,
+                "max_seq_len": found.longest,
+                "max_seq_len_without_checkpointing": found.without_checkpointing,
+                "context_window": found.window,
+            }
+            sys.stdout.write(json.dumps(answer) + "\n")
         else:
-            ckpt = "with" if settings.gradient_checkpointing else "without"
-            print(
-                f"{longest} tokens: the longest sequence that fits {settings.method} at micro-batch {settings.micro_batch} {ckpt} gradient checkpointing on {device.name}"
-            )
+            print(longest_sequence_text(found, device.name))
         return 0
     if args.json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
@@ -154,6 +150,23 @@ def run_plan(args: argparse.Namespace) -> int:
 
     render_plan(report, Console(highlight=False))
     return 0
+
+
+def longest_sequence_text(found: LongestSequence, device_name: str) -> str:
+    """`affiner plan --max-seq-len` in words: the answer first, then what it depends on."""
+    where = f"{found.method} at micro-batch {found.micro_batch} on {device_name}"
+    if found.longest == 0:
+        return f"No sequence fits {where}: the weights alone are too large."
+    lines = [f"{found.longest} tokens: the longest sequence that fits {where}"]
+    if found.needs_checkpointing:
+        lines.append(
+            f"  with gradient checkpointing; without it, {found.without_checkpointing} tokens"
+        )
+    else:
+        lines.append("  without gradient checkpointing")
+    if found.capped:
+        lines.append("  (the model's context window: memory would allow longer)")
+    return "\n".join(lines)
 
 
 def memory_bar(used: int, total: int, width: int = BAR_WIDTH) -> str:
