@@ -28,13 +28,12 @@ from planner.device import DeviceTarget
 from planner.errors import AffinerError
 from planner.memory import MemoryEstimate, estimate_memory
 from planner.model_spec import ModelSpec
+from planner.sequence_fit import SAFETY_MARGIN, max_seq_len, usable_memory
 from planner.settings import METHODS, TrainSettings
 from planner.timing import TimeEstimate, estimate_time
 
 QUALITY_ORDER = ("full", "lora", "lora8", "qlora", "freeze")
 PRIORITIES = ("quality", "speed", "memory")
-#: Share of free memory left unplanned: fragmentation spikes, other processes, estimate error.
-SAFETY_MARGIN = 0.08
 MICRO_BATCHES = (64, 32, 16, 8, 4, 2, 1)
 
 
@@ -177,10 +176,6 @@ def default_precision(device: DeviceTarget) -> str:
     if device.bf16:
         return "bf16"
     return "fp32" if device.is_cpu or not device.fp16 else "fp16"
-
-
-def usable_memory(device: DeviceTarget, margin: float = SAFETY_MARGIN) -> int:
-    return int(device.memory_free * (1 - margin))
 
 
 def _base_settings(
@@ -358,85 +353,6 @@ def _why_chosen(c: Candidate, priority: str) -> str:
     if priority == "speed":
         return "the shortest step of the plans that fit"
     return f"the highest-fidelity method that fits ({explain.METHOD_NAMES[c.method]})"
-
-
-def max_seq_len(
-    spec: ModelSpec,
-    device: DeviceTarget,
-    settings: TrainSettings,
-    *,
-    margin: float = SAFETY_MARGIN,
-    limit: int | None = None,
-) -> int:
-    """The longest sequence that fits `settings` on `device` (0 when not even one token fits).
-
-    The search stops at `limit` (default 128k tokens, or the model's window if it is longer).
-    """
-    usable = usable_memory(device, margin)
-    if limit is None:
-        limit = max(spec.max_position_embeddings or 0, 1 << 17)
-
-    def ok(seq: int) -> bool:
-        return estimate_memory(spec, settings.with_(seq_len=seq), device).peak_bytes <= usable
-
-    if not ok(1):
-        return 0
-    lo, hi = 1, 2
-    while hi <= limit and ok(hi):
-        lo, hi = hi, hi * 2
-    hi = min(hi, limit + 1)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-@dataclass
-class LongestSequence:
-    """The longest sequence one method fits, without and with gradient checkpointing.
-
-    Attributes:
-        method, micro_batch: what was asked about.
-        without_checkpointing, with_checkpointing: the longest sequence either way (tokens).
-        window: the model's context window, where the search stopped (None when unknown).
-    """
-
-    method: str
-    micro_batch: int
-    without_checkpointing: int
-    with_checkpointing: int
-    window: int | None
-
-    @property
-    def longest(self) -> int:
-        return max(self.without_checkpointing, self.with_checkpointing)
-
-    @property
-    def needs_checkpointing(self) -> bool:
-        return self.with_checkpointing > self.without_checkpointing
-
-    @property
-    def capped(self) -> bool:
-        """True when the model's window, not the memory, is the limit."""
-        return self.window is not None and self.longest >= self.window
-
-
-def longest_sequence(
-    spec: ModelSpec, device: DeviceTarget, settings: TrainSettings, *, margin: float = SAFETY_MARGIN
-) -> LongestSequence:
-    """The longest sequence `settings`' method fits, checkpointing off and on, up to the
-    model's context window (training past it teaches positions the model never uses)."""
-    window = spec.max_position_embeddings or None
-    found = {
-        ckpt: max_seq_len(
-            spec, device, settings.with_(gradient_checkpointing=ckpt), margin=margin, limit=window
-        )
-        for ckpt in (False, True)
-    }
-    return LongestSequence(settings.method, settings.micro_batch, found[False], found[True], window)
 
 
 def suggestions(

@@ -22,7 +22,6 @@ Remote code runs only when ``[model].trust_remote_code`` is true.
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from torch import nn
 
 from planner.errors import AffinerError
 from runner.config import RunConfig
+from runner.kbit import disable_cpu_inference_repack, quiet_int8_cast_warning
 
 #: Names classification heads go by in transformers' model classes.
 HEAD_NAMES = ("score", "classifier", "pre_classifier", "lm_head")
@@ -396,37 +396,6 @@ def _attention_error(cfg: RunConfig, exc: Exception) -> AffinerError | None:
     )
 
 
-class _OncePerMessage(logging.Filter):
-    """Let each distinct message through once."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if message in self.seen:
-            return False
-        self.seen.add(message)
-        return True
-
-
-#: bitsandbytes' logger that warns on every 8-bit matmul with a non-fp16 input.
-INT8_LOGGER = "bitsandbytes.autograd._functions"
-
-
-def quiet_int8_cast_warning() -> None:
-    """Say "inputs will be cast ... to float16" once, not on every 8-bit layer of every step.
-
-    On CUDA, ``MatMul8bitLt.forward`` logs that warning each call when its input is bf16/fp32
-    (bitsandbytes ``autograd/_functions.py``); under bf16 autocast that is every 8-bit
-    linear layer of every forward, which would fill ``train.log``.
-    """
-    logger = logging.getLogger(INT8_LOGGER)
-    if not any(isinstance(f, _OncePerMessage) for f in logger.filters):
-        logger.addFilter(_OncePerMessage())
-
-
 def head_module_names(model: nn.Module) -> list[str]:
     """The classification head's module names present in this model (``score``, ``classifier``)."""
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
@@ -486,47 +455,3 @@ def freeze_all_but_last(model: nn.Module, trainable_layers: int) -> list[str]:
         if train:
             trainable.append(name)
     return trainable
-
-
-def disable_cpu_inference_repack(model: nn.Module) -> int:
-    """Keep bitsandbytes 4-bit layers trainable after an evaluation on a CPU.
-
-    On CPUs with AVX512-BF16, ``Linear4bit.forward`` in eval mode with an input that needs no
-    gradient repacks its weight into an inference layout, permanently. Every later forward,
-    training included, then runs ``gemv_4bit``, which has no autograd: the base layer's output
-    is detached and LoRA gradients that should flow through it are silently lost. We switch the
-    per-module flag that allows the repack off, and undo a repack that already happened (a
-    pre-flight evaluation, say). Returns the number of 4-bit layers seen.
-    """
-    try:
-        import bitsandbytes as bnb
-        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-    except ImportError:
-        return 0
-    count = 0
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            count += 1
-            module.support_avx512bf16_for_cpu = False
-            state = getattr(module.weight, "quant_state", None)
-            if state is not None and getattr(state, "packing_format_for_cpu", False):
-                module.weight.data, state = _convert_weight_packed_for_cpu_inverse(
-                    module.weight.data, state
-                )
-                module.weight.quant_state = state
-                module.quant_state = state
-    return count
-
-
-def count_repacked(model: nn.Module) -> int:
-    """How many 4-bit layers hold their weight in the CPU inference layout (0 is healthy)."""
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        return 0
-    return sum(
-        1
-        for module in model.modules()
-        if isinstance(module, bnb.nn.Linear4bit)
-        and getattr(getattr(module.weight, "quant_state", None), "packing_format_for_cpu", False)
-    )

@@ -105,7 +105,7 @@ def test_remeasure_cpu_on_a_gpu_plan_keeps_stdout_json(
 def test_the_longest_sequence_stops_at_the_models_window() -> None:
     from planner.device import target_from_catalog
     from planner.model_sizes import spec_from_size
-    from planner.recommend import longest_sequence
+    from planner.sequence_fit import longest_sequence
     from planner.settings import TrainSettings
     from tui.cli_plan import longest_sequence_text
 

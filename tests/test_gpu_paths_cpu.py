@@ -23,7 +23,7 @@ import torch
 
 import runner.preflight as preflight
 from planner.errors import AffinerError
-from runner import modeling, system_sampler
+from runner import kbit, modeling, system_sampler
 from runner.config import RunConfig
 
 GIB = 1024**3
@@ -177,14 +177,14 @@ def test_an_attention_refusal_names_the_attention_key() -> None:
 
 def test_the_int8_cast_warning_is_logged_once() -> None:
     # bitsandbytes logs it from every 8-bit matmul on CUDA whose input is not fp16.
-    logger = logging.getLogger(modeling.INT8_LOGGER)
+    logger = logging.getLogger(kbit.INT8_LOGGER)
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
     logger.addHandler(handler)
     try:
-        modeling.quiet_int8_cast_warning()
-        modeling.quiet_int8_cast_warning()  # idempotent
+        kbit.quiet_int8_cast_warning()
+        kbit.quiet_int8_cast_warning()  # idempotent
         for _ in range(5):
             logger.warning("MatMul8bitLt: inputs will be cast from %s to float16", torch.bfloat16)
         logger.warning("something else")

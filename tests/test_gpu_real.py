@@ -78,14 +78,8 @@ def test_quantized_lora_loads_and_trains_on_the_gpu(
     import bitsandbytes as bnb
 
     from runner.config import RunConfig
-    from runner.modeling import (
-        INT8_LOGGER,
-        count_repacked,
-        disable_cpu_inference_repack,
-        load_model,
-        load_tokenizer,
-        resolve_precision,
-    )
+    from runner.kbit import INT8_LOGGER, count_repacked, disable_cpu_inference_repack
+    from runner.modeling import load_model, load_tokenizer, resolve_precision
 
     cfg = RunConfig()
     cfg.model.name_or_path = str(tiny_llama)

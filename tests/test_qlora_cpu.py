@@ -78,7 +78,7 @@ def _relative_change(reference: dict[str, Any], other: dict[str, Any]) -> float:
 def test_guard_keeps_lora_gradients_after_an_evaluation(tiny_llama: Path) -> None:
     import torch
 
-    from runner.modeling import count_repacked, disable_cpu_inference_repack
+    from runner.kbit import count_repacked, disable_cpu_inference_repack
 
     ids = torch.randint(0, 200, (2, 12), generator=torch.Generator().manual_seed(1))
 
@@ -154,7 +154,7 @@ class _GradientProbe:
 
     @staticmethod
     def count(model: Any) -> int:
-        from runner.modeling import count_repacked
+        from runner.kbit import count_repacked
 
         return count_repacked(model)
 

@@ -20,7 +20,8 @@ from planner.settings import METHODS, SHARDINGS
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from planner.recommend import LongestSequence, PlanReport
+    from planner.recommend import PlanReport
+    from planner.sequence_fit import LongestSequence
 
 BAR_WIDTH = 8
 
@@ -102,7 +103,8 @@ def run_plan(args: argparse.Namespace) -> int:
     from planner.errors import AffinerError
     from planner.hardware import probe
     from planner.model_resolve import resolve_model
-    from planner.recommend import PlanRequest, longest_sequence, plan
+    from planner.recommend import PlanRequest, plan
+    from planner.sequence_fit import longest_sequence
 
     if args.gpus < 1:
         raise AffinerError("--gpus must be at least 1", where="--gpus")
