@@ -24,21 +24,13 @@ from pathlib import Path
 import torch
 
 from bench import memory_probe as probe
-from planner.device import DeviceTarget
+from bench.peak_models import CPU_TARGET
 from planner.memory import estimate_memory
 from planner.model_shapes import spec_from_config
 from planner.settings import TrainSettings
 
 FAMILIES = tuple(probe.TINY_CONFIGS)
-CPU = DeviceTarget(
-    kind="cpu",
-    name="CPU",
-    source="cpu",
-    memory_total=1 << 34,
-    memory_free=1 << 34,
-    bf16=False,
-    fp16=False,
-)
+CPU = CPU_TARGET  # the memory model reads the device's kind only; the settings carry precision
 
 
 def _error(pred: int, meas: int) -> float:
