@@ -349,6 +349,9 @@ def block_bytes(
     lora_mo, keeps_mo = _lora_saved(sites, "mlp_out", tokens, settings, b, autocast, device_kind)
     out["lora_mlp_out"] = lora_mo
     routed = tokens
+    # transformers 5 runs fused experts through ``torch._grouped_mm``, which autocast does not
+    # cast: expert matmuls keep the residual stream's dtype (fp32 under fp32 masters)
+    e = r if spec.num_experts else o
     experts_wrapped = (
         settings.uses_lora
         and settings.lora_dropout == 0
@@ -359,7 +362,7 @@ def block_bytes(
         routed = tokens * spec.experts_per_token
         out["router"] = tokens * spec.num_experts * 4 + tokens * spec.experts_per_token * 16
         expert_trains = trainable or experts_wrapped
-        out["expert_io"] = routed * h * b * (2 if expert_trains else 1)
+        out["expert_io"] = routed * h * r * (2 if expert_trains else 1)
         if experts_wrapped:
             # peft's ParamWrapper adds B@A to each 3-D expert weight in forward: the merged
             # weight (one per expert tensor) is saved like a trained weight
@@ -368,16 +371,19 @@ def block_bytes(
                 for t in spec.lora_targets
                 if t.kind == "expert"
             )
-            out["expert_merged_weights"] = expert_params * b
+            # in the experts' own dtype: the base's, or fp32 after k-bit preparation
+            out["expert_merged_weights"] = expert_params * r
             keeps_mo = True
     if spec.mlp_kind == "gated":
-        out["mlp"] = 3 * routed * inter * o
+        out["mlp"] = 3 * routed * inter * e
     else:
-        out["mlp"] = routed * inter * o * t.act_saved
+        out["mlp"] = routed * inter * e * t.act_saved
     shares_output = spec.mlp_kind != "gated" and (spec.hidden_act or "") in SAVES_OUTPUT
     # relu keeps its output, which is also the down projection's input: one tensor
     out["mlp_down_input"] = (
-        routed * inter * b if (trainable or keeps_mo) and not shares_output else 0
+        routed * inter * (e if spec.num_experts else b)
+        if (trainable or keeps_mo) and not shares_output
+        else 0
     )
     if t.post_ln:
         # post-LN: the second norm's input; its output is the next block's input (counted there)

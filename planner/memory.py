@@ -32,7 +32,7 @@ from planner.device import DeviceTarget
 from planner.model_spec import ModelSpec
 from planner.optimizers import optimizer_bytes, step_transient
 from planner.settings import TrainSettings
-from planner.weights import DTYPE_BYTES, weight_bytes
+from planner.weights import DTYPE_BYTES, quantized_targets, weight_bytes
 
 MIB = 1024**2
 GIB = 1024**3
@@ -203,6 +203,8 @@ def autocast_copies(
     layers = max(spec.num_layers, 1)
     block = 0
     for target in spec.lora_targets:
+        # 3-D expert weights go through transformers' grouped matmul, which autocast leaves
+        # alone: they are used in the stream's dtype and never copied (see `activations`)
         if target.kind != "expert":
             block += target.in_features * target.out_features * max(target.count // layers, 1)
     block *= 2
@@ -262,7 +264,7 @@ def estimate_memory(
     # dequantized weight of the largest layer exists while its matmul runs
     dequant = 0
     if quant != "none":
-        widest = max((t.in_features * t.out_features for t in spec.lora_targets), default=0)
+        widest = max((t.in_features * t.out_features for t in quantized_targets(spec)), default=0)
         dequant = widest * BYTES[settings.compute_dtype] * 2
     details["dequant_scratch"] = dequant
 

@@ -138,3 +138,12 @@ class ModelSpec:
         data["tied_embeddings"] = self.tied_embeddings
         data["lora_targets"] = [asdict(t) | {"params": t.params} for t in self.lora_targets]
         return data
+
+
+def has_fused_experts(spec: ModelSpec) -> bool:
+    """True when the experts of a mixture are 3-D weights (transformers 5's Mixtral, Qwen-MoE…).
+
+    peft reaches them with ``target_modules="all-linear"`` through its ``ParamWrapper``, which
+    refuses ``lora_dropout`` above 0: a LoRA run on such a model must train without dropout.
+    """
+    return any(target.kind == "expert" for target in spec.lora_targets)

@@ -27,10 +27,11 @@ from planner import explain
 from planner.device import DeviceTarget
 from planner.errors import AffinerError
 from planner.memory import MemoryEstimate, estimate_memory
-from planner.model_spec import ModelSpec
+from planner.model_spec import ModelSpec, has_fused_experts
 from planner.sequence_fit import SAFETY_MARGIN, max_seq_len, usable_memory
 from planner.settings import METHODS, TrainSettings
 from planner.timing import TimeEstimate, estimate_time
+from planner.weights import quantizable_params
 
 QUALITY_ORDER = ("full", "lora", "lora8", "qlora", "freeze")
 PRIORITIES = ("quality", "speed", "memory")
@@ -187,6 +188,7 @@ def _base_settings(
         precision=request.precision or default_precision(device),
         seq_len=seq,
         lora_rank=request.lora_rank,
+        lora_dropout=0.0 if has_fused_experts(spec) else TrainSettings.lora_dropout,
         num_gpus=request.num_gpus,
         sharding=request.sharding if request.num_gpus > 1 else "none",
         trainable_layers=max(1, min(spec.num_layers // 4, 8)) if spec.num_layers else 2,
@@ -293,6 +295,16 @@ def _candidate(
             reasons.append(
                 "the head is tied to the embeddings, so freezing saves little activation memory"
             )
+    if s.uses_lora and has_fused_experts(spec):
+        reasons.append(
+            "LoRA also adapts the fused expert weights, which peft does without dropout: lora_dropout is 0"
+        )
+    if method in ("qlora", "lora8") and has_fused_experts(spec):
+        experts = spec.params_total - quantizable_params(spec)
+        reasons.append(
+            f"bitsandbytes quantizes linear layers only: the fused experts and the rest "
+            f"({experts / 1e9:.1f}B parameters) stay unquantized, in fp32 after k-bit preparation"
+        )
     if method in ("qlora", "lora8"):
         reasons.append(
             f"{name} stores the base weights in {s.effective_quantization}: less memory, slower matmuls, slightly lower fidelity"

@@ -77,7 +77,9 @@ def flops_per_token(spec: ModelSpec, settings: TrainSettings) -> float:
         recompute = 2 * n + attn_fwd
     elif settings.method == "freeze":
         trained = min(settings.trainable_layers, layers)
-        frozen_params = block_params(spec) * (layers - trained)
+        # a block's active parameters (a mixture uses only its routed experts per token)
+        outside = spec.params_total - block_params(spec) * layers
+        frozen_params = (n - outside) / layers * (layers - trained)
         active_trained = n - frozen_params
         frac = trained / layers
         flops = 2 * frozen_params + 6 * active_trained + attn_fwd * (1 - frac) + 3 * attn_fwd * frac

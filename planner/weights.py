@@ -7,7 +7,8 @@ The quantized layouts follow bitsandbytes 0.50 (`Params4bit`, `QuantState`, `Int
   per 256 of them, a 256-entry fp32 code book and one fp32 offset per layer.
 - LLM.int8: one int8 byte per weight plus one fp32 scale per output row (``SCB``).
 
-Only the linear layers of the blocks are quantized; embeddings, the LM head (transformers
+Only the linear layers of the blocks are quantized (fused mixture-of-experts weights are not
+``nn.Linear`` and stay as they are); embeddings, the LM head (transformers
 keeps the output embedding in full precision) and norms are not. peft's
 ``prepare_model_for_kbit_training`` (peft 0.21, ``utils/other.py``) then casts every
 remaining fp16/bf16 parameter that is not a `Params4bit` to fp32, so for QLoRA and 8-bit LoRA
@@ -42,14 +43,24 @@ def int8_bytes(in_features: int, out_features: int) -> int:
 
 
 def quantizable_params(spec: ModelSpec) -> int:
-    """Parameters in the blocks' linear layers (what bitsandbytes replaces), biases excluded."""
-    return sum(t.in_features * t.out_features * t.count for t in spec.lora_targets)
+    """Parameters in the blocks' linear layers (what bitsandbytes replaces), biases excluded.
+
+    Fused 3-D expert weights are parameters of a mixture block, not ``nn.Linear`` layers:
+    bitsandbytes leaves them alone, so a QLoRA mixture keeps its experts at full size (and
+    k-bit preparation makes them fp32).
+    """
+    return sum(t.in_features * t.out_features * t.count for t in quantized_targets(spec))
+
+
+def quantized_targets(spec: ModelSpec) -> list:
+    """The linear layers bitsandbytes replaces: every LoRA target but fused experts."""
+    return [t for t in spec.lora_targets if t.kind != "expert"]
 
 
 def quantized_linear_bytes(spec: ModelSpec, quantization: str, *, double_quant: bool) -> int:
     """Bytes of all quantizable linear weights under `quantization` (``nf4``, ``fp4``, ``int8``)."""
     total = 0
-    for target in spec.lora_targets:
+    for target in quantized_targets(spec):
         if quantization in ("nf4", "fp4"):
             total += target.count * nf4_bytes(
                 target.in_features, target.out_features, double_quant=double_quant
@@ -75,7 +86,7 @@ def weight_bytes(
     if quantization == "none":
         return {"quantized": 0, "unquantized": spec.params_total * DTYPE_BYTES[param_dtype]}
     linear_params = quantizable_params(spec)
-    biases = sum(t.out_features * t.count for t in spec.lora_targets if t.bias)
+    biases = sum(t.out_features * t.count for t in quantized_targets(spec) if t.bias)
     rest = spec.params_total - linear_params - biases
     return {
         "quantized": quantized_linear_bytes(spec, quantization, double_quant=double_quant),

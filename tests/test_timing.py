@@ -60,3 +60,12 @@ def test_cpu_uses_the_measured_rate(spec) -> None:
     slow_step = estimate_time(spec, s, cpu).step_seconds
     assert slow_step == pytest.approx(2 * estimate_time(spec, s, fast).step_seconds)
     assert "measured" in estimate_time(spec, s, cpu).notes[0]
+
+
+def test_freeze_on_a_mixture_costs_less_than_full_and_more_than_nothing() -> None:
+    # A mixture's blocks hold every expert but use two per token: the frozen part's FLOPs come
+    # from its active parameters (counting all of them made the step time negative).
+    moe = spec_from_size("8x7B")
+    freeze = flops_per_token(moe, TrainSettings(method="freeze", trainable_layers=2))
+    full = flops_per_token(moe, TrainSettings(method="full"))
+    assert 2 * moe.active_params < freeze < full
