@@ -110,6 +110,11 @@ def find_problems(cfg: RunConfig) -> list[Problem]:
                     '"all-linear" or a list like ["q_proj", "v_proj"]',
                 )
             )
+        if me.lora_dropout > 0 and modules == "all-linear" and _has_fused_experts(m.name_or_path):
+            out.append(("method.lora_dropout", "this model's experts are fused 3-D weights, which peft adapts "
+                        "without dropout (all-linear includes them)",
+                        'set lora_dropout = 0, or list target_modules without the experts, '
+                        'e.g. ["q_proj", "k_proj", "v_proj", "o_proj"]'))  # fmt: skip
     if me.name == "freeze":
         out += _at_least("method.trainable_layers", me.trainable_layers, 1)
     if cfg.quantization != "none" and me.name in METHODS and me.quantization in QUANTIZATIONS:
@@ -187,6 +192,24 @@ def find_problems(cfg: RunConfig) -> list[Problem]:
     out += _at_least("checkpoint.every_steps", c.every_steps, 0)
     out += _at_least("checkpoint.keep_last", c.keep_last, 1)
     return out
+
+
+def _has_fused_experts(name_or_path: str) -> bool:
+    """True for a local model folder whose config describes fused experts (read, not loaded).
+
+    Hub ids are not looked up here (no network in a check); the loader says the same later.
+    """
+    import json
+
+    from planner.model_shapes import spec_from_config
+    from planner.model_spec import has_fused_experts
+
+    config = Path(name_or_path) / "config.json"
+    try:
+        spec = spec_from_config(json.loads(config.read_text("utf-8")), name=name_or_path)
+    except Exception:  # not a local folder, or a config the loader will explain better
+        return False
+    return has_fused_experts(spec)
 
 
 def find_warnings(cfg: RunConfig) -> list[tuple[str, str]]:

@@ -84,3 +84,17 @@ def count_repacked(model: nn.Module) -> int:
         if isinstance(module, bnb.nn.Linear4bit)
         and getattr(getattr(module.weight, "quant_state", None), "packing_format_for_cpu", False)
     )
+
+
+def quantized_layer_count(model: nn.Module) -> int:
+    """How many layers bitsandbytes replaced (4-bit or 8-bit); 0 means the base was not quantized.
+
+    transformers swaps only the linear classes it knows: a model whose projections are a custom
+    class (old Falcon's ``FalconLinear``) loads "quantized" with every weight at full size.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    kinds = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+    return sum(1 for module in model.modules() if isinstance(module, kinds))

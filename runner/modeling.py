@@ -32,7 +32,11 @@ from torch import nn
 
 from planner.errors import AffinerError
 from runner.config import RunConfig
-from runner.kbit import disable_cpu_inference_repack, quiet_int8_cast_warning
+from runner.kbit import (
+    disable_cpu_inference_repack,
+    quantized_layer_count,
+    quiet_int8_cast_warning,
+)
 
 #: Names classification heads go by in transformers' model classes.
 HEAD_NAMES = ("score", "classifier", "pre_classifier", "lm_head")
@@ -290,6 +294,14 @@ def load_model(
         if isinstance(exc, ImportError):
             raise
         raise _not_found(cfg, exc) from exc
+    if qconfig is not None and quantized_layer_count(model) == 0:
+        raise AffinerError(
+            f"bitsandbytes quantized none of {type(model).__name__}'s layers (its linear layers "
+            f"are of a kind it does not replace): a {cfg.method.name} run would train an "
+            "unquantized base, with far more memory than planned",
+            hint='Use method = "lora" for this model (a bf16 base with LoRA adapters).',
+            where="[method].name",
+        )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
 
@@ -329,6 +341,14 @@ def apply_lora(model: nn.Module, cfg: RunConfig, *, quantized: bool) -> nn.Modul
     try:
         return get_peft_model(model, lora)
     except ValueError as exc:
+        if "lora_dropout" in str(exc):
+            raise AffinerError(
+                "LoRA could not be applied: this model's experts are fused 3-D weights, which "
+                "peft adapts without dropout",
+                hint="Set lora_dropout = 0, or list target_modules without the experts, e.g. "
+                '["q_proj", "k_proj", "v_proj", "o_proj"].',
+                where="[method].lora_dropout",
+            ) from exc
         raise AffinerError(
             f"LoRA could not be applied: {exc}",
             hint='Use target_modules = "all-linear" or names of linear layers in this model.',
