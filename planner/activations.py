@@ -17,7 +17,8 @@ every saved tensor with ``saved_tensors_hooks``):
   log-sum-exp per head and token. Without a padding mask transformers passes grouped-query k/v
   as they are (``enable_gqa``); with one it repeats them to all heads and SDPA keeps the mask,
   converted to the query dtype, in every layer. Eager attention (and SDPA's math fallback)
-  keeps the s² scores: the fp32 softmax output and, in 16-bit, its cast copy.
+  keeps the s² scores: the fp32 softmax output and, in 16-bit, its cast copy; Gemma 2's soft
+  cap adds the tanh of the scores (its config's default of 50 applies when the key is absent).
 - Dropout with p > 0 keeps a one-byte mask. LoRA adds, per wrapped layer: the cast of the input
   to the adapter's fp32 dtype (peft casts it; under autocast the matmul then keeps a 16-bit copy),
   the dropout mask, and the rank-wide ``lora_A`` output that ``lora_B`` keeps.
@@ -83,7 +84,8 @@ def traits(spec: ModelSpec) -> Traits:
         rotary=mt not in ("gpt2", "opt", "bert") and not raw.get("alibi", False),
         fused_gate_up=mt == "phi3",
         post_ln=not spec.is_decoder,
-        attn_softcap=bool(raw.get("attn_logit_softcapping")) and mt == "gemma2",
+        # Gemma2Config's defaults (50 and 30) apply when a config leaves the keys out
+        attn_softcap=bool(raw.get("attn_logit_softcapping", 50.0)) and mt == "gemma2",
         logit_softcap=bool(raw.get("final_logit_softcapping", 30.0 if mt == "gemma2" else None)),
         mqa_broadcast=mt == "falcon"
         and not new_falcon
@@ -309,18 +311,17 @@ def block_bytes(
             out["attn_mask"] = bsz * seq * seq * b
     else:
         probs = bsz * nh * seq * seq
-        # k and v broadcast to every head (k transposed for the scores) and q; transformers'
-        # own eager attention keeps a second q-sized tensor that SDPA's math fallback does not
-        # (measured: gemma2 eager vs falcon/gpt2 on the math kernel). Eager attention keeps
-        # the fp32 softmax and its cast back to the compute dtype; SDPA's math fallback works
+        # q, and k and v broadcast to every head (k transposed for the scores). Eager
+        # attention keeps the fp32 softmax and its cast back to the compute dtype (and, under
+        # Gemma 2's soft cap, the tanh of the scores); SDPA's math fallback works
         # in fp32 throughout (16-bit q, k and v are upcast first, as PyTorch does unless
         # ``allow_fp16_bf16_reduction_math_sdp`` is set), so everything it keeps is fp32.
         eager = settings.attention == "eager" or spec.model_type in EAGER_ONLY
         a = b if eager else 4
-        out["sdpa"] = tokens * q_dim * a * (2 if eager else 1) + 2 * tokens * nh * hd * a
+        out["sdpa"] = tokens * q_dim * a + 2 * tokens * nh * hd * a
         out["attn_probs"] = probs * 4 + (probs * a if a != 4 else 0)
         if t.attn_softcap:
-            out["attn_probs"] += probs * 4  # tanh output of the soft cap
+            out["attn_probs"] += probs * a  # tanh output of the soft cap, in the scores' dtype
         if spec.attention_dropout > 0:
             out["attn_probs"] += probs * (mask_bytes(device_kind, a) + a)
         lora_o, keeps_o = _lora_saved(sites, "attn_out", tokens, settings, b, autocast, device_kind)
@@ -340,7 +341,6 @@ def block_bytes(
         out["norm_post"] = 2 * _norm(
             t, tokens * h, r, input_grad=True, weight_trains=trainable, autocast=autocast
         )
-        out["norm_post"] += 2 * tokens * h * b  # the post-norms' outputs feed the residual add
     lora_mi, keeps_mi = _lora_saved(sites, "mlp_in", tokens, settings, b, autocast, device_kind)
     out["lora_mlp_in"] = lora_mi
     if not t.shared_norm:
