@@ -33,7 +33,9 @@ _SMALL = dict(
 )
 #: Small decoders of the families people fine-tune most: GQA with an untied head (llama), tied
 #: embeddings (qwen2), a wide head_dim, GeLU and one KV head (gemma), fused projections (phi3),
-#: Conv1D blocks with biases and dropout (gpt2).
+#: Conv1D blocks with biases and dropout (gpt2), fused 3-D experts (mixtral), soft-capped eager
+#: attention with four norms a block (gemma2), partial rotary and parallel residuals (gpt_neox),
+#: multi-query attention through SDPA's math kernel (falcon), learned positions and ReLU (opt).
 SMALL_CONFIGS: dict[str, dict[str, Any]] = {
     "llama": {"model_type": "llama", **_SMALL, "tie_word_embeddings": False},
     "qwen2": {"model_type": "qwen2", **_SMALL, "tie_word_embeddings": True},
@@ -53,7 +55,54 @@ SMALL_CONFIGS: dict[str, dict[str, Any]] = {
         "vocab_size": 8192,
         "n_positions": 1024,
     },
+    "mixtral": {
+        "model_type": "mixtral",
+        **_SMALL,
+        "intermediate_size": 352,
+        "num_local_experts": 4,
+        "num_experts_per_tok": 2,
+        "sliding_window": None,
+    },
+    "gemma2": {"model_type": "gemma2", **_SMALL, "head_dim": 32, "sliding_window": 4096},
+    "gpt_neox": {
+        "model_type": "gpt_neox",
+        "hidden_size": 256,
+        "intermediate_size": 1024,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "vocab_size": 8192,
+        "max_position_embeddings": 1024,
+        "rotary_pct": 0.25,
+    },
+    "falcon": {
+        "model_type": "falcon",
+        "hidden_size": 256,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "num_kv_heads": 1,
+        "vocab_size": 8192,
+        "new_decoder_architecture": False,
+        "multi_query": True,
+        "parallel_attn": True,
+        "alibi": False,
+        "bias": False,
+    },
+    "opt": {
+        "model_type": "opt",
+        "hidden_size": 256,
+        "ffn_dim": 1024,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "vocab_size": 8192,
+        "max_position_embeddings": 1024,
+        "word_embed_proj_dim": 256,
+    },
 }
+#: Models whose attention has no SDPA path in transformers 5.
+EAGER_ONLY = {"gemma2"}
+#: Models bitsandbytes cannot quantize (old Falcon's custom linear class): the loader refuses
+#: QLoRA for them, so the bench does not plan it.
+NOT_QUANTIZABLE = {"falcon"}
 
 #: The shapes of the issue's GPU matrix, from the published configs: ~0.5B and ~1.5B with tied
 #: embeddings and a 152k vocabulary, and an 8B with an untied 128k head.
@@ -102,12 +151,18 @@ def cpu_cells(models: tuple[str, ...]) -> list[Cell]:
     and a batch short enough for the end of backward or the optimizer step to be the peak."""
     cells = []
     for model in models:
-        for method in ("full", "freeze", "lora", "qlora"):
+        # peft adapts fused experts only without dropout (planned so by the planner too)
+        like = {
+            "attention": "eager" if model in EAGER_ONLY else "sdpa",
+            "lora_dropout": 0.0 if model == "mixtral" else 0.05,
+        }
+        methods = ("full", "freeze", "lora") + (() if model in NOT_QUANTIZABLE else ("qlora",))
+        for method in methods:
             for ckpt in (False, True):
-                cells.append(Cell(model, method, seq=256, batch=2, checkpointing=ckpt))
-        cells.append(Cell(model, "full", seq=256, batch=2, checkpointing=False, precision="fp32"))
-        cells.append(Cell(model, "lora", seq=256, batch=2, checkpointing=False, padded=True))
-        cells.append(Cell(model, "full", seq=16, batch=1, checkpointing=False))
+                cells.append(Cell(model, method, seq=256, batch=2, checkpointing=ckpt, **like))
+        cells.append(Cell(model, "full", 256, 2, checkpointing=False, precision="fp32", **like))
+        cells.append(Cell(model, "lora", 256, 2, checkpointing=False, padded=True, **like))
+        cells.append(Cell(model, "full", seq=16, batch=1, checkpointing=False, **like))
     return cells
 
 

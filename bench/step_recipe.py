@@ -43,6 +43,7 @@ class Cell:
         checkpointing: gradient checkpointing (non-reentrant, as the runner asks for it).
         precision: the runner's ``[training].precision`` (``bf16`` is mixed: fp32 masters).
         padded: give the batch a padding mask with one half-padded row.
+        attention: the attention implementation (``sdpa``; ``eager`` for models without SDPA).
     """
 
     model: str
@@ -56,6 +57,7 @@ class Cell:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     trainable_layers: int = 2
+    attention: str = "sdpa"
 
     @property
     def key(self) -> str:
@@ -86,6 +88,7 @@ class Cell:
             seq_len=self.seq,
             gradient_checkpointing=self.checkpointing,
             padded=self.padded,
+            attention=self.attention,
             lora_rank=self.lora_rank,
             lora_alpha=self.lora_alpha,
             lora_dropout=self.lora_dropout,
@@ -96,7 +99,7 @@ class Cell:
         """The ``run.toml`` the runner would get for this cell (checkpointing is set later)."""
         quantization = {"qlora": "nf4", "lora8": "int8"}.get(self.method, "none")
         return RunConfig(
-            model=ModelSection(name_or_path=str(folder), attn_implementation="sdpa"),
+            model=ModelSection(name_or_path=str(folder), attn_implementation=self.attention),
             method=MethodSection(
                 name=self.method,
                 quantization=quantization,

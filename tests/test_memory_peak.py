@@ -24,7 +24,8 @@ from planner.device import DeviceTarget
 
 #: One group per family trait the timeline depends on: an untied head (and a batch short
 #: enough for the end of backward to be the peak), a tied head that trains under freeze,
-#: checkpointed LoRA, SDPA's fp32 math fallback (GPT-2's attention dropout), a 4-bit base.
+#: checkpointed LoRA, SDPA's fp32 math fallback (GPT-2's attention dropout), a 4-bit base, a
+#: mixture of experts, eager soft-capped attention.
 CPU_CELLS = [
     Cell("llama", "full", seq=128, batch=2, checkpointing=False),
     Cell("llama", "full", seq=16, batch=1, checkpointing=False),
@@ -32,6 +33,10 @@ CPU_CELLS = [
     Cell("gemma", "lora", seq=128, batch=2, checkpointing=True),
     Cell("gpt2", "lora", seq=128, batch=2, checkpointing=False),
     Cell("phi3", "qlora", seq=128, batch=2, checkpointing=False),
+    # fused experts: fp32 grouped matmuls under autocast, left unquantized by QLoRA
+    Cell("mixtral", "full", seq=128, batch=2, checkpointing=False),
+    Cell("mixtral", "qlora", seq=128, batch=2, checkpointing=False, lora_dropout=0.0),
+    Cell("gemma2", "lora", seq=128, batch=2, checkpointing=False, attention="eager"),
 ]
 
 
