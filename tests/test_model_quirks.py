@@ -16,33 +16,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from bench.memory_probe import TINY_CONFIGS
 from planner.errors import AffinerError
 
-MIXTRAL = dict(
-    model_type="mixtral",
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    num_local_experts=4,
-    num_experts_per_tok=2,
-    vocab_size=512,
-    max_position_embeddings=256,
-)
-FALCON = dict(
-    model_type="falcon",
-    hidden_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_kv_heads=1,
-    vocab_size=512,
-    new_decoder_architecture=False,
-    multi_query=True,
-    parallel_attn=True,
-    alibi=False,
-    bias=False,
-)
+#: The tiny shapes the component bench measures (bench/memory_probe.py).
+MIXTRAL = {"model_type": "mixtral", **TINY_CONFIGS["mixtral"]}
+FALCON = {"model_type": "falcon", **TINY_CONFIGS["falcon"]}
 
 
 def _save(config: dict, folder: Path) -> Path:
