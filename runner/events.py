@@ -151,7 +151,8 @@ class Warning_(Event):
     """Something the user should see. `code` is machine-readable; `action` suggests a next step.
 
     Codes in use: ``overfitting``, ``nan_loss``, ``oom``, ``dropped_rows``, ``leakage``,
-    ``truncation``, ``preflight_adjusted``, ``slow``, ``early_stopping``.
+    ``truncation``, ``preflight_adjusted``, ``slow``, ``early_stopping``, ``gpu`` (which GPU a
+    single-process run keeps to), ``precision``, ``no_checkpoint``.
     """
 
     type: ClassVar[str] = "warning"

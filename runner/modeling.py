@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,16 +74,19 @@ class LoadedModel:
     quantized: bool
 
 
-def resolve_device(requested: str) -> str:
+def resolve_device(requested: str, on_note: Callable[[str], None] | None = None) -> str:
     """``auto`` becomes ``cuda`` when torch sees a GPU, else ``cpu``.
 
     A single-process run on a machine with several visible GPUs is first pinned to one of
-    them (`pin_one_gpu`); this must happen before torch initialises CUDA, which
-    ``torch.cuda.is_available()`` below does.
+    them (`pin_one_gpu`); this must happen before anything initialises CUDA (this function's
+    own ``torch.cuda.is_available()``, or asking torch for a GPU's name), so a worker calls it
+    first. What pinning did is passed to `on_note` (default: a RuntimeWarning).
     """
     if requested in ("auto", "cuda"):
         note = pin_one_gpu()
-        if note:
+        if note and on_note is not None:
+            on_note(note)
+        elif note:
             warnings.warn(note, RuntimeWarning, stacklevel=2)
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -112,13 +116,14 @@ def pin_one_gpu() -> str | None:
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         return None
     cuda = torch.cuda
-    if cuda.is_initialized() or cuda.device_count() <= 1:
-        return None
     count = cuda.device_count()
+    if count <= 1:
+        return None
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     first = visible.split(",")[0].strip() if visible else "0"
-    os.environ["CUDA_VISIBLE_DEVICES"] = first
-    if cuda.device_count() != 1:
+    if not cuda.is_initialized():
+        os.environ["CUDA_VISIBLE_DEVICES"] = first
+    if cuda.is_initialized() or cuda.device_count() != 1:
         return (
             f"{count} GPUs are visible to a single-process run and CUDA_VISIBLE_DEVICES could "
             "not narrow them (CUDA was already started): the Trainer will use DataParallel. "

@@ -146,6 +146,12 @@ class _Run:
         # -- setup
         rd = self.rd
         cfg = load_config(rd.config)
+        # first: pinning a single-process run to one GPU only works before CUDA starts, and
+        # recording the versions below asks torch for the GPUs' names
+        device = resolve_device(
+            cfg.training.device,
+            on_note=lambda note: self.emit(Warning_(code="gpu", message=note, step=0)),
+        )
         set_seed(cfg.training.seed)
         if self.rank0:
             write_versions(rd)
@@ -162,7 +168,6 @@ class _Run:
                         step=0,
                     )
                 )
-        device = resolve_device(cfg.training.device)
         precision = resolve_precision(cfg.training.precision, device)
         if precision.note:
             self.emit(Warning_(code="precision", message=f"Precision: {precision.note}."))

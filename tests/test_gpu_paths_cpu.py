@@ -60,14 +60,18 @@ class _FakeCudaCount:
         return self.physical if visible is None else len([v for v in visible.split(",") if v])
 
 
-@pytest.fixture
-def four_gpus(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+def _fake_four_gpus(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(torch.cuda, "device_count", _FakeCudaCount(4))
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     return monkeypatch
+
+
+@pytest.fixture
+def four_gpus(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    return _fake_four_gpus(monkeypatch)
 
 
 def test_a_single_process_run_keeps_to_one_of_several_gpus(four_gpus: pytest.MonkeyPatch) -> None:
@@ -97,10 +101,44 @@ def test_pinning_keeps_the_users_first_choice_and_leaves_launchers_alone(
 
 
 def test_pinning_says_so_when_cuda_already_started(four_gpus: pytest.MonkeyPatch) -> None:
+    import os
+
     four_gpus.setattr(torch.cuda, "device_count", lambda: 4)  # cached once CUDA is up
+    four_gpus.setattr(torch.cuda, "is_initialized", lambda: True)
     note = modeling.pin_one_gpu()
     assert note and "DataParallel" in note and "CUDA_VISIBLE_DEVICES=0" in note
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ  # too late to narrow: nothing pretends to
     assert modeling.resolve_device("cpu") == "cpu"  # the CPU never touches the variable
+
+
+def test_a_worker_pins_its_gpu_before_anything_starts_cuda(
+    monkeypatch: pytest.MonkeyPatch, tiny_llama: Path, tmp_path: Path
+) -> None:
+    """Recording the versions asks torch for each GPU's name, which starts CUDA: pinning has to
+    come first, and what it did reaches the event log (not only train.log)."""
+    import os
+
+    import peft  # noqa: F401 - imported before torch pretends to have GPUs: bitsandbytes
+    import transformers  # picks its backend at import and must find the real CPU one
+
+    import runner.versions
+    from runner.train import EXIT_USER_ERROR, run_training
+    from tests.train_helpers import events_of, make_run
+
+    transformers.Trainer, transformers.PrinterCallback  # noqa: B018 - resolve the lazy imports
+    _fake_four_gpus(monkeypatch)
+    seen: list[str | None] = []
+
+    def versions_start_cuda(rd: Any) -> None:
+        seen.append(os.environ.get("CUDA_VISIBLE_DEVICES"))
+        raise AffinerError("stop here: the order is what this test is about")
+
+    monkeypatch.setattr(runner.versions, "write_versions", versions_start_cuda)
+    rd = make_run(tmp_path, tiny_llama, training={"device": "auto"})
+    assert run_training(rd.path) == EXIT_USER_ERROR
+    assert seen == ["0"]
+    warnings = [e for e in events_of(rd) if e["type"] == "warning" and e.get("code") == "gpu"]
+    assert warnings and "4 GPUs are visible" in warnings[0]["message"]
 
 
 # ---------------------------------------------------------------- model loading
