@@ -196,9 +196,9 @@ def _measure(model: Any, vocab: int, cell: Cell, row: dict[str, Any], meter: Any
 
 
 def _failure(exc: BaseException) -> str:
-    from runner.preflight import _is_oom
+    from runner.oom import is_oom
 
-    if _is_oom(exc):
+    if is_oom(exc):
         return "out of memory"
     first = str(exc).strip().splitlines()[:1] or [""]
     return f"{type(exc).__name__}: {first[0][:200]}"

@@ -29,6 +29,7 @@ from typing import Any
 from planner.errors import AffinerError
 from runner.config import RunConfig
 from runner.events import EventWriter, Preflight, Warning_
+from runner.oom import is_oom
 from runner.rundir import RunDir
 
 #: A run is "long" (worth a pre-flight) above this many predicted seconds ...
@@ -281,7 +282,7 @@ def _measure(
                     trainer.optimizer.state_dict(), Path(tmp) / "checkpoint" / "optimizer.pt"
                 )
         except Exception as exc:
-            if not _is_oom(exc):
+            if not is_oom(exc):
                 raise
             # The traceback's frames (trainer.train() and below) hold the model, gradients
             # and optimizer state; clear them, and raise only after leaving this block.
@@ -360,42 +361,6 @@ def cuda_context_bytes() -> tuple[int | None, str]:
     finally:
         with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
-
-
-#: Lower-case fragments of out-of-memory messages: the caching allocator ("CUDA out of
-#: memory. Tried to allocate"), a kernel or cudaMalloc outside it ("CUDA error: out of
-#: memory"), cuBLAS/cuDNN workspaces, and the CPU allocator.
-OOM_TEXTS = (
-    "out of memory",
-    "cublas_status_alloc_failed",
-    "cudnn_status_alloc_failed",
-    "can't allocate memory",
-)
-
-
-def _is_oom(exc: BaseException) -> bool:
-    """True for an out-of-memory error, also when another exception wraps it."""
-    import torch
-
-    oom_types = tuple(
-        t
-        for t in (
-            getattr(torch, "OutOfMemoryError", None),
-            getattr(torch.cuda, "OutOfMemoryError", None),
-        )
-        if isinstance(t, type)
-    )
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, oom_types):
-            return True
-        text = str(current).lower()
-        if any(fragment in text for fragment in OOM_TEXTS):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
 
 
 def _first_line(exc: BaseException) -> str:

@@ -86,10 +86,10 @@ def _status(rd: RunDir, status: RunStatus, rank0: bool) -> None:
 
 def _describe_crash(exc: Exception, step: int) -> tuple[str, str]:
     """An error code and a message that says what to try."""
-    import torch
+    from runner.oom import is_oom
 
     text = str(exc)
-    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text.lower():
+    if is_oom(exc):
         return "oom", (
             f"Out of memory at step {step}. Lower [training].micro_batch (raise grad_accum to keep "
             "the effective batch), shorten [data].max_seq_len, turn on gradient_checkpointing, "

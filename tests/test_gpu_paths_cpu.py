@@ -25,6 +25,7 @@ import runner.preflight as preflight
 from planner.errors import AffinerError
 from runner import kbit, modeling, system_sampler
 from runner.config import RunConfig
+from runner.oom import is_oom
 
 GIB = 1024**3
 
@@ -239,17 +240,25 @@ def test_the_int8_cast_warning_is_logged_once() -> None:
 
 
 def test_out_of_memory_texts_are_recognised_also_when_wrapped() -> None:
-    assert preflight._is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
-    assert preflight._is_oom(RuntimeError("CUDA error: out of memory\nCUDA kernel errors ..."))
-    assert preflight._is_oom(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling"))
+    assert is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
+    assert is_oom(RuntimeError("CUDA error: out of memory\nCUDA kernel errors ..."))
+    assert is_oom(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling"))
     try:
         try:
             raise torch.OutOfMemoryError("CUDA out of memory.")
         except torch.OutOfMemoryError as inner:
             raise RuntimeError("Error in the checkpointed block") from inner
     except RuntimeError as wrapped:
-        assert preflight._is_oom(wrapped)
-    assert not preflight._is_oom(RuntimeError("CUDA error: device-side assert triggered"))
+        assert is_oom(wrapped)
+    assert not is_oom(RuntimeError("CUDA error: device-side assert triggered"))
+
+
+def test_a_run_that_runs_out_of_memory_gets_the_memory_advice_however_it_is_raised() -> None:
+    from runner.train import _describe_crash
+
+    code, message = _describe_crash(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED"), 7)
+    assert code == "oom" and "step 7" in message and "micro_batch" in message
+    assert _describe_crash(ValueError("shapes do not match"), 7)[0] == "crash"
 
 
 class _Model:

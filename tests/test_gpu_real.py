@@ -57,6 +57,7 @@ def test_auto_precision_matches_the_cards_bf16_units() -> None:
 
 def test_an_out_of_memory_error_is_recognised_and_its_memory_returned() -> None:
     import runner.preflight as preflight
+    from runner.oom import is_oom
 
     gc.collect()
     torch.cuda.empty_cache()
@@ -65,7 +66,7 @@ def test_an_out_of_memory_error_is_recognised_and_its_memory_returned() -> None:
     keep = torch.empty(free // 2, dtype=torch.uint8, device="cuda")
     with pytest.raises(Exception) as info:
         torch.empty(total, dtype=torch.uint8, device="cuda")
-    assert preflight._is_oom(info.value)
+    assert is_oom(info.value)
     del keep, info
     preflight._free_memory()
     assert torch.cuda.memory_reserved() <= before + 2 * 2**20
