@@ -87,14 +87,31 @@ class CpuThroughput:
             entry = cls(**{k: v for k, v in data.items() if k in known})
         except TypeError:
             return None
-        if not isinstance(entry.tflops_fp32, (int, float)) or entry.tflops_fp32 <= 0:
-            return None
-        return entry
+        number = (int, float)
+        well_formed = (
+            _is(entry.tflops_fp32, number)
+            and entry.tflops_fp32 > 0
+            and (entry.tflops_bf16 is None or _is(entry.tflops_bf16, number))
+            and _is(entry.measured, bool)
+            and _is(entry.provisional, bool)
+            and isinstance(entry.method, str)
+            and isinstance(entry.key, str)
+            and (entry.load_average is None or _is(entry.load_average, number))
+            and (entry.cpu_count is None or _is(entry.cpu_count, int))
+        )
+        return entry if well_formed else None
 
     def describe(self) -> str:
         """``0.412 TFLOP/s fp32, 0.80 bf16`` for a status line."""
         bf16 = "" if self.tflops_bf16 is None else f", {self.tflops_bf16:.3g} bf16"
         return f"{self.tflops_fp32:.3g} TFLOP/s fp32{bf16}"
+
+
+def _is(value: Any, kinds: type | tuple[type, ...]) -> bool:
+    """isinstance, except that a JSON ``true`` is not a number."""
+    if bool not in (kinds if isinstance(kinds, tuple) else (kinds,)) and isinstance(value, bool):
+        return False
+    return isinstance(value, kinds)
 
 
 def machine_load() -> tuple[float | None, int | None]:
@@ -223,7 +240,7 @@ def _time_rates(cpu: CpuInfo, size: int, seconds: float) -> tuple[float, float |
     """(fp32 TFLOP/s, bf16 TFLOP/s or None, how) timed now; None when torch is not installed."""
     try:
         import torch
-    except ImportError:
+    except (ImportError, OSError):  # not installed, or a build whose libraries are missing
         return None
     fp32, runs = _time_matmul(torch.float32, size, seconds)
     bf16: float | None = None
@@ -317,23 +334,31 @@ def measure_cpu_tflops(
 
 
 def remeasure_cpu_tflops(
-    cpu: CpuInfo, *, cache_path: Path | None = None, **kwargs: Any
-) -> tuple[CpuThroughput | None, CpuThroughput]:
-    """Measure again and replace the cached figure: ``(the figure before or None, the new one)``.
+    cpu: CpuInfo, *, cache_path: Path | None = None, size: int = 1024, seconds: float = 0.4
+) -> tuple[CpuThroughput | None, CpuThroughput | None]:
+    """Measure again and replace the cached figure: ``(the figure before or None, the new one)``;
+    the new one is None when nothing could be timed (torch missing or failing to import).
 
     What ``--remeasure-cpu`` runs. The new figure replaces the old one even when slower (the
     user asked); measured on a busy machine it is provisional like any other.
     """
     path = cache_path or cache_dir() / CACHE_FILE
     before = cached_cpu_tflops(cpu, path)
-    after = measure_cpu_tflops(cpu, refresh=True, cache_path=path, **kwargs)
+    key = cache_key(cpu, _installed_torch_version())
+    after = _measure(cpu, key, size, seconds)
+    if after is not None:
+        _save_cache(path, key, after)
     return before, after
 
 
-def remeasure_message(before: CpuThroughput | None, after: CpuThroughput) -> str:
-    """One line for people: what the CPU figure was, what it is now, and whether to trust it."""
-    if not after.measured:
-        return f"CPU matmul rate: torch is not installed, so not measured ({after.describe()}, estimated)"
+def remeasure_message(before: CpuThroughput | None, after: CpuThroughput | None) -> str:
+    """One line for people: what the CPU figure was, what it is now, and whether to trust it.
+
+    `after` is None when nothing could be timed (torch missing or failing to import).
+    """
+    if after is None:
+        kept = f"the cached {before.describe()} stays" if before else "plans use an estimate"
+        return f"CPU matmul rate not measured: torch could not be imported ({kept})"
     if before is None:
         old = "nothing cached"
     elif before.measured:

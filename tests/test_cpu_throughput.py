@@ -127,6 +127,34 @@ def test_remeasure_replaces_even_with_a_slower_figure(machine: FakeMachine, cach
     assert "0.5 → 0.25 TFLOP/s fp32" in line and "bf16 1 → 0.5" in line
 
 
+def test_remeasure_without_torch_says_nothing_was_timed(
+    machine: FakeMachine, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    machine.rates = [0.5]
+    measure_cpu_tflops(CPU)
+    monkeypatch.setattr(ct, "_time_rates", lambda cpu, size, seconds: None)  # torch is broken
+    before, after = remeasure_cpu_tflops(CPU)
+    assert before is not None and after is None
+    line = remeasure_message(before, after)
+    assert "not measured" in line and "0.5 TFLOP/s" in line and "→" not in line
+    assert stored(cache)["tflops_fp32"] == 0.5
+
+
+def test_a_damaged_cache_entry_is_measured_again_not_shown(
+    machine: FakeMachine, cache: Path
+) -> None:
+    machine.rates = [0.5, 0.3]
+    measure_cpu_tflops(CPU)
+    data = json.loads(cache.read_text())
+    (key,) = data
+    for field, bad in (("tflops_bf16", "0.8"), ("measured", 1), ("cpu_count", 8.5)):
+        data[key] = {**stored(cache), field: bad}
+        cache.write_text(json.dumps(data))
+        assert ct.cached_cpu_tflops(CPU) is None, field
+    assert measure_cpu_tflops(CPU).tflops_fp32 == 0.3  # measured again, and describable
+    assert "TFLOP/s" in ct.cached_cpu_tflops(CPU).describe()
+
+
 def test_remeasure_message_when_nothing_was_cached_and_the_machine_is_busy() -> None:
     after = CpuThroughput(
         0.2, None, True, "m", "k", load_average=7.5, cpu_count=8, provisional=True

@@ -66,7 +66,7 @@ def remeasure_cpu(cpu: Any, *, to_stderr: bool) -> dict[str, Any]:
 
     Returns:
         ``{"before": ..., "after": ...}``, the two figures as JSON (before is None when
-        nothing was cached).
+        nothing was cached, after when nothing could be timed).
     """
     from planner.cpu_throughput import remeasure_cpu_tflops, remeasure_message
 
@@ -76,7 +76,10 @@ def remeasure_cpu(cpu: Any, *, to_stderr: bool) -> dict[str, Any]:
         sys.stderr.write(line + "\n")
     else:
         _console().print(line, markup=False)
-    return {"before": before.to_json() if before else None, "after": after.to_json()}
+    return {
+        "before": before.to_json() if before else None,
+        "after": after.to_json() if after else None,
+    }
 
 
 def run_hw(args: argparse.Namespace) -> int:
