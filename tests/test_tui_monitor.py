@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from runner.events import RunFinished, RunStarted, TrainLog, Warning_
-from tests.tui_fakes import NOW, fake_services, finished_run, lm_run, train_logs
+from tests.tui_fakes import NOW, RunFolder, fake_services, finished_run, lm_run, started, train_logs
 from tests.tui_pilot import wait_for
 from tui.app import build_app
 from tui.run_history import RunHistory, downsample, format_bytes, format_duration, smooth
@@ -245,3 +245,27 @@ async def test_eval_table_shows_perplexity_for_language_models_only() -> None:
         # The run's config wins over what the evaluations suggest.
         table.show(lm, task="classification")
         assert labels(table) == ["step", "epoch", "eval loss"]
+
+
+async def test_the_monitor_reads_the_runs_task_for_its_eval_table(runs_dir: Path) -> None:
+    """A classification run whose evaluations logged only a loss shows no perplexity column:
+    the monitor goes by run.toml's task, as `affiner attach` and `affiner runs` do."""
+    from runner.events import EvalResult
+    from tui.widgets.run_panels import EvalTable
+
+    run = RunFolder(runs_dir, "20261125-120000-lora-minilm-c3d4", model="minilm")
+    (run.path / "run.toml").write_text(
+        '[model]\nname_or_path = "minilm"\ntask = "classification"\n\n[method]\nname = "lora"\n',
+        "utf-8",
+    )
+    run.append([started(run.run_id), EvalResult(t=NOW, step=5, loss=0.6)])
+    services, _ = fake_services(runs_dir)
+    app = build_app(services)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.open_monitor(run.path)
+        screen = app.screen
+        assert isinstance(screen, MonitorScreen)
+        await wait_for(pilot, lambda: len(screen.history.evals) == 1)
+        table = screen.query_one(EvalTable)
+        labels = [str(column.label) for column in table.columns.values()]
+        assert labels == ["step", "epoch", "eval loss"]

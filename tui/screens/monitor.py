@@ -25,7 +25,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from planner.errors import AffinerError
 from runner.rundir import RunDir
-from runner.runs import LIVE_STATES
+from runner.runs import LIVE_STATES, run_task
 from tui.messages import RunBatch, WatchFailed
 from tui.run_history import RunHistory
 from tui.run_watcher import WatchBatch, watch_run
@@ -53,6 +53,7 @@ class MonitorScreen(Screen):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.services = services
         self.run_dir: Path | None = Path(run_dir) if run_dir else None
+        self.config_task = ""  # run.toml's task, read once a run: the eval table goes by it
         self.history = RunHistory()
         self.state = ""
         self.status_message = ""
@@ -90,6 +91,7 @@ class MonitorScreen(Screen):
         """Show ``run_dir`` from its first event, and follow it until another run is shown."""
         self.workers.cancel_group(self, "run-watch")
         self.run_dir = Path(run_dir)
+        self.config_task = run_task(self.run_dir)
         self.history = RunHistory()
         self.state, self.status_message = "", ""
         if self._ready:
@@ -163,7 +165,7 @@ class MonitorScreen(Screen):
             title="GPU memory (GiB)" if h.on_gpu or not h.memory else "RAM (GiB)",
         )
         self.query_one(RunStats).show(h)
-        self.query_one(EvalTable).show(h)
+        self.query_one(EvalTable).show(h, task=self.config_task or None)
 
     def _planned_peak(self) -> int | None:
         """The plan's predicted peak from run.toml's [plan], for runs that logged none."""
