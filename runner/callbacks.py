@@ -35,6 +35,7 @@ from transformers import Trainer, TrainerCallback
 
 from runner.checkpoints import BestKeeper
 from runner.events import (
+    CLASS_METRICS,
     Checkpoint,
     Error,
     EvalResult,
@@ -55,7 +56,6 @@ _EVAL_BOOKKEEPING = (
     "eval_samples_per_second",
     "eval_steps_per_second",
 )
-_CLASS_METRICS = ("accuracy", "precision", "recall", "f1")
 
 
 class TokenCounter:
@@ -298,7 +298,7 @@ class EventCallback(TrainerCallback):
             return control
         self._last_eval_step = step
         loss = metrics["eval_loss"]
-        scores = {name: clean_number(metrics.get(f"eval_{name}")) for name in _CLASS_METRICS}
+        scores = {name: clean_number(metrics.get(f"eval_{name}")) for name in CLASS_METRICS}
         # Perplexity means something for language modelling only, not for a class head's loss.
         ppl = None if "eval_accuracy" in metrics else perplexity(loss)
         self.last_eval = {"loss": clean_number(loss), "perplexity": ppl, **scores}
@@ -307,7 +307,7 @@ class EventCallback(TrainerCallback):
             for key, value in metrics.items()
             if key.startswith("eval_")
             and key not in _EVAL_BOOKKEEPING
-            and key[5:] not in _CLASS_METRICS
+            and key[5:] not in CLASS_METRICS
             and isinstance(value, (int, float))
             and _finite(value)
         }

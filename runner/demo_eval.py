@@ -16,11 +16,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from runner.events import EvalResult, RunFinished, effective_events, read_events
+from runner.events import (
+    CLASS_METRICS,
+    EvalResult,
+    RunFinished,
+    effective_events,
+    read_events,
+)
 from runner.provision import quiet_libraries
 from runner.rundir import RunDir
-
-_SCORES = ("accuracy", "precision", "recall", "f1")
 
 
 def wait_for_baseline(run_dir: RunDir, *, poll: float = 0.5) -> EvalResult | None:
@@ -96,7 +100,7 @@ class DemoResult:
 def _scores(event: EvalResult | None) -> dict[str, float | None]:
     if event is None:
         return {}
-    names = ("loss", *_SCORES) if event.accuracy is not None else ("loss", "perplexity")
+    names = ("loss", *CLASS_METRICS) if event.accuracy is not None else ("loss", "perplexity")
     return {name: getattr(event, name) for name in names}
 
 

@@ -36,20 +36,14 @@ from runner.events import (
     Warning_,
     effective_events,
     event_from_dict,
+    has_class_metrics,
 )
 
-#: Scores only a classification head reports; a run that logs any of them is not a language model.
-CLASS_METRICS = ("accuracy", "precision", "recall", "f1")
 #: Bytes kept from the start and from just before the read offset, to notice a log rewritten
 #: in place or replaced by one that reuses the inode number.
 TAIL_BYTES = 64
 #: Event logs whose tallies are kept (the least recently read is dropped past this).
 MAX_CACHED_LOGS = 1024
-
-
-def has_class_metrics(event: EvalResult) -> bool:
-    """The evaluation carries accuracy/precision/recall/F1: a classification head's."""
-    return any(getattr(event, name) is not None for name in CLASS_METRICS)
 
 
 @dataclass

@@ -106,6 +106,16 @@ class EvalResult(Event):
     extra: dict[str, float] = field(default_factory=dict)
 
 
+#: Scores only a classification head reports (fields of `EvalResult`); a run that logs any of
+#: them is not a language model.
+CLASS_METRICS = ("accuracy", "precision", "recall", "f1")
+
+
+def has_class_metrics(event: EvalResult) -> bool:
+    """The evaluation carries accuracy/precision/recall/F1: a classification head's."""
+    return any(getattr(event, name) is not None for name in CLASS_METRICS)
+
+
 @dataclass
 class GpuSample:
     """One GPU's reading inside a `SystemSample`."""

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import AffinerError
-from runner.event_tally import has_class_metrics, tally_events
+from runner.event_tally import tally_events
 from runner.events import (
     FINAL_STATES,
     EvalResult,
@@ -33,6 +33,7 @@ from runner.events import (
     RunFinished,
     RunStarted,
     RunStatus,
+    has_class_metrics,
     read_status,
 )
 from runner.process import is_worker_of

@@ -17,7 +17,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from runner.events import EventReader, read_status
+from runner.events import CLASS_METRICS, EventReader, read_status
 from runner.process import is_worker_of
 from runner.rundir import RunDir
 from runner.runs import (
@@ -225,7 +225,7 @@ class AttachView:
         # Perplexity for language models; a classification head's loss has none, and its
         # run shows accuracy, precision, recall and F1 instead.
         names = ("perplexity",) if is_language_model(evals, self.task) else ()
-        names += ("accuracy", "precision", "recall", "f1")
+        names += CLASS_METRICS
         extra = [n for n in names if any(getattr(e, n) is not None for e in evals)]
         for name in extra:
             table.add_column(name, justify="right")

@@ -13,7 +13,7 @@ from rich.text import Text
 from textual.widget import Widget
 from textual.widgets import DataTable, Log, Static
 
-from runner.events import EvalResult
+from runner.events import CLASS_METRICS, EvalResult
 from runner.runs import is_language_model
 from tui.run_history import RunHistory, format_bytes, format_duration
 from tui.widgets.gauge import bar_text
@@ -73,8 +73,6 @@ class EvalTable(DataTable):
     EvalTable { height: auto; max-height: 8; }
     """
 
-    OPTIONAL = ("accuracy", "precision", "recall", "f1")
-
     def __init__(self, **kwargs: object) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)  # type: ignore[arg-type]
         self._shown: tuple[int, tuple[str, ...]] = (-1, ())
@@ -89,7 +87,7 @@ class EvalTable(DataTable):
         """
         evals = history.evals
         optional = tuple(
-            name for name in self.OPTIONAL if any(getattr(e, name) is not None for e in evals)
+            name for name in CLASS_METRICS if any(getattr(e, name) is not None for e in evals)
         )
         if is_language_model(evals, task):
             optional = ("ppl", *optional)
