@@ -1,7 +1,8 @@
 """runner.runs.summarize reads events.jsonl incrementally, with the same result as a full read.
 
 Each check copies the run folder to a fresh path (so nothing is cached for it) and compares the
-incrementally built summary with the one read from scratch.
+incrementally built summary with the one read from scratch, and its key figures with a plain
+list-based computation that shares no code with the tally.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from runner.events import (
     SystemSample,
     TrainLog,
     Warning_,
+    effective_events,
+    event_from_dict,
 )
 from runner.runs import RunSummary, summarize
 
@@ -62,6 +65,24 @@ def fresh_summary(rd: Path, tmp_path: Path, tag: str) -> RunSummary:
     return replace(summarize(copy, now=NOW), path=rd)
 
 
+def by_hand(data: bytes) -> tuple[int, int, float | None, int | None]:
+    """(step, warnings, best eval loss, last checkpoint step) from the complete lines of `data`,
+    with the resume rule applied to a plain list: a reference that shares no code with the
+    incremental tally."""
+    complete = data[: data.rfind(b"\n") + 1].decode()
+    parsed = [event_from_dict(json.loads(text)) for text in complete.splitlines()]
+    events = effective_events([e for e in parsed if e is not None])
+    steps = [e.step for e in events if isinstance(e, TrainLog)]
+    losses = [e.loss for e in events if isinstance(e, EvalResult) and e.loss is not None]
+    checkpoints = [e.step for e in events if isinstance(e, Checkpoint)]
+    return (
+        max(steps, default=0),
+        sum(1 for e in events if isinstance(e, Warning_)),
+        min(losses, default=None),
+        max(checkpoints, default=None),
+    )
+
+
 def new_run(tmp_path: Path) -> Path:
     rd = tmp_path / "runs" / "20260101-000000-lora-tiny-abcd"
     rd.mkdir(parents=True)
@@ -83,6 +104,13 @@ def test_chunks_with_a_torn_line_and_a_resume_match_a_full_read(tmp_path: Path) 
             handle.write(data[start:end])
         incremental = summarize(rd, now=NOW)
         assert incremental == fresh_summary(rd, tmp_path, str(index)), f"after byte {end}"
+        got = (
+            incremental.step,
+            incremental.warnings,
+            incremental.best_eval_loss,
+            incremental.last_checkpoint_step,
+        )
+        assert got == by_hand(data[:end]), f"after byte {end}"
     final = summarize(rd, now=NOW)
     # The resume rule applied: steps 5-8 of the failed attempt and its ending are gone.
     assert (final.step, final.last_loss, final.warnings) == (10, pytest.approx(2.3), 1)
