@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner.model_spec import ModelSpec
+from planner.model_spec import ModelSpec, has_fused_experts
 from planner.settings import TrainSettings
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -356,7 +356,7 @@ def block_bytes(
         settings.uses_lora
         and settings.lora_dropout == 0
         and "all-linear" in settings.lora_targets
-        and any(target.kind == "expert" for target in spec.lora_targets)
+        and has_fused_experts(spec)
     )
     if spec.num_experts:
         routed = tokens * spec.experts_per_token

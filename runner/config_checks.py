@@ -64,6 +64,14 @@ def _between(
         yield key, f"must be in [{low:g}, {high:g}{bracket} (got {value:g})", None
 
 
+#: peft's ParamWrapper refuses dropout: said by the check and by the loader alike.
+MOE_DROPOUT = "this model's experts are fused 3-D weights, which peft adapts without dropout"
+MOE_DROPOUT_HINT = (
+    "Set lora_dropout = 0, or list target_modules without the experts, e.g. "
+    '["q_proj", "k_proj", "v_proj", "o_proj"].'
+)
+
+
 def find_problems(cfg: RunConfig) -> list[Problem]:
     """Every error in `cfg`, in file order (model, method, data, training, eval, checkpoint)."""
     out: list[Problem] = []
@@ -111,10 +119,8 @@ def find_problems(cfg: RunConfig) -> list[Problem]:
                 )
             )
         if me.lora_dropout > 0 and modules == "all-linear" and _has_fused_experts(m.name_or_path):
-            out.append(("method.lora_dropout", "this model's experts are fused 3-D weights, which peft adapts "
-                        "without dropout (all-linear includes them)",
-                        'set lora_dropout = 0, or list target_modules without the experts, '
-                        'e.g. ["q_proj", "k_proj", "v_proj", "o_proj"]'))  # fmt: skip
+            out.append(("method.lora_dropout", MOE_DROPOUT + " (all-linear includes them)",
+                        MOE_DROPOUT_HINT))  # fmt: skip
     if me.name == "freeze":
         out += _at_least("method.trainable_layers", me.trainable_layers, 1)
     if cfg.quantization != "none" and me.name in METHODS and me.quantization in QUANTIZATIONS:

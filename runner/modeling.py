@@ -347,11 +347,11 @@ def apply_lora(model: nn.Module, cfg: RunConfig, *, quantized: bool) -> nn.Modul
         return get_peft_model(model, lora)
     except ValueError as exc:
         if "lora_dropout" in str(exc):
+            from runner.config_checks import MOE_DROPOUT, MOE_DROPOUT_HINT
+
             raise AffinerError(
-                "LoRA could not be applied: this model's experts are fused 3-D weights, which "
-                "peft adapts without dropout",
-                hint="Set lora_dropout = 0, or list target_modules without the experts, e.g. "
-                '["q_proj", "k_proj", "v_proj", "o_proj"].',
+                f"LoRA could not be applied: {MOE_DROPOUT}",
+                hint=MOE_DROPOUT_HINT,
                 where="[method].lora_dropout",
             ) from exc
         raise AffinerError(
