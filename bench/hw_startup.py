@@ -2,7 +2,7 @@
 
 ``affiner hw --json`` is what scripts and shell prompts call, so it must answer in well under
 a second and must not import torch, transformers or Textual. Each run is a fresh
-subprocess (``python -m tui hw --json``); the baseline is ``python -c pass`` measured in the
+subprocess (``python -m affiner hw --json``); the baseline is ``python -c pass`` measured in the
 same session, interleaved with the command so both see the same machine load. One more run
 with ``-X importtime`` lists which heavy modules got imported (the answer must be none).
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "textual", "peft", "bitsandbytes", "datasets", "accelerate")
-COMMAND = [sys.executable, "-m", "tui", "hw", "--json"]
+COMMAND = [sys.executable, "-m", "affiner", "hw", "--json"]
 BASELINE = [sys.executable, "-c", "pass"]
 
 

@@ -3,7 +3,7 @@
 CPU mode (the default without a GPU): for a tiny model of every family and the methods
 full / LoRA / freeze (and QLoRA where bitsandbytes runs on the CPU), measure exactly the
 parameter, gradient and optimizer-state bytes after a step and the bytes saved for backward
-(`bench.memory_probe`), next to `planner.memory.estimate_memory`'s matching terms.
+(`bench.memory_probe`), next to `affiner.planner.memory.peak.estimate_memory`'s matching terms.
 
 On a GPU the parts cannot be caught one by one as cheaply, and what matters there is their
 sum: ``--cuda`` runs the real-size matrix of `bench/memory_peak.py` (``--device cuda``:
@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 import torch
+from affiner.planner.memory.peak import estimate_memory
+from affiner.planner.models.shapes import spec_from_config
+from affiner.planner.settings import TrainSettings
 
 from bench import memory_probe as probe
 from bench.peak_models import CPU_TARGET
-from planner.memory import estimate_memory
-from planner.model_shapes import spec_from_config
-from planner.settings import TrainSettings
 
 FAMILIES = tuple(probe.TINY_CONFIGS)
 CPU = CPU_TARGET  # the memory model reads the device's kind only; the settings carry precision

@@ -5,7 +5,7 @@ bytes saved for backward). A user meets their sum at one moment: the end of the 
 start of backward (the vocabulary-sized loss beside every saved activation), the end of backward
 or the optimizer step. This bench runs three real optimizer steps of the runner's recipe
 (`bench.step_recipe`: the model saved with random weights and loaded back through
-`runner.modeling`, fused AdamW, clipping, autocast) and puts the measured peak next to
+`affiner.runner.training.modeling`, fused AdamW, clipping, autocast) and puts the measured peak next to
 `estimate_memory`'s.
 
 - ``--device cpu`` (the default): small decoders of five families (hidden 256, 4 blocks,
@@ -39,6 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from affiner.planner.hardware.device import DeviceTarget
+from affiner.planner.memory.peak import estimate_memory
+from affiner.planner.models.shapes import spec_from_config
 
 from bench.peak_meters import CpuMeter, CudaMeter, meter_for
 from bench.peak_models import CPU_TARGET, SHAPE_CONFIGS, SMALL_CONFIGS, cpu_cells, cuda_cells
@@ -51,9 +54,6 @@ from bench.step_recipe import (
     set_checkpointing,
     train_steps,
 )
-from planner.device import DeviceTarget
-from planner.memory import estimate_memory
-from planner.model_shapes import spec_from_config
 
 #: The GPU bar of the planner: a prediction may be up to 10% over, and at most 5% under.
 BAR = (-0.05, 0.10)
@@ -196,7 +196,7 @@ def _measure(model: Any, vocab: int, cell: Cell, row: dict[str, Any], meter: Any
 
 
 def _failure(exc: BaseException) -> str:
-    from runner.oom import is_oom
+    from affiner.runner.training.oom import is_oom
 
     if is_oom(exc):
         return "out of memory"
@@ -311,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--device cuda needs an NVIDIA GPU with a driver; none was found", file=sys.stderr
             )
             return 2
-        from planner.device import resolve_target
-        from planner.hardware import probe
+        from affiner.planner.hardware.device import resolve_target
+        from affiner.planner.hardware.probe import probe
 
         target, cells = resolve_target(probe(), measure=False), cuda_cells(models)
     else:

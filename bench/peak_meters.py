@@ -113,7 +113,7 @@ class CudaMeter:
                 best.update(allocated=allocated, phase=phase, step=step)
             torch.cuda.reset_peak_memory_stats()  # the next phase starts its own peak
 
-        from runner.preflight import cuda_context_bytes
+        from affiner.runner.training.preflight import cuda_context_bytes
 
         run(after_phase)
         torch.cuda.synchronize()

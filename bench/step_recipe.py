@@ -2,10 +2,10 @@
 
 The planner predicts the peak of the runner's recipe, so the benches measure that recipe and
 not a simplified one: the model is saved once with random weights and loaded back through
-`runner.modeling.load_model` (dtype by method, bitsandbytes quantization placed at load, peft
+`affiner.runner.training.modeling.load_model` (dtype by method, bitsandbytes quantization placed at load, peft
 LoRA on all linear layers, freezing all but the last blocks), and each step follows the HF
 Trainer's: forward and loss under autocast, backward outside it, gradient clipping at 1.0, fused
-AdamW (`runner.trainer_setup` maps ``adamw`` to ``adamw_torch_fused``), gradients set to None.
+AdamW (`affiner.runner.training.setup` maps ``adamw`` to ``adamw_torch_fused``), gradients set to None.
 
 Phases are marked with ``torch.profiler.record_function`` (``affiner.forward``,
 ``affiner.backward``, ``affiner.step``) so that a memory timeline can say when its peak happened;
@@ -24,10 +24,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-
-from planner.settings import TrainSettings
-from runner.config import MethodSection, ModelSection, RunConfig, TrainingSection
-from runner.modeling import load_model, resolve_precision
+from affiner.planner.settings import TrainSettings
+from affiner.runner.config.schema import MethodSection, ModelSection, RunConfig, TrainingSection
+from affiner.runner.training.modeling import load_model, resolve_precision
 
 PHASES = ("affiner.forward", "affiner.backward", "affiner.step")
 

@@ -1,4 +1,4 @@
-"""How long ``python -m tui`` takes to draw its first screen in a real terminal, against a bare
+"""How long ``python -m affiner`` takes to draw its first screen in a real terminal, against a bare
 Textual app measured the same way in the same session.
 
 Each run starts a fresh process in a detached tmux session at 80x24 (the size of a default
@@ -64,7 +64,7 @@ def _summary(samples: list[float]) -> dict[str, float]:
 
 
 def measure(runs: int) -> dict[str, object]:
-    app_argv = [sys.executable, "-m", "tui"]
+    app_argv = [sys.executable, "-m", "affiner"]
     hello_argv = [sys.executable, "-c", HELLO_APP]
     with tempfile.TemporaryDirectory() as runs_dir:
         env = _env(runs_dir)
@@ -76,7 +76,7 @@ def measure(runs: int) -> dict[str, object]:
             app.append(time_to_screen(app_argv, MARKER, env))
     first, base = _summary(app), _summary(hello)
     return {
-        "command": "python -m tui (80x24 tmux, until the assistant's footer is drawn)",
+        "command": "python -m affiner (80x24 tmux, until the assistant's footer is drawn)",
         "baseline": "bare Textual app showing 'hello' (80x24 tmux)",
         "runs": runs,
         "first_screen": first,

@@ -23,15 +23,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from planner import explain
-from planner.device import DeviceTarget
-from planner.errors import AffinerError
-from planner.memory import MemoryEstimate, estimate_memory
-from planner.model_spec import ModelSpec, has_fused_experts
-from planner.sequence_fit import SAFETY_MARGIN, max_seq_len, usable_memory
-from planner.settings import METHODS, TrainSettings
-from planner.timing import TimeEstimate, estimate_time
-from planner.weights import quantizable_params
+from affiner.planner import explain
+from affiner.planner.errors import AffinerError
+from affiner.planner.hardware.device import DeviceTarget
+from affiner.planner.memory.peak import MemoryEstimate, estimate_memory
+from affiner.planner.memory.weights import quantizable_params
+from affiner.planner.models.spec import ModelSpec, has_fused_experts
+from affiner.planner.sequence_fit import SAFETY_MARGIN, max_seq_len, usable_memory
+from affiner.planner.settings import METHODS, TrainSettings
+from affiner.planner.timing import TimeEstimate, estimate_time
 
 QUALITY_ORDER = ("full", "lora", "lora8", "qlora", "freeze")
 PRIORITIES = ("quality", "speed", "memory")
@@ -401,8 +401,8 @@ def suggestions(
 
 
 def _catalog_suggestions(spec: ModelSpec, request: PlanRequest) -> list[str]:
-    from planner.device import target_from_catalog
-    from planner.gpu_catalog import CATALOG
+    from affiner.planner.hardware.catalog import CATALOG
+    from affiner.planner.hardware.device import target_from_catalog
 
     found: dict[str, str] = {}
     for model in sorted(CATALOG, key=lambda m: m.memory):
@@ -422,7 +422,7 @@ def _catalog_suggestions(spec: ModelSpec, request: PlanRequest) -> list[str]:
 
 def cpu_notes(spec: ModelSpec, request: PlanRequest, chosen: Candidate | None) -> list[str]:
     """A CPU plan says plainly that it is one, how long it takes, and the GPU alternative."""
-    from planner.device import target_from_catalog
+    from affiner.planner.hardware.device import target_from_catalog
 
     notes = ["This is a CPU run: memory is RAM, and training is far slower than on a GPU."]
     if chosen is None:

@@ -1,6 +1,6 @@
 """How much fits: the memory a plan may use, and the longest sequence a method fits in it.
 
-`planner.recommend` sizes micro-batches against `usable_memory`; ``affiner plan --max-seq-len``
+`affiner.planner.recommend` sizes micro-batches against `usable_memory`; ``affiner plan --max-seq-len``
 answers with `longest_sequence`.
 """
 
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.device import DeviceTarget
-from planner.memory import estimate_memory
-from planner.model_spec import ModelSpec
-from planner.settings import TrainSettings
+from affiner.planner.hardware.device import DeviceTarget
+from affiner.planner.memory.peak import estimate_memory
+from affiner.planner.models.spec import ModelSpec
+from affiner.planner.settings import TrainSettings
 
 #: Share of free memory left unplanned: fragmentation spikes, other processes, estimate error.
 SAFETY_MARGIN = 0.08

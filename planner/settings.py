@@ -1,6 +1,6 @@
 """`TrainSettings`: one concrete way to train, the input of the memory and time models.
 
-The names match `runner.config` (methods, precisions, optimizers) so that a planned candidate
+The names match `affiner.runner.config.schema` (methods, precisions, optimizers) so that a planned candidate
 turns into a ``run.toml`` without translation.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from planner.errors import AffinerError
+from affiner.planner.errors import AffinerError
 
 METHODS = ("full", "freeze", "lora", "qlora", "lora8")
 QUANTIZATIONS = ("none", "nf4", "fp4", "int8")

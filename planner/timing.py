@@ -12,7 +12,7 @@ An estimate, always labelled as one. The arithmetic:
 - Utilisation (model FLOPs utilisation, MFU) is an assumption, shown with every estimate:
   `MFU` below; bitsandbytes' 4-bit and int8 matmuls dequantize weights on the fly, which
   `QUANT_SLOWDOWN` accounts for. On the CPU the throughput is the matmul rate measured on
-  this machine by `planner.device.cpu_target`, so the utilisation there is of a measured rate.
+  this machine by `affiner.planner.hardware.device.cpu_target`, so the utilisation there is of a measured rate.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from planner.device import DeviceTarget
-from planner.memory import block_params, trainable_shapes
-from planner.model_spec import ModelSpec
-from planner.settings import TrainSettings
+from affiner.planner.hardware.device import DeviceTarget
+from affiner.planner.memory.peak import block_params, trainable_shapes
+from affiner.planner.models.spec import ModelSpec
+from affiner.planner.settings import TrainSettings
 
 #: Assumed model FLOPs utilisation on a GPU by method (bf16/fp16 tensor cores, HF Trainer,
 #: SDPA; typical of single-GPU fine-tuning logs at seq 512-2048).

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from planner.errors import AffinerError
+from affiner.planner.errors import AffinerError
 
 Message = dict[str, str]
 
@@ -111,8 +111,8 @@ class ChatSession:
     @classmethod
     def from_run(cls, run_dir: str | Path, **kwargs: Any) -> ChatSession:
         """The session for a run folder: base, task and labels from its ``run.toml``."""
-        from runner.config_io import load_config
-        from runner.rundir import RunDir
+        from affiner.runner.config.io import load_config
+        from affiner.runner.run.rundir import RunDir
 
         run = RunDir(Path(run_dir))
         cfg = load_config(run.config)

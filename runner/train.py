@@ -2,14 +2,14 @@
 
 Read it top to bottom: setup (config, events, signals, versions), data, model, trainer, train,
 save (adapter or full model, optional merge, tokenizer, model card), cleanup. Everything the
-screens see goes through `runner.events`; everything the user asked for comes from
+screens see goes through `affiner.runner.run.events`; everything the user asked for comes from
 ``run.toml``. This is the only module that trains, and it runs in-process: the detached
-worker (`runner.worker`) is a thin shell around `run_training`.
+worker (`affiner.runner.worker`) is a thin shell around `run_training`.
 
 Resuming continues from the newest complete checkpoint exactly where it stopped (optimizer,
 scheduler, RNG and data order are the Trainer's) and appends to the same ``events.jsonl``
 after a ``run_started`` that carries ``resumed_from_step`` (the rule readers apply is
-`runner.events.effective_events`).
+`affiner.runner.run.events.effective_events`).
 
 Return values (the worker's exit codes): 0 finished (early stopping included), 1 failed
 (NaN/inf loss, out of memory, a crash), 2 the configuration or data cannot be used (nothing
@@ -25,9 +25,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from planner.errors import AffinerError
-from runner.config import RunConfig
-from runner.events import (
+from affiner.planner.errors import AffinerError
+from affiner.runner.config.schema import RunConfig
+from affiner.runner.run.events import (
     Error,
     EventWriter,
     RunFinished,
@@ -36,7 +36,7 @@ from runner.events import (
     read_status,
     write_status,
 )
-from runner.rundir import RunDir
+from affiner.runner.run.rundir import RunDir
 
 EXIT_FINISHED, EXIT_FAILED, EXIT_USER_ERROR, EXIT_STOPPED = 0, 1, 2, 3
 
@@ -59,7 +59,7 @@ def run_training(
     status.started = status.started or time.time()
     _status(rd, status, rank0)
 
-    from runner.callbacks import StopRequest
+    from affiner.runner.training.callbacks import StopRequest
 
     stop = StopRequest()
     stop.install()
@@ -86,7 +86,7 @@ def _status(rd: RunDir, status: RunStatus, rank0: bool) -> None:
 
 def _describe_crash(exc: Exception, step: int) -> tuple[str, str]:
     """An error code and a message that says what to try."""
-    from runner.oom import is_oom
+    from affiner.runner.training.oom import is_oom
 
     text = str(exc)
     if is_oom(exc):
@@ -130,18 +130,30 @@ class _Run:
 
     # ------------------------------------------------------------------ the recipe
     def execute(self, resume: bool) -> int:
+        from affiner.runner.config.io import load_config
+        from affiner.runner.data.prepare import prepare_data
+        from affiner.runner.run.checkpoints import read_log_history, resume_checkpoint
+        from affiner.runner.training.callbacks import (
+            CountingTrainer,
+            EventCallback,
+            RunInfo,
+            TokenCounter,
+        )
+        from affiner.runner.training.metrics import (
+            make_compute_metrics,
+            preprocess_logits_for_metrics,
+        )
+        from affiner.runner.training.modeling import (
+            load_model,
+            load_tokenizer,
+            resolve_device,
+            resolve_precision,
+        )
+        from affiner.runner.training.preflight import is_long_run, run_preflight
+        from affiner.runner.training.sampler import SystemSampler
+        from affiner.runner.training.setup import build_collator, build_training_args, world_size
+        from affiner.runner.training.versions import write_command, write_versions
         from transformers import PrinterCallback, set_seed
-
-        from runner.callbacks import CountingTrainer, EventCallback, RunInfo, TokenCounter
-        from runner.checkpoints import read_log_history, resume_checkpoint
-        from runner.config_io import load_config
-        from runner.data import prepare_data
-        from runner.metrics import make_compute_metrics, preprocess_logits_for_metrics
-        from runner.modeling import load_model, load_tokenizer, resolve_device, resolve_precision
-        from runner.preflight import is_long_run, run_preflight
-        from runner.system_sampler import SystemSampler
-        from runner.trainer_setup import build_collator, build_training_args, world_size
-        from runner.versions import write_command, write_versions
 
         # -- setup
         rd = self.rd
@@ -274,7 +286,7 @@ class _Run:
     def _save_outputs(
         self, cfg: RunConfig, loaded: Any, data: Any, device: str, precision: Any
     ) -> None:
-        from runner.model_card import CardFacts, write_model_card
+        from affiner.runner.training.model_card import CardFacts, write_model_card
 
         rd = self.rd
         self.trainer.save_model(str(rd.adapter))
@@ -313,9 +325,8 @@ class _Run:
         rd = self.rd
         model = self.trainer.model
         if loaded.quantized:
+            from affiner.runner.training.modeling import load_model
             from peft import PeftModel
-
-            from runner.modeling import load_model
 
             self.trainer.model = None
             del model

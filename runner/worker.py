@@ -1,6 +1,6 @@
-"""The detached training process: ``python -m runner.worker RUN_DIR [--resume] [--preflight-only]``.
+"""The detached training process: ``python -m affiner.runner.worker RUN_DIR [--resume] [--preflight-only]``.
 
-`runner.launch` starts this in its own session with stdout/stderr going to ``train.log``;
+`affiner.runner.run.launch` starts this in its own session with stdout/stderr going to ``train.log``;
 everything a screen needs comes out through the run folder (``events.jsonl``, ``status.json``).
 
 Exit codes:
@@ -18,12 +18,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from planner.errors import AffinerError
+from affiner.planner.errors import AffinerError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m runner.worker", description="Train one affiner run folder in this process."
+        prog="python -m affiner.runner.worker",
+        description="Train one affiner run folder in this process.",
     )
     parser.add_argument("run_dir", help="the run folder (holds run.toml)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
@@ -44,15 +45,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.preflight_only:
         return _preflight(run_dir)
-    from runner.train import run_training
+    from affiner.runner.train import run_training
 
     return run_training(run_dir, resume=args.resume)
 
 
 def _preflight(run_dir: Path) -> int:
-    from runner.config_io import load_config
-    from runner.preflight import run_preflight
-    from runner.rundir import RunDir
+    from affiner.runner.config.io import load_config
+    from affiner.runner.run.rundir import RunDir
+    from affiner.runner.training.preflight import run_preflight
 
     try:
         event = run_preflight(load_config(run_dir / "run.toml"), run_dir=RunDir(run_dir))

@@ -1,6 +1,6 @@
 """Fake plans, devices, hardware and model specs for the assistant's tests (no planner needed).
 
-The fakes have exactly the attributes the assistant reads from `planner.recommend`'s
+The fakes have exactly the attributes the assistant reads from `affiner.planner.recommend`'s
 `PlanReport`/`Candidate`, so a test states the numbers and checks the words.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from planner.device import DeviceTarget
-from planner.hardware import CpuInfo, GpuInfo, HardwareReport
-from planner.model_spec import LinearTarget, ModelSpec
+from affiner.planner.hardware.device import DeviceTarget
+from affiner.planner.hardware.probe import CpuInfo, GpuInfo, HardwareReport
+from affiner.planner.models.spec import LinearTarget, ModelSpec
 
 GIB = 10**9  # decimal GB, the unit the planner and the assistant speak
 
@@ -84,7 +84,7 @@ def fake_plan(
 
 
 def fake_planner(spec: Any, device: DeviceTarget, request: Any) -> FakeReport:
-    """A stand-in for `planner.recommend.plan` that reads the request's settings."""
+    """A stand-in for `affiner.planner.recommend.plan` that reads the request's settings."""
     return fake_plan(
         getattr(request, "lora_rank", 16),
         getattr(request, "seq_len", 512),

@@ -1,14 +1,14 @@
-"""The guided assistant's step machine (tui.assistant_flow), driven without a terminal."""
+"""The guided assistant's step machine (affiner.tui.assistant.flow), driven without a terminal."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from affiner.runner.run.events import Preflight
+from affiner.tui.assistant.flow import AssistantFlow, DataPreview, Reply
 
-from runner.events import Preflight
 from tests.assistant_fakes import fake_plan, gpu_device, hardware, model_spec
-from tui.assistant_flow import AssistantFlow, DataPreview, Reply
 
 
 def texts(reply: Reply) -> str:

@@ -6,9 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rich.console import Console
-
-from runner.events import (
+from affiner.runner.run.events import (
     Checkpoint,
     Error,
     EvalResult,
@@ -21,8 +19,9 @@ from runner.events import (
     Warning_,
     write_status,
 )
-from runner.rundir import RunDir
-from tui.attach_view import AttachView, attach, sparkline, trend
+from affiner.runner.run.rundir import RunDir
+from affiner.tui.cli.attach import AttachView, attach, sparkline, trend
+from rich.console import Console
 
 
 def write_run(root: Path, run_id: str, events: list, state: str, pid: int | None = None) -> RunDir:

@@ -9,9 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
-from runner.callbacks import EventCallback, RunInfo, StopRequest, TokenCounter
-from runner.events import (
+from affiner.runner.run.events import (
     Checkpoint,
     EvalResult,
     EventWriter,
@@ -23,15 +21,16 @@ from runner.events import (
     effective_events,
     read_events,
 )
-from runner.metrics import (
+from affiner.runner.run.rundir import RunDir
+from affiner.runner.training.callbacks import EventCallback, RunInfo, StopRequest, TokenCounter
+from affiner.runner.training.metrics import (
     EarlyStopper,
     OverfitDetector,
     classification_scores,
     perplexity,
     replay_history,
 )
-from runner.rundir import RunDir
-from runner.system_sampler import SystemSampler, take_sample
+from affiner.runner.training.sampler import SystemSampler, take_sample
 
 
 class _Clock:

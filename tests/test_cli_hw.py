@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from affiner.tui.cli.entry import main
+from affiner.tui.cli.hw import memory_bar, usage_colour
 
 from tests.fake_nvml import GIB, NVMLError_NotSupported, ProcessInfo, gpu, make_fake_nvml
-from tui.cli import main
-from tui.cli_hw import memory_bar, usage_colour
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "textual", "peft", "bitsandbytes", "datasets", "accelerate")
@@ -110,7 +110,7 @@ def test_hw_json_imports_nothing_heavy(tmp_path: Path) -> None:
     """The real command in a fresh interpreter: valid JSON, exit 0, no torch/Textual loaded."""
     env = dict(os.environ, PYTHONPATH=str(REPO), AFFINER_RUNS=str(tmp_path / "runs"))
     done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "tui", "hw", "--json"],
+        [sys.executable, "-X", "importtime", "-m", "affiner", "hw", "--json"],
         capture_output=True,
         text=True,
         env=env,
@@ -120,14 +120,14 @@ def test_hw_json_imports_nothing_heavy(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "gpus" in json.loads(done.stdout)
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
-    assert "planner.hardware" in imported  # the import-time log is being read
+    assert "affiner.planner.hardware.probe" in imported  # the import-time log is being read
     assert not [name for name in HEAVY if name in imported]
 
 
 @pytest.fixture
 def fake_timing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """A private CPU-rate cache, a quiet machine, and matmul timings that return these rates."""
-    import planner.cpu_throughput as ct
+    import affiner.planner.hardware.cpu_throughput as ct
 
     monkeypatch.setenv("AFFINER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(ct, "machine_load", lambda: (0.0, 4))

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from affiner.tui.cli.entry import main
 
 from tests.model_configs import GPT2_SMALL, MIXTRAL_8X7B
-from tui.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "textual", "peft", "bitsandbytes", "datasets", "accelerate")
@@ -84,7 +84,7 @@ def test_mistakes_exit_2_without_traceback(
 def test_config_json_path_imports_nothing_heavy(gpt2_config: Path) -> None:
     code = (
         "import json, sys\n"
-        "from tui.cli import main\n"
+        "from affiner.tui.cli.entry import main\n"
         f"code = main(['model', {str(gpt2_config)!r}, '--json'])\n"
         f"heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
         "print(json.dumps({'code': code, 'heavy': heavy}))\n"

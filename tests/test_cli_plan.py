@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def affiner(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", COLUMNS="100")
-    cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "tui", *args]
+    cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "affiner", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
 
 
@@ -62,7 +62,7 @@ def test_json_schema_keys_and_types() -> None:
 
 def test_table_max_seq_len_and_errors_without_torch() -> None:
     code = (
-        "import sys; from tui.cli import main; rc = main(sys.argv[1:]);"
+        "import sys; from affiner.tui.cli.entry import main; rc = main(sys.argv[1:]);"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)"
     )
     table = affiner("plan", "--model", "7B", "--vram", "24", "--method", "qlora", code=code)
@@ -89,8 +89,8 @@ def test_remeasure_cpu_on_a_gpu_plan_keeps_stdout_json(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """In-process, with the timing faked: the CPU figure is refreshed, the GPU plan unchanged."""
-    import planner.cpu_throughput as ct
-    from tui.cli import main
+    import affiner.planner.hardware.cpu_throughput as ct
+    from affiner.tui.cli.entry import main
 
     monkeypatch.setenv("AFFINER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -103,11 +103,11 @@ def test_remeasure_cpu_on_a_gpu_plan_keeps_stdout_json(
 
 
 def test_the_longest_sequence_stops_at_the_models_window() -> None:
-    from planner.device import target_from_catalog
-    from planner.model_sizes import spec_from_size
-    from planner.sequence_fit import longest_sequence
-    from planner.settings import TrainSettings
-    from tui.cli_plan import longest_sequence_text
+    from affiner.planner.hardware.device import target_from_catalog
+    from affiner.planner.models.sizes import spec_from_size
+    from affiner.planner.sequence_fit import longest_sequence
+    from affiner.planner.settings import TrainSettings
+    from affiner.tui.cli.plan import longest_sequence_text
 
     spec = spec_from_size("8B")
     small_window = replace(spec, max_position_embeddings=4096)

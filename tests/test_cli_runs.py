@@ -1,4 +1,4 @@
-"""The run commands through `tui.cli.main`: user mistakes are one clear message and exit code 2.
+"""The run commands through `affiner.tui.cli.entry.main`: user mistakes are one clear message and exit code 2.
 
 No training here: runs are hand-written folders (see tests/test_runs.py); the commands that
 start real workers are exercised in tests/test_launch.py and tests/test_resume_kill.py.
@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
+from affiner.runner.run.events import EvalResult, RunFinished, RunStarted, TrainLog
+from affiner.tui.cli.entry import main
 
-from runner.events import EvalResult, RunFinished, RunStarted, TrainLog
 from tests.test_runs import make_run
-from tui.cli import main
 
 
 @pytest.fixture

@@ -6,11 +6,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-from planner.errors import AffinerError
-from runner import config_checks
-from runner.config import RunConfig
-from runner.config_io import (
+from affiner.planner.errors import AffinerError
+from affiner.runner.config import checks as config_checks
+from affiner.runner.config.io import (
     ConfigError,
     config_from_plan,
     dumps_config,
@@ -19,6 +17,7 @@ from runner.config_io import (
     save_config,
     validate_config,
 )
+from affiner.runner.config.schema import RunConfig
 
 BASE = '[model]\nname_or_path = "org/model"\n\n[data]\ntrain = "/data/train.jsonl"\n'
 
@@ -250,9 +249,9 @@ def test_config_from_plan_with_a_duck_typed_candidate(bnb_ok: None) -> None:
 
 
 def test_config_from_plan_with_the_planners_own_candidate(bnb_ok: None) -> None:
-    from planner.device import target_from_vram
-    from planner.model_sizes import spec_from_size
-    from planner.recommend import PlanRequest, plan
+    from affiner.planner.hardware.device import target_from_vram
+    from affiner.planner.models.sizes import spec_from_size
+    from affiner.planner.recommend import PlanRequest, plan
 
     report = plan(spec_from_size("1B"), target_from_vram(16), PlanRequest(method="qlora"))
     chosen = report.candidates[0]

@@ -1,4 +1,4 @@
-"""planner.cpu_throughput: a figure measured on a busy machine is provisional and gets replaced.
+"""affiner.planner.hardware.cpu_throughput: a figure measured on a busy machine is provisional and gets replaced.
 
 The timing itself is faked (`_time_rates`), so these tests neither import torch nor depend on
 how loaded the test machine is; `tests/test_device.py` times one real tiny matmul.
@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import affiner.planner.hardware.cpu_throughput as ct
 import pytest
-
-import planner.cpu_throughput as ct
-from planner.cpu_throughput import (
+from affiner.planner.hardware.cpu_throughput import (
     CpuThroughput,
     best_of,
     cached_cpu_tflops,
@@ -21,7 +20,7 @@ from planner.cpu_throughput import (
     remeasure_cpu_tflops,
     remeasure_message,
 )
-from planner.hardware import CpuInfo
+from affiner.planner.hardware.probe import CpuInfo
 
 CPU = CpuInfo(
     model="Test CPU",

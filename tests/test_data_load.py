@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from affiner.runner.config.schema import DataSection
+from affiner.runner.data.prepare import DataError, load_rows
 
-from runner.config import DataSection
-from runner.data import DataError, load_rows
 from tests.tiny_models import write_jsonl
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from affiner.runner.config.schema import RunConfig
+from affiner.runner.data.prepare import DataError, prepare_data, render_example
+from affiner.runner.data.render import IGNORE, encode_causal
 
-from runner.config import RunConfig
-from runner.data import DataError, prepare_data, render_example
-from runner.data_render import IGNORE, encode_causal
 from tests.tiny_models import build_tokenizer, write_jsonl
 
 CHAT = {
@@ -235,8 +235,8 @@ def test_a_template_that_rewrites_history_falls_back_to_finding_the_answer(tmp_p
 
 
 def test_token_stats_for_loaded_rows(tmp_path: Path, tokenizer: Any) -> None:
-    from runner.config import DataSection
-    from runner.data import load_rows, token_stats_for
+    from affiner.runner.config.schema import DataSection
+    from affiner.runner.data.prepare import load_rows, token_stats_for
 
     write_jsonl(tmp_path / "t.jsonl", [{"text": "the cat " * n} for n in range(1, 11)])
     loaded = load_rows(DataSection(train=str(tmp_path / "t.jsonl"), eval_fraction=0.2))

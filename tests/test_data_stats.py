@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from runner.data_stats import histogram, percentile, token_stats
+from affiner.runner.data.stats import histogram, percentile, token_stats
 
 
 def test_stats_on_known_lengths() -> None:
@@ -38,7 +38,7 @@ def test_empty_split_has_zero_stats() -> None:
 
 
 def test_data_and_config_modules_import_without_heavy_libraries() -> None:
-    code = "import sys, json, runner.data, runner.config_io; print(json.dumps(sorted(sys.modules)))"
+    code = "import sys, json, affiner.runner.data.prepare, affiner.runner.config.io; print(json.dumps(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
     heavy = {"torch", "transformers", "datasets", "bitsandbytes", "pyarrow", "textual"}

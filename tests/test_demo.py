@@ -12,15 +12,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-from planner.device import DeviceTarget
-from planner.errors import AffinerError
-from planner.offline_models import OfflineModel, find_offline_model, offline_spec
-from planner.recommend import PlanRequest, plan
-from runner.demo import PRESETS, _config, get_preset, shrink_from_env
-from runner.demo_data import DemoData, build_chat_data, build_classification_data
-from runner.demo_eval import goal_met
-from runner.provision import provision
+from affiner.planner.errors import AffinerError
+from affiner.planner.hardware.device import DeviceTarget
+from affiner.planner.models.offline import OfflineModel, find_offline_model, offline_spec
+from affiner.planner.recommend import PlanRequest, plan
+from affiner.runner.demo.data import DemoData, build_chat_data, build_classification_data
+from affiner.runner.demo.evaluate import goal_met
+from affiner.runner.demo.provision import provision
+from affiner.runner.demo.tasks import PRESETS, _config, get_preset, shrink_from_env
 
 GIB = 1024**3
 CPU = DeviceTarget(
@@ -122,7 +121,7 @@ def test_offline_names_resolve_to_their_shapes() -> None:
 
 
 def test_resolve_model_accepts_offline_names() -> None:
-    from planner.model_resolve import resolve_model
+    from affiner.planner.models.resolve import resolve_model
 
     assert resolve_model("smollm2").hidden_size == 576
     assert resolve_model("minilm").hidden_size == 384
@@ -184,7 +183,7 @@ def test_headless_classify_demo_end_to_end(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from tui.cli import main
+    from affiner.tui.cli.entry import main
 
     monkeypatch.setenv("COLUMNS", "160")
     summary = tmp_path / "summary.json"
@@ -210,10 +209,11 @@ def test_headless_classify_demo_end_to_end(
 
 
 async def test_tui_opens_on_the_assistant_prefilled_with_the_demo(runs_dir: Path) -> None:
+    from affiner.tui.app import build_app
+    from affiner.tui.cli.demo import assistant_preset
+    from affiner.tui.screens.assistant import AssistantScreen
+
     from tests.tui_fakes import fake_services
-    from tui.app import build_app
-    from tui.cli_demo import assistant_preset
-    from tui.screens.assistant import AssistantScreen
 
     for name in ("train.jsonl", "eval.jsonl"):
         (runs_dir / name).write_text("{}\n", "utf-8")
@@ -236,7 +236,7 @@ async def test_tui_opens_on_the_assistant_prefilled_with_the_demo(runs_dir: Path
 
 
 def test_run_toml_accepts_offline_model_names(tmp_path: Path, cache: Path) -> None:
-    from runner.config_io import load_config
+    from affiner.runner.config.io import load_config
 
     (tmp_path / "train.jsonl").write_text('{"text": "good", "label": "fresh"}\n', "utf-8")
     toml = tmp_path / "run.toml"
@@ -247,12 +247,14 @@ def test_run_toml_accepts_offline_model_names(tmp_path: Path, cache: Path) -> No
     toml.write_text(body.format("smollm2"), "utf-8")  # installed, not converted in this cache
     with pytest.raises(AffinerError) as info:
         load_config(toml)
-    assert "python -m runner.provision smollm2-135m-instruct" in (info.value.hint or "")
+    assert "python -m affiner.runner.demo.provision smollm2-135m-instruct" in (
+        info.value.hint or ""
+    )
 
 
 def test_metric_line_shows_perplexity_for_language_models_only() -> None:
-    from runner.events import EvalResult
-    from tui.cli_demo import _metric_line
+    from affiner.runner.run.events import EvalResult
+    from affiner.tui.cli.demo import _metric_line
 
     lm = EvalResult(step=0, loss=2.0, perplexity=7.39)
     assert _metric_line("loss", lm) == "held-out loss 2.0000 · perplexity 7.4"

@@ -1,4 +1,4 @@
-"""planner.device: which device a plan is made for, and the CPU's measured or estimated speed."""
+"""affiner.planner.hardware.device: which device a plan is made for, and the CPU's measured or estimated speed."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
-from planner.cpu_throughput import cache_dir, estimate_cpu_tflops, measure_cpu_tflops
-from planner.device import (
+from affiner.planner.errors import AffinerError
+from affiner.planner.hardware.cpu_throughput import (
+    cache_dir,
+    estimate_cpu_tflops,
+    measure_cpu_tflops,
+)
+from affiner.planner.hardware.device import (
     GIB,
     cpu_target,
     resolve_target,
@@ -17,8 +21,8 @@ from planner.device import (
     target_from_gpu,
     target_from_vram,
 )
-from planner.errors import AffinerError
-from planner.hardware import CpuInfo, HardwareReport, probe
+from affiner.planner.hardware.probe import CpuInfo, HardwareReport, probe
+
 from tests.fake_nvml import gpu, make_fake_nvml
 
 CPU = CpuInfo(
@@ -141,7 +145,7 @@ def test_measurement_runs_once_and_is_cached(
     """A real (tiny) torch matmul: the figure is positive, stored, and reused."""
     pytest.importorskip("torch")
     # A quiet machine, so the figure is final (a busy one may be measured again).
-    monkeypatch.setattr("planner.cpu_throughput.machine_load", lambda: (0.0, 8))
+    monkeypatch.setattr("affiner.planner.hardware.cpu_throughput.machine_load", lambda: (0.0, 8))
     measured = measure_cpu_tflops(CPU, size=128, seconds=0.02)
     assert measured.measured is True and measured.tflops_fp32 > 0
     assert measured.tflops_bf16 is not None and measured.tflops_bf16 > 0

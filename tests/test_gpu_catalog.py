@@ -1,11 +1,10 @@
-"""planner.gpu_catalog: forgiving lookups, clear errors, NVML names mapped to entries."""
+"""affiner.planner.hardware.catalog: forgiving lookups, clear errors, NVML names mapped to entries."""
 
 from __future__ import annotations
 
 import pytest
-
-from planner.errors import AffinerError
-from planner.gpu_catalog import CATALOG, GpuModel, lookup, match_detected, normalize
+from affiner.planner.errors import AffinerError
+from affiner.planner.hardware.catalog import CATALOG, GpuModel, lookup, match_detected, normalize
 
 REQUIRED = (
     "T4",

@@ -18,14 +18,14 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import affiner.runner.training.preflight as preflight
 import pytest
 import torch
-
-import runner.preflight as preflight
-from planner.errors import AffinerError
-from runner import kbit, modeling, system_sampler
-from runner.config import RunConfig
-from runner.oom import is_oom
+from affiner.planner.errors import AffinerError
+from affiner.runner.config.schema import RunConfig
+from affiner.runner.training import kbit, modeling
+from affiner.runner.training import sampler as system_sampler
+from affiner.runner.training.oom import is_oom
 
 GIB = 1024**3
 
@@ -119,11 +119,11 @@ def test_a_worker_pins_its_gpu_before_anything_starts_cuda(
     come first, and what it did reaches the event log (not only train.log)."""
     import os
 
+    import affiner.runner.training.versions
     import peft  # noqa: F401 - imported before torch pretends to have GPUs: bitsandbytes
     import transformers  # picks its backend at import and must find the real CPU one
+    from affiner.runner.train import EXIT_USER_ERROR, run_training
 
-    import runner.versions
-    from runner.train import EXIT_USER_ERROR, run_training
     from tests.train_helpers import events_of, make_run
 
     transformers.Trainer, transformers.PrinterCallback  # noqa: B018 - resolve the lazy imports
@@ -134,7 +134,7 @@ def test_a_worker_pins_its_gpu_before_anything_starts_cuda(
         seen.append(os.environ.get("CUDA_VISIBLE_DEVICES"))
         raise AffinerError("stop here: the order is what this test is about")
 
-    monkeypatch.setattr(runner.versions, "write_versions", versions_start_cuda)
+    monkeypatch.setattr(affiner.runner.training.versions, "write_versions", versions_start_cuda)
     rd = make_run(tmp_path, tiny_llama, training={"device": "auto"})
     assert run_training(rd.path) == EXIT_USER_ERROR
     assert seen == ["0"]
@@ -254,7 +254,7 @@ def test_out_of_memory_texts_are_recognised_also_when_wrapped() -> None:
 
 
 def test_a_run_that_runs_out_of_memory_gets_the_memory_advice_however_it_is_raised() -> None:
-    from runner.train import _describe_crash
+    from affiner.runner.train import _describe_crash
 
     code, message = _describe_crash(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED"), 7)
     assert code == "oom" and "step 7" in message and "micro_batch" in message

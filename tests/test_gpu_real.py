@@ -25,7 +25,7 @@ pytestmark = [
 
 def test_nvml_and_torch_name_the_same_gpu() -> None:
     pynvml = pytest.importorskip("pynvml")
-    from runner.system_sampler import nvml_handle_for_torch_device
+    from affiner.runner.training.sampler import nvml_handle_for_torch_device
 
     index = torch.cuda.current_device()
     torch.zeros(1, device="cuda")
@@ -39,7 +39,7 @@ def test_nvml_and_torch_name_the_same_gpu() -> None:
 
 
 def test_the_cuda_context_is_measured() -> None:
-    import runner.preflight as preflight
+    import affiner.runner.training.preflight as preflight
 
     torch.ones(1024, 1024, device="cuda").matmul(torch.ones(1024, 1024, device="cuda"))
     context, note = preflight.cuda_context_bytes()
@@ -49,15 +49,15 @@ def test_the_cuda_context_is_measured() -> None:
 
 
 def test_auto_precision_matches_the_cards_bf16_units() -> None:
-    from runner.modeling import resolve_precision
+    from affiner.runner.training.modeling import resolve_precision
 
     native = torch.cuda.get_device_capability() >= (8, 0)
     assert resolve_precision("auto", "cuda").name == ("bf16" if native else "fp16")
 
 
 def test_an_out_of_memory_error_is_recognised_and_its_memory_returned() -> None:
-    import runner.preflight as preflight
-    from runner.oom import is_oom
+    import affiner.runner.training.preflight as preflight
+    from affiner.runner.training.oom import is_oom
 
     gc.collect()
     torch.cuda.empty_cache()
@@ -77,10 +77,13 @@ def test_quantized_lora_loads_and_trains_on_the_gpu(
     tiny_llama: Path, method: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     import bitsandbytes as bnb
-
-    from runner.config import RunConfig
-    from runner.kbit import INT8_LOGGER, count_repacked, disable_cpu_inference_repack
-    from runner.modeling import load_model, load_tokenizer, resolve_precision
+    from affiner.runner.config.schema import RunConfig
+    from affiner.runner.training.kbit import (
+        INT8_LOGGER,
+        count_repacked,
+        disable_cpu_inference_repack,
+    )
+    from affiner.runner.training.modeling import load_model, load_tokenizer, resolve_precision
 
     cfg = RunConfig()
     cfg.model.name_or_path = str(tiny_llama)
@@ -112,7 +115,7 @@ def test_quantized_lora_loads_and_trains_on_the_gpu(
 
 
 def test_the_sampler_reports_the_training_gpu() -> None:
-    from runner.system_sampler import SystemSampler, _Nvml, take_sample
+    from affiner.runner.training.sampler import SystemSampler, _Nvml, take_sample
 
     torch.zeros(1, device="cuda")
     sampler = SystemSampler(writer=SimpleNamespace(write=lambda e: None), interval=60)  # type: ignore[arg-type]
@@ -131,11 +134,12 @@ def test_the_peak_bench_meets_the_planners_bar_on_a_real_shape() -> None:
     Both comparisons: the allocated peak (the memory model) and reserved + context (what
     nvidia-smi shows, where the planner's context and allocator-slack figures come in).
     """
+    from affiner.planner.hardware.device import resolve_target
+    from affiner.planner.hardware.probe import probe
+
     from bench import memory_peak
     from bench.peak_models import SHAPE_CONFIGS
     from bench.step_recipe import Cell
-    from planner.device import resolve_target
-    from planner.hardware import probe
 
     cell = Cell("qwen2-0.5b", "lora", seq=512, batch=1, checkpointing=False)
     target = resolve_target(probe(), measure=False)

@@ -1,4 +1,4 @@
-"""planner.hardware.probe against the fake NVML (any GPU mix) and against this machine."""
+"""affiner.planner.hardware.probe.probe against the fake NVML (any GPU mix) and against this machine."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from affiner.planner.hardware.nvml import cuda_version_text
+from affiner.planner.hardware.probe import nearest_existing, probe, read_cpu
 
-from planner.hardware import nearest_existing, probe, read_cpu
-from planner.nvml_reader import cuda_version_text
 from tests.fake_nvml import (
     GIB,
     NVMLError,

@@ -23,12 +23,12 @@ def loaded_after(statement: str) -> set[str]:
 @pytest.mark.parametrize(
     "statement",
     [
-        "import planner.hardware, planner.model_spec, planner.device, planner.errors",
-        "import planner.model_shapes, planner.model_sizes, planner.model_resolve, planner.meta_count",
-        "import planner.gpu_catalog, planner.offline_models, planner.nvml_reader",
-        "import runner.config_io, runner.data, runner.launch, runner.runs, runner.follow",
-        "import runner.events, runner.rundir, runner.config",
-        "import tui.cli; tui.cli.build_parser()",
+        "import affiner.planner.hardware.probe, affiner.planner.models.spec, affiner.planner.hardware.device, affiner.planner.errors",
+        "import affiner.planner.models.shapes, affiner.planner.models.sizes, affiner.planner.models.resolve, affiner.planner.models.meta_count",
+        "import affiner.planner.hardware.catalog, affiner.planner.models.offline, affiner.planner.hardware.nvml",
+        "import affiner.runner.config.io, affiner.runner.data.prepare, affiner.runner.run.launch, affiner.runner.run.runs, affiner.runner.run.follow",
+        "import affiner.runner.run.events, affiner.runner.run.rundir, affiner.runner.config.schema",
+        "import affiner.tui.cli.entry; affiner.tui.cli.entry.build_parser()",
     ],
 )
 def test_light_modules_import_nothing_heavy(statement: str) -> None:
@@ -37,5 +37,7 @@ def test_light_modules_import_nothing_heavy(statement: str) -> None:
 
 
 def test_planner_and_runner_do_not_import_textual() -> None:
-    loaded = loaded_after("import planner.hardware, runner.events, runner.rundir, runner.config")
+    loaded = loaded_after(
+        "import affiner.planner.hardware.probe, affiner.runner.run.events, affiner.runner.run.rundir, affiner.runner.config.schema"
+    )
     assert "textual" not in loaded

@@ -1,13 +1,12 @@
-"""runner.inference: streaming chat from a tiny Llama with and without a LoRA adapter."""
+"""affiner.runner.inference: streaming chat from a tiny Llama with and without a LoRA adapter."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
-from planner.errors import AffinerError
-from runner.inference import ChatSession, find_adapter
+from affiner.planner.errors import AffinerError
+from affiner.runner.inference import ChatSession, find_adapter
 
 MESSAGES = [{"role": "user", "content": "tell me a story about the sea"}]
 

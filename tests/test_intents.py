@@ -1,13 +1,13 @@
-"""Typed phrases → intents (tui.intents) → specific answers from the plan (tui.answers)."""
+"""Typed phrases → intents (affiner.tui.assistant.intents) → specific answers from the plan (affiner.tui.assistant.answers)."""
 
 from __future__ import annotations
 
 import pytest
+from affiner.tui.assistant import answers
+from affiner.tui.assistant.answers import AnswerContext, answer
+from affiner.tui.assistant.intents import Intent, parse_intent
 
 from tests.assistant_fakes import GIB, fake_plan, gpu_device, hardware, model_spec, with_capacity
-from tui import answers
-from tui.answers import AnswerContext, answer
-from tui.intents import Intent, parse_intent
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Launching, stopping and refusing runs.
 
 The fast tests use a stand-in worker: a tiny Python process whose command line names
-``runner.worker`` and the run folder (so pid checks accept it) and that handles SIGTERM the
+``affiner.runner.worker`` and the run folder (so pid checks accept it) and that handles SIGTERM the
 way the real worker does (final event, ``stopped`` status). The real training bars — a LoRA
 run started with ``affiner train`` that finishes and leaves a working adapter, and
 ``affiner preflight`` — are at the end, marked slow.
@@ -18,20 +18,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from planner.errors import AffinerError
-from runner import launch
-from runner.events import RunFinished, read_events, read_status
-from runner.process import is_worker_of, spawn_detached
-from runner.rundir import RunDir
-from runner.runs import summarize
+from affiner.planner.errors import AffinerError
+from affiner.runner.run import launch
+from affiner.runner.run.events import RunFinished, read_events, read_status
+from affiner.runner.run.process import is_worker_of, spawn_detached
+from affiner.runner.run.rundir import RunDir
+from affiner.runner.run.runs import summarize
 
 REPO = Path(__file__).resolve().parent.parent
 
 FAKE_WORKER = """
 import os, signal, sys, time
 sys.path.insert(0, {repo!r})
-from runner.events import EventWriter, RunFinished, RunStarted, RunStatus, read_status, write_status
+from affiner.runner.run.events import EventWriter, RunFinished, RunStarted, RunStatus, read_status, write_status
 mode, run_dir = sys.argv[1], sys.argv[-1]
 status = read_status(run_dir) or RunStatus(run_id=os.path.basename(run_dir))
 writer = EventWriter(run_dir)
@@ -67,7 +66,7 @@ def start_fake_worker(rd: RunDir, mode: str) -> subprocess.Popen[bytes]:
         FAKE_WORKER.format(repo=str(REPO)),
         mode,
         "-m",
-        "runner.worker",
+        "affiner.runner.worker",
         str(rd.path),
     ]
     proc = spawn_detached(argv, log_path=rd.log, cwd=rd.path)
@@ -89,7 +88,7 @@ def test_prepare_run_writes_a_complete_self_contained_folder(
     assert rd.path.parent == runs_dir.resolve()
     assert "-lora-tiny-" in rd.run_id
     assert sorted(p.name for p in rd.path.iterdir()) == ["command.txt", "run.toml", "status.json"]
-    from runner.config_io import load_config
+    from affiner.runner.config.io import load_config
 
     cfg = load_config(rd.config)
     assert cfg.model.name_or_path == str(tmp_path / "models" / "tiny")  # absolute: movable folder
@@ -98,7 +97,9 @@ def test_prepare_run_writes_a_complete_self_contained_folder(
     status = read_status(rd.path)
     assert status is not None and status.state == "starting" and status.started > 0
     command = rd.command.read_text()
-    assert f"affiner train {rd.config}" in command and f"-m runner.worker {rd.path}" in command
+    assert (
+        f"affiner train {rd.config}" in command and f"-m affiner.runner.worker {rd.path}" in command
+    )
     assert [p.name for p in runs_dir.iterdir()] == [rd.run_id]  # no staging folder left
 
 
@@ -188,7 +189,7 @@ def test_stop_and_resume_refuse_sensibly(runs_dir: Path, tmp_path: Path) -> None
     status = read_status(rd.path)
     assert status is not None
     status.state = "finished"
-    from runner.events import write_status
+    from affiner.runner.run.events import write_status
 
     write_status(rd.path, status)
     result = launch.stop_run(rd.run_id)
@@ -206,8 +207,8 @@ def test_stop_and_resume_refuse_sensibly(runs_dir: Path, tmp_path: Path) -> None
 def test_foreground_follower_prints_new_log_bytes_and_events_as_lines(runs_dir: Path) -> None:
     import io
 
-    from runner.events import EvalResult, EventWriter, RunStarted, TrainLog, Warning_
-    from runner.follow import Follower
+    from affiner.runner.run.events import EvalResult, EventWriter, RunStarted, TrainLog, Warning_
+    from affiner.runner.run.follow import Follower
 
     rd = RunDir(runs_dir / "r")
     rd.path.mkdir()
@@ -252,7 +253,7 @@ def test_foreground_follower_prints_new_log_bytes_and_events_as_lines(runs_dir: 
 
 
 # ------------------------------------------------------------------------ real training runs
-# These start the real worker (`python -m runner.worker`) as a detached process on the tiny
+# These start the real worker (`python -m affiner.runner.worker`) as a detached process on the tiny
 # Llama, through `affiner train` in-process, and wait for it. The helpers are shared with
 # tests/test_resume_kill.py.
 
@@ -338,7 +339,7 @@ def wait_final(rd: RunDir, timeout: float = 150.0) -> str:
 
 
 def train_log_steps(rd: RunDir) -> list[int]:
-    from runner.events import TrainLog, effective_events
+    from affiner.runner.run.events import TrainLog, effective_events
 
     return [e.step for e in effective_events(read_events(rd.path)) if isinstance(e, TrainLog)]
 
@@ -347,8 +348,8 @@ def train_log_steps(rd: RunDir) -> list[int]:
 def test_affiner_train_runs_lora_to_a_working_adapter(
     tiny_llama: Path, runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from runner.events import EvalResult, TrainLog, effective_events
-    from tui.cli import main
+    from affiner.runner.run.events import EvalResult, TrainLog, effective_events
+    from affiner.tui.cli.entry import main
 
     toml = write_training_toml(tmp_path, tiny_llama, max_steps=12, checkpoint_every=6, eval_every=6)
     assert main(["train", str(toml), "--no-preflight"]) == 0  # returns at once
@@ -383,7 +384,7 @@ def test_affiner_train_runs_lora_to_a_working_adapter(
 def test_affiner_preflight_reports_measured_next_to_estimate(
     tiny_llama: Path, runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tui.cli import main
+    from affiner.tui.cli.entry import main
 
     toml = write_training_toml(tmp_path, tiny_llama, max_steps=12, checkpoint_every=6, eval_every=6)
     assert main(["preflight", str(toml), "--json"]) == 0
@@ -394,10 +395,9 @@ def test_affiner_preflight_reports_measured_next_to_estimate(
     assert data["estimate_source"].startswith("planner")
     assert list(runs_dir.iterdir()) == []  # a pre-flight is not a run
 
+    from affiner.runner.run.events import Preflight
+    from affiner.tui.cli.runs import render_preflight
     from rich.console import Console
-
-    from runner.events import Preflight
-    from tui.cli_runs import render_preflight
 
     event = Preflight(**{k: v for k, v in data.items() if k not in ("type", "estimate_source")})
     console = Console(record=True, width=100, color_system=None)

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 import torch
+from affiner.planner.hardware.device import DeviceTarget
 
 from bench import memory_peak
 from bench.peak_meters import CudaMeter, Peak
 from bench.peak_models import CPU_TARGET, SMALL_CONFIGS
 from bench.step_recipe import Cell
-from planner.device import DeviceTarget
 
 #: One group per family trait the timeline depends on: an untied head (and a batch short
 #: enough for the end of backward to be the peak), a tied head that trains under freeze,
@@ -184,9 +184,11 @@ def test_the_cuda_meter_keeps_the_highest_phase_and_adds_the_context(
         max_memory_reserved=lambda: alloc.reserved_peak,
     )
     monkeypatch.setattr(torch, "cuda", fake)
-    import runner.preflight
+    import affiner.runner.training.preflight
 
-    monkeypatch.setattr(runner.preflight, "cuda_context_bytes", lambda: (600 << 20, ""))
+    monkeypatch.setattr(
+        affiner.runner.training.preflight, "cuda_context_bytes", lambda: (600 << 20, "")
+    )
     alloc.use(1000 << 20)  # the model
 
     def steps(after_phase) -> None:

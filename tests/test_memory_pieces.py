@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
-
-from planner.device import DeviceTarget
-from planner.memory import estimate_memory, lora_shapes
-from planner.model_shapes import spec_from_config
-from planner.optimizers import optimizer_bytes
-from planner.settings import TrainSettings
-from planner.weights import int8_bytes, nf4_bytes
+from affiner.planner.hardware.device import DeviceTarget
+from affiner.planner.memory.optimizers import optimizer_bytes
+from affiner.planner.memory.peak import estimate_memory, lora_shapes
+from affiner.planner.memory.weights import int8_bytes, nf4_bytes
+from affiner.planner.models.shapes import spec_from_config
+from affiner.planner.settings import TrainSettings
 
 LLAMA3_8B = {
     "model_type": "llama",

@@ -15,9 +15,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from affiner.planner.errors import AffinerError
 
 from bench.memory_probe import TINY_CONFIGS
-from planner.errors import AffinerError
 
 #: The tiny shapes the component bench measures (bench/memory_probe.py).
 MIXTRAL = {"model_type": "mixtral", **TINY_CONFIGS["mixtral"]}
@@ -36,7 +36,7 @@ def _save(config: dict, folder: Path) -> Path:
 
 
 def _config(folder: Path, method: str, dropout: float):
-    from runner.config import RunConfig
+    from affiner.runner.config.schema import RunConfig
 
     cfg = RunConfig()
     cfg.model.name_or_path = str(folder)
@@ -47,16 +47,16 @@ def _config(folder: Path, method: str, dropout: float):
 
 
 def _load(cfg):
-    from runner.modeling import load_model, resolve_precision
+    from affiner.runner.training.modeling import load_model, resolve_precision
 
     precision = resolve_precision("fp32", "cpu")
     return load_model(cfg, SimpleNamespace(pad_token_id=0), device="cpu", precision=precision)
 
 
 def test_the_planner_plans_moe_lora_without_dropout() -> None:
-    from planner.device import target_from_catalog
-    from planner.model_sizes import spec_from_size
-    from planner.recommend import PlanRequest, plan
+    from affiner.planner.hardware.device import target_from_catalog
+    from affiner.planner.models.sizes import spec_from_size
+    from affiner.planner.recommend import PlanRequest, plan
 
     report = plan(spec_from_size("8x7B"), target_from_catalog("H100"), PlanRequest())
     lora = [c for c in report.candidates if c.settings.uses_lora]
@@ -67,7 +67,7 @@ def test_the_planner_plans_moe_lora_without_dropout() -> None:
 
 
 def test_run_toml_asking_moe_dropout_is_refused_at_its_line(tmp_path: Path) -> None:
-    from runner.config_io import ConfigError, load_config, validate_config
+    from affiner.runner.config.io import ConfigError, load_config, validate_config
 
     model = tmp_path / "mixtral"
     model.mkdir()

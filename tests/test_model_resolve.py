@@ -8,11 +8,11 @@ import struct
 from pathlib import Path
 
 import pytest
+from affiner.planner.errors import AffinerError
+from affiner.planner.models import resolve as model_resolve
+from affiner.planner.models.resolve import resolve_model
+from affiner.planner.models.sizes import parse_size, spec_from_size
 
-from planner import model_resolve
-from planner.errors import AffinerError
-from planner.model_resolve import resolve_model
-from planner.model_sizes import parse_size, spec_from_size
 from tests.model_configs import GPT2_SMALL, MIXTRAL_8X7B, QWEN2_0_5B
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from affiner.planner.errors import AffinerError
+from affiner.planner.models.shapes import spec_from_config
+from affiner.planner.models.spec import MODULE_KEYS, ModelSpec
 
-from planner.errors import AffinerError
-from planner.model_shapes import spec_from_config
-from planner.model_spec import MODULE_KEYS, ModelSpec
 from tests.model_configs import (
     BERT_BASE_UNCASED,
     FALCON_7B,
@@ -240,7 +240,7 @@ def test_known_family_with_an_uncovered_class_falls_back_to_meta(meta_build) -> 
 )
 def test_meta_count_agrees_with_the_arithmetic(name: str) -> None:
     """The fallback's module-name rules put every parameter where the arithmetic does."""
-    from planner.meta_count import spec_from_meta
+    from affiner.planner.models.meta_count import spec_from_meta
 
     ours, meta = _spec(name), spec_from_meta(PUBLISHED[name], name=name)
     assert meta.modules == ours.modules

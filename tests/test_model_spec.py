@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
-from planner.device import target_from_vram
-from planner.memory import estimate_memory
-from planner.model_sizes import spec_from_size
-from planner.settings import TrainSettings
+from affiner.planner.hardware.device import target_from_vram
+from affiner.planner.memory.peak import estimate_memory
+from affiner.planner.models.sizes import spec_from_size
+from affiner.planner.settings import TrainSettings
 
 
 @pytest.mark.parametrize(

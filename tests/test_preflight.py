@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import affiner.runner.training.preflight as preflight
 import pytest
+from affiner.planner.errors import AffinerError
+from affiner.runner.config.io import load_config
+from affiner.runner.run.events import Preflight
+from affiner.runner.worker import main as worker_main
 
-import runner.preflight as preflight
-from planner.errors import AffinerError
-from runner.config_io import load_config
-from runner.events import Preflight
-from runner.worker import main as worker_main
 from tests.train_helpers import events_of, make_run, of_type
 
 pytestmark = pytest.mark.slow
@@ -30,8 +30,8 @@ def test_preflight_measures_and_writes_back(tiny_llama: Path, tmp_path: Path) ->
     assert 0 < event.measured_step_seconds < 30
     assert event.predicted_peak_bytes == PLAN["predicted_peak_bytes"]
     assert event.predicted_step_seconds == PLAN["predicted_step_seconds"]
-    from runner.data import prepare_data
-    from runner.modeling import load_tokenizer
+    from affiner.runner.data.prepare import prepare_data
+    from affiner.runner.training.modeling import load_tokenizer
 
     data = prepare_data(cfg, load_tokenizer(cfg))
     assert event.seq_len == max(len(ids) for ids in data.train["input_ids"])  # the longest rows
@@ -107,7 +107,7 @@ def test_worker_preflight_only(
 
 
 def test_a_long_run_starts_with_a_preflight(tiny_llama: Path, tmp_path: Path) -> None:
-    from runner.train import EXIT_FINISHED, run_training
+    from affiner.runner.train import EXIT_FINISHED, run_training
 
     rd = make_run(
         tmp_path,
@@ -133,8 +133,7 @@ def _no_cuda() -> bool:
 @pytest.mark.skipif("_no_cuda()", reason="needs an NVIDIA GPU with a driver")
 def test_qlora_on_the_gpu_with_a_measured_peak(tiny_llama: Path, tmp_path: Path) -> None:
     import torch
-
-    from runner.train import EXIT_FINISHED, run_training
+    from affiner.runner.train import EXIT_FINISHED, run_training
 
     rd = make_run(
         tmp_path,

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from affiner.runner.train import EXIT_FINISHED, run_training
 
-from runner.train import EXIT_FINISHED, run_training
 from tests.train_helpers import events_of, make_run, of_type
 
 pytestmark = pytest.mark.slow
@@ -77,8 +77,7 @@ def _relative_change(reference: dict[str, Any], other: dict[str, Any]) -> float:
 )
 def test_guard_keeps_lora_gradients_after_an_evaluation(tiny_llama: Path) -> None:
     import torch
-
-    from runner.kbit import count_repacked, disable_cpu_inference_repack
+    from affiner.runner.training.kbit import count_repacked, disable_cpu_inference_repack
 
     ids = torch.randint(0, 200, (2, 12), generator=torch.Generator().manual_seed(1))
 
@@ -154,7 +153,7 @@ class _GradientProbe:
 
     @staticmethod
     def count(model: Any) -> int:
-        from runner.kbit import count_repacked
+        from affiner.runner.training.kbit import count_repacked
 
         return count_repacked(model)
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-
-from planner.device import DeviceTarget, target_from_catalog, target_from_vram
-from planner.model_sizes import spec_from_size
-from planner.recommend import PlanRequest, max_seq_len, plan
-from planner.settings import TrainSettings
+from affiner.planner.hardware.device import DeviceTarget, target_from_catalog, target_from_vram
+from affiner.planner.models.sizes import spec_from_size
+from affiner.planner.recommend import PlanRequest, max_seq_len, plan
+from affiner.planner.settings import TrainSettings
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Interrupting a real training run twice and carrying on each time: ``kill -9`` then
 ``affiner train --resume``, then ``affiner stop`` (SIGTERM) then resume again. The run ends
 ``finished`` with every step logged exactly once (after the resume rule of
-`runner.events.effective_events`).
+`affiner.runner.run.events.effective_events`).
 
 Both interruptions share one run so the suite starts three training processes, not four (each
 pays for importing torch, transformers and peft). The run is long enough (30 logged steps, a
@@ -15,12 +15,13 @@ import signal
 from pathlib import Path
 
 import pytest
+from affiner.runner.run import launch
+from affiner.runner.run.events import read_status
+from affiner.runner.run.process import pid_alive
+from affiner.runner.run.rundir import RunDir
+from affiner.runner.run.runs import INTERRUPTED, latest_checkpoint, summarize
+from affiner.tui.cli.entry import main
 
-from runner import launch
-from runner.events import read_status
-from runner.process import pid_alive
-from runner.rundir import RunDir
-from runner.runs import INTERRUPTED, latest_checkpoint, summarize
 from tests.test_launch import (
     started_run_id,
     train_log_steps,
@@ -28,7 +29,6 @@ from tests.test_launch import (
     wait_until,
     write_training_toml,
 )
-from tui.cli import main
 
 STEPS = 30
 

@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from planner.errors import AffinerError
-from runner.events import (
+from affiner.planner.errors import AffinerError
+from affiner.runner.run.events import (
     Checkpoint,
     EvalResult,
     EventWriter,
@@ -28,8 +27,8 @@ from runner.events import (
     Warning_,
     write_status,
 )
-from runner.rundir import RunDir
-from runner.runs import (
+from affiner.runner.run.rundir import RunDir
+from affiner.runner.run.runs import (
     INTERRUPTED,
     UNKNOWN,
     checkpoints,
@@ -122,7 +121,7 @@ def test_running_status_with_dead_pid_is_interrupted(runs_dir: Path) -> None:
 
 
 def test_reused_pid_is_not_taken_for_the_worker(runs_dir: Path) -> None:
-    # This test process is alive, but it is not `runner.worker` for this folder.
+    # This test process is alive, but it is not `affiner.runner.worker` for this folder.
     rd = make_run(
         runs_dir, "reused", state="running", pid=os.getpid(), events=finished_events()[:2]
     )

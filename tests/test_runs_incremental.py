@@ -1,4 +1,4 @@
-"""runner.runs.summarize reads events.jsonl incrementally, with the same result as a full read.
+"""affiner.runner.run.runs.summarize reads events.jsonl incrementally, with the same result as a full read.
 
 Each check copies the run folder to a fresh path (so nothing is cached for it) and compares the
 incrementally built summary with the one read from scratch, and its key figures with a plain
@@ -15,9 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
-from runner.event_tally import tally_events
-from runner.events import (
+from affiner.runner.run.events import (
     Checkpoint,
     EvalResult,
     Event,
@@ -29,7 +27,8 @@ from runner.events import (
     effective_events,
     event_from_dict,
 )
-from runner.runs import RunSummary, summarize
+from affiner.runner.run.runs import RunSummary, summarize
+from affiner.runner.run.tally import tally_events
 
 NOW = 10_000.0
 TOML = '[model]\nname_or_path = "/models/tiny"\n\n[method]\nname = "lora"\n'

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-from planner.device import DeviceTarget, target_from_catalog, target_from_vram
-from planner.model_sizes import spec_from_size
-from planner.settings import TrainSettings
-from planner.timing import MFU, estimate_time, flops_per_token
+from affiner.planner.hardware.device import DeviceTarget, target_from_catalog, target_from_vram
+from affiner.planner.models.sizes import spec_from_size
+from affiner.planner.settings import TrainSettings
+from affiner.planner.timing import MFU, estimate_time, flops_per_token
 
 
 @pytest.fixture(scope="module")

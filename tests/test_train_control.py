@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from affiner.runner.run.events import effective_events, read_events, read_status
+from affiner.runner.train import EXIT_FAILED, EXIT_FINISHED, EXIT_STOPPED, run_training
 from transformers import TrainerCallback
 
-from runner.events import effective_events, read_events, read_status
-from runner.train import EXIT_FAILED, EXIT_FINISHED, EXIT_STOPPED, run_training
 from tests.train_helpers import events_of, make_run, of_type
 
 pytestmark = pytest.mark.slow

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from affiner.runner.run.events import EVENT_TYPES, effective_events, read_events, read_status
+from affiner.runner.train import EXIT_FINISHED, run_training
 
-from runner.events import EVENT_TYPES, effective_events, read_events, read_status
-from runner.train import EXIT_FINISHED, run_training
 from tests.train_helpers import events_of, make_run, of_type
 
 pytestmark = pytest.mark.slow
@@ -100,9 +100,8 @@ def _check_outputs(method: str, adapter: Path, base_path: Path) -> None:
 
 def test_freeze_trains_only_the_last_block_and_the_head(tiny_llama: Path) -> None:
     import torch
+    from affiner.runner.training.modeling import find_blocks, freeze_all_but_last
     from transformers import AutoModelForCausalLM
-
-    from runner.modeling import find_blocks, freeze_all_but_last
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
     name, blocks = find_blocks(model)

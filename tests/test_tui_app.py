@@ -8,16 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from affiner.tui.app import SCREEN_NAMES, AffinerApp, build_app
+from affiner.tui.messages import PlanTargetChanged
+from affiner.tui.screens.assistant import AssistantScreen
+from affiner.tui.screens.hardware import HardwareScreen
+from affiner.tui.screens.monitor import MonitorScreen
+from affiner.tui.screens.runs import RunsScreen
 from textual.widgets import HelpPanel, Select
 
 from tests.tui_fakes import fake_services, lm_run
 from tests.tui_pilot import wait_for
-from tui.app import SCREEN_NAMES, AffinerApp, build_app
-from tui.messages import PlanTargetChanged
-from tui.screens.assistant import AssistantScreen
-from tui.screens.hardware import HardwareScreen
-from tui.screens.monitor import MonitorScreen
-from tui.screens.runs import RunsScreen
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,7 +119,7 @@ async def test_theme_toggle_and_palette_commands(runs_dir: Path) -> None:
         dark = app.current_theme.dark
         app.action_toggle_theme()
         assert app.current_theme.dark is not dark
-        from tui.commands import AffinerCommands
+        from affiner.tui.commands import AffinerCommands
 
         provider = AffinerCommands(app.screen)
         titles = [text for text, _, _ in provider._commands()]
@@ -142,7 +142,7 @@ def test_first_screen_imports_no_torch(runs_dir: Path) -> None:
         "import asyncio, json, sys\n"
         "from pathlib import Path\n"
         "from tests.tui_fakes import fake_services\n"
-        "from tui.app import build_app\n"
+        "from affiner.tui.app import build_app\n"
         "async def main():\n"
         f"    app = build_app(fake_services(Path({str(runs_dir)!r}))[0])\n"
         "    async with app.run_test(size=(80, 24)) as pilot:\n"

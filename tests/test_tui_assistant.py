@@ -6,20 +6,20 @@ import contextlib
 import json
 from pathlib import Path
 
+from affiner.runner.config.io import save_config
+from affiner.runner.run.events import Preflight
+from affiner.runner.run.rundir import RunDir
+from affiner.tui.app import AffinerApp
+from affiner.tui.screens.assistant import AssistantScreen
+from affiner.tui.services import Services
+from affiner.tui.widgets.conversation import Conversation, Message
+from affiner.tui.widgets.example_view import ExampleView
+from affiner.tui.widgets.plan_bars import PlanBars
+from affiner.tui.widgets.settings_form import SettingsForm
+from affiner.tui.widgets.token_histogram import TokenHistogram
 from textual.worker import WorkerCancelled, WorkerState
 
-from runner.config_io import save_config
-from runner.events import Preflight
-from runner.rundir import RunDir
 from tests.assistant_fakes import gpu_device, hardware
-from tui.app import AffinerApp
-from tui.screens.assistant import AssistantScreen
-from tui.services import Services
-from tui.widgets.conversation import Conversation, Message
-from tui.widgets.example_view import ExampleView
-from tui.widgets.plan_bars import PlanBars
-from tui.widgets.settings_form import SettingsForm
-from tui.widgets.token_histogram import TokenHistogram
 
 
 def write_chat_data(path: Path) -> Path:
@@ -39,8 +39,8 @@ def write_chat_data(path: Path) -> Path:
 
 
 def make_services(tmp_path: Path, launched: list) -> Services:
-    from planner.model_resolve import resolve_model
-    from planner.recommend import plan
+    from affiner.planner.models.resolve import resolve_model
+    from affiner.planner.recommend import plan
 
     def start_run(config):
         run = RunDir(tmp_path / "runs" / "20261125-000000-lora-tiny-abcd")
@@ -152,7 +152,7 @@ async def test_walks_the_whole_guided_flow_with_keys(tiny_llama: Path, tmp_path:
 
 async def test_unknown_lines_and_failures_are_answered(tmp_path: Path) -> None:
     def broken_resolve(ref: str):
-        from planner.errors import AffinerError
+        from affiner.planner.errors import AffinerError
 
         raise AffinerError(f"no model folder or cached hub id {ref!r}", hint="give a folder")
 
@@ -179,7 +179,7 @@ def test_the_first_screen_imports_no_torch() -> None:
     import sys
 
     code = (
-        "import sys, tui.app, tui.screens.assistant, tui.screens.playground, tui.data_preview\n"
+        "import sys, affiner.tui.app, affiner.tui.screens.assistant, affiner.tui.screens.playground, affiner.tui.assistant.preview\n"
         "print(sorted(m for m in ('torch', 'transformers', 'peft', 'datasets') if m in sys.modules))"
     )
     root = str(Path(__file__).resolve().parents[1])

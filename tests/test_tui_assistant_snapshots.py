@@ -10,14 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from affiner.tui.app import AffinerApp
+from affiner.tui.assistant.flow import DataPreview
+from affiner.tui.services import Services
 from textual.pilot import Pilot
 from textual.widgets import Input
 from textual.worker import WorkerState
 
 from tests.assistant_fakes import FakeChat, fake_planner, gpu_device, hardware, model_spec
-from tui.app import AffinerApp
-from tui.assistant_flow import DataPreview
-from tui.services import Services
 
 SIZES = [(80, 24), (120, 40)]
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from affiner.tui.app import build_app
+from affiner.tui.messages import PlanTargetChanged
+from affiner.tui.screens.hardware import GpuCard, HardwareScreen, gpu_summary, holders_line
+from affiner.tui.widgets.gauge import Gauge, bar_text, level_for
 from textual.widgets import Select, Static
 
 from tests.tui_fakes import GIB, fake_services
 from tests.tui_pilot import wait_for
-from tui.app import build_app
-from tui.messages import PlanTargetChanged
-from tui.screens.hardware import GpuCard, HardwareScreen, gpu_summary, holders_line
-from tui.widgets.gauge import Gauge, bar_text, level_for
 
 
 def test_gauge_levels_and_bar() -> None:

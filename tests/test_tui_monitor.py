@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runner.events import RunFinished, RunStarted, TrainLog, Warning_
+from affiner.runner.run.events import RunFinished, RunStarted, TrainLog, Warning_
+from affiner.tui.app import build_app
+from affiner.tui.live.history import RunHistory, downsample, format_bytes, format_duration, smooth
+from affiner.tui.live.watcher import RunWatcher, watch_run
+from affiner.tui.screens.confirm import ConfirmScreen
+from affiner.tui.screens.monitor import MonitorScreen
+from affiner.tui.widgets.plots import LossPlot
+from affiner.tui.widgets.run_panels import RunProgress, WarningsBanner
+
 from tests.tui_fakes import NOW, RunFolder, fake_services, finished_run, lm_run, started, train_logs
 from tests.tui_pilot import wait_for
-from tui.app import build_app
-from tui.run_history import RunHistory, downsample, format_bytes, format_duration, smooth
-from tui.run_watcher import RunWatcher, watch_run
-from tui.screens.confirm import ConfirmScreen
-from tui.screens.monitor import MonitorScreen
-from tui.widgets.plots import LossPlot
-from tui.widgets.run_panels import RunProgress, WarningsBanner
 
 # -- plain functions ----------------------------------------------------------------------
 
@@ -195,7 +196,7 @@ def test_a_resumed_run_shows_each_step_once(tmp_path: Path) -> None:
 
 
 def test_cpu_runs_plot_ram() -> None:
-    from runner.events import SystemSample
+    from affiner.runner.run.events import SystemSample
 
     history = RunHistory()
     history.add(
@@ -212,10 +213,9 @@ def test_cpu_runs_plot_ram() -> None:
 
 async def test_eval_table_shows_perplexity_for_language_models_only() -> None:
     """A classification run's table has accuracy/precision/recall/F1 and loss, never ppl."""
+    from affiner.runner.run.events import EvalResult
+    from affiner.tui.widgets.run_panels import EvalTable
     from textual.app import App, ComposeResult
-
-    from runner.events import EvalResult
-    from tui.widgets.run_panels import EvalTable
 
     class TableApp(App):
         def compose(self) -> ComposeResult:
@@ -250,8 +250,8 @@ async def test_eval_table_shows_perplexity_for_language_models_only() -> None:
 async def test_the_monitor_reads_the_runs_task_for_its_eval_table(runs_dir: Path) -> None:
     """A classification run whose evaluations logged only a loss shows no perplexity column:
     the monitor goes by run.toml's task, as `affiner attach` and `affiner runs` do."""
-    from runner.events import EvalResult
-    from tui.widgets.run_panels import EvalTable
+    from affiner.runner.run.events import EvalResult
+    from affiner.tui.widgets.run_panels import EvalTable
 
     run = RunFolder(runs_dir, "20261125-120000-lora-minilm-c3d4", model="minilm")
     (run.path / "run.toml").write_text(

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from affiner.runner.inference import ChatSession
+from affiner.tui.app import AffinerApp
+from affiner.tui.screens.playground import ChatPane, PlaygroundScreen, Streamed
+from affiner.tui.services import Services
 from textual.worker import WorkerState
 
-from runner.inference import ChatSession
 from tests.assistant_fakes import hardware, make_adapter
-from tui.app import AffinerApp
-from tui.screens.playground import ChatPane, PlaygroundScreen, Streamed
-from tui.services import Services
 
 
 def services_with(chat_session, tmp_path: Path) -> Services:
@@ -84,7 +84,7 @@ async def test_playground_without_a_run_says_what_to_do(tmp_path: Path) -> None:
 
 async def test_load_failures_are_shown_not_raised(tmp_path: Path) -> None:
     def broken(run_dir: Path):
-        from planner.errors import AffinerError
+        from affiner.planner.errors import AffinerError
 
         raise AffinerError(f"the run in {run_dir.name} has no saved weights yet")
 

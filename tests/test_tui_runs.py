@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from affiner.tui.app import build_app
+from affiner.tui.screens.monitor import MonitorScreen
+from affiner.tui.screens.runs import RunsScreen, train_curve
+from affiner.tui.widgets.plots import LossPlot
 from textual.widgets import DataTable
 
 from tests.tui_fakes import fake_services, finished_run, lm_run
 from tests.tui_pilot import wait_for
-from tui.app import build_app
-from tui.screens.monitor import MonitorScreen
-from tui.screens.runs import RunsScreen, train_curve
-from tui.widgets.plots import LossPlot
 
 
 def make_runs(root: Path) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from affiner.tui.app import build_app
+from affiner.tui.screens.hardware import GpuCard
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input
 
 from tests.tui_fakes import fake_services, finished_run, lm_run
 from tests.tui_pilot import wait_for
-from tui.app import build_app
-from tui.screens.hardware import GpuCard
 
 SIZES = [(80, 24), (120, 40)]
 

@@ -1,4 +1,4 @@
-"""End to end in a real terminal: ``python -m tui`` inside tmux at 80x24, driven by keys."""
+"""End to end in a real terminal: ``python -m affiner`` inside tmux at 80x24, driven by keys."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_python_m_tui_in_tmux(runs_dir: Path) -> None:
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", "/tmp"),
     }
-    argv = [sys.executable, "-m", "tui", "--runs-dir", str(runs_dir)]
+    argv = [sys.executable, "-m", "affiner", "--runs-dir", str(runs_dir)]
     with TmuxSession(argv, env=env, cwd=str(REPO)) as term:
         term.wait_for("Assist", timeout=30)  # the footer of the first screen
         term.send("F3")

@@ -12,10 +12,11 @@ import random
 from pathlib import Path
 from typing import Any
 
-from runner.config import RunConfig
-from runner.config_io import dumps_config
-from runner.events import iter_event_dicts
-from runner.rundir import RunDir
+from affiner.runner.config.io import dumps_config
+from affiner.runner.config.schema import RunConfig
+from affiner.runner.run.events import iter_event_dicts
+from affiner.runner.run.rundir import RunDir
+
 from tests.tiny_models import write_jsonl
 
 PATTERNS = (

@@ -2,7 +2,7 @@
 
 Everything is deterministic (fixed times, fixed numbers), so the snapshot tests draw the
 same screens on every machine and every day. Run folders are written with the real
-`runner.events.EventWriter`, so the screens read exactly what training would write.
+`affiner.runner.run.events.EventWriter`, so the screens read exactly what training would write.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from planner.device import DeviceTarget
-from planner.errors import AffinerError
-from planner.hardware import CpuInfo, GpuInfo, GpuProcess, HardwareReport
-from runner.events import (
+from affiner.planner.errors import AffinerError
+from affiner.planner.hardware.device import DeviceTarget
+from affiner.planner.hardware.probe import CpuInfo, GpuInfo, GpuProcess, HardwareReport
+from affiner.runner.run.events import (
     Checkpoint,
     EvalResult,
     Event,
@@ -30,7 +30,7 @@ from runner.events import (
     TrainLog,
     Warning_,
 )
-from tui.services import Services
+from affiner.tui.services import Services
 
 GIB = 1024**3
 #: "Now" for every fake: 2026-11-25 12:00:00 UTC.

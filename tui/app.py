@@ -4,7 +4,7 @@ Screens are Textual modes installed by name, each created the first time it is s
 ``assistant`` (the first screen), ``hardware``, ``runs``, ``monitor`` and ``playground``.
 Every action is a `Binding` on an F-key with a ctrl alternate (the assistant has a text
 input, so plain letters are never global). Secondary commands with an argument live in the
-command palette (`tui.commands`).
+command palette (`affiner.tui.commands`).
 
 The app takes its collaborators as a `Services` (tests pass fakes); nothing here imports
 torch or transformers, so the first screen draws in well under a second.
@@ -22,16 +22,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+from affiner.planner.errors import AffinerError
+from affiner.planner.hardware.device import DeviceTarget
+from affiner.tui.commands import AffinerCommands
+from affiner.tui.messages import PlanTargetChanged
+from affiner.tui.services import Services
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.reactive import reactive
 from textual.screen import Screen
-
-from planner.device import DeviceTarget
-from planner.errors import AffinerError
-from tui.commands import AffinerCommands
-from tui.messages import PlanTargetChanged
-from tui.services import Services
 
 SCREEN_NAMES = ("assistant", "hardware", "runs", "monitor", "playground")
 
@@ -68,7 +67,7 @@ class AffinerApp(App[int]):
         super().__init__()
         self.services = services
         #: Pre-filled answers for the assistant (``affiner demo``): ``default_model``,
-        #: ``default_data`` and ``settings`` (a dict of `tui.assistant_flow.Settings` fields).
+        #: ``default_data`` and ``settings`` (a dict of `affiner.tui.assistant.flow.Settings` fields).
         self.assistant_options = dict(assistant or {})
         self.current_run: Path | None = Path(initial_run) if initial_run else None
         self._initial_run = self.current_run
@@ -90,7 +89,7 @@ class AffinerApp(App[int]):
         """Each screen's module is imported only when the screen is first shown."""
         services = self.services
         if name == "assistant":
-            from tui.screens.assistant import AssistantScreen
+            from affiner.tui.screens.assistant import AssistantScreen
 
             options = dict(self.assistant_options)
             settings = options.pop("settings", None) or {}
@@ -103,19 +102,19 @@ class AffinerApp(App[int]):
                 screen.flow.settings.learning_rate_set = True
             return screen
         if name == "hardware":
-            from tui.screens.hardware import HardwareScreen
+            from affiner.tui.screens.hardware import HardwareScreen
 
             return HardwareScreen(services)
         if name == "runs":
-            from tui.screens.runs import RunsScreen
+            from affiner.tui.screens.runs import RunsScreen
 
             return RunsScreen(services)
         if name == "monitor":
-            from tui.screens.monitor import MonitorScreen
+            from affiner.tui.screens.monitor import MonitorScreen
 
             return MonitorScreen(services, run_dir=self.current_run)
         if name == "playground":
-            from tui.screens.playground import PlaygroundScreen
+            from affiner.tui.screens.playground import PlaygroundScreen
 
             return PlaygroundScreen(services, run_dir=self.current_run)
         raise ValueError(f"unknown screen {name!r}")
@@ -133,7 +132,7 @@ class AffinerApp(App[int]):
         """A screen whose module is missing from this install says so instead of crashing."""
         import importlib.util
 
-        if importlib.util.find_spec(f"tui.screens.{name}") is not None:
+        if importlib.util.find_spec(f"affiner.tui.screens.{name}") is not None:
             return True
         self.notify(f"The {name} screen is not part of this installation.", severity="error")
         return False
@@ -229,7 +228,7 @@ def run_app(args: argparse.Namespace | None = None) -> int:
     runs_dir = getattr(args, "runs_dir", None)
     run = getattr(args, "run", None)
     if run:
-        from runner.runs import resolve_run
+        from affiner.runner.run.runs import resolve_run
 
         run = resolve_run(str(run), runs_dir).path
     app = build_app(runs_root=runs_dir, initial_run=run)

@@ -14,34 +14,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from planner.device import DeviceTarget
-from planner.hardware import HardwareReport
-from planner.model_spec import ModelSpec
+from affiner.planner.hardware.device import DeviceTarget
+from affiner.planner.hardware.probe import HardwareReport
+from affiner.planner.models.spec import ModelSpec
 
 
 def _catalog_names() -> list[str]:
-    """Every GPU in `planner.gpu_catalog.CATALOG`, by its display name."""
-    from planner.gpu_catalog import CATALOG
+    """Every GPU in `affiner.planner.hardware.catalog.CATALOG`, by its display name."""
+    from affiner.planner.hardware.catalog import CATALOG
 
     models = CATALOG.values() if isinstance(CATALOG, dict) else CATALOG
     return [model.name for model in models]
 
 
 def _catalog_target(name: str) -> DeviceTarget:
-    from planner.device import target_from_catalog
+    from affiner.planner.hardware.device import target_from_catalog
 
     return target_from_catalog(name)
 
 
 def _is_run_alive(pid: int | None, run_dir: Path) -> bool:
-    from runner.process import is_worker_of
+    from affiner.runner.run.process import is_worker_of
 
     return is_worker_of(pid, run_dir)
 
 
 def _resolve_device(report: HardwareReport) -> DeviceTarget:
     """GPU 0, else the CPU from its cached or estimated speed (no torch on the first screen)."""
-    from planner.device import resolve_target
+    from affiner.planner.hardware.device import resolve_target
 
     return resolve_target(report, measure=False)
 
@@ -49,27 +49,27 @@ def _resolve_device(report: HardwareReport) -> DeviceTarget:
 def _inspect_data(
     path: str, spec: ModelSpec | None, seq_len: int, model_ref: str | None = None
 ) -> Any:
-    from tui.data_preview import build_preview
+    from affiner.tui.assistant.preview import build_preview
 
     return build_preview(path, spec, seq_len, model_ref)
 
 
 def _preflight(config: Any) -> Any:
-    from runner.preflight import run_preflight
+    from affiner.runner.training.preflight import run_preflight
 
     return run_preflight(config)
 
 
 def _prepare_demo(key: str, runs_root: Path | None = None) -> dict[str, Any]:
-    """Provision a demo's model and data (`runner.demo`) and say how to pre-fill the assistant."""
-    from runner.demo import prepare_demo
-    from tui.cli_demo import assistant_preset
+    """Provision a demo's model and data (`affiner.runner.demo.tasks`) and say how to pre-fill the assistant."""
+    from affiner.runner.demo.tasks import prepare_demo
+    from affiner.tui.cli.demo import assistant_preset
 
     return assistant_preset(prepare_demo(key, workdir=runs_root))
 
 
 def _chat_session(run_dir: Path) -> Any:
-    from runner.inference import ChatSession
+    from affiner.runner.inference import ChatSession
 
     return ChatSession.from_run(run_dir)
 
@@ -81,7 +81,7 @@ class Services:
     Attributes:
         probe_hardware: returns the machine's `HardwareReport`.
         resolve_model: turns a model reference (folder, hub id, ``7B``) into a `ModelSpec`.
-        make_plan: ``(spec, device, request) -> PlanReport`` (see `planner.recommend`).
+        make_plan: ``(spec, device, request) -> PlanReport`` (see `affiner.planner.recommend`).
         start_run: ``(run_config) -> RunDir``: writes the run folder and launches training.
         stop_run: ``(run_dir) -> None``: asks a run to stop gracefully.
         runs_root: the folder holding run folders.
@@ -95,9 +95,9 @@ class Services:
         hardware_poll_seconds: how often the hardware screen probes again.
         resolve_device: ``(report) -> DeviceTarget``: the device the assistant plans for.
         inspect_data: ``(path, spec, seq_len, model_ref) -> DataPreview`` for the data step
-            (rows, bad lines, token lengths, one rendered example; see `tui.data_preview`).
+            (rows, bad lines, token lengths, one rendered example; see `affiner.tui.assistant.preview`).
         preflight: ``(run_config) -> Preflight`` event: measured peak memory and step time.
-        chat_session: ``(run_dir) -> ChatSession`` for the playground (`runner.inference`).
+        chat_session: ``(run_dir) -> ChatSession`` for the playground (`affiner.runner.inference`).
         prepare_demo: ``(key) -> preset``: readies the offline demo ``chat`` or ``classify``
             and returns what to pre-fill (``default_model``, ``default_data``, ``settings``).
     """
@@ -123,32 +123,32 @@ class Services:
     @classmethod
     def default(cls, runs_root: str | os.PathLike[str] | None = None) -> Services:
         """The real planner and runner."""
-        from runner.rundir import runs_root as default_root
+        from affiner.runner.run.rundir import runs_root as default_root
 
         root = default_root(runs_root)
 
         def probe_hardware() -> HardwareReport:
-            from planner.hardware import probe
+            from affiner.planner.hardware.probe import probe
 
             return probe(runs_dir=root)
 
         def resolve_model(ref: str) -> ModelSpec:
-            from planner.model_resolve import resolve_model as resolve
+            from affiner.planner.models.resolve import resolve_model as resolve
 
             return resolve(ref)
 
         def make_plan(spec: ModelSpec, device: Any, request: Any) -> Any:
-            from planner.recommend import plan
+            from affiner.planner.recommend import plan
 
             return plan(spec, device, request)
 
         def start_run(config: Any) -> Any:
-            from runner.launch import start_run as start
+            from affiner.runner.run.launch import start_run as start
 
             return start(config, runs_root=root)
 
         def stop_run(run_dir: Any) -> Any:
-            from runner.launch import stop_run as stop
+            from affiner.runner.run.launch import stop_run as stop
 
             return stop(run_dir)
 

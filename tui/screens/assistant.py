@@ -1,6 +1,6 @@
 """The first screen: a guided conversation from "what do I have" to a running fine-tune.
 
-The conversation's logic lives in `tui.assistant_flow.AssistantFlow`; this screen draws its
+The conversation's logic lives in `affiner.tui.assistant.flow.AssistantFlow`; this screen draws its
 replies and runs its slow tasks in named thread workers (``exit_on_error=False``), feeding
 results back through `Worker.StateChanged`. Failures become readable messages in the
 conversation. Nothing here imports torch or transformers: the data preview loads a tokenizer
@@ -15,6 +15,15 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from affiner.planner.errors import AffinerError
+from affiner.tui.assistant import answers
+from affiner.tui.assistant.flow import AssistantFlow, Reply, Task
+from affiner.tui.messages import PlanTargetChanged
+from affiner.tui.widgets.conversation import Conversation
+from affiner.tui.widgets.example_view import ExampleView
+from affiner.tui.widgets.plan_bars import PlanBars
+from affiner.tui.widgets.settings_form import SettingsForm
+from affiner.tui.widgets.token_histogram import TokenHistogram
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -22,16 +31,6 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 from textual.worker import Worker, WorkerState
-
-from planner.errors import AffinerError
-from tui import answers
-from tui.assistant_flow import AssistantFlow, Reply, Task
-from tui.messages import PlanTargetChanged
-from tui.widgets.conversation import Conversation
-from tui.widgets.example_view import ExampleView
-from tui.widgets.plan_bars import PlanBars
-from tui.widgets.settings_form import SettingsForm
-from tui.widgets.token_histogram import TokenHistogram
 
 
 def readable(error: BaseException) -> str:

@@ -11,6 +11,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from affiner.planner.errors import AffinerError
+from affiner.planner.hardware.probe import GpuInfo, HardwareReport
+from affiner.tui.live.history import format_bytes
+from affiner.tui.messages import HardwareRead, PlanTargetChanged
+from affiner.tui.widgets.gauge import Gauge
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -18,12 +23,6 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Label, Select, Static
-
-from planner.errors import AffinerError
-from planner.hardware import GpuInfo, HardwareReport
-from tui.messages import HardwareRead, PlanTargetChanged
-from tui.run_history import format_bytes
-from tui.widgets.gauge import Gauge
 
 #: The picker's value for "plan for this machine".
 THIS_MACHINE = "__this_machine__"

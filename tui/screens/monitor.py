@@ -1,6 +1,6 @@
 """The monitor: one run, live. Loss, memory against the plan, progress, evals, warnings, log.
 
-A thread worker tails the run folder (`tui.run_watcher.watch_run`) and posts `RunBatch`
+A thread worker tails the run folder (`affiner.tui.live.watcher.watch_run`) and posts `RunBatch`
 messages; the handler folds them into a `RunHistory` and redraws. Quitting the TUI cancels
 the worker and leaves training alone, and opening the run again replays its whole history
 from ``events.jsonl``.
@@ -15,6 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
+from affiner.planner.errors import AffinerError
+from affiner.runner.run.rundir import RunDir
+from affiner.runner.run.runs import LIVE_STATES, run_task
+from affiner.tui.live.history import RunHistory
+from affiner.tui.live.watcher import WatchBatch, watch_run
+from affiner.tui.messages import RunBatch, WatchFailed
+from affiner.tui.screens.confirm import ConfirmScreen
+from affiner.tui.widgets.plots import LossPlot, MemoryPlot
+from affiner.tui.widgets.run_panels import EvalTable, LogTail, RunProgress, RunStats, WarningsBanner
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -22,16 +31,6 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState, get_current_worker
-
-from planner.errors import AffinerError
-from runner.rundir import RunDir
-from runner.runs import LIVE_STATES, run_task
-from tui.messages import RunBatch, WatchFailed
-from tui.run_history import RunHistory
-from tui.run_watcher import WatchBatch, watch_run
-from tui.screens.confirm import ConfirmScreen
-from tui.widgets.plots import LossPlot, MemoryPlot
-from tui.widgets.run_panels import EvalTable, LogTail, RunProgress, RunStats, WarningsBanner
 
 #: Smoothing weights the toggle cycles through (0 = raw).
 SMOOTHING_STEPS = (0.6, 0.9, 0.0)

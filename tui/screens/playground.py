@@ -1,6 +1,6 @@
 """The playground: ask the tuned model and its base model the same thing, side by side.
 
-The chat session (`runner.inference.ChatSession`, through `Services.chat_session`) loads the
+The chat session (`affiner.runner.inference.ChatSession`, through `Services.chat_session`) loads the
 base model and the run's adapter once, in a thread worker: torch is imported there, never
 on the event loop. Each question is answered by the tuned model, then by the base model (the
 same loaded weights with the adapter switched off), streamed token by token: the worker
@@ -244,7 +244,7 @@ class PlaygroundScreen(Screen):
         worker = event.worker
         if not (worker.group or "").startswith("playground") or event.state != WorkerState.ERROR:
             return
-        from tui.screens.assistant import readable
+        from affiner.tui.screens.assistant import readable
 
         self.busy = False
         text = f"Could not {'load the models' if worker.name == 'load-models' else 'answer'}: {readable(worker.error)}"

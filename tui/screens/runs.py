@@ -2,7 +2,7 @@
 
 Enter opens the highlighted run in the monitor. Space marks a run; with two marked, ``c``
 overlays their training-loss curves below the table to compare them. The list comes from
-`runner.runs.list_runs` in a thread worker and refreshes while the screen is shown; ages
+`affiner.runner.run.runs.list_runs` in a thread worker and refreshes while the screen is shown; ages
 are measured against `Services.clock` (fixed in tests, so snapshots never drift).
 """
 
@@ -11,18 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
+from affiner.runner.run.events import TrainLog, read_events
+from affiner.runner.run.runs import RunSummary, last_attempt, list_runs
+from affiner.tui.live.history import Point, format_duration
+from affiner.tui.messages import RunsListed
+from affiner.tui.widgets.plots import LossPlot
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Static
-
-from runner.events import TrainLog, read_events
-from runner.runs import RunSummary, last_attempt, list_runs
-from tui.messages import RunsListed
-from tui.run_history import Point, format_duration
-from tui.widgets.plots import LossPlot
 
 #: Seconds between refreshes of the list while it is shown.
 REFRESH_SECONDS = 5.0

@@ -19,7 +19,7 @@ CONTEXT_STYLE = "dim"
 
 
 def pieces_of(example: Any) -> list[tuple[str, bool]]:
-    """``(token text, carries loss)`` pairs from `runner.data.render_example`'s result.
+    """``(token text, carries loss)`` pairs from `affiner.runner.data.prepare.render_example`'s result.
 
     Accepts the pairs themselves, or an object with ``tokens`` and one of ``loss_mask`` /
     ``carries_loss`` / ``labels_mask`` (parallel sequences), or ``text`` alone (no marks).

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from affiner.tui.assistant.answers import device_memory, duration, gb, recommended, step_seconds
 from rich.text import Text
 from textual.widget import Widget
-
-from tui.answers import device_memory, duration, gb, recommended, step_seconds
 
 SHORT_NAMES = {
     "full": "full",

@@ -9,14 +9,13 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
+from affiner.runner.run.events import CLASS_METRICS, EvalResult
+from affiner.runner.run.runs import is_language_model
+from affiner.tui.live.history import RunHistory, format_bytes, format_duration
+from affiner.tui.widgets.gauge import bar_text
 from rich.text import Text
 from textual.widget import Widget
 from textual.widgets import DataTable, Log, Static
-
-from runner.events import CLASS_METRICS, EvalResult
-from runner.runs import is_language_model
-from tui.run_history import RunHistory, format_bytes, format_duration
-from tui.widgets.gauge import bar_text
 
 
 class RunProgress(Widget):
@@ -66,7 +65,7 @@ class EvalTable(DataTable):
     """One row per evaluation; classification columns appear only when a run reports them.
 
     Perplexity (``ppl``) is shown for language models only: for a classification head's
-    loss it is a number without a meaning (`runner.runs.is_language_model` decides).
+    loss it is a number without a meaning (`affiner.runner.run.runs.is_language_model` decides).
     """
 
     DEFAULT_CSS = """

@@ -1,0 +1,223 @@
+"""The device a plan is made for: a detected GPU, a catalog GPU, a bare VRAM figure, or the CPU.
+
+The memory and time models only ever see a `DeviceTarget`, so "plan for the GPU I have",
+"plan as if I had a 4090" and "plan for this CPU" are the same computation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from affiner.planner.errors import AffinerError
+
+if TYPE_CHECKING:
+    from affiner.planner.hardware.catalog import GpuModel
+    from affiner.planner.hardware.probe import GpuInfo, HardwareReport
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class DeviceTarget:
+    """A device to plan against.
+
+    Attributes:
+        kind: ``cuda`` or ``cpu``.
+        name: shown to people (``NVIDIA GeForce RTX 4090``, ``24 GB GPU``, ``CPU (Xeon...)``).
+        source: ``detected``, ``catalog``, ``vram`` or ``cpu``.
+        memory_total: bytes of device memory (RAM for the CPU).
+        memory_free: bytes a run may use now (free VRAM on a detected GPU, available RAM).
+        bf16: native bfloat16 (compute capability >= 8.0 on NVIDIA; AVX512-BF16/AMX on CPU).
+        fp16: half precision is usable for mixed-precision training.
+        compute_capability: NVIDIA (major, minor), None for the CPU or an unknown GPU.
+        peak_tflops_bf16, peak_tflops_fp16, peak_tflops_fp32: dense peak throughput, if known.
+        bandwidth_gbs: memory bandwidth in GB/s, if known.
+        count: how many such devices (for multi-GPU plans).
+        index: NVML index of a detected GPU.
+        measured: True when the throughput figures were measured on this machine (CPU).
+    """
+
+    kind: str
+    name: str
+    source: str
+    memory_total: int
+    memory_free: int
+    bf16: bool
+    fp16: bool
+    compute_capability: tuple[int, int] | None = None
+    peak_tflops_bf16: float | None = None
+    peak_tflops_fp16: float | None = None
+    peak_tflops_fp32: float | None = None
+    bandwidth_gbs: float | None = None
+    count: int = 1
+    index: int | None = None
+    measured: bool = False
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.kind == "cpu"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _from_model(model: GpuModel, *, source: str) -> DeviceTarget:
+    return DeviceTarget(
+        kind="cuda",
+        name=model.name,
+        source=source,
+        memory_total=model.memory,
+        memory_free=model.memory,
+        bf16=model.bf16,
+        fp16=model.fp16,
+        compute_capability=model.compute_capability,
+        peak_tflops_bf16=model.tflops_bf16,
+        peak_tflops_fp16=model.tflops_fp16,
+        peak_tflops_fp32=model.tflops_fp32,
+        bandwidth_gbs=model.bandwidth_gbs,
+    )
+
+
+def target_from_gpu(info: GpuInfo) -> DeviceTarget:
+    """A detected GPU: memory (free now, as NVML reports it) from the card, speed from the catalog.
+
+    A card the catalog does not know keeps its memory and dtype support but has no
+    TFLOP/s figures (None): the planner then gives memory, not time.
+    """
+    from affiner.planner.hardware.catalog import match_detected
+
+    model = match_detected(info.name, info.memory_total)
+    cc = info.compute_capability
+    fp16 = model.fp16 if model else (cc is None or cc >= (6, 0))
+    return DeviceTarget(
+        kind="cuda",
+        name=info.name,
+        source="detected",
+        memory_total=info.memory_total,
+        memory_free=info.memory_free,
+        bf16=info.bf16,
+        fp16=fp16,
+        compute_capability=cc,
+        peak_tflops_bf16=model.tflops_bf16 if model and info.bf16 else None,
+        peak_tflops_fp16=model.tflops_fp16 if model else None,
+        peak_tflops_fp32=model.tflops_fp32 if model else None,
+        bandwidth_gbs=model.bandwidth_gbs if model else None,
+        index=info.index,
+    )
+
+
+def target_from_catalog(name: str) -> DeviceTarget:
+    """A GPU from `affiner.planner.hardware.catalog` by any spelling `lookup` accepts; the whole card is free.
+
+    Raises:
+        AffinerError: unknown name (with close matches).
+    """
+    from affiner.planner.hardware.catalog import lookup
+
+    return _from_model(lookup(name), source="catalog")
+
+
+def target_from_vram(gb: float) -> DeviceTarget:
+    """A generic NVIDIA GPU with `gb` GiB of memory (``--vram 24`` for a 24 GB card).
+
+    What the planner assumes: the whole amount is free, bf16 and fp16 work (Ampere or
+    newer, compute capability unknown), and speed is unknown (TFLOP/s None), so plans
+    for a bare VRAM figure say whether it fits, not how long it takes.
+
+    Raises:
+        AffinerError: `gb` is not a positive number of a plausible size.
+    """
+    try:
+        value = float(gb)
+    except (TypeError, ValueError):
+        raise AffinerError(
+            f"--vram expects a number of GB, got {gb!r}", hint="e.g. --vram 24", where="--vram"
+        ) from None
+    if not 0 < value <= 4096:
+        raise AffinerError(
+            f"--vram {gb} is not a GPU memory size",
+            hint="give the card's memory in GB, e.g. --vram 24 for a 24 GB card",
+            where="--vram",
+        )
+    memory = int(value * GIB)
+    return DeviceTarget(
+        kind="cuda",
+        name=f"{value:g} GB GPU",
+        source="vram",
+        memory_total=memory,
+        memory_free=memory,
+        bf16=True,
+        fp16=True,
+    )
+
+
+def cpu_target(report: HardwareReport, measure: bool = True) -> DeviceTarget:
+    """The CPU: RAM is its memory, throughput from `affiner.planner.hardware.cpu_throughput`.
+
+    Args:
+        measure: time a torch matmul once per machine when nothing is cached (about 1 s;
+            imports torch); False uses the cache or the documented estimate.
+    """
+    from affiner.planner.hardware.cpu_throughput import measure_cpu_tflops
+
+    speed = measure_cpu_tflops(report.cpu, measure=measure)
+    return DeviceTarget(
+        kind="cpu",
+        name=f"CPU ({report.cpu.model})",
+        source="cpu",
+        memory_total=report.ram_total,
+        memory_free=report.ram_available,
+        bf16=report.cpu.bf16,
+        fp16=False,  # fp16 autocast training on CPU is neither fast nor well supported
+        peak_tflops_bf16=speed.tflops_bf16,
+        peak_tflops_fp32=speed.tflops_fp32,
+        measured=speed.measured,
+    )
+
+
+def resolve_target(
+    report: HardwareReport,
+    gpu: str | None = None,
+    vram: float | None = None,
+    gpu_index: int | None = None,
+    *,
+    measure: bool = True,
+) -> DeviceTarget:
+    """The device to plan for, from the command line's --gpu/--vram/--gpu-index and the probe.
+
+    Order: ``--gpu NAME`` (a catalog GPU; ``--gpu cpu`` forces the CPU), with ``--vram`` it
+    keeps the catalog GPU's speed but takes that memory (a MIG slice, a smaller variant);
+    ``--vram GB`` alone; else the detected GPU `gpu_index` (default 0); else the CPU.
+
+    Raises:
+        AffinerError: unknown GPU name, bad --vram, or a --gpu-index that is not detected.
+    """
+    if gpu is not None and gpu.strip().lower() == "cpu":
+        return cpu_target(report, measure=measure)
+    if gpu:
+        target = target_from_catalog(gpu)
+        if vram is not None:
+            sized = target_from_vram(vram)
+            target = replace(
+                target,
+                name=f"{target.name} ({sized.name.removesuffix(' GPU')})",
+                memory_total=sized.memory_total,
+                memory_free=sized.memory_free,
+            )
+        return target
+    if vram is not None:
+        return target_from_vram(vram)
+    if gpu_index is not None:
+        by_index = {info.index: info for info in report.gpus}
+        if gpu_index not in by_index:
+            found = ", ".join(str(i) for i in sorted(by_index)) or "none"
+            raise AffinerError(
+                f"there is no GPU {gpu_index} on this machine (detected: {found})",
+                hint=report.gpu_reason or "`affiner hw` lists the GPUs and their indices",
+                where="--gpu-index",
+            )
+        return target_from_gpu(by_index[gpu_index])
+    if report.gpus:
+        return target_from_gpu(report.gpus[0])
+    return cpu_target(report, measure=measure)

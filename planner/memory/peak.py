@@ -1,0 +1,376 @@
+"""Peak memory of a training step: `estimate_memory(spec, settings, device) -> MemoryEstimate`.
+
+The peak is the larger of two moments of a step (the HF Trainer with torch AdamW):
+
+- **backward starts**: weights, optimizer state (present from the first step on), gradients
+  held over from earlier micro-batches (gradient accumulation), every saved activation, and
+  the vocabulary-sized loss working set: transformers 5's ``ForCausalLMLoss`` calls
+  ``logits.float()``, cross-entropy keeps the fp32 log-softmax, and its backward holds that
+  plus two fp32 gradients of the same size (12 bytes per token per vocabulary entry).
+- **the optimizer step**: weights, all gradients and all optimizer state at once, plus the
+  optimizer's scratch (none for fused AdamW; Adafactor's fp32 copies of one tensor). On the
+  first step this is also when the state is created, so a run that survives step one's
+  ``optimizer.step()`` survives the rest.
+
+Precision follows the Trainer: ``bf16``/``fp16`` keep fp32 weights (and fp32 gradients and
+states) and autocast the matmuls, whose 16-bit weight copies are saved for backward;
+``bf16-pure`` loads the model in bf16. LoRA loads the frozen base in the compute dtype and peft
+keeps the adapters in fp32. QLoRA/8-bit LoRA follow `affiner.planner.memory.weights`.
+
+On a GPU the reserved memory adds the CUDA context and the caching allocator's slack
+(`overhead`); on the CPU the peak is resident memory and the overhead is the Python process
+with torch and transformers loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from affiner.planner.hardware.device import DeviceTarget
+from affiner.planner.memory.activations import BYTES, estimate_activations
+from affiner.planner.memory.optimizers import optimizer_bytes, step_transient
+from affiner.planner.memory.weights import DTYPE_BYTES, quantized_targets, weight_bytes
+from affiner.planner.models.spec import ModelSpec
+from affiner.planner.settings import TrainSettings
+
+MIB = 1024**2
+GIB = 1024**3
+#: CUDA context of a PyTorch process (CUDA 12, lazy module loading), by architecture: the driver
+#: context, cuBLAS/cuDNN handles and their workspaces. Hopper's is the one measured most often
+#: (about 500 MiB plus cuBLAS workspace); older cards carry fewer kernels.
+CUDA_CONTEXT = {9: 520 * MIB, 8: 450 * MIB, 7: 380 * MIB}
+CUDA_CONTEXT_DEFAULT = 520 * MIB
+#: The caching allocator reserves more than it hands out (rounding to 2 MiB blocks, split
+#: blocks it cannot reuse): reserved ≈ allocated × (1 + this) for training loops.
+ALLOCATOR_SLACK = 0.06
+#: Resident memory of the Python process with torch, transformers and peft imported (CPU runs).
+CPU_RUNTIME = 900 * MIB
+#: Fraction of CPU RAM taken by the allocator's fragmentation (glibc arenas).
+CPU_SLACK = 0.05
+
+
+@dataclass
+class MemoryEstimate:
+    """Predicted peak memory of one training step on one device.
+
+    Attributes:
+        peak_bytes: the predicted peak (VRAM reserved plus context on a GPU; resident on a CPU).
+        weights, gradients, optimizer, activations, logits, overhead: the peak's parts.
+        phase: which moment is the peak: ``forward`` (the loss computed), ``backward`` (its
+            start), ``backward_end`` (every gradient made) or ``optimizer_step``.
+        trainable_params: parameters that receive gradients.
+        details: finer terms (bytes), for the bench and for explanations.
+    """
+
+    peak_bytes: int
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    logits: int
+    overhead: int
+    phase: str
+    trainable_params: int
+    details: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def breakdown(self) -> dict[str, int]:
+        return {
+            "weights": self.weights,
+            "gradients": self.gradients,
+            "optimizer": self.optimizer,
+            "activations": self.activations,
+            "logits": self.logits,
+            "overhead": self.overhead,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"breakdown": self.breakdown}
+
+
+def block_params(spec: ModelSpec) -> int:
+    """Parameters of one transformer block (attention, MLP and its norms)."""
+    final_norm = spec.hidden_size * (2 if spec.norm_kind == "layernorm" else 1)
+    in_blocks = spec.modules.get("attention", 0) + spec.modules.get("mlp", 0)
+    in_blocks += max(spec.modules.get("norms", 0) - final_norm, 0)
+    return in_blocks // max(spec.num_layers, 1)
+
+
+def lora_shapes(spec: ModelSpec, settings: TrainSettings) -> list[tuple[int, int]]:
+    """Shapes of the LoRA matrices peft adds (A: r×in, B: out×r) for the chosen targets."""
+    wanted = set(settings.lora_targets)
+    shapes: list[tuple[int, int]] = []
+    r = settings.lora_rank
+    layers = max(spec.num_layers, 1)
+    for target in spec.lora_targets:
+        if "all-linear" not in wanted and target.name not in wanted:
+            continue
+        if target.kind == "expert":
+            # peft's ParamWrapper (target_parameters; it refuses lora_dropout > 0) adds one A/B
+            # pair per 3-D expert tensor with rank r per expert; the fused gate_up tensor gets
+            # two slices (gate and up) per expert
+            if settings.lora_dropout > 0:
+                continue
+            experts = max(target.count // layers, 1)
+            rank = r * experts * (2 if "gate_up" in target.name else 1)
+            for _ in range(layers):
+                shapes.append((rank, target.in_features))
+                shapes.append((target.out_features, rank))
+            continue
+        for _ in range(target.count):
+            shapes.append((r, target.in_features))
+            shapes.append((target.out_features, r))
+    if spec.num_experts and "all-linear" in wanted:
+        for _ in range(layers):  # the router is an nn.Linear too
+            shapes.extend([(r, spec.hidden_size), (spec.num_experts, r)])
+    return shapes
+
+
+def trainable_shapes(spec: ModelSpec, settings: TrainSettings) -> list[tuple[int, ...]]:
+    """Shapes of the tensors that train (what the optimizer holds state for)."""
+    if settings.uses_lora:
+        return list(lora_shapes(spec, settings))
+    h = spec.hidden_size
+    layers = max(spec.num_layers, 1)
+    linear: list[tuple[int, ...]] = []
+    for target in spec.lora_targets:
+        per_block = max(target.count // layers, 1)
+        for _ in range(per_block):
+            linear.append((target.out_features, target.in_features))
+            if target.bias:
+                linear.append((target.out_features,))
+    linear_params = sum(_numel(s) for s in linear)
+    rest = block_params(spec) - linear_params
+    block = linear + ([(rest,)] if rest > 0 else [])
+    head = spec.modules.get("head", 0)
+    embed = spec.modules.get("embeddings", 0)
+    final_norm: list[tuple[int, ...]] = [(h,)] * (2 if spec.norm_kind == "layernorm" else 1)
+    if settings.method == "full":
+        shapes = block * layers + final_norm
+        shapes += [(embed // h, h)] if embed else []
+        shapes += [(head // h, h)] if head else []
+        other = spec.modules.get("other", 0)
+        shapes += [(other,)] if other else []
+        return shapes
+    n = min(settings.trainable_layers, layers)
+    shapes = block * n + final_norm
+    if spec.tied_embeddings:
+        shapes.append((spec.vocab_size, h))  # the head is the token embedding matrix
+    elif head:
+        shapes.append((head // h, h))
+    return shapes
+
+
+@dataclass(frozen=True)
+class AutocastCopies:
+    """16-bit copies autocast makes of fp32 weights that train (bytes).
+
+    Autocast caches the copy of every trainable fp32 weight until the forward's autocast
+    context ends, and a matmul saves it for backward. Under checkpointing the blocks' saved
+    tensors are dropped, so backward starts with only the head's copy and each recomputed block
+    makes its own again. Embedding lookups are not cast.
+
+    Attributes:
+        all: every copy (alive at the end of the forward).
+        kept: copies still held when backward starts.
+        per_block: one block's copies (made again when it is recomputed).
+    """
+
+    all: int = 0
+    kept: int = 0
+    per_block: int = 0
+
+
+def autocast_copies(
+    spec: ModelSpec, settings: TrainSettings, shapes: list[tuple[int, ...]]
+) -> AutocastCopies:
+    """The copies autocast keeps for mixed-precision training (fp32 masters, fp32 adapters)."""
+    if settings.precision not in ("bf16", "fp16"):
+        return AutocastCopies()
+    if settings.uses_lora:
+        total = sum(_numel(s) for s in shapes if len(s) == 2) * 2  # adapters live in blocks
+        per_block = total // max(spec.num_layers, 1)
+        kept = 0 if settings.gradient_checkpointing else total
+        head = 0
+        if settings.effective_quantization != "none" and spec.has_lm_head:
+            # the head stays unquantized and k-bit preparation upcasts it to fp32: frozen, so
+            # not cached, but its matmul keeps the 16-bit cast for the input's gradient
+            head = spec.vocab_size * spec.hidden_size * 2
+        return AutocastCopies(total + head, kept + head, per_block)
+    if _param_dtype(settings) != "fp32":
+        return AutocastCopies()
+    layers = max(spec.num_layers, 1)
+    block = 0
+    for target in spec.lora_targets:
+        # 3-D expert weights go through transformers' grouped matmul, which autocast leaves
+        # alone: they are used in the stream's dtype and never copied (see `activations`)
+        if target.kind != "expert":
+            block += target.in_features * target.out_features * max(target.count // layers, 1)
+    block *= 2
+    blocks = layers if settings.method == "full" else min(settings.trainable_layers, layers)
+    head = spec.vocab_size * spec.hidden_size * 2 if spec.has_lm_head else 0
+    total = block * blocks + head
+    return AutocastCopies(total, head if settings.gradient_checkpointing else total, block)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _param_dtype(settings: TrainSettings) -> str:
+    """dtype of the base weights: fp32 masters for mixed precision, the compute dtype otherwise."""
+    if settings.method in ("full", "freeze"):
+        return "bf16" if settings.precision == "bf16-pure" else "fp32"
+    return settings.compute_dtype  # a frozen base needs no fp32 master copy
+
+
+def estimate_memory(
+    spec: ModelSpec, settings: TrainSettings, device: DeviceTarget
+) -> MemoryEstimate:
+    """Predict the peak memory of training `spec` with `settings` on one `device`.
+
+    Multi-GPU settings (``num_gpus`` > 1) give the per-device peak of the chosen sharding.
+    """
+    details: dict[str, int] = {}
+    pdtype = _param_dtype(settings)
+    quant = settings.effective_quantization
+    base = weight_bytes(
+        spec, param_dtype=pdtype, quantization=quant, double_quant=settings.double_quant
+    )
+    details["weights_quantized"] = base["quantized"]
+    details["weights_unquantized"] = base["unquantized"]
+    shapes = trainable_shapes(spec, settings)
+    trainable = sum(_numel(s) for s in shapes)
+    train_bytes = 4 if settings.uses_lora else DTYPE_BYTES[pdtype]
+    adapters = trainable * 4 if settings.uses_lora else 0
+    details["adapter_weights"] = adapters
+    weights = base["quantized"] + base["unquantized"] + adapters
+    gradients = trainable * train_bytes
+    optimizer = optimizer_bytes(settings.optimizer, shapes, param_bytes=train_bytes)
+    largest = max((_numel(s) for s in shapes), default=0)
+    opt_scratch = step_transient(settings.optimizer, largest, trainable, param_bytes=train_bytes)
+
+    act = estimate_activations(spec, settings, device.kind)
+    details.update({f"act.{k}": v for k, v in act.details.items()})
+    details["activations_saved"] = act.kept
+    details["activations_recompute"] = act.recompute
+    details["logits_saved"] = act.logits_saved
+    copies = autocast_copies(spec, settings, shapes)
+    details["autocast_weight_copies"] = copies.all
+    # dequantized weight of the largest layer exists while its matmul runs
+    dequant = 0
+    if quant != "none":
+        widest = max((t.in_features * t.out_features for t in quantized_targets(spec)), default=0)
+        dequant = widest * BYTES[settings.compute_dtype] * 2
+    details["dequant_scratch"] = dequant
+
+    weights, gradients, optimizer, extra_grad = _shard(
+        spec, settings, weights, gradients, optimizer, details
+    )
+    held_grads = gradients if settings.grad_accum > 1 else 0
+    resident = weights + optimizer + held_grads + extra_grad
+    # the end of the forward: every kept activation, every cached weight copy, the loss
+    forward_acts = act.kept + copies.all + dequant
+    forward = resident + forward_acts + act.logits_forward
+    # backward begins with the loss's vocabulary-sized working set; under checkpointing the
+    # blocks are recomputed one at a time after it, never beside it
+    backward_acts = act.kept + copies.kept + dequant
+    loss_stage = act.logits_peak
+    block_stage = act.recompute + copies.per_block
+    backward = resident + backward_acts + max(loss_stage, block_stage)
+    # backward ends with every gradient made; a tied embedding receives two (the head's and the
+    # lookup's), and the second exists beside the first until autograd adds them up
+    tied = _tied_gradient(spec, settings, train_bytes)
+    details["tied_embedding_gradient"] = tied
+    backward_end = weights + gradients + optimizer + extra_grad + tied
+    step = weights + gradients + optimizer + opt_scratch + extra_grad
+    moments = {
+        "forward": forward,
+        "backward": backward,
+        "backward_end": backward_end,
+        "optimizer_step": step,
+    }
+    phase = max(moments, key=lambda name: moments[name])
+    allocated = moments[phase]
+    if phase == "backward_end":
+        act_part, logits_part, grad_part = 0, 0, gradients + tied + extra_grad
+    elif phase == "optimizer_step":
+        # report the step's parts: activations are gone by then
+        act_part, logits_part, grad_part = 0, 0, gradients + opt_scratch + extra_grad
+    elif phase == "forward":
+        act_part, logits_part = forward_acts, act.logits_forward
+        grad_part = held_grads + extra_grad
+    elif loss_stage >= block_stage:
+        act_part, logits_part = backward_acts, loss_stage
+        grad_part = held_grads + extra_grad
+    else:
+        act_part, logits_part = backward_acts + block_stage, 0
+        grad_part = held_grads + extra_grad
+    if device.kind == "cpu":
+        overhead = CPU_RUNTIME + int(allocated * CPU_SLACK)
+    else:
+        major = device.compute_capability[0] if device.compute_capability else None
+        context = CUDA_CONTEXT.get(major, CUDA_CONTEXT_DEFAULT) if major else CUDA_CONTEXT_DEFAULT
+        details["cuda_context"] = context
+        details["allocator_slack"] = int(allocated * ALLOCATOR_SLACK)
+        overhead = context + details["allocator_slack"]
+    details["allocated_peak"] = allocated
+    details["forward_peak"] = forward
+    details["backward_peak"] = backward
+    details["backward_end_peak"] = backward_end
+    details["step_peak"] = step
+    return MemoryEstimate(
+        peak_bytes=allocated + overhead,
+        weights=weights,
+        gradients=grad_part,
+        optimizer=optimizer,
+        activations=act_part,
+        logits=logits_part,
+        overhead=overhead,
+        phase=phase,
+        trainable_params=trainable,
+        details=details,
+    )
+
+
+def _tied_gradient(spec: ModelSpec, settings: TrainSettings, grad_bytes: int) -> int:
+    """Bytes of the second gradient of a tied input/output embedding, when it trains.
+
+    The head's matmul gives the shared matrix its gradient at the start of backward; the
+    embedding lookup's backward makes a dense vocabulary-sized gradient of its own at the end,
+    which autograd then adds to the first: both exist for a moment.
+    """
+    if not spec.tied_embeddings or settings.uses_lora or not spec.has_lm_head:
+        return 0  # full and freeze both train the head, and so the shared matrix
+    return spec.vocab_size * spec.hidden_size * grad_bytes
+
+
+def _shard(
+    spec: ModelSpec,
+    settings: TrainSettings,
+    weights: int,
+    gradients: int,
+    optimizer: int,
+    details: dict[str, int],
+) -> tuple[int, int, int, int]:
+    """Per-device weights, gradients, optimizer state and communication buffers under sharding."""
+    n = settings.num_gpus
+    mode = settings.sharding if n > 1 else "none"
+    extra = 0
+    layers = max(spec.num_layers, 1)
+    if mode == "ddp":
+        extra = gradients  # DDP's flat gradient buckets (gradient_as_bucket_view is off)
+    elif mode in ("zero2", "fsdp", "zero3"):
+        optimizer //= n
+        gradients //= n
+        extra = gradients * n // layers  # one block's full gradients before reduce-scatter
+        if mode in ("fsdp", "zero3"):
+            gathered = 2 * weights // layers  # the block being computed and the prefetched one
+            weights = weights // n + gathered
+            details["gathered_block"] = gathered
+    details["comm_buffers"] = extra
+    return weights, gradients, optimizer, extra

@@ -1,0 +1,195 @@
+"""A planner candidate turned into a ``run.toml``.
+
+The candidate is read by attribute (method, quantization, precision, optimizer,
+gradient_checkpointing, micro_batch, grad_accum, seq_len, lora_rank, peak_bytes,
+step_seconds, settings), so any object with those names works: the planner's `Candidate`,
+a test double, or a namespace built by a script. The planner may spell a few values its own
+way ("4bit", "adamw_torch"); they are mapped onto run.toml's names here, in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any
+
+from affiner.runner.config.schema import RunConfig
+
+_METHOD_ALIASES = {
+    "lora_8bit": "lora8",
+    "lora-8bit": "lora8",
+    "8bit_lora": "lora8",
+    "qlora4": "qlora",
+    "layerwise": "freeze",
+}
+_QUANT_ALIASES = {
+    None: "none",
+    "": "none",
+    "4bit": "nf4",
+    "nf4-dq": "nf4",
+    "8bit": "int8",
+    "llm.int8": "int8",
+}
+_OPTIM_ALIASES = {
+    "adamw_torch": "adamw",
+    "adamw_torch_fused": "adamw",
+    "adamw_8bit": "adamw8bit",
+    "adamw_bnb_8bit": "adamw8bit",
+    "paged_adamw_8bit": "paged_adamw8bit",
+}
+FULL_LEARNING_RATE = 2e-5
+_PRECISION_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "32": "fp32"}
+
+
+def _pick(candidate: Any, name: str, default: Any = None) -> Any:
+    """`candidate.name`, else `candidate.settings.name`, else `default`."""
+    value = getattr(candidate, name, None)
+    if value is None:
+        value = getattr(getattr(candidate, "settings", None), name, None)
+    return default if value is None else value
+
+
+def build_from_plan(
+    candidate: Any,
+    *,
+    model: str,
+    train: str,
+    eval: str,
+    task: str,
+    overrides: dict[str, Any],
+) -> RunConfig:
+    """The unchecked `RunConfig` for `candidate`; `affiner.runner.config.io.config_from_plan` checks it.
+
+    `overrides` are a section name with a dict (``training={"epochs": 1}``), a
+    ``section__field`` name (``eval__every_steps=10``: `eval` itself is the eval data path), or
+    a field name that exists in exactly one section (``learning_rate=1e-4``).
+    """
+    from affiner.runner.config.io import ConfigError
+
+    for name, value in (("model", model), ("train", train), ("eval", eval), ("task", task)):
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"{name}= must be text, got {type(value).__name__}",
+                file="plan",
+                hint="eval= is the held-out data path; pass [eval] settings as eval__every_steps=...",
+            )
+
+    cfg = RunConfig()
+    cfg.model.name_or_path = model
+    cfg.model.task = task
+    cfg.data.train = train
+    cfg.data.eval = eval
+
+    method = str(_pick(candidate, "method", "lora")).lower()
+    cfg.method.name = _METHOD_ALIASES.get(method, method)
+    quant = _pick(candidate, "quantization", "none")
+    cfg.method.quantization = _QUANT_ALIASES.get(quant, str(quant).lower())
+    for name in (
+        "lora_rank",
+        "lora_alpha",
+        "lora_dropout",
+        "trainable_layers",
+        "target_modules",
+        "double_quant",
+    ):
+        value = _pick(candidate, name)
+        if value is not None:
+            _set(cfg, "method", name, value)
+    targets = _pick(
+        candidate, "lora_targets"
+    )  # the planner's TrainSettings spells it so, as a tuple
+    if targets is not None and _pick(candidate, "target_modules") is None:
+        targets = [str(t) for t in targets] if not isinstance(targets, str) else [targets]
+        _set(
+            cfg, "method", "target_modules", "all-linear" if targets == ["all-linear"] else targets
+        )
+    if _pick(candidate, "lora_alpha") is None and _pick(candidate, "lora_rank") is not None:
+        cfg.method.lora_alpha = 2 * int(cfg.method.lora_rank)
+
+    precision = str(_pick(candidate, "precision", "auto")).lower()
+    cfg.training.precision = _PRECISION_ALIASES.get(precision, precision)
+    optimizer = str(_pick(candidate, "optimizer", "adamw")).lower()
+    cfg.training.optimizer = _OPTIM_ALIASES.get(optimizer, optimizer)
+    cfg.training.gradient_checkpointing = bool(_pick(candidate, "gradient_checkpointing", False))
+    cfg.training.micro_batch = int(_pick(candidate, "micro_batch", cfg.training.micro_batch))
+    cfg.training.grad_accum = int(_pick(candidate, "grad_accum", cfg.training.grad_accum))
+    cfg.data.max_seq_len = int(_pick(candidate, "seq_len", cfg.data.max_seq_len))
+    attention = _pick(candidate, "attention")
+    if isinstance(attention, str) and attention:
+        cfg.model.attn_implementation = attention
+
+    cfg.plan.predicted_peak_bytes = _pick(candidate, "peak_bytes")
+    step = _pick(
+        candidate, "step_seconds", getattr(getattr(candidate, "time", None), "step_seconds", None)
+    )
+    cfg.plan.predicted_step_seconds = float(step) if step is not None else None
+    device = _pick(candidate, "device")
+    if device is not None:
+        cfg.plan.device = str(getattr(device, "name", device))
+        kind = getattr(device, "kind", None)
+        if kind in ("cpu", "cuda"):
+            cfg.training.device = kind
+
+    if cfg.method.name in ("full", "freeze"):
+        # Updating the base weights themselves wants a learning rate about ten times lower
+        # than an adapter does; an explicit learning_rate override still wins.
+        cfg.training.learning_rate = FULL_LEARNING_RATE
+
+    sections = {f.name for f in dataclasses.fields(RunConfig)}
+    owners: dict[str, list[str]] = {}
+    for section in sections:
+        for f in dataclasses.fields(getattr(cfg, section)):
+            owners.setdefault(f.name, []).append(section)
+    for key, value in overrides.items():
+        section, _, field_name = key.partition("__")
+        if field_name and section in sections:
+            _set(cfg, section, field_name, value)
+            continue
+        if key in sections:
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"override {key}= must be a dict of fields", file="plan", key=f"[{key}]"
+                )
+            for field_name, field_value in value.items():
+                _set(cfg, key, field_name, field_value)
+            continue
+        where = owners.get(key, [])
+        if len(where) == 1:
+            _set(cfg, where[0], key, value)
+        elif len(where) > 1:
+            raise ConfigError(
+                f"override {key!r} is in several sections ({', '.join(sorted(where))})",
+                file="plan",
+                hint=f"name the section, e.g. {sorted(where)[0]}__{key}=...",
+            )
+        else:
+            close = difflib.get_close_matches(key, list(owners) + list(sections), n=1)
+            raise ConfigError(
+                f"unknown override {key!r}",
+                file="plan",
+                hint=(
+                    f"did you mean {close[0]!r}?"
+                    if close
+                    else "use a run.toml field or section name"
+                ),
+            )
+    return cfg
+
+
+def _set(cfg: RunConfig, section: str, key: str, value: Any) -> None:
+    from affiner.runner.config.io import ConfigError, _convert
+
+    target = getattr(cfg, section)
+    hints = {f.name: f for f in dataclasses.fields(target)}
+    if key not in hints:
+        raise ConfigError(
+            f"unknown key {key!r} in [{section}]", file="plan", key=f"[{section}].{key}"
+        )
+    import typing
+
+    ok, converted, expected = _convert(value, typing.get_type_hints(type(target))[key])
+    if not ok:
+        raise ConfigError(
+            f"expected {expected}, got {value!r}", file="plan", key=f"[{section}].{key}"
+        )
+    setattr(target, key, converted)

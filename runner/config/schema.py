@@ -1,0 +1,215 @@
+"""``run.toml``: what a run does, as dataclasses.
+
+One file per run is the single source of truth: the planner's chosen plan converts to it,
+a person can write or edit one by hand, and the training process reads nothing else.
+Loading, validation (unknown keys, wrong types, impossible combinations) and writing live in
+`affiner.runner.config.io`; this module only names the sections and their defaults.
+
+Example::
+
+    [model]
+    name_or_path = "runs/models/smollm2-135m-instruct"
+
+    [method]
+    name = "lora"
+    lora_rank = 16
+
+    [data]
+    train = "data/train.jsonl"
+
+    [training]
+    epochs = 2
+    learning_rate = 2e-4
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+METHODS = ("full", "freeze", "lora", "qlora", "lora8")
+QUANTIZATIONS = ("none", "nf4", "fp4", "int8")
+TASKS = ("causal_lm", "classification")
+DATA_FORMATS = ("auto", "text", "instruction", "chat", "prompt_completion", "classification")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "bf16-pure")
+OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit", "sgd", "adafactor")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class ModelSection:
+    """The base model.
+
+    Attributes:
+        name_or_path: a local folder or a hub id (read from the local cache when offline).
+        task: ``causal_lm`` (generation) or ``classification`` (sequence classification head).
+        trust_remote_code: run the model repository's own Python code; off unless asked for.
+        revision: hub revision (branch, tag or commit).
+        attn_implementation: ``sdpa`` (default), ``eager`` or ``flash_attention_2``.
+    """
+
+    name_or_path: str = ""
+    task: str = "causal_lm"
+    trust_remote_code: bool = False
+    revision: str | None = None
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class MethodSection:
+    """How the model is adapted.
+
+    Attributes:
+        name: ``full``, ``freeze`` (train only the last `trainable_layers` blocks and the head),
+            ``lora``, ``qlora`` (4-bit base) or ``lora8`` (8-bit base).
+        quantization: ``none``, ``nf4``, ``fp4`` or ``int8``; ``qlora`` implies ``nf4`` and
+            ``lora8`` implies ``int8`` when left at ``none``.
+        double_quant: quantize the 4-bit block constants too (QLoRA's double quantization).
+        lora_rank, lora_alpha, lora_dropout: LoRA's hyper-parameters.
+        target_modules: ``all-linear`` or a list of module names (``["q_proj", "v_proj"]``).
+        trainable_layers: blocks left trainable by ``freeze``.
+    """
+
+    name: str = "lora"
+    quantization: str = "none"
+    double_quant: bool = True
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+    trainable_layers: int = 2
+
+
+@dataclass
+class DataSection:
+    """The data set.
+
+    Attributes:
+        train: a JSONL/JSON/CSV/Parquet/text file, a saved `datasets` folder, or a hub data set id.
+        eval: held-out data; when empty, `eval_fraction` of `train` is split off (seeded).
+        format: ``auto`` (detected from the columns) or one of `DATA_FORMATS`.
+        columns: renames, e.g. ``{text = "review", label = "sentiment"}``.
+        max_seq_len: longer examples are truncated (and counted).
+        eval_fraction: share of `train` held out when `eval` is empty.
+        max_dropped_fraction: the run refuses to start if more rows than this are invalid.
+        dedupe: drop exact duplicate rows (counted and reported).
+        labels: class names for classification, in id order; detected when empty.
+        limit: use at most this many training rows (0 = all).
+        seed: seed of the split and shuffles.
+    """
+
+    train: str = ""
+    eval: str = ""
+    format: str = "auto"
+    columns: dict[str, str] = field(default_factory=dict)
+    max_seq_len: int = 512
+    eval_fraction: float = 0.1
+    max_dropped_fraction: float = 0.05
+    dedupe: bool = True
+    labels: list[str] = field(default_factory=list)
+    limit: int = 0
+    seed: int = 42
+
+
+@dataclass
+class TrainingSection:
+    """Optimisation settings.
+
+    Attributes:
+        epochs: passes over the training data (ignored when `max_steps` > 0).
+        max_steps: stop after this many optimizer steps (-1 = use `epochs`).
+        micro_batch: examples per forward pass per device.
+        grad_accum: micro-batches per optimizer step.
+        precision: ``auto`` (bf16 where supported, else fp16 on GPU, fp32 on CPU), or explicit.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        preflight: run the pre-flight check before training.
+    """
+
+    epochs: float = 3.0
+    max_steps: int = -1
+    learning_rate: float = 2e-4
+    micro_batch: int = 4
+    grad_accum: int = 1
+    precision: str = "auto"
+    optimizer: str = "adamw"
+    gradient_checkpointing: bool = False
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    logging_steps: int = 5
+    seed: int = 42
+    device: str = "auto"
+    preflight: bool = True
+
+
+@dataclass
+class EvalSection:
+    """Held-out evaluation.
+
+    Attributes:
+        every_steps: evaluate every N optimizer steps (0 = once per epoch).
+        early_stopping_patience: stop after this many evaluations without improvement (0 = off).
+        overfit_patience: warn when eval loss has risen this many evaluations while train loss fell.
+        max_rows: evaluate on at most this many held-out rows (0 = all).
+        at_start: evaluate the untouched model before the first step (an ``eval`` event at
+            step 0), so results read "before → after". Skipped when resuming.
+    """
+
+    every_steps: int = 50
+    early_stopping_patience: int = 0
+    overfit_patience: int = 2
+    max_rows: int = 0
+    at_start: bool = False
+
+
+@dataclass
+class CheckpointSection:
+    """Checkpoints: every N steps, keep the last K (the best by eval loss is kept besides)."""
+
+    every_steps: int = 100
+    keep_last: int = 2
+
+
+@dataclass
+class OutputSection:
+    """What the finished run leaves behind besides the adapter and the model card."""
+
+    merge: bool = False
+
+
+@dataclass
+class PlanSection:
+    """What the planner predicted for this run (for comparison; never changes what runs)."""
+
+    predicted_peak_bytes: int | None = None
+    predicted_step_seconds: float | None = None
+    device: str | None = None
+    #: What the pre-flight check measured on the real hardware (written back by it).
+    measured_peak_bytes: int | None = None
+    measured_step_seconds: float | None = None
+
+
+@dataclass
+class RunConfig:
+    """A whole ``run.toml``."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    method: MethodSection = field(default_factory=MethodSection)
+    data: DataSection = field(default_factory=DataSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    output: OutputSection = field(default_factory=OutputSection)
+    plan: PlanSection = field(default_factory=PlanSection)
+
+    @property
+    def quantization(self) -> str:
+        """The effective quantization (``qlora`` means nf4 and ``lora8`` int8 unless stated)."""
+        if self.method.quantization != "none":
+            return self.method.quantization
+        return {"qlora": "nf4", "lora8": "int8"}.get(self.method.name, "none")
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.method.name in ("lora", "qlora", "lora8")

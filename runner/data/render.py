@@ -1,0 +1,231 @@
+"""Rows rendered to token ids with a loss mask: what the model reads, and what it learns from.
+
+A row is first rendered to text plus the character spans that carry loss; tokenizing the whole
+text at once (never piece by piece, which can merge differently) and mapping tokens back to
+characters through the tokenizer's offsets gives the mask. Tokenizers without offsets fall back
+to counting the tokens of text prefixes.
+
+Chat rows use the tokenizer's chat template. The assistant spans are found by rendering prefixes
+of the conversation: the text added between ``messages[:i]`` with the generation prompt and
+``messages[:i + 1]`` is turn ``i``'s answer and its end-of-turn token. When the template rewrites
+history (so prefixes do not line up) the answer is searched for in the full text instead.
+
+A tokenizer without a chat template gets this plain template (and instruction rows the Alpaca
+one below)::
+
+    ### System:\\n{content}\\n\\n### User:\\n{content}\\n\\n### Assistant:\\n{content}<eos>\\n\\n
+
+    ### Instruction:\\n{instruction}\\n\\n### Input:\\n{input}\\n\\n### Response:\\n{output}<eos>
+
+Instruction rows are rendered as a two-turn chat when the tokenizer has a template, so that a
+model fine-tuned on them answers the way it will be asked (through the template). Prompt and
+completion are joined exactly as written. Every causal example ends with EOS (learned) unless
+the template already put it there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from affiner.runner.data.formats import RowProblem
+
+IGNORE = -100
+PLAIN_HEADERS = {
+    "system": "### System:\n",
+    "user": "### User:\n",
+    "assistant": "### Assistant:\n",
+    "tool": "### Tool:\n",
+}
+
+
+@dataclass
+class Rendered:
+    """Text to tokenize, the character spans that carry loss, and how to tokenize it."""
+
+    text: str
+    spans: list[tuple[int, int]]
+    add_special_tokens: bool
+    has_eos: bool = False
+
+
+@dataclass
+class Encoded:
+    """One tokenized example.
+
+    Attributes:
+        input_ids: token ids after truncation.
+        labels: per-token targets (``-100`` where no loss) for causal LM; the class id for
+            classification.
+        loss_mask: True for tokens that carry loss (all False for classification).
+        length: tokens before truncation.
+        truncated: True when `length` exceeded `max_seq_len`.
+        text: the rendered text (EOS included when appended).
+    """
+
+    input_ids: list[int]
+    labels: list[int] | int
+    loss_mask: list[bool]
+    length: int
+    truncated: bool
+    text: str
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def instruction_messages(row: dict[str, Any]) -> list[dict[str, str]]:
+    """An Alpaca row as a conversation: instruction and input as the user turn."""
+    user = row["instruction"] + (f"\n\n{row['input']}" if row.get("input", "").strip() else "")
+    messages = [{"role": "system", "content": row["system"]}] if row.get("system") else []
+    return [
+        *messages,
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": row["output"]},
+    ]
+
+
+def render(row: dict[str, Any], fmt: str, tokenizer: Any) -> Rendered:
+    """The text for `row` and its loss spans (see the module docstring for the templates)."""
+    eos = getattr(tokenizer, "eos_token", None) or ""
+    if fmt == "text":
+        return Rendered(row["text"], [(0, len(row["text"]))], True)
+    if fmt == "prompt_completion":
+        text = row["prompt"] + row["completion"]
+        return Rendered(text, [(len(row["prompt"]), len(text))], True)
+    if fmt == "instruction" and has_chat_template(tokenizer):
+        return _render_chat(instruction_messages(row), tokenizer)
+    if fmt == "instruction":
+        parts = [f"{row['system']}\n\n"] if row.get("system") else []
+        parts.append(f"### Instruction:\n{row['instruction']}\n\n")
+        if row.get("input", "").strip():
+            parts.append(f"### Input:\n{row['input']}\n\n")
+        prompt = "".join(parts) + "### Response:\n"
+        return Rendered(
+            prompt + row["output"], [(len(prompt), len(prompt) + len(row["output"]))], True
+        )
+    if fmt == "chat":
+        if has_chat_template(tokenizer):
+            return _render_chat(row["messages"], tokenizer)
+        text, spans = "", []
+        for message in row["messages"]:
+            text += PLAIN_HEADERS[message["role"]]
+            if message["role"] == "assistant":
+                spans.append((len(text), len(text) + len(message["content"]) + len(eos)))
+                text += message["content"] + eos + "\n\n"
+            else:
+                text += message["content"] + "\n\n"
+        return Rendered(text, spans, True, has_eos=bool(eos))
+    raise RowProblem(f"format {fmt!r} has no causal LM rendering")
+
+
+def _apply(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt
+        )
+    except Exception as exc:  # jinja's own errors (raise_exception in templates) and TemplateError
+        raise RowProblem(f"the chat template refused this conversation: {exc}") from None
+
+
+def _render_chat(messages: list[dict[str, str]], tokenizer: Any) -> Rendered:
+    full = _apply(tokenizer, messages)
+    eos = getattr(tokenizer, "eos_token", None) or ""
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _apply(tokenizer, messages[:index], True) if index else ""
+        upto = _apply(tokenizer, messages[: index + 1])
+        if index and full.startswith(upto) and upto.startswith(before) and len(before) >= cursor:
+            start, end = len(before), len(upto)
+        else:
+            start = full.find(message["content"], cursor)
+            if start < 0:
+                raise RowProblem(
+                    "the chat template changes the assistant's text, so its tokens cannot be found"
+                )
+            end = start + len(message["content"])
+            if eos and full.startswith(eos, end):
+                end += len(eos)
+        while end > start and full[end - 1].isspace():
+            end -= 1
+        spans.append((start, end))
+        cursor = end
+    has_eos = bool(eos) and bool(spans) and eos in full[spans[-1][0] : spans[-1][1]]
+    return Rendered(full, spans, False, has_eos=has_eos)
+
+
+def _mask_from_offsets(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
+    """A token carries loss when its characters overlap a loss span (tokens the tokenizer added have none).
+
+    Offsets and spans both run left to right, so one sweep does it.
+    """
+    ordered = sorted(spans)
+    mask = []
+    k = 0
+    for start, end in offsets:
+        while k < len(ordered) and ordered[k][1] <= start:
+            k += 1
+        mask.append(end > start and k < len(ordered) and ordered[k][0] < end)
+    return mask
+
+
+def _mask_from_prefixes(tokenizer: Any, rendered: Rendered, count: int) -> list[bool]:
+    mask = [False] * count
+    for s_start, s_end in rendered.spans:
+        first = len(
+            tokenizer(rendered.text[:s_start], add_special_tokens=rendered.add_special_tokens)[
+                "input_ids"
+            ]
+        )
+        last = len(
+            tokenizer(rendered.text[:s_end], add_special_tokens=rendered.add_special_tokens)[
+                "input_ids"
+            ]
+        )
+        for i in range(first, min(last, count)):
+            mask[i] = True
+    return mask
+
+
+def encode_causal(row: dict[str, Any], fmt: str, tokenizer: Any, max_seq_len: int) -> Encoded:
+    """`row` as input ids and labels with loss only where `fmt` says, truncated to `max_seq_len`."""
+    rendered = render(row, fmt, tokenizer)
+    if getattr(tokenizer, "is_fast", False):
+        encoding = tokenizer(
+            rendered.text,
+            add_special_tokens=rendered.add_special_tokens,
+            return_offsets_mapping=True,
+        )
+        ids = list(encoding["input_ids"])
+        mask = _mask_from_offsets([tuple(o) for o in encoding["offset_mapping"]], rendered.spans)
+    else:
+        ids = list(
+            tokenizer(rendered.text, add_special_tokens=rendered.add_special_tokens)["input_ids"]
+        )
+        mask = _mask_from_prefixes(tokenizer, rendered, len(ids))
+    eos_id = getattr(tokenizer, "eos_token_id", None)
+    text = rendered.text
+    if eos_id is not None and not rendered.has_eos:
+        if ids and ids[-1] == eos_id:  # the tokenizer added EOS itself: it still has to be learned
+            mask[-1] = True
+        else:
+            ids.append(eos_id)
+            mask.append(True)
+            text += tokenizer.eos_token
+    length = len(ids)
+    ids, mask = ids[:max_seq_len], mask[:max_seq_len]
+    labels = [token if keep else IGNORE for token, keep in zip(ids, mask, strict=True)]
+    return Encoded(ids, labels, mask, length, length > max_seq_len, text)
+
+
+def encode_classification(text: str, label_id: int, tokenizer: Any, max_seq_len: int) -> Encoded:
+    """`text` as input ids (with the tokenizer's special tokens) and its class id."""
+    ids = list(tokenizer(text)["input_ids"])
+    length = len(ids)
+    if length > max_seq_len:  # let the tokenizer truncate, so a closing special token survives
+        ids = list(tokenizer(text, truncation=True, max_length=max_seq_len)["input_ids"])
+    return Encoded(ids, label_id, [False] * len(ids), length, length > max_seq_len, text)

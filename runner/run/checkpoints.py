@@ -1,0 +1,127 @@
+"""Checkpoint bookkeeping: the checkpoint to resume from, and the best model kept aside.
+
+The Trainer writes ``checkpoints/checkpoint-<step>/`` every ``[checkpoint].every_steps`` and
+keeps the last ``keep_last`` of them. Besides those, ``checkpoints/best/`` always holds the
+weights (adapter or full model, plus tokenizer) with the lowest evaluation loss so far, and
+``best/affiner_best.json`` says at which step and loss. It is not named ``checkpoint-*``, so
+the Trainer's rotation never deletes it, and a user who stops a run early keeps the best.
+
+When an improving evaluation falls on a step that is about to be checkpointed anyway, the
+checkpoint's model files are hard-linked into ``best/`` (no second copy on disk); otherwise the
+weights are written there directly with ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from affiner.runner.run.rundir import RunDir
+from affiner.runner.run.runs import latest_checkpoint
+
+BEST_INFO = "affiner_best.json"
+TRAINER_STATE = "trainer_state.json"
+#: Files of a Trainer checkpoint that only resuming needs; everything else is the model.
+_RESUME_ONLY = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin", TRAINER_STATE)
+
+
+def resume_checkpoint(run_dir: RunDir) -> Path | None:
+    """The newest complete checkpoint (one whose ``trainer_state.json`` exists), or None."""
+    found = latest_checkpoint(run_dir)
+    return found[1] if found else None
+
+
+def read_log_history(checkpoint: Path) -> list[dict[str, Any]]:
+    """The Trainer's log history saved in a checkpoint (train losses and evaluations)."""
+    try:
+        data = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    history = data.get("log_history") if isinstance(data, dict) else None
+    return [entry for entry in history or [] if isinstance(entry, dict)]
+
+
+@dataclass
+class BestInfo:
+    """What ``best/affiner_best.json`` records."""
+
+    step: int
+    eval_loss: float
+
+
+class BestKeeper:
+    """Keeps ``checkpoints/best/`` equal to the weights with the lowest evaluation loss.
+
+    On resume it starts from the best already on disk, so a resumed run never replaces a
+    better model with a worse one.
+    """
+
+    def __init__(self, run_dir: RunDir) -> None:
+        self.folder = run_dir.best
+        self.best: BestInfo | None = self._read()
+        self.pending_step: int | None = None
+
+    def _read(self) -> BestInfo | None:
+        try:
+            data = json.loads((self.folder / BEST_INFO).read_text(encoding="utf-8"))
+            return BestInfo(int(data["step"]), float(data["eval_loss"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    @property
+    def best_loss(self) -> float | None:
+        return self.best.eval_loss if self.best else None
+
+    def improves(self, eval_loss: float) -> bool:
+        return self.best is None or eval_loss < self.best.eval_loss
+
+    def save_weights(self, model: Any, tokenizer: Any, step: int, eval_loss: float) -> Path:
+        """Write the model's weights (an adapter for peft models) and tokenizer as the new best."""
+        tmp = self._fresh_tmp()
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        return self._install(tmp, step, eval_loss)
+
+    def link_checkpoint(self, checkpoint: Path, step: int, eval_loss: float) -> Path:
+        """Make the model files of a just-written checkpoint the new best, by hard links."""
+        tmp = self._fresh_tmp()
+        for source in checkpoint.iterdir():
+            if (
+                source.is_file()
+                and source.name not in _RESUME_ONLY
+                and "rng_state" not in source.name
+            ):
+                _link_or_copy(source, tmp / source.name)
+        return self._install(tmp, step, eval_loss)
+
+    def _fresh_tmp(self) -> Path:
+        tmp = self.folder.with_name(self.folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        return tmp
+
+    def _install(self, tmp: Path, step: int, eval_loss: float) -> Path:
+        """Swap the new folder in: a crash leaves either the old best or the new one complete."""
+        (tmp / BEST_INFO).write_text(
+            json.dumps({"step": step, "eval_loss": eval_loss}) + "\n", encoding="utf-8"
+        )
+        old = self.folder.with_name(self.folder.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if self.folder.exists():
+            os.replace(self.folder, old)
+        os.replace(tmp, self.folder)
+        shutil.rmtree(old, ignore_errors=True)
+        self.best = BestInfo(step, eval_loss)
+        return self.folder
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(source, target)

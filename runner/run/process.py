@@ -1,0 +1,138 @@
+"""The training process as an OS process: start it detached, tell whether it lives, signal it.
+
+A run's worker is started in its own session (``start_new_session=True``), so closing the
+terminal or the SSH connection that launched it sends it no SIGHUP, and Ctrl-C in that
+terminal never reaches it. Its pid is recorded in ``status.json``. Pids are recycled, though
+(after a reboot, or days later), so before signalling a pid we check that the process there
+really is *this run's* worker: its command line must name ``affiner.runner.worker`` and the run folder.
+
+Only the standard library and psutil: this module is imported by the CLI and the TUI.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import psutil
+
+#: The module the detached training process runs (``python -m affiner.runner.worker RUN_DIR``).
+WORKER_MODULE = "affiner.runner.worker"
+#: Every name a worker's command line may carry: 0.1 installed the rooms as top-level packages,
+#: so a run it started shows ``-m runner.worker`` and must still be recognised (to be stopped).
+WORKER_MODULES = (WORKER_MODULE, "runner.worker")
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True when a process with this pid exists and has not exited.
+
+    A zombie (exited, not yet reaped by its parent) counts as gone: it will never write
+    another event, and that is what callers want to know.
+    """
+    if not pid or pid <= 0:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        # AccessDenied means it exists but belongs to someone else: not our worker either way.
+        return False
+
+
+def is_worker_of(pid: int | None, run_dir: str | os.PathLike[str]) -> bool:
+    """True when `pid` is a live ``affiner.runner.worker`` process for the run in `run_dir`.
+
+    Guards every signal against pid reuse: a pid from an old ``status.json`` may belong to an
+    unrelated process now. The check matches the resolved run folder against the command
+    line's arguments (the launcher always passes an absolute path).
+    """
+    if not pid_alive(pid):
+        return False
+    try:
+        cmdline = psutil.Process(pid).cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    if not any(name in cmdline for name in WORKER_MODULES):
+        return False
+    target = _resolved(run_dir)
+    return any(_resolved(arg) == target for arg in cmdline if os.sep in arg)
+
+
+def _resolved(path: str | os.PathLike[str]) -> str:
+    try:
+        return str(Path(path).expanduser().resolve())
+    except (OSError, RuntimeError):
+        return str(path)
+
+
+def worker_argv(
+    run_dir: str | os.PathLike[str], *extra: str, python: str | None = None
+) -> list[str]:
+    """The command that runs a run's worker: ``python -m affiner.runner.worker RUN_DIR [extra...]``."""
+    import sys
+
+    return [python or sys.executable, "-m", WORKER_MODULE, _resolved(run_dir), *extra]
+
+
+def spawn_detached(
+    argv: Sequence[str],
+    *,
+    log_path: str | os.PathLike[str],
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start `argv` in a new session, stdin from /dev/null, stdout and stderr appended to `log_path`.
+
+    The child keeps running when the caller exits, the terminal closes or the SSH connection
+    drops. File descriptors other than 0-2 are closed so the child holds no pipe of ours.
+    """
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+def send_signal(pid: int, sig: int, *, group: bool = False) -> bool:
+    """Send `sig` to `pid` (or, with `group`, to its whole process group). False if it is gone.
+
+    The worker leads its own session, so its process group holds it and whatever it started
+    (data loader workers, torchrun's ranks): a forced stop kills the group so nothing is
+    left holding GPU memory.
+    """
+    try:
+        if group:
+            os.killpg(os.getpgid(pid), sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_gone(
+    pid: int, timeout: float, *, poll: float = 0.1, child: subprocess.Popen | None = None
+) -> bool:
+    """Wait until `pid` has exited; True if it did within `timeout` seconds.
+
+    Pass `child` when the caller started the process, so it is reaped (and does not linger as a
+    zombie) the moment it exits.
+    """
+    deadline = time.monotonic() + max(timeout, 0.0)
+    while True:
+        if child is not None and child.poll() is not None:
+            return True
+        if not pid_alive(pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)

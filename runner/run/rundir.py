@@ -1,0 +1,123 @@
+"""Where a run lives on disk, and what each file in its folder is for.
+
+    runs/<run-id>/
+        run.toml          what to do (the single source of truth; written before launch)
+        events.jsonl      what happened (append-only, see affiner.runner.run.events)
+        status.json       state at a glance (rewritten atomically)
+        train.log         the training process's stdout and stderr
+        command.txt       the exact command that reproduces the run headless
+        versions.json     Python, torch, transformers, peft, bitsandbytes versions
+        checkpoints/      Trainer checkpoints (last K kept) and best/ (lowest eval loss)
+        adapter/          the final adapter (PEFT format) or full model
+        merged/           merged weights in safetensors (when asked for)
+        README.md         the model card
+
+The runs root is ``./runs`` unless ``AFFINER_RUNS`` or ``--runs-dir`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+RUNS_ENV = "AFFINER_RUNS"
+
+
+def runs_root(override: str | os.PathLike[str] | None = None) -> Path:
+    """The folder that holds every run folder."""
+    if override:
+        return Path(override).expanduser()
+    env = os.environ.get(RUNS_ENV)
+    return Path(env).expanduser() if env else Path.cwd() / "runs"
+
+
+def new_run_id(label: str = "run", now: float | None = None) -> str:
+    """A sortable, readable id: ``20261125-141503-lora-smollm2-3f9a``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now or time.time()))
+    slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")[:40] or "run"
+    return f"{stamp}-{slug}-{secrets.token_hex(2)}"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside one run folder. Creating a `RunDir` touches nothing on disk."""
+
+    path: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def config(self) -> Path:
+        return self.path / "run.toml"
+
+    @property
+    def events(self) -> Path:
+        return self.path / "events.jsonl"
+
+    @property
+    def status(self) -> Path:
+        return self.path / "status.json"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "train.log"
+
+    @property
+    def command(self) -> Path:
+        return self.path / "command.txt"
+
+    @property
+    def versions(self) -> Path:
+        return self.path / "versions.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "checkpoints" / "best"
+
+    @property
+    def adapter(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def merged(self) -> Path:
+        return self.path / "merged"
+
+    @property
+    def model_card(self) -> Path:
+        return self.path / "README.md"
+
+
+def find_run(ref: str, root: str | os.PathLike[str] | None = None) -> RunDir | None:
+    """Resolve a run reference: a path to a run folder, a full id, or a unique id prefix/suffix."""
+    candidate = Path(ref).expanduser()
+    if (candidate / "run.toml").exists() or (candidate / "events.jsonl").exists():
+        return RunDir(candidate.resolve())
+    base = runs_root(root)
+    if not base.is_dir():
+        return None
+    exact = base / ref
+    if exact.is_dir():
+        return RunDir(exact)
+    matches = [
+        p for p in base.iterdir() if p.is_dir() and (p.name.startswith(ref) or p.name.endswith(ref))
+    ]
+    return RunDir(matches[0]) if len(matches) == 1 else None
+
+
+def list_run_dirs(root: str | os.PathLike[str] | None = None) -> list[RunDir]:
+    """Every run folder under the root, newest first."""
+    base = runs_root(root)
+    if not base.is_dir():
+        return []
+    dirs = [p for p in base.iterdir() if p.is_dir() and (p / "run.toml").exists()]
+    return [RunDir(p) for p in sorted(dirs, key=lambda p: p.name, reverse=True)]

@@ -1,0 +1,378 @@
+"""What each run is doing, read from its folder: the data behind ``affiner runs`` and the TUI's list.
+
+A run folder is the only source (see `affiner.runner.run.rundir`): ``status.json`` for the state the worker
+last wrote, ``events.jsonl`` for what happened, ``run.toml`` for what was asked. Nothing here
+talks to the training process, so summarising is safe from any terminal, at any time.
+
+One state is derived rather than written: a status that says ``starting`` or ``running``
+whose process is gone (``kill -9``, the OOM killer, a reboot) becomes ``interrupted``, so the
+user knows the run will not finish by itself and can be resumed from its last checkpoint.
+
+`summarize` is called again and again (``affiner runs --watch``, the TUI's runs screen), and a
+long run's ``events.jsonl`` holds tens of thousands of lines, so the event log is not re-read
+each time: `affiner.runner.run.tally` keeps, per events file, how far it was read and the folded
+state `summarize` needs, and the next call reads only the bytes appended since.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from affiner.planner.errors import AffinerError
+from affiner.runner.run.events import (
+    FINAL_STATES,
+    EvalResult,
+    Event,
+    RunFinished,
+    RunStarted,
+    RunStatus,
+    has_class_metrics,
+    read_status,
+)
+from affiner.runner.run.process import is_worker_of
+from affiner.runner.run.rundir import RunDir, find_run, list_run_dirs, runs_root
+from affiner.runner.run.tally import tally_events
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+#: A derived state: the status says the run is live but its process is gone.
+INTERRUPTED = "interrupted"
+#: A folder without a readable status and without events that say how it ended.
+UNKNOWN = "unknown"
+#: States in which a worker process should be alive.
+LIVE_STATES = ("starting", "running")
+#: A ``starting`` status with no pid yet is given this long before it counts as interrupted
+#: (the launcher writes the pid right after the spawn, so only a crash leaves it empty).
+STARTING_GRACE_SECONDS = 120.0
+
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass
+class RunSummary:
+    """One run at a glance.
+
+    Attributes:
+        run_id: the folder's name.
+        path: the run folder.
+        state: one of `affiner.runner.run.events.RUN_STATES`, or ``interrupted`` / ``unknown`` (see module doc).
+        pid: the worker's pid from ``status.json``; pid_alive: whether that pid is this run's worker now.
+        model, method: from ``run.toml`` (model shown by its folder name when it is a path).
+        step, total_steps, progress: optimizer steps done, planned, and their ratio (None when unknown).
+        epoch: fractional epoch of the last log.
+        task: ``causal_lm`` or ``classification``, from ``run.toml``, else from the evaluations
+            (classification scores mean classification); empty when neither tells.
+        best_eval_loss: lowest eval loss seen; best_metric_name/best_metric: the headline metric
+            at that evaluation (accuracy or F1 for classification, perplexity for language models).
+        started, updated: unix times.
+        message: the status's message, or the last error, or how the run ended.
+        warnings: how many warnings the run logged.
+        last_loss, eta_seconds: from the last training log.
+        last_checkpoint_step: the newest checkpoint on disk (what a resume starts from).
+    """
+
+    run_id: str
+    path: Path
+    state: str
+    pid: int | None = None
+    pid_alive: bool = False
+    model: str = ""
+    method: str = ""
+    task: str = ""
+    step: int = 0
+    total_steps: int = 0
+    progress: float | None = None
+    epoch: float = 0.0
+    best_eval_loss: float | None = None
+    best_metric_name: str | None = None
+    best_metric: float | None = None
+    started: float | None = None
+    updated: float | None = None
+    message: str = ""
+    warnings: int = 0
+    last_loss: float | None = None
+    eta_seconds: float | None = None
+    last_checkpoint_step: int | None = None
+
+    @property
+    def final(self) -> bool:
+        """The run ended by itself or was stopped: nothing more will happen without a resume."""
+        return self.state in FINAL_STATES
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        return data
+
+
+def checkpoints(run_dir: RunDir | str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """The run's Trainer checkpoints as ``(step, folder)``, oldest first.
+
+    Only folders with a ``trainer_state.json`` count: the Trainer writes it last, so a folder
+    without one is a save that was cut short.
+    """
+    folder = _as_rundir(run_dir).checkpoints
+    if not folder.is_dir():
+        return []
+    found = []
+    for child in folder.iterdir():
+        match = _CHECKPOINT_RE.match(child.name)
+        if match and child.is_dir() and (child / "trainer_state.json").exists():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: RunDir | str | os.PathLike[str]) -> tuple[int, Path] | None:
+    """The newest complete checkpoint, or None."""
+    found = checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def _as_rundir(run_dir: RunDir | str | os.PathLike[str]) -> RunDir:
+    return run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
+
+
+def _read_config_labels(path: Path) -> tuple[str, str, str]:
+    """Model, method and task from ``run.toml`` without validating it (a summary never fails).
+
+    The task is empty unless the file names one of ``causal_lm`` / ``classification``.
+    """
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "", "", ""
+    model_section = data.get("model") if isinstance(data.get("model"), dict) else {}
+    method_section = data.get("method") if isinstance(data.get("method"), dict) else {}
+    task = str(model_section.get("task", ""))
+    return (
+        model_label(str(model_section.get("name_or_path", ""))),
+        str(method_section.get("name", "")),
+        task if task in ("causal_lm", "classification") else "",
+    )
+
+
+def run_task(run_dir: RunDir | str | os.PathLike[str]) -> str:
+    """The task ``run.toml`` names (``causal_lm`` / ``classification``), or "" when it names none."""
+    return _read_config_labels(_as_rundir(run_dir).config)[2]
+
+
+def is_language_model(evals: list[EvalResult], task: str | None = None) -> bool:
+    """Whether perplexity means anything for a run: its task, else what its evaluations hold.
+
+    Perplexity is exp(loss) of next-token prediction; for a classification head's
+    cross-entropy it is a number without a meaning, so screens show it only when this is True.
+
+    Args:
+        evals: the run's evaluations (read only when `task` is not known).
+        task: ``causal_lm`` or ``classification`` from the run's config; empty or None when
+            unknown, and then a run is a language model unless an evaluation has
+            classification scores (every classification run logs accuracy).
+    """
+    if task:
+        return task == "causal_lm"
+    return not any(has_class_metrics(event) for event in evals)
+
+
+def model_label(name_or_path: str) -> str:
+    """A short name for a model: a folder's last part, a hub id as written."""
+    if not name_or_path:
+        return ""
+    path = Path(name_or_path)
+    if path.is_absolute() or name_or_path.startswith((".", "~")) or path.exists():
+        return path.name or name_or_path
+    return name_or_path
+
+
+def last_attempt(events: list[Event]) -> list[Event]:
+    """The events since the last ``run_started`` (a resumed run starts a new attempt)."""
+    for index in range(len(events) - 1, -1, -1):
+        if isinstance(events[index], RunStarted):
+            return events[index:]
+    return events
+
+
+def summarize(run_dir: RunDir | str | os.PathLike[str], *, now: float | None = None) -> RunSummary:
+    """Summarise one run folder. Never raises for a damaged folder: it reports what it can.
+
+    The event log is read incrementally (see the module docstring); the status, config and
+    checkpoints are read each time, as they are small and change in place.
+    """
+    rd = _as_rundir(run_dir)
+    now = time.time() if now is None else now
+    status = read_status(rd.path)
+    tally = tally_events(rd.events)
+    model, method, task = _read_config_labels(rd.config)
+
+    summary = RunSummary(run_id=rd.run_id, path=rd.path, state=UNKNOWN, model=model, method=method)
+    started = tally.last_started
+    if tally.first_started is not None and started is not None:
+        summary.started = tally.first_started.t or None
+        summary.total_steps = started.total_steps
+        summary.model = summary.model or model_label(started.model)
+        summary.method = summary.method or started.method
+
+    latest = tally.latest_log
+    if latest is not None:
+        summary.step, summary.epoch = latest.step, latest.epoch
+        summary.total_steps = latest.total_steps or summary.total_steps
+        summary.last_loss = tally.last_loss
+        summary.eta_seconds = latest.eta_seconds
+    if task:
+        summary.task = task
+    elif tally.best_eval is not None or tally.class_metrics:
+        summary.task = "classification" if tally.class_metrics else "causal_lm"
+    _fill_best_eval(summary, tally.best_eval, language_model=summary.task != "classification")
+    summary.warnings = tally.warnings
+    ckpt = latest_checkpoint(rd)
+    summary.last_checkpoint_step = tally.checkpoint_step if ckpt is None else ckpt[0]
+
+    finished = tally.finished
+    if status is not None:
+        summary.pid = status.pid
+        summary.step = max(summary.step, status.step)
+        summary.total_steps = status.total_steps or summary.total_steps
+        summary.epoch = max(summary.epoch, status.epoch)
+        summary.started = status.started or summary.started
+        summary.updated = status.updated or None
+        summary.message = status.message
+        if summary.best_eval_loss is None:
+            summary.best_eval_loss = status.best_eval_loss
+    elif started is not None:
+        summary.pid = started.pid or None
+    summary.pid_alive = is_worker_of(summary.pid, rd.path)
+    summary.state = derive_state(status, started is not None, finished, summary.pid_alive, now)
+    if finished is not None:
+        summary.message = summary.message or finished.message
+    if summary.state == UNKNOWN and status is None:
+        summary.message = summary.message or "no status.json and no events in the run folder"
+    if summary.updated is None:
+        summary.updated = tally.last_t if tally.last_t is not None else _mtime(rd.path)
+    if summary.total_steps:
+        summary.progress = min(1.0, summary.step / summary.total_steps)
+    if summary.state == INTERRUPTED and not summary.message.startswith("interrupted"):
+        summary.message = _interrupted_message(summary)
+    return summary
+
+
+def derive_state(
+    status: RunStatus | None,
+    has_started: bool,
+    finished: RunFinished | None,
+    alive: bool,
+    now: float | None = None,
+) -> str:
+    """The state to show. A final status wins; a live one needs its process; else the events say.
+
+    Args:
+        status: ``status.json`` (None when missing).
+        has_started: the event log holds a ``run_started``.
+        finished: the ``run_finished`` event of the latest attempt, if any.
+        alive: the status's pid is this run's worker (`affiner.runner.run.process.is_worker_of`).
+        now: the time to judge a fresh ``starting`` status by.
+    """
+    now = time.time() if now is None else now
+    if status is not None and status.state not in LIVE_STATES:
+        return status.state
+    if alive:
+        return status.state if status is not None else "running"
+    if finished is not None and (status is None or finished.t >= (status.updated or 0.0) - 1.0):
+        # The worker logged its end but died before rewriting status.json. (A status written
+        # after that event belongs to a relaunch that has not logged anything yet.)
+        return finished.state
+    if status is not None:
+        fresh = now - (status.updated or 0.0) < STARTING_GRACE_SECONDS
+        if status.state == "starting" and not status.pid and fresh:
+            return "starting"
+        return INTERRUPTED
+    return INTERRUPTED if has_started else UNKNOWN
+
+
+def _interrupted_message(summary: RunSummary) -> str:
+    where = (
+        f"resume from the checkpoint at step {summary.last_checkpoint_step}"
+        if summary.last_checkpoint_step is not None
+        else "no checkpoint yet, so a resume starts from scratch"
+    )
+    return f"interrupted: the training process is gone without a final state ({where})"
+
+
+def _fill_best_eval(summary: RunSummary, best: EvalResult | None, *, language_model: bool) -> None:
+    """The lowest-loss evaluation's loss and headline score (never perplexity for classification)."""
+    if best is None:
+        return
+    summary.best_eval_loss = best.loss
+    names = ("accuracy", "f1", "perplexity") if language_model else ("accuracy", "f1")
+    for name in names:
+        value = getattr(best, name)
+        if value is not None:
+            summary.best_metric_name, summary.best_metric = name, value
+            return
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def list_runs(root: str | os.PathLike[str] | None = None) -> list[RunSummary]:
+    """Every run under the runs root, newest first (by start time, then folder name)."""
+    # Hidden folders are run folders still being written by the launcher (never listed).
+    summaries = [summarize(rd) for rd in list_run_dirs(root) if not rd.run_id.startswith(".")]
+    summaries.sort(key=lambda s: (s.started or s.updated or 0.0, s.run_id), reverse=True)
+    return summaries
+
+
+def resolve_run(ref: str, root: str | os.PathLike[str] | None = None) -> RunDir:
+    """Turn a run reference (path, id, unique id prefix or suffix) into its folder, or explain.
+
+    Raises:
+        AffinerError: nothing matches (the message lists recent runs) or several do (it lists them).
+    """
+    ref = ref.strip()
+    if not ref:
+        raise AffinerError("no run given", hint="pass a run id from `affiner runs`")
+    base = runs_root(root)
+    as_path = Path(ref).expanduser()
+    if os.sep in ref or ref.startswith((".", "~")):
+        if (as_path / "run.toml").exists() or (as_path / "events.jsonl").exists():
+            return RunDir(as_path.resolve())
+        if as_path.is_dir():
+            raise AffinerError(
+                f"{ref} is a folder but not a run folder (it has no run.toml or events.jsonl)",
+                hint="pass a run folder, or a run id from `affiner runs`",
+            )
+    found = find_run(ref, root)
+    if found is not None:
+        return found
+    matches = sorted(
+        p.name
+        for p in (base.iterdir() if base.is_dir() else [])
+        if p.is_dir() and (p.name.startswith(ref) or p.name.endswith(ref))
+    )
+    if len(matches) > 1:
+        shown = "\n    ".join(matches[:10])
+        raise AffinerError(
+            f"run reference {ref!r} matches {len(matches)} runs:\n    {shown}",
+            hint="give more of the id",
+        )
+    recent = [rd.run_id for rd in list_run_dirs(root) if not rd.run_id.startswith(".")][:5]
+    listing = ("recent runs:\n    " + "\n    ".join(recent)) if recent else f"no runs in {base}"
+    raise AffinerError(
+        f"no run matches {ref!r} in {base}",
+        hint=f"{listing}\n  (`affiner runs` lists them; --runs-dir or $AFFINER_RUNS picks another root)",
+    )

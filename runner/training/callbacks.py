@@ -1,0 +1,416 @@
+"""The Trainer's side of the event log: what happens in training becomes events a screen can read.
+
+`EventCallback` turns the Trainer's hooks into `affiner.runner.run.events` events (written by rank 0 only):
+
+* ``run_started`` when training begins (total steps known by then), with ``resumed_from_step``
+  when continuing from a checkpoint (see `affiner.runner.run.events.effective_events` for the rule);
+* ``train_log`` at each log: loss, learning rate, gradient norm, tokens/s from the tokens
+  actually processed (non-padding, counted by `CountingTrainer` without a per-step host sync),
+  and an ETA from this session's pace;
+* ``eval`` once per evaluation (transformers 5 passes eval metrics to both ``on_evaluate`` and
+  ``on_log``; only ``on_evaluate`` writes them), perplexity and classification scores included;
+* ``checkpoint`` for every Trainer checkpoint (``best=False``) and each time ``checkpoints/best/``
+  receives a better model (``best=True``, path of ``best/``);
+* ``warning`` for overfitting (action ``stop``) and early stopping; ``error`` for a NaN/inf loss.
+
+It also steers the run: a NaN/inf loss stops training without saving; early stopping on eval loss
+stops it; a SIGTERM/SIGINT (`StopRequest`) saves a checkpoint at the next step end and stops.
+Detectors are replayed from the checkpoint's log history on resume, so patience counters go on
+where they were.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from affiner.runner.run.checkpoints import BestKeeper
+from affiner.runner.run.events import (
+    CLASS_METRICS,
+    Checkpoint,
+    Error,
+    EvalResult,
+    EventWriter,
+    RunStarted,
+    RunStatus,
+    TrainLog,
+    Warning_,
+    clean_number,
+    write_status,
+)
+from affiner.runner.run.rundir import RunDir
+from affiner.runner.training.metrics import (
+    EarlyStopper,
+    OverfitDetector,
+    perplexity,
+    replay_history,
+)
+from transformers import Trainer, TrainerCallback
+
+_EVAL_BOOKKEEPING = (
+    "eval_loss",
+    "eval_runtime",
+    "eval_samples_per_second",
+    "eval_steps_per_second",
+)
+
+
+class TokenCounter:
+    """Sums attention-mask tokens as tensors; `take()` syncs with the device once per log."""
+
+    def __init__(self) -> None:
+        self._total: Any = 0
+
+    def add(self, attention_mask: Any) -> None:
+        self._total = self._total + attention_mask.detach().sum()
+
+    def take(self) -> int:
+        total, self._total = self._total, 0
+        return int(total.item()) if hasattr(total, "item") else int(total)
+
+
+class CountingTrainer(Trainer):
+    """A Trainer that counts the non-padding tokens each micro-batch feeds the model."""
+
+    def __init__(
+        self, *args: Any, token_counter: TokenCounter | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.token_counter = token_counter or TokenCounter()
+
+    def training_step(
+        self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None
+    ) -> Any:
+        mask = inputs.get("attention_mask")
+        if mask is not None:
+            self.token_counter.add(mask)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+class StopRequest:
+    """Turns SIGTERM (``affiner stop``) and SIGINT (Ctrl-C) into a request for a clean stop.
+
+    The handler only sets a flag; `EventCallback` sees it at the next step end, has the Trainer
+    save a checkpoint, and stops. A second SIGINT raises KeyboardInterrupt as usual.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+@dataclass
+class RunInfo:
+    """What ``run_started`` says besides the step count the Trainer works out."""
+
+    run_id: str
+    model: str
+    method: str
+    device: str
+    epochs: float
+    train_rows: int
+    eval_rows: int
+    predicted_peak_bytes: int | None = None
+    predicted_step_seconds: float | None = None
+    num_gpus: int = 1
+    resumed_from_step: int | None = None
+
+
+class EventCallback(TrainerCallback):
+    """Writes the run's events and status, keeps the best model, and stops when it must.
+
+    Args:
+        run_dir: the run folder (``checkpoints/best/`` lives there).
+        writer: the event writer; None on ranks other than 0.
+        status: the run's status, rewritten at every log.
+        info: what ``run_started`` reports.
+        tokens: the counter `CountingTrainer` fills.
+        stop: the signal flag.
+        overfit_patience, early_stopping_patience: from ``[eval]``.
+        history: the resumed checkpoint's log history, replayed into the detectors.
+    """
+
+    def __init__(
+        self,
+        run_dir: RunDir,
+        writer: EventWriter | None,
+        status: RunStatus,
+        info: RunInfo,
+        *,
+        tokens: TokenCounter,
+        stop: StopRequest,
+        overfit_patience: int = 2,
+        early_stopping_patience: int = 0,
+        history: list[dict[str, Any]] | None = None,
+        world_size: int = 1,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.run_dir = run_dir
+        self.writer = writer
+        self.status = status
+        self.info = info
+        self.tokens = tokens
+        self.stop = stop
+        self.world_size = world_size
+        self.clock = clock
+        self.best = BestKeeper(run_dir)
+        self.overfit = OverfitDetector(overfit_patience)
+        self.stopper = EarlyStopper(early_stopping_patience)
+        replay_history(history or [], self.overfit, self.stopper)
+        self.failure: str | None = None
+        self.early_stopped = False
+        self.last_eval: dict[str, float | None] = {}
+        self._last_eval_step: int | None = None
+        self._pending_best: tuple[int, float] | None = None
+        self._session_start = 0.0
+        self._session_start_step = 0
+        self._step_seconds = 0.0
+        self._step_started: float | None = None
+
+    # -- helpers -------------------------------------------------------------------------
+    def _emit(self, state: Any, event: Any) -> None:
+        if self.writer is not None and state.is_world_process_zero:
+            self.writer.write(event)
+
+    def _save_status(self, state: Any) -> None:
+        if self.writer is None or not state.is_world_process_zero:
+            return
+        self.status.step = state.global_step
+        self.status.total_steps = state.max_steps
+        self.status.epoch = float(state.epoch or 0.0)
+        self.status.best_eval_loss = self.best.best_loss
+        write_status(self.run_dir.path, self.status)
+
+    # -- hooks ---------------------------------------------------------------------------
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        now = self.clock()
+        self._session_start = now
+        self._session_start_step = state.global_step
+        self.tokens.take()  # forget anything counted before training (a pre-flight, say)
+        info = self.info
+        self._emit(
+            state,
+            RunStarted(
+                run_id=info.run_id,
+                pid=os.getpid(),
+                model=info.model,
+                method=info.method,
+                device=info.device,
+                total_steps=state.max_steps,
+                epochs=info.epochs,
+                train_rows=info.train_rows,
+                eval_rows=info.eval_rows,
+                resumed_from_step=info.resumed_from_step,
+                predicted_peak_bytes=info.predicted_peak_bytes,
+                predicted_step_seconds=info.predicted_step_seconds,
+                num_gpus=info.num_gpus,
+            ),
+        )
+        self.status.state = "running"
+        self.status.started = self.status.started or now
+        self._save_status(state)
+        return control
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self._step_started = self.clock()
+        return control
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self._step_started is not None:
+            self._step_seconds += self.clock() - self._step_started
+            self._step_started = None
+        if state.global_step >= state.max_steps:
+            control.should_log = True  # the last step is always logged
+        if self.stop.requested:
+            control.should_log = True
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> Any:
+        logs = logs or {}
+        if any(key.startswith("eval_") for key in logs) or "train_runtime" in logs:
+            return control  # evaluations are written by on_evaluate; the summary by the recipe
+        if "loss" not in logs:
+            return control
+        loss, grad_norm = logs.get("loss"), logs.get("grad_norm")
+        step = state.global_step
+        self.overfit.observe_train(loss)
+        now = self.clock()
+        tokens = self.tokens.take() * self.world_size
+        elapsed, self._step_seconds = self._step_seconds, 0.0  # evaluation and saving left out
+        done = step - self._session_start_step
+        per_step = (now - self._session_start) / done if done > 0 else None
+        self._emit(
+            state,
+            TrainLog(
+                step=step,
+                epoch=float(state.epoch or 0.0),
+                loss=clean_number(loss),
+                learning_rate=clean_number(logs.get("learning_rate")),
+                grad_norm=clean_number(grad_norm),
+                tokens_per_second=tokens / elapsed if elapsed > 0 and tokens else None,
+                eta_seconds=per_step * (state.max_steps - step) if per_step is not None else None,
+                total_steps=state.max_steps,
+            ),
+        )
+        if not _finite(loss) or (grad_norm is not None and not _finite(grad_norm)):
+            self._fail_nan(
+                state, control, f"the training loss became {loss} (grad norm {grad_norm})"
+            )
+        self._save_status(state)
+        return control
+
+    def on_evaluate(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        metrics: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        metrics = metrics or {}
+        step = state.global_step
+        if step == self._last_eval_step or "eval_loss" not in metrics:
+            return control
+        self._last_eval_step = step
+        loss = metrics["eval_loss"]
+        scores = {name: clean_number(metrics.get(f"eval_{name}")) for name in CLASS_METRICS}
+        # Perplexity means something for language modelling only, not for a class head's loss.
+        ppl = None if "eval_accuracy" in metrics else perplexity(loss)
+        self.last_eval = {"loss": clean_number(loss), "perplexity": ppl, **scores}
+        extra = {
+            key[5:]: float(value)
+            for key, value in metrics.items()
+            if key.startswith("eval_")
+            and key not in _EVAL_BOOKKEEPING
+            and key[5:] not in CLASS_METRICS
+            and isinstance(value, (int, float))
+            and _finite(value)
+        }
+        self._emit(
+            state,
+            EvalResult(
+                step=step,
+                epoch=float(state.epoch or 0.0),
+                loss=clean_number(loss),
+                perplexity=ppl,
+                runtime_seconds=clean_number(metrics.get("eval_runtime")),
+                extra=extra,
+                **scores,
+            ),
+        )
+        if not _finite(loss):
+            self._fail_nan(state, control, f"the evaluation loss became {loss}")
+            return control
+        if step == 0:
+            # The untouched model's baseline ([eval].at_start): recorded, but never the "best"
+            # checkpoint nor the reference for overfitting or early stopping.
+            self._save_status(state)
+            return control
+        loss = float(loss)
+        self._keep_if_best(state, control, loss, kwargs)
+        if self.overfit.observe_eval(loss):
+            self._emit(
+                state,
+                Warning_(
+                    code="overfitting",
+                    step=step,
+                    action="stop",
+                    message=(
+                        f"Eval loss has risen for {self.overfit.rising} evaluations in a row "
+                        f"(now {loss:.4f}) while the training loss kept falling: the model is "
+                        "memorising the training set. Stop now and keep checkpoints/best/, or "
+                        "use more data, fewer epochs or a lower learning rate."
+                    ),
+                ),
+            )
+        if self.stopper.observe(loss):
+            self.early_stopped = True
+            control.should_training_stop = True
+            self._emit(
+                state,
+                Warning_(
+                    code="early_stopping",
+                    step=step,
+                    message=(
+                        f"No better eval loss in {self.stopper.patience} evaluations "
+                        f"(best {self.stopper.best:.4f}): stopping early."
+                    ),
+                ),
+            )
+        self._save_status(state)
+        return control
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        step = state.global_step
+        folder = Path(args.output_dir) / f"checkpoint-{step}"
+        self._emit(state, Checkpoint(step=step, path=str(folder), best=False))
+        pending, self._pending_best = self._pending_best, None
+        if pending and pending[0] == step and state.is_world_process_zero and folder.is_dir():
+            path = self.best.link_checkpoint(folder, step, pending[1])
+            self._emit(
+                state, Checkpoint(step=step, path=str(path), best=True, eval_loss=pending[1])
+            )
+        return control
+
+    # -- decisions -----------------------------------------------------------------------
+    def _keep_if_best(self, state: Any, control: Any, loss: float, kwargs: dict[str, Any]) -> None:
+        if not self.best.improves(loss):
+            return
+        if control.should_save:  # a checkpoint of this very step follows: link its files
+            self._pending_best = (state.global_step, loss)
+            return
+        if self.writer is None or not state.is_world_process_zero:
+            return  # only rank 0 writes files
+        path = self.best.save_weights(
+            kwargs.get("model"), kwargs.get("processing_class"), state.global_step, loss
+        )
+        self._emit(
+            state, Checkpoint(step=state.global_step, path=str(path), best=True, eval_loss=loss)
+        )
+
+    def _fail_nan(self, state: Any, control: Any, what: str) -> None:
+        self.failure = (
+            f"Training stopped at step {state.global_step}: {what}. Try a lower learning rate "
+            "(a half or a tenth), keep max_grad_norm at 1.0, or train in bf16 or fp32 instead "
+            "of fp16."
+        )
+        self._emit(state, Error(code="nan_loss", step=state.global_step, message=self.failure))
+        control.should_training_stop = True
+        control.should_save = False  # never checkpoint NaN weights
+        control.should_evaluate = False
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,368 @@
+"""Turning the assistant's questions into specific answers from the plan.
+
+Every function here takes plain data (a `PlanReport` from `affiner.planner.recommend`, a
+`DeviceTarget`, a `HardwareReport`, a `ModelSpec`) and returns Markdown. Nothing is vague:
+"why not full?" answers with the peak memory full fine-tuning needs and what the device has;
+"how long?" multiplies the predicted step time by the steps the data makes. Pure Python, so
+the wording is unit-tested without a terminal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from affiner.planner.explain import gb as explain_gb
+from affiner.tui.assistant.intents import Intent
+
+#: How methods are named to people.
+METHOD_NAMES: dict[str, str] = {
+    "full": "full fine-tuning",
+    "freeze": "layer-wise freeze",
+    "lora": "LoRA",
+    "qlora": "QLoRA (4-bit base)",
+    "lora8": "LoRA on an 8-bit base",
+}
+
+
+def method_name(method: str) -> str:
+    return METHOD_NAMES.get(method, method)
+
+
+def capitalized(text: str) -> str:
+    """First letter up, the rest as written (``str.capitalize`` would turn LoRA into Lora)."""
+    return text[:1].upper() + text[1:]
+
+
+def gb(num_bytes: float | None) -> str:
+    """Decimal gigabytes as the planner's own reasons write them (``44.1 GB``); ``N/A`` if unknown."""
+    if num_bytes is None:
+        return "N/A"
+    return explain_gb(num_bytes)
+
+
+def duration(seconds: float | None) -> str:
+    """``40 ms``, ``0.9 s``, ``45 s``, ``12 min``, ``3 h 20 min``, ``2 d 4 h``; ``N/A`` when unknown."""
+    if seconds is None or math.isnan(seconds):
+        return "N/A"
+    if seconds < 0.1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = seconds / 60
+    if minutes < 90:
+        return f"{minutes:.0f} min"
+    hours, rest = divmod(round(minutes), 60)
+    if hours < 48:
+        return f"{hours} h {rest} min" if rest else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def device_memory(device: Any) -> int:
+    """The memory a run may use on `device`: free VRAM (or RAM), falling back to the total."""
+    return int(getattr(device, "memory_free", 0) or getattr(device, "memory_total", 0) or 0)
+
+
+def find_candidate(report: Any, method: str) -> Any | None:
+    """The plan's candidate for `method`, or None when the planner did not consider it."""
+    for candidate in getattr(report, "candidates", ()) or ():
+        if candidate.method == method:
+            return candidate
+    return None
+
+
+def recommended(report: Any) -> Any | None:
+    """The candidate the planner recommends (None when nothing fits)."""
+    index = getattr(report, "recommended", None)
+    candidates = getattr(report, "candidates", ()) or ()
+    if index is None or not 0 <= index < len(candidates):
+        return None
+    return candidates[index]
+
+
+def step_seconds(candidate: Any) -> float | None:
+    """Predicted seconds an optimizer step: the planner keeps it in ``candidate.time``."""
+    value = getattr(candidate, "step_seconds", None)
+    if value is None:
+        value = getattr(getattr(candidate, "time", None), "step_seconds", None)
+    return value
+
+
+def _reasons(candidate: Any) -> list[str]:
+    return [str(r) for r in (getattr(candidate, "reasons", ()) or ())]
+
+
+@dataclass
+class AnswerContext:
+    """What the answers may draw on; fields are None until the conversation has them.
+
+    Attributes:
+        device: the `DeviceTarget` plans are made for.
+        plan: the latest `PlanReport`.
+        method: the method the user chose, None to follow the recommendation.
+        rows: training rows after validation (for "how long?").
+        epochs, batch: to turn rows into optimizer steps (`batch` rows a step).
+        hardware: the machine's `HardwareReport`.
+        step: the assistant step the user is at (for "help").
+    """
+
+    device: Any = None
+    plan: Any = None
+    method: str | None = None
+    rows: int | None = None
+    epochs: float = 3.0
+    batch: int = 16
+    hardware: Any = None
+    step: str = "hardware"
+    extra_help: Sequence[str] = field(default_factory=tuple)
+
+    def chosen(self) -> Any | None:
+        """The candidate that would run: the user's method, else the recommended one."""
+        if self.plan is None:
+            return None
+        if self.method:
+            return find_candidate(self.plan, self.method)
+        return recommended(self.plan)
+
+    def total_steps(self) -> int | None:
+        if not self.rows:
+            return None
+        per_step = max(1, self.batch)
+        return max(1, math.ceil(self.rows / per_step * self.epochs))
+
+
+PHRASES: tuple[tuple[str, str], ...] = (
+    ("what if I had a 4090 · plan for an A100 · plan for my GPU", "re-plan for another GPU"),
+    ("use qlora · use lora · use full · use freeze · use 8-bit", "pick the method"),
+    ("seq 4096 · max length 1024", "maximum sequence length"),
+    ("batch 8 · rank 32 · lr 1e-4 · epochs 2", "change a setting"),
+    ("why not full? · why qlora? · why?", "the planner's reasons"),
+    ("how long? · what fits? · hardware", "time, the methods that fit, the machine"),
+    ("next (or Enter) · back · go to data · preflight · launch", "move through the steps"),
+    ("demo classify · demo chat", "fine-tune a real model offline, on this machine"),
+)
+
+
+def help_text(step: str | None = None) -> str:
+    """Every phrase the assistant understands, as a Markdown table."""
+    lines = ["| type | to |", "| --- | --- |"]
+    lines += [f"| `{phrases}` | {what} |" for phrases, what in PHRASES]
+    if step:
+        lines.append("")
+        lines.append(f"You are at the **{step}** step; Enter accepts the default shown.")
+    return "\n".join(lines)
+
+
+def not_understood(text: str) -> str:
+    """The reply to a line nothing matched: short, with what does work."""
+    return (
+        f"I did not understand “{text}”. I understand, for example: `what if I had a 4090`, "
+        "`use qlora`, `seq 2048`, `batch 8`, `rank 32`, `lr 1e-4`, `epochs 2`, `why not full?`, "
+        "`how long?`, `what fits?`, `hardware`, `back`, `next`. Type `help` for the full list."
+    )
+
+
+def why_not(report: Any, method: str, device: Any) -> str:
+    """Why `method` is not the plan: the memory it needs against what the device has."""
+    name = method_name(method)
+    candidate = find_candidate(report, method)
+    if candidate is None:
+        return f"The planner did not consider {name} for this model and device."
+    have = device_memory(device)
+    device_name = getattr(device, "name", "this device")
+    reasons = _reasons(candidate)
+    best = recommended(report)
+    if not candidate.fits:
+        text = (
+            f"{capitalized(name)} needs **{gb(candidate.peak_bytes)}** at its peak; "
+            f"the {device_name} has **{gb(have)}** free"
+        )
+        usable = getattr(report, "usable_bytes", None)
+        text += (
+            f" ({gb(usable)} usable, keeping a safety margin)." if usable and usable < have else "."
+        )
+    elif best is not None and best.method == method:
+        text = (
+            f"{capitalized(name)} is the recommendation: {gb(candidate.peak_bytes)} of {gb(have)}."
+        )
+    else:
+        text = f"{capitalized(name)} fits ({gb(candidate.peak_bytes)} of {gb(have)})"
+        if best is not None:
+            text += f", but {method_name(best.method)} is recommended"
+            if step_seconds(best) and step_seconds(candidate):
+                ratio = step_seconds(candidate) / step_seconds(best)
+                text += f" ({_speed_words(ratio)})"
+        text += "."
+    if reasons:
+        text += "\n\n" + "\n".join(f"- {r}" for r in reasons)
+    if not candidate.fits:
+        fitting = [c for c in report.candidates if c.fits]
+        if fitting:
+            text += (
+                "\n\nWhat fits instead: " + ", ".join(method_name(c.method) for c in fitting) + "."
+            )
+    return text
+
+
+def _speed_words(ratio: float) -> str:
+    if ratio > 1.05:
+        return f"this one is {ratio:.1f}× slower per step"
+    if ratio < 0.95:
+        return f"this one is {1 / ratio:.1f}× faster per step but uses more memory"
+    return "about the same speed"
+
+
+def why(report: Any, method: str | None, device: Any) -> str:
+    """Why the recommendation (or `method`) is what it is."""
+    if method:
+        return why_not(report, method, device)
+    best = recommended(report)
+    if best is None:
+        return nothing_fits(report, device)
+    text = (
+        f"**{capitalized(method_name(best.method))}** is recommended: peak {gb(best.peak_bytes)} "
+        f"of {gb(device_memory(device))}, {duration(step_seconds(best))} a step."
+    )
+    reasons = _reasons(best)
+    if reasons:
+        text += "\n\n" + "\n".join(f"- {r}" for r in reasons)
+    return text
+
+
+def nothing_fits(report: Any, device: Any) -> str:
+    smallest = min(report.candidates, key=lambda c: c.peak_bytes, default=None)
+    text = f"Nothing fits in the {gb(device_memory(device))} the {getattr(device, 'name', 'device')} has free."
+    if smallest is not None:
+        text += (
+            f" The smallest plan, {method_name(smallest.method)}, needs {gb(smallest.peak_bytes)}: "
+            "try a shorter `seq`, a smaller `batch`, or `what if I had` a larger GPU."
+        )
+    suggestions = list(getattr(report, "suggestions", ()) or ())
+    if suggestions:
+        text += "\n\n" + "\n".join(f"- {s}" for s in suggestions)
+    return text
+
+
+def what_fits(report: Any, device: Any) -> str:
+    """Each method, fits or not, with its peak memory and step time."""
+    have = device_memory(device)
+    best = recommended(report)
+    lines = [f"On the {getattr(device, 'name', 'device')} ({gb(have)} free):", ""]
+    for candidate in report.candidates:
+        mark = "fits" if candidate.fits else "does not fit"
+        star = " ← recommended" if best is not None and candidate is best else ""
+        lines.append(
+            f"- **{method_name(candidate.method)}**: {gb(candidate.peak_bytes)}, {mark}, "
+            f"{duration(step_seconds(candidate))}/step{star}"
+        )
+    if best is None:
+        lines += ["", nothing_fits(report, device)]
+    return "\n".join(lines)
+
+
+def how_long(ctx: AnswerContext) -> str:
+    """Predicted training time: step time × the steps the data and settings make."""
+    candidate = ctx.chosen()
+    if candidate is None:
+        return "There is no plan yet: choose a model first (and data, for a total)."
+    step = step_seconds(candidate)
+    name = method_name(candidate.method)
+    steps = ctx.total_steps()
+    if step is None:
+        return f"The planner has no time estimate for {name} on this device."
+    plural = "" if ctx.epochs == 1 else "s"
+    if steps is None:
+        return (
+            f"{capitalized(name)}: about **{duration(step)} a step** "
+            f"({ctx.batch} rows). Give me the data for a total."
+        )
+    return (
+        f"{capitalized(name)}: {steps} steps ({ctx.rows} rows × {ctx.epochs:g} epoch{plural} ÷ "
+        f"{ctx.batch} a step) × {duration(step)} ≈ **{duration(step * steps)}**."
+    )
+
+
+def hardware_summary(report: Any) -> str:
+    """The machine in a few lines: each GPU with free memory, or why there is none, and the CPU."""
+    lines = []
+    for gpu in report.gpus:
+        cc = ".".join(map(str, gpu.compute_capability)) if gpu.compute_capability else "N/A"
+        lines.append(
+            f"- GPU {gpu.index}: **{gpu.name}**, {gb(gpu.memory_free)} free of "
+            f"{gb(gpu.memory_total)} (compute {cc}, bf16 {'yes' if gpu.bf16 else 'no'})"
+        )
+    if not report.gpus:
+        lines.append(f"- No NVIDIA GPU: {report.gpu_reason or 'none found'}")
+    cpu = report.cpu
+    lines.append(
+        f"- CPU: {cpu.model}, {cpu.logical_cores} threads; RAM {gb(report.ram_available)} "
+        f"free of {gb(report.ram_total)}; disk {gb(report.disk_free)} free"
+    )
+    lines += [f"- ⚠ {w}" for w in report.warnings]
+    return "\n".join(lines)
+
+
+def model_summary(spec: Any) -> str:
+    """A ModelSpec in one paragraph: parameters, shape, context, where it came from."""
+    params = spec.params_total
+    size = f"{params / 1e9:.2f} B" if params >= 1e9 else f"{params / 1e6:.1f} M"
+    attention = (
+        f"{spec.num_attention_heads} heads ({spec.num_kv_heads} KV)"
+        if spec.num_kv_heads != spec.num_attention_heads
+        else f"{spec.num_attention_heads} heads"
+    )
+    text = (
+        f"**{spec.name}**: {spec.architecture} ({spec.model_type}), **{size} parameters**, "
+        f"{spec.num_layers} layers, hidden {spec.hidden_size}, {attention}, "
+        f"vocabulary {spec.vocab_size:,}, context {spec.max_position_embeddings:,}"
+    )
+    if spec.num_experts:
+        text += f", {spec.num_experts} experts ({spec.experts_per_token} a token)"
+    text += f". Shape from: {spec.source}."
+    return text
+
+
+def setting_changed(label: str, old: Any, new: Any, before: Any, after: Any, device: Any) -> str:
+    """The reply to "rank 32": what changed, and what it did to memory and time."""
+    text = f"{label}: {old} → **{new}**."
+    if after is None:
+        return text
+    text += f" {capitalized(method_name(after.method))} now peaks at **{gb(after.peak_bytes)}**"
+    if (
+        before is not None
+        and before.method == after.method
+        and before.peak_bytes != after.peak_bytes
+    ):
+        text += f" (was {gb(before.peak_bytes)})"
+    text += f" of {gb(device_memory(device))}, {duration(step_seconds(after))} a step."
+    if not after.fits:
+        text += " ⚠ That no longer fits."
+    return text
+
+
+def answer(intent: Intent, ctx: AnswerContext) -> str:
+    """The reply to a question intent (``why_not``, ``why``, ``how_long``, ``what_fits``,
+    ``hardware``, ``help``, ``unknown``). Commands that change state are the flow's job."""
+    kind = intent.kind
+    if kind == "help":
+        return help_text(ctx.step)
+    if kind == "hardware":
+        if ctx.hardware is None:
+            return "Still looking at the hardware; one moment."
+        return hardware_summary(ctx.hardware)
+    if kind in ("why_not", "why", "what_fits"):
+        if ctx.plan is None:
+            return "There is no plan yet: tell me the model first."
+        if kind == "why_not":
+            return why_not(ctx.plan, intent.value, ctx.device)
+        if kind == "why":
+            return why(ctx.plan, intent.value, ctx.device)
+        return what_fits(ctx.plan, ctx.device)
+    if kind == "how_long":
+        return how_long(ctx)
+    return not_understood(intent.text)

@@ -1,0 +1,95 @@
+"""The data step's look at a file: valid rows, bad lines, token lengths, one rendered example.
+
+Runs in a worker thread (it reads the whole file and loads the model's tokenizer, which
+imports transformers); the result is a plain `DataPreview` the screen draws. Validation and
+rendering are `affiner.runner.data.prepare`'s, the same code the training process runs, so what the preview
+shows is what training will see.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from affiner.tui.assistant.flow import DataPreview
+
+#: Token lengths are measured on at most this many rows (evenly spread), to stay quick on
+#: a million-row file; the histogram's shape does not need more.
+MAX_MEASURED = 5000
+SAMPLE_ROWS = 3
+
+
+def tokenizer_source(spec: Any, model_ref: str | None = None) -> str | None:
+    """Where a tokenizer can be loaded from for `spec`: its folder or a hub id; None for a size."""
+    if spec is None or getattr(spec, "source", "") == "size":
+        return None
+    return getattr(spec, "path", None) or model_ref or getattr(spec, "name", None)
+
+
+def build_preview(path: str, spec: Any, seq_len: int, model_ref: str | None = None) -> DataPreview:
+    """Read and validate `path`, then measure it with the model's tokenizer.
+
+    Raises:
+        affiner.runner.data.files.DataError: the file is missing, unreadable or has no usable row.
+    """
+    from affiner.runner.config.schema import DataSection
+    from affiner.runner.data.prepare import load_rows
+
+    task = "causal_lm" if getattr(spec, "is_decoder", True) else "classification"
+    loaded = load_rows(DataSection(train=path, max_seq_len=seq_len), task=task)
+    preview = DataPreview(
+        path=path,
+        format=loaded.format,
+        rows=len(loaded.train),
+        sample=[example.data for example in loaded.train[:SAMPLE_ROWS]],
+        dropped=[(row.where, row.reason) for row in loaded.dropped],
+    )
+    source = tokenizer_source(spec, model_ref)
+    if source is None:
+        preview.note = (
+            "Token lengths need the model's tokenizer; a bare size has none. "
+            "Give a model folder or a cached hub id to see them."
+        )
+        return preview
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
+    except Exception as error:  # a missing or broken tokenizer must not stop the flow
+        preview.note = f"Could not load the tokenizer from {source} ({type(error).__name__}): no token lengths."
+        return preview
+    preview.lengths = measure_lengths(loaded, tokenizer, seq_len)
+    preview.example = first_renderable(loaded, tokenizer, seq_len)
+    return preview
+
+
+def measure_lengths(loaded: Any, tokenizer: Any, seq_len: int) -> list[int]:
+    """Tokens per training row before truncation, on an even spread of at most `MAX_MEASURED` rows."""
+    from affiner.runner.data.formats import RowProblem
+    from affiner.runner.data.render import encode_causal, encode_classification
+
+    rows = loaded.train
+    step = max(1, len(rows) // MAX_MEASURED)
+    lengths = []
+    for example in rows[::step]:
+        try:
+            if loaded.format == "classification":
+                label = loaded.labels.index(example.data["label"]) if loaded.labels else 0
+                encoded = encode_classification(example.data["text"], label, tokenizer, seq_len)
+            else:
+                encoded = encode_causal(example.data, loaded.format, tokenizer, seq_len)
+        except (RowProblem, ValueError):
+            continue
+        lengths.append(encoded.length)
+    return lengths
+
+
+def first_renderable(loaded: Any, tokenizer: Any, seq_len: int) -> Any:
+    """The first training row rendered as the model sees it (None if none renders)."""
+    from affiner.runner.data.prepare import DataError, render_example
+
+    for example in loaded.train[:20]:
+        try:
+            return render_example(example, loaded.format, tokenizer, seq_len, labels=loaded.labels)
+        except DataError:
+            continue
+    return None

@@ -1,0 +1,88 @@
+"""The assistant's longer messages, as Markdown: what the data step found, what pre-flight measured.
+
+Kept apart from `affiner.tui.assistant.flow` so the step machine reads as a protocol, not as prose.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from affiner.tui.assistant import answers
+
+if TYPE_CHECKING:
+    from affiner.tui.assistant.flow import DataPreview
+
+
+#: What the assistant asks at each step that waits for an answer.
+QUESTIONS = {
+    "model": (
+        "Which model? A local folder, a hub id already in your cache "
+        "(`HuggingFaceTB/SmolLM2-135M-Instruct`), or a size such as `7B`."
+    ),
+    "data": "Which training data? A JSONL, JSON, CSV or Parquet file (text, instruction or chat rows).",
+    "plan": "Enter accepts the highlighted plan; `use qlora` picks another; `why not full?` explains.",
+    "settings": (
+        "Settings: Tab moves through the fields below (the bar updates as you type), or type "
+        "`rank 32`, `seq 2048`, `lr 1e-4`… Enter continues."
+    ),
+    "preflight": (
+        "Enter runs the pre-flight check: it loads the model and times a few real steps "
+        "(a minute or two). `launch` skips it."
+    ),
+    "launch": "Enter launches the run in the background; the monitor opens on it.",
+}
+
+
+def data_summary(preview: DataPreview) -> str:
+    """The data step's report: valid rows, the dropped ones as file:line, the first rows."""
+    text = f"**{preview.rows:,} rows** of **{preview.format}** data in `{preview.path}`."
+    if preview.dropped:
+        text += f" {len(preview.dropped)} rows were dropped:\n\n"
+        text += "\n".join(f"- `{where}`: {why}" for where, why in preview.dropped[:8])
+        if len(preview.dropped) > 8:
+            text += f"\n- … and {len(preview.dropped) - 8} more"
+    else:
+        text += " Every row is valid."
+    if preview.sample:
+        text += "\n\nThe first rows:\n\n" + "\n".join(
+            f"- `{short_row(row)}`" for row in preview.sample
+        )
+    return text
+
+
+def short_row(row: Any, width: int = 90) -> str:
+    """A row on one line, cut to `width` characters (backticks removed for Markdown)."""
+    text = json.dumps(row, ensure_ascii=False) if not isinstance(row, str) else row
+    text = " ".join(text.split()).replace("`", "'")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def preflight_summary(event: Any, candidate: Any) -> str:
+    """`affiner.runner.run.events.Preflight` beside the plan: measured first, predicted in brackets."""
+    peak = getattr(event, "measured_peak_bytes", None)
+    step = getattr(event, "measured_step_seconds", None)
+    predicted_peak = getattr(event, "predicted_peak_bytes", None) or getattr(
+        candidate, "peak_bytes", None
+    )
+    predicted_step = getattr(event, "predicted_step_seconds", None) or answers.step_seconds(
+        candidate
+    )
+    device = getattr(event, "device", "") or "this machine"
+    lines = [f"Pre-flight on {device}: measured, with the plan's prediction beside it.", ""]
+    lines.append(f"- peak memory: **{answers.gb(peak)}** (predicted {answers.gb(predicted_peak)})")
+    eval_peak = getattr(event, "eval_peak_bytes", None)
+    if eval_peak:
+        lines.append(f"- evaluation peak: {answers.gb(eval_peak)}")
+    lines.append(
+        f"- step time: **{answers.duration(step)}** (predicted {answers.duration(predicted_step)})"
+    )
+    if getattr(event, "adjusted", False):
+        lines.append(
+            f"- the batch was adjusted to fit: micro-batch {event.micro_batch} × "
+            f"{event.grad_accum} accumulation steps"
+        )
+    if not getattr(event, "save_ok", True):
+        lines.append("- ⚠ saving a checkpoint failed: check the disk before a long run")
+    lines += [f"- {note}" for note in getattr(event, "notes", ()) or ()]
+    return "\n".join(lines)

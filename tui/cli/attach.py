@@ -1,0 +1,362 @@
+"""``affiner attach``: follow one run in a plain rich Live view, for any terminal and any SSH.
+
+The view only reads the run folder (events through `affiner.runner.run.events.EventReader`, folded by
+`affiner.tui.live.history.RunHistory`; the state from ``status.json`` and the worker's pid), so
+Ctrl-C detaches without touching the run. It ends by itself when the run reaches a final
+state; on a run that has already ended it prints the summary once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from affiner.runner.run.events import CLASS_METRICS, EventReader, read_status
+from affiner.runner.run.process import is_worker_of
+from affiner.runner.run.rundir import RunDir
+from affiner.runner.run.runs import (
+    INTERRUPTED,
+    UNKNOWN,
+    derive_state,
+    is_language_model,
+    latest_checkpoint,
+    model_label,
+    run_task,
+)
+from affiner.tui.live.history import RunHistory, downsample, format_bytes, format_duration
+from rich.console import Console, Group, RenderableType
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+SPARK_CHARS = "▁▂▃▄▅▆▇█"
+STATE_STYLES = {
+    "starting": "cyan",
+    "running": "bold green",
+    "finished": "bold green",
+    "failed": "bold red",
+    "stopped": "yellow",
+    INTERRUPTED: "bold yellow",
+    UNKNOWN: "dim",
+}
+#: Evaluations shown in the table (the newest; the best is always kept).
+EVAL_ROWS = 6
+#: Lines of train.log shown when a run failed.
+LOG_TAIL_LINES = 8
+
+
+def sparkline(values: Sequence[float], width: int = 32) -> str:
+    """A one-line trend of `values` in block characters, downsampled to `width`."""
+    if not values:
+        return ""
+    points = downsample([(float(i), float(v)) for i, v in enumerate(values)], width)
+    ys = [y for _, y in points]
+    low, high = min(ys), max(ys)
+    span = high - low
+    if span <= 0:
+        return SPARK_CHARS[len(SPARK_CHARS) // 2] * len(ys)
+    top = len(SPARK_CHARS) - 1
+    return "".join(SPARK_CHARS[round((y - low) / span * top)] for y in ys)
+
+
+def trend(values: Sequence[float]) -> str:
+    """``falling`` / ``rising`` / ``flat``: the last third of the recent values against the first."""
+    recent = list(values[-60:])
+    if len(recent) < 3:
+        return ""
+    third = max(1, len(recent) // 3)
+    head = sum(recent[:third]) / third
+    tail = sum(recent[-third:]) / third
+    scale = max(abs(head), 1e-12)
+    change = (tail - head) / scale
+    if change < -0.02:
+        return "falling"
+    if change > 0.02:
+        return "rising"
+    return "flat"
+
+
+class AttachView:
+    """The state of one followed run and its rendering; `poll()` reads what is new."""
+
+    def __init__(self, run_dir: RunDir) -> None:
+        self.run_dir = run_dir
+        self.reader = EventReader(run_dir.path)
+        self.history = RunHistory(run_id=run_dir.run_id)
+        self.state = UNKNOWN
+        self.pid: int | None = None
+        self.message = ""
+        self.started: float | None = None
+        self._seen_start = False
+        #: From run.toml; "" lets the evaluations say whether perplexity means anything.
+        self.task = run_task(run_dir)
+
+    def poll(self, now: float | None = None) -> str:
+        """Read new events and the status; return the run's state."""
+        events = self.reader.read_new()
+        if any(e.type == "run_started" for e in events):
+            self._seen_start = True
+        self.history.add(events)
+        status = read_status(self.run_dir.path)
+        self.pid = status.pid if status else None
+        alive = is_worker_of(self.pid, self.run_dir.path)
+        self.state = derive_state(status, self._seen_start, self.history.finished, alive, now)
+        if status is not None:
+            self.started = status.started or self.started
+            self.message = status.message
+            if status.total_steps and not self.history.total_steps:
+                self.history.total_steps = status.total_steps
+            self.history.step = max(self.history.step, status.step)
+        if self.history.finished is not None:
+            self.message = self.message or self.history.finished.message
+        return self.state
+
+    @property
+    def ended(self) -> bool:
+        """Nothing more will happen without a resume: final, interrupted, or not a run at all."""
+        return self.state not in ("starting", "running")
+
+    # -- rendering ------------------------------------------------------------------------
+
+    def render(self, now: float | None = None) -> RenderableType:
+        now = time.time() if now is None else now
+        parts: list[RenderableType] = [self._header(now)]
+        if self.history.evals:
+            parts.append(self._eval_table())
+        warnings = self._warnings()
+        if warnings is not None:
+            parts.append(warnings)
+        if self.ended:
+            parts.append(self._ending())
+        else:
+            parts.append(
+                Text(
+                    f"Ctrl-C detaches (the run keeps going) · affiner stop {self.run_dir.run_id}",
+                    style="dim",
+                )
+            )
+        return Group(*parts)
+
+    def _header(self, now: float) -> Panel:
+        h = self.history
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column()
+        what = " · ".join(x for x in (model_label(h.model), h.method, h.device) if x)
+        if what:
+            grid.add_row("model", what)
+        grid.add_row("progress", self._progress_line(now))
+        if h.train_loss:
+            losses = [y for _, y in h.train_loss]
+            line = Text(f"{losses[-1]:.4f}  ")
+            line.append(sparkline(losses, 32), style="cyan")
+            direction = trend(losses)
+            if direction:
+                style = {"falling": "green", "rising": "red"}.get(direction, "dim")
+                line.append(f"  {direction}", style=style)
+            grid.add_row("loss", line)
+        rates = []
+        if h.tokens_per_second:
+            rates.append(f"{h.tokens_per_second[-1][1]:,.0f} tokens/s")
+        if h.learning_rate:
+            rates.append(f"lr {h.learning_rate[-1][1]:.2e}")
+        if rates:
+            grid.add_row("speed", "  ".join(rates))
+        memory = self._memory_line()
+        if memory:
+            grid.add_row("memory", memory)
+        if self.message and not self.ended:
+            grid.add_row("status", self.message)
+        state = Text(self.state, style=STATE_STYLES.get(self.state, ""))
+        if self.pid and not self.ended:
+            state.append(f" (pid {self.pid})", style="dim")
+        title = Text.assemble(("run ", "bold"), (self.run_dir.run_id, "bold"), "  ", state)
+        return Panel(
+            grid, title=title, title_align="left", border_style=STATE_STYLES.get(self.state, "")
+        )
+
+    def _progress_line(self, now: float) -> RenderableType:
+        h = self.history
+        line = Table.grid(padding=(0, 1))
+        line.add_column(width=24)
+        line.add_column()
+        total = h.total_steps or None
+        bar = ProgressBar(
+            total=total, completed=h.step, width=24, pulse=total is None and not self.ended
+        )
+        bits = [f"step {h.step}/{h.total_steps}" if total else f"step {h.step}"]
+        if h.progress is not None:
+            bits.append(f"{h.progress:.0%}")
+        if h.epoch:  # (the planned epochs are not shown: max_steps may end the run sooner)
+            bits.append(f"epoch {h.epoch:.2f}")
+        if not self.ended and h.eta_seconds is not None:
+            bits.append(f"ETA {format_duration(h.eta_seconds)}")
+        if self.started and not self.ended:
+            bits.append(f"elapsed {format_duration(now - self.started)}")
+        line.add_row(bar, "  ".join(bits))
+        return line
+
+    def _memory_line(self) -> str:
+        h = self.history
+        parts = []
+        for series in h.memory.values():
+            used = format_bytes(series.latest)
+            total = f" / {format_bytes(series.total)}" if series.total else ""
+            parts.append(f"{series.label} {used}{total}")
+        if h.measured_peak_bytes:
+            peak = f"peak {format_bytes(h.measured_peak_bytes)}"
+            if h.predicted_peak_bytes:
+                peak += f" (predicted {format_bytes(h.predicted_peak_bytes)})"
+            parts.append(peak)
+        return "  ".join(parts)
+
+    def _eval_table(self) -> Table:
+        evals = self.history.evals
+        best = self.history.best_eval
+        shown = evals[-EVAL_ROWS:]
+        if best is not None and best not in shown:
+            shown = [best, *shown[1:]]
+        table = Table(title="evaluations", title_justify="left", expand=False)
+        table.add_column("step", justify="right")
+        table.add_column("epoch", justify="right")
+        table.add_column("eval loss", justify="right")
+        # Perplexity for language models; a classification head's loss has none, and its
+        # run shows accuracy, precision, recall and F1 instead.
+        names = ("perplexity",) if is_language_model(evals, self.task) else ()
+        names += CLASS_METRICS
+        extra = [n for n in names if any(getattr(e, n) is not None for e in evals)]
+        for name in extra:
+            table.add_column(name, justify="right")
+        for ev in shown:
+            mark = " ★" if ev is best else ""
+            loss = f"{ev.loss:.4f}{mark}" if ev.loss is not None else "N/A"
+            cells = [str(ev.step), f"{ev.epoch:.2f}", loss]
+            for name in extra:
+                value = getattr(ev, name)
+                cells.append("N/A" if value is None else f"{value:.4g}")
+            table.add_row(*cells, style="green" if ev is best else None)
+        return table
+
+    def _warnings(self) -> RenderableType | None:
+        h = self.history
+        if not h.warnings and not h.errors:
+            return None
+        lines = Text()
+        for err in h.errors:
+            lines.append(f"error {err.code}: {err.message}\n", style="bold red")
+        seen: set[tuple[str, str]] = set()
+        for warning in h.warnings:
+            key = (warning.code, warning.message)
+            if key in seen:
+                continue
+            seen.add(key)
+            serious = warning.code in ("overfitting", "nan_loss", "oom")
+            at = f" (step {warning.step})" if warning.step is not None else ""
+            lines.append(
+                f"{warning.code}{at}: {warning.message}", style="bold red" if serious else "yellow"
+            )
+            if warning.action:
+                lines.append(f"\n  → {warning.action}", style="italic")
+            lines.append("\n")
+        lines.rstrip()
+        count = len(seen)
+        title = f"{count} warning{'s' if count != 1 else ''}" if count else "errors"
+        style = "red" if h.errors or h.serious_warnings else "yellow"
+        return Panel(lines, title=title, title_align="left", border_style=style)
+
+    def _ending(self) -> RenderableType:
+        h = self.history
+        rid = self.run_dir.run_id
+        text = Text()
+        finished = h.finished
+        if self.state == "finished":
+            text.append("finished", style="bold green")
+            if finished is not None and finished.train_seconds:
+                text.append(f" in {format_duration(finished.train_seconds)}")
+            if h.train_loss:
+                text.append(f" · final train loss {h.train_loss[-1][1]:.4f}")
+            best = h.best_eval
+            if best is not None and best.loss is not None:
+                text.append(f" · best eval loss {best.loss:.4f} at step {best.step}")
+            output = (finished.output_dir if finished else None) or (
+                str(self.run_dir.adapter) if self.run_dir.adapter.exists() else None
+            )
+            if output:
+                text.append(f"\noutput  {output}")
+            best_ckpt = (finished.best_checkpoint if finished else None) or (
+                h.best_checkpoint.path if h.best_checkpoint else None
+            )
+            if best_ckpt:
+                text.append(f"\nbest checkpoint  {best_ckpt}")
+        else:
+            text.append(self.state, style=STATE_STYLES.get(self.state, ""))
+            if self.message:
+                text.append(f": {self.message}")
+            if self.state == "failed":
+                tail = _log_tail(self.run_dir, LOG_TAIL_LINES)
+                if tail:
+                    text.append(f"\nlast lines of {self.run_dir.log}:\n", style="dim")
+                    text.append(tail, style="dim")
+            if self.state in ("stopped", "failed", INTERRUPTED):
+                ckpt = latest_checkpoint(self.run_dir)
+                where = f"from step {ckpt[0]}" if ckpt else "from scratch (no checkpoint yet)"
+                text.append(f"\nresume {where}: affiner train --resume {rid}")
+        return Panel(
+            text, title="result", title_align="left", border_style=STATE_STYLES.get(self.state, "")
+        )
+
+
+def _log_tail(run_dir: RunDir, lines: int) -> str:
+    try:
+        with open(run_dir.log, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - 16384))
+            data = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(data.rstrip().splitlines()[-lines:])
+
+
+def exit_code_for(state: str) -> int:
+    """0 when the run finished or was stopped on purpose, 1 when it failed or was interrupted."""
+    return 0 if state in ("finished", "stopped", "starting", "running") else 1
+
+
+def attach(
+    run_dir: RunDir,
+    *,
+    console: Console | None = None,
+    poll_seconds: float = 0.5,
+    max_seconds: float | None = None,
+) -> int:
+    """Follow `run_dir` until it ends (or Ctrl-C, or `max_seconds`); return an exit code.
+
+    Returns:
+        `exit_code_for` the state the run was left in; 0 when detached from a live run.
+    """
+    from rich.live import Live
+
+    console = console or Console()
+    view = AttachView(run_dir)
+    view.poll()
+    if view.ended:
+        console.print(view.render())
+        return exit_code_for(view.state)
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    try:
+        with Live(view.render(), console=console, refresh_per_second=4, transient=False) as live:
+            while not view.ended:
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                time.sleep(poll_seconds)
+                view.poll()
+                live.update(view.render())
+    except KeyboardInterrupt:
+        console.print(
+            f"detached; run {run_dir.run_id} keeps going. "
+            f"`affiner attach {run_dir.run_id}` to come back, `affiner stop {run_dir.run_id}` to stop it."
+        )
+        return 0
+    return exit_code_for(view.state)

@@ -1,0 +1,247 @@
+"""``affiner plan --model SPEC``: will it fit, how, and how long — before spending an hour.
+
+Plans every method (full, freeze, LoRA, QLoRA, 8-bit LoRA) against a device: the GPU found on
+this machine, a catalog GPU (``--gpu 4090``), a bare memory size (``--vram 24``) or the CPU
+(``--cpu``). Prints a table with a memory bar per candidate, the recommendation and its
+reasons, or with ``--json`` the report as data. Planning reads configs only: no torch import
+(except the CPU's one-off cached speed measurement in `affiner.planner.hardware.device`, and
+``--remeasure-cpu``, which times it again before planning).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING
+
+from affiner.planner.settings import METHODS, SHARDINGS
+
+if TYPE_CHECKING:
+    from affiner.planner.recommend import PlanReport
+    from affiner.planner.sequence_fit import LongestSequence
+    from rich.console import Console
+
+BAR_WIDTH = 8
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "plan",
+        help="predict memory and time of each fine-tuning method and recommend one",
+        description="Predict the peak memory and the time of full fine-tuning, layer-wise "
+        "freeze, LoRA, QLoRA and 8-bit LoRA for a model on a device, and recommend the "
+        "best plan that fits. Times are estimates at a stated utilisation.",
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="SPEC",
+        help="folder, config.json, hub id (cached) or a size such as 7B",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--gpu", metavar="NAME", help="plan for a catalog GPU (e.g. 4090, A100 80GB, T4)"
+    )
+    where.add_argument("--cpu", action="store_true", help="plan a CPU run (memory is RAM)")
+    parser.add_argument(
+        "--vram", type=float, metavar="GB", help="plan for a GPU with this much memory"
+    )
+    parser.add_argument(
+        "--seq-len", type=int, default=512, metavar="N", help="tokens per row (default 512)"
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=16,
+        metavar="N",
+        help="effective batch: rows per optimizer step (default 16)",
+    )
+    parser.add_argument(
+        "--micro-batch",
+        type=int,
+        metavar="N",
+        help="force the micro-batch (default: the largest that fits)",
+    )
+    parser.add_argument("--method", choices=METHODS, help="plan only this method")
+    parser.add_argument(
+        "--priority",
+        choices=("quality", "speed", "memory"),
+        default="quality",
+        help="what to optimise (default quality)",
+    )
+    parser.add_argument(
+        "--lora-rank", type=int, default=16, metavar="R", help="LoRA rank (default 16)"
+    )
+    parser.add_argument("--gpus", type=int, default=1, metavar="N", help="number of GPUs")
+    parser.add_argument(
+        "--sharding",
+        choices=[s for s in SHARDINGS if s != "none"],
+        default="ddp",
+        help="multi-GPU layout (with --gpus)",
+    )
+    parser.add_argument(
+        "--max-seq-len",
+        action="store_true",
+        help="print the longest sequence that fits for the (given or recommended) method",
+    )
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow modelling code shipped with the checkpoint",
+    )
+    from affiner.tui.cli.hw import add_remeasure_flag
+
+    add_remeasure_flag(parser)
+    parser.set_defaults(func=run_plan)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from affiner.planner.errors import AffinerError
+    from affiner.planner.hardware.device import resolve_target
+    from affiner.planner.hardware.probe import probe
+    from affiner.planner.models.resolve import resolve_model
+    from affiner.planner.recommend import PlanRequest, plan
+    from affiner.planner.sequence_fit import longest_sequence
+
+    if args.gpus < 1:
+        raise AffinerError("--gpus must be at least 1", where="--gpus")
+    spec = resolve_model(args.model, trust_remote_code=args.trust_remote_code)
+    report_hw = probe()
+    if args.remeasure_cpu:
+        # Harmless on a GPU plan: the CPU's cached figure is refreshed, the GPU plan unchanged.
+        from affiner.tui.cli.hw import remeasure_cpu
+
+        remeasure_cpu(report_hw.cpu, to_stderr=args.json)
+    device = resolve_target(report_hw, gpu="cpu" if args.cpu else args.gpu, vram=args.vram)
+    request = PlanRequest(
+        seq_len=args.seq_len,
+        target_batch=args.batch,
+        method=args.method,
+        priority=args.priority,
+        micro_batch=args.micro_batch,
+        lora_rank=args.lora_rank,
+        num_gpus=args.gpus,
+        sharding=args.sharding if args.gpus > 1 else "none",
+    )
+    report = plan(spec, device, request)
+    if args.max_seq_len:
+        chosen = report.best or report.candidates[0]
+        found = longest_sequence(
+            spec, device, chosen.settings.with_(micro_batch=args.micro_batch or 1)
+        )
+        if args.json:
+            answer = {
+                "method": found.method,
+                "micro_batch": found.micro_batch,
+                "gradient_checkpointing": found.needs_checkpointing,
+                "max_seq_len": found.longest,
+                "max_seq_len_without_checkpointing": found.without_checkpointing,
+                "context_window": found.window,
+            }
+            sys.stdout.write(json.dumps(answer) + "\n")
+        else:
+            print(longest_sequence_text(found, device.name))
+        return 0
+    if args.json:
+        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+        return 0
+    from rich.console import Console
+
+    render_plan(report, Console(highlight=False))
+    return 0
+
+
+def longest_sequence_text(found: LongestSequence, device_name: str) -> str:
+    """`affiner plan --max-seq-len` in words: the answer first, then what it depends on."""
+    where = f"{found.method} at micro-batch {found.micro_batch} on {device_name}"
+    if found.longest == 0:
+        return f"No sequence fits {where}: the weights alone are too large."
+    lines = [f"{found.longest} tokens: the longest sequence that fits {where}"]
+    if found.needs_checkpointing:
+        lines.append(
+            f"  with gradient checkpointing; without it, {found.without_checkpointing} tokens"
+        )
+    else:
+        lines.append("  without gradient checkpointing")
+    if found.capped:
+        lines.append("  (the model's context window: memory would allow longer)")
+    return "\n".join(lines)
+
+
+def memory_bar(used: int, total: int, width: int = BAR_WIDTH) -> str:
+    """A bar of `used` against `total` in rich markup: green under 80 %, yellow to 100 %, red over."""
+    share = used / total if total else 1.0
+    filled = min(width, round(share * width))
+    colour = "green" if share < 0.8 else ("yellow" if share <= 1.0 else "red")
+    over = "+" if share > 1.0 else ""
+    return f"[{colour}]{'█' * filled}[/][dim]{'░' * (width - filled)}[/]{over} {share:.0%}"
+
+
+def render_plan(report: PlanReport, console: Console) -> None:
+    from affiner.planner.explain import METHOD_NAMES, duration, gb
+    from rich import box
+    from rich.table import Table
+
+    device = report.device
+    kind = "RAM" if device.is_cpu else "VRAM"
+    console.print(
+        f"[bold]{report.spec.name}[/] on [bold]{device.name}[/]: {gb(device.memory_free)} free {kind}, {gb(report.usable_bytes)} planned (safety margin kept)"
+    )
+    table = Table(
+        box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True, show_edge=False
+    )
+    for col in (
+        "",
+        "method",
+        "precision",
+        "optimizer",
+        "batch",
+        "ckpt",
+        "peak",
+        f"of {kind}",
+        "step",
+    ):
+        table.add_column(col, no_wrap=True, min_width=len(col) or 1)
+    for i, c in enumerate(report.candidates):
+        s = c.settings
+        mark = "★" if i == report.recommended else ("✓" if c.fits else "✗")
+        style = "bold" if i == report.recommended else ("" if c.fits else "dim")
+        name = s.method + (f" r{s.lora_rank}" if s.uses_lora else "")
+        table.add_row(
+            mark,
+            name,
+            s.precision,
+            s.optimizer,
+            f"{s.micro_batch}x{s.grad_accum}",
+            "on" if s.gradient_checkpointing else "off",
+            gb(c.peak_bytes),
+            memory_bar(c.peak_bytes, report.usable_bytes),
+            duration(c.time.step_seconds),
+            style=style,
+        )
+    console.print(table)
+    best = report.best
+    if best is not None:
+        console.print(f"[bold green]Recommended:[/] {METHOD_NAMES[best.method]}")
+        for reason in best.reasons:
+            console.print(f"  • {reason}")
+        b = best.memory.breakdown
+        console.print("  memory: " + ", ".join(f"{k} {gb(v)}" for k, v in b.items()))
+        for note in best.time.notes:
+            console.print(f"  [dim]time: {note}[/]")
+    else:
+        console.print("[bold red]Nothing fits on this device.[/] What would:")
+        for line in report.suggestions:
+            console.print(f"  • {line}")
+    rejected = [c for c in report.candidates if not c.fits]
+    if rejected:
+        console.print("[bold]Does not fit:[/]")
+        for c in rejected:
+            console.print(f"  ✗ {c.reasons[0]}")
+    for note in report.notes:
+        console.print(f"[cyan]{note}[/]")
+    console.print(
+        "[dim]Peak memory and times are estimates (see `affiner plan --json` for every term).[/]"
+    )

@@ -1,0 +1,265 @@
+"""A run's history as the monitor draws it, folded from its events one batch at a time.
+
+The monitor never re-reads a run from the start: `RunHistory.add()` takes each new batch
+of events and keeps the series (loss, learning rate, memory, throughput), the progress, the
+evaluations and the warnings. It is plain Python, so it is tested without a screen.
+
+A resumed run writes a second ``run_started`` with ``resumed_from_step``; the points the
+first attempt logged after that step are dropped, as the resumed run logs them again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from affiner.runner.run.events import (
+    Checkpoint,
+    Error,
+    EvalResult,
+    Event,
+    Preflight,
+    RunFinished,
+    RunStarted,
+    SystemSample,
+    TrainLog,
+    Warning_,
+)
+
+Point = tuple[float, float]
+
+#: Warning codes shown in the prominent banner rather than only listed.
+SERIOUS_WARNINGS = ("overfitting", "nan_loss", "oom")
+
+
+@dataclass
+class MemorySeries:
+    """One device's memory over time: (step, bytes used), and its capacity when known."""
+
+    label: str
+    points: list[Point] = field(default_factory=list)
+    total: int | None = None
+
+    @property
+    def latest(self) -> int | None:
+        return int(self.points[-1][1]) if self.points else None
+
+
+@dataclass
+class RunHistory:
+    """Everything the monitor shows about one run, built from its events."""
+
+    run_id: str = ""
+    model: str = ""
+    method: str = ""
+    device: str = ""
+    total_steps: int = 0
+    epochs: float = 0.0
+    step: int = 0
+    epoch: float = 0.0
+    eta_seconds: float | None = None
+    train_loss: list[Point] = field(default_factory=list)
+    eval_loss: list[Point] = field(default_factory=list)
+    learning_rate: list[Point] = field(default_factory=list)
+    tokens_per_second: list[Point] = field(default_factory=list)
+    evals: list[EvalResult] = field(default_factory=list)
+    memory: dict[str, MemorySeries] = field(default_factory=dict)
+    predicted_peak_bytes: int | None = None
+    measured_peak_bytes: int | None = None
+    warnings: list[Warning_] = field(default_factory=list)
+    errors: list[Error] = field(default_factory=list)
+    best_checkpoint: Checkpoint | None = None
+    finished: RunFinished | None = None
+    on_gpu: bool = False
+
+    def add(self, events: Iterable[Event]) -> None:
+        """Fold a batch of events into the history, in order."""
+        for event in events:
+            handler = _HANDLERS.get(type(event))
+            if handler is not None:
+                handler(self, event)
+
+    # -- derived values -------------------------------------------------------------------
+
+    @property
+    def progress(self) -> float | None:
+        """Share of the optimizer steps done, 0..1 (None when the total is not known yet)."""
+        if self.total_steps <= 0:
+            return None
+        return min(1.0, self.step / self.total_steps)
+
+    @property
+    def best_eval(self) -> EvalResult | None:
+        scored = [e for e in self.evals if e.loss is not None]
+        return min(scored, key=lambda e: e.loss or 0.0) if scored else None
+
+    @property
+    def overfitting(self) -> Warning_ | None:
+        """The latest overfitting warning, unless the run has ended since."""
+        if self.finished is not None:
+            return None
+        found = [w for w in self.warnings if w.code == "overfitting"]
+        return found[-1] if found else None
+
+    @property
+    def serious_warnings(self) -> list[Warning_]:
+        return [w for w in self.warnings if w.code in SERIOUS_WARNINGS]
+
+    # -- handlers -------------------------------------------------------------------------
+
+    def _started(self, event: RunStarted) -> None:
+        self.run_id = event.run_id or self.run_id
+        self.model = event.model or self.model
+        self.method = event.method or self.method
+        self.device = event.device or self.device
+        self.total_steps = event.total_steps or self.total_steps
+        self.epochs = event.epochs or self.epochs
+        if event.predicted_peak_bytes:
+            self.predicted_peak_bytes = event.predicted_peak_bytes
+        self.finished = None
+        if event.resumed_from_step is not None:
+            self._rewind(event.resumed_from_step)
+
+    def _rewind(self, step: int) -> None:
+        """Forget what an interrupted attempt logged after the step the run resumes from."""
+        for series in (self.train_loss, self.eval_loss, self.learning_rate, self.tokens_per_second):
+            series[:] = [p for p in series if p[0] <= step]
+        self.evals = [e for e in self.evals if e.step <= step]
+        self.step = min(self.step, step)
+
+    def _train_log(self, event: TrainLog) -> None:
+        self.step = max(self.step, event.step)
+        self.epoch = event.epoch or self.epoch
+        if event.total_steps:
+            self.total_steps = event.total_steps
+        self.eta_seconds = event.eta_seconds
+        _append(self.train_loss, event.step, event.loss)
+        _append(self.learning_rate, event.step, event.learning_rate)
+        _append(self.tokens_per_second, event.step, event.tokens_per_second)
+
+    def _eval(self, event: EvalResult) -> None:
+        self.evals.append(event)
+        _append(self.eval_loss, event.step, event.loss)
+
+    def _system(self, event: SystemSample) -> None:
+        step = float(event.step)
+        if event.gpus:
+            self.on_gpu = True
+            for gpu in event.gpus:
+                if gpu.memory_used is None:
+                    continue
+                series = self.memory.setdefault(
+                    f"GPU {gpu.index}", MemorySeries(f"GPU {gpu.index}")
+                )
+                series.points.append((step, float(gpu.memory_used)))
+                series.total = gpu.memory_total or series.total
+        elif event.ram_used is not None:
+            used = event.process_rss if event.process_rss is not None else event.ram_used
+            label = "RAM (process)" if event.process_rss is not None else "RAM"
+            series = self.memory.setdefault(label, MemorySeries(label))
+            series.points.append((step, float(used)))
+            series.total = event.ram_total or series.total
+        peak = event.torch_peak or event.process_peak_rss
+        if peak:
+            self.measured_peak_bytes = max(self.measured_peak_bytes or 0, peak)
+
+    def _preflight(self, event: Preflight) -> None:
+        if event.predicted_peak_bytes:
+            self.predicted_peak_bytes = event.predicted_peak_bytes
+        if event.measured_peak_bytes:
+            self.measured_peak_bytes = max(self.measured_peak_bytes or 0, event.measured_peak_bytes)
+
+    def _checkpoint(self, event: Checkpoint) -> None:
+        if event.best:
+            self.best_checkpoint = event
+
+    def _warning(self, event: Warning_) -> None:
+        self.warnings.append(event)
+
+    def _error(self, event: Error) -> None:
+        self.errors.append(event)
+
+    def _finished(self, event: RunFinished) -> None:
+        self.finished = event
+        self.step = max(self.step, event.step)
+        self.eta_seconds = None
+
+
+_HANDLERS = {
+    RunStarted: RunHistory._started,
+    TrainLog: RunHistory._train_log,
+    EvalResult: RunHistory._eval,
+    SystemSample: RunHistory._system,
+    Preflight: RunHistory._preflight,
+    Checkpoint: RunHistory._checkpoint,
+    Warning_: RunHistory._warning,
+    Error: RunHistory._error,
+    RunFinished: RunHistory._finished,
+}
+
+
+def _append(series: list[Point], step: int, value: float | None) -> None:
+    if value is None or not math.isfinite(value):
+        return
+    series.append((float(step), float(value)))
+
+
+def smooth(points: Sequence[Point], weight: float) -> list[Point]:
+    """Exponential moving average with TensorBoard's debiasing (the first points are not
+    dragged towards zero). ``weight`` 0 returns the points unchanged."""
+    if weight <= 0 or not points:
+        return list(points)
+    out: list[Point] = []
+    average = 0.0
+    for count, (x, y) in enumerate(points, start=1):
+        average = average * weight + (1 - weight) * y
+        out.append((x, average / (1 - weight**count)))
+    return out
+
+
+def downsample(points: Sequence[Point], width: int) -> list[Point]:
+    """At most ``width`` points: each bucket of neighbours becomes its mean.
+
+    A plot a few dozen cells wide cannot show 50,000 steps; averaging buckets keeps the
+    trend (unlike taking every n-th point, which keeps noise) and the last point is kept
+    exactly so the curve ends where the run is.
+    """
+    if width <= 0 or len(points) <= width:
+        return list(points)
+    size = len(points) / width
+    out: list[Point] = []
+    for bucket in range(width):
+        chunk = points[int(bucket * size) : int((bucket + 1) * size)]
+        if chunk:
+            out.append(
+                (sum(p[0] for p in chunk) / len(chunk), sum(p[1] for p in chunk) / len(chunk))
+            )
+    out[-1] = points[-1]
+    return out
+
+
+def format_bytes(value: float | None) -> str:
+    """``17.2 GiB``; "N/A" for a missing reading."""
+    if value is None:
+        return "N/A"
+    value = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit in ("B", "KiB") else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def format_duration(seconds: float | None) -> str:
+    """``1h02m``, ``4m05s``, ``12s``; "N/A" when unknown."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "N/A"
+    seconds = round(seconds)
+    if seconds >= 86400:
+        return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
