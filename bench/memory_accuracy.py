@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 import torch
-from affiner.planner.memory.peak import estimate_memory
-from affiner.planner.models.shapes import spec_from_config
-from affiner.planner.settings import TrainSettings
 
+from affiner.planner.memory import estimate_memory
+from affiner.planner.models import spec_from_config
+from affiner.planner.settings import TrainSettings
 from bench import memory_probe as probe
 from bench.peak_models import CPU_TARGET
 

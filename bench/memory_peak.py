@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from affiner.planner.hardware.device import DeviceTarget
-from affiner.planner.memory.peak import estimate_memory
-from affiner.planner.models.shapes import spec_from_config
 
+from affiner.planner.hardware import DeviceTarget
+from affiner.planner.memory import estimate_memory
+from affiner.planner.models import spec_from_config
 from bench.peak_meters import CpuMeter, CudaMeter, meter_for
 from bench.peak_models import CPU_TARGET, SHAPE_CONFIGS, SMALL_CONFIGS, cpu_cells, cuda_cells
 from bench.step_recipe import (
@@ -196,7 +196,7 @@ def _measure(model: Any, vocab: int, cell: Cell, row: dict[str, Any], meter: Any
 
 
 def _failure(exc: BaseException) -> str:
-    from affiner.runner.training.oom import is_oom
+    from affiner.runner.training import is_oom
 
     if is_oom(exc):
         return "out of memory"
@@ -311,8 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--device cuda needs an NVIDIA GPU with a driver; none was found", file=sys.stderr
             )
             return 2
-        from affiner.planner.hardware.device import resolve_target
-        from affiner.planner.hardware.probe import probe
+        from affiner.planner.hardware import probe, resolve_target
 
         target, cells = resolve_target(probe(), measure=False), cuda_cells(models)
     else:

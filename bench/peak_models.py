@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from affiner.planner.hardware.device import DeviceTarget
-
+from affiner.planner.hardware import DeviceTarget
 from bench.step_recipe import Cell
 
 #: The CPU as the planner sees it when it plans a CPU run (its RAM is not the question here).

@@ -24,9 +24,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+
 from affiner.planner.settings import TrainSettings
-from affiner.runner.config.schema import MethodSection, ModelSection, RunConfig, TrainingSection
-from affiner.runner.training.modeling import load_model, resolve_precision
+from affiner.runner.config import MethodSection, ModelSection, RunConfig, TrainingSection
+from affiner.runner.training import load_model, resolve_precision
 
 PHASES = ("affiner.forward", "affiner.backward", "affiner.step")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.tmux_driver import TmuxSession, tmux_available  # noqa: E402
+from bench.tmux_driver import TmuxSession, tmux_available  # noqa: E402
 
 BAR_SECONDS = 1.5
 MARKER = "Assist"  # the assistant screen's footer: the first screen is drawn

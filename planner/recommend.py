@@ -25,10 +25,9 @@ from typing import Any
 
 from affiner.planner import explain
 from affiner.planner.errors import AffinerError
-from affiner.planner.hardware.device import DeviceTarget
-from affiner.planner.memory.peak import MemoryEstimate, estimate_memory
-from affiner.planner.memory.weights import quantizable_params
-from affiner.planner.models.spec import ModelSpec, has_fused_experts
+from affiner.planner.hardware import DeviceTarget
+from affiner.planner.memory import MemoryEstimate, estimate_memory, quantizable_params
+from affiner.planner.models import ModelSpec, has_fused_experts
 from affiner.planner.sequence_fit import SAFETY_MARGIN, max_seq_len, usable_memory
 from affiner.planner.settings import METHODS, TrainSettings
 from affiner.planner.timing import TimeEstimate, estimate_time
@@ -401,8 +400,7 @@ def suggestions(
 
 
 def _catalog_suggestions(spec: ModelSpec, request: PlanRequest) -> list[str]:
-    from affiner.planner.hardware.catalog import CATALOG
-    from affiner.planner.hardware.device import target_from_catalog
+    from affiner.planner.hardware import CATALOG, target_from_catalog
 
     found: dict[str, str] = {}
     for model in sorted(CATALOG, key=lambda m: m.memory):
@@ -422,7 +420,7 @@ def _catalog_suggestions(spec: ModelSpec, request: PlanRequest) -> list[str]:
 
 def cpu_notes(spec: ModelSpec, request: PlanRequest, chosen: Candidate | None) -> list[str]:
     """A CPU plan says plainly that it is one, how long it takes, and the GPU alternative."""
-    from affiner.planner.hardware.device import target_from_catalog
+    from affiner.planner.hardware import target_from_catalog
 
     notes = ["This is a CPU run: memory is RAM, and training is far slower than on a GPU."]
     if chosen is None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from affiner.planner.hardware.device import DeviceTarget
-from affiner.planner.memory.peak import estimate_memory
-from affiner.planner.models.spec import ModelSpec
+from affiner.planner.hardware import DeviceTarget
+from affiner.planner.memory import estimate_memory
+from affiner.planner.models import ModelSpec
 from affiner.planner.settings import TrainSettings
 
 #: Share of free memory left unplanned: fragmentation spikes, other processes, estimate error.

@@ -20,9 +20,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from affiner.planner.hardware.device import DeviceTarget
-from affiner.planner.memory.peak import block_params, trainable_shapes
-from affiner.planner.models.spec import ModelSpec
+from affiner.planner.hardware import DeviceTarget
+from affiner.planner.memory import block_params, trainable_shapes
+from affiner.planner.models import ModelSpec
 from affiner.planner.settings import TrainSettings
 
 #: Assumed model FLOPs utilisation on a GPU by method (bf16/fp16 tensor cores, HF Trainer,

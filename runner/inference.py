@@ -111,8 +111,8 @@ class ChatSession:
     @classmethod
     def from_run(cls, run_dir: str | Path, **kwargs: Any) -> ChatSession:
         """The session for a run folder: base, task and labels from its ``run.toml``."""
-        from affiner.runner.config.io import load_config
-        from affiner.runner.run.rundir import RunDir
+        from affiner.runner.config import load_config
+        from affiner.runner.run import RunDir
 
         run = RunDir(Path(run_dir))
         cfg = load_config(run.config)

@@ -26,17 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from affiner.planner.errors import AffinerError
-from affiner.runner.config.schema import RunConfig
-from affiner.runner.run.events import (
+from affiner.runner.config import RunConfig
+from affiner.runner.run import (
     Error,
     EventWriter,
+    RunDir,
     RunFinished,
     RunStatus,
     Warning_,
     read_status,
     write_status,
 )
-from affiner.runner.run.rundir import RunDir
 
 EXIT_FINISHED, EXIT_FAILED, EXIT_USER_ERROR, EXIT_STOPPED = 0, 1, 2, 3
 
@@ -59,7 +59,7 @@ def run_training(
     status.started = status.started or time.time()
     _status(rd, status, rank0)
 
-    from affiner.runner.training.callbacks import StopRequest
+    from affiner.runner.training import StopRequest
 
     stop = StopRequest()
     stop.install()
@@ -86,7 +86,7 @@ def _status(rd: RunDir, status: RunStatus, rank0: bool) -> None:
 
 def _describe_crash(exc: Exception, step: int) -> tuple[str, str]:
     """An error code and a message that says what to try."""
-    from affiner.runner.training.oom import is_oom
+    from affiner.runner.training import is_oom
 
     text = str(exc)
     if is_oom(exc):
@@ -130,30 +130,31 @@ class _Run:
 
     # ------------------------------------------------------------------ the recipe
     def execute(self, resume: bool) -> int:
-        from affiner.runner.config.io import load_config
-        from affiner.runner.data.prepare import prepare_data
-        from affiner.runner.run.checkpoints import read_log_history, resume_checkpoint
-        from affiner.runner.training.callbacks import (
+        from transformers import PrinterCallback, set_seed
+
+        from affiner.runner.config import load_config
+        from affiner.runner.data import prepare_data
+        from affiner.runner.run import read_log_history, resume_checkpoint
+        from affiner.runner.training import (
             CountingTrainer,
             EventCallback,
             RunInfo,
+            SystemSampler,
             TokenCounter,
-        )
-        from affiner.runner.training.metrics import (
-            make_compute_metrics,
-            preprocess_logits_for_metrics,
-        )
-        from affiner.runner.training.modeling import (
+            build_collator,
+            build_training_args,
+            is_long_run,
             load_model,
             load_tokenizer,
+            make_compute_metrics,
+            preprocess_logits_for_metrics,
             resolve_device,
             resolve_precision,
+            run_preflight,
+            world_size,
+            write_command,
+            write_versions,
         )
-        from affiner.runner.training.preflight import is_long_run, run_preflight
-        from affiner.runner.training.sampler import SystemSampler
-        from affiner.runner.training.setup import build_collator, build_training_args, world_size
-        from affiner.runner.training.versions import write_command, write_versions
-        from transformers import PrinterCallback, set_seed
 
         # -- setup
         rd = self.rd
@@ -286,7 +287,7 @@ class _Run:
     def _save_outputs(
         self, cfg: RunConfig, loaded: Any, data: Any, device: str, precision: Any
     ) -> None:
-        from affiner.runner.training.model_card import CardFacts, write_model_card
+        from affiner.runner.training import CardFacts, write_model_card
 
         rd = self.rd
         self.trainer.save_model(str(rd.adapter))
@@ -325,8 +326,9 @@ class _Run:
         rd = self.rd
         model = self.trainer.model
         if loaded.quantized:
-            from affiner.runner.training.modeling import load_model
             from peft import PeftModel
+
+            from affiner.runner.training import load_model
 
             self.trainer.model = None
             del model

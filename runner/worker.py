@@ -51,9 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _preflight(run_dir: Path) -> int:
-    from affiner.runner.config.io import load_config
-    from affiner.runner.run.rundir import RunDir
-    from affiner.runner.training.preflight import run_preflight
+    from affiner.runner.config import load_config
+    from affiner.runner.run import RunDir
+    from affiner.runner.training import run_preflight
 
     try:
         event = run_preflight(load_config(run_dir / "run.toml"), run_dir=RunDir(run_dir))

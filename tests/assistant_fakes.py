@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from affiner.planner.hardware.device import DeviceTarget
-from affiner.planner.hardware.probe import CpuInfo, GpuInfo, HardwareReport
+from affiner.planner.hardware.report import CpuInfo, GpuInfo, HardwareReport
 from affiner.planner.models.spec import LinearTarget, ModelSpec
 
 GIB = 10**9  # decimal GB, the unit the planner and the assistant speak

@@ -16,7 +16,6 @@ from affiner.runner.config.io import dumps_config
 from affiner.runner.config.schema import RunConfig
 from affiner.runner.run.events import iter_event_dicts
 from affiner.runner.run.rundir import RunDir
-
 from tests.tiny_models import write_jsonl
 
 PATTERNS = (

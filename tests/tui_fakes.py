@@ -15,7 +15,7 @@ from typing import Any
 
 from affiner.planner.errors import AffinerError
 from affiner.planner.hardware.device import DeviceTarget
-from affiner.planner.hardware.probe import CpuInfo, GpuInfo, GpuProcess, HardwareReport
+from affiner.planner.hardware.report import CpuInfo, GpuInfo, GpuProcess, HardwareReport
 from affiner.runner.run.events import (
     Checkpoint,
     EvalResult,

@@ -22,15 +22,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from affiner.planner.errors import AffinerError
-from affiner.planner.hardware.device import DeviceTarget
-from affiner.tui.commands import AffinerCommands
-from affiner.tui.messages import PlanTargetChanged
-from affiner.tui.services import Services
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.reactive import reactive
 from textual.screen import Screen
+
+from affiner.planner.errors import AffinerError
+from affiner.planner.hardware import DeviceTarget
+from affiner.tui.commands import AffinerCommands
+from affiner.tui.messages import PlanTargetChanged
+from affiner.tui.services import Services
 
 SCREEN_NAMES = ("assistant", "hardware", "runs", "monitor", "playground")
 
@@ -228,7 +229,7 @@ def run_app(args: argparse.Namespace | None = None) -> int:
     runs_dir = getattr(args, "runs_dir", None)
     run = getattr(args, "run", None)
     if run:
-        from affiner.runner.run.runs import resolve_run
+        from affiner.runner.run import resolve_run
 
         run = resolve_run(str(run), runs_dir).path
     app = build_app(runs_root=runs_dir, initial_run=run)

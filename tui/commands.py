@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
-from affiner.runner.run.rundir import list_run_dirs
 from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+from affiner.runner.run import list_run_dirs
 
 
 class AffinerCommands(Provider):

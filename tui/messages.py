@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from affiner.planner.hardware.device import DeviceTarget
-from affiner.planner.hardware.probe import HardwareReport
 from textual.message import Message
+
+from affiner.planner.hardware import DeviceTarget, HardwareReport
 
 
 @dataclass

@@ -14,34 +14,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from affiner.planner.hardware.device import DeviceTarget
-from affiner.planner.hardware.probe import HardwareReport
-from affiner.planner.models.spec import ModelSpec
+from affiner.planner.hardware import DeviceTarget, HardwareReport
+from affiner.planner.models import ModelSpec
 
 
 def _catalog_names() -> list[str]:
     """Every GPU in `affiner.planner.hardware.catalog.CATALOG`, by its display name."""
-    from affiner.planner.hardware.catalog import CATALOG
+    from affiner.planner.hardware import CATALOG
 
     models = CATALOG.values() if isinstance(CATALOG, dict) else CATALOG
     return [model.name for model in models]
 
 
 def _catalog_target(name: str) -> DeviceTarget:
-    from affiner.planner.hardware.device import target_from_catalog
+    from affiner.planner.hardware import target_from_catalog
 
     return target_from_catalog(name)
 
 
 def _is_run_alive(pid: int | None, run_dir: Path) -> bool:
-    from affiner.runner.run.process import is_worker_of
+    from affiner.runner.run import is_worker_of
 
     return is_worker_of(pid, run_dir)
 
 
 def _resolve_device(report: HardwareReport) -> DeviceTarget:
     """GPU 0, else the CPU from its cached or estimated speed (no torch on the first screen)."""
-    from affiner.planner.hardware.device import resolve_target
+    from affiner.planner.hardware import resolve_target
 
     return resolve_target(report, measure=False)
 
@@ -49,21 +48,21 @@ def _resolve_device(report: HardwareReport) -> DeviceTarget:
 def _inspect_data(
     path: str, spec: ModelSpec | None, seq_len: int, model_ref: str | None = None
 ) -> Any:
-    from affiner.tui.assistant.preview import build_preview
+    from affiner.tui.assistant import build_preview
 
     return build_preview(path, spec, seq_len, model_ref)
 
 
 def _preflight(config: Any) -> Any:
-    from affiner.runner.training.preflight import run_preflight
+    from affiner.runner.training import run_preflight
 
     return run_preflight(config)
 
 
 def _prepare_demo(key: str, runs_root: Path | None = None) -> dict[str, Any]:
     """Provision a demo's model and data (`affiner.runner.demo.tasks`) and say how to pre-fill the assistant."""
-    from affiner.runner.demo.tasks import prepare_demo
-    from affiner.tui.cli.demo import assistant_preset
+    from affiner.runner.demo import prepare_demo
+    from affiner.tui.assistant import assistant_preset
 
     return assistant_preset(prepare_demo(key, workdir=runs_root))
 
@@ -123,17 +122,17 @@ class Services:
     @classmethod
     def default(cls, runs_root: str | os.PathLike[str] | None = None) -> Services:
         """The real planner and runner."""
-        from affiner.runner.run.rundir import runs_root as default_root
+        from affiner.runner.run import runs_root as default_root
 
         root = default_root(runs_root)
 
         def probe_hardware() -> HardwareReport:
-            from affiner.planner.hardware.probe import probe
+            from affiner.planner.hardware import probe
 
             return probe(runs_dir=root)
 
         def resolve_model(ref: str) -> ModelSpec:
-            from affiner.planner.models.resolve import resolve_model as resolve
+            from affiner.planner.models import resolve_model as resolve
 
             return resolve(ref)
 
@@ -143,12 +142,12 @@ class Services:
             return plan(spec, device, request)
 
         def start_run(config: Any) -> Any:
-            from affiner.runner.run.launch import start_run as start
+            from affiner.runner.run import start_run as start
 
             return start(config, runs_root=root)
 
         def stop_run(run_dir: Any) -> Any:
-            from affiner.runner.run.launch import stop_run as stop
+            from affiner.runner.run import stop_run as stop
 
             return stop(run_dir)
 

@@ -1,0 +1,42 @@
+"""What the machine is, and what a plan is made for.
+
+The report types (`HardwareReport`, `GpuInfo`, ...), the prober that fills them from NVML and
+psutil, the catalog of GPUs a user can plan for without owning one, the measured CPU matmul
+rate, and `DeviceTarget`: the one device (detected GPU, catalog GPU, a VRAM figure, or the CPU)
+every estimate is made against.
+"""
+
+from affiner.planner.hardware.catalog import CATALOG, GpuModel, lookup
+from affiner.planner.hardware.cpu_throughput import (
+    CpuThroughput,
+    cached_cpu_tflops,
+    remeasure_cpu_tflops,
+    remeasure_message,
+)
+from affiner.planner.hardware.device import (
+    DeviceTarget,
+    cpu_target,
+    resolve_target,
+    target_from_catalog,
+)
+from affiner.planner.hardware.nvml import memory_info
+from affiner.planner.hardware.probe import probe
+from affiner.planner.hardware.report import GpuInfo, HardwareReport
+
+__all__ = [
+    "CATALOG",
+    "CpuThroughput",
+    "DeviceTarget",
+    "GpuInfo",
+    "GpuModel",
+    "HardwareReport",
+    "cached_cpu_tflops",
+    "cpu_target",
+    "lookup",
+    "memory_info",
+    "probe",
+    "remeasure_cpu_tflops",
+    "remeasure_message",
+    "resolve_target",
+    "target_from_catalog",
+]

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from affiner.planner.hardware.probe import CpuInfo
+from affiner.planner.hardware.report import CpuInfo
 
 CACHE_FILE = "cpu_throughput.json"
 #: Share of theoretical peak a large GEMM sustains on a CPU (used only by the heuristic).

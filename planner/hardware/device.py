@@ -13,7 +13,7 @@ from affiner.planner.errors import AffinerError
 
 if TYPE_CHECKING:
     from affiner.planner.hardware.catalog import GpuModel
-    from affiner.planner.hardware.probe import GpuInfo, HardwareReport
+    from affiner.planner.hardware.report import GpuInfo, HardwareReport
 
 GIB = 1024**3
 

@@ -100,6 +100,7 @@ def probe(
         nvml: the NVML module to use; default imports ``pynvml`` (nvidia-ml-py). Tests pass a fake.
     """
     import psutil
+
     from affiner.planner.hardware.nvml import FALLBACK, NvmlReading, read_gpus
 
     if nvml is None:

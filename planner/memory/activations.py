@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from affiner.planner.models.spec import ModelSpec, has_fused_experts
+from affiner.planner.models import ModelSpec, has_fused_experts
 from affiner.planner.settings import TrainSettings
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}

@@ -27,11 +27,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from affiner.planner.hardware.device import DeviceTarget
+from affiner.planner.hardware import DeviceTarget
 from affiner.planner.memory.activations import BYTES, estimate_activations
 from affiner.planner.memory.optimizers import optimizer_bytes, step_transient
 from affiner.planner.memory.weights import DTYPE_BYTES, quantized_targets, weight_bytes
-from affiner.planner.models.spec import ModelSpec
+from affiner.planner.models import ModelSpec
 from affiner.planner.settings import TrainSettings
 
 MIB = 1024**2

@@ -17,7 +17,7 @@ those parts cost 4 bytes a parameter.
 
 from __future__ import annotations
 
-from affiner.planner.models.spec import ModelSpec
+from affiner.planner.models import ModelSpec
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
 NF4_BLOCK = 64

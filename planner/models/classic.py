@@ -10,7 +10,7 @@ config classes' own.
 from __future__ import annotations
 
 from affiner.planner.models.llama_style import decoder_head
-from affiner.planner.models.shapes import ConfigView, Family, Shape, Tally, UnsupportedClass
+from affiner.planner.models.shape_rules import ConfigView, Family, Shape, Tally, UnsupportedClass
 
 _DECODER_SUFFIXES = ("ForCausalLM", "Model", "ForSequenceClassification")
 

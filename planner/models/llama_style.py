@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from affiner.planner.models.shapes import ConfigView, Family, Shape, Tally
+from affiner.planner.models.shape_rules import ConfigView, Family, Shape, Tally
 
 #: Class suffixes every Llama-style family handles.
 DECODER_SUFFIXES = ("ForCausalLM", "Model", "ForSequenceClassification")

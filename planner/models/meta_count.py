@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from affiner.planner.errors import AffinerError
-from affiner.planner.models.shapes import config_dtype
+from affiner.planner.models.shape_rules import config_dtype
 from affiner.planner.models.spec import MODULE_KEYS, LinearTarget, ModelSpec
 
 #: Module-name parts that mark the output side (LM head, classifiers, BERT's pooler and MLM head).

@@ -207,8 +207,7 @@ def _has_fused_experts(name_or_path: str) -> bool:
     """
     import json
 
-    from affiner.planner.models.shapes import spec_from_config
-    from affiner.planner.models.spec import has_fused_experts
+    from affiner.planner.models import has_fused_experts, spec_from_config
 
     config = Path(name_or_path) / "config.json"
     try:

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 from typing import Any
 
+from affiner.runner.config.io import ConfigError, convert_value, validate_config
 from affiner.runner.config.schema import RunConfig
 
 _METHOD_ALIASES = {
@@ -58,14 +59,12 @@ def build_from_plan(
     task: str,
     overrides: dict[str, Any],
 ) -> RunConfig:
-    """The unchecked `RunConfig` for `candidate`; `affiner.runner.config.io.config_from_plan` checks it.
+    """The unchecked `RunConfig` for `candidate`; `config_from_plan` checks it.
 
     `overrides` are a section name with a dict (``training={"epochs": 1}``), a
     ``section__field`` name (``eval__every_steps=10``: `eval` itself is the eval data path), or
     a field name that exists in exactly one section (``learning_rate=1e-4``).
     """
-    from affiner.runner.config.io import ConfigError
-
     for name, value in (("model", model), ("train", train), ("eval", eval), ("task", task)):
         if not isinstance(value, str):
             raise ConfigError(
@@ -177,8 +176,6 @@ def build_from_plan(
 
 
 def _set(cfg: RunConfig, section: str, key: str, value: Any) -> None:
-    from affiner.runner.config.io import ConfigError, _convert
-
     target = getattr(cfg, section)
     hints = {f.name: f for f in dataclasses.fields(target)}
     if key not in hints:
@@ -187,9 +184,36 @@ def _set(cfg: RunConfig, section: str, key: str, value: Any) -> None:
         )
     import typing
 
-    ok, converted, expected = _convert(value, typing.get_type_hints(type(target))[key])
+    ok, converted, expected = convert_value(value, typing.get_type_hints(type(target))[key])
     if not ok:
         raise ConfigError(
             f"expected {expected}, got {value!r}", file="plan", key=f"[{section}].{key}"
         )
     setattr(target, key, converted)
+
+
+def config_from_plan(
+    candidate: Any,
+    *,
+    model: str,
+    train: str,
+    eval: str = "",
+    task: str = "causal_lm",
+    **overrides: Any,
+) -> RunConfig:
+    """Turn a planner candidate into a checked `RunConfig`.
+
+    Args:
+        candidate: any object with the planner `Candidate`'s attributes (read by name).
+        model, train, eval, task: what the plan does not know: the model and data to use.
+        **overrides: ``learning_rate=1e-4`` (a field unique to one section),
+            ``eval__every_steps=10`` (section and field) or ``training={"epochs": 1}``.
+
+    Raises:
+        ConfigError: an unknown override, a wrong type, or a combination `validate_config` refuses.
+    """
+    cfg = build_from_plan(
+        candidate, model=model, train=train, eval=eval, task=task, overrides=overrides
+    )
+    validate_config(cfg, where="plan")
+    return cfg

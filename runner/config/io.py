@@ -35,7 +35,6 @@ else:  # pragma: no cover - Python 3.10
 __all__ = [
     "ConfigError",
     "config_from_dict",
-    "config_from_plan",
     "dumps_config",
     "load_config",
     "loads_config",
@@ -166,7 +165,7 @@ def config_from_dict(
                     _allowed_hint(key, list(hints), "keys"),
                 )
                 continue
-            ok, converted, expected = _convert(value, hints[key])
+            ok, converted, expected = convert_value(value, hints[key])
             if not ok:
                 problems.add(dotted, f"expected {expected}, got {_describe(value)}")
                 continue
@@ -180,7 +179,7 @@ def config_from_dict(
 
 def resolve_paths(cfg: RunConfig, base_dir: str | os.PathLike[str]) -> None:
     """Make relative local paths absolute against `base_dir`; hub ids are left alone."""
-    from affiner.planner.models.offline import offline_folder
+    from affiner.planner.models import offline_folder
 
     base = Path(base_dir)
     # An offline model's name (smollm2, minilm) stands for its converted folder.
@@ -230,7 +229,7 @@ def key_lines(text: str) -> dict[str, int]:
 # ---------------------------------------------------------------------------- types
 
 
-def _convert(value: Any, hint: Any) -> tuple[bool, Any, str]:
+def convert_value(value: Any, hint: Any) -> tuple[bool, Any, str]:
     """Check `value` against a field's type; ints are fine where floats are, bools never are numbers."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -239,7 +238,7 @@ def _convert(value: Any, hint: Any) -> tuple[bool, Any, str]:
         for option in options:
             if option is type(None):
                 continue
-            ok, converted, name = _convert(value, option)
+            ok, converted, name = convert_value(value, option)
             if ok:
                 return True, converted, name
             names.append(name)
@@ -255,7 +254,7 @@ def _convert(value: Any, hint: Any) -> tuple[bool, Any, str]:
         return isinstance(value, str), value, "text in quotes"
     if origin is list:
         (item,) = typing.get_args(hint)
-        ok = isinstance(value, list) and all(_convert(v, item)[0] for v in value)
+        ok = isinstance(value, list) and all(convert_value(v, item)[0] for v in value)
         return ok, list(value) if ok else value, 'a list of text, like ["a", "b"]'
     if origin is dict:
         ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
@@ -398,32 +397,3 @@ def save_config(cfg: RunConfig, path: str | os.PathLike[str]) -> Path:
         Path(temp).unlink(missing_ok=True)
         raise
     return target
-
-
-def config_from_plan(
-    candidate: Any,
-    *,
-    model: str,
-    train: str,
-    eval: str = "",
-    task: str = "causal_lm",
-    **overrides: Any,
-) -> RunConfig:
-    """Turn a planner candidate into a checked `RunConfig`.
-
-    Args:
-        candidate: any object with the planner `Candidate`'s attributes (read by name).
-        model, train, eval, task: what the plan does not know: the model and data to use.
-        **overrides: ``learning_rate=1e-4`` (a field unique to one section),
-            ``eval__every_steps=10`` (section and field) or ``training={"epochs": 1}``.
-
-    Raises:
-        ConfigError: an unknown override, a wrong type, or a combination `validate_config` refuses.
-    """
-    from affiner.runner.config.from_plan import build_from_plan
-
-    cfg = build_from_plan(
-        candidate, model=model, train=train, eval=eval, task=task, overrides=overrides
-    )
-    validate_config(cfg, where="plan")
-    return cfg

@@ -19,7 +19,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from affiner.runner.config.schema import RunConfig
+from affiner.runner.config import RunConfig
 from affiner.runner.data.files import DataError
 from affiner.runner.data.formats import RowProblem, label_name, normalize_row
 from affiner.runner.data.render import IGNORE, encode_causal, encode_classification, render

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from affiner.runner.config.schema import DataSection
+from affiner.runner.config import DataSection
 from affiner.runner.data.files import DataError, RawRow, SourceRows, read_source
 from affiner.runner.data.formats import (
     RowProblem,

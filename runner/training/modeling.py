@@ -29,14 +29,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
+
 from affiner.planner.errors import AffinerError
-from affiner.runner.config.schema import RunConfig
+from affiner.runner.config import RunConfig
 from affiner.runner.training.kbit import (
     disable_cpu_inference_repack,
     quantized_layer_count,
     quiet_int8_cast_warning,
 )
-from torch import nn
 
 #: Names classification heads go by in transformers' model classes.
 HEAD_NAMES = ("score", "classifier", "pre_classifier", "lm_head")
@@ -346,7 +347,7 @@ def apply_lora(model: nn.Module, cfg: RunConfig, *, quantized: bool) -> nn.Modul
         return get_peft_model(model, lora)
     except ValueError as exc:
         if "lora_dropout" in str(exc):
-            from affiner.runner.config.checks import MOE_DROPOUT, MOE_DROPOUT_HINT
+            from affiner.runner.config import MOE_DROPOUT, MOE_DROPOUT_HINT
 
             raise AffinerError(
                 f"LoRA could not be applied: {MOE_DROPOUT}",

@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from affiner.planner.errors import AffinerError
-from affiner.runner.config.schema import RunConfig
-from affiner.runner.run.events import EventWriter, Preflight, Warning_
-from affiner.runner.run.rundir import RunDir
+from affiner.runner.config import RunConfig
+from affiner.runner.run import EventWriter, Preflight, RunDir, Warning_
 from affiner.runner.training.oom import is_oom
 
 #: A run is "long" (worth a pre-flight) above this many predicted seconds ...
@@ -92,7 +91,7 @@ def run_preflight(
         prepared, tokenizer: already prepared data and tokenizer (the recipe passes them).
         steps: optimizer steps to time (the first is a warm-up and not counted).
     """
-    from affiner.runner.data.prepare import prepare_data
+    from affiner.runner.data import prepare_data
     from affiner.runner.training.modeling import load_tokenizer, resolve_device, resolve_precision
 
     device = resolve_device(cfg.training.device)
@@ -171,7 +170,7 @@ def write_back(rd: RunDir, *, micro: int, accum: int, event: Preflight) -> None:
     """
     import sys
 
-    from affiner.runner.config.io import config_from_dict, save_config
+    from affiner.runner.config import config_from_dict, save_config
 
     if sys.version_info >= (3, 11):
         import tomllib
@@ -207,12 +206,13 @@ def _measure(
     steps: int,
 ) -> _Measured:
     import torch
+    from transformers import PrinterCallback, TrainerCallback
+
     from affiner.runner.training.callbacks import CountingTrainer
     from affiner.runner.training.metrics import make_compute_metrics, preprocess_logits_for_metrics
     from affiner.runner.training.modeling import load_model
     from affiner.runner.training.sampler import peak_rss_bytes
     from affiner.runner.training.setup import build_collator, build_training_args
-    from transformers import PrinterCallback, TrainerCallback
 
     cuda = device == "cuda"
     train_rows, seq_len = _longest_rows(data.train, micro, steps * accum)
@@ -308,6 +308,7 @@ def _measure(
 
 def _peak_bytes(cuda: bool) -> int:
     import torch
+
     from affiner.runner.training.sampler import peak_rss_bytes
 
     if cuda:
@@ -327,6 +328,7 @@ def cuda_context_bytes() -> tuple[int | None, str]:
     import os
 
     import torch
+
     from affiner.runner.training.sampler import nvml_handle_for_torch_device
 
     try:

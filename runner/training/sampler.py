@@ -16,8 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 import psutil
-from affiner.planner.hardware.nvml import memory_info
-from affiner.runner.run.events import EventWriter, GpuSample, SystemSample
+
+from affiner.planner.hardware import memory_info
+from affiner.runner.run import EventWriter, GpuSample, SystemSample
 
 
 def peak_rss_bytes() -> int | None:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from affiner.runner.config.schema import RunConfig
+from affiner.runner.config import RunConfig
 from affiner.runner.training.modeling import Precision
 
 OPTIMIZERS = {

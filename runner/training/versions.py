@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from affiner.runner.run.rundir import RunDir
+from affiner.runner.run import RunDir
 
 #: Distributions whose versions decide what a run does.
 PACKAGES = (

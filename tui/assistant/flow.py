@@ -18,6 +18,7 @@ from typing import Any
 from affiner.tui.assistant import answers
 from affiner.tui.assistant.answers import AnswerContext, capitalized, method_name
 from affiner.tui.assistant.intents import Intent, parse_intent
+from affiner.tui.assistant.preview import DataPreview
 from affiner.tui.assistant.text import QUESTIONS, data_summary, preflight_summary
 
 #: The steps, in order. ``monitor`` is where the flow ends (the app opens the monitor).
@@ -43,35 +44,6 @@ class Settings:
     def lr_for(self, method: str) -> float:
         """The learning rate a run would use: the user's, else the method's usual one."""
         return self.learning_rate if self.learning_rate_set else DEFAULT_LR.get(method, LORA_LR)
-
-
-@dataclass
-class DataPreview:
-    """What the data step found, ready to draw.
-
-    Attributes:
-        path: the file as given.
-        format: detected format (``chat``, ``instruction``, ``text``, ``classification``…).
-        rows: valid rows.
-        sample: the first few rows as read.
-        dropped: ``(file:line, reason)`` for each invalid row.
-        lengths: token length of every (or a sample of every) rendered row; empty when no
-            tokenizer was available.
-        example: one row rendered exactly as the model sees it (`affiner.runner.data.prepare.render_example`).
-        note: why token statistics are missing, when they are.
-    """
-
-    path: str
-    format: str
-    rows: int
-    sample: list[Any] = field(default_factory=list)
-    dropped: list[tuple[str, str]] = field(default_factory=list)
-    lengths: list[int] = field(default_factory=list)
-    example: Any = None
-    note: str | None = None
-
-    def truncated(self, max_len: int) -> int:
-        return sum(1 for n in self.lengths if n > max_len)
 
 
 @dataclass
@@ -457,7 +429,7 @@ class AssistantFlow:
 
     def build_config(self) -> Any:
         """The `RunConfig` for the chosen candidate and settings (`affiner.runner.config.io`)."""
-        from affiner.runner.config.io import config_from_plan
+        from affiner.runner.config import config_from_plan
 
         candidate = self.candidate()
         method = candidate.method

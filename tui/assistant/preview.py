@@ -8,14 +8,42 @@ shows is what training will see.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
-
-from affiner.tui.assistant.flow import DataPreview
 
 #: Token lengths are measured on at most this many rows (evenly spread), to stay quick on
 #: a million-row file; the histogram's shape does not need more.
 MAX_MEASURED = 5000
 SAMPLE_ROWS = 3
+
+
+@dataclass
+class DataPreview:
+    """What the data step found, ready to draw.
+
+    Attributes:
+        path: the file as given.
+        format: detected format (``chat``, ``instruction``, ``text``, ``classification``…).
+        rows: valid rows.
+        sample: the first few rows as read.
+        dropped: ``(file:line, reason)`` for each invalid row.
+        lengths: token length of every (or a sample of every) rendered row; empty when no
+            tokenizer was available.
+        example: one row rendered exactly as the model sees it (`affiner.runner.data.prepare.render_example`).
+        note: why token statistics are missing, when they are.
+    """
+
+    path: str
+    format: str
+    rows: int
+    sample: list[Any] = field(default_factory=list)
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    example: Any = None
+    note: str | None = None
+
+    def truncated(self, max_len: int) -> int:
+        return sum(1 for n in self.lengths if n > max_len)
 
 
 def tokenizer_source(spec: Any, model_ref: str | None = None) -> str | None:
@@ -31,8 +59,8 @@ def build_preview(path: str, spec: Any, seq_len: int, model_ref: str | None = No
     Raises:
         affiner.runner.data.files.DataError: the file is missing, unreadable or has no usable row.
     """
-    from affiner.runner.config.schema import DataSection
-    from affiner.runner.data.prepare import load_rows
+    from affiner.runner.config import DataSection
+    from affiner.runner.data import load_rows
 
     task = "causal_lm" if getattr(spec, "is_decoder", True) else "classification"
     loaded = load_rows(DataSection(train=path, max_seq_len=seq_len), task=task)
@@ -64,8 +92,7 @@ def build_preview(path: str, spec: Any, seq_len: int, model_ref: str | None = No
 
 def measure_lengths(loaded: Any, tokenizer: Any, seq_len: int) -> list[int]:
     """Tokens per training row before truncation, on an even spread of at most `MAX_MEASURED` rows."""
-    from affiner.runner.data.formats import RowProblem
-    from affiner.runner.data.render import encode_causal, encode_classification
+    from affiner.runner.data import RowProblem, encode_causal, encode_classification
 
     rows = loaded.train
     step = max(1, len(rows) // MAX_MEASURED)
@@ -85,7 +112,7 @@ def measure_lengths(loaded: Any, tokenizer: Any, seq_len: int) -> list[int]:
 
 def first_renderable(loaded: Any, tokenizer: Any, seq_len: int) -> Any:
     """The first training row rendered as the model sees it (None if none renders)."""
-    from affiner.runner.data.prepare import DataError, render_example
+    from affiner.runner.data import DataError, render_example
 
     for example in loaded.train[:20]:
         try:

@@ -6,13 +6,10 @@ Kept apart from `affiner.tui.assistant.flow` so the step machine reads as a prot
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from affiner.tui.assistant import answers
-
-if TYPE_CHECKING:
-    from affiner.tui.assistant.flow import DataPreview
-
+from affiner.tui.assistant.preview import DataPreview
 
 #: What the assistant asks at each step that waits for an answer.
 QUESTIONS = {

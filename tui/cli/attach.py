@@ -11,24 +11,27 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from affiner.runner.run.events import CLASS_METRICS, EventReader, read_status
-from affiner.runner.run.process import is_worker_of
-from affiner.runner.run.rundir import RunDir
-from affiner.runner.run.runs import (
-    INTERRUPTED,
-    UNKNOWN,
-    derive_state,
-    is_language_model,
-    latest_checkpoint,
-    model_label,
-    run_task,
-)
-from affiner.tui.live.history import RunHistory, downsample, format_bytes, format_duration
 from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
+
+from affiner.runner.run import (
+    CLASS_METRICS,
+    INTERRUPTED,
+    UNKNOWN,
+    EventReader,
+    RunDir,
+    derive_state,
+    is_language_model,
+    is_worker_of,
+    latest_checkpoint,
+    model_label,
+    read_status,
+    run_task,
+)
+from affiner.tui.live import RunHistory, downsample, format_bytes, format_duration
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 STATE_STYLES = {

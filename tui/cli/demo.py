@@ -71,7 +71,7 @@ def _console() -> Any:
 
 
 def _shrink(args: argparse.Namespace) -> dict[str, int | None]:
-    from affiner.runner.demo.tasks import shrink_from_env
+    from affiner.runner.demo import shrink_from_env
 
     shrink: dict[str, int | None] = dict(shrink_from_env())
     for key in ("rows", "eval_rows", "max_steps"):
@@ -93,8 +93,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def prepare_with_progress(key: str, runs_dir: str | None, shrink: dict, console: Any) -> Any:
     """`affiner.runner.demo.tasks.prepare_demo` with a progress bar while the model is provisioned."""
-    from affiner.runner.demo.tasks import get_preset, prepare_demo
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from affiner.runner.demo import get_preset, prepare_demo
 
     preset = get_preset(key)
     columns = (
@@ -121,9 +122,8 @@ def _section(console: Any, number: int, title: str) -> None:
 
 def run_headless(key: str, runs_dir: str | None, args: argparse.Namespace) -> int:
     """Every step of the demo in this terminal; returns the exit code."""
-    from affiner.runner.demo.evaluate import collect_result, wait_for_baseline
-    from affiner.runner.run import launch
-    from affiner.runner.run.rundir import new_run_id
+    from affiner.runner.demo import collect_result, wait_for_baseline
+    from affiner.runner.run import launch_worker, new_run_id, prepare_run
     from affiner.tui.cli.attach import attach
 
     console = _console()
@@ -155,10 +155,10 @@ def run_headless(key: str, runs_dir: str | None, args: argparse.Namespace) -> in
         )
     )
 
-    run = launch.prepare_run(cfg, runs_root=prepared.runs_root, run_id=new_run_id(f"demo-{key}"))
+    run = prepare_run(cfg, runs_root=prepared.runs_root, run_id=new_run_id(f"demo-{key}"))
     rd = run.run_dir
     _section(console, 4, "Before training")
-    launch.launch_worker(rd)
+    launch_worker(rd)
     status = f"The run first evaluates the base model on {prepared.data.eval_rows} held-out rows…"
     with console.status(status):
         before = wait_for_baseline(rd)
@@ -170,7 +170,7 @@ def run_headless(key: str, runs_dir: str | None, args: argparse.Namespace) -> in
     _section(console, 5, "Training")
     console.print(f"  run {rd.run_id} in {rd.path}")
     attach(rd, console=console)
-    from affiner.runner.run.runs import summarize
+    from affiner.runner.run import summarize
 
     if summarize(rd).state in ("starting", "running"):
         return 0  # detached with Ctrl-C; attach has said how to come back
@@ -195,7 +195,7 @@ def _metric_line(metric: str, event: Any) -> str:
             f"accuracy {event.accuracy:.3f} · precision {event.precision:.3f} · "
             f"recall {event.recall:.3f} · F1 {event.f1:.3f} · loss {event.loss:.4f}"
         )
-    from affiner.runner.run.runs import is_language_model
+    from affiner.runner.run import is_language_model
 
     lm = event.perplexity is not None and is_language_model([event])  # never for a class head
     ppl = f" · perplexity {event.perplexity:.1f}" if lm else ""
@@ -208,8 +208,9 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def render_result(console: Any, result: Any, runs_dir: str | None) -> None:
     """The summary: what was trained, time, before → after, where things are, what next."""
-    from affiner.planner.explain import duration
     from rich.table import Table
+
+    from affiner.planner.explain import duration
 
     ok = "[green]met[/]" if result.goal_met else "[red]not met[/]"
     console.print(f"  trained: {result.title}")
@@ -262,27 +263,8 @@ def _open_tui(args: argparse.Namespace, runs_dir: str | None) -> int:
     return int(app.run() or app.return_code or 0)
 
 
-def assistant_preset(prepared: Any) -> dict[str, Any]:
-    """What the assistant is pre-filled with: the demo's model, data and settings."""
-    cfg = prepared.config
-    return {
-        "default_model": str(prepared.model_path),
-        "default_data": str(prepared.data.train),
-        "default_eval": str(prepared.data.eval),
-        "settings": {
-            # The presets' learning rates were measured with LoRA; full fine-tuning at the
-            # same rate would wreck the model, so the demo keeps the method it was tuned for.
-            "method": cfg.method.name,
-            "epochs": cfg.training.epochs,
-            "learning_rate": cfg.training.learning_rate,
-            "lora_rank": cfg.method.lora_rank,
-            "seq_len": cfg.data.max_seq_len,
-            "batch": cfg.training.micro_batch,
-        },
-    }
-
-
 def _build_demo_app(prepared: Any, runs_dir: str | None) -> Any:
     from affiner.tui.app import build_app
+    from affiner.tui.assistant import assistant_preset
 
     return build_app(runs_root=runs_dir, assistant=assistant_preset(prepared))

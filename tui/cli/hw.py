@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING, Any
 from affiner.tui.cli.tables import house_table
 
 if TYPE_CHECKING:
-    from affiner.planner.hardware.catalog import GpuModel
-    from affiner.planner.hardware.cpu_throughput import CpuThroughput
-    from affiner.planner.hardware.probe import GpuInfo, HardwareReport
     from rich.console import Console
+
+    from affiner.planner.hardware import CpuThroughput, GpuInfo, GpuModel, HardwareReport
 
 GIB = 1024**3
 BAR_WIDTH = 16
@@ -67,7 +66,7 @@ def remeasure_cpu(cpu: Any, *, to_stderr: bool) -> dict[str, Any]:
         ``{"before": ..., "after": ...}``, the two figures as JSON (before is None when
         nothing was cached, after when nothing could be timed).
     """
-    from affiner.planner.hardware.cpu_throughput import remeasure_cpu_tflops, remeasure_message
+    from affiner.planner.hardware import remeasure_cpu_tflops, remeasure_message
 
     before, after = remeasure_cpu_tflops(cpu)
     line = remeasure_message(before, after)
@@ -83,7 +82,7 @@ def remeasure_cpu(cpu: Any, *, to_stderr: bool) -> dict[str, Any]:
 
 def run_hw(args: argparse.Namespace) -> int:
     """Probe and print. Exit 0 also with no GPU: that is information, not an error."""
-    from affiner.planner.hardware.catalog import CATALOG, lookup
+    from affiner.planner.hardware import CATALOG, lookup
 
     if args.catalog:
         if args.json:
@@ -93,15 +92,15 @@ def run_hw(args: argparse.Namespace) -> int:
         return 0
     model = lookup(args.gpu) if args.gpu else None  # an unknown name fails before probing
 
-    from affiner.planner.hardware.probe import probe
-    from affiner.runner.run.rundir import runs_root
+    from affiner.planner.hardware import probe
+    from affiner.runner.run import runs_root
 
     report = probe(runs_dir=runs_root())
     remeasured = remeasure_cpu(report.cpu, to_stderr=args.json) if args.remeasure_cpu else None
     if args.json:
         data: dict[str, Any] = report.to_json()
         if model is not None:
-            from affiner.planner.hardware.device import target_from_catalog
+            from affiner.planner.hardware import target_from_catalog
 
             data["target"] = target_from_catalog(args.gpu).to_json()
         if remeasured is not None:
@@ -283,7 +282,7 @@ def render_report(
             console.print(processes)
     else:
         console.print(f"[yellow]No GPU:[/yellow] {report.gpu_reason or 'none found'}")
-    from affiner.planner.hardware.cpu_throughput import cached_cpu_tflops
+    from affiner.planner.hardware import cached_cpu_tflops
 
     console.print()
     console.print(machine_table(report, cached_cpu_tflops(report.cpu)))

@@ -13,12 +13,13 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from affiner.planner.models.spec import MODULE_KEYS
+from affiner.planner.models import MODULE_KEYS
 from affiner.tui.cli.tables import house_table
 
 if TYPE_CHECKING:
-    from affiner.planner.models.spec import ModelSpec
     from rich.console import Console
+
+    from affiner.planner.models import ModelSpec
 
 #: The LoRA rank the "what would LoRA add" line assumes (a common default).
 EXAMPLE_RANK = 16
@@ -61,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_model(args: argparse.Namespace) -> int:
-    from affiner.planner.models.resolve import resolve_model
+    from affiner.planner.models import resolve_model
 
     spec = resolve_model(args.spec, trust_remote_code=args.trust_remote_code)
     if args.json:

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 from affiner.planner.settings import METHODS, SHARDINGS
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from affiner.planner.recommend import PlanReport
     from affiner.planner.sequence_fit import LongestSequence
-    from rich.console import Console
 
 BAR_WIDTH = 8
 
@@ -99,9 +100,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_plan(args: argparse.Namespace) -> int:
     from affiner.planner.errors import AffinerError
-    from affiner.planner.hardware.device import resolve_target
-    from affiner.planner.hardware.probe import probe
-    from affiner.planner.models.resolve import resolve_model
+    from affiner.planner.hardware import probe, resolve_target
+    from affiner.planner.models import resolve_model
     from affiner.planner.recommend import PlanRequest, plan
     from affiner.planner.sequence_fit import longest_sequence
 
@@ -180,9 +180,10 @@ def memory_bar(used: int, total: int, width: int = BAR_WIDTH) -> str:
 
 
 def render_plan(report: PlanReport, console: Console) -> None:
-    from affiner.planner.explain import METHOD_NAMES, duration, gb
     from rich import box
     from rich.table import Table
+
+    from affiner.planner.explain import METHOD_NAMES, duration, gb
 
     device = report.device
     kind = "RAM" if device.is_cpu else "VRAM"

@@ -89,7 +89,7 @@ def _out() -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from affiner.runner.run import launch
+    from affiner.runner.run import check_resumable, launch_worker, prepare_run
 
     if args.resume and args.config:
         raise AffinerError(
@@ -99,13 +99,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.run_id:
             raise AffinerError("--run-id names a new run; a resumed run keeps its id")
-        rd, message = launch.check_resumable(args.resume)
+        rd, message = check_resumable(args.resume)
         print(f"Resuming run {rd.run_id}: {message}", flush=True)
         if args.foreground:
-            code = launch.launch_worker(rd, resume=True, foreground=True, message=message)
+            code = launch_worker(rd, resume=True, foreground=True, message=message)
             _print_outcome(rd)
             return code
-        launch.launch_worker(rd, resume=True, message=message)
+        launch_worker(rd, resume=True, message=message)
         _print_follow(rd)
         return 0
     if not args.config:
@@ -113,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "no run configuration given",
             hint="`affiner train run.toml` (write one with `affiner plan --save`), or `affiner train --resume RUN`",
         )
-    prepared = launch.prepare_run(
+    prepared = prepare_run(
         args.config, run_id=args.run_id, preflight=False if args.no_preflight else None
     )
     for warning in prepared.warnings:
@@ -121,10 +121,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     rd = prepared.run_dir
     if args.foreground:
         print(f"Run {rd.run_id} in {rd.path}", flush=True)
-        code = launch.launch_worker(rd, foreground=True)
+        code = launch_worker(rd, foreground=True)
         _print_outcome(rd)
         return code
-    launch.launch_worker(rd)
+    launch_worker(rd)
     print(f"Started run {rd.run_id}")
     _print_follow(rd)
     return 0
@@ -141,7 +141,7 @@ def _print_follow(rd: Any) -> None:
 
 
 def _print_outcome(rd: Any) -> None:
-    from affiner.runner.run.runs import summarize
+    from affiner.runner.run import summarize
 
     summary = summarize(rd)
     line = f"Run {rd.run_id} {summary.state}"
@@ -159,13 +159,13 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     import contextlib
     import io
 
-    from affiner.runner.config.io import load_config
+    from affiner.runner.config import load_config
 
     cfg = load_config(args.config)
     print(
         f"Pre-flight for {args.config}: loading the model and timing a few steps…", file=sys.stderr
     )
-    from affiner.runner.training.preflight import run_preflight
+    from affiner.runner.training import run_preflight
 
     # The Trainer and the loaders print progress bars and dict logs; keep them for a crash only.
     captured = io.StringIO()
@@ -200,22 +200,22 @@ def planner_estimate(cfg: Any, result: Any) -> tuple[int | None, float | None, s
     against the same memory and time model `affiner plan` uses, for the same micro-batch,
     sequence length and device.
     """
-    from affiner.planner.hardware.probe import probe
-    from affiner.planner.memory.peak import estimate_memory
-    from affiner.planner.models.resolve import resolve_model
+    from affiner.planner.hardware import probe
+    from affiner.planner.memory import estimate_memory
+    from affiner.planner.models import resolve_model
     from affiner.planner.settings import ALL_LINEAR, ATTENTIONS, TrainSettings
     from affiner.planner.timing import estimate_time
-    from affiner.runner.config.checks import effective_device
+    from affiner.runner.config import effective_device
 
     try:
         spec = resolve_model(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
         report = probe()
         if effective_device(cfg.training.device) == "cuda" and report.gpus:
-            from affiner.planner.hardware.device import resolve_target
+            from affiner.planner.hardware import resolve_target
 
             device = resolve_target(report)
         else:
-            from affiner.planner.hardware.device import cpu_target
+            from affiner.planner.hardware import cpu_target
 
             device = cpu_target(report)
         precision = cfg.training.precision
@@ -255,10 +255,11 @@ def render_preflight(result: Any, cfg: Any, *, source: str = "plan") -> Any:
     Args:
         source: where the estimate comes from (the run's ``[plan]`` or the planner just now).
     """
-    from affiner.tui.live.history import format_bytes
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
+
+    from affiner.tui.live import format_bytes
 
     table = Table(
         title=f"pre-flight on {result.device or 'this machine'}",
@@ -311,10 +312,10 @@ def _ratio(measured: float | None, predicted: float | None) -> str:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from affiner.runner.run.rundir import runs_root
-    from affiner.runner.run.runs import list_runs
     from rich import box
     from rich.table import Table
+
+    from affiner.runner.run import list_runs, runs_root
 
     summaries = list_runs()
     if args.limit and args.limit > 0:
@@ -356,8 +357,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _state_cell(s: Any) -> Any:
-    from affiner.tui.cli.attach import STATE_STYLES
     from rich.text import Text
+
+    from affiner.tui.cli.attach import STATE_STYLES
 
     text = Text(s.state, style=STATE_STYLES.get(s.state, ""))
     if s.warnings:
@@ -372,7 +374,7 @@ def _progress_cell(s: Any) -> str:
 
 
 def _age(when: float | None) -> str:
-    from affiner.tui.live.history import format_duration
+    from affiner.tui.live import format_duration
 
     if not when:
         return ""
@@ -380,14 +382,14 @@ def _age(when: float | None) -> str:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    from affiner.runner.run.runs import resolve_run
+    from affiner.runner.run import resolve_run
     from affiner.tui.cli.attach import attach
 
     return attach(resolve_run(args.run))
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from affiner.runner.run.launch import stop_run
+    from affiner.runner.run import stop_run
 
     if args.timeout is not None and args.timeout < 0:
         raise AffinerError("--timeout must be zero or more seconds")

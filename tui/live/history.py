@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from affiner.runner.run.events import (
+from affiner.runner.run import (
     Checkpoint,
     Error,
     EvalResult,

@@ -18,9 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from affiner.runner.run.events import Event, EventReader, RunStatus, effective_events, read_status
-from affiner.runner.run.rundir import RunDir
-from affiner.runner.run.runs import INTERRUPTED, LIVE_STATES
+from affiner.runner.run import (
+    INTERRUPTED,
+    LIVE_STATES,
+    Event,
+    EventReader,
+    RunDir,
+    RunStatus,
+    effective_events,
+    read_status,
+)
 
 #: On first open, at most this much of the end of train.log is read.
 LOG_TAIL_BYTES = 64 * 1024

@@ -15,15 +15,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from affiner.planner.errors import AffinerError
-from affiner.tui.assistant import answers
-from affiner.tui.assistant.flow import AssistantFlow, Reply, Task
-from affiner.tui.messages import PlanTargetChanged
-from affiner.tui.widgets.conversation import Conversation
-from affiner.tui.widgets.example_view import ExampleView
-from affiner.tui.widgets.plan_bars import PlanBars
-from affiner.tui.widgets.settings_form import SettingsForm
-from affiner.tui.widgets.token_histogram import TokenHistogram
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -31,6 +22,15 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 from textual.worker import Worker, WorkerState
+
+from affiner.planner.errors import AffinerError
+from affiner.tui.assistant import AssistantFlow, Reply, Task, answers
+from affiner.tui.messages import PlanTargetChanged
+from affiner.tui.widgets.conversation import Conversation
+from affiner.tui.widgets.example_view import ExampleView
+from affiner.tui.widgets.plan_bars import PlanBars
+from affiner.tui.widgets.settings_form import SettingsForm
+from affiner.tui.widgets.token_histogram import TokenHistogram
 
 
 def readable(error: BaseException) -> str:

@@ -11,11 +11,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from affiner.planner.errors import AffinerError
-from affiner.planner.hardware.probe import GpuInfo, HardwareReport
-from affiner.tui.live.history import format_bytes
-from affiner.tui.messages import HardwareRead, PlanTargetChanged
-from affiner.tui.widgets.gauge import Gauge
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -23,6 +18,12 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Label, Select, Static
+
+from affiner.planner.errors import AffinerError
+from affiner.planner.hardware import GpuInfo, HardwareReport
+from affiner.tui.live import format_bytes
+from affiner.tui.messages import HardwareRead, PlanTargetChanged
+from affiner.tui.widgets.gauge import Gauge
 
 #: The picker's value for "plan for this machine".
 THIS_MACHINE = "__this_machine__"

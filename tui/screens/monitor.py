@@ -15,15 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from affiner.planner.errors import AffinerError
-from affiner.runner.run.rundir import RunDir
-from affiner.runner.run.runs import LIVE_STATES, run_task
-from affiner.tui.live.history import RunHistory
-from affiner.tui.live.watcher import WatchBatch, watch_run
-from affiner.tui.messages import RunBatch, WatchFailed
-from affiner.tui.screens.confirm import ConfirmScreen
-from affiner.tui.widgets.plots import LossPlot, MemoryPlot
-from affiner.tui.widgets.run_panels import EvalTable, LogTail, RunProgress, RunStats, WarningsBanner
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -31,6 +22,14 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState, get_current_worker
+
+from affiner.planner.errors import AffinerError
+from affiner.runner.run import LIVE_STATES, RunDir, run_task
+from affiner.tui.live import RunHistory, WatchBatch, watch_run
+from affiner.tui.messages import RunBatch, WatchFailed
+from affiner.tui.screens.confirm import ConfirmScreen
+from affiner.tui.widgets.plots import LossPlot, MemoryPlot
+from affiner.tui.widgets.run_panels import EvalTable, LogTail, RunProgress, RunStats, WarningsBanner
 
 #: Smoothing weights the toggle cycles through (0 = raw).
 SMOOTHING_STEPS = (0.6, 0.9, 0.0)

@@ -11,17 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from affiner.runner.run.events import TrainLog, read_events
-from affiner.runner.run.runs import RunSummary, last_attempt, list_runs
-from affiner.tui.live.history import Point, format_duration
-from affiner.tui.messages import RunsListed
-from affiner.tui.widgets.plots import LossPlot
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Static
+
+from affiner.runner.run import RunSummary, TrainLog, last_attempt, list_runs, read_events
+from affiner.tui.live import Point, format_duration
+from affiner.tui.messages import RunsListed
+from affiner.tui.widgets.plots import LossPlot
 
 #: Seconds between refreshes of the list while it is shown.
 REFRESH_SECONDS = 5.0

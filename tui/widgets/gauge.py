@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from affiner.tui.live.history import format_bytes
 from rich.text import Text
 from textual.widget import Widget
+
+from affiner.tui.live import format_bytes
 
 #: Fractions at which a gauge turns yellow, then red.
 WARN_AT = 0.75

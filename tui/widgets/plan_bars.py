@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from affiner.tui.assistant.answers import device_memory, duration, gb, recommended, step_seconds
 from rich.text import Text
 from textual.widget import Widget
+
+from affiner.tui.assistant import device_memory, duration, gb, recommended, step_seconds
 
 SHORT_NAMES = {
     "full": "full",

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from affiner.tui.live.history import Point, downsample, smooth
 from textual_plotext import PlotextPlot
+
+from affiner.tui.live import Point, downsample, smooth
 
 GIB = 1024**3
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
-from affiner.runner.run.events import CLASS_METRICS, EvalResult
-from affiner.runner.run.runs import is_language_model
-from affiner.tui.live.history import RunHistory, format_bytes, format_duration
-from affiner.tui.widgets.gauge import bar_text
 from rich.text import Text
 from textual.widget import Widget
 from textual.widgets import DataTable, Log, Static
+
+from affiner.runner.run import CLASS_METRICS, EvalResult, is_language_model
+from affiner.tui.live import RunHistory, format_bytes, format_duration
+from affiner.tui.widgets.gauge import bar_text
 
 
 class RunProgress(Widget):
