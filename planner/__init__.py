@@ -1,5 +1,31 @@
-"""affiner's planner: hardware probe, model shapes, memory and time model, recommendation.
+"""affiner's planner: what the machine is, what the model is, and what a fine-tune of it will cost.
 
-Pure and fast: nothing here imports torch or transformers at import time, so the CLI and
-the TUI's first screen never pay for them.
+Pure and fast: nothing here imports torch or transformers at import time, so the CLI and the
+TUI's first screen never pay for them. It imports no other room: the runner and the TUI build
+on it.
+
+Rooms:
+    hardware: the hardware report, the prober (NVML, psutil), the GPU catalog, the measured CPU
+        rate, and `DeviceTarget`, the device a plan is made for.
+    models: `ModelSpec` from a config, a folder, the hub cache or a bare size; exact counts.
+    memory: the peak memory of a training step, term by term (`estimate_memory`).
+Modules:
+    settings: `TrainSettings`, everything a plan is computed for.
+    recommend: `plan(spec, device, request) -> PlanReport`, every method and the recommendation.
+    sequence_fit: the memory budget and the longest sequence that fits.
+    timing: step and run time (`estimate_time`).
+    explain: the plain words a plan is explained in.
+    errors: `AffinerError`, the one exception a user mistake becomes.
 """
+
+__all__ = [
+    "errors",
+    "explain",
+    "hardware",
+    "memory",
+    "models",
+    "recommend",
+    "sequence_fit",
+    "settings",
+    "timing",
+]

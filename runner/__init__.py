@@ -1,6 +1,22 @@
 """affiner's runner: the only place that trains.
 
-Its contract with everything else is the run directory (see `affiner.runner.run.rundir`): ``run.toml``
-says what to do, ``events.jsonl`` says what happened, ``status.json`` says where it stands.
-Importing this package is cheap; torch and friends load inside the training process only.
+Its contract with everything else is the run folder: ``run.toml`` says what to do,
+``events.jsonl`` says what happened, ``status.json`` says where it stands. The TUI and the CLI
+import only the faces of the rooms below (and `inference`); importing them is cheap, and torch
+and its friends load in the training process only.
+
+Rooms:
+    run: the run folder and the worker process (layout, events, status, summaries, launch,
+        stop, resume, checkpoints).
+    config: ``run.toml`` (its shape, reading and writing, checks, the run.toml a plan becomes).
+    data: reading, validating and rendering training data.
+    training: the training process's parts (model loading, Trainer setup, callbacks, metrics,
+        the pre-flight check); the only room that imports torch at module level.
+    demo: the offline demos and the conversion of packaged models.
+Modules:
+    worker: ``python -m affiner.runner.worker RUN_DIR [--resume] [--preflight-only]``.
+    train: the recipe, top to bottom (`run_training`).
+    inference: chatting with the base model and the tuned one (the playground, the demo).
 """
+
+__all__ = ["config", "data", "demo", "inference", "run", "train", "training", "worker"]

@@ -114,3 +114,19 @@ def test_the_tui_reaches_the_runner_only_through_faces() -> None:
             if target.startswith("affiner.runner") and target not in faces:
                 inside.append(f"{path.relative_to(REPO)}:{line} imports {target}")
     assert not inside, "\n".join(inside)
+
+
+def test_every_room_has_a_face_that_names_its_public_names() -> None:
+    """Each package's ``__init__`` has a docstring and an ``__all__`` whose names all exist."""
+    import importlib
+
+    modules = module_files()
+    for name, path in modules.items():
+        if path.name != "__init__.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        assert ast.get_docstring(tree), f"{name} has no docstring saying what the room is for"
+        face = importlib.import_module(name)
+        assert hasattr(face, "__all__"), f"{name} has no __all__"
+        for public in face.__all__:
+            assert hasattr(face, public) or f"{name}.{public}" in modules, f"{name}.{public}"

@@ -18,17 +18,21 @@ from affiner.planner.hardware.device import (
     cpu_target,
     resolve_target,
     target_from_catalog,
+    target_from_gpu,
+    target_from_vram,
 )
 from affiner.planner.hardware.nvml import memory_info
 from affiner.planner.hardware.probe import probe
-from affiner.planner.hardware.report import GpuInfo, HardwareReport
+from affiner.planner.hardware.report import CpuInfo, GpuInfo, GpuProcess, HardwareReport
 
 __all__ = [
     "CATALOG",
+    "CpuInfo",
     "CpuThroughput",
     "DeviceTarget",
     "GpuInfo",
     "GpuModel",
+    "GpuProcess",
     "HardwareReport",
     "cached_cpu_tflops",
     "cpu_target",
@@ -39,4 +43,6 @@ __all__ = [
     "remeasure_message",
     "resolve_target",
     "target_from_catalog",
+    "target_from_gpu",
+    "target_from_vram",
 ]

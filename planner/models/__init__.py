@@ -18,10 +18,12 @@ from affiner.planner.models.offline import (
 )
 from affiner.planner.models.resolve import resolve_model
 from affiner.planner.models.shapes import spec_from_config
-from affiner.planner.models.spec import MODULE_KEYS, ModelSpec, has_fused_experts
+from affiner.planner.models.sizes import spec_from_size
+from affiner.planner.models.spec import MODULE_KEYS, LinearTarget, ModelSpec, has_fused_experts
 
 __all__ = [
     "MODULE_KEYS",
+    "LinearTarget",
     "ModelSpec",
     "OfflineModel",
     "cache_dir",
@@ -34,4 +36,5 @@ __all__ = [
     "resolve_model",
     "source_path",
     "spec_from_config",
+    "spec_from_size",
 ]

@@ -1,1 +1,7 @@
-"""One screen a module; the app imports each the first time it is shown."""
+"""One screen a module; the app imports each the first time it is shown.
+
+Nothing is imported here, so the first screen does not pay for the others (the monitor's
+plots load textual-plotext).
+"""
+
+__all__ = ["assistant", "confirm", "hardware", "monitor", "playground", "runs"]

@@ -1,4 +1,17 @@
 """Reusable widgets of the affiner TUI: gauges, plots, progress, tables, banners, log tail.
 
 Each widget carries its own ``DEFAULT_CSS``; the app's layout lives in ``tui/app.tcss``.
+Nothing is imported here: a screen imports the widget modules it draws, so a screen without
+plots never loads textual-plotext.
 """
+
+__all__ = [
+    "conversation",
+    "example_view",
+    "gauge",
+    "plan_bars",
+    "plots",
+    "run_panels",
+    "settings_form",
+    "token_histogram",
+]
