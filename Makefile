@@ -3,7 +3,7 @@
 dev:
 	python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e ".[dev]"
 
-test:
+test: check
 	python -m pytest
 
 check:
