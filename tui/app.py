@@ -120,10 +120,6 @@ class AffinerApp(App[int]):
             return PlaygroundScreen(services, run_dir=self.current_run)
         raise ValueError(f"unknown screen {name!r}")
 
-    def screen_named(self, name: str) -> Screen | None:
-        """The screen installed as ``name``, if it has been shown at least once."""
-        return self._screens.get(name)
-
     def on_mount(self) -> None:
         self.switch_mode("assistant")
         if self._initial_run is not None:

@@ -73,10 +73,3 @@ class PlanTargetChanged(Message):
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, PlanTargetChanged)
-
-
-@dataclass
-class StopRequested(Message):
-    """The user confirmed stopping a run; the app calls `Services.stop_run` in a worker."""
-
-    run_dir: Path

@@ -55,10 +55,6 @@ class GpuModel:
     detect: tuple[str, ...]
     note: str = ""
 
-    @property
-    def memory_gib(self) -> float:
-        return self.memory / 1024**3
-
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -169,14 +165,6 @@ def _index() -> dict[str, GpuModel]:
 
 
 _INDEX = _index()
-
-
-def by_name(name: str) -> GpuModel:
-    """The catalog entry with exactly this display name (KeyError otherwise)."""
-    for model in CATALOG:
-        if model.name == name:
-            return model
-    raise KeyError(name)
 
 
 def lookup(name: str) -> GpuModel:

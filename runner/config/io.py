@@ -100,7 +100,10 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
         raise ConfigError(
             "run configuration not found",
             file=str(file),
-            hint="check the path, or write one with `affiner plan --save`",
+            hint=(
+                "check the path; write one by hand (see the README's run.toml section), copy an"
+                " earlier run's runs/<id>/run.toml, or run `affiner` and accept a plan"
+            ),
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the run configuration: {exc}", file=str(file)) from None

@@ -271,6 +271,11 @@ class EventWriter:
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - owned by the writer
 
     def write(self, event: Event) -> dict[str, Any]:
+        """Append `event` as one line and return what was written.
+
+        Raises:
+            ValueError: a field is NaN or infinite (JSON has neither); nothing is written.
+        """
         if not event.t:
             event.t = time.time()
         data = event.to_dict()
@@ -295,7 +300,12 @@ class EventWriter:
 
 
 def _json_default(value: Any) -> Any:
-    """Make numpy/torch scalars and paths serialisable; NaN becomes a string, never bare NaN."""
+    """Make numpy/torch scalars and paths serialisable (anything else becomes its ``str``).
+
+    NaN and infinity are not turned into strings: a scalar becomes a Python float, and the
+    writer's ``allow_nan=False`` then raises ValueError before anything is written, so a log
+    never holds bare NaN. Pass figures through `clean_number` (NaN/inf to None) first.
+    """
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     item = getattr(value, "item", None)

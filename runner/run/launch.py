@@ -32,7 +32,6 @@ from affiner.planner.errors import AffinerError
 from affiner.runner.config import RunConfig
 from affiner.runner.run.events import EventWriter, RunFinished, RunStatus, read_status, write_status
 from affiner.runner.run.process import (
-    is_worker_of,
     pid_alive,
     send_signal,
     spawn_detached,
@@ -48,8 +47,17 @@ DEFAULT_STOP_TIMEOUT = 120.0
 #: With ``force``, seconds SIGTERM gets before SIGKILL.
 FORCE_GRACE_SECONDS = 10.0
 
-# Processes this Python process started, so they are reaped (no zombies) when they end.
+# Workers this Python process started and may still be running, by pid: `stop_run` and the
+# foreground follower wait on the Popen. Each is reaped by `spawn_detached`'s reaper thread the
+# moment it ends (a run that finishes while the TUI stays open leaves no zombie); an ended one
+# is dropped here at the next launch or stop, so a recycled pid never finds a stale Popen.
 _children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _forget_ended() -> None:
+    for pid, child in list(_children.items()):
+        if child.poll() is not None:
+            _children.pop(pid, None)
 
 
 @dataclass
@@ -205,6 +213,7 @@ def launch_worker(
         log.write(f"\n=== {stamp} affiner: {shlex.join(argv)}\n".encode())
     follower = Follower(run_dir, out or sys.stdout) if foreground else None
     child = spawn_detached(argv, log_path=run_dir.log, cwd=run_dir.path, env=_child_env())
+    _forget_ended()
     _children[child.pid] = child
     _record_pid(run_dir, child.pid, message)
     if follower is None:
@@ -335,6 +344,7 @@ def stop_run(
         )
     if timeout is None:
         timeout = FORCE_GRACE_SECONDS if force else DEFAULT_STOP_TIMEOUT
+    _forget_ended()
     child = _children.get(pid)
     result = StopResult(rd, "stopping")
     send_signal(pid, signal.SIGTERM)
@@ -388,9 +398,3 @@ def _settle_final_state(rd: RunDir, *, killed: bool) -> str:
         writer.write(RunFinished(state="stopped", step=status.step, message=how))
     write_status(rd.path, status)
     return "stopped"
-
-
-def is_running(rd: RunDir) -> bool:
-    """True while the run's worker process is alive."""
-    status = read_status(rd.path)
-    return status is not None and is_worker_of(status.pid, rd.path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -88,9 +89,14 @@ def spawn_detached(
 
     The child keeps running when the caller exits, the terminal closes or the SSH connection
     drops. File descriptors other than 0-2 are closed so the child holds no pipe of ours.
+
+    While the caller lives, the child is still its child: one that ends by itself (a run that
+    finishes while the TUI that started it stays open) would linger as a zombie of the caller.
+    So a daemon thread waits on it (`reap_when_done`); ``poll()``, ``wait()`` and ``returncode``
+    work as usual, and other subprocesses of the caller are left alone.
     """
     with open(log_path, "ab") as log:
-        return subprocess.Popen(
+        child = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -100,6 +106,20 @@ def spawn_detached(
             start_new_session=True,
             close_fds=True,
         )
+    reap_when_done(child)
+    return child
+
+
+def reap_when_done(child: subprocess.Popen[bytes]) -> threading.Thread:
+    """Reap `child` the moment it exits, from a daemon thread that ``wait()``s on it.
+
+    ``Popen.wait`` waits for this one pid under the Popen's own lock, so it neither steals the
+    exit status of other children (as a SIGCHLD handler or ``waitpid(-1)`` would from
+    ``subprocess.run`` elsewhere) nor races the caller's own ``poll()``/``wait()`` on `child`.
+    """
+    thread = threading.Thread(target=child.wait, name=f"affiner-reap-{child.pid}", daemon=True)
+    thread.start()
+    return thread
 
 
 def send_signal(pid: int, sig: int, *, group: bool = False) -> bool:

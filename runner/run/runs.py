@@ -8,7 +8,7 @@ One state is derived rather than written: a status that says ``starting`` or ``r
 whose process is gone (``kill -9``, the OOM killer, a reboot) becomes ``interrupted``, so the
 user knows the run will not finish by itself and can be resumed from its last checkpoint.
 
-`summarize` is called again and again (``affiner runs --watch``, the TUI's runs screen), and a
+`summarize` is called again and again (the TUI's runs screen, a ``watch affiner runs`` loop), and a
 long run's ``events.jsonl`` holds tens of thousands of lines, so the event log is not re-read
 each time: `affiner.runner.run.tally` keeps, per events file, how far it was read and the folded
 state `summarize` needs, and the next call reads only the bytes appended since.

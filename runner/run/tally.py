@@ -1,6 +1,6 @@
 """A run's event log folded incrementally: what `affiner.runner.run.runs.summarize` reads, without re-reading.
 
-``affiner runs --watch`` and the TUI's runs screen summarise every run again and again, and a
+The TUI's runs screen (and a ``watch affiner runs`` loop) summarise every run again and again, and a
 long run's ``events.jsonl`` holds tens of thousands of lines. So a module-level cache keeps,
 per events file, its identity (device and inode), the offset just past its last complete
 line, its first bytes and the bytes just before that offset, and the folded state
@@ -207,9 +207,3 @@ def tally_events(path: Path) -> EventTally:
         while len(_cursors) > MAX_CACHED_LOGS:
             del _cursors[next(iter(_cursors))]
         return cursor.tally
-
-
-def forget_cached_events() -> None:
-    """Drop every cached tally (tests; a long-lived process that wants its memory back)."""
-    with _cursors_lock:
-        _cursors.clear()

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 from affiner.planner.errors import AffinerError
@@ -136,6 +137,29 @@ def test_detached_process_has_its_own_session_and_no_stdin(tmp_path: Path) -> No
     proc = spawn_detached([sys.executable, "-c", code], log_path=log, cwd=tmp_path)
     assert proc.wait(timeout=30) == 0
     assert log.read_text() == "earlier line\nTrue ''\n"  # appended, new session, /dev/null
+
+
+def test_a_detached_child_that_ends_by_itself_is_reaped(tmp_path: Path) -> None:
+    """A run that finishes while the TUI that started it stays open leaves no zombie behind.
+
+    Nothing here calls ``wait()`` or ``poll()``: the reaper that `spawn_detached` starts must.
+    """
+    code = "import time; time.sleep(0.3)"
+    proc = spawn_detached([sys.executable, "-c", code], log_path=tmp_path / "log", cwd=tmp_path)
+    child = psutil.Process(proc.pid)  # remembers its start time: a recycled pid is not it
+    deadline = time.monotonic() + 30
+    status = psutil.STATUS_RUNNING
+    while child.is_running():  # True for a zombie too: only reaping removes it
+        try:
+            status = child.status()
+        except psutil.NoSuchProcess:
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"the child is still in the process table ({status}) after 30 s")
+        time.sleep(0.05)
+    assert proc.wait(timeout=5) == 0  # the exit code is kept for the launcher
+    ok = subprocess.run([sys.executable, "-c", "raise SystemExit(3)"], check=False)
+    assert ok.returncode == 3  # other subprocesses keep their own exit status
 
 
 def test_stop_sends_sigterm_and_waits_for_the_final_state(runs_dir: Path, tmp_path: Path) -> None:

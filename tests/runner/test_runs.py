@@ -26,6 +26,7 @@ from affiner.runner.run.events import (
     RunStatus,
     TrainLog,
     Warning_,
+    clean_number,
     write_status,
 )
 from affiner.runner.run.rundir import RunDir
@@ -109,6 +110,19 @@ def test_torn_last_line_is_ignored(runs_dir: Path) -> None:
     s = summarize(rd)
     assert s.step == 5
     assert s.best_eval_loss == pytest.approx(2.4)
+
+
+def test_nan_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """JSON has no NaN: the writer raises instead of logging a line no reader can parse."""
+    import numpy as np
+
+    with EventWriter(tmp_path) as writer:
+        for bad in (float("nan"), np.float32("nan"), float("inf")):
+            with pytest.raises(ValueError):
+                writer.write(TrainLog(step=1, epoch=0.1, loss=bad, total_steps=10))
+        writer.write(TrainLog(step=1, epoch=0.1, loss=clean_number(float("nan")), total_steps=10))
+    lines = (tmp_path / "events.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["loss"] is None
 
 
 def test_running_status_with_dead_pid_is_interrupted(runs_dir: Path) -> None:

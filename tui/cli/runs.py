@@ -111,7 +111,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.config:
         raise AffinerError(
             "no run configuration given",
-            hint="`affiner train run.toml` (write one with `affiner plan --save`), or `affiner train --resume RUN`",
+            hint=(
+                "`affiner train run.toml` (write one by hand, see the README's run.toml section,"
+                " or run `affiner` and accept a plan), or `affiner train --resume RUN`"
+            ),
         )
     prepared = prepare_run(
         args.config, run_id=args.run_id, preflight=False if args.no_preflight else None
