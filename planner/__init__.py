@@ -10,6 +10,9 @@ Rooms:
     models: `ModelSpec` from a config, a folder, the hub cache or a bare size; exact counts.
     memory: the peak memory of a training step, term by term (`estimate_memory`).
 Modules:
+    vocabulary: the words a run is described in (methods, quantizations, precisions,
+        optimizers), each method's learning rate and what ``auto`` precision means; the
+        runner's run.toml and the TUI use the same ones.
     settings: `TrainSettings`, everything a plan is computed for.
     recommend: `plan(spec, device, request) -> PlanReport`, every method and the recommendation.
     sequence_fit: the memory budget and the longest sequence that fits.
@@ -28,4 +31,5 @@ __all__ = [
     "sequence_fit",
     "settings",
     "timing",
+    "vocabulary",
 ]

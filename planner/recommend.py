@@ -29,10 +29,19 @@ from affiner.planner.hardware import DeviceTarget
 from affiner.planner.memory import MemoryEstimate, estimate_memory, quantizable_params
 from affiner.planner.models import ModelSpec, has_fused_experts
 from affiner.planner.sequence_fit import SAFETY_MARGIN, max_seq_len, usable_memory
-from affiner.planner.settings import METHODS, TrainSettings
+from affiner.planner.settings import TrainSettings
 from affiner.planner.timing import TimeEstimate, estimate_time
+from affiner.planner.vocabulary import (
+    BASE_WEIGHT_METHODS,
+    METHODS,
+    PRECISION_SETTINGS,
+    QUANTIZED_METHODS,
+    Method,
+    PrecisionSetting,
+    resolve_auto_precision,
+)
 
-QUALITY_ORDER = ("full", "lora", "lora8", "qlora", "freeze")
+QUALITY_ORDER: tuple[Method, ...] = ("full", "lora", "lora8", "qlora", "freeze")
 PRIORITIES = ("quality", "speed", "memory")
 MICRO_BATCHES = (64, 32, 16, 8, 4, 2, 1)
 
@@ -51,12 +60,13 @@ class PlanRequest:
         p95_len, train_rows, train_tokens, epochs: the data, when known (for time).
         num_gpus, sharding: multi-GPU layout.
         safety_margin: share of free memory kept free.
-        precision: force a precision (``fp32``, ``bf16``, ``fp16``); None picks the device's best.
+        precision: force a precision (``fp32``, ``bf16``, ``fp16``, ``bf16-pure``); None or
+            ``auto`` plans what ``precision = "auto"`` will run (`resolve_auto_precision`).
     """
 
     seq_len: int = 512
     target_batch: int = 16
-    method: str | None = None
+    method: Method | None = None
     priority: str = "quality"
     micro_batch: int | None = None
     lora_rank: int = 16
@@ -67,7 +77,7 @@ class PlanRequest:
     num_gpus: int = 1
     sharding: str = "none"
     safety_margin: float = SAFETY_MARGIN
-    precision: str | None = None
+    precision: PrecisionSetting | None = None
 
     def __post_init__(self) -> None:
         if self.method is not None and self.method not in METHODS:
@@ -76,15 +86,10 @@ class PlanRequest:
                 hint=f"use one of: {', '.join(METHODS)}",
                 where="--method",
             )
-        if self.precision is not None and self.precision not in (
-            "fp32",
-            "bf16",
-            "fp16",
-            "bf16-pure",
-        ):
+        if self.precision is not None and self.precision not in PRECISION_SETTINGS:
             raise AffinerError(
                 f"unknown precision {self.precision!r}",
-                hint="use fp32, bf16, fp16 or bf16-pure",
+                hint=f"use one of: {', '.join(PRECISION_SETTINGS)}",
                 where="--precision",
             )
         if self.priority not in PRIORITIES:
@@ -171,11 +176,13 @@ class PlanReport:
         }
 
 
-def default_precision(device: DeviceTarget) -> str:
-    """bf16 where the device has it (compute capability >= 8.0, AVX512-BF16/AMX), else fp16 on a GPU, fp32 on a CPU."""
-    if device.bf16:
-        return "bf16"
-    return "fp32" if device.is_cpu or not device.fp16 else "fp16"
+def default_precision(device: DeviceTarget, requested: str | None = None) -> str:
+    """The precision a plan for `device` trains in: `requested`, or for None and ``auto`` what
+    ``precision = "auto"`` runs in there (bf16 on a GPU that has it, compute capability >= 8.0,
+    else fp16 on a GPU, fp32 on a CPU: `resolve_auto_precision`)."""
+    return resolve_auto_precision(
+        requested or "auto", gpu=not device.is_cpu, bf16=device.bf16, fp16=device.fp16
+    )
 
 
 def _base_settings(
@@ -184,7 +191,7 @@ def _base_settings(
     seq = request.p95_len or request.seq_len
     return TrainSettings(
         method=method,
-        precision=request.precision or default_precision(device),
+        precision=default_precision(device, request.precision),
         seq_len=seq,
         lora_rank=request.lora_rank,
         lora_dropout=0.0 if has_fused_experts(spec) else TrainSettings.lora_dropout,
@@ -198,7 +205,7 @@ def _variants(base: TrainSettings) -> list[TrainSettings]:
     """Ways to run a method, cheapest change first: plain, 8-bit optimizer, (full) pure bf16."""
     out = [base]
     out.append(base.with_(optimizer="adamw8bit"))
-    if base.method in ("full", "freeze") and base.precision == "bf16":
+    if base.method in BASE_WEIGHT_METHODS and base.precision == "bf16":
         out.append(base.with_(optimizer="adamw8bit", precision="bf16-pure"))
     return out
 
@@ -298,13 +305,13 @@ def _candidate(
         reasons.append(
             "LoRA also adapts the fused expert weights, which peft does without dropout: lora_dropout is 0"
         )
-    if method in ("qlora", "lora8") and has_fused_experts(spec):
+    if method in QUANTIZED_METHODS and has_fused_experts(spec):
         experts = spec.params_total - quantizable_params(spec)
         reasons.append(
             f"bitsandbytes quantizes linear layers only: the fused experts and the rest "
             f"({experts / 1e9:.1f}B parameters) stay unquantized, in fp32 after k-bit preparation"
         )
-    if method in ("qlora", "lora8"):
+    if method in QUANTIZED_METHODS:
         reasons.append(
             f"{name} stores the base weights in {s.effective_quantization}: less memory, slower matmuls, slightly lower fidelity"
         )
@@ -334,7 +341,7 @@ def plan(spec: ModelSpec, device: DeviceTarget, request: PlanRequest) -> PlanRep
     usable = usable_memory(device, request.safety_margin)
     methods = [request.method] if request.method else list(QUALITY_ORDER)
     if not spec.is_decoder:
-        methods = [m for m in methods if m not in ("qlora", "lora8")] or methods
+        methods = [m for m in methods if m not in QUANTIZED_METHODS] or methods
     candidates = [_candidate(spec, device, request, m, usable) for m in methods]
     chosen = _choose(candidates, request.priority)
     report = PlanReport(spec, device, request, candidates, chosen, usable)

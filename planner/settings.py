@@ -1,7 +1,8 @@
 """`TrainSettings`: one concrete way to train, the input of the memory and time models.
 
-The names match `affiner.runner.config.schema` (methods, precisions, optimizers) so that a planned candidate
-turns into a ``run.toml`` without translation.
+Methods, quantizations, precisions and optimizers are spelled as ``run.toml`` spells them
+(`affiner.planner.vocabulary`), so a planned candidate turns into a ``run.toml`` without
+translation.
 """
 
 from __future__ import annotations
@@ -10,13 +11,19 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from affiner.planner.errors import AffinerError
+from affiner.planner.vocabulary import (
+    LORA_METHODS,
+    METHODS,
+    OPTIMIZERS,
+    PRECISIONS,
+    QUANTIZATIONS,
+    Method,
+    Optimizer,
+    Precision,
+    Quantization,
+    effective_quantization,
+)
 
-METHODS = ("full", "freeze", "lora", "qlora", "lora8")
-QUANTIZATIONS = ("none", "nf4", "fp4", "int8")
-#: ``bf16``/``fp16``: mixed precision as the HF Trainer does it (fp32 weights, autocast);
-#: ``bf16-pure``: the model itself is loaded in bf16 (no fp32 master copy).
-PRECISIONS = ("fp32", "bf16", "fp16", "bf16-pure")
-OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit", "sgd", "adafactor")
 ATTENTIONS = ("sdpa", "eager", "flash_attention_2")
 SHARDINGS = ("none", "ddp", "fsdp", "zero2", "zero3")
 ALL_LINEAR = ("all-linear",)
@@ -48,11 +55,11 @@ class TrainSettings:
             ``zero2`` (shard gradients and optimizer state).
     """
 
-    method: str = "lora"
-    precision: str = "bf16"
-    quantization: str = "none"
+    method: Method = "lora"
+    precision: Precision = "bf16"
+    quantization: Quantization = "none"
     double_quant: bool = True
-    optimizer: str = "adamw"
+    optimizer: Optimizer = "adamw"
     micro_batch: int = 1
     seq_len: int = 512
     grad_accum: int = 1
@@ -93,14 +100,12 @@ class TrainSettings:
 
     @property
     def uses_lora(self) -> bool:
-        return self.method in ("lora", "qlora", "lora8")
+        return self.method in LORA_METHODS
 
     @property
     def effective_quantization(self) -> str:
         """The base weights' storage: ``qlora`` means nf4 and ``lora8`` int8 unless stated."""
-        if self.quantization != "none":
-            return self.quantization
-        return {"qlora": "nf4", "lora8": "int8"}.get(self.method, "none")
+        return effective_quantization(self.method, self.quantization)
 
     @property
     def compute_dtype(self) -> str:

@@ -16,17 +16,16 @@ from collections.abc import Iterator
 from importlib.util import find_spec
 from pathlib import Path
 
-from affiner.runner.config.schema import (
-    DATA_FORMATS,
-    DEVICES,
+from affiner.planner.vocabulary import (
+    BASE_WEIGHT_METHODS,
+    EIGHT_BIT_OPTIMIZERS,
+    FOUR_BIT,
     METHODS,
     OPTIMIZERS,
-    PRECISIONS,
+    PRECISION_SETTINGS,
     QUANTIZATIONS,
-    SCHEDULERS,
-    TASKS,
-    RunConfig,
 )
+from affiner.runner.config.schema import DATA_FORMATS, DEVICES, SCHEDULERS, TASKS, RunConfig
 
 ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 # Canonical column names a [data].columns table may rename to.
@@ -94,14 +93,14 @@ def find_problems(cfg: RunConfig) -> list[Problem]:
     # [method]
     out += _choice("method.name", me.name, METHODS)
     out += _choice("method.quantization", me.quantization, QUANTIZATIONS)
-    if me.name in ("full", "freeze") and me.quantization != "none":
+    if me.name in BASE_WEIGHT_METHODS and me.quantization != "none":
         out.append(("method.quantization", f"method {me.name!r} trains the base weights, which cannot be quantized",
                     'use quantization = "none", or method "qlora"/"lora8" to train adapters on a quantized base'))  # fmt: skip
     if me.name == "qlora" and me.quantization == "int8":
         out.append(
             ("method.quantization", 'qlora is 4-bit; int8 is method "lora8"', 'use "nf4" or "fp4"')
         )
-    if me.name == "lora8" and me.quantization in ("nf4", "fp4"):
+    if me.name == "lora8" and me.quantization in FOUR_BIT:
         out.append(("method.quantization", 'lora8 is 8-bit; 4-bit is method "qlora"', 'use "int8"'))
     if cfg.uses_lora:
         out += _at_least("method.lora_rank", me.lora_rank, 1)
@@ -168,7 +167,7 @@ def find_problems(cfg: RunConfig) -> list[Problem]:
     out += _at_least("training.learning_rate", t.learning_rate, 0, strict=True)
     out += _at_least("training.micro_batch", t.micro_batch, 1)
     out += _at_least("training.grad_accum", t.grad_accum, 1)
-    out += _choice("training.precision", t.precision, PRECISIONS)
+    out += _choice("training.precision", t.precision, PRECISION_SETTINGS)
     out += _choice("training.optimizer", t.optimizer, OPTIMIZERS)
     out += _choice("training.lr_scheduler", t.lr_scheduler, SCHEDULERS)
     out += _choice("training.device", t.device, DEVICES)
@@ -176,7 +175,7 @@ def find_problems(cfg: RunConfig) -> list[Problem]:
     out += _at_least("training.weight_decay", t.weight_decay, 0)
     out += _at_least("training.max_grad_norm", t.max_grad_norm, 0)
     out += _at_least("training.logging_steps", t.logging_steps, 1)
-    if t.optimizer in ("adamw8bit", "paged_adamw8bit") and t.device in DEVICES:
+    if t.optimizer in EIGHT_BIT_OPTIMIZERS and t.device in DEVICES:
         problem = bitsandbytes_problem(effective_device(t.device))
         if problem:
             out.append(

@@ -3,8 +3,9 @@
 The candidate is read by attribute (method, quantization, precision, optimizer,
 gradient_checkpointing, micro_batch, grad_accum, seq_len, lora_rank, peak_bytes,
 step_seconds, settings), so any object with those names works: the planner's `Candidate`,
-a test double, or a namespace built by a script. The planner may spell a few values its own
-way ("4bit", "adamw_torch"); they are mapped onto run.toml's names here, in one place.
+a test double, or a namespace built by a script. The planner spells methods, quantizations,
+precisions and optimizers as run.toml does (`affiner.planner.vocabulary`), so they are copied
+as they are; a spelling outside the vocabulary is refused by the check with the allowed words.
 """
 
 from __future__ import annotations
@@ -13,33 +14,9 @@ import dataclasses
 import difflib
 from typing import Any
 
+from affiner.planner.vocabulary import default_learning_rate
 from affiner.runner.config.io import ConfigError, convert_value, validate_config
 from affiner.runner.config.schema import RunConfig
-
-_METHOD_ALIASES = {
-    "lora_8bit": "lora8",
-    "lora-8bit": "lora8",
-    "8bit_lora": "lora8",
-    "qlora4": "qlora",
-    "layerwise": "freeze",
-}
-_QUANT_ALIASES = {
-    None: "none",
-    "": "none",
-    "4bit": "nf4",
-    "nf4-dq": "nf4",
-    "8bit": "int8",
-    "llm.int8": "int8",
-}
-_OPTIM_ALIASES = {
-    "adamw_torch": "adamw",
-    "adamw_torch_fused": "adamw",
-    "adamw_8bit": "adamw8bit",
-    "adamw_bnb_8bit": "adamw8bit",
-    "paged_adamw_8bit": "paged_adamw8bit",
-}
-FULL_LEARNING_RATE = 2e-5
-_PRECISION_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "32": "fp32"}
 
 
 def _pick(candidate: Any, name: str, default: Any = None) -> Any:
@@ -79,10 +56,8 @@ def build_from_plan(
     cfg.data.train = train
     cfg.data.eval = eval
 
-    method = str(_pick(candidate, "method", "lora")).lower()
-    cfg.method.name = _METHOD_ALIASES.get(method, method)
-    quant = _pick(candidate, "quantization", "none")
-    cfg.method.quantization = _QUANT_ALIASES.get(quant, str(quant).lower())
+    cfg.method.name = str(_pick(candidate, "method", "lora"))
+    cfg.method.quantization = str(_pick(candidate, "quantization", "none"))
     for name in (
         "lora_rank",
         "lora_alpha",
@@ -105,10 +80,8 @@ def build_from_plan(
     if _pick(candidate, "lora_alpha") is None and _pick(candidate, "lora_rank") is not None:
         cfg.method.lora_alpha = 2 * int(cfg.method.lora_rank)
 
-    precision = str(_pick(candidate, "precision", "auto")).lower()
-    cfg.training.precision = _PRECISION_ALIASES.get(precision, precision)
-    optimizer = str(_pick(candidate, "optimizer", "adamw")).lower()
-    cfg.training.optimizer = _OPTIM_ALIASES.get(optimizer, optimizer)
+    cfg.training.precision = str(_pick(candidate, "precision", "auto"))
+    cfg.training.optimizer = str(_pick(candidate, "optimizer", "adamw"))
     cfg.training.gradient_checkpointing = bool(_pick(candidate, "gradient_checkpointing", False))
     cfg.training.micro_batch = int(_pick(candidate, "micro_batch", cfg.training.micro_batch))
     cfg.training.grad_accum = int(_pick(candidate, "grad_accum", cfg.training.grad_accum))
@@ -129,10 +102,8 @@ def build_from_plan(
         if kind in ("cpu", "cuda"):
             cfg.training.device = kind
 
-    if cfg.method.name in ("full", "freeze"):
-        # Updating the base weights themselves wants a learning rate about ten times lower
-        # than an adapter does; an explicit learning_rate override still wins.
-        cfg.training.learning_rate = FULL_LEARNING_RATE
+    # The method's usual rate, as a run.toml without one gets; a learning_rate override wins.
+    cfg.training.learning_rate = default_learning_rate(cfg.method.name)
 
     sections = {f.name for f in dataclasses.fields(RunConfig)}
     owners: dict[str, list[str]] = {}

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from affiner.planner.errors import AffinerError
+from affiner.planner.vocabulary import default_learning_rate
 from affiner.runner.config import checks as config_checks
 from affiner.runner.config.schema import RunConfig
 
@@ -174,6 +175,9 @@ def config_from_dict(
                 continue
             setattr(section, key, converted)
     problems.raise_if_any()
+    training = data.get("training")
+    if not (isinstance(training, dict) and "learning_rate" in training):
+        cfg.training.learning_rate = default_learning_rate(cfg.method.name)
     if base_dir is not None:
         resolve_paths(cfg, base_dir)
     validate_config(cfg, where=source, lines=lines)
@@ -253,7 +257,8 @@ def convert_value(value: Any, hint: Any) -> tuple[bool, Any, str]:
     if hint is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         return ok, float(value) if ok else value, "a number"
-    if hint is str:
+    if hint is str or origin is typing.Literal:
+        # A Literal's words are checked by `config_checks`, which names the allowed ones.
         return isinstance(value, str), value, "text in quotes"
     if origin is list:
         (item,) = typing.get_args(hint)

@@ -26,12 +26,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-METHODS = ("full", "freeze", "lora", "qlora", "lora8")
-QUANTIZATIONS = ("none", "nf4", "fp4", "int8")
+from affiner.planner.vocabulary import (
+    LORA_METHODS,
+    Method,
+    Optimizer,
+    PrecisionSetting,
+    Quantization,
+    default_learning_rate,
+    effective_quantization,
+)
+
+# Methods, quantizations, precisions and optimizers are `affiner.planner.vocabulary`'s: the
+# words below are run.toml's alone.
 TASKS = ("causal_lm", "classification")
 DATA_FORMATS = ("auto", "text", "instruction", "chat", "prompt_completion", "classification")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "bf16-pure")
-OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit", "sgd", "adafactor")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -70,8 +78,8 @@ class MethodSection:
         trainable_layers: blocks left trainable by ``freeze``.
     """
 
-    name: str = "lora"
-    quantization: str = "none"
+    name: Method = "lora"
+    quantization: Quantization = "none"
     double_quant: bool = True
     lora_rank: int = 16
     lora_alpha: int = 32
@@ -120,18 +128,21 @@ class TrainingSection:
         max_steps: stop after this many optimizer steps (-1 = use `epochs`).
         micro_batch: examples per forward pass per device.
         grad_accum: micro-batches per optimizer step.
-        precision: ``auto`` (bf16 where supported, else fp16 on GPU, fp32 on CPU), or explicit.
+        learning_rate: when a run.toml leaves it out, the method's usual rate
+            (`affiner.planner.vocabulary.LEARNING_RATES`: full 2e-5, freeze 5e-5, LoRA 2e-4).
+        precision: ``auto`` (bf16 on a GPU that has it, else fp16 on a GPU, fp32 on the CPU:
+            `affiner.planner.vocabulary.resolve_auto_precision`), or explicit.
         device: ``auto``, ``cpu`` or ``cuda``.
         preflight: run the pre-flight check before training.
     """
 
     epochs: float = 3.0
     max_steps: int = -1
-    learning_rate: float = 2e-4
+    learning_rate: float = default_learning_rate(MethodSection.name)
     micro_batch: int = 4
     grad_accum: int = 1
-    precision: str = "auto"
-    optimizer: str = "adamw"
+    precision: PrecisionSetting = "auto"
+    optimizer: Optimizer = "adamw"
     gradient_checkpointing: bool = False
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.03
@@ -206,10 +217,8 @@ class RunConfig:
     @property
     def quantization(self) -> str:
         """The effective quantization (``qlora`` means nf4 and ``lora8`` int8 unless stated)."""
-        if self.method.quantization != "none":
-            return self.method.quantization
-        return {"qlora": "nf4", "lora8": "int8"}.get(self.method.name, "none")
+        return effective_quantization(self.method.name, self.method.quantization)
 
     @property
     def uses_lora(self) -> bool:
-        return self.method.name in ("lora", "qlora", "lora8")
+        return self.method.name in LORA_METHODS

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from affiner.planner.errors import AffinerError
+from affiner.planner.vocabulary import BASE_WEIGHT_METHODS, LORA_METHODS, resolve_auto_precision
 from affiner.runner.config import RunConfig
 from affiner.runner.training.kbit import (
     disable_cpu_inference_repack,
@@ -138,7 +139,8 @@ def pin_one_gpu() -> str | None:
 def resolve_precision(requested: str, device: str) -> Precision:
     """Turn ``[training].precision`` into Trainer flags and a compute dtype for this device.
 
-    ``auto`` means bf16 where the GPU supports it, fp16 on older GPUs, fp32 on the CPU. fp16
+    ``auto`` is `affiner.planner.vocabulary.resolve_auto_precision` asked with what torch
+    reports: bf16 where the GPU supports it natively, fp16 on older GPUs, fp32 on the CPU. fp16
     mixed precision on the CPU is not offered by torch's CPU autocast path the Trainer uses, so
     it falls back to fp32 with a note.
     """
@@ -146,8 +148,7 @@ def resolve_precision(requested: str, device: str) -> Precision:
     # Without including_emulation=False torch answers True on Turing/Volta (it only checks
     # that a bf16 tensor can be created), and "auto" would pick slow, emulated bf16 there.
     bf16_ok = torch.cuda.is_bf16_supported(including_emulation=False) if on_gpu else True
-    if requested == "auto":
-        requested = ("bf16" if bf16_ok else "fp16") if on_gpu else "fp32"
+    requested = resolve_auto_precision(requested, gpu=on_gpu, bf16=bf16_ok)
     if requested in ("bf16", "bf16-pure") and not bf16_ok:
         return Precision(
             "fp16",
@@ -234,7 +235,7 @@ def load_dtype(cfg: RunConfig, precision: Precision) -> torch.dtype:
     """The dtype weights load in: fp32 master weights where they train, compute dtype otherwise."""
     if precision.name == "bf16-pure":
         return torch.bfloat16
-    if cfg.method.name in ("full", "freeze"):
+    if cfg.method.name in BASE_WEIGHT_METHODS:
         return torch.float32
     return precision.compute_dtype
 
@@ -313,7 +314,7 @@ def load_model(
     method = cfg.method.name if apply_method else "none"
     if method == "freeze":
         freeze_all_but_last(model, cfg.method.trainable_layers)
-    elif method in ("lora", "qlora", "lora8"):
+    elif method in LORA_METHODS:
         model = apply_lora(model, cfg, quantized=qconfig is not None)
         if precision.bf16 or precision.fp16:
             upcast_trainable(model)

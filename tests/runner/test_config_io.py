@@ -206,7 +206,7 @@ def candidate(**changes: object) -> SimpleNamespace:
         method="qlora",
         quantization="nf4",
         precision="bf16",
-        optimizer="paged_adamw_8bit",
+        optimizer="paged_adamw8bit",
         gradient_checkpointing=True,
         micro_batch=2,
         grad_accum=8,

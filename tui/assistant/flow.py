@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from affiner.planner.vocabulary import LORA_METHODS, default_learning_rate
 from affiner.tui.assistant import answers
 from affiner.tui.assistant.answers import AnswerContext, capitalized, method_name
 from affiner.tui.assistant.intents import Intent, parse_intent
@@ -24,10 +25,6 @@ from affiner.tui.assistant.text import QUESTIONS, data_summary, preflight_summar
 #: The steps, in order. ``monitor`` is where the flow ends (the app opens the monitor).
 STEPS = ("hardware", "model", "data", "plan", "settings", "preflight", "launch", "monitor")
 
-#: Learning rates people start from: full fine-tuning wants a much smaller one than LoRA.
-DEFAULT_LR = {"full": 2e-5, "freeze": 5e-5}
-LORA_LR = 2e-4
-
 
 @dataclass
 class Settings:
@@ -35,15 +32,16 @@ class Settings:
 
     method: str | None = None
     epochs: float = 3.0
-    learning_rate: float = LORA_LR
+    learning_rate: float = default_learning_rate("lora")
     lora_rank: int = 16
     seq_len: int = 512
     batch: int = 16
     learning_rate_set: bool = False
 
     def lr_for(self, method: str) -> float:
-        """The learning rate a run would use: the user's, else the method's usual one."""
-        return self.learning_rate if self.learning_rate_set else DEFAULT_LR.get(method, LORA_LR)
+        """The learning rate a run would use: the user's, else the method's usual one
+        (`affiner.planner.vocabulary.LEARNING_RATES`, the one a run.toml without one gets)."""
+        return self.learning_rate if self.learning_rate_set else default_learning_rate(method)
 
 
 @dataclass
@@ -440,7 +438,7 @@ class AssistantFlow:
             # The monitor's eval table then reads "before → after" from step 0 on.
             "eval__at_start": True,
         }
-        if method in ("lora", "qlora", "lora8"):
+        if method in LORA_METHODS:
             overrides["lora_rank"] = self.settings.lora_rank
             overrides["lora_alpha"] = 2 * self.settings.lora_rank
         model = getattr(self.spec, "path", None) or self.model_ref or self.spec.name

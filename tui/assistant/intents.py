@@ -4,7 +4,8 @@ People type "what if I had a 4090", "use qlora", "seq 4096" or "why not full?" i
 same input line where they answer the assistant's questions. `parse_intent` turns one such
 line into an `Intent`; anything it does not recognise comes back as ``unknown`` so that the
 caller can either take the line as an answer (a model path, a data file) or reply with the
-list of phrases it understands. Pure Python: no Textual, no planner, cheap to test.
+list of phrases it understands. Pure Python: no Textual, and of the planner only its
+vocabulary (the method names a phrase maps onto), cheap to test.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from affiner.planner.vocabulary import METHODS, Method
 
 #: Every intent kind `parse_intent` returns.
 KINDS = (
@@ -36,29 +39,26 @@ KINDS = (
     "unknown",
 )
 
-#: Ways people name a method, mapped to affiner's method names (`affiner.runner.config.schema.METHODS`).
-METHOD_ALIASES: dict[str, str] = {
-    "full": "full",
+#: Ways people name a method, mapped to run.toml's method names (`affiner.planner.vocabulary`):
+#: each name itself, and the phrases below.
+METHOD_ALIASES: dict[str, Method] = {
+    **{method: method for method in METHODS},
     "full fine-tune": "full",
     "full finetune": "full",
     "full fine tune": "full",
     "full fine-tuning": "full",
     "full finetuning": "full",
     "fft": "full",
-    "freeze": "freeze",
     "layer freeze": "freeze",
     "layer-wise freeze": "freeze",
     "layerwise freeze": "freeze",
     "frozen": "freeze",
-    "lora": "lora",
-    "qlora": "qlora",
     "q-lora": "qlora",
     "4-bit": "qlora",
     "4bit": "qlora",
     "4 bit": "qlora",
     "4-bit lora": "qlora",
     "4bit lora": "qlora",
-    "lora8": "lora8",
     "lora 8": "lora8",
     "8-bit": "lora8",
     "8bit": "lora8",

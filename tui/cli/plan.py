@@ -15,7 +15,8 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from affiner.planner.settings import METHODS, SHARDINGS
+from affiner.planner.settings import SHARDINGS
+from affiner.planner.vocabulary import METHODS
 
 if TYPE_CHECKING:
     from rich.console import Console

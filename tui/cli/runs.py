@@ -206,6 +206,7 @@ def planner_estimate(cfg: Any, result: Any) -> tuple[int | None, float | None, s
     from affiner.planner.hardware import probe
     from affiner.planner.memory import estimate_memory
     from affiner.planner.models import resolve_model
+    from affiner.planner.recommend import default_precision
     from affiner.planner.settings import ALL_LINEAR, ATTENTIONS, TrainSettings
     from affiner.planner.timing import estimate_time
     from affiner.runner.config import effective_device
@@ -221,9 +222,7 @@ def planner_estimate(cfg: Any, result: Any) -> tuple[int | None, float | None, s
             from affiner.planner.hardware import cpu_target
 
             device = cpu_target(report)
-        precision = cfg.training.precision
-        if precision == "auto":
-            precision = "fp32" if device.is_cpu else ("bf16" if device.bf16 else "fp16")
+        precision = default_precision(device, cfg.training.precision)
         targets = cfg.method.target_modules
         settings = TrainSettings(
             method=cfg.method.name,

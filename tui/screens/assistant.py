@@ -24,6 +24,7 @@ from textual.widgets import Footer, Input, Static
 from textual.worker import Worker, WorkerState
 
 from affiner.planner.errors import AffinerError
+from affiner.planner.vocabulary import LORA_METHODS
 from affiner.tui.assistant import AssistantFlow, Reply, Task, answers
 from affiner.tui.messages import PlanTargetChanged
 from affiner.tui.widgets.conversation import Conversation
@@ -141,7 +142,7 @@ class AssistantScreen(Screen):
             return "Nothing fits with these settings."
         method = candidate.method
         parts = [answers.method_name(method)]
-        if method in ("lora", "qlora", "lora8"):
+        if method in LORA_METHODS:
             parts.append(f"rank {settings.lora_rank}")
         parts += [
             f"length {settings.seq_len}",
