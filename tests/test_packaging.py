@@ -39,9 +39,9 @@ def test_the_package_list_names_every_folder_of_the_rooms() -> None:
 
 @pytest.mark.slow
 def test_the_wheel_has_affiner_as_its_only_top_level_name(tmp_path: Path) -> None:
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q"]
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q"]
-        + [str(REPO), "-w", str(tmp_path)],
+        [*pip_wheel, str(REPO), "-w", str(tmp_path)],
         check=True,
         capture_output=True,
     )
