@@ -18,6 +18,7 @@ Modules:
     sequence_fit: the memory budget and the longest sequence that fits.
     timing: step and run time (`estimate_time`).
     explain: the plain words a plan is explained in.
+    units: `format_bytes` and `format_duration`, the one way memory (GiB) and time are written.
     errors: `AffinerError`, the one exception a user mistake becomes.
 """
 
@@ -31,5 +32,6 @@ __all__ = [
     "sequence_fit",
     "settings",
     "timing",
+    "units",
     "vocabulary",
 ]

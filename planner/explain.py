@@ -1,8 +1,11 @@
-"""Plain-words reasons: sizes people read ("14.2 GB"), durations, and why a plan was (not) chosen."""
+"""Plain-words reasons: why a plan was (not) chosen, with sizes as people read them ("14.2 GiB").
+
+Figures are written by `affiner.planner.units`, the one formatter for memory and time.
+"""
 
 from __future__ import annotations
 
-GB = 1e9
+from affiner.planner.units import format_bytes
 
 METHOD_NAMES = {
     "full": "full fine-tuning",
@@ -13,38 +16,15 @@ METHOD_NAMES = {
 }
 
 
-def gb(nbytes: int | float) -> str:
-    """Bytes as decimal gigabytes, the unit GPU spec sheets and `nvidia-smi` users think in."""
-    value = nbytes / GB
-    if value >= 100:
-        return f"{value:.0f} GB"
-    if value >= 10:
-        return f"{value:.1f} GB"
-    return f"{value:.2f} GB"
-
-
-def duration(seconds: float | None) -> str:
-    """Seconds as ``850 ms``, ``42 s``, ``3 min``, ``5.2 h`` or ``2.1 days``."""
-    if seconds is None:
-        return "unknown"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 90:
-        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
-
-
 def miss(method: str, needs: int, have: int) -> str:
     """Why a method does not fit, with both numbers."""
-    return f"{METHOD_NAMES[method]} needs {gb(needs)}; you have {gb(have)} usable"
+    return (
+        f"{METHOD_NAMES[method]} needs {format_bytes(needs)}; you have {format_bytes(have)} usable"
+    )
 
 
 def fits(method: str, needs: int, have: int) -> str:
-    return f"{METHOD_NAMES[method]} needs {gb(needs)} of the {gb(have)} usable ({needs / have:.0%})"
+    return f"{METHOD_NAMES[method]} needs {format_bytes(needs)} of the {format_bytes(have)} usable ({needs / have:.0%})"
 
 
 def largest_part(breakdown: dict[str, int]) -> str:
@@ -59,4 +39,4 @@ def largest_part(breakdown: dict[str, int]) -> str:
         "activations": "activations saved for backward",
         "logits": "the vocabulary-sized logits and loss",
     }
-    return f"largest part: {words[name]} ({gb(value)})"
+    return f"largest part: {words[name]} ({format_bytes(value)})"

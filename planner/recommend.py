@@ -31,6 +31,7 @@ from affiner.planner.models import ModelSpec, has_fused_experts
 from affiner.planner.sequence_fit import SAFETY_MARGIN, max_seq_len, usable_memory
 from affiner.planner.settings import TrainSettings
 from affiner.planner.timing import TimeEstimate, estimate_time
+from affiner.planner.units import format_bytes, format_duration
 from affiner.planner.vocabulary import (
     BASE_WEIGHT_METHODS,
     METHODS,
@@ -318,7 +319,7 @@ def _candidate(
     if s.precision == "fp16":
         reasons.append("fp16 with loss scaling: this GPU has no bf16")
     if t.step_seconds is not None:
-        reasons.append(f"about {explain.duration(t.step_seconds)} per optimizer step (estimate)")
+        reasons.append(f"about {format_duration(t.step_seconds)} per optimizer step (estimate)")
     return Candidate(s, est, t, ok, reasons)
 
 
@@ -420,7 +421,7 @@ def _catalog_suggestions(spec: ModelSpec, request: PlanRequest) -> list[str]:
             )
             if c.fits:
                 found[method] = (
-                    f"{explain.METHOD_NAMES[method]} fits on one {model.name} ({explain.gb(model.memory)})"
+                    f"{explain.METHOD_NAMES[method]} fits on one {model.name} ({format_bytes(model.memory)})"
                 )
     return list(found.values())
 
@@ -434,17 +435,17 @@ def cpu_notes(spec: ModelSpec, request: PlanRequest, chosen: Candidate | None) -
         return notes
     if chosen.time.total_seconds is not None:
         notes.append(
-            f"Estimated total time on this CPU: {explain.duration(chosen.time.total_seconds)}."
+            f"Estimated total time on this CPU: {format_duration(chosen.time.total_seconds)}."
         )
     elif chosen.time.step_seconds is not None:
         notes.append(
-            f"Estimated time per optimizer step on this CPU: {explain.duration(chosen.time.step_seconds)}."
+            f"Estimated time per optimizer step on this CPU: {format_duration(chosen.time.step_seconds)}."
         )
     gpu = target_from_catalog("RTX 4090")
     alt = _candidate(spec, gpu, request, chosen.method, usable_memory(gpu, request.safety_margin))
-    step = explain.duration(alt.time.step_seconds)
+    step = format_duration(alt.time.step_seconds)
     notes.append(
-        f"The same job on one {gpu.name}: {explain.METHOD_NAMES[alt.method]} needs {explain.gb(alt.peak_bytes)}"
+        f"The same job on one {gpu.name}: {explain.METHOD_NAMES[alt.method]} needs {format_bytes(alt.peak_bytes)}"
         f" ({'fits' if alt.fits else 'does not fit'}), about {step} per step."
     )
     return notes

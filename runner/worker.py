@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from affiner.planner.errors import AffinerError
+from affiner.planner.units import format_bytes, format_duration
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,9 +61,9 @@ def _preflight(run_dir: Path) -> int:
     except AffinerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    gib = event.measured_peak_bytes / 2**30
     print(
-        f"pre-flight on {event.device}: peak {gib:.2f} GiB, {event.measured_step_seconds:.2f} s/step "
+        f"pre-flight on {event.device}: peak {format_bytes(event.measured_peak_bytes)}, "
+        f"{format_duration(event.measured_step_seconds)}/step "
         f"at micro_batch {event.micro_batch} x grad_accum {event.grad_accum}"
         + (" (adjusted)" if event.adjusted else "")
     )

@@ -13,7 +13,7 @@ from affiner.planner.hardware.device import DeviceTarget
 from affiner.planner.hardware.report import CpuInfo, GpuInfo, HardwareReport
 from affiner.planner.models.spec import LinearTarget, ModelSpec
 
-GIB = 10**9  # decimal GB, the unit the planner and the assistant speak
+GIB = 2**30  # binary GiB, the unit affiner writes memory in (`affiner.planner.units`)
 
 
 @dataclass
@@ -53,7 +53,7 @@ def gpu_device(name: str = "NVIDIA GeForce RTX 4090", gib: float = 24.0) -> Devi
 def fake_plan(
     rank: int = 16, seq_len: int = 512, batch: int = 4, capacity_gib: float = 24.0
 ) -> FakeReport:
-    """Full does not fit (61 GB), LoRA is recommended, QLoRA fits; memory grows with settings."""
+    """Full does not fit (61 GiB), LoRA is recommended, QLoRA fits; memory grows with settings."""
     grow = (rank / 16 - 1) * 0.5 * GIB + (seq_len / 512 - 1) * 2 * GIB + (batch / 4 - 1) * 1.5 * GIB
     cap = capacity_gib * GIB
     candidates = [

@@ -22,8 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from affiner.planner.errors import AffinerError
-
-MIB = 1024**2
+from affiner.planner.units import MIB
 
 
 @dataclass(frozen=True)
@@ -196,7 +195,7 @@ def lookup(name: str) -> GpuModel:
     raise AffinerError(
         message,
         hint="`affiner hw --catalog` lists the GPUs affiner knows; for any other card "
-        "plan by memory with --vram GB",
+        "plan by memory with --vram GiB",
     )
 
 

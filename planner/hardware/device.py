@@ -10,12 +10,11 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from affiner.planner.errors import AffinerError
+from affiner.planner.units import GIB
 
 if TYPE_CHECKING:
     from affiner.planner.hardware.catalog import GpuModel
     from affiner.planner.hardware.report import GpuInfo, HardwareReport
-
-GIB = 1024**3
 
 
 @dataclass(frozen=True)
@@ -24,7 +23,7 @@ class DeviceTarget:
 
     Attributes:
         kind: ``cuda`` or ``cpu``.
-        name: shown to people (``NVIDIA GeForce RTX 4090``, ``24 GB GPU``, ``CPU (Xeon...)``).
+        name: shown to people (``NVIDIA GeForce RTX 4090``, ``24 GiB GPU``, ``CPU (Xeon...)``).
         source: ``detected``, ``catalog``, ``vram`` or ``cpu``.
         memory_total: bytes of device memory (RAM for the CPU).
         memory_free: bytes a run may use now (free VRAM on a detected GPU, available RAM).
@@ -119,7 +118,7 @@ def target_from_catalog(name: str) -> DeviceTarget:
 
 
 def target_from_vram(gb: float) -> DeviceTarget:
-    """A generic NVIDIA GPU with `gb` GiB of memory (``--vram 24`` for a 24 GB card).
+    """A generic NVIDIA GPU with `gb` GiB of memory (``--vram 24`` for a 24 GiB card).
 
     What the planner assumes: the whole amount is free, bf16 and fp16 work (Ampere or
     newer, compute capability unknown), and speed is unknown (TFLOP/s None), so plans
@@ -132,18 +131,18 @@ def target_from_vram(gb: float) -> DeviceTarget:
         value = float(gb)
     except (TypeError, ValueError):
         raise AffinerError(
-            f"--vram expects a number of GB, got {gb!r}", hint="e.g. --vram 24", where="--vram"
+            f"--vram expects a number of GiB, got {gb!r}", hint="e.g. --vram 24", where="--vram"
         ) from None
     if not 0 < value <= 4096:
         raise AffinerError(
             f"--vram {gb} is not a GPU memory size",
-            hint="give the card's memory in GB, e.g. --vram 24 for a 24 GB card",
+            hint="give the card's memory in GiB, e.g. --vram 24 for a 24 GiB card",
             where="--vram",
         )
     memory = int(value * GIB)
     return DeviceTarget(
         kind="cuda",
-        name=f"{value:g} GB GPU",
+        name=f"{value:g} GiB GPU",
         source="vram",
         memory_total=memory,
         memory_free=memory,
@@ -188,7 +187,7 @@ def resolve_target(
 
     Order: ``--gpu NAME`` (a catalog GPU; ``--gpu cpu`` forces the CPU), with ``--vram`` it
     keeps the catalog GPU's speed but takes that memory (a MIG slice, a smaller variant);
-    ``--vram GB`` alone; else the detected GPU `gpu_index` (default 0); else the CPU.
+    ``--vram GiB`` alone; else the detected GPU `gpu_index` (default 0); else the CPU.
 
     Raises:
         AffinerError: unknown GPU name, bad --vram, or a --gpu-index that is not detected.

@@ -18,11 +18,12 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 from affiner.planner.hardware.report import GpuInfo, GpuProcess
+from affiner.planner.units import format_bytes
 
 T = TypeVar("T")
 
 #: Appended to every "no GPU" reason: what affiner does instead, and how to choose otherwise.
-FALLBACK = "planning for the CPU; pick a GPU with --gpu NAME or --vram GB"
+FALLBACK = "planning for the CPU; pick a GPU with --gpu NAME or --vram GiB"
 
 
 @dataclass
@@ -198,7 +199,7 @@ def _read_gpu(reader: _Reader, index: int, handle: Any, warnings: list[str]) -> 
         memory = None
     if memory is None:
         warnings.append(
-            f"GPU {index} ({name}): NVML would not report its memory; plan with --vram GB"
+            f"GPU {index} ({name}): NVML would not report its memory; plan with --vram GiB"
         )
         total = used = free = 0
     else:
@@ -206,10 +207,10 @@ def _read_gpu(reader: _Reader, index: int, handle: Any, warnings: list[str]) -> 
     reserved = getattr(memory, "reserved", None)
     slices = mig_slices(reader, handle)
     if slices:
-        listed = ", ".join(f"{n} {t / 1024**3:.1f} GiB" for n, t in slices)
+        listed = ", ".join(f"{n} {format_bytes(t)}" for n, t in slices)
         warnings.append(
             f"GPU {index} ({name}) is in MIG mode: CUDA sees its slices ({listed}), not the "
-            f"whole card; plan with --vram GB for the slice the run will use"
+            f"whole card; plan with --vram GiB for the slice the run will use"
         )
     cc = reader.read("nvmlDeviceGetCudaComputeCapability", handle)
     capability = (int(cc[0]), int(cc[1])) if cc is not None else None

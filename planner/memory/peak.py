@@ -33,9 +33,8 @@ from affiner.planner.memory.optimizers import optimizer_bytes, step_transient
 from affiner.planner.memory.weights import DTYPE_BYTES, quantized_targets, weight_bytes
 from affiner.planner.models import ModelSpec
 from affiner.planner.settings import TrainSettings
+from affiner.planner.units import MIB
 
-MIB = 1024**2
-GIB = 1024**3
 #: CUDA context of a PyTorch process (CUDA 12, lazy module loading), by architecture: the driver
 #: context, cuBLAS/cuDNN handles and their workspaces. Hopper's is the one measured most often
 #: (about 500 MiB plus cuBLAS workspace); older cards carry fewer kernels.

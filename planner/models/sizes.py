@@ -1,6 +1,6 @@
 """A bare size ("7B", "0.5b", "8x7B") turned into a representative Llama-style shape.
 
-People often plan before they have picked a checkpoint: "will a 7B fit on my 24 GB card?".
+People often plan before they have picked a checkpoint: "will a 7B fit on my 24 GiB card?".
 Memory depends on the shape, not just the count (vocabulary, grouped-query heads and MLP
 width move the activations), so a size maps to the shape of a well-known model of that
 size, counted exactly. Sizes between the table's rows get a shape scaled from the nearest

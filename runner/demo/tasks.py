@@ -362,16 +362,17 @@ def data_summary(preset: DemoPreset, data: DemoData) -> list[str]:
 def plan_summary(report: Any, candidate: Any) -> list[str]:
     """The plan in lines: device, method and memory, then the planner's CPU notes (time, GPU)."""
     from affiner.planner import explain
+    from affiner.planner.units import format_bytes, format_duration
 
     s = candidate.settings
     lines = [
         f"device: {report.device.name}",
         f"plan: {explain.METHOD_NAMES[candidate.method]}, micro-batch {s.micro_batch}, "
-        f"sequence {s.seq_len}, peak memory about {explain.gb(candidate.peak_bytes)} "
-        f"(estimate; {explain.gb(report.usable_bytes)} usable)",
+        f"sequence {s.seq_len}, peak memory about {format_bytes(candidate.peak_bytes)} "
+        f"(estimate; {format_bytes(report.usable_bytes)} usable)",
     ]
     if candidate.time.total_seconds is not None and not report.device.is_cpu:
-        lines.append(f"estimated time: {explain.duration(candidate.time.total_seconds)}")
+        lines.append(f"estimated time: {format_duration(candidate.time.total_seconds)}")
     lines.extend(report.notes)
     return lines
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from affiner.planner.units import format_bytes, format_duration
 from affiner.runner.run.events import (
     Checkpoint,
     Error,
@@ -28,10 +29,6 @@ from affiner.runner.run.events import (
 )
 from affiner.runner.run.process import send_signal
 from affiner.runner.run.rundir import RunDir
-
-
-def _gib(value: int | None) -> str:
-    return "N/A" if value is None else f"{value / 2**30:.2f} GiB"
 
 
 def event_line(event: Event) -> str | None:
@@ -58,7 +55,7 @@ def event_line(event: Event) -> str | None:
         if event.tokens_per_second is not None:
             parts.append(f"{event.tokens_per_second:,.0f} tok/s")
         if event.eta_seconds is not None:
-            parts.append(f"ETA {event.eta_seconds:.0f}s")
+            parts.append(f"ETA {format_duration(event.eta_seconds)}")
         return "[affiner] " + "  ".join(parts)
     if isinstance(event, EvalResult):
         parts = [f"eval at step {event.step}"]
@@ -77,8 +74,9 @@ def event_line(event: Event) -> str | None:
         return f"[affiner] ERROR {event.code}: {event.message}"
     if isinstance(event, Preflight):
         return (
-            f"[affiner] pre-flight: peak {_gib(event.measured_peak_bytes)} "
-            f"(predicted {_gib(event.predicted_peak_bytes)}), {event.measured_step_seconds:.3f} s/step"
+            f"[affiner] pre-flight: peak {format_bytes(event.measured_peak_bytes)} "
+            f"(predicted {format_bytes(event.predicted_peak_bytes)}), "
+            f"{format_duration(event.measured_step_seconds)}/step"
             + (f", adjusted to micro_batch {event.micro_batch}" if event.adjusted else "")
         )
     if isinstance(event, RunFinished):

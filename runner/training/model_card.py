@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from affiner.planner.units import format_duration
 from affiner.runner.config import RunConfig
 from affiner.runner.run import RunDir
 
@@ -134,7 +135,7 @@ def render_model_card(cfg: RunConfig, facts: CardFacts, run_id: str) -> str:
         f"| seed | {t.seed} |",
     ]
     if facts.train_seconds is not None:
-        lines.append(f"| training time | {facts.train_seconds / 60:.1f} min |")
+        lines.append(f"| training time | {format_duration(facts.train_seconds)} |")
     lines += ["", "## Evaluation", ""]
     shown = {k: v for k, v in facts.final_eval.items() if v is not None}
     if shown:

@@ -22,8 +22,11 @@ def test_7b_on_24gb_recommends_an_adapter_and_says_why_full_misses(seven_b) -> N
     assert report.best is not None and report.best.method in ("lora", "qlora")
     full = next(c for c in report.candidates if c.method == "full")
     assert not full.fits
-    numbers = re.findall(r"(\d+(?:\.\d+)?) GB", full.reasons[0])
+    numbers = re.findall(r"(\d+(?:\.\d+)?) GiB", full.reasons[0])
     assert len(numbers) == 2 and float(numbers[0]) > float(numbers[1])
+    # Binary units, as nvidia-smi and the monitor report: the figures are bytes / 2**30.
+    assert float(numbers[0]) == pytest.approx(full.peak_bytes / 2**30, abs=0.05)
+    assert float(numbers[1]) == pytest.approx(report.usable_bytes / 2**30, abs=0.05)
     assert "needs" in full.reasons[0] and "you have" in full.reasons[0]
 
 

@@ -270,7 +270,7 @@ def test_foreground_follower_prints_new_log_bytes_and_events_as_lines(runs_dir: 
     assert out.getvalue().splitlines() == [
         "UserWarning: something",
         "[affiner] started: lora on cpu, 40 steps, 100 training rows, resumed from step 5",
-        "[affiner] step 6/40  epoch 0.50  loss 2.3146  lr 1.0e-02  1,234 tok/s  ETA 12s",
+        "[affiner] step 6/40  epoch 0.50  loss 2.3146  lr 1.0e-02  1,234 tok/s  ETA 12 s",
         "[affiner] eval at step 10  loss 2.5000  perplexity 12.1800",
         "[affiner] WARNING overfitting: eval loss rose (stop)",
         "[affiner] finished at step 40, best eval loss 2.4000. Training finished.",

@@ -95,7 +95,7 @@ def test_data_shows_rows_bad_lines_histogram_example_then_the_plan(at_data: Assi
 
 
 def test_questions_get_specific_answers_at_any_step(at_data: AssistantFlow) -> None:
-    assert "needs **61.0 GB**" in texts(at_data.submit("why not full?"))
+    assert "needs **61.0 GiB**" in texts(at_data.submit("why not full?"))
     assert at_data.step == "data"  # a question does not move the conversation
     assert "I did not understand" not in texts(at_data.submit("what fits?"))
 
@@ -113,7 +113,7 @@ def test_settings_replan_and_report_the_change(at_data: AssistantFlow) -> None:
     assert tasks(reply) == [("plan", None)] and flow.settings.lora_rank == 64
     reply = flow.plan_ready(fake_plan(rank=64))
     assert texts(reply).startswith(
-        "LoRA rank: 16 → **64**. LoRA now peaks at **18.0 GB** (was 16.5 GB)"
+        "LoRA rank: 16 → **64**. LoRA now peaks at **18.0 GiB** (was 16.5 GiB)"
     )
     # epochs and learning rate change time, not memory: answered at once with a new total.
     reply = flow.submit("epochs 1")
@@ -141,7 +141,7 @@ def test_choosing_a_method_follows_it_everywhere(at_data: AssistantFlow) -> None
     assert flow.settings.method == "qlora" and flow.candidate().method == "qlora"
     assert "Using **QLoRA (4-bit base)** (was the recommendation)" in texts(reply)
     reply = flow.submit("use full")
-    assert "needs **61.0 GB**" in texts(reply)  # chosen, and told it will not fit
+    assert "needs **61.0 GiB**" in texts(reply)  # chosen, and told it will not fit
     assert "Full fine-tuning" in texts(flow.submit("how long?"))
 
 
@@ -160,7 +160,7 @@ def test_what_if_another_gpu_replans_and_blocks_running_here(at_data: AssistantF
     reply = flow.plan_ready(fake_plan(capacity_gib=80))
     assert "Re-planned for **A100 80GB**" in texts(
         reply
-    ) and "full fine-tuning**: 61.0 GB, fits" in texts(reply)
+    ) and "full fine-tuning**: 61.0 GiB, fits" in texts(reply)
     assert "not this machine" in texts(flow.submit("launch"))
     flow.set_target(None)
     assert flow.device.name == "NVIDIA GeForce RTX 4090"
@@ -202,8 +202,8 @@ def test_preflight_then_launch_then_monitor(at_data: AssistantFlow, tmp_path: Pa
     assert config.training.learning_rate == 2e-4 and config.training.epochs == 3
     event = Preflight(device="cpu", measured_peak_bytes=15 * 10**9, measured_step_seconds=1.1)
     reply = flow.preflight_ready(event)
-    assert "peak memory: **15.0 GB** (predicted 17.0 GB)" in texts(reply)
-    assert "step time: **1.1 s** (predicted 0.9 s)" in texts(reply) and flow.step == "launch"
+    assert "peak memory: **14.0 GiB** (predicted 17.0 GiB)" in texts(reply)
+    assert "step time: **1.1 s** (predicted 900 ms)" in texts(reply) and flow.step == "launch"
     reply = flow.submit("")
     assert [k for k, _ in tasks(reply)] == ["launch"]
     run = tmp_path / "runs" / "run-1"

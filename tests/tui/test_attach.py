@@ -116,7 +116,7 @@ def test_finished_run_prints_its_summary(runs_dir: Path) -> None:
     assert "tiny-llama · lora · cpu" in text
     assert "2.0000" in text and "falling" in text  # latest loss and its trend
     assert "1,234 tokens/s" in text
-    assert "RAM (process) 1.0 GiB / 24.0 GiB" in text
+    assert "RAM (process) 1.00/24.0 GiB" in text
     assert "evaluations" in text and "2.1000 ★" in text  # the best evaluation is marked
     assert "overfitting (step 6): eval loss rose twice" in text and "stop early" in text
     assert "final train loss 2.0000" in text and "best eval loss 2.1000 at step 8" in text
@@ -166,7 +166,7 @@ def test_live_run_shows_progress_eta_and_detach_hint(runs_dir: Path) -> None:
     view = AttachView(rd)
     assert view.poll() == "starting" and not view.ended
     text = render_text(view)
-    assert "step 4/8" in text and "50%" in text and "ETA 10s" in text
+    assert "step 4/8" in text and "50%" in text and "ETA 10 s" in text
     assert "Ctrl-C detaches (the run keeps going) · affiner stop live" in text
 
 

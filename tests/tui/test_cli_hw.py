@@ -74,7 +74,7 @@ def test_tables_render(fake_gpus: None, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["hw"]) == 0
     out = capsys.readouterr().out
     assert "H100 80GB HBM3" in out and "Tesla T4" in out  # brand words dropped for width
-    assert "70.0/80.0 GiB, 10.0 free" in out and "9.0" in out and "7.5" in out
+    assert "70.0/80.0 GiB, 10.0 GiB free" in out and "9.0" in out and "7.5" in out
     assert "N/A" in out  # the T4's refused temperature and power
     assert "Processes holding GPU memory" in out and str(os.getpid()) in out
     assert "Machine" in out and "RAM" in out and "Disk" in out

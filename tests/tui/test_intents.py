@@ -7,7 +7,7 @@ import pytest
 from affiner.tui.assistant import answers
 from affiner.tui.assistant.answers import AnswerContext, answer
 from affiner.tui.assistant.intents import Intent, parse_intent
-from tests.assistant_fakes import GIB, fake_plan, gpu_device, hardware, model_spec, with_capacity
+from tests.assistant_fakes import fake_plan, gpu_device, hardware, model_spec, with_capacity
 
 
 @pytest.mark.parametrize(
@@ -79,40 +79,40 @@ def ctx(**kwargs) -> AnswerContext:
 
 def test_why_not_full_names_the_memory_it_needs_and_what_there_is() -> None:
     text = answer(parse_intent("why not full?"), ctx())
-    assert "needs **61.0 GB**" in text
-    assert "has **24.0 GB** free" in text
+    assert "needs **61.0 GiB**" in text
+    assert "has **24.0 GiB** free" in text
     assert "all 7.2 B parameters" in text  # the planner's own reason
     assert "What fits instead: LoRA, QLoRA" in text
 
 
 def test_why_not_a_method_that_fits_compares_with_the_recommendation() -> None:
     text = answer(parse_intent("why not qlora?"), ctx())
-    assert "QLoRA (4-bit base) fits (6.20 GB of 24.0 GB)" in text
+    assert "QLoRA (4-bit base) fits (6.20 GiB of 24.0 GiB)" in text
     assert "LoRA is recommended" in text
     assert "1.6× slower per step" in text
 
 
 def test_why_explains_the_recommendation() -> None:
     text = answer(Intent("why", None, "why?"), ctx())
-    assert text.startswith("**LoRA** is recommended: peak 16.5 GB of 24.0 GB, 0.9 s a step")
+    assert text.startswith("**LoRA** is recommended: peak 16.5 GiB of 24.0 GiB, 900 ms a step")
 
 
 def test_what_fits_lists_every_method_with_its_verdict() -> None:
     text = answer(parse_intent("what fits?"), ctx())
-    assert "**full fine-tuning**: 61.0 GB, does not fit" in text
-    assert "**LoRA**: 16.5 GB, fits, 0.9 s/step ← recommended" in text
-    assert "**QLoRA (4-bit base)**: 6.20 GB, fits" in text
+    assert "**full fine-tuning**: 61.0 GiB, does not fit" in text
+    assert "**LoRA**: 16.5 GiB, fits, 900 ms/step ← recommended" in text
+    assert "**QLoRA (4-bit base)**: 6.20 GiB, fits" in text
 
 
 def test_nothing_fits_suggests_what_to_change() -> None:
     device = with_capacity(gpu_device("tiny GPU"), 4)
     text = answer(parse_intent("what fits?"), ctx(plan=fake_plan(capacity_gib=4), device=device))
-    assert "Nothing fits in the 4.00 GB" in text and "QLoRA (4-bit base), needs 6.20 GB" in text
+    assert "Nothing fits in the 4.00 GiB" in text and "QLoRA (4-bit base), needs 6.20 GiB" in text
 
 
 def test_how_long_multiplies_steps_by_step_time() -> None:
     text = answer(parse_intent("how long?"), ctx(rows=1000, epochs=2, batch=4))
-    assert "500 steps (1000 rows × 2 epochs ÷ 4 a step) × 0.9 s ≈ **8 min**" in text
+    assert "500 steps (1000 rows × 2 epochs ÷ 4 a step) × 900 ms ≈ **8 min**" in text
     assert "Give me the data" in answer(parse_intent("how long?"), ctx(rows=None))
     assert "choose a model first" in answer(parse_intent("how long?"), ctx(plan=None))
 
@@ -123,8 +123,9 @@ def test_how_long_follows_the_chosen_method() -> None:
 
 
 def test_hardware_help_and_unknown_are_never_silent() -> None:
-    assert "**NVIDIA GeForce RTX 4090**, 24.0 GB free of 24.0 GB (compute 8.9, bf16 yes)" in answer(
-        parse_intent("hardware"), ctx()
+    assert (
+        "**NVIDIA GeForce RTX 4090**, 24.0 GiB free of 24.0 GiB (compute 8.9, bf16 yes)"
+        in answer(parse_intent("hardware"), ctx())
     )
     no_gpu = answer(parse_intent("hardware"), ctx(hardware=hardware(gpus=False)))
     assert "No NVIDIA GPU: NVML Shared Library Not Found" in no_gpu
@@ -143,7 +144,7 @@ def test_setting_changed_reports_the_memory_it_moved() -> None:
     before, after = fake_plan().candidates[1], fake_plan(rank=64).candidates[1]
     text = answers.setting_changed("LoRA rank", 16, 64, before, after, gpu_device())
     assert text == (
-        "LoRA rank: 16 → **64**. LoRA now peaks at **18.0 GB** (was 16.5 GB) of 24.0 GB, 0.9 s a step."
+        "LoRA rank: 16 → **64**. LoRA now peaks at **18.0 GiB** (was 16.5 GiB) of 24.0 GiB, 900 ms a step."
     )
     too_big = fake_plan(seq_len=4096).candidates[1]
     assert "no longer fits" in answers.setting_changed(
@@ -151,19 +152,9 @@ def test_setting_changed_reports_the_memory_it_moved() -> None:
     )
 
 
-def test_model_summary_and_formatting_helpers() -> None:
+def test_model_summary() -> None:
     text = answers.model_summary(model_spec())
     assert "**6.74 B parameters**" in text and "32 heads (8 KV)" in text and "context 4,096" in text
-    assert answers.gb(512 * 10**6) == "0.51 GB" and answers.gb(None) == "N/A"
-    assert answers.gb(30 * GIB) == "30.0 GB"
-    assert [answers.duration(s) for s in (0.05, 0.25, 42, 600, 7200 + 1200, 3 * 86400)] == [
-        "50 ms",
-        "0.2 s",
-        "42 s",
-        "10 min",
-        "2 h 20 min",
-        "3 d",
-    ]
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from affiner.runner.run.events import RunFinished, RunStarted, TrainLog, Warning_
 from affiner.tui.app import build_app
-from affiner.tui.live.history import RunHistory, downsample, format_bytes, format_duration, smooth
+from affiner.tui.live.history import RunHistory, downsample, smooth
 from affiner.tui.live.watcher import RunWatcher, watch_run
 from affiner.tui.screens.confirm import ConfirmScreen
 from affiner.tui.screens.monitor import MonitorScreen
@@ -28,14 +28,6 @@ def test_smoothing_is_debiased_and_downsampling_keeps_the_end() -> None:
     shown = downsample(long, 50)
     assert len(shown) == 50 and shown[-1] == long[-1]
     assert downsample(long[:10], 50) == long[:10]
-
-
-def test_formats() -> None:
-    assert format_bytes(None) == "N/A"
-    assert format_bytes(1536 * 1024**2) == "1.5 GiB"
-    assert format_duration(None) == "N/A"
-    assert format_duration(65) == "1m05s"
-    assert format_duration(3 * 3600 + 120) == "3h02m"
 
 
 def test_history_rewinds_on_resume() -> None:
@@ -121,7 +113,7 @@ async def test_monitor_follows_a_run_as_it_grows(runs_dir: Path) -> None:
         run.append_raw(line[30:] + "\n")
         await wait_for(pilot, lambda: screen.history.step == 90)
         left, right = screen.query_one(RunProgress).describe()
-        assert left == "step 90/200" and "ETA 18m20s" in right
+        assert left == "step 90/200" and "ETA 18 min" in right
         # Smoothing toggles between weights; the raw points stay.
         await pilot.press("t")
         assert plot.smoothing == 0.9 and len(plot.train) == 9

@@ -38,7 +38,7 @@ async def test_lists_runs_newest_first(runs_dir: Path) -> None:
         ]
         # The hand-written "running" run has no live process: it is shown as interrupted.
         assert [r[2] for r in rows] == ["interrupted", "finished", "stopped"]
-        assert rows[0][3] == " 40% 80/200" and rows[0][4] == "1h00m"
+        assert rows[0][3] == " 40% 80/200" and rows[0][4] == "60 min"
         assert rows[1][5] == "1.9000 acc 0.910"
 
 

@@ -2,7 +2,7 @@
 understands (intents), what it answers, and the data preview it shows.
 """
 
-from affiner.tui.assistant.answers import device_memory, duration, gb, recommended, step_seconds
+from affiner.tui.assistant.answers import device_memory, recommended, step_seconds
 from affiner.tui.assistant.demo import assistant_preset
 from affiner.tui.assistant.flow import AssistantFlow, Reply, Task
 from affiner.tui.assistant.preview import DataPreview, build_preview
@@ -15,8 +15,6 @@ __all__ = [
     "assistant_preset",
     "build_preview",
     "device_memory",
-    "duration",
-    "gb",
     "recommended",
     "step_seconds",
 ]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from affiner.planner.explain import gb as explain_gb
+from affiner.planner.units import format_bytes, format_duration
 from affiner.tui.assistant.intents import Intent
 
 #: How methods are named to people.
@@ -34,33 +34,6 @@ def method_name(method: str) -> str:
 def capitalized(text: str) -> str:
     """First letter up, the rest as written (``str.capitalize`` would turn LoRA into Lora)."""
     return text[:1].upper() + text[1:]
-
-
-def gb(num_bytes: float | None) -> str:
-    """Decimal gigabytes as the planner's own reasons write them (``44.1 GB``); ``N/A`` if unknown."""
-    if num_bytes is None:
-        return "N/A"
-    return explain_gb(num_bytes)
-
-
-def duration(seconds: float | None) -> str:
-    """``40 ms``, ``0.9 s``, ``45 s``, ``12 min``, ``3 h 20 min``, ``2 d 4 h``; ``N/A`` when unknown."""
-    if seconds is None or math.isnan(seconds):
-        return "N/A"
-    if seconds < 0.1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    minutes = seconds / 60
-    if minutes < 90:
-        return f"{minutes:.0f} min"
-    hours, rest = divmod(round(minutes), 60)
-    if hours < 48:
-        return f"{hours} h {rest} min" if rest else f"{hours} h"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
 
 
 def device_memory(device: Any) -> int:
@@ -179,19 +152,19 @@ def why_not(report: Any, method: str, device: Any) -> str:
     best = recommended(report)
     if not candidate.fits:
         text = (
-            f"{capitalized(name)} needs **{gb(candidate.peak_bytes)}** at its peak; "
-            f"the {device_name} has **{gb(have)}** free"
+            f"{capitalized(name)} needs **{format_bytes(candidate.peak_bytes)}** at its peak; "
+            f"the {device_name} has **{format_bytes(have)}** free"
         )
         usable = getattr(report, "usable_bytes", None)
         text += (
-            f" ({gb(usable)} usable, keeping a safety margin)." if usable and usable < have else "."
+            f" ({format_bytes(usable)} usable, keeping a safety margin)."
+            if usable and usable < have
+            else "."
         )
     elif best is not None and best.method == method:
-        text = (
-            f"{capitalized(name)} is the recommendation: {gb(candidate.peak_bytes)} of {gb(have)}."
-        )
+        text = f"{capitalized(name)} is the recommendation: {format_bytes(candidate.peak_bytes)} of {format_bytes(have)}."
     else:
-        text = f"{capitalized(name)} fits ({gb(candidate.peak_bytes)} of {gb(have)})"
+        text = f"{capitalized(name)} fits ({format_bytes(candidate.peak_bytes)} of {format_bytes(have)})"
         if best is not None:
             text += f", but {method_name(best.method)} is recommended"
             if step_seconds(best) and step_seconds(candidate):
@@ -225,8 +198,8 @@ def why(report: Any, method: str | None, device: Any) -> str:
     if best is None:
         return nothing_fits(report, device)
     text = (
-        f"**{capitalized(method_name(best.method))}** is recommended: peak {gb(best.peak_bytes)} "
-        f"of {gb(device_memory(device))}, {duration(step_seconds(best))} a step."
+        f"**{capitalized(method_name(best.method))}** is recommended: peak {format_bytes(best.peak_bytes)} "
+        f"of {format_bytes(device_memory(device))}, {format_duration(step_seconds(best))} a step."
     )
     reasons = _reasons(best)
     if reasons:
@@ -236,10 +209,10 @@ def why(report: Any, method: str | None, device: Any) -> str:
 
 def nothing_fits(report: Any, device: Any) -> str:
     smallest = min(report.candidates, key=lambda c: c.peak_bytes, default=None)
-    text = f"Nothing fits in the {gb(device_memory(device))} the {getattr(device, 'name', 'device')} has free."
+    text = f"Nothing fits in the {format_bytes(device_memory(device))} the {getattr(device, 'name', 'device')} has free."
     if smallest is not None:
         text += (
-            f" The smallest plan, {method_name(smallest.method)}, needs {gb(smallest.peak_bytes)}: "
+            f" The smallest plan, {method_name(smallest.method)}, needs {format_bytes(smallest.peak_bytes)}: "
             "try a shorter `seq`, a smaller `batch`, or `what if I had` a larger GPU."
         )
     suggestions = list(getattr(report, "suggestions", ()) or ())
@@ -252,13 +225,13 @@ def what_fits(report: Any, device: Any) -> str:
     """Each method, fits or not, with its peak memory and step time."""
     have = device_memory(device)
     best = recommended(report)
-    lines = [f"On the {getattr(device, 'name', 'device')} ({gb(have)} free):", ""]
+    lines = [f"On the {getattr(device, 'name', 'device')} ({format_bytes(have)} free):", ""]
     for candidate in report.candidates:
         mark = "fits" if candidate.fits else "does not fit"
         star = " ← recommended" if best is not None and candidate is best else ""
         lines.append(
-            f"- **{method_name(candidate.method)}**: {gb(candidate.peak_bytes)}, {mark}, "
-            f"{duration(step_seconds(candidate))}/step{star}"
+            f"- **{method_name(candidate.method)}**: {format_bytes(candidate.peak_bytes)}, {mark}, "
+            f"{format_duration(step_seconds(candidate))}/step{star}"
         )
     if best is None:
         lines += ["", nothing_fits(report, device)]
@@ -278,12 +251,12 @@ def how_long(ctx: AnswerContext) -> str:
     plural = "" if ctx.epochs == 1 else "s"
     if steps is None:
         return (
-            f"{capitalized(name)}: about **{duration(step)} a step** "
+            f"{capitalized(name)}: about **{format_duration(step)} a step** "
             f"({ctx.batch} rows). Give me the data for a total."
         )
     return (
         f"{capitalized(name)}: {steps} steps ({ctx.rows} rows × {ctx.epochs:g} epoch{plural} ÷ "
-        f"{ctx.batch} a step) × {duration(step)} ≈ **{duration(step * steps)}**."
+        f"{ctx.batch} a step) × {format_duration(step)} ≈ **{format_duration(step * steps)}**."
     )
 
 
@@ -293,15 +266,15 @@ def hardware_summary(report: Any) -> str:
     for gpu in report.gpus:
         cc = ".".join(map(str, gpu.compute_capability)) if gpu.compute_capability else "N/A"
         lines.append(
-            f"- GPU {gpu.index}: **{gpu.name}**, {gb(gpu.memory_free)} free of "
-            f"{gb(gpu.memory_total)} (compute {cc}, bf16 {'yes' if gpu.bf16 else 'no'})"
+            f"- GPU {gpu.index}: **{gpu.name}**, {format_bytes(gpu.memory_free)} free of "
+            f"{format_bytes(gpu.memory_total)} (compute {cc}, bf16 {'yes' if gpu.bf16 else 'no'})"
         )
     if not report.gpus:
         lines.append(f"- No NVIDIA GPU: {report.gpu_reason or 'none found'}")
     cpu = report.cpu
     lines.append(
-        f"- CPU: {cpu.model}, {cpu.logical_cores} threads; RAM {gb(report.ram_available)} "
-        f"free of {gb(report.ram_total)}; disk {gb(report.disk_free)} free"
+        f"- CPU: {cpu.model}, {cpu.logical_cores} threads; RAM {format_bytes(report.ram_available)} "
+        f"free of {format_bytes(report.ram_total)}; disk {format_bytes(report.disk_free)} free"
     )
     lines += [f"- ⚠ {w}" for w in report.warnings]
     return "\n".join(lines)
@@ -332,14 +305,16 @@ def setting_changed(label: str, old: Any, new: Any, before: Any, after: Any, dev
     text = f"{label}: {old} → **{new}**."
     if after is None:
         return text
-    text += f" {capitalized(method_name(after.method))} now peaks at **{gb(after.peak_bytes)}**"
+    text += f" {capitalized(method_name(after.method))} now peaks at **{format_bytes(after.peak_bytes)}**"
     if (
         before is not None
         and before.method == after.method
         and before.peak_bytes != after.peak_bytes
     ):
-        text += f" (was {gb(before.peak_bytes)})"
-    text += f" of {gb(device_memory(device))}, {duration(step_seconds(after))} a step."
+        text += f" (was {format_bytes(before.peak_bytes)})"
+    text += (
+        f" of {format_bytes(device_memory(device))}, {format_duration(step_seconds(after))} a step."
+    )
     if not after.fits:
         text += " ⚠ That no longer fits."
     return text

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from affiner.planner.units import format_bytes, format_duration
 from affiner.planner.vocabulary import LORA_METHODS, default_learning_rate
 from affiner.tui.assistant import answers
 from affiner.tui.assistant.answers import AnswerContext, capitalized, method_name
@@ -137,7 +138,7 @@ class AssistantFlow:
     def hardware_ready(self, report: Any, device: Any) -> Reply:
         self.hardware, self.own_device = report, device
         text = "Here is what this machine has:\n\n" + answers.hardware_summary(report)
-        text += f"\n\nPlans are made for **{device.name}** ({answers.gb(answers.device_memory(device))} free)."
+        text += f"\n\nPlans are made for **{device.name}** ({format_bytes(answers.device_memory(device))} free)."
         if self.default_model is None:
             text += (
                 "\n\nNew here? Type **demo classify** (a sentiment classifier, about 3 minutes on"
@@ -318,7 +319,7 @@ class AssistantFlow:
         if candidate is not None and not candidate.fits:
             text += "\n\n" + answers.why_not(self.plan, method, self.device)
         elif candidate is not None:
-            text += f" Peak {answers.gb(candidate.peak_bytes)}, {answers.duration(answers.step_seconds(candidate))} a step."
+            text += f" Peak {format_bytes(candidate.peak_bytes)}, {format_duration(answers.step_seconds(candidate))} a step."
         return Reply([Say(text), Say("", kind="plan", data=self.plan)])
 
     def _time_line(self) -> str:

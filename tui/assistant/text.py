@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from affiner.planner.units import format_bytes, format_duration
 from affiner.tui.assistant import answers
 from affiner.tui.assistant.preview import DataPreview
 
@@ -67,12 +68,14 @@ def preflight_summary(event: Any, candidate: Any) -> str:
     )
     device = getattr(event, "device", "") or "this machine"
     lines = [f"Pre-flight on {device}: measured, with the plan's prediction beside it.", ""]
-    lines.append(f"- peak memory: **{answers.gb(peak)}** (predicted {answers.gb(predicted_peak)})")
+    lines.append(
+        f"- peak memory: **{format_bytes(peak)}** (predicted {format_bytes(predicted_peak)})"
+    )
     eval_peak = getattr(event, "eval_peak_bytes", None)
     if eval_peak:
-        lines.append(f"- evaluation peak: {answers.gb(eval_peak)}")
+        lines.append(f"- evaluation peak: {format_bytes(eval_peak)}")
     lines.append(
-        f"- step time: **{answers.duration(step)}** (predicted {answers.duration(predicted_step)})"
+        f"- step time: **{format_duration(step)}** (predicted {format_duration(predicted_step)})"
     )
     if getattr(event, "adjusted", False):
         lines.append(

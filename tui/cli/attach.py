@@ -17,6 +17,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from affiner.planner.units import format_bytes, format_bytes_of, format_duration
 from affiner.runner.run import (
     CLASS_METRICS,
     INTERRUPTED,
@@ -31,7 +32,7 @@ from affiner.runner.run import (
     read_status,
     run_task,
 )
-from affiner.tui.live import RunHistory, downsample, format_bytes, format_duration
+from affiner.tui.live import RunHistory, downsample
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 STATE_STYLES = {
@@ -204,9 +205,7 @@ class AttachView:
         h = self.history
         parts = []
         for series in h.memory.values():
-            used = format_bytes(series.latest)
-            total = f" / {format_bytes(series.total)}" if series.total else ""
-            parts.append(f"{series.label} {used}{total}")
+            parts.append(f"{series.label} {format_bytes_of(series.latest, series.total)}")
         if h.measured_peak_bytes:
             peak = f"peak {format_bytes(h.measured_peak_bytes)}"
             if h.predicted_peak_bytes:

@@ -210,13 +210,13 @@ def render_result(console: Any, result: Any, runs_dir: str | None) -> None:
     """The summary: what was trained, time, before → after, where things are, what next."""
     from rich.table import Table
 
-    from affiner.planner.explain import duration
+    from affiner.planner.units import format_duration
 
     ok = "[green]met[/]" if result.goal_met else "[red]not met[/]"
     console.print(f"  trained: {result.title}")
     console.print(
         f"  run {result.run_id}: {result.state} after {result.steps} steps · training "
-        f"{duration(result.train_seconds)} · whole demo {duration(result.wall_seconds)}"
+        f"{format_duration(result.train_seconds)} · whole demo {format_duration(result.wall_seconds)}"
     )
     table = Table(box=None, padding=(0, 2), show_header=True, header_style="bold")
     table.add_column("held-out")

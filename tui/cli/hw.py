@@ -14,6 +14,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from affiner.planner.units import format_bytes, format_bytes_of
 from affiner.tui.cli.tables import house_table
 
 if TYPE_CHECKING:
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
 
     from affiner.planner.hardware import CpuThroughput, GpuInfo, GpuModel, HardwareReport
 
-GIB = 1024**3
 BAR_WIDTH = 16
 #: Memory-used fractions where a bar turns yellow, then red. The question here is "is there
 #: room to train", so a half-full card is already worth a look.
@@ -123,10 +123,6 @@ def _console() -> Console:
     return Console(highlight=False)
 
 
-def gib(value: int | None) -> str:
-    return "N/A" if value is None else f"{value / GIB:.1f} GiB"
-
-
 def _na(value: Any, unit: str = "") -> str:
     return "N/A" if value is None else f"{value}{unit}"
 
@@ -148,7 +144,7 @@ def memory_bar(used: int, total: int, width: int = BAR_WIDTH) -> str:
     filled = round(fraction * width)
     colour = usage_colour(fraction)
     bar = "█" * filled + "[dim]" + "░" * (width - filled) + "[/dim]"
-    return f"[{colour}]{bar}[/{colour}] {used / GIB:.1f}/{total / GIB:.1f} GiB"
+    return f"[{colour}]{bar}[/{colour}] {format_bytes_of(used, total)}"
 
 
 def _power(gpu: GpuInfo) -> str:
@@ -184,7 +180,7 @@ def gpu_table(report: HardwareReport) -> Any:
         cc = ".".join(map(str, gpu.compute_capability)) if gpu.compute_capability else "N/A"
         gauge = memory_bar(gpu.memory_used, gpu.memory_total, width=12)
         if gpu.memory_total > 0:
-            gauge += f", {gpu.memory_free / GIB:.1f} free"
+            gauge += f", {format_bytes(gpu.memory_free)} free"
         table.add_row(
             str(gpu.index),
             f"[bold]{short_name(gpu.name)}[/bold]\n{gauge}",
@@ -206,7 +202,7 @@ def process_table(report: HardwareReport) -> Any | None:
         table.add_column(column)
     for index, proc in rows:
         table.add_row(
-            str(index), str(proc.pid), proc.name or "N/A", proc.kind, gib(proc.used_bytes)
+            str(index), str(proc.pid), proc.name or "N/A", proc.kind, format_bytes(proc.used_bytes)
         )
     return table
 
@@ -239,13 +235,15 @@ def machine_table(report: HardwareReport, cpu_rate: CpuThroughput | None = None)
     table.add_row("CPU matmul", cpu_rate_line(cpu_rate))
     ram_used = report.ram_total - report.ram_available
     table.add_row(
-        "RAM", memory_bar(ram_used, report.ram_total) + f", {gib(report.ram_available)} available"
+        "RAM",
+        memory_bar(ram_used, report.ram_total)
+        + f", {format_bytes(report.ram_available)} available",
     )
     disk_used = report.disk_total - report.disk_free
     table.add_row(
         "Disk",
         memory_bar(disk_used, report.disk_total)
-        + f", {gib(report.disk_free)} free at {report.disk_path}",
+        + f", {format_bytes(report.disk_free)} free at {report.disk_path}",
     )
     return table
 
@@ -260,7 +258,7 @@ def catalog_table(
     for model in models:
         table.add_row(
             model.name,
-            gib(model.memory),
+            format_bytes(model.memory),
             ".".join(map(str, model.compute_capability)),
             _na(model.tflops_bf16),
             _na(model.tflops_fp16),

@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     where.add_argument("--cpu", action="store_true", help="plan a CPU run (memory is RAM)")
     parser.add_argument(
-        "--vram", type=float, metavar="GB", help="plan for a GPU with this much memory"
+        "--vram", type=float, metavar="GiB", help="plan for a GPU with this much memory, in GiB"
     )
     parser.add_argument(
         "--seq-len", type=int, default=512, metavar="N", help="tokens per row (default 512)"
@@ -184,12 +184,13 @@ def render_plan(report: PlanReport, console: Console) -> None:
     from rich import box
     from rich.table import Table
 
-    from affiner.planner.explain import METHOD_NAMES, duration, gb
+    from affiner.planner.explain import METHOD_NAMES
+    from affiner.planner.units import format_bytes, format_duration
 
     device = report.device
     kind = "RAM" if device.is_cpu else "VRAM"
     console.print(
-        f"[bold]{report.spec.name}[/] on [bold]{device.name}[/]: {gb(device.memory_free)} free {kind}, {gb(report.usable_bytes)} planned (safety margin kept)"
+        f"[bold]{report.spec.name}[/] on [bold]{device.name}[/]: {format_bytes(device.memory_free)} free {kind}, {format_bytes(report.usable_bytes)} planned (safety margin kept)"
     )
     table = Table(
         box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True, show_edge=False
@@ -218,9 +219,9 @@ def render_plan(report: PlanReport, console: Console) -> None:
             s.optimizer,
             f"{s.micro_batch}x{s.grad_accum}",
             "on" if s.gradient_checkpointing else "off",
-            gb(c.peak_bytes),
+            format_bytes(c.peak_bytes),
             memory_bar(c.peak_bytes, report.usable_bytes),
-            duration(c.time.step_seconds),
+            format_duration(c.time.step_seconds),
             style=style,
         )
     console.print(table)
@@ -230,7 +231,7 @@ def render_plan(report: PlanReport, console: Console) -> None:
         for reason in best.reasons:
             console.print(f"  • {reason}")
         b = best.memory.breakdown
-        console.print("  memory: " + ", ".join(f"{k} {gb(v)}" for k, v in b.items()))
+        console.print("  memory: " + ", ".join(f"{k} {format_bytes(v)}" for k, v in b.items()))
         for note in best.time.notes:
             console.print(f"  [dim]time: {note}[/]")
     else:

@@ -261,7 +261,7 @@ def render_preflight(result: Any, cfg: Any, *, source: str = "plan") -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    from affiner.tui.live import format_bytes
+    from affiner.planner.units import format_bytes, format_duration
 
     table = Table(
         title=f"pre-flight on {result.device or 'this machine'}",
@@ -279,10 +279,8 @@ def render_preflight(result: Any, cfg: Any, *, source: str = "plan") -> Any:
     )
     table.add_row(
         "step time",
-        f"{result.measured_step_seconds:.3f} s",
-        "N/A"
-        if result.predicted_step_seconds is None
-        else f"{result.predicted_step_seconds:.3f} s",
+        format_duration(result.measured_step_seconds),
+        format_duration(result.predicted_step_seconds),
         _ratio(result.measured_step_seconds, result.predicted_step_seconds),
     )
     if result.eval_peak_bytes is not None:
@@ -376,7 +374,7 @@ def _progress_cell(s: Any) -> str:
 
 
 def _age(when: float | None) -> str:
-    from affiner.tui.live import format_duration
+    from affiner.planner.units import format_duration
 
     if not when:
         return ""

@@ -6,8 +6,6 @@ from affiner.tui.live.history import (
     Point,
     RunHistory,
     downsample,
-    format_bytes,
-    format_duration,
     smooth,
 )
 from affiner.tui.live.watcher import WatchBatch, watch_run
@@ -17,8 +15,6 @@ __all__ = [
     "RunHistory",
     "WatchBatch",
     "downsample",
-    "format_bytes",
-    "format_duration",
     "smooth",
     "watch_run",
 ]

@@ -237,29 +237,3 @@ def downsample(points: Sequence[Point], width: int) -> list[Point]:
             )
     out[-1] = points[-1]
     return out
-
-
-def format_bytes(value: float | None) -> str:
-    """``17.2 GiB``; "N/A" for a missing reading."""
-    if value is None:
-        return "N/A"
-    value = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit in ("B", "KiB") else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
-
-
-def format_duration(seconds: float | None) -> str:
-    """``1h02m``, ``4m05s``, ``12s``; "N/A" when unknown."""
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return "N/A"
-    seconds = round(seconds)
-    if seconds >= 86400:
-        return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"

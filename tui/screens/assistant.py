@@ -24,6 +24,7 @@ from textual.widgets import Footer, Input, Static
 from textual.worker import Worker, WorkerState
 
 from affiner.planner.errors import AffinerError
+from affiner.planner.units import format_bytes, format_duration
 from affiner.planner.vocabulary import LORA_METHODS
 from affiner.tui.assistant import AssistantFlow, Reply, Task, answers
 from affiner.tui.messages import PlanTargetChanged
@@ -150,13 +151,13 @@ class AssistantScreen(Screen):
             f"{settings.epochs:g} epochs",
             f"lr {settings.lr_for(method):g}",
         ]
-        line = " · ".join(parts) + f" → peak {answers.gb(candidate.peak_bytes)}"
+        line = " · ".join(parts) + f" → peak {format_bytes(candidate.peak_bytes)}"
         steps = flow.context().total_steps()
         step = answers.step_seconds(candidate)
         if steps and step:
-            line += f", {steps} steps ≈ {answers.duration(steps * step)}"
+            line += f", {steps} steps ≈ {format_duration(steps * step)}"
         elif step:
-            line += f", {answers.duration(step)}/step"
+            line += f", {format_duration(step)}/step"
         if flow.data is not None and flow.data.lengths:
             cut = flow.data.truncated(settings.seq_len)
             line += f"; {cut} rows cut" if cut else "; no row cut"

@@ -21,7 +21,7 @@ from textual.widgets import Footer, Label, Select, Static
 
 from affiner.planner.errors import AffinerError
 from affiner.planner.hardware import GpuInfo, HardwareReport
-from affiner.tui.live import format_bytes
+from affiner.planner.units import format_bytes
 from affiner.tui.messages import HardwareRead, PlanTargetChanged
 from affiner.tui.widgets.gauge import Gauge
 

@@ -18,8 +18,9 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Static
 
+from affiner.planner.units import format_duration
 from affiner.runner.run import RunSummary, TrainLog, last_attempt, list_runs, read_events
-from affiner.tui.live import Point, format_duration
+from affiner.tui.live import Point
 from affiner.tui.messages import RunsListed
 from affiner.tui.widgets.plots import LossPlot
 

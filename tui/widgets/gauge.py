@@ -12,7 +12,7 @@ from typing import ClassVar
 from rich.text import Text
 from textual.widget import Widget
 
-from affiner.tui.live import format_bytes
+from affiner.planner.units import format_bytes_of
 
 #: Fractions at which a gauge turns yellow, then red.
 WARN_AT = 0.75
@@ -104,8 +104,7 @@ class Gauge(Widget):
         if self.used is None:
             return "N/A"
         percent = f" {fraction * 100:3.0f}%" if fraction is not None else ""
-        total = f"/{format_bytes(self.total)}" if self.total else ""
-        return f"{format_bytes(self.used)}{total}{percent}"
+        return f"{format_bytes_of(self.used, self.total)}{percent}"
 
     def render(self) -> Text:
         numbers = self._numbers()

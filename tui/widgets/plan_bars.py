@@ -13,7 +13,8 @@ from typing import Any
 from rich.text import Text
 from textual.widget import Widget
 
-from affiner.tui.assistant import device_memory, duration, gb, recommended, step_seconds
+from affiner.planner.units import format_bytes, format_bytes_of, format_duration
+from affiner.tui.assistant import device_memory, recommended, step_seconds
 
 SHORT_NAMES = {
     "full": "full",
@@ -39,11 +40,11 @@ def render_bars(report: Any, device: Any, chosen: str | None, width: int) -> Tex
     best = recommended(report)
     selected = chosen or (best.method if best is not None else None)
     name_w = 12
-    tail_w = 33  # "  61.0/24.0 GB  1.2 s/step  fits ★"
+    tail_w = 34  # " 61.0/24.0 GiB 900 ms/step fits ★"
     bar_w = max(8, width - name_w - tail_w - 2)
     text = Text(no_wrap=True, overflow="ellipsis")
     name = getattr(device, "name", "device")
-    text.append(f"Memory on {name} ({gb(capacity)} free)\n", style="bold")
+    text.append(f"Memory on {name} ({format_bytes(capacity)} free)\n", style="bold")
     for candidate in report.candidates:
         peak = candidate.peak_bytes
         fraction = peak / capacity if capacity else float("inf")
@@ -54,12 +55,12 @@ def render_bars(report: Any, device: Any, chosen: str | None, width: int) -> Tex
         text.append(f"{label:<{name_w - 2}}", style="bold" if candidate.method == selected else "")
         text.append("█" * filled, style=bar_style(fraction))
         text.append("░" * (bar_w - filled), style="dim")
-        figure = f"{peak / 1e9:5.1f}/{capacity / 1e9:.1f} GB"
+        figure = format_bytes_of(peak, capacity)
         seconds = step_seconds(candidate)
-        step = f"{duration(seconds)}/step" if seconds else "N/A"
+        step = f"{format_duration(seconds)}/step" if seconds else "N/A"
         verdict = "fits" if candidate.fits else "too big"
         star = " ★" if best is not None and candidate.method == best.method else ""
-        text.append(f" {figure:>15} {step:>10} ")
+        text.append(f" {figure:>15} {step:>11} ")
         text.append(verdict, style="green" if candidate.fits else "red")
         text.append(star + "\n", style="bold yellow")
     if best is None:

@@ -11,9 +11,8 @@ from collections.abc import Sequence
 
 from textual_plotext import PlotextPlot
 
+from affiner.planner.units import GIB
 from affiner.tui.live import Point, downsample, smooth
-
-GIB = 1024**3
 
 #: Colours that read on dark and light backgrounds alike.
 CURVE_COLORS = ("cyan", "orange", "magenta", "green", "blue", "red")

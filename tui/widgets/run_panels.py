@@ -13,13 +13,14 @@ from rich.text import Text
 from textual.widget import Widget
 from textual.widgets import DataTable, Log, Static
 
+from affiner.planner.units import format_bytes, format_duration
 from affiner.runner.run import CLASS_METRICS, EvalResult, is_language_model
-from affiner.tui.live import RunHistory, format_bytes, format_duration
+from affiner.tui.live import RunHistory
 from affiner.tui.widgets.gauge import bar_text
 
 
 class RunProgress(Widget):
-    """``step 120/400 ▕████░░░░▏ 30%  epoch 0.90/3  ETA 4m05s`` (ETA from the run's events)."""
+    """``step 120/400 ▕████░░░░▏ 30%  epoch 0.90/3  ETA 4 min`` (ETA from the run's events)."""
 
     DEFAULT_CSS = """
     RunProgress { height: 1; width: 1fr; }
