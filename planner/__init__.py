@@ -20,12 +20,16 @@ Modules:
     explain: the plain words a plan is explained in.
     units: `format_bytes` and `format_duration`, the one way memory (GiB) and time are written.
     errors: `AffinerError`, the one exception a user mistake becomes.
+    hub: whether the Hugging Face hub is offline (`hub_offline`), read as huggingface_hub reads it.
+    locations: affiner's cache folder (`cache_dir`) and the Hugging Face hub's cache.
 """
 
 __all__ = [
     "errors",
     "explain",
     "hardware",
+    "hub",
+    "locations",
     "memory",
     "models",
     "recommend",

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from affiner.planner.errors import AffinerError
+from affiner.runner.run import saved_weights
 
 Message = dict[str, str]
 
@@ -36,19 +37,16 @@ class Prediction:
 
 
 def find_adapter(run_dir: str | Path) -> Path:
-    """The weights a run left: ``adapter/``, else the best checkpoint, else the newest one.
+    """The weights a run left: ``adapter/``, else the best checkpoint, else the newest complete one.
+
+    The folders and their order are `affiner.runner.run.saved_weights`'s; the first that
+    holds a model (``adapter_config.json`` or ``config.json``) is the answer.
 
     Raises:
         AffinerError: the run has saved nothing yet.
     """
     root = Path(run_dir)
-    candidates = [root / "adapter", root / "checkpoints" / "best"]
-    candidates += sorted(
-        (root / "checkpoints").glob("checkpoint-*"),
-        key=lambda p: int(p.name.rsplit("-", 1)[-1]) if p.name.rsplit("-", 1)[-1].isdigit() else -1,
-        reverse=True,
-    )
-    for folder in candidates:
+    for folder in saved_weights(root):
         if (folder / "adapter_config.json").exists() or (folder / "config.json").exists():
             return folder
     raise AffinerError(

@@ -134,7 +134,7 @@ class _Run:
 
         from affiner.runner.config import load_config
         from affiner.runner.data import prepare_data
-        from affiner.runner.run import read_log_history, resume_checkpoint
+        from affiner.runner.run import latest_checkpoint, read_log_history
         from affiner.runner.training import (
             CountingTrainer,
             EventCallback,
@@ -169,10 +169,11 @@ class _Run:
         if self.rank0:
             write_versions(rd)
             write_command(rd)
-        checkpoint = resume_checkpoint(rd) if resume else None
+        found = latest_checkpoint(rd) if resume else None
+        checkpoint = found[1] if found else None
         resumed_from = None
         if resume:
-            resumed_from = _checkpoint_step(checkpoint) if checkpoint else 0
+            resumed_from = found[0] if found else 0
             if checkpoint is None:
                 self.emit(
                     Warning_(
@@ -406,7 +407,3 @@ class _Run:
         if self.sampler is not None:
             self.sampler.stop()
         gc.collect()
-
-
-def _checkpoint_step(checkpoint: Path) -> int:
-    return int(checkpoint.name.rsplit("-", 1)[-1])

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from affiner.planner.hardware.report import CpuInfo
+from affiner.planner.locations import cache_dir
 
 CACHE_FILE = "cpu_throughput.json"
 #: Share of theoretical peak a large GEMM sustains on a CPU (used only by the heuristic).
@@ -128,15 +129,6 @@ def is_busy(load: float | None, cpu_count: int | None) -> bool:
     if load is None or not cpu_count:
         return False
     return load > cpu_count * BUSY_LOAD_SHARE
-
-
-def cache_dir() -> Path:
-    """``$AFFINER_CACHE``, else ``$XDG_CACHE_HOME/affiner``, else ``~/.cache/affiner``."""
-    if os.environ.get("AFFINER_CACHE"):
-        return Path(os.environ["AFFINER_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "affiner"
 
 
 def _cores(cpu: CpuInfo) -> int:

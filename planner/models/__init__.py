@@ -8,7 +8,6 @@ spec.
 
 from affiner.planner.models.offline import (
     OfflineModel,
-    cache_dir,
     converted_dir,
     find_offline_model,
     offline_folder,
@@ -26,7 +25,6 @@ __all__ = [
     "LinearTarget",
     "ModelSpec",
     "OfflineModel",
-    "cache_dir",
     "converted_dir",
     "find_offline_model",
     "has_fused_experts",

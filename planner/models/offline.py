@@ -9,17 +9,15 @@ a safetensors folder is the runner's job (`affiner.runner.demo.provision`).
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from affiner.planner.errors import AffinerError
+from affiner.planner.locations import cache_dir
 
 if TYPE_CHECKING:
     from affiner.planner.models.spec import ModelSpec
-
-CACHE_ENV = "AFFINER_CACHE"
 
 
 @dataclass(frozen=True)
@@ -124,14 +122,6 @@ def find_offline_model(ref: str) -> OfflineModel | None:
         if wanted == model.key or wanted in (a.lower() for a in model.aliases):
             return model
     return None
-
-
-def cache_dir() -> Path:
-    """affiner's cache: ``$AFFINER_CACHE``, else ``$XDG_CACHE_HOME/affiner``, else ``~/.cache/affiner``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "affiner"
 
 
 def package_dir_of(module: str) -> Path | None:

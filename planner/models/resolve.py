@@ -25,6 +25,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from affiner.planner.errors import AffinerError
+from affiner.planner.hub import hub_offline
+from affiner.planner.locations import hub_cache_dir
 from affiner.planner.models.offline import offline_spec
 from affiner.planner.models.shapes import spec_from_config
 from affiner.planner.models.sizes import EXAMPLES, is_size, spec_from_size
@@ -36,28 +38,6 @@ _WHAT_WORKS = (
     f"pass a folder with config.json, a config.json, a Hugging Face id such as "
     f"Qwen/Qwen2.5-0.5B, or a size such as {EXAMPLES}"
 )
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def hub_offline() -> bool:
-    """Whether the hub is off limits (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``), read now."""
-    return _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(
-        os.environ.get("TRANSFORMERS_OFFLINE")
-    )
-
-
-def hub_cache_dir() -> Path:
-    """The Hugging Face hub cache, from the environment as it is now (huggingface_hub reads it once)."""
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(name):
-            return Path(os.path.expandvars(os.environ[name])).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.path.expandvars(os.environ["HF_HOME"])).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg).expanduser() / "huggingface" / "hub"
 
 
 def read_config(file: Path) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from affiner.runner.config.io import (
     save_config,
     validate_config,
 )
+from affiner.runner.config.raw import read_raw_config
 from affiner.runner.config.schema import (
     DataSection,
     MethodSection,
@@ -31,6 +32,7 @@ __all__ = [
     "config_from_plan",
     "effective_device",
     "load_config",
+    "read_raw_config",
     "resolve_paths",
     "save_config",
     "validate_config",

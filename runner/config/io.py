@@ -16,7 +16,6 @@ import dataclasses
 import difflib
 import os
 import re
-import sys
 import tempfile
 import types
 import typing
@@ -26,12 +25,8 @@ from typing import Any
 from affiner.planner.errors import AffinerError
 from affiner.planner.vocabulary import default_learning_rate
 from affiner.runner.config import checks as config_checks
+from affiner.runner.config.raw import tomllib
 from affiner.runner.config.schema import RunConfig
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 __all__ = [
     "ConfigError",

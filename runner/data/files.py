@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from affiner.planner.errors import AffinerError
+from affiner.planner.hub import datasets_offline
 
 SUFFIXES = {
     ".jsonl": "jsonl",
@@ -312,16 +313,8 @@ def _read_saved_dataset(path: Path) -> SourceRows:
     return _split_rows(loaded, name, SourceRows(source=name))
 
 
-def hub_offline() -> bool:
-    """True when the environment forbids reaching the Hugging Face hub."""
-    flags = (
-        os.environ.get(v, "").strip().lower() for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
-    return any(f in ("1", "true", "yes", "on") for f in flags)
-
-
 def _read_hub(ref: str) -> SourceRows:
-    if hub_offline():
+    if datasets_offline():
         raise DataError(
             "not a local file or folder, and the hub is offline (HF_HUB_OFFLINE is set), so it cannot be downloaded",
             where=ref,

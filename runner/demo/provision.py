@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from affiner.planner.errors import AffinerError
+from affiner.planner.locations import cache_dir
 from affiner.planner.models import (
     OfflineModel,
-    cache_dir,
     converted_dir,
     find_offline_model,
     ready_path,

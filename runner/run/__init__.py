@@ -6,7 +6,15 @@ Layout and ids (`RunDir`), the event log and the status file (`EventWriter`, `re
 the CLI use it without torch.
 """
 
-from affiner.runner.run.checkpoints import BestKeeper, read_log_history, resume_checkpoint
+from affiner.runner.run.checkpoints import (
+    BestKeeper,
+    checkpoint_folder,
+    latest_checkpoint,
+    list_checkpoints,
+    read_log_history,
+    resume_checkpoint,
+    saved_weights,
+)
 from affiner.runner.run.events import (
     CLASS_METRICS,
     Checkpoint,
@@ -24,9 +32,11 @@ from affiner.runner.run.events import (
     TrainLog,
     Warning_,
     clean_number,
+    dropped_by_resume,
     effective_events,
     read_events,
     read_status,
+    resume_step,
     write_status,
 )
 from affiner.runner.run.launch import (
@@ -46,7 +56,6 @@ from affiner.runner.run.runs import (
     derive_state,
     is_language_model,
     last_attempt,
-    latest_checkpoint,
     list_runs,
     model_label,
     resolve_run,
@@ -77,14 +86,17 @@ __all__ = [
     "TrainLog",
     "Warning_",
     "check_resumable",
+    "checkpoint_folder",
     "clean_number",
     "derive_state",
+    "dropped_by_resume",
     "effective_events",
     "is_language_model",
     "is_worker_of",
     "last_attempt",
     "latest_checkpoint",
     "launch_worker",
+    "list_checkpoints",
     "list_run_dirs",
     "list_runs",
     "model_label",
@@ -95,8 +107,10 @@ __all__ = [
     "read_status",
     "resolve_run",
     "resume_checkpoint",
+    "resume_step",
     "run_task",
     "runs_root",
+    "saved_weights",
     "start_run",
     "stop_run",
     "summarize",

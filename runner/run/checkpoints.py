@@ -1,7 +1,9 @@
 """Checkpoint bookkeeping: the checkpoint to resume from, and the best model kept aside.
 
 The Trainer writes ``checkpoints/checkpoint-<step>/`` every ``[checkpoint].every_steps`` and
-keeps the last ``keep_last`` of them. Besides those, ``checkpoints/best/`` always holds the
+keeps the last ``keep_last`` of them; one counts as complete once its ``trainer_state.json``
+exists (the Trainer writes it last). `checkpoints` and `latest_checkpoint` are the one way
+anything finds them: resuming, ``affiner runs``, the playground. Besides those, ``checkpoints/best/`` always holds the
 weights (adapter or full model, plus tokenizer) with the lowest evaluation loss so far, and
 ``best/affiner_best.json`` says at which step and loss. It is not named ``checkpoint-*``, so
 the Trainer's rotation never deletes it, and a user who stops a run early keeps the best.
@@ -15,24 +17,76 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from affiner.runner.run.rundir import RunDir
-from affiner.runner.run.runs import latest_checkpoint
 
 BEST_INFO = "affiner_best.json"
 TRAINER_STATE = "trainer_state.json"
 #: Files of a Trainer checkpoint that only resuming needs; everything else is the model.
 _RESUME_ONLY = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin", TRAINER_STATE)
+#: What the Trainer names a checkpoint folder (transformers' ``PREFIX_CHECKPOINT_DIR``).
+CHECKPOINT_PREFIX = "checkpoint-"
+_CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+
+
+def checkpoint_folder(checkpoints_dir: str | os.PathLike[str], step: int) -> Path:
+    """Where the Trainer writes the checkpoint of `step`: ``<checkpoints_dir>/checkpoint-<step>``."""
+    return Path(checkpoints_dir) / f"{CHECKPOINT_PREFIX}{step}"
+
+
+def checkpoint_step(folder: str | os.PathLike[str]) -> int | None:
+    """The step a ``checkpoint-<step>`` folder holds, or None for any other name (``best``)."""
+    match = _CHECKPOINT_RE.match(Path(folder).name)
+    return int(match.group(1)) if match else None
+
+
+def list_checkpoints(run_dir: RunDir | str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """The run's Trainer checkpoints as ``(step, folder)``, oldest first.
+
+    Only folders with a ``trainer_state.json`` count: the Trainer writes it last, so a folder
+    without one is a save that was cut short. ``best/`` is not one of them (see `BestKeeper`).
+    """
+    rd = _as_rundir(run_dir)
+    folder = rd.checkpoints
+    if not folder.is_dir():
+        return []
+    found = []
+    for child in folder.iterdir():
+        step = checkpoint_step(child)
+        if step is not None and child.is_dir() and (child / TRAINER_STATE).exists():
+            found.append((step, child))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: RunDir | str | os.PathLike[str]) -> tuple[int, Path] | None:
+    """The newest complete checkpoint as ``(step, folder)``, or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def saved_weights(run_dir: RunDir | str | os.PathLike[str]) -> list[Path]:
+    """The folders that may hold a run's weights, the preferred first (they may not exist).
+
+    ``adapter/`` (what the finished run saved), then ``checkpoints/best/`` (installed whole by
+    `BestKeeper`, so never half written), then the complete checkpoints, newest first.
+    """
+    rd = _as_rundir(run_dir)
+    return [rd.adapter, rd.best, *(folder for _, folder in reversed(list_checkpoints(rd)))]
 
 
 def resume_checkpoint(run_dir: RunDir) -> Path | None:
     """The newest complete checkpoint (one whose ``trainer_state.json`` exists), or None."""
     found = latest_checkpoint(run_dir)
     return found[1] if found else None
+
+
+def _as_rundir(run_dir: RunDir | str | os.PathLike[str]) -> RunDir:
+    return run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
 
 
 def read_log_history(checkpoint: Path) -> list[dict[str, Any]]:

@@ -379,23 +379,37 @@ def read_events(run_dir: str | os.PathLike[str]) -> list[Event]:
     return EventReader(run_dir).read_new()
 
 
+def resume_step(event: Event) -> int | None:
+    """N when `event` is the ``run_started`` of an attempt resumed from checkpoint step N, else None."""
+    return event.resumed_from_step if isinstance(event, RunStarted) else None
+
+
+def dropped_by_resume(event: Event, resumed_from_step: int) -> bool:
+    """The resume rule for one event written before a resume from step `resumed_from_step`.
+
+    Dropped: every ``run_finished`` (it no longer ends the run), and any event whose ``step``
+    is greater than the step resumed from (training the checkpoint does not hold, done and
+    logged again by the resumed attempt): train logs, evaluations, system samples, warnings,
+    errors and checkpoints alike. Events without a step (``run_started``, ``preflight``, a
+    warning given before training) are kept.
+    """
+    if isinstance(event, RunFinished):
+        return True
+    step = getattr(event, "step", None)
+    return isinstance(step, int) and step > resumed_from_step
+
+
 def effective_events(events: list[Event]) -> list[Event]:
     """The run's history with the resume rule applied (see the module docstring).
 
-    At each ``run_started`` with ``resumed_from_step`` N, events kept so far whose ``step``
-    is greater than N are dropped, and so are earlier ``run_finished`` events. Events without
-    a step (``run_started``, ``preflight``) are always kept. The input is not modified.
+    At each ``run_started`` with ``resumed_from_step`` N, the events kept so far that
+    `dropped_by_resume` names are dropped. The input is not modified.
     """
     kept: list[Event] = []
     for event in events:
-        if isinstance(event, RunStarted) and event.resumed_from_step is not None:
-            cut = event.resumed_from_step
-            kept = [
-                e
-                for e in kept
-                if not isinstance(e, RunFinished)
-                and not (isinstance(getattr(e, "step", None), int) and e.step > cut)  # type: ignore[attr-defined]
-            ]
+        cut = resume_step(event)
+        if cut is not None:
+            kept = [e for e in kept if not dropped_by_resume(e, cut)]
         kept.append(event)
     return kept
 

@@ -30,6 +30,7 @@ from typing import TextIO
 
 from affiner.planner.errors import AffinerError
 from affiner.runner.config import RunConfig
+from affiner.runner.run.checkpoints import latest_checkpoint
 from affiner.runner.run.events import EventWriter, RunFinished, RunStatus, read_status, write_status
 from affiner.runner.run.process import (
     pid_alive,
@@ -40,7 +41,7 @@ from affiner.runner.run.process import (
 )
 from affiner.runner.run.rundir import RunDir, new_run_id
 from affiner.runner.run.rundir import runs_root as default_runs_root
-from affiner.runner.run.runs import latest_checkpoint, model_label, resolve_run, summarize
+from affiner.runner.run.runs import model_label, resolve_run, summarize
 
 #: Seconds `stop_run` waits for a graceful stop (the worker may be writing a checkpoint).
 DEFAULT_STOP_TIMEOUT = 120.0

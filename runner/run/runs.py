@@ -17,14 +17,14 @@ state `summarize` needs, and the next call reads only the bytes appended since.
 from __future__ import annotations
 
 import os
-import re
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from affiner.planner.errors import AffinerError
+from affiner.runner.config import read_raw_config
+from affiner.runner.run.checkpoints import latest_checkpoint
 from affiner.runner.run.events import (
     FINAL_STATES,
     EvalResult,
@@ -39,11 +39,6 @@ from affiner.runner.run.process import is_worker_of
 from affiner.runner.run.rundir import RunDir, find_run, list_run_dirs, runs_root
 from affiner.runner.run.tally import tally_events
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 #: A derived state: the status says the run is live but its process is gone.
 INTERRUPTED = "interrupted"
 #: A folder without a readable status and without events that say how it ended.
@@ -53,8 +48,6 @@ LIVE_STATES = ("starting", "running")
 #: A ``starting`` status with no pid yet is given this long before it counts as interrupted
 #: (the launcher writes the pid right after the spawn, so only a crash leaves it empty).
 STARTING_GRACE_SECONDS = 120.0
-
-_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 @dataclass
@@ -118,29 +111,6 @@ class RunSummary:
         return data
 
 
-def checkpoints(run_dir: RunDir | str | os.PathLike[str]) -> list[tuple[int, Path]]:
-    """The run's Trainer checkpoints as ``(step, folder)``, oldest first.
-
-    Only folders with a ``trainer_state.json`` count: the Trainer writes it last, so a folder
-    without one is a save that was cut short.
-    """
-    folder = _as_rundir(run_dir).checkpoints
-    if not folder.is_dir():
-        return []
-    found = []
-    for child in folder.iterdir():
-        match = _CHECKPOINT_RE.match(child.name)
-        if match and child.is_dir() and (child / "trainer_state.json").exists():
-            found.append((int(match.group(1)), child))
-    return sorted(found)
-
-
-def latest_checkpoint(run_dir: RunDir | str | os.PathLike[str]) -> tuple[int, Path] | None:
-    """The newest complete checkpoint, or None."""
-    found = checkpoints(run_dir)
-    return found[-1] if found else None
-
-
 def _as_rundir(run_dir: RunDir | str | os.PathLike[str]) -> RunDir:
     return run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
 
@@ -151,7 +121,7 @@ def _read_config_labels(path: Path) -> tuple[str, str, str]:
     The task is empty unless the file names one of ``causal_lm`` / ``classification``.
     """
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = read_raw_config(path)
     except (OSError, ValueError):
         return "", "", ""
     model_section = data.get("model") if isinstance(data.get("model"), dict) else {}

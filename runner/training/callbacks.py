@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from transformers import Trainer, TrainerCallback
@@ -45,6 +44,7 @@ from affiner.runner.run import (
     RunStatus,
     TrainLog,
     Warning_,
+    checkpoint_folder,
     clean_number,
     write_status,
 )
@@ -372,7 +372,7 @@ class EventCallback(TrainerCallback):
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         step = state.global_step
-        folder = Path(args.output_dir) / f"checkpoint-{step}"
+        folder = checkpoint_folder(args.output_dir, step)
         self._emit(state, Checkpoint(step=step, path=str(folder), best=False))
         pending, self._pending_best = self._pending_best, None
         if pending and pending[0] == step and state.is_world_process_zero and folder.is_dir():

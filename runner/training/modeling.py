@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from affiner.planner.errors import AffinerError
+from affiner.planner.hub import hub_offline
 from affiner.planner.vocabulary import BASE_WEIGHT_METHODS, LORA_METHODS, resolve_auto_precision
 from affiner.runner.config import RunConfig
 from affiner.runner.training.kbit import (
@@ -183,7 +184,7 @@ def _not_found(cfg: RunConfig, exc: Exception) -> AffinerError:
             hint="Check the path; it should hold config.json, the weights and the tokenizer.",
             where="[model].name_or_path",
         )
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    offline = hub_offline()
     hint = "Give a local folder with config.json and weights, or a hub id already in the cache" + (
         " (HF_HUB_OFFLINE is set, so nothing is downloaded)." if offline else "."
     )
@@ -394,8 +395,7 @@ def check_attention(name: str, device: str) -> None:
         )
     package = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
     module = package.get(name, "flash_attn")
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-    hub_kernels = importlib.util.find_spec("kernels") is not None and not offline
+    hub_kernels = importlib.util.find_spec("kernels") is not None and not hub_offline()
     if importlib.util.find_spec(module) is None and not hub_kernels:
         raise AffinerError(
             f"attn_implementation {name!r} needs the {module} package, which is not installed.",

@@ -168,17 +168,11 @@ def write_back(rd: RunDir, *, micro: int, accum: int, event: Preflight) -> None:
 
     The file is updated from its raw TOML, so relative paths stay relative.
     """
-    import sys
+    from affiner.runner.config import config_from_dict, read_raw_config, save_config
 
-    from affiner.runner.config import config_from_dict, save_config
-
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
     if not rd.config.exists():
         return
-    data = tomllib.loads(rd.config.read_text(encoding="utf-8"))
+    data = read_raw_config(rd.config)
     plan = data.setdefault("plan", {})
     plan["measured_peak_bytes"] = int(event.measured_peak_bytes)
     plan["measured_step_seconds"] = round(float(event.measured_step_seconds), 4)

@@ -10,7 +10,6 @@ import pytest
 
 from affiner.planner.errors import AffinerError
 from affiner.planner.hardware.cpu_throughput import (
-    cache_dir,
     estimate_cpu_tflops,
     measure_cpu_tflops,
 )
@@ -122,12 +121,6 @@ def test_missing_gpu_index_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(AffinerError) as raised:
         resolve_target(report_with([gpu()], tmp_path), gpu_index=3, measure=False)
     assert "detected: 0" in str(raised.value)
-
-
-def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("AFFINER_CACHE")
-    monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere")
-    assert cache_dir() == Path("/somewhere/affiner")
 
 
 def test_cached_figure_is_used_without_measuring(private_cache: Path) -> None:

@@ -76,6 +76,7 @@ def test_find_adapter_prefers_final_then_best_then_newest(tmp_path: Path) -> Non
     for name in ("checkpoints/checkpoint-5", "checkpoints/checkpoint-20"):
         (tmp_path / name).mkdir(parents=True)
         (tmp_path / name / "adapter_config.json").write_text("{}")
+        (tmp_path / name / "trainer_state.json").write_text("{}")
     assert find_adapter(tmp_path).name == "checkpoint-20"
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")

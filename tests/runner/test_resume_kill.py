@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from affiner.runner.run import launch
+from affiner.runner.run.checkpoints import latest_checkpoint
 from affiner.runner.run.events import read_status
 from affiner.runner.run.process import pid_alive
 from affiner.runner.run.rundir import RunDir
-from affiner.runner.run.runs import INTERRUPTED, latest_checkpoint, summarize
+from affiner.runner.run.runs import INTERRUPTED, summarize
 from affiner.tui.cli.entry import main
 from tests.runner.test_launch import (
     started_run_id,

@@ -33,8 +33,6 @@ from affiner.runner.run.rundir import RunDir
 from affiner.runner.run.runs import (
     INTERRUPTED,
     UNKNOWN,
-    checkpoints,
-    latest_checkpoint,
     list_runs,
     resolve_run,
     summarize,
@@ -174,19 +172,6 @@ def test_missing_status(runs_dir: Path) -> None:
     assert summarize(logged).state == INTERRUPTED
     done = make_run(runs_dir, "done", state=None, events=finished_events())
     assert summarize(done).state == "finished"
-
-
-def test_checkpoints_skip_incomplete_saves(tmp_path: Path) -> None:
-    rd = RunDir(tmp_path)
-    for step, complete in ((4, True), (8, True), (12, False)):
-        folder = rd.checkpoints / f"checkpoint-{step}"
-        folder.mkdir(parents=True)
-        if complete:
-            (folder / "trainer_state.json").write_text("{}")
-    (rd.checkpoints / "best").mkdir()
-    assert [s for s, _ in checkpoints(rd)] == [4, 8]
-    assert latest_checkpoint(rd) == (8, rd.checkpoints / "checkpoint-8")
-    assert latest_checkpoint(RunDir(tmp_path / "none")) is None
 
 
 def test_list_runs_newest_first_without_staging_folders(runs_dir: Path) -> None:

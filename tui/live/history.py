@@ -4,15 +4,18 @@ The monitor never re-reads a run from the start: `RunHistory.add()` takes each n
 of events and keeps the series (loss, learning rate, memory, throughput), the progress, the
 evaluations and the warnings. It is plain Python, so it is tested without a screen.
 
-A resumed run writes a second ``run_started`` with ``resumed_from_step``; the points the
-first attempt logged after that step are dropped, as the resumed run logs them again.
+A resumed run writes a second ``run_started`` with ``resumed_from_step``. What the earlier
+attempt logged after that step is dropped, as the resumed run logs it again: the history
+keeps the events it folded, and when a resume drops some of them it folds again what
+`affiner.runner.run.effective_events` keeps. So the monitor and ``affiner attach`` show the
+steps, evaluations, warnings and memory samples ``affiner runs`` counts, by the same rule.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from affiner.runner.run import (
     Checkpoint,
@@ -25,6 +28,9 @@ from affiner.runner.run import (
     SystemSample,
     TrainLog,
     Warning_,
+    dropped_by_resume,
+    effective_events,
+    resume_step,
 )
 
 Point = tuple[float, float]
@@ -72,13 +78,31 @@ class RunHistory:
     best_checkpoint: Checkpoint | None = None
     finished: RunFinished | None = None
     on_gpu: bool = False
+    #: The effective events folded so far, kept to fold again when a resume drops some.
+    _events: list[Event] = field(default_factory=list, repr=False, compare=False)
 
     def add(self, events: Iterable[Event]) -> None:
         """Fold a batch of events into the history, in order."""
         for event in events:
-            handler = _HANDLERS.get(type(event))
-            if handler is not None:
-                handler(self, event)
+            cut = resume_step(event)
+            if cut is not None and any(dropped_by_resume(e, cut) for e in self._events):
+                self._fold_again(effective_events([*self._events, event]))
+            else:
+                self._fold(event)
+
+    def _fold(self, event: Event) -> None:
+        self._events.append(event)
+        handler = _HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event)
+
+    def _fold_again(self, events: list[Event]) -> None:
+        """Start over from `events` (already effective), keeping the run id given at creation."""
+        fresh = RunHistory(run_id=self.run_id)
+        for event in events:
+            fresh._fold(event)
+        for name in (f.name for f in fields(self)):
+            setattr(self, name, getattr(fresh, name))
 
     # -- derived values -------------------------------------------------------------------
 
@@ -118,15 +142,8 @@ class RunHistory:
         if event.predicted_peak_bytes:
             self.predicted_peak_bytes = event.predicted_peak_bytes
         self.finished = None
-        if event.resumed_from_step is not None:
-            self._rewind(event.resumed_from_step)
-
-    def _rewind(self, step: int) -> None:
-        """Forget what an interrupted attempt logged after the step the run resumes from."""
-        for series in (self.train_loss, self.eval_loss, self.learning_rate, self.tokens_per_second):
-            series[:] = [p for p in series if p[0] <= step]
-        self.evals = [e for e in self.evals if e.step <= step]
-        self.step = min(self.step, step)
+        if event.resumed_from_step is not None:  # the checkpoint holds this many steps
+            self.step = max(self.step, event.resumed_from_step)
 
     def _train_log(self, event: TrainLog) -> None:
         self.step = max(self.step, event.step)

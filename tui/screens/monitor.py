@@ -24,6 +24,7 @@ from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from affiner.planner.errors import AffinerError
+from affiner.runner.config import read_raw_config
 from affiner.runner.run import LIVE_STATES, RunDir, run_task
 from affiner.tui.live import RunHistory, WatchBatch, watch_run
 from affiner.tui.messages import RunBatch, WatchFailed
@@ -170,11 +171,7 @@ class MonitorScreen(Screen):
         if self.run_dir is None:
             return None
         try:
-            import tomllib
-        except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-            import tomli as tomllib  # type: ignore[no-redef]
-        try:
-            data = tomllib.loads(RunDir(self.run_dir).config.read_text(encoding="utf-8"))
+            data = read_raw_config(RunDir(self.run_dir).config)
         except (OSError, ValueError):
             return None
         value = data.get("plan", {}).get("predicted_peak_bytes")
