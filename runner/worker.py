@@ -8,6 +8,8 @@ Exit codes:
     1  failed: NaN/inf loss, out of memory, or a crash (traceback in train.log)
     2  the configuration or data cannot be used; nothing was trained
     3  stopped on SIGTERM/SIGINT after saving a checkpoint; resume with --resume
+
+A failed pre-flight (1 or 2) also writes an ``error`` event: its caller reads the reason there.
 """
 
 from __future__ import annotations
@@ -15,11 +17,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from affiner.planner.errors import AffinerError
 from affiner.planner.units import format_bytes, format_duration
+
+if TYPE_CHECKING:
+    from affiner.runner.run import RunDir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,17 +41,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="measure peak memory and step time, write them to the run, and exit",
     )
+    parser.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="with --preflight-only: stop as on Ctrl-C when stdin closes (the caller has gone)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.exit_with_parent and not args.preflight_only:
+        parser.error("--exit-with-parent goes with --preflight-only")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     run_dir = Path(args.run_dir).expanduser().resolve()
     if not (run_dir / "run.toml").exists():
         print(f"error: {run_dir}: no run.toml in this folder", file=sys.stderr)
         return 2
     if args.preflight_only:
+        if args.exit_with_parent:
+            _exit_when_stdin_closes()
         return _preflight(run_dir)
     from affiner.runner.train import run_training
 
@@ -54,13 +71,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _preflight(run_dir: Path) -> int:
     from affiner.runner.config import load_config
     from affiner.runner.run import RunDir
-    from affiner.runner.training import run_preflight
 
+    rd = RunDir(run_dir)
     try:
-        event = run_preflight(load_config(run_dir / "run.toml"), run_dir=RunDir(run_dir))
+        from affiner.runner.training import run_preflight
+
+        event = run_preflight(load_config(rd.config), run_dir=rd)
     except AffinerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _preflight_failed(rd, "config", str(exc), 2)
+    except Exception as exc:
+        traceback.print_exc()  # stderr is the run's train.log
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        message = f"The pre-flight check crashed: {type(exc).__name__}: {first}"
+        return _preflight_failed(rd, "crash", message + " (traceback in train.log)", 1)
     print(
         f"pre-flight on {event.device}: peak {format_bytes(event.measured_peak_bytes)}, "
         f"{format_duration(event.measured_step_seconds)}/step "
@@ -68,6 +91,44 @@ def _preflight(run_dir: Path) -> int:
         + (" (adjusted)" if event.adjusted else "")
     )
     return 0
+
+
+def _preflight_failed(rd: RunDir, code: str, message: str, exit_code: int) -> int:
+    """Say why in the run folder (an ``error`` event, what the caller reads) and on stderr."""
+    from affiner.runner.run import Error, EventWriter
+
+    with EventWriter(rd.path) as writer:
+        writer.write(Error(code=code, message=message))
+    print(f"error: {message}", file=sys.stderr)
+    return exit_code
+
+
+def _exit_when_stdin_closes(grace: float = 60.0) -> None:
+    """Behave as on Ctrl-C once stdin ends: the caller holds the pipe's other end until it exits.
+
+    SIGINT lets the pre-flight leave through its ``finally`` blocks (its temporary checkpoint
+    is removed); a process still there `grace` seconds later exits outright. SIGINT is also
+    how the caller stops it, so it is made to raise KeyboardInterrupt even when this process
+    inherited it ignored (a non-interactive shell ignores SIGINT in background jobs).
+    """
+    import _thread
+    import signal
+    import threading
+    import time
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def watch() -> None:
+        try:
+            while os.read(0, 4096):
+                pass
+        except OSError:
+            pass
+        _thread.interrupt_main(signal.SIGINT)
+        time.sleep(grace)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="affiner-parent-watch", daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
   a function: an import moved into a function to dodge a cycle still ties the two modules.
 - Every import names ``affiner.…``: the rooms are installed under one name, so a bare
   ``planner``, ``runner`` or ``tui`` would find some other distribution's package, or nothing.
-- The TUI and the CLI reach the runner only through its rooms' faces.
+- The TUI and the CLI reach the runner only through its rooms' faces, and never the training
+  room: torch and the model live in worker processes.
 """
 
 from __future__ import annotations
@@ -114,6 +115,20 @@ def test_the_tui_reaches_the_runner_only_through_faces() -> None:
             if target.startswith("affiner.runner") and target not in faces:
                 inside.append(f"{path.relative_to(REPO)}:{line} imports {target}")
     assert not inside, "\n".join(inside)
+
+
+def test_the_tui_never_imports_the_training_room() -> None:
+    """Training (torch, models, CUDA) happens in worker processes: the pre-flight too, so a TUI or
+    CLI that imported it would hold a model and a CUDA context for the rest of its life."""
+    modules = module_files()
+    found = [
+        f"{path.relative_to(REPO)}:{line} imports {target}"
+        for name, path in modules.items()
+        if name.startswith("affiner.tui")
+        for line, target in imports_of(path, modules)
+        if target == "affiner.runner.training" or target.startswith("affiner.runner.training.")
+    ]
+    assert not found, "\n".join(found)
 
 
 def test_every_room_has_a_face_that_names_its_public_names() -> None:

@@ -54,9 +54,21 @@ def _inspect_data(
 
 
 def _preflight(config: Any) -> Any:
-    from affiner.runner.training import run_preflight
+    """The pre-flight in a child process (`affiner.runner.run.preflight`), never in the TUI.
 
-    return run_preflight(config)
+    Run here, it would leave torch, the model and a CUDA context in the TUI for good, on the GPU
+    the plan assumed free. Called from a Textual worker, the child is stopped when the worker is
+    cancelled (the screen closes, the app quits).
+    """
+    from textual.worker import NoActiveWorker, get_current_worker
+
+    from affiner.runner.run import run_preflight_process
+
+    try:
+        worker = get_current_worker()
+    except NoActiveWorker:
+        return run_preflight_process(config)
+    return run_preflight_process(config, cancelled=lambda: worker.is_cancelled)
 
 
 def _prepare_demo(key: str, runs_root: Path | None = None) -> dict[str, Any]:
@@ -95,7 +107,8 @@ class Services:
         resolve_device: ``(report) -> DeviceTarget``: the device the assistant plans for.
         inspect_data: ``(path, spec, seq_len, model_ref) -> DataPreview`` for the data step
             (rows, bad lines, token lengths, one rendered example; see `affiner.tui.assistant.preview`).
-        preflight: ``(run_config) -> Preflight`` event: measured peak memory and step time.
+        preflight: ``(run_config) -> Preflight`` event: measured peak memory and step time,
+            in a child process (the TUI never loads torch or the model).
         chat_session: ``(run_dir) -> ChatSession`` for the playground (`affiner.runner.inference`).
         prepare_demo: ``(key) -> preset``: readies the offline demo ``chat`` or ``classify``
             and returns what to pre-fill (``default_model``, ``default_data``, ``settings``).

@@ -2,7 +2,8 @@
 
 Layout and ids (`RunDir`), the event log and the status file (`EventWriter`, `read_events`,
 `write_status`), what a folder says about its run (`summarize`, `list_runs`), the worker process
-(`start_run`, `stop_run`, resume) and the checkpoints kept in it. Light to import: the TUI and
+(`start_run`, `stop_run`, resume), the pre-flight check as a child process
+(`run_preflight_process`) and the checkpoints kept in it. Light to import: the TUI and
 the CLI use it without torch.
 """
 
@@ -46,6 +47,7 @@ from affiner.runner.run.launch import (
     start_run,
     stop_run,
 )
+from affiner.runner.run.preflight import run_preflight_process
 from affiner.runner.run.process import is_worker_of
 from affiner.runner.run.rundir import RunDir, list_run_dirs, new_run_id, runs_root
 from affiner.runner.run.runs import (
@@ -108,6 +110,7 @@ __all__ = [
     "resolve_run",
     "resume_checkpoint",
     "resume_step",
+    "run_preflight_process",
     "run_task",
     "runs_root",
     "saved_weights",

@@ -84,11 +84,15 @@ def spawn_detached(
     log_path: str | os.PathLike[str],
     cwd: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
+    stdin: int = subprocess.DEVNULL,
 ) -> subprocess.Popen[bytes]:
     """Start `argv` in a new session, stdin from /dev/null, stdout and stderr appended to `log_path`.
 
     The child keeps running when the caller exits, the terminal closes or the SSH connection
     drops. File descriptors other than 0-2 are closed so the child holds no pipe of ours.
+    With ``stdin=subprocess.PIPE`` it holds one on purpose: the pipe closes when the caller
+    ends, however it ends, and a worker started with ``--exit-with-parent`` then stops (a
+    pre-flight must not outlive the TUI that asked for it).
 
     While the caller lives, the child is still its child: one that ends by itself (a run that
     finishes while the TUI that started it stays open) would linger as a zombie of the caller.
@@ -98,7 +102,7 @@ def spawn_detached(
     with open(log_path, "ab") as log:
         child = subprocess.Popen(
             list(argv),
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=cwd,

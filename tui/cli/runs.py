@@ -2,8 +2,8 @@
 
 ``train`` writes the run folder and starts the training process detached, then returns: the
 run survives the terminal and the SSH connection. ``attach`` follows it, ``stop`` ends it with a
-checkpoint, ``train --resume`` continues it, ``runs`` lists them all. Heavy imports (torch, for
-``preflight``) happen inside the command that needs them.
+checkpoint, ``train --resume`` continues it, ``runs`` lists them all. None of them imports
+torch: ``preflight`` measures in a child process (`affiner.runner.run.run_preflight_process`).
 """
 
 from __future__ import annotations
@@ -159,27 +159,16 @@ def _print_outcome(rd: Any) -> None:
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
-    import contextlib
-    import io
-
     from affiner.runner.config import load_config
+    from affiner.runner.run import run_preflight_process
 
     cfg = load_config(args.config)
     print(
         f"Pre-flight for {args.config}: loading the model and timing a few steps…", file=sys.stderr
     )
-    from affiner.runner.training import run_preflight
-
-    # The Trainer and the loaders print progress bars and dict logs; keep them for a crash only.
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-            result = run_preflight(cfg, run_dir=None)
-    except AffinerError:
-        raise
-    except BaseException:
-        sys.stderr.write(captured.getvalue())
-        raise
+    # In a child process whose progress bars and logs go to its own train.log; a failure comes
+    # back as an AffinerError naming that log, and Ctrl-C here stops the child.
+    result = run_preflight_process(cfg)
     source = "plan"
     if result.predicted_peak_bytes is None or result.predicted_step_seconds is None:
         peak, step, source = planner_estimate(cfg, result)

@@ -1,0 +1,132 @@
+"""The pre-flight check as a child process, so the caller never holds torch, a model or a GPU.
+
+The check itself (`affiner.runner.training.run_preflight`) loads the model and times a few real
+steps. Run inside the TUI it would leave torch, the model's memory and a CUDA context (0.4-0.5
+GiB of the GPU the plan counted as free) in the TUI for the rest of its life, and pinning one
+GPU would rewrite ``CUDA_VISIBLE_DEVICES`` for every run the TUI starts afterwards. So
+`run_preflight_process` writes the configuration into a temporary run folder outside the runs
+root (a pre-flight is not a run), starts ``python -m affiner.runner.worker FOLDER
+--preflight-only --exit-with-parent`` in its own session and reads the outcome back from the
+folder, as every reader of a run does: a ``preflight`` event on success, an ``error`` event
+(the child's `AffinerError` in words, or what crashed) on failure.
+
+The child dies with the check: `cancelled` (polled while it runs) or an exception in the
+caller (Ctrl-C) stops it, SIGINT to its process group first so it cleans its temporary
+checkpoint up, SIGKILL after `STOP_GRACE_SECONDS`; if the caller dies outright (SIGKILL, a
+dropped SSH session) the pipe on the child's stdin closes and ``--exit-with-parent`` ends it.
+"""
+
+from __future__ import annotations
+
+import copy
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from affiner.planner.errors import AffinerError
+from affiner.runner.config import RunConfig, resolve_paths, save_config, validate_config
+from affiner.runner.run.events import Error, Preflight, read_events
+from affiner.runner.run.launch import _child_env
+from affiner.runner.run.process import send_signal, spawn_detached, wait_gone, worker_argv
+from affiner.runner.run.rundir import RunDir
+
+#: Seconds a stopped pre-flight gets to leave (and remove its temporary checkpoint) before SIGKILL.
+STOP_GRACE_SECONDS = 5.0
+
+
+def run_preflight_process(
+    cfg: RunConfig,
+    *,
+    cancelled: Callable[[], bool] | None = None,
+    poll_seconds: float = 0.2,
+    python: str | None = None,
+) -> Preflight:
+    """Measure peak memory and step time for `cfg` in a child process and return its event.
+
+    Args:
+        cfg: the run configuration; relative paths are read from the current folder. It is not
+            changed: the event carries the batch that fits (``micro_batch``, ``grad_accum``,
+            ``adjusted``) and the measured figures.
+        cancelled: polled every `poll_seconds` while the child runs; when it returns True the
+            child is stopped and `AffinerError` raised (a TUI passes its worker's
+            ``is_cancelled``).
+        python: the interpreter for the child (default this one).
+
+    Raises:
+        AffinerError: the configuration is invalid, the child reported an error (its words,
+            never a traceback; a crash's traceback stays in the kept folder's ``train.log``),
+            it died without saying why, or the check was cancelled.
+    """
+    own = copy.deepcopy(cfg)
+    resolve_paths(own, Path.cwd())
+    validate_config(own, where="run configuration")
+    rd = RunDir(Path(tempfile.mkdtemp(prefix="affiner-preflight-")))
+    keep = False
+    try:
+        save_config(own, rd.config)
+        code = _run_child(rd, cancelled or (lambda: False), poll_seconds, python)
+        events = read_events(rd.path)
+        measured = [e for e in events if isinstance(e, Preflight)]
+        if code == 0 and measured:
+            return measured[-1]
+        errors = [e for e in events if isinstance(e, Error)]
+        # A configuration or data problem (exit 2) is said in full by its message; for a
+        # crash or a kill, the log is the only trace, so the folder is kept.
+        keep = code != 2
+        hint = f"the pre-flight's log is {rd.log}" if keep else None
+        if errors:
+            raise AffinerError(errors[-1].message, hint=hint)
+        raise AffinerError(f"the pre-flight process {_ended(code)} without a result", hint=hint)
+    finally:
+        if not keep:
+            shutil.rmtree(rd.path, ignore_errors=True)
+
+
+def _run_child(
+    rd: RunDir, cancelled: Callable[[], bool], poll_seconds: float, python: str | None
+) -> int:
+    """Start the child, wait for it while polling `cancelled`; stop it if anything interrupts."""
+    argv = worker_argv(rd.path, "--preflight-only", "--exit-with-parent", python=python)
+    with open(rd.log, "ab") as log:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        log.write(f"=== {stamp} affiner: {shlex.join(argv)}\n".encode())
+    child = spawn_detached(
+        argv, log_path=rd.log, cwd=rd.path, env=_child_env(), stdin=subprocess.PIPE
+    )
+    try:
+        while True:
+            try:
+                return child.wait(timeout=poll_seconds)
+            except subprocess.TimeoutExpired:
+                pass
+            if cancelled():
+                raise AffinerError("the pre-flight check was cancelled")
+    finally:
+        if child.poll() is None:
+            _stop(child)
+        if child.stdin is not None:
+            child.stdin.close()
+
+
+def _stop(child: subprocess.Popen[bytes], grace: float = STOP_GRACE_SECONDS) -> None:
+    """SIGINT to the child's process group (it leads one), then SIGKILL if it is still there."""
+    send_signal(child.pid, signal.SIGINT, group=True)
+    if not wait_gone(child.pid, grace, child=child):
+        send_signal(child.pid, signal.SIGKILL, group=True)
+        wait_gone(child.pid, 5.0, child=child)
+
+
+def _ended(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        why = " (out of memory? the system kills the largest process)" if code == -9 else ""
+        return f"was killed by {name}{why}"
+    return f"exited with code {code}"
