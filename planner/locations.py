@@ -1,7 +1,9 @@
 """Where affiner keeps things on disk, and where it finds the Hugging Face hub's cache.
 
-One place for locations: the measured CPU rate and the converted offline models both live in
-affiner's cache folder, and the model resolver reads the hub's cache. Each is read from the
+One place for locations: the folder that holds run folders, affiner's cache folder (the
+measured CPU rate, the converted offline models), and the hub's cache the model resolver reads.
+The runs root lives here, below the runner, so that ``affiner hw`` can show its disk without
+importing the runner. Each is read from the
 environment at every call (tests and the CLI set it after import).
 """
 
@@ -10,10 +12,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["CACHE_ENV", "cache_dir", "hub_cache_dir"]
+__all__ = ["CACHE_ENV", "RUNS_ENV", "cache_dir", "hub_cache_dir", "runs_root"]
 
 #: Overrides affiner's cache folder.
 CACHE_ENV = "AFFINER_CACHE"
+#: Overrides the runs root (``--runs-dir`` sets it for the process and its workers).
+RUNS_ENV = "AFFINER_RUNS"
+
+
+def runs_root(override: str | os.PathLike[str] | None = None) -> Path:
+    """The folder that holds every run folder: `override`, else ``$AFFINER_RUNS``, else ``./runs``."""
+    if override:
+        return Path(override).expanduser()
+    env = os.environ.get(RUNS_ENV)
+    return Path(env).expanduser() if env else Path.cwd() / "runs"
 
 
 def cache_dir() -> Path:

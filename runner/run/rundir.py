@@ -24,15 +24,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-RUNS_ENV = "AFFINER_RUNS"
+from affiner.planner.locations import RUNS_ENV, runs_root
 
-
-def runs_root(override: str | os.PathLike[str] | None = None) -> Path:
-    """The folder that holds every run folder."""
-    if override:
-        return Path(override).expanduser()
-    env = os.environ.get(RUNS_ENV)
-    return Path(env).expanduser() if env else Path.cwd() / "runs"
+__all__ = ["RUNS_ENV", "RunDir", "find_run", "list_run_dirs", "new_run_id", "runs_root"]
 
 
 def new_run_id(label: str = "run", now: float | None = None) -> str:

@@ -93,7 +93,7 @@ def run_hw(args: argparse.Namespace) -> int:
     model = lookup(args.gpu) if args.gpu else None  # an unknown name fails before probing
 
     from affiner.planner.hardware import probe
-    from affiner.runner.run import runs_root
+    from affiner.planner.locations import runs_root
 
     report = probe(runs_dir=runs_root())
     remeasured = remeasure_cpu(report.cpu, to_stderr=args.json) if args.remeasure_cpu else None
