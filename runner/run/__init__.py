@@ -42,13 +42,14 @@ from affiner.runner.run.events import (
 )
 from affiner.runner.run.launch import (
     check_resumable,
+    child_env,
     launch_worker,
     prepare_run,
     start_run,
     stop_run,
 )
 from affiner.runner.run.preflight import run_preflight_process
-from affiner.runner.run.process import is_worker_of
+from affiner.runner.run.process import exit_words, is_worker_of, stop_process_group
 from affiner.runner.run.rundir import RunDir, list_run_dirs, new_run_id, runs_root
 from affiner.runner.run.runs import (
     INTERRUPTED,
@@ -89,10 +90,12 @@ __all__ = [
     "Warning_",
     "check_resumable",
     "checkpoint_folder",
+    "child_env",
     "clean_number",
     "derive_state",
     "dropped_by_resume",
     "effective_events",
+    "exit_words",
     "is_language_model",
     "is_worker_of",
     "last_attempt",
@@ -115,6 +118,7 @@ __all__ = [
     "runs_root",
     "saved_weights",
     "start_run",
+    "stop_process_group",
     "stop_run",
     "summarize",
     "write_status",

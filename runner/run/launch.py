@@ -175,7 +175,7 @@ def start_run(
     return prepared.run_dir
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     """The worker's environment: ours, unbuffered output, and this checkout on PYTHONPATH."""
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
@@ -213,7 +213,7 @@ def launch_worker(
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         log.write(f"\n=== {stamp} affiner: {shlex.join(argv)}\n".encode())
     follower = Follower(run_dir, out or sys.stdout) if foreground else None
-    child = spawn_detached(argv, log_path=run_dir.log, cwd=run_dir.path, env=_child_env())
+    child = spawn_detached(argv, log_path=run_dir.log, cwd=run_dir.path, env=child_env())
     _forget_ended()
     _children[child.pid] = child
     _record_pid(run_dir, child.pid, message)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import shlex
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -31,8 +30,13 @@ from pathlib import Path
 from affiner.planner.errors import AffinerError
 from affiner.runner.config import RunConfig, resolve_paths, save_config, validate_config
 from affiner.runner.run.events import Error, Preflight, read_events
-from affiner.runner.run.launch import _child_env
-from affiner.runner.run.process import send_signal, spawn_detached, wait_gone, worker_argv
+from affiner.runner.run.launch import child_env
+from affiner.runner.run.process import (
+    exit_words,
+    spawn_detached,
+    stop_process_group,
+    worker_argv,
+)
 from affiner.runner.run.rundir import RunDir
 
 #: Seconds a stopped pre-flight gets to leave (and remove its temporary checkpoint) before SIGKILL.
@@ -81,7 +85,7 @@ def run_preflight_process(
         hint = f"the pre-flight's log is {rd.log}" if keep else None
         if errors:
             raise AffinerError(errors[-1].message, hint=hint)
-        raise AffinerError(f"the pre-flight process {_ended(code)} without a result", hint=hint)
+        raise AffinerError(f"the pre-flight process {exit_words(code)} without a result", hint=hint)
     finally:
         if not keep:
             shutil.rmtree(rd.path, ignore_errors=True)
@@ -96,7 +100,7 @@ def _run_child(
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         log.write(f"=== {stamp} affiner: {shlex.join(argv)}\n".encode())
     child = spawn_detached(
-        argv, log_path=rd.log, cwd=rd.path, env=_child_env(), stdin=subprocess.PIPE
+        argv, log_path=rd.log, cwd=rd.path, env=child_env(), stdin=subprocess.PIPE
     )
     try:
         while True:
@@ -108,25 +112,6 @@ def _run_child(
                 raise AffinerError("the pre-flight check was cancelled")
     finally:
         if child.poll() is None:
-            _stop(child)
+            stop_process_group(child, STOP_GRACE_SECONDS)
         if child.stdin is not None:
             child.stdin.close()
-
-
-def _stop(child: subprocess.Popen[bytes], grace: float = STOP_GRACE_SECONDS) -> None:
-    """SIGINT to the child's process group (it leads one), then SIGKILL if it is still there."""
-    send_signal(child.pid, signal.SIGINT, group=True)
-    if not wait_gone(child.pid, grace, child=child):
-        send_signal(child.pid, signal.SIGKILL, group=True)
-        wait_gone(child.pid, 5.0, child=child)
-
-
-def _ended(code: int) -> str:
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        why = " (out of memory? the system kills the largest process)" if code == -9 else ""
-        return f"was killed by {name}{why}"
-    return f"exited with code {code}"

@@ -12,6 +12,7 @@ Only the standard library and psutil: this module is imported by the CLI and the
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -160,3 +161,30 @@ def wait_gone(
         if time.monotonic() >= deadline:
             return False
         time.sleep(poll)
+
+
+def stop_process_group(child: subprocess.Popen, grace: float) -> None:
+    """SIGINT to `child`'s process group (it leads one), then SIGKILL if it is still there.
+
+    For the children a screen starts and must not outlive (the pre-flight, the playground's
+    model): SIGINT lets them leave through their ``finally`` blocks, SIGKILL after `grace`
+    seconds makes sure nothing is left holding a model or GPU memory.
+    """
+    if child.poll() is not None:
+        return
+    send_signal(child.pid, signal.SIGINT, group=True)
+    if not wait_gone(child.pid, grace, child=child):
+        send_signal(child.pid, signal.SIGKILL, group=True)
+        wait_gone(child.pid, 5.0, child=child)
+
+
+def exit_words(code: int) -> str:
+    """How a child ended, in words: ``exited with code 1``, ``was killed by SIGKILL (...)``."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        why = " (out of memory? the system kills the largest process)" if code == -9 else ""
+        return f"was killed by {name}{why}"
+    return f"exited with code {code}"
