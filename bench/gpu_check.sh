@@ -23,13 +23,22 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     --target /tmp/affiner-site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/affiner-site
 fi
+# affiner itself: installed as `affiner.*` (pyproject maps the top-level folders). Without an
+# install, lay the same namespace over this tree with links, which needs no build step.
+if ! python3 -c "import affiner.planner" 2>/dev/null; then
+  ns=/tmp/affiner-src/affiner
+  mkdir -p "$ns"
+  for room in planner runner tui; do ln -sfn "$PWD/$room" "$ns/$room"; done
+  for file in __init__.py __main__.py; do ln -sf "$PWD/tui/_root/$file" "$ns/$file"; done
+  export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}/tmp/affiner-src"
+fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,compute_cap --format=csv \
   | tee "$results/nvidia-smi.csv"
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, '· transformers', transformers.__version__, '· peft', peft.__version__)"
 
-python3 -m pytest -q -p no:cacheprovider -m gpu -o addopts="" tests/test_gpu_real.py 2>&1 \
+python3 -m pytest -q -p no:cacheprovider -m gpu -o addopts="" tests/runner/test_gpu_real.py 2>&1 \
   | tee "$results/gpu-tests.log"
 tests_rc=${PIPESTATUS[0]}
 
