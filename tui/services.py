@@ -80,9 +80,14 @@ def _prepare_demo(key: str, runs_root: Path | None = None) -> dict[str, Any]:
 
 
 def _chat_session(run_dir: Path) -> Any:
-    from affiner.runner.inference import ChatSession
+    """The run's models in a child process (`affiner.runner.inference.ChatProcess`), not here.
 
-    return ChatSession.from_run(run_dir)
+    Loaded in the TUI, torch, the model's memory and a CUDA context would stay until it quits;
+    the playground closes this session when it opens another run or goes away.
+    """
+    from affiner.runner.inference import ChatProcess
+
+    return ChatProcess.from_run(run_dir)
 
 
 @dataclass
@@ -109,7 +114,9 @@ class Services:
             (rows, bad lines, token lengths, one rendered example; see `affiner.tui.assistant.preview`).
         preflight: ``(run_config) -> Preflight`` event: measured peak memory and step time,
             in a child process (the TUI never loads torch or the model).
-        chat_session: ``(run_dir) -> ChatSession`` for the playground (`affiner.runner.inference`).
+        chat_session: ``(run_dir) -> session`` for the playground: ``load``, ``stream``,
+            ``classify``, ``task``, ``base``, ``adapter`` and, if it has one, ``close``. By
+            default a `ChatProcess` (`affiner.runner.inference`): the models load in a child.
         prepare_demo: ``(key) -> preset``: readies the offline demo ``chat`` or ``classify``
             and returns what to pre-fill (``default_model``, ``default_data``, ``settings``).
     """

@@ -1,8 +1,9 @@
 """The playground: ask the tuned model and its base model the same thing, side by side.
 
-The chat session (`affiner.runner.inference.ChatSession`, through `Services.chat_session`) loads the
-base model and the run's adapter once, in a thread worker: torch is imported there, never
-on the event loop. Each question is answered by the tuned model, then by the base model (the
+The chat session (`affiner.runner.inference.ChatProcess`, through `Services.chat_session`) loads
+the base model and the run's adapter once, in a child process started from a thread worker:
+the TUI never imports torch. The session is closed (its process stopped, its memory given
+back) when another run is opened and when the screen goes away. Each question is answered by the tuned model, then by the base model (the
 same loaded weights with the adapter switched off), streamed token by token: the worker
 thread posts a `Streamed` message per piece and the handler appends it to the pane.
 Classification runs show each model's predicted label and probabilities instead.
@@ -145,7 +146,7 @@ class PlaygroundScreen(Screen):
     def show_run(self, run_dir: str | Path | None) -> None:
         """Open `run_dir` (drops the loaded models of the previous run)."""
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.session = None
+        self._close_session()
         for pane in self.query(ChatPane):
             pane.clear()
         info = self.query_one("#run-info", Static)
@@ -195,14 +196,38 @@ class PlaygroundScreen(Screen):
                 self.post_message(Streamed(side, piece))
             self.post_message(Answered(side))
 
+    def on_unmount(self) -> None:
+        self._close_session()
+
+    def _close_session(self) -> None:
+        """Drop the session, loaded or loading; one with a process of its own stops it.
+
+        Stopping a process takes a moment (it leaves by itself when its stdin closes), so it
+        is done on a thread, off the event loop; if the app exits first, the closed pipe ends
+        the process all the same.
+        """
+        session, self.session = self.session, None
+        close = getattr(session, "close", None)
+        if callable(close):
+            threading.Thread(target=close, name="playground-close", daemon=True).start()
+
     def _ensure_session(self) -> Any:
-        """The loaded session, loading it once even when a question races the first load."""
+        """The loaded session, loading it once even when a question races the first load.
+
+        The session is kept before it has loaded, so opening another run (or leaving) while it
+        loads closes it too, instead of leaving its process behind.
+        """
         with self._session_lock:
             if self.session is None:
                 session = self.services.chat_session(self.run_dir)
-                if hasattr(session, "load"):
-                    session.load()
                 self.session = session
+                try:
+                    if hasattr(session, "load"):
+                        session.load()
+                except BaseException:
+                    if self.session is session:
+                        self._close_session()
+                    raise
             return self.session
 
     # -- handlers -------------------------------------------------------------------------
@@ -243,6 +268,8 @@ class PlaygroundScreen(Screen):
     def _worker_changed(self, event: Worker.StateChanged) -> None:
         worker = event.worker
         if not (worker.group or "").startswith("playground") or event.state != WorkerState.ERROR:
+            return
+        if worker.is_cancelled:  # a load or an answer for a run no longer open
             return
         from affiner.tui.screens.assistant import readable
 
