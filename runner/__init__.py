@@ -16,7 +16,9 @@ Rooms:
 Modules:
     worker: ``python -m affiner.runner.worker RUN_DIR [--resume] [--preflight-only]``.
     train: the recipe, top to bottom (`run_training`).
-    inference: chatting with the base model and the tuned one (the playground, the demo).
+    inference: chatting with the base model and the tuned one: `ChatSession` in this process
+        (the demo), `ChatProcess` through a child (the playground).
+    chat: that child, ``python -m affiner.runner.chat RUN_DIR [--exit-with-parent]``.
 """
 
-__all__ = ["config", "data", "demo", "inference", "run", "train", "training", "worker"]
+__all__ = ["chat", "config", "data", "demo", "inference", "run", "train", "training", "worker"]
