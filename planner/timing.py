@@ -13,17 +13,26 @@ An estimate, always labelled as one. The arithmetic:
   `MFU` below; bitsandbytes' 4-bit and int8 matmuls dequantize weights on the fly, which
   `QUANT_SLOWDOWN` accounts for. On the CPU the throughput is the matmul rate measured on
   this machine by `affiner.planner.hardware.device.cpu_target`, so the utilisation there is of a measured rate.
+- A step never takes less than its fixed costs (`overhead_floor`): each micro-batch launches
+  every block's kernels from Python and loads a batch, each optimizer step runs the optimizer,
+  zeroes the gradients and logs. A small model's FLOPs alone would say "0 ms/step".
+- A plan is impractical when one step or the whole run takes longer than anyone will wait
+  (`IMPRACTICAL_STEP_SECONDS`, `IMPRACTICAL_TOTAL_SECONDS`); the estimate then says so, and why.
+- A measured step calibrates the model: `calibrate` scales the estimate of other settings on
+  the same device by how the measured step compared with its own estimate.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from affiner.planner.hardware import DeviceTarget
 from affiner.planner.memory import block_params, trainable_shapes
 from affiner.planner.models import ModelSpec
 from affiner.planner.settings import TrainSettings
+from affiner.planner.units import format_duration
 
 #: Assumed model FLOPs utilisation on a GPU by method (bf16/fp16 tensor cores, HF Trainer,
 #: SDPA; typical of single-GPU fine-tuning logs at seq 512-2048).
@@ -35,6 +44,27 @@ CPU_EFFICIENCY = 0.45
 QUANT_SLOWDOWN = {"nf4": 1.30, "fp4": 1.30, "int8": 1.6}
 #: Multi-GPU scaling efficiency per extra device (communication not hidden by compute).
 SCALING = 0.92
+
+# The per-step floor. Eager PyTorch dispatches every op from Python: a few microseconds of CPU
+# time per kernel launch, 5-25 µs with autograd bookkeeping (the dispatcher's layers, then
+# ``cudaLaunchKernel`` at 1-3 µs; PyTorch's "Accelerating PyTorch with CUDA Graphs" names
+# launch overhead the first-order bottleneck of small workloads). A Llama-style block runs on
+# the order of 100 kernels forward and backward (norms, projections, rotary, attention, MLP,
+# residuals; more with LoRA's adapters on every linear), hence about half a millisecond a block
+# per micro-batch. The GPU overlaps this with its own work, so it is a floor, not an addition.
+#: CPU-side launch time of one block's forward and backward, per micro-batch (seconds).
+LAUNCH_SECONDS_PER_LAYER = 0.5e-3
+#: Per micro-batch outside the blocks: collate, host-to-device copy, embeddings, head and loss,
+#: the Trainer's hooks (seconds).
+MICRO_BATCH_OVERHEAD_SECONDS = 2e-3
+#: Per optimizer step: the (foreach) optimizer over every trainable tensor, gradient clipping,
+#: zero_grad, the scheduler and logging callbacks (seconds).
+STEP_OVERHEAD_SECONDS = 10e-3
+#: A step longer than this is impractical: a short fine-tune of 300 steps would take more
+#: than a day (seconds).
+IMPRACTICAL_STEP_SECONDS = 5 * 60
+#: A run longer than this is impractical on one machine (seconds; a week).
+IMPRACTICAL_TOTAL_SECONDS = 7 * 24 * 3600
 
 
 @dataclass
@@ -49,6 +79,15 @@ class TimeEstimate:
         step_seconds: one optimizer step (None when the device's speed is unknown).
         steps_per_epoch, epoch_seconds, total_seconds: None when the data size is unknown.
         notes: assumptions, in words.
+        total_steps: optimizer steps of the whole run, as the Trainer counts them
+            (``ceil(steps_per_epoch × epochs)``); `total_seconds` is `step_seconds` times it,
+            so the step and the total always come from the same settings.
+        overhead_seconds: the floor of one step (`overhead_floor`); `step_seconds` is never
+            below it.
+        practical: False when the step or the run is too long to wait for on this device.
+        impractical_reason: why, in words (None when practical).
+        calibration: measured over estimated step time when `calibrate` scaled this estimate
+            (None when it is the model's own).
     """
 
     tokens_per_step: int
@@ -60,6 +99,11 @@ class TimeEstimate:
     epoch_seconds: float | None = None
     total_seconds: float | None = None
     notes: list[str] = field(default_factory=list)
+    total_steps: int | None = None
+    overhead_seconds: float = 0.0
+    practical: bool = True
+    impractical_reason: str | None = None
+    calibration: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self) | {"is_estimate": True}
@@ -142,19 +186,108 @@ def estimate_time(
         notes.append(
             "gradient checkpointing recomputes each block's forward (about a third more time)"
         )
+    overhead = overhead_floor(spec, settings)
     step = None
     if peak:
         rate = peak * 1e12 * util * settings.num_gpus * (SCALING ** (settings.num_gpus - 1))
         step = per_token * tokens * slowdown / rate
+        if step < overhead:
+            notes.append(
+                f"per-step overheads set the floor: at least {format_duration(overhead)} "
+                f"(kernel launches of {max(spec.num_layers, 1)} blocks x {settings.grad_accum} "
+                "micro-batches, the data loader, the optimizer)"
+            )
+            step = overhead
     else:
         notes.append("this device's speed is unknown (give --gpu NAME for a time estimate)")
     result = TimeEstimate(tokens, per_token, peak, util, step, notes=notes)
+    result.overhead_seconds = overhead
     rows_per_step = settings.effective_batch
     if train_rows:
         result.steps_per_epoch = max(1, -(-train_rows // rows_per_step))
     elif train_tokens:
         result.steps_per_epoch = max(1, -(-train_tokens // tokens))
+    if result.steps_per_epoch:
+        result.total_steps = max(1, math.ceil(result.steps_per_epoch * epochs - 1e-9))
+    _totals(result, device)
+    return result
+
+
+def overhead_floor(spec: ModelSpec, settings: TrainSettings) -> float:
+    """The least one optimizer step takes whatever its FLOPs: `STEP_OVERHEAD_SECONDS` plus, for
+    each of the `grad_accum` micro-batches a device runs, `MICRO_BATCH_OVERHEAD_SECONDS` and
+    `LAUNCH_SECONDS_PER_LAYER` for every block (the figures' sources are beside them)."""
+    layers = max(spec.num_layers, 1)
+    per_micro = MICRO_BATCH_OVERHEAD_SECONDS + layers * LAUNCH_SECONDS_PER_LAYER
+    return STEP_OVERHEAD_SECONDS + settings.grad_accum * per_micro
+
+
+def _totals(result: TimeEstimate, device: DeviceTarget) -> None:
+    """Epoch and total time from the one step time, then whether anyone would wait for it."""
+    step = result.step_seconds
+    result.epoch_seconds = result.total_seconds = None
     if step is not None and result.steps_per_epoch:
         result.epoch_seconds = step * result.steps_per_epoch
-        result.total_seconds = result.epoch_seconds * epochs
+        result.total_seconds = step * (result.total_steps or result.steps_per_epoch)
+    result.practical, result.impractical_reason = True, None
+    if step is None:
+        return
+    if step > IMPRACTICAL_STEP_SECONDS:
+        how_long = f"about {format_duration(step)} per step"
+    elif result.total_seconds is not None and result.total_seconds > IMPRACTICAL_TOTAL_SECONDS:
+        how_long = (
+            f"about {format_duration(result.total_seconds)} in all ({result.total_steps} steps)"
+        )
+    else:
+        return
+    if device.is_cpu:
+        where, instead = "on a CPU", "use a GPU (affiner plan --gpu NAME) or a smaller model"
+    else:
+        where = f"on one {device.name}" if device.count == 1 else f"on {device.name}"
+        instead = (
+            "use a faster GPU (affiner plan --gpu NAME), more GPUs (--gpus N) or a smaller model"
+        )
+    result.practical = False
+    result.impractical_reason = f"{how_long}: impractical {where}; {instead}"
+
+
+def calibrate(
+    estimate: TimeEstimate,
+    measured: TimeEstimate,
+    measured_step_seconds: float,
+    device: DeviceTarget,
+) -> TimeEstimate:
+    """`estimate` scaled by how a measured step compared with the model's estimate of it.
+
+    A pre-flight or a run measures one step for some settings; the same device then runs other
+    settings (a longer sequence, another micro-batch, checkpointing on) slower or faster in
+    about the same proportion to the FLOPs model as the measured one, since what the model
+    misses (the real utilisation, the overheads) is mostly the device's and the software's.
+
+    Args:
+        estimate: the estimate to correct (`estimate_time` for the settings to plan).
+        measured: `estimate_time` for the settings the measured step ran with, same device.
+        measured_step_seconds: the measured time of one optimizer step of those settings.
+        device: the device both ran on (for the practicality judgement).
+
+    Returns:
+        A copy of `estimate` with step, epoch and total time multiplied by measured over
+        estimated (`calibration`), the utilisation divided by it, and a note saying so.
+        `estimate` itself is unchanged; with no step estimate to compare, it comes back as is.
+    """
+    if measured.step_seconds is None or estimate.step_seconds is None or measured_step_seconds <= 0:
+        return replace(estimate, notes=list(estimate.notes))
+    ratio = measured_step_seconds / measured.step_seconds
+    result = replace(
+        estimate,
+        step_seconds=estimate.step_seconds * ratio,
+        utilisation=estimate.utilisation / ratio,
+        calibration=ratio,
+        notes=list(estimate.notes),
+    )
+    result.notes.append(
+        f"calibrated by a measured step: {format_duration(measured_step_seconds)} where the "
+        f"model said {format_duration(measured.step_seconds)} (x{ratio:.2f})"
+    )
+    _totals(result, device)
     return result

@@ -69,3 +69,74 @@ def test_freeze_on_a_mixture_costs_less_than_full_and_more_than_nothing() -> Non
     freeze = flops_per_token(moe, TrainSettings(method="freeze", trainable_layers=2))
     full = flops_per_token(moe, TrainSettings(method="full"))
     assert 2 * moe.active_params < freeze < full
+
+
+def test_a_tiny_step_is_never_free() -> None:
+    # FLOPs alone put a 135M model's short step on an H100 at a fraction of a millisecond
+    # ("0 ms/step"); kernel launches, the data loader and the optimizer take milliseconds.
+    from affiner.planner.timing import STEP_OVERHEAD_SECONDS, overhead_floor
+    from affiner.planner.units import format_duration
+
+    tiny = spec_from_size("135M")
+    h100 = target_from_catalog("H100")
+    s = TrainSettings(method="lora", seq_len=16, micro_batch=1, grad_accum=4)
+    est = estimate_time(tiny, s, h100, train_rows=1800)
+    floor = overhead_floor(tiny, s)
+    assert floor > STEP_OVERHEAD_SECONDS
+    assert est.step_seconds == pytest.approx(floor) and est.overhead_seconds == floor
+    assert format_duration(est.step_seconds) != "0 ms"
+    assert any("floor" in n for n in est.notes)
+    # more micro-batches a step launch more kernels
+    assert overhead_floor(tiny, s.with_(grad_accum=8)) > floor
+
+
+def test_total_time_is_the_step_time_times_the_steps(spec) -> None:
+    gpu = target_from_catalog("A100 80GB")
+    s = TrainSettings(method="lora", micro_batch=4, grad_accum=4)
+    est = estimate_time(spec, s, gpu, train_rows=1000, epochs=1.5)
+    assert est.steps_per_epoch == 63 and est.total_steps == 95  # ceil(63 x 1.5), as the Trainer
+    assert est.total_seconds == pytest.approx(est.step_seconds * est.total_steps)
+    assert est.practical and est.impractical_reason is None
+
+
+def test_a_7b_on_a_slow_cpu_is_impractical_and_says_what_to_do(spec) -> None:
+    slow = DeviceTarget(
+        "cpu", "CPU", "cpu", 1 << 37, 1 << 37, False, False, peak_tflops_fp32=0.1, measured=True
+    )
+    est = estimate_time(spec, TrainSettings(method="lora", precision="fp32", grad_accum=16), slow)
+    assert not est.practical and est.to_json()["practical"] is False
+    assert est.impractical_reason.startswith("about ")
+    assert "per step: impractical on a CPU; use a GPU (affiner plan --gpu NAME)" in (
+        est.impractical_reason
+    )
+    assert est.impractical_reason.endswith("or a smaller model")
+
+
+def test_a_run_of_weeks_is_impractical_even_at_a_short_step(spec) -> None:
+    gpu = target_from_catalog("A100 80GB")
+    s = TrainSettings(method="lora", micro_batch=4, grad_accum=4)
+    est = estimate_time(spec, s, gpu, train_rows=50_000_000)
+    assert est.step_seconds < 60 and not est.practical
+    assert "in all" in est.impractical_reason and "--gpus N" in est.impractical_reason
+
+
+def test_a_measured_step_calibrates_other_settings(spec) -> None:
+    from affiner.planner.timing import calibrate
+
+    gpu = target_from_catalog("A100 80GB")
+    ran = TrainSettings(method="lora", micro_batch=2, seq_len=512, grad_accum=8)
+    measured = estimate_time(spec, ran, gpu)
+    longer = estimate_time(spec, ran.with_(seq_len=2048), gpu, train_rows=1600, epochs=2)
+    tuned = calibrate(longer, measured, 2 * measured.step_seconds, gpu)
+    assert tuned.calibration == pytest.approx(2.0)
+    assert tuned.step_seconds == pytest.approx(2 * longer.step_seconds)
+    assert tuned.total_seconds == pytest.approx(tuned.step_seconds * longer.total_steps)
+    assert tuned.utilisation == pytest.approx(longer.utilisation / 2)
+    assert "calibrated by a measured step" in tuned.notes[-1]
+    assert longer.calibration is None and not any("calibrated" in n for n in longer.notes)
+    # a calibration that makes the step unbearable makes the plan impractical
+    slow = calibrate(longer, measured, 1000 * measured.step_seconds, gpu)
+    assert not slow.practical and "per step" in slow.impractical_reason
+    # without a step estimate there is nothing to scale
+    unknown = estimate_time(spec, ran, target_from_vram(24))
+    assert calibrate(unknown, unknown, 1.0, gpu).step_seconds is None
