@@ -17,10 +17,9 @@ METHOD_NAMES = {
 
 
 def miss(method: str, needs: int, have: int) -> str:
-    """Why a method does not fit, with both numbers."""
-    return (
-        f"{METHOD_NAMES[method]} needs {format_bytes(needs)}; you have {format_bytes(have)} usable"
-    )
+    """Why a method does not fit: what it needs, by how much that is too much, and what is usable."""
+    over = format_bytes(max(needs - have, 0))
+    return f"{METHOD_NAMES[method]} needs {format_bytes(needs)}, {over} more than the {format_bytes(have)} usable"
 
 
 def fits(method: str, needs: int, have: int) -> str:

@@ -54,7 +54,9 @@ class MemoryEstimate:
     """Predicted peak memory of one training step on one device.
 
     Attributes:
-        peak_bytes: the predicted peak (VRAM reserved plus context on a GPU; resident on a CPU).
+        peak_bytes: the predicted peak the device must hold, what "fits" is judged on (VRAM
+            reserved plus the CUDA context on a GPU; resident memory on a CPU).
+            `allocated_bytes` and `reserved_bytes` give the figures torch reports.
         weights, gradients, optimizer, activations, logits, overhead: the peak's parts.
         phase: which moment is the peak: ``forward`` (the loss computed), ``backward`` (its
             start), ``backward_end`` (every gradient made) or ``optimizer_step``.
@@ -83,6 +85,18 @@ class MemoryEstimate:
             "logits": self.logits,
             "overhead": self.overhead,
         }
+
+    @property
+    def allocated_bytes(self) -> int:
+        """What ``torch.cuda.max_memory_allocated`` would show: the tensors at the peak."""
+        return self.details.get("allocated_peak", self.peak_bytes - self.overhead)
+
+    @property
+    def reserved_bytes(self) -> int:
+        """What ``torch.cuda.max_memory_reserved`` would show: allocated plus the caching
+        allocator's slack (on a CPU: plus the heap's fragmentation), without the CUDA context
+        or the process's own resident memory that `peak_bytes` adds."""
+        return self.details.get("reserved_peak", self.allocated_bytes)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self) | {"breakdown": self.breakdown}
@@ -311,12 +325,14 @@ def estimate_memory(
         grad_part = held_grads + extra_grad
     if device.kind == "cpu":
         overhead = CPU_RUNTIME + int(allocated * CPU_SLACK)
+        details["reserved_peak"] = allocated + int(allocated * CPU_SLACK)
     else:
         major = device.compute_capability[0] if device.compute_capability else None
         context = CUDA_CONTEXT.get(major, CUDA_CONTEXT_DEFAULT) if major else CUDA_CONTEXT_DEFAULT
         details["cuda_context"] = context
         details["allocator_slack"] = int(allocated * ALLOCATOR_SLACK)
         overhead = context + details["allocator_slack"]
+        details["reserved_peak"] = allocated + details["allocator_slack"]
     details["allocated_peak"] = allocated
     details["forward_peak"] = forward
     details["backward_peak"] = backward

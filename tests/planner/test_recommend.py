@@ -23,11 +23,14 @@ def test_7b_on_24gb_recommends_an_adapter_and_says_why_full_misses(seven_b) -> N
     full = next(c for c in report.candidates if c.method == "full")
     assert not full.fits
     numbers = re.findall(r"(\d+(?:\.\d+)?) GiB", full.reasons[0])
-    assert len(numbers) == 2 and float(numbers[0]) > float(numbers[1])
+    # what it needs, by how much that is too much, and what is usable
+    assert len(numbers) == 3 and float(numbers[0]) > float(numbers[2])
     # Binary units, as nvidia-smi and the monitor report: the figures are bytes / 2**30.
     assert float(numbers[0]) == pytest.approx(full.peak_bytes / 2**30, abs=0.05)
-    assert float(numbers[1]) == pytest.approx(report.usable_bytes / 2**30, abs=0.05)
-    assert "needs" in full.reasons[0] and "you have" in full.reasons[0]
+    assert float(numbers[2]) == pytest.approx(report.usable_bytes / 2**30, abs=0.05)
+    over = (full.peak_bytes - report.usable_bytes) / 2**30
+    assert float(numbers[1]) == pytest.approx(over, abs=0.05)
+    assert "needs" in full.reasons[0] and "more than the" in full.reasons[0]
 
 
 def test_half_billion_on_80gb_recommends_full() -> None:
