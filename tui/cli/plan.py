@@ -6,6 +6,11 @@ this machine, a catalog GPU (``--gpu 4090``), a bare memory size (``--vram 24``)
 reasons, or with ``--json`` the report as data. Planning reads configs only: no torch import
 (except the CPU's one-off cached speed measurement in `affiner.planner.hardware.device`, and
 ``--remeasure-cpu``, which times it again before planning).
+
+Every run.toml setting that changes memory or time can be stated, with run.toml's words
+(``--optimizer adamw``, ``--gradient-checkpointing off``, ``--targets q_proj,v_proj``...). A
+stated setting is planned as it is: when it does not fit, the plan says by how much and names
+what would fit instead; only the settings left unstated are chosen, and the reasons say so.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from affiner.planner.settings import SHARDINGS
-from affiner.planner.vocabulary import METHODS
+from affiner.planner.settings import ATTENTIONS, SHARDINGS
+from affiner.planner.vocabulary import METHODS, OPTIMIZERS, PRECISION_SETTINGS, QUANTIZATIONS
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -72,9 +77,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="quality",
         help="what to optimise (default quality)",
     )
-    parser.add_argument(
-        "--lora-rank", type=int, default=16, metavar="R", help="LoRA rank (default 16)"
-    )
+    parser.add_argument("--lora-rank", type=int, metavar="R", help="LoRA rank (default 16)")
+    add_setting_flags(parser)
     parser.add_argument("--gpus", type=int, default=1, metavar="N", help="number of GPUs")
     parser.add_argument(
         "--sharding",
@@ -97,6 +101,67 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     add_remeasure_flag(parser)
     parser.set_defaults(func=run_plan)
+
+
+def _targets(text: str) -> tuple[str, ...]:
+    """``--targets``: ``all-linear`` or module names separated by commas (run.toml's
+    ``target_modules``)."""
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give all-linear or names such as q_proj,v_proj")
+    return names
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """The run.toml settings a plan can be told (left out: the planner chooses)."""
+    group = parser.add_argument_group(
+        "run settings",
+        "run.toml's settings, with its names and values: a stated one is never changed "
+        "(a plan that does not fit says so and names what would); left out, the planner "
+        "chooses and says why",
+    )
+    group.add_argument(
+        "--targets",
+        type=_targets,
+        metavar="all-linear|q_proj,v_proj,...",
+        help="LoRA target_modules (default all-linear)",
+    )
+    group.add_argument(
+        "--gradient-checkpointing",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="auto: off unless nothing fits without it",
+    )
+    group.add_argument(
+        "--optimizer", choices=OPTIMIZERS, help="default adamw, adamw8bit only if that fits"
+    )
+    group.add_argument(
+        "--precision",
+        choices=PRECISION_SETTINGS,
+        help='auto: what precision = "auto" runs here (left out: may choose bf16-pure for '
+        "full or freeze when only that fits)",
+    )
+    group.add_argument("--attention", choices=ATTENTIONS, help="attn_implementation (default sdpa)")
+    group.add_argument(
+        "--quantization",
+        choices=[q for q in QUANTIZATIONS if q != "none"],
+        help="base storage of the quantized methods (qlora: nf4 or fp4, lora8: int8)",
+    )
+    group.add_argument(
+        "--no-double-quant",
+        dest="double_quant",
+        action="store_false",
+        default=None,
+        help="turn off QLoRA's double quantization",
+    )
+    group.add_argument("--lora-alpha", type=int, metavar="A", help="default twice the rank")
+    group.add_argument("--lora-dropout", type=float, metavar="P", help="default 0.05")
+    group.add_argument(
+        "--trainable-layers",
+        type=int,
+        metavar="N",
+        help="blocks freeze trains (default: a quarter)",
+    )
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -125,6 +190,18 @@ def run_plan(args: argparse.Namespace) -> int:
         lora_rank=args.lora_rank,
         num_gpus=args.gpus,
         sharding=args.sharding if args.gpus > 1 else "none",
+        precision=args.precision,
+        optimizer=args.optimizer,
+        gradient_checkpointing={"auto": None, "on": True, "off": False}[
+            args.gradient_checkpointing
+        ],
+        attention=args.attention,
+        quantization=args.quantization,
+        double_quant=args.double_quant,
+        lora_targets=args.targets,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        trainable_layers=args.trainable_layers,
     )
     report = plan(spec, device, request)
     if args.max_seq_len:
@@ -202,7 +279,7 @@ def render_plan(report: PlanReport, console: Console) -> None:
         "optimizer",
         "batch",
         "ckpt",
-        "peak",
+        "peak (device, GiB)",
         f"of {kind}",
         "step",
     ):
@@ -232,6 +309,12 @@ def render_plan(report: PlanReport, console: Console) -> None:
             console.print(f"  • {reason}")
         b = best.memory.breakdown
         console.print("  memory: " + ", ".join(f"{k} {format_bytes(v)}" for k, v in b.items()))
+        m = best.memory
+        console.print(
+            f"  peak (device) {format_bytes(m.peak_bytes)}; torch would show "
+            f"max_memory_reserved {format_bytes(m.reserved_bytes)}, "
+            f"max_memory_allocated {format_bytes(m.allocated_bytes)}"
+        )
         for note in best.time.notes:
             console.print(f"  [dim]time: {note}[/]")
     else:
@@ -243,6 +326,8 @@ def render_plan(report: PlanReport, console: Console) -> None:
         console.print("[bold]Does not fit:[/]")
         for c in rejected:
             console.print(f"  ✗ {c.reasons[0]}")
+            for alt in c.alternatives:
+                console.print(f"    would fit {alt.text}")
     for note in report.notes:
         console.print(f"[cyan]{note}[/]")
     console.print(
