@@ -34,13 +34,20 @@ from affiner.planner.errors import AffinerError
 from affiner.planner.hardware import DeviceTarget
 from affiner.planner.memory import MemoryEstimate, estimate_memory, quantizable_params
 from affiner.planner.models import ModelSpec, has_fused_experts
-from affiner.planner.sequence_fit import SAFETY_MARGIN, max_seq_len, usable_memory
+from affiner.planner.sequence_fit import (
+    SAFETY_MARGIN,
+    LongestSequence,
+    longest_sequence,
+    max_seq_len,
+    usable_memory,
+)
 from affiner.planner.settings import ALL_LINEAR, ATTENTIONS, TrainSettings
 from affiner.planner.timing import TimeEstimate, estimate_time
 from affiner.planner.units import format_bytes, format_duration
 from affiner.planner.vocabulary import (
     BASE_WEIGHT_METHODS,
     FOUR_BIT,
+    LORA_METHODS,
     METHODS,
     OPTIMIZERS,
     PRECISION_SETTINGS,
@@ -281,6 +288,7 @@ class Candidate:
             "breakdown": self.memory.breakdown,
             "fits": self.fits,
             "step_seconds": self.time.step_seconds,
+            "practical": self.time.practical,
             "reasons": list(self.reasons),
             "phase": self.memory.phase,
             "time": self.time.to_json(),
@@ -646,6 +654,8 @@ def _candidate(
         reasons.append("fp16 with loss scaling: this GPU has no bf16")
     if t.step_seconds is not None:
         reasons.append(f"about {format_duration(t.step_seconds)} per optimizer step (estimate)")
+    if t.impractical_reason:
+        reasons.append(t.impractical_reason)
     return Candidate(s, est, t, ok, reasons, frozenset(stated), chosen, found)
 
 
@@ -653,6 +663,8 @@ def _choose(candidates: list[Candidate], priority: str) -> int | None:
     fitting = [i for i, c in enumerate(candidates) if c.fits]
     if not fitting:
         return None
+    # a plan nobody would wait for is chosen only when every plan that fits is one
+    fitting = [i for i in fitting if candidates[i].time.practical] or fitting
     quality = {m: r for r, m in enumerate(QUALITY_ORDER)}
     if priority == "memory":
         return min(fitting, key=lambda i: (candidates[i].peak_bytes, quality[candidates[i].method]))
@@ -666,7 +678,7 @@ def _choose(candidates: list[Candidate], priority: str) -> int | None:
 def plan(spec: ModelSpec, device: DeviceTarget, request: PlanRequest) -> PlanReport:
     """Size every method (or the forced one) for `device`, rank them and choose one."""
     usable = usable_memory(device, request.safety_margin)
-    _check_targets(spec, request)
+    _check_lora(spec, request)
     methods = [request.method] if request.method else list(QUALITY_ORDER)
     if not spec.is_decoder:
         methods = [m for m in methods if m not in QUANTIZED_METHODS] or methods
@@ -699,10 +711,22 @@ def plan(spec: ModelSpec, device: DeviceTarget, request: PlanRequest) -> PlanRep
     return report
 
 
-def _check_targets(spec: ModelSpec, request: PlanRequest) -> None:
-    """Stated LoRA targets must be linear layers of the model (else nothing would be planned)."""
+def _check_lora(spec: ModelSpec, request: PlanRequest) -> None:
+    """Stated LoRA targets must be linear layers of the model (else nothing would be planned),
+    and stated dropout cannot go with all-linear on fused experts (run.toml refuses it)."""
     targets = request.lora_targets
-    if not targets or "all-linear" in targets or not spec.lora_targets:
+    all_linear = not targets or "all-linear" in targets
+    dropout = request.lora_dropout
+    lora = request.method is None or request.method in LORA_METHODS
+    if lora and dropout and all_linear and has_fused_experts(spec):
+        # run.toml's check refuses the same: peft's ParamWrapper takes no dropout
+        raise AffinerError(
+            f"lora_dropout {dropout:g} with all-linear targets: {spec.name}'s experts are "
+            "fused 3-D weights, which peft adapts only without dropout",
+            hint="use --lora-dropout 0, or --targets without the experts (q_proj,k_proj,v_proj,o_proj)",
+            where="--lora-dropout",
+        )
+    if all_linear or not spec.lora_targets:
         return
     names = sorted({t.name for t in spec.lora_targets})
     unknown = [t for t in targets if t not in names]
@@ -809,3 +833,31 @@ def cpu_notes(spec: ModelSpec, request: PlanRequest, chosen: Candidate | None) -
         f" ({'fits' if alt.fits else 'does not fit'}), about {step} per step."
     )
     return notes
+
+
+def longest_sequence_for(
+    spec: ModelSpec, device: DeviceTarget, request: PlanRequest, method: str
+) -> LongestSequence:
+    """The longest sequence `method` fits, with every setting the plan would use at that length.
+
+    At its longest a plan runs micro-batch 1 (or the stated one) with the accumulation that
+    reaches the target batch, and the optimizer and precision `_variants` would choose there
+    (cheapest change first), not those a 512-token plan chose; stated settings stay as stated
+    and the margin is the request's.
+    """
+    mb = request.micro_batch or 1
+    ways = [
+        v.with_(
+            micro_batch=mb,
+            grad_accum=max(1, -(-request.target_batch // (mb * v.num_gpus))),
+            padded=mb > 1,
+        )
+        for v in _variants(_base_settings(spec, device, request, method), request)
+    ]
+    return longest_sequence(
+        spec,
+        device,
+        ways,
+        margin=request.safety_margin,
+        checkpointing=request.gradient_checkpointing,
+    )

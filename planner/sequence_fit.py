@@ -1,11 +1,15 @@
 """How much fits: the memory a plan may use, and the longest sequence a method fits in it.
 
 `affiner.planner.recommend` sizes micro-batches against `usable_memory`; ``affiner plan --max-seq-len``
-answers with `longest_sequence`.
+answers with `longest_sequence`, given every way the plan would run the method (the settings
+the recommendation would choose at a length, `affiner.planner.recommend.longest_sequence_for`),
+so the answer is the length of a plan that would really be made, not of the 512-token plan's
+settings stretched.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from affiner.planner.hardware import DeviceTarget
@@ -18,6 +22,7 @@ SAFETY_MARGIN = 0.08
 
 
 def usable_memory(device: DeviceTarget, margin: float = SAFETY_MARGIN) -> int:
+    """The bytes a plan may use: the free memory less the share `margin` keeps unplanned."""
     return int(device.memory_free * (1 - margin))
 
 
@@ -61,23 +66,34 @@ class LongestSequence:
 
     Attributes:
         method, micro_batch: what was asked about.
-        without_checkpointing, with_checkpointing: the longest sequence either way (tokens).
+        without_checkpointing, with_checkpointing: the longest sequence either way (tokens);
+            None for the way not searched because the user stated checkpointing.
         window: the model's context window, where the search stopped (None when unknown).
+        settings: what the plan runs at the longest length: the first of the ways given that
+            fits there (its optimizer, precision and checkpointing); None when nothing fits.
+        margin: the share of free memory kept unplanned (`SAFETY_MARGIN` unless stated).
+        usable_bytes: the memory the answer was sized against (`usable_memory`).
     """
 
     method: str
     micro_batch: int
-    without_checkpointing: int
-    with_checkpointing: int
+    without_checkpointing: int | None
+    with_checkpointing: int | None
     window: int | None
+    settings: TrainSettings | None = None
+    margin: float = SAFETY_MARGIN
+    usable_bytes: int = 0
 
     @property
     def longest(self) -> int:
-        return max(self.without_checkpointing, self.with_checkpointing)
+        return max(self.without_checkpointing or 0, self.with_checkpointing or 0)
 
     @property
     def needs_checkpointing(self) -> bool:
-        return self.with_checkpointing > self.without_checkpointing
+        """True when the answer runs with gradient checkpointing on."""
+        if self.settings is not None:
+            return self.settings.gradient_checkpointing
+        return (self.with_checkpointing or 0) > (self.without_checkpointing or 0)
 
     @property
     def capped(self) -> bool:
@@ -86,15 +102,58 @@ class LongestSequence:
 
 
 def longest_sequence(
-    spec: ModelSpec, device: DeviceTarget, settings: TrainSettings, *, margin: float = SAFETY_MARGIN
+    spec: ModelSpec,
+    device: DeviceTarget,
+    settings: TrainSettings | Sequence[TrainSettings],
+    *,
+    margin: float = SAFETY_MARGIN,
+    checkpointing: bool | None = None,
 ) -> LongestSequence:
     """The longest sequence `settings`' method fits, checkpointing off and on, up to the
-    model's context window (training past it teaches positions the model never uses)."""
+    model's context window (training past it teaches positions the model never uses).
+
+    Args:
+        settings: one way to run the method, or every way the plan would try in its order
+            (cheapest change first: plain, then an 8-bit optimizer, ...). At each length the
+            plan takes the first that fits, so the answer is the longest any of them fits, run
+            with the first that fits there.
+        margin: share of free memory kept unplanned (reported back in the answer).
+        checkpointing: the user's stated gradient checkpointing; None searches off and on.
+    """
+    ways = [settings] if isinstance(settings, TrainSettings) else list(settings)
+    if not ways:
+        raise ValueError("longest_sequence needs at least one way to run the method")
     window = spec.max_position_embeddings or None
-    found = {
-        ckpt: max_seq_len(
-            spec, device, settings.with_(gradient_checkpointing=ckpt), margin=margin, limit=window
-        )
-        for ckpt in (False, True)
-    }
-    return LongestSequence(settings.method, settings.micro_batch, found[False], found[True], window)
+    modes = (False, True) if checkpointing is None else (checkpointing,)
+    found: dict[bool, int | None] = {False: None, True: None}
+    best: TrainSettings | None = None
+    for ckpt in modes:
+        lengths = [
+            (
+                max_seq_len(
+                    spec,
+                    device,
+                    way.with_(gradient_checkpointing=ckpt),
+                    margin=margin,
+                    limit=window,
+                ),
+                way,
+            )
+            for way in ways
+        ]
+        longest = max(n for n, _ in lengths)
+        found[ckpt] = longest
+        if longest and longest > max((v or 0) for k, v in found.items() if k != ckpt):
+            way = next(w for n, w in lengths if n == longest)
+            best = way.with_(gradient_checkpointing=ckpt, seq_len=longest)
+    first = ways[0]
+    return LongestSequence(
+        first.method,
+        first.micro_batch,
+        found[False],
+        found[True],
+        window,
+        best,
+        margin,
+        usable_memory(device, margin),
+    )

@@ -168,8 +168,7 @@ def run_plan(args: argparse.Namespace) -> int:
     from affiner.planner.errors import AffinerError
     from affiner.planner.hardware import probe, resolve_target
     from affiner.planner.models import resolve_model
-    from affiner.planner.recommend import PlanRequest, plan
-    from affiner.planner.sequence_fit import longest_sequence
+    from affiner.planner.recommend import PlanRequest, longest_sequence_for, plan
 
     if args.gpus < 1:
         raise AffinerError("--gpus must be at least 1", where="--gpus")
@@ -206,9 +205,7 @@ def run_plan(args: argparse.Namespace) -> int:
     report = plan(spec, device, request)
     if args.max_seq_len:
         chosen = report.best or report.candidates[0]
-        found = longest_sequence(
-            spec, device, chosen.settings.with_(micro_batch=args.micro_batch or 1)
-        )
+        found = longest_sequence_for(spec, device, request, chosen.method)
         if args.json:
             answer = {
                 "method": found.method,
@@ -217,6 +214,10 @@ def run_plan(args: argparse.Namespace) -> int:
                 "max_seq_len": found.longest,
                 "max_seq_len_without_checkpointing": found.without_checkpointing,
                 "context_window": found.window,
+                "optimizer": found.settings.optimizer if found.settings else None,
+                "precision": found.settings.precision if found.settings else None,
+                "safety_margin": found.margin,
+                "usable_bytes": found.usable_bytes,
             }
             sys.stdout.write(json.dumps(answer) + "\n")
         else:
@@ -232,19 +233,33 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def longest_sequence_text(found: LongestSequence, device_name: str) -> str:
-    """`affiner plan --max-seq-len` in words: the answer first, then what it depends on."""
+    """`affiner plan --max-seq-len` in words: the answer first, then what it depends on, and
+    the safety margin it kept."""
+    from affiner.planner.units import format_bytes
+
     where = f"{found.method} at micro-batch {found.micro_batch} on {device_name}"
+    margin = (
+        f"  safety margin kept: {found.margin:.0%} of the free memory "
+        f"({format_bytes(found.usable_bytes)} planned)"
+    )
     if found.longest == 0:
-        return f"No sequence fits {where}: the weights alone are too large."
+        return f"No sequence fits {where}: the weights alone are too large.\n{margin}"
     lines = [f"{found.longest} tokens: the longest sequence that fits {where}"]
+    s = found.settings
+    if s is not None:
+        lines.append(f"  optimizer {s.optimizer}, precision {s.precision}")
     if found.needs_checkpointing:
-        lines.append(
-            f"  with gradient checkpointing; without it, {found.without_checkpointing} tokens"
-        )
+        if found.without_checkpointing is None:
+            lines.append("  with gradient checkpointing (as stated)")
+        else:
+            lines.append(
+                f"  with gradient checkpointing; without it, {found.without_checkpointing} tokens"
+            )
     else:
         lines.append("  without gradient checkpointing")
     if found.capped:
         lines.append("  (the model's context window: memory would allow longer)")
+    lines.append(margin)
     return "\n".join(lines)
 
 

@@ -1,0 +1,48 @@
+"""Plan times you can believe: never 0 ms a step, and a plain word when a plan is impractical."""
+
+from __future__ import annotations
+
+from affiner.planner.hardware.device import DeviceTarget, target_from_catalog
+from affiner.planner.models.sizes import spec_from_size
+from affiner.planner.recommend import PlanRequest, plan
+from affiner.planner.timing import overhead_floor
+from affiner.planner.units import format_duration
+
+
+def _cpu(tflops: float) -> DeviceTarget:
+    return DeviceTarget(
+        "cpu", "CPU (test)", "cpu", 64 << 30, 60 << 30, False, False,
+        peak_tflops_fp32=tflops, measured=True,
+    )  # fmt: skip
+
+
+def test_a_small_model_on_an_h100_pays_at_least_the_overhead_floor() -> None:
+    spec = spec_from_size("135M")
+    report = plan(spec, target_from_catalog("H100"), PlanRequest(seq_len=32, train_rows=7200))
+    for c in report.candidates:
+        assert c.time.step_seconds >= overhead_floor(spec, c.settings)
+        assert format_duration(c.time.step_seconds) != "0 ms"
+        assert c.time.total_seconds == c.time.step_seconds * c.time.total_steps
+        assert c.to_json()["practical"] is True
+
+
+def test_the_plan_prefers_a_practical_method_and_says_why_the_other_is_not() -> None:
+    report = plan(spec_from_size("3B"), _cpu(1.0), PlanRequest())
+    full = next(c for c in report.candidates if c.method == "full")
+    assert full.fits and not full.time.practical and full.to_json()["practical"] is False
+    assert any("impractical on a CPU" in r for r in full.reasons)
+    assert report.best is not None and report.best.method != "full"
+    assert report.best.time.practical
+
+
+def test_a_7b_on_a_slow_cpu_is_recommended_only_with_the_word_impractical() -> None:
+    report = plan(spec_from_size("7B"), _cpu(0.07), PlanRequest())
+    best = report.best
+    assert best is not None and not best.time.practical
+    said = [r for r in best.reasons if "impractical" in r]
+    assert said == [best.time.impractical_reason]
+    assert said[0].startswith(f"about {format_duration(best.time.step_seconds)} per step")
+    assert said[0].endswith(
+        "impractical on a CPU; use a GPU (affiner plan --gpu NAME) or a smaller model"
+    )
+    assert best.to_json()["time"]["practical"] is False
