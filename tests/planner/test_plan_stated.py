@@ -115,3 +115,15 @@ def test_json_has_the_three_figures_and_what_was_stated(seven_b, gpu24) -> None:
         for alt in cand["alternatives"]:
             assert alt["fits"] and alt["allocated_bytes"] <= alt["reserved_bytes"]
             assert alt["reserved_bytes"] <= alt["peak_bytes"]
+
+
+def test_dropout_on_fused_experts_is_refused_as_run_toml_refuses_it() -> None:
+    moe = spec_from_size("8x7B")
+    h100 = target_from_vram(80)
+    chosen = plan(moe, h100, PlanRequest(method="lora")).candidates[0]
+    assert chosen.settings.lora_dropout == 0  # left open: what peft can do
+    with pytest.raises(AffinerError, match="without dropout"):
+        plan(moe, h100, PlanRequest(method="lora", lora_dropout=0.05))
+    attention_only = ("q_proj", "k_proj", "v_proj", "o_proj")
+    ok = plan(moe, h100, PlanRequest(method="lora", lora_dropout=0.05, lora_targets=attention_only))
+    assert ok.candidates[0].settings.lora_dropout == 0.05
