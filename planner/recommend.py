@@ -595,9 +595,13 @@ def _candidate(
     reasons.extend(f"would fit {a.text}" for a in found)
     reasons.append(explain.largest_part(est.breakdown))
     if stated:
-        reasons.append(
-            "as stated: " + ", ".join(_label(f, s) for f in SETTING_FIELDS if f in stated)
-        )
+        words = [_label(f, s) for f in SETTING_FIELDS if f in stated]
+        if request.precision == "auto":  # say what auto became here
+            words = [
+                w.replace(f"precision {s.precision}", f"precision auto ({s.precision})")
+                for w in words
+            ]
+        reasons.append("as stated: " + ", ".join(words))
     notable = set()
     if s.gradient_checkpointing and ok and "gradient_checkpointing" in chosen:
         notable.add("gradient_checkpointing")

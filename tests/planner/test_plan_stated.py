@@ -127,3 +127,8 @@ def test_dropout_on_fused_experts_is_refused_as_run_toml_refuses_it() -> None:
     attention_only = ("q_proj", "k_proj", "v_proj", "o_proj")
     ok = plan(moe, h100, PlanRequest(method="lora", lora_dropout=0.05, lora_targets=attention_only))
     assert ok.candidates[0].settings.lora_dropout == 0.05
+
+
+def test_stated_auto_precision_says_what_it_became(seven_b, gpu24) -> None:
+    c = plan(seven_b, gpu24, PlanRequest(method="lora", precision="auto")).candidates[0]
+    assert "precision auto (bf16)" in next(r for r in c.reasons if r.startswith("as stated: "))
