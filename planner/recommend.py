@@ -698,10 +698,20 @@ def plan(spec: ModelSpec, device: DeviceTarget, request: PlanRequest) -> PlanRep
     if chosen is not None:
         c = candidates[chosen]
         c.reasons.insert(0, f"recommended: {_why_chosen(c, request.priority)}")
+        passed_over = [
+            o for o in candidates if o.fits and not o.time.practical and c.time.practical
+        ]
+        if passed_over:
+            names = ", ".join(explain.METHOD_NAMES[o.method] for o in passed_over)
+            fit = "fits" if len(passed_over) == 1 else "fit"
+            c.reasons.insert(
+                1, f"preferred over {names}: {fit} too, but impractical on this device"
+            )
         for other in candidates:
             if (
                 other is not c
                 and other.fits
+                and (other.time.practical or not c.time.practical)
                 and request.priority == "quality"
                 and QUALITY_ORDER.index(other.method) < QUALITY_ORDER.index(c.method)
             ):

@@ -33,6 +33,8 @@ def test_the_plan_prefers_a_practical_method_and_says_why_the_other_is_not() -> 
     assert any("impractical on a CPU" in r for r in full.reasons)
     assert report.best is not None and report.best.method != "full"
     assert report.best.time.practical
+    assert "too, but impractical on this device" in report.best.reasons[1]
+    assert "fits too, ranked lower" not in full.reasons
 
 
 def test_a_7b_on_a_slow_cpu_is_recommended_only_with_the_word_impractical() -> None:
