@@ -693,6 +693,12 @@ def plan(spec: ModelSpec, device: DeviceTarget, request: PlanRequest) -> PlanRep
         if m not in QUANTIZED_METHODS or _takes_quantization(m, request.quantization)
     ] or methods
     candidates = [_candidate(spec, device, request, m, usable) for m in methods]
+    lora = next((c for c in candidates if c.method == "lora"), None)
+    for c in candidates:
+        if lora is not None and c.method in QUANTIZED_METHODS:
+            why = _costlier_than_lora(spec, device, c, lora)
+            if why:
+                c.reasons.insert(1, why)
     chosen = _choose(candidates, request.priority)
     report = PlanReport(spec, device, request, candidates, chosen, usable)
     if chosen is not None:
@@ -758,6 +764,57 @@ def _why_chosen(c: Candidate, priority: str) -> str:
     if priority == "speed":
         return "the shortest step of the plans that fit"
     return f"the highest-fidelity method that fits ({explain.METHOD_NAMES[c.method]})"
+
+
+#: Settings two plans of one model can differ in that change the peak (the searched ones).
+_COMPARED = ("micro_batch", "gradient_checkpointing", "optimizer", "precision")
+
+
+def _costlier_than_lora(
+    spec: ModelSpec, device: DeviceTarget, quant: Candidate, lora: Candidate
+) -> str | None:
+    """Why a quantized plan that fits needs more memory than the LoRA plan, or None.
+
+    A quantized base should need less, and usually does at the same settings: the planner then
+    spends what it saves on a larger micro-batch (or on leaving gradient checkpointing off),
+    and says so with the figure at LoRA's settings. Each row costs the quantized base more
+    activations, though: peft's ``prepare_model_for_kbit_training`` casts every parameter that
+    is not 4-bit or 8-bit (embeddings, head, norms) to fp32, so the residual stream is fp32
+    where LoRA's is 16-bit. When the quantized plan needs more even at LoRA's settings (a
+    small model whose embeddings outweigh its blocks), that upcast is the reason given.
+    """
+    if not quant.fits or quant.peak_bytes <= lora.peak_bytes:
+        return None
+    q, lo = quant.settings, lora.settings
+    changed = [f for f in _COMPARED if getattr(q, f) != getattr(lo, f)]
+    at_lora = {f: getattr(lo, f) for f in (*changed, "grad_accum")}
+    same = estimate_memory(spec, q.with_(**at_lora), device)
+    name = explain.METHOD_NAMES[quant.method]
+    kept = format_bytes(same.details["weights_unquantized"])
+    acts = (
+        f"activations {format_bytes(same.details['activations_saved'])} against LoRA's "
+        f"{format_bytes(lora.memory.details['activations_saved'])}"
+    )
+    upcast = (
+        f"peft's k-bit preparation keeps the embeddings, head and norms in fp32 ({kept}), "
+        f"so the residual stream is fp32 ({acts}"
+    )
+    than = f"needs more than LoRA on a 16-bit base ({format_bytes(lora.peak_bytes)})"
+    if changed and same.peak_bytes <= lora.peak_bytes:
+        mine = ", ".join(_label(f, q) for f in changed)
+        theirs = ", ".join(_label(f, lo) for f in changed)
+        return (
+            f"{name} {than} because it runs {mine} where LoRA runs {theirs}: at LoRA's "
+            f"settings it needs {format_bytes(same.peak_bytes)}; each row costs it more, as "
+            f"{upcast} at those settings)"
+        )
+    saved = lora.memory.details["weights_unquantized"] - (
+        same.details["weights_quantized"] + same.details["weights_unquantized"] // 2
+    )
+    return (
+        f"{name} {than} at the same settings: {upcast}), more than quantizing the linear "
+        f"layers saves at this size ({format_bytes(saved)})"
+    )
 
 
 def suggestions(

@@ -98,3 +98,34 @@ def test_cpu_plan_says_it_is_a_cpu_run() -> None:
     assert report.best is not None and report.best.settings.precision == "fp32"
     notes = " ".join(report.notes)
     assert "CPU run" in notes and "RTX 4090" in notes and "Estimated total time" in notes
+
+
+def _costlier(candidate) -> list[str]:
+    return [r for r in candidate.reasons if "needs more than LoRA on a 16-bit base" in r]
+
+
+def test_a_quantized_plan_above_lora_says_it_took_a_larger_micro_batch(seven_b) -> None:
+    # issue 11: on a 4090 at 4096 tokens QLoRA plans more than LoRA, because it spends the
+    # memory its 4-bit base saves on micro-batch 4 (LoRA fits 2); at LoRA's settings it needs less
+    report = plan(seven_b, target_from_catalog("4090"), PlanRequest(seq_len=4096))
+    by = {c.method: c for c in report.candidates}
+    qlora, lora = by["qlora"], by["lora"]
+    assert qlora.fits and qlora.peak_bytes > lora.peak_bytes
+    (why,) = _costlier(qlora)
+    assert f"micro-batch {qlora.settings.micro_batch} where LoRA runs micro-batch 2" in why
+    at_lora = float(re.search(r"at LoRA's settings it needs (\d+(?:\.\d+)?) GiB", why)[1])
+    assert at_lora < lora.peak_bytes / 2**30
+    assert "embeddings, head and norms in fp32" in why and "residual stream is fp32" in why
+    # a quantized plan under LoRA's peak has nothing to explain
+    assert not _costlier(by["lora8"]) and by["lora8"].peak_bytes < lora.peak_bytes
+
+
+def test_a_small_model_quantized_plan_says_the_fp32_upcast_outweighs_what_it_saves() -> None:
+    # 0.5B: the fp32 embeddings and residual stream cost more than 4-bit blocks save
+    report = plan(spec_from_size("0.5B"), target_from_catalog("T4"), PlanRequest())
+    by = {c.method: c for c in report.candidates}
+    qlora, lora = by["qlora"], by["lora"]
+    assert qlora.settings.micro_batch == lora.settings.micro_batch
+    assert qlora.peak_bytes > lora.peak_bytes
+    (why,) = _costlier(qlora)
+    assert "at the same settings" in why and "more than quantizing the linear layers saves" in why
