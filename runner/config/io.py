@@ -97,7 +97,8 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
             "run configuration not found",
             file=str(file),
             hint=(
-                "check the path; write one by hand (see the README's run.toml section), copy an"
+                "check the path; write one with `affiner plan --model M --data train.jsonl"
+                " --save run.toml`, by hand (see the README's run.toml section), copy an"
                 " earlier run's runs/<id>/run.toml, or run `affiner` and accept a plan"
             ),
         ) from None

@@ -1,7 +1,7 @@
 """Every ``affiner COMMAND --option`` that the code mentions exists in the real parser.
 
-Hints and docstrings once sent users to ``affiner plan --save`` and ``affiner runs --watch``,
-options that were never there. This reads every string literal under planner/, runner/ and
+Hints and docstrings once sent users to ``affiner plan --save`` (before it existed) and
+``affiner runs --watch``, options that were not there. This reads every string literal under planner/, runner/ and
 tui/ (docstrings, hints, f-string text), finds each ``affiner ...`` mention and checks its
 command and options against `affiner.tui.cli.build_parser`, so the next such message fails here.
 """
@@ -111,7 +111,8 @@ def test_every_mentioned_command_and_option_exists() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("write one with `affiner plan --save`", ["no option '--save'"]),
+        ("write one with `affiner plan --save-as`", ["no option '--save-as'"]),
+        ("write one with `affiner plan --model M --data D --save run.toml`", []),
         ("(``affiner runs --watch``, the TUI)", ["no option '--watch'"]),
         ("try `affiner plans --gpu T4`", ["no command 'plans'"]),
         ("`affiner --runs-dir DIR runs --limit 3`", []),

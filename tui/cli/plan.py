@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from affiner.planner.settings import ATTENTIONS, SHARDINGS
@@ -41,10 +42,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "best plan that fits. Times are estimates at a stated utilisation.",
     )
     parser.add_argument(
+        "config",
+        nargs="?",
+        metavar="run.toml",
+        help="plan exactly this run: its model, method and settings, all stated (a flag "
+        "given beside it replaces the file's value)",
+    )
+    parser.add_argument(
         "--model",
-        required=True,
         metavar="SPEC",
-        help="folder, config.json, hub id (cached) or a size such as 7B",
+        help="folder, config.json, hub id (cached) or a size such as 7B (or give a run.toml)",
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
@@ -54,13 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--vram", type=float, metavar="GiB", help="plan for a GPU with this much memory, in GiB"
     )
-    parser.add_argument(
-        "--seq-len", type=int, default=512, metavar="N", help="tokens per row (default 512)"
-    )
+    parser.add_argument("--seq-len", type=int, metavar="N", help="tokens per row (default 512)")
     parser.add_argument(
         "--batch",
         type=int,
-        default=16,
         metavar="N",
         help="effective batch: rows per optimizer step (default 16)",
     )
@@ -92,6 +96,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="print the longest sequence that fits for the (given or recommended) method",
     )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument(
+        "--data",
+        metavar="FILE",
+        help="training data: its rows and token lengths are reported, and --save writes it",
+    )
+    parser.add_argument(
+        "--eval", metavar="FILE", help="held-out data for --save (default: split from --data)"
+    )
+    parser.add_argument(
+        "--save",
+        metavar="run.toml",
+        help="write the recommended plan (or --method's) as a run.toml `affiner train` runs",
+    )
+    parser.add_argument("--force", action="store_true", help="let --save overwrite a file")
     parser.add_argument(
         "--trust-remote-code",
         action="store_true",
@@ -129,8 +147,7 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--gradient-checkpointing",
         choices=("auto", "on", "off"),
-        default="auto",
-        help="auto: off unless nothing fits without it",
+        help="auto: off unless nothing fits without it (the default)",
     )
     group.add_argument(
         "--optimizer", choices=OPTIMIZERS, help="default adamw, adamw8bit only if that fits"
@@ -169,40 +186,78 @@ def run_plan(args: argparse.Namespace) -> int:
     from affiner.planner.hardware import probe, resolve_target
     from affiner.planner.models import resolve_model
     from affiner.planner.recommend import PlanRequest, longest_sequence_for, plan
+    from affiner.tui.cli import plan_file
 
     if args.gpus < 1:
         raise AffinerError("--gpus must be at least 1", where="--gpus")
-    spec = resolve_model(args.model, trust_remote_code=args.trust_remote_code)
+    cfg = None
+    if args.config:
+        from affiner.runner.config import load_config
+
+        cfg = load_config(args.config)
+    elif not args.model:
+        raise AffinerError(
+            "nothing to plan",
+            hint="give a model (--model SPEC: a folder, a hub id or a size such as 7B) or a "
+            "run.toml (affiner plan run.toml)",
+            where="affiner plan",
+        )
+    plan_file.check_save(args, cfg)
+    model_ref = args.model or cfg.model.name_or_path
+    trust = args.trust_remote_code or (cfg is not None and cfg.model.trust_remote_code)
+    spec = resolve_model(model_ref, trust_remote_code=trust)
     report_hw = probe()
     if args.remeasure_cpu:
         # Harmless on a GPU plan: the CPU's cached figure is refreshed, the GPU plan unchanged.
         from affiner.tui.cli.hw import remeasure_cpu
 
         remeasure_cpu(report_hw.cpu, to_stderr=args.json)
-    device = resolve_target(report_hw, gpu="cpu" if args.cpu else args.gpu, vram=args.vram)
+    on_cpu = args.cpu or (
+        cfg is not None and cfg.training.device == "cpu" and not (args.gpu or args.vram)
+    )
+    device = resolve_target(report_hw, gpu="cpu" if on_cpu else args.gpu, vram=args.vram)
+    fields = plan_file.stated_from_config(cfg, args.gpus) if cfg is not None else {}
+    for flag, name in plan_file.FLAG_REQUEST.items():
+        if getattr(args, flag) is not None:
+            fields[name] = getattr(args, flag)
+    if args.gradient_checkpointing is not None:
+        fields["gradient_checkpointing"] = {"auto": None, "on": True, "off": False}[
+            args.gradient_checkpointing
+        ]
+    if args.micro_batch is not None and args.batch is None and cfg is not None:
+        fields["target_batch"] = cfg.training.micro_batch * cfg.training.grad_accum * args.gpus
+    fields.setdefault("seq_len", 512)
+    fields.setdefault("target_batch", 16)
+    task = (
+        cfg.model.task
+        if cfg is not None
+        else ("causal_lm" if spec.is_decoder else "classification")
+    )
+    data = None
+    data_section = _data_section(args, cfg, fields["seq_len"])
+    if data_section is not None and Path(data_section.train).expanduser().exists():
+        data = plan_file.read_data(data_section, spec, task=task, seq_len=fields["seq_len"])
+        fields["train_rows"] = data["rows"]
+        if cfg is not None and cfg.training.max_steps > 0:
+            fields["train_rows"], fields["epochs"] = (
+                cfg.training.max_steps * fields["target_batch"],
+                1.0,
+            )
+    elif data_section is not None:
+        data = {
+            "path": data_section.train,
+            "rows": None,
+            "lengths": None,
+            "note": f"data not found here: planned at max_seq_len {fields['seq_len']}",
+        }
     request = PlanRequest(
-        seq_len=args.seq_len,
-        target_batch=args.batch,
-        method=args.method,
         priority=args.priority,
-        micro_batch=args.micro_batch,
-        lora_rank=args.lora_rank,
         num_gpus=args.gpus,
         sharding=args.sharding if args.gpus > 1 else "none",
-        precision=args.precision,
-        optimizer=args.optimizer,
-        gradient_checkpointing={"auto": None, "on": True, "off": False}[
-            args.gradient_checkpointing
-        ],
-        attention=args.attention,
-        quantization=args.quantization,
-        double_quant=args.double_quant,
-        lora_targets=args.targets,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
-        trainable_layers=args.trainable_layers,
+        **fields,
     )
     report = plan(spec, device, request)
+    saved = _save(args, cfg, report, model_ref, task) if args.save else None
     if args.max_seq_len:
         chosen = report.best or report.candidates[0]
         found = longest_sequence_for(spec, device, request, chosen.method)
@@ -224,12 +279,72 @@ def run_plan(args: argparse.Namespace) -> int:
             print(longest_sequence_text(found, device.name))
         return 0
     if args.json:
-        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+        out = report.to_json()
+        out["run_toml"] = str(Path(args.config).resolve()) if args.config else None
+        out["data"] = data
+        out["saved"] = saved
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return 0
     from rich.console import Console
 
-    render_plan(report, Console(highlight=False))
+    console = Console(highlight=False)
+    if args.config:
+        console.print(f"Planning [bold]{args.config}[/] (its settings are stated)")
+    render_plan(report, console)
+    if data is not None:
+        console.print(plan_file.data_text(data), markup=False)
+    if saved:
+        console.print(f"Saved {saved}: run it with `affiner train {saved}`", markup=False)
     return 0
+
+
+def _data_section(args: argparse.Namespace, cfg: object, seq_len: int) -> object | None:
+    """The [data] to read: the run.toml's, with --data/--eval in place of its files."""
+    from dataclasses import replace
+
+    from affiner.runner.config import DataSection
+
+    base = cfg.data if cfg is not None else DataSection()  # type: ignore[attr-defined]
+    train = args.data or base.train
+    if not train:
+        return None
+    eval_path = args.eval or ("" if args.data else base.eval)
+    return replace(base, train=train, eval=eval_path, max_seq_len=seq_len)
+
+
+def _save(
+    args: argparse.Namespace, cfg: object, report: PlanReport, model_ref: str, task: str
+) -> str:
+    """``--save``: the chosen plan as a run.toml; refused when nothing fits."""
+    from affiner.planner.errors import AffinerError
+    from affiner.tui.cli import plan_file
+
+    best = report.best
+    if best is None:
+        raise AffinerError(
+            f"nothing fits, so there is no plan to save to {args.save}",
+            hint="plan again without --save to see what would fit",
+            where="--save",
+        )
+    if report.spec.source == "size":
+        raise AffinerError(
+            f"{model_ref} is a size, not a model to train",
+            hint="give a model folder or a cached hub id to --model",
+            where="--save",
+        )
+    spec = report.spec  # a folder as a folder, a config.json as its folder, a hub id as given
+    model = model_ref
+    if args.model and spec.source in ("folder", "config") and spec.path:
+        model = spec.path if spec.source == "folder" else str(Path(spec.path).parent)
+    written = plan_file.save_plan(
+        args,
+        cfg,  # type: ignore[arg-type]
+        best,
+        model=str(model),
+        task=task,
+        seq_len=report.request.seq_len,
+    )
+    return str(written)
 
 
 def longest_sequence_text(found: LongestSequence, device_name: str) -> str:

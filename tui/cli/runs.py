@@ -112,8 +112,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise AffinerError(
             "no run configuration given",
             hint=(
-                "`affiner train run.toml` (write one by hand, see the README's run.toml section,"
-                " or run `affiner` and accept a plan), or `affiner train --resume RUN`"
+                "`affiner train run.toml` (write one with `affiner plan --model M --data"
+                " train.jsonl --save run.toml`, by hand from the README's run.toml section, or"
+                " run `affiner` and accept a plan), or `affiner train --resume RUN`"
             ),
         )
     prepared = prepare_run(

@@ -1,0 +1,158 @@
+"""``affiner plan run.toml`` and ``--save``: a run.toml's settings are stated and survive."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.model_configs import LLAMA_3_8B
+from tests.tiny_models import write_jsonl
+
+RUN_TOML = """\
+[model]
+name_or_path = "model"
+
+[method]
+name = "lora"
+lora_rank = 8
+lora_alpha = 8
+target_modules = ["q_proj", "v_proj"]
+
+[data]
+train = "train.jsonl"
+max_seq_len = 256
+
+[training]
+optimizer = "adamw"
+gradient_checkpointing = false
+micro_batch = 2
+grad_accum = 4
+epochs = 2
+learning_rate = 1e-4
+
+[eval]
+every_steps = 7
+"""
+
+
+@pytest.fixture
+def run_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tiny Llama-shaped config.json folder (no weights), its data, and a run.toml."""
+    monkeypatch.setenv("AFFINER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    small = dict(
+        LLAMA_3_8B, hidden_size=256, intermediate_size=512, num_hidden_layers=2, vocab_size=1000
+    )
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps(small))
+    rows = [{"instruction": f"say {i} " + "word " * (i % 9), "output": "ok"} for i in range(40)]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    path = tmp_path / "run.toml"
+    path.write_text(RUN_TOML)
+    return path
+
+
+def _plan(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
+    from affiner.tui.cli.entry import main
+
+    assert main(["plan", *args, "--vram", "24", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_a_run_toml_is_planned_as_stated(run_toml: Path, capsys) -> None:
+    data = _plan(capsys, str(run_toml))
+    (cand,) = data["candidates"]
+    assert cand["method"] == "lora" and cand["fits"]
+    assert cand["optimizer"] == "adamw" and cand["gradient_checkpointing"] is False
+    assert cand["lora_targets"] == ["q_proj", "v_proj"]
+    assert (cand["lora_rank"], cand["lora_alpha"], cand["micro_batch"]) == (8, 8, 2)
+    assert cand["grad_accum"] == 4 and cand["seq_len"] == 256
+    assert {"optimizer", "gradient_checkpointing", "lora_targets", "micro_batch"} <= set(
+        cand["stated"]
+    )
+    assert cand["chosen"] == {}
+    assert data["data"]["rows"] == 36 and "max_seq_len 256" in data["data"]["note"]
+    assert data["run_toml"] == str(run_toml)
+
+
+def test_a_flag_beside_the_file_replaces_its_value(run_toml: Path, capsys) -> None:
+    (cand,) = _plan(capsys, str(run_toml), "--optimizer", "adamw8bit")["candidates"]
+    assert cand["optimizer"] == "adamw8bit" and cand["lora_targets"] == ["q_proj", "v_proj"]
+
+
+def test_save_writes_the_plan_and_the_round_trip_is_the_same_run(run_toml: Path, capsys) -> None:
+    from affiner.runner.config import load_config
+
+    out = run_toml.parent / "out.toml"
+    data = _plan(capsys, str(run_toml), "--save", str(out))
+    assert data["saved"] == str(out)
+    source, saved = load_config(run_toml), load_config(out)
+    assert saved.training.optimizer == "adamw" and saved.training.gradient_checkpointing is False
+    assert saved.method.target_modules == ["q_proj", "v_proj"]
+    for name in ("model", "method", "data", "training", "eval", "checkpoint", "output"):
+        assert getattr(saved, name) == getattr(source, name), name
+    assert saved.plan.predicted_peak_bytes == data["candidates"][0]["peak_bytes"]
+    again = run_toml.parent / "again.toml"
+    _plan(capsys, str(out), "--save", str(again))
+    assert dataclasses.replace(load_config(again), plan=saved.plan) == saved
+
+
+def test_save_from_flags_states_them_in_the_file(run_toml: Path, capsys) -> None:
+    from affiner.runner.config import load_config
+
+    out = run_toml.parent / "flags.toml"
+    model = str(run_toml.parent / "model")
+    args = ("--model", model, "--method", "lora", "--optimizer", "adamw", "--targets", "q_proj")
+    data = _plan(capsys, *args, "--gradient-checkpointing", "off", "--data", "train.jsonl",
+                 "--save", str(out))  # fmt: skip
+    cfg = load_config(out)
+    assert cfg.model.name_or_path == model and cfg.data.train.endswith("train.jsonl")
+    assert (cfg.training.optimizer, cfg.training.gradient_checkpointing) == ("adamw", False)
+    assert cfg.method.target_modules == ["q_proj"]
+    assert cfg.training.micro_batch == data["candidates"][0]["micro_batch"]
+    assert load_config(out) == cfg
+
+
+def test_save_refuses_without_data_an_existing_file_and_a_bare_size(run_toml: Path, capsys) -> None:
+    from affiner.tui.cli.entry import main
+
+    model = str(run_toml.parent / "model")
+    assert main(["plan", "--model", model, "--vram", "24", "--save", "x.toml"]) == 2
+    assert "add --data train.jsonl" in capsys.readouterr().err
+    assert not Path("x.toml").exists()
+    assert main(["plan", str(run_toml), "--vram", "24", "--save", str(run_toml)]) == 2
+    assert "add --force" in capsys.readouterr().err
+    assert run_toml.read_text() == RUN_TOML
+    sized = ["plan", "--model", "7B", "--vram", "24", "--data", "train.jsonl", "--save", "y.toml"]
+    assert main(sized) == 2
+    assert "is a size" in capsys.readouterr().err
+
+
+def test_a_config_error_is_reported_at_its_line(run_toml: Path, capsys) -> None:
+    from affiner.tui.cli.entry import main
+
+    run_toml.write_text(RUN_TOML.replace('optimizer = "adamw"', 'optimiser = "adamw"'))
+    assert main(["plan", str(run_toml), "--vram", "24"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run_toml}:15" in err and "optimiser" in err and "Traceback" not in err
+    assert main(["plan", "--vram", "24"]) == 2
+    assert "give a model" in capsys.readouterr().err
+
+
+def test_token_lengths_come_from_the_folders_tokenizer_json(run_toml: Path, capsys) -> None:
+    """Counted with `tokenizers` alone (no transformers); reported, the plan stays at max."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = {w: i for i, w in enumerate(["[UNK]", "say", "word", "ok", *map(str, range(40))])}
+    tokenizer = Tokenizer(models.WordLevel(words, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(run_toml.parent / "model" / "tokenizer.json"))
+    data = _plan(capsys, str(run_toml))
+    lengths = data["data"]["lengths"]
+    assert 3 <= lengths["p50"] <= lengths["p95"] <= lengths["p99"] <= lengths["max"] == 11
+    assert lengths["longer_than_max_seq_len"] == 0
+    assert data["candidates"][0]["seq_len"] == 256

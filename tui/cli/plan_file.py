@@ -1,0 +1,240 @@
+"""``affiner plan run.toml`` and ``affiner plan ... --save run.toml``: a plan from a file, to a file.
+
+A run.toml states every setting that changes memory or time, so planning one states them all
+(`stated_from_config`): the plan is that run, fitting or not. A command-line flag given beside
+the file replaces the file's value, as a "what if". The data, when its file is there, is read
+without a tokenizer (`affiner.runner.data.load_rows`); token lengths are counted with the
+model folder's ``tokenizer.json`` through `tokenizers` alone (no transformers, no torch), so
+they leave out the chat template's few tokens and are reported, not planned on: the plan takes
+``max_seq_len``, the longest a row can be, since the peak comes from the longest batch.
+
+``--save`` writes the chosen plan with `config_from_plan` and `save_config`; from a run.toml,
+everything the plan does not decide (epochs, learning rate, [eval], [checkpoint]...) is
+carried over, so ``plan run.toml --save out.toml`` gives the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from affiner.planner.errors import AffinerError
+
+if TYPE_CHECKING:
+    import argparse
+
+    from affiner.planner.models import ModelSpec
+    from affiner.runner.config import RunConfig
+
+#: Each plan flag (its `argparse` dest) and the run.toml fields it decides: given beside a
+#: run.toml, the flag wins there and ``--save`` writes the plan's value instead of the file's.
+FLAG_FIELDS: dict[str, tuple[str, ...]] = {
+    "model": ("model.name_or_path",),
+    "method": ("method.name", "method.quantization"),
+    "seq_len": ("data.max_seq_len",),
+    "batch": ("training.grad_accum",),
+    "micro_batch": ("training.micro_batch", "training.grad_accum"),
+    "lora_rank": ("method.lora_rank",),
+    "targets": ("method.target_modules",),
+    "gradient_checkpointing": ("training.gradient_checkpointing",),
+    "optimizer": ("training.optimizer",),
+    "precision": ("training.precision",),
+    "attention": ("model.attn_implementation",),
+    "quantization": ("method.quantization",),
+    "double_quant": ("method.double_quant",),
+    "lora_alpha": ("method.lora_alpha",),
+    "lora_dropout": ("method.lora_dropout",),
+    "trainable_layers": ("method.trainable_layers",),
+    "data": ("data.train",),
+    "eval": ("data.eval",),
+}
+#: The `PlanRequest` field each setting flag fills.
+FLAG_REQUEST = {
+    "method": "method",
+    "seq_len": "seq_len",
+    "batch": "target_batch",
+    "micro_batch": "micro_batch",
+    "lora_rank": "lora_rank",
+    "targets": "lora_targets",
+    "optimizer": "optimizer",
+    "precision": "precision",
+    "attention": "attention",
+    "quantization": "quantization",
+    "double_quant": "double_quant",
+    "lora_alpha": "lora_alpha",
+    "lora_dropout": "lora_dropout",
+    "trainable_layers": "trainable_layers",
+}
+
+
+def given_flags(args: argparse.Namespace) -> set[str]:
+    """The `FLAG_FIELDS` flags typed on the command line (their defaults are None)."""
+    return {name for name in FLAG_FIELDS if getattr(args, name, None) is not None}
+
+
+def stated_from_config(cfg: RunConfig, num_gpus: int = 1) -> dict[str, Any]:
+    """`PlanRequest` fields for `cfg`: its method and every setting that changes memory or time.
+
+    Settings the method does not use (LoRA's for full, layers for LoRA) are left out, so a
+    check that applies only to them (dropout on fused experts) is not raised for the wrong run.
+    """
+    m, t = cfg.method, cfg.training
+    out: dict[str, Any] = {
+        "method": m.name,
+        "seq_len": cfg.data.max_seq_len,
+        "target_batch": t.micro_batch * t.grad_accum * num_gpus,
+        "micro_batch": t.micro_batch,
+        "precision": t.precision,
+        "optimizer": t.optimizer,
+        "gradient_checkpointing": t.gradient_checkpointing,
+        "attention": cfg.model.attn_implementation,
+        "epochs": t.epochs,
+    }
+    if cfg.quantization != "none":
+        out["quantization"] = cfg.quantization
+        out["double_quant"] = m.double_quant
+    if cfg.uses_lora:
+        targets = m.target_modules
+        out["lora_targets"] = (targets,) if isinstance(targets, str) else tuple(targets)
+        out["lora_rank"] = m.lora_rank
+        out["lora_alpha"] = m.lora_alpha
+        out["lora_dropout"] = m.lora_dropout
+    if m.name == "freeze":
+        out["trainable_layers"] = m.trainable_layers
+    return out
+
+
+def _strings(value: Any) -> list[str]:
+    """Every text in a row (a chat's messages, an instruction's fields), in order."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _percentile(sorted_values: list[int], share: float) -> int:
+    return sorted_values[max(0, math.ceil(share * len(sorted_values)) - 1)]
+
+
+def read_data(
+    cfg_data: Any, spec: ModelSpec, *, task: str, seq_len: int, measured: int = 5000
+) -> dict[str, Any]:
+    """What the plan says about the data: rows, and token lengths when the model folder has a
+    ``tokenizer.json`` (an even spread of at most `measured` rows, chat template not counted).
+
+    Raises:
+        AffinerError: the data cannot be read (`affiner.runner.data.DataError`).
+    """
+    from affiner.runner.data import load_rows
+
+    loaded = load_rows(cfg_data, task=task)
+    rows = len(loaded.train)
+    if cfg_data.limit:
+        rows = min(rows, cfg_data.limit)
+    out: dict[str, Any] = {"path": cfg_data.train, "rows": rows, "lengths": None}
+    folder = Path(spec.path) if getattr(spec, "path", None) else None
+    if folder is not None and folder.is_file():
+        folder = folder.parent
+    tokenizer_file = folder / "tokenizer.json" if folder is not None else None
+    if tokenizer_file is None or not tokenizer_file.is_file():
+        out["note"] = (
+            f"planned at max_seq_len {seq_len}: token lengths need the model folder's "
+            "tokenizer.json"
+        )
+        return out
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    sample = loaded.train[:: max(1, len(loaded.train) // measured)]
+    texts = ["\n".join(_strings(example.data)) for example in sample]
+    lengths = sorted(len(e.ids) for e in tokenizer.encode_batch(texts)) if texts else []
+    if lengths:
+        out["lengths"] = {
+            "p50": _percentile(lengths, 0.5),
+            "p95": _percentile(lengths, 0.95),
+            "p99": _percentile(lengths, 0.99),
+            "max": lengths[-1],
+            "measured_rows": len(lengths),
+            "longer_than_max_seq_len": sum(1 for n in lengths if n > seq_len),
+        }
+    out["note"] = (
+        f"planned at max_seq_len {seq_len}, the longest a row can be (the peak comes from the "
+        "longest batch); lengths counted with tokenizer.json, without the chat template"
+    )
+    return out
+
+
+def data_text(data: dict[str, Any]) -> str:
+    """The data line of the table view."""
+    line = f"Data: {data['path']}, {data['rows']:,} training rows"
+    lengths = data.get("lengths")
+    if lengths:
+        line += (
+            f"; tokens p50 {lengths['p50']}, p95 {lengths['p95']}, p99 {lengths['p99']}, "
+            f"max {lengths['max']}"
+        )
+        if lengths["longer_than_max_seq_len"]:
+            line += f" ({lengths['longer_than_max_seq_len']} measured rows will be truncated)"
+    return line + (f"\n  {data['note']}" if data.get("note") else "")
+
+
+def check_save(args: argparse.Namespace, cfg: RunConfig | None) -> None:
+    """Refuse ``--save`` before planning when it could not write a run.toml that runs."""
+    if not args.save:
+        return
+    if not (args.data or (cfg is not None and cfg.data.train)):
+        raise AffinerError(
+            "no training data to write into the run.toml (a run.toml names its data)",
+            hint="add --data train.jsonl (and --eval held-out.jsonl to evaluate on your own "
+            "split; without it a tenth of the training rows is held out)",
+            where="--save",
+        )
+    if Path(args.save).exists() and not args.force:
+        raise AffinerError(
+            f"{args.save} exists",
+            hint="add --force to overwrite it, or give another path",
+            where="--save",
+        )
+
+
+def save_plan(
+    args: argparse.Namespace,
+    cfg: RunConfig | None,
+    candidate: Any,
+    *,
+    model: str,
+    task: str,
+    seq_len: int,
+) -> Path:
+    """Write `candidate` as a run.toml at ``args.save`` (checked, so `affiner train` runs it).
+
+    From a run.toml `cfg`, every field no given flag decides is the file's (the plan states
+    them all, so the plan's settings equal the file's); [plan] holds the new prediction.
+    """
+    from affiner.runner.config import config_from_plan, save_config
+
+    overrides: dict[str, Any] = {"max_seq_len": seq_len}
+    train = args.data or (cfg.data.train if cfg is not None else "")
+    eval_path = args.eval or (cfg.data.eval if cfg is not None and not args.data else "")
+    if cfg is not None:
+        decided = {f for flag in given_flags(args) for f in FLAG_FIELDS[flag]}
+        decided |= {"model.name_or_path", "model.task", "data.train", "data.eval"}
+        if "method.name" in decided:  # another method: its own settings, not the file's
+            decided |= {f"method.{f.name}" for f in dataclasses.fields(cfg.method)}
+        for section in dataclasses.fields(cfg):
+            if section.name == "plan":
+                continue
+            part = getattr(cfg, section.name)
+            for f in dataclasses.fields(part):
+                value = getattr(part, f.name)
+                if f"{section.name}.{f.name}" not in decided and value is not None:
+                    overrides[f"{section.name}__{f.name}"] = value
+    saved = config_from_plan(
+        candidate, model=model, train=train, eval=eval_path, task=task, **overrides
+    )
+    return save_config(saved, args.save)
