@@ -114,6 +114,11 @@ PHRASES: tuple[tuple[str, str], ...] = (
     ("use qlora · use lora · use full · use freeze · use 8-bit", "pick the method"),
     ("seq 4096 · max length 1024", "maximum sequence length"),
     ("batch 8 · rank 32 · lr 1e-4 · epochs 2", "change a setting"),
+    (
+        "targets q,v · checkpointing off|on|auto · optimizer adamw8bit · precision bf16-pure"
+        " · attention eager · dropout 0",
+        "state a run.toml setting: every re-plan keeps it (auto hands it back)",
+    ),
     ("why not full? · why qlora? · why?", "the planner's reasons"),
     ("how long? · what fits? · hardware", "time, the methods that fit, the machine"),
     ("next (or Enter) · back · go to data · preflight · launch", "move through the steps"),

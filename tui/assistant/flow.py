@@ -15,8 +15,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from affiner.planner.settings import ATTENTIONS
 from affiner.planner.units import format_bytes, format_duration
-from affiner.planner.vocabulary import LORA_METHODS, default_learning_rate
+from affiner.planner.vocabulary import (
+    LORA_METHODS,
+    OPTIMIZERS,
+    PRECISION_SETTINGS,
+    default_learning_rate,
+)
 from affiner.tui.assistant import answers
 from affiner.tui.assistant.answers import AnswerContext, capitalized, method_name
 from affiner.tui.assistant.intents import Intent, parse_intent
@@ -25,6 +31,28 @@ from affiner.tui.assistant.text import QUESTIONS, data_summary, preflight_summar
 
 #: The steps, in order. ``monitor`` is where the flow ends (the app opens the monitor).
 STEPS = ("hardware", "model", "data", "plan", "settings", "preflight", "launch", "monitor")
+
+#: The typed run.toml settings (intent ``set_<name>``): the `PlanRequest` field each states,
+#: its label, and the words it takes (None: checked otherwise).
+STATED: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
+    "targets": ("lora_targets", "LoRA targets", None),
+    "checkpointing": ("gradient_checkpointing", "Gradient checkpointing", None),
+    "optimizer": ("optimizer", "Optimizer", OPTIMIZERS),
+    "precision": ("precision", "Precision", PRECISION_SETTINGS),
+    "attention": ("attention", "Attention", ATTENTIONS),
+    "dropout": ("lora_dropout", "LoRA dropout", None),
+}
+
+
+def _shown(value: Any) -> str:
+    """A stated setting as the user types it (``q_proj,v_proj``, ``off``, ``auto``)."""
+    if value is None:
+        return "auto"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (tuple, list)):
+        return ",".join(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @dataclass
@@ -38,6 +66,9 @@ class Settings:
     seq_len: int = 512
     batch: int = 16
     learning_rate_set: bool = False
+    #: run.toml settings the user typed (``optimizer adamw``), by `PlanRequest` field: every
+    #: re-plan states them, so the planner never changes them.
+    stated: dict[str, Any] = field(default_factory=dict)
 
     def lr_for(self, method: str) -> float:
         """The learning rate a run would use: the user's, else the method's usual one
@@ -99,6 +130,7 @@ class AssistantFlow:
         self.preflight: Any = None
         self.run_dir: Any = None
         self._pending: list[tuple[str, Any]] = []  # what to say when the next plan arrives
+        self._undo: tuple[str, Any] | None = None  # the stated setting the pending plan tries
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -168,6 +200,7 @@ class AssistantFlow:
         return reply + self._enter("plan")
 
     def plan_ready(self, report: Any) -> Reply:
+        self._undo = None
         before = self.candidate()
         self.plan = report
         reply = Reply()
@@ -203,6 +236,14 @@ class AssistantFlow:
         """A task failed: say why in words and ask the step's question again."""
         self._pending.clear()
         text = f"**That did not work** ({kind.replace('_', ' ')}): {message}"
+        if kind == "plan" and self._undo is not None:  # a stated setting the planner refused
+            key, old = self._undo
+            self._undo = None
+            if old is None:
+                self.settings.stated.pop(key, None)
+            else:
+                self.settings.stated[key] = old
+            return _say(text + f" It stays {_shown(old)}.")
         if kind == "resolve_model":
             return _say(text, QUESTIONS["model"])
         if kind == "load_data":
@@ -240,6 +281,8 @@ class AssistantFlow:
             return Reply(tasks=[Task("target", value)])
         if kind == "use_method":
             return self._use_method(value)
+        if kind.startswith("set_") and kind[4:] in STATED:
+            return self.state_setting(kind[4:], value)
         if kind.startswith("set_"):
             return self.change_setting(kind[4:], value)
         if kind == "launch":
@@ -304,6 +347,25 @@ class AssistantFlow:
         if name in ("epochs", "lr"):
             return _say(f"{label}: {old:g} → **{value:g}**." + self._time_line())
         return self._replan(("setting", (label, f"{old:g}", f"{value:g}")))
+
+    def state_setting(self, name: str, value: Any) -> Reply:
+        """State one run.toml setting (`STATED`: ``optimizer adamw``, ``targets q,v``...) and
+        re-plan; every later plan keeps it. ``auto`` (None) hands it back to the planner."""
+        key, label, words = STATED[name]
+        stated = self.settings.stated
+        old = stated.get(key)
+        if words is not None and value not in words:
+            return _say(f"{label} takes {', '.join(words)}; it stays {_shown(old)}.")
+        if name == "dropout" and not 0 <= value < 1:
+            return _say(f"{label} must be at least 0 and below 1; it stays {_shown(old)}.")
+        if value is None:
+            stated.pop(key, None)
+        else:
+            stated[key] = value
+        self._undo = (key, old)
+        if self.spec is None or self.device is None:
+            return _say(f"{label}: **{_shown(value)}**; the plan will keep it.")
+        return self._replan(("setting", (label, _shown(old), _shown(value))))
 
     def _use_method(self, method: str) -> Reply:
         if self.plan is not None and answers.find_candidate(self.plan, method) is None:
@@ -465,4 +527,5 @@ class AssistantFlow:
             p95_len=min(p95, self.settings.seq_len) if p95 else None,
             train_rows=self.data.rows if self.data else None,
             epochs=self.settings.epochs,
+            **self.settings.stated,
         )

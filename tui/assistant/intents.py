@@ -25,6 +25,13 @@ KINDS = (
     "set_rank",  # value: int
     "set_lr",  # value: float
     "set_epochs",  # value: float
+    # run.toml settings the plan then keeps as stated (`STATED_SETTINGS`):
+    "set_targets",  # value: tuple of module names, or ("all-linear",)
+    "set_checkpointing",  # value: True, False, or None for auto
+    "set_optimizer",  # value: the word typed (the flow checks it against the vocabulary)
+    "set_precision",  # value: the word typed
+    "set_attention",  # value: the word typed
+    "set_dropout",  # value: float
     "why_not",  # value: method name
     "why",  # value: method name or None (the recommendation)
     "how_long",
@@ -137,6 +144,53 @@ _SIMPLE: tuple[tuple[str, str], ...] = (
 )
 
 
+#: Short LoRA target names people type (``targets q,v``), as the modules are called.
+TARGET_SHORTHANDS = {
+    "q": "q_proj",
+    "k": "k_proj",
+    "v": "v_proj",
+    "o": "o_proj",
+    "gate": "gate_proj",
+    "up": "up_proj",
+    "down": "down_proj",
+}
+
+#: (intent kind, the words before the value, the value's pattern) for the run.toml settings.
+STATED_SETTINGS: tuple[tuple[str, str, str], ...] = (
+    ("set_targets", r"(?:lora[ _-]?)?(?:targets|target[ _-]?modules)", r"([\w.,\s-]+)"),
+    (
+        "set_checkpointing",
+        r"(?:gradient[ _-]?)?(?:checkpointing|ckpt)",
+        r"(on|off|auto|true|false|yes|no)",
+    ),
+    ("set_optimizer", r"optimi[sz]er|optim", r"([\w-]+)"),
+    ("set_precision", r"precision|dtype", r"([\w-]+)"),
+    ("set_attention", r"attention|attn(?:[ _-]?implementation)?", r"([\w-]+)"),
+    ("set_dropout", r"(?:lora[ _-]?)?dropout", r"(\d+(?:\.\d+)?)"),
+)
+
+
+def _stated_setting(line: str) -> Intent | None:
+    """``targets q,v``, ``checkpointing off``, ``optimizer adamw8bit``... (None if not one)."""
+    for kind, words, value in STATED_SETTINGS:
+        match = re.fullmatch(rf"(?:set\s+)?(?:{words})\s*(?:[:=]|to|is)?\s*{value}", line)
+        if not match:
+            continue
+        raw = match.group(1).strip()
+        if kind == "set_targets":
+            names = [n for n in re.split(r"[,\s]+", raw) if n]
+            if names in (["all"], ["all-linear"], ["all_linear"]):
+                return Intent(kind, ("all-linear",), line)
+            return Intent(kind, tuple(TARGET_SHORTHANDS.get(n, n) for n in names), line)
+        if kind == "set_checkpointing":
+            on = {"on": True, "true": True, "yes": True, "off": False, "false": False}
+            return Intent(kind, on.get(raw, None if raw == "auto" else False), line)
+        if kind == "set_dropout":
+            return Intent(kind, float(raw), line)
+        return Intent(kind, raw, line)
+    return None
+
+
 def parse_intent(text: str) -> Intent:
     """Parse one typed line into an `Intent` (``unknown`` when nothing matches).
 
@@ -176,6 +230,10 @@ def parse_intent(text: str) -> Intent:
     gpu = _gpu_phrase(line)
     if gpu is not None:
         return Intent("plan_for_gpu", gpu or None, stripped)
+
+    stated = _stated_setting(line)
+    if stated is not None:
+        return Intent(stated.kind, stated.value, stripped)
 
     for kind, words, kind_type in _SETTINGS:
         number = None
