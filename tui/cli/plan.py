@@ -11,6 +11,11 @@ Every run.toml setting that changes memory or time can be stated, with run.toml'
 (``--optimizer adamw``, ``--gradient-checkpointing off``, ``--targets q_proj,v_proj``...). A
 stated setting is planned as it is: when it does not fit, the plan says by how much and names
 what would fit instead; only the settings left unstated are chosen, and the reasons say so.
+
+``affiner plan run.toml`` plans that file: its model, method and every such setting stated
+(a flag beside it replaces the file's value), and its data's rows and token lengths reported.
+``--save run.toml`` writes the chosen plan as a run.toml that ``affiner train`` runs (the data
+comes from the planned run.toml or ``--data``/``--eval``); see `affiner.tui.cli.plan_file`.
 """
 
 from __future__ import annotations
