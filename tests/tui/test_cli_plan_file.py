@@ -156,3 +156,30 @@ def test_token_lengths_come_from_the_folders_tokenizer_json(run_toml: Path, caps
     assert 3 <= lengths["p50"] <= lengths["p95"] <= lengths["p99"] <= lengths["max"] == 11
     assert lengths["longer_than_max_seq_len"] == 0
     assert data["candidates"][0]["seq_len"] == 256
+
+
+def test_another_method_beside_the_file_keeps_its_other_settings(run_toml: Path, capsys) -> None:
+    from affiner.runner.config import load_config
+
+    out = run_toml.parent / "qlora.toml"
+    (cand,) = _plan(capsys, str(run_toml), "--method", "qlora", "--save", str(out))["candidates"]
+    assert cand["method"] == "qlora" and cand["quantization"] == "nf4"
+    assert cand["lora_targets"] == ["q_proj", "v_proj"] and cand["optimizer"] == "adamw"
+    cfg = load_config(out)
+    assert (cfg.method.name, cfg.quantization, cfg.method.lora_rank) == ("qlora", "nf4", 8)
+    assert cfg.training.learning_rate == 1e-4 and cfg.eval.every_steps == 7
+
+
+def test_a_cpu_plan_saves_a_cpu_run(run_toml: Path, capsys, monkeypatch) -> None:
+    import affiner.planner.hardware.cpu_throughput as ct
+    from affiner.runner.config import load_config
+    from affiner.tui.cli.entry import main
+
+    monkeypatch.setattr(ct, "machine_load", lambda: (0.0, 4))  # no timing run in a test
+    monkeypatch.setattr(ct, "_time_rates", lambda cpu, size, s: (0.125, None, "fake"))
+
+    model = str(run_toml.parent / "model")
+    args = ["plan", "--model", model, "--cpu", "--data", "train.jsonl", "--save", "cpu.toml"]
+    assert main(args) == 0
+    assert "Saved cpu.toml" in capsys.readouterr().out
+    assert load_config("cpu.toml").training.device == "cpu"

@@ -221,7 +221,15 @@ def run_plan(args: argparse.Namespace) -> int:
         cfg is not None and cfg.training.device == "cpu" and not (args.gpu or args.vram)
     )
     device = resolve_target(report_hw, gpu="cpu" if on_cpu else args.gpu, vram=args.vram)
-    fields = plan_file.stated_from_config(cfg, args.gpus) if cfg is not None else {}
+    fields = {}
+    if cfg is not None:
+        if args.method:  # another method: the file's settings for it, not its storage
+            from dataclasses import replace
+
+            method = replace(cfg.method, name=args.method, quantization="none")
+            fields = plan_file.stated_from_config(replace(cfg, method=method), args.gpus)
+        else:
+            fields = plan_file.stated_from_config(cfg, args.gpus)
     for flag, name in plan_file.FLAG_REQUEST.items():
         if getattr(args, flag) is not None:
             fields[name] = getattr(args, flag)
@@ -348,6 +356,8 @@ def _save(
         model=str(model),
         task=task,
         seq_len=report.request.seq_len,
+        extra={"plan__device": report.device.name}
+        | ({"training__device": "cpu"} if report.device.is_cpu and cfg is None else {}),
     )
     return str(written)
 

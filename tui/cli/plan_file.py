@@ -210,11 +210,13 @@ def save_plan(
     model: str,
     task: str,
     seq_len: int,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write `candidate` as a run.toml at ``args.save`` (checked, so `affiner train` runs it).
 
     From a run.toml `cfg`, every field no given flag decides is the file's (the plan states
     them all, so the plan's settings equal the file's); [plan] holds the new prediction.
+    `extra` are more `config_from_plan` overrides (the device planned for).
     """
     from affiner.runner.config import config_from_plan, save_config
 
@@ -234,6 +236,7 @@ def save_plan(
                 value = getattr(part, f.name)
                 if f"{section.name}.{f.name}" not in decided and value is not None:
                     overrides[f"{section.name}__{f.name}"] = value
+    overrides.update(extra or {})
     saved = config_from_plan(
         candidate, model=model, train=train, eval=eval_path, task=task, **overrides
     )
