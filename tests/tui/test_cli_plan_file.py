@@ -43,6 +43,7 @@ def run_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A tiny Llama-shaped config.json folder (no weights), its data, and a run.toml."""
     monkeypatch.setenv("AFFINER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("AFFINER_RUNS", str(tmp_path / "runs"))
     monkeypatch.chdir(tmp_path)
     small = dict(
         LLAMA_3_8B, hidden_size=256, intermediate_size=512, num_hidden_layers=2, vocab_size=1000
@@ -96,6 +97,10 @@ def test_save_writes_the_plan_and_the_round_trip_is_the_same_run(run_toml: Path,
     for name in ("model", "method", "data", "training", "eval", "checkpoint", "output"):
         assert getattr(saved, name) == getattr(source, name), name
     assert saved.plan.predicted_peak_bytes == data["candidates"][0]["peak_bytes"]
+    from affiner.runner.run import prepare_run
+
+    prepared = prepare_run(out, preflight=False)  # what `affiner train out.toml` does first
+    assert prepared.run_dir.path.is_dir()
     again = run_toml.parent / "again.toml"
     _plan(capsys, str(out), "--save", str(again))
     assert dataclasses.replace(load_config(again), plan=saved.plan) == saved
