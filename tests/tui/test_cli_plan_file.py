@@ -188,3 +188,24 @@ def test_a_cpu_plan_saves_a_cpu_run(run_toml: Path, capsys, monkeypatch) -> None
     assert main(args) == 0
     assert "Saved cpu.toml" in capsys.readouterr().out
     assert load_config("cpu.toml").training.device == "cpu"
+
+
+def test_planning_a_run_toml_with_its_data_imports_nothing_heavy(run_toml: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from affiner.tui.cli.entry import main;"
+        "rc = main(['plan', 'run.toml', '--vram', '24', '--json', '--save', 'light.toml']);"
+        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'textual') if m in sys.modules];"
+        "print(heavy); sys.exit(rc)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=run_toml.parent,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("[]")
