@@ -1,0 +1,443 @@
+"""How close are the planner's peaks to peaks that others measured and published?
+
+`bench/published_peaks.json` holds published fine-tuning peaks, each with the settings it was
+measured at (model and its config.json, method, LoRA targets and rank, quantization, sequence
+length, micro-batch, checkpointing, optimizer, precision, framework, GPU), what was measured
+(``max_memory_allocated``, reserved, or ``nvidia-smi``) and where it was published. For every
+point this bench asks `affiner plan` with those settings stated, reads the figure in the
+source's basis (``allocated_bytes``, ``reserved_bytes`` or ``peak_bytes``), and reports the
+error. A point whose source ran out of memory counts as right only if the plan says it does not
+fit. With ``--peers-venv`` (a venv holding fitcheck-llm and canifinetune) the two peers answer
+the same points, offline, from a Hugging Face cache folder built from the same configs.
+
+    PYTHONPATH=. python bench/memory_published.py [--json] [--peers-venv PATH] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+DATA = Path(__file__).with_name("published_peaks.json")
+RESULTS = Path(__file__).with_name("results")
+
+REQUIRED = (
+    "id",
+    "model",
+    "method",
+    "lora_targets",
+    "lora_rank",
+    "quantization",
+    "seq_len",
+    "micro_batch",
+    "batch",
+    "gradient_checkpointing",
+    "optimizer",
+    "precision",
+    "framework",
+    "gpu",
+    "gpus",
+    "measured",
+    "source",
+    "confidence",
+)
+UNITS = {"GB": 10**9, "GiB": 2**30, "MB": 10**6, "MiB": 2**20}
+# what the source measured -> the plan's figure in that basis
+BASIS = {
+    "max_memory_allocated": "allocated_bytes",
+    "max_memory_reserved": "reserved_bytes",
+    "nvidia-smi": "peak_bytes",
+}
+CONFIDENCE = ("high", "medium", "low")
+# peers' GPU names for the sources' cards
+FITCHECK_GPU = {"A10G": "a10", "V100 16GB": "v100-16"}
+FITCHECK_MODULES = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+ESTIMATORS = ("affiner", "fitcheck", "canifinetune")
+# the `affiner` command, run by this interpreter (no console script needed on PATH)
+AFFINER = [sys.executable, "-c", "import sys; from affiner.tui.cli import main; sys.exit(main())"]
+
+
+def load(path: Path = DATA) -> dict:
+    return json.loads(path.read_text())
+
+
+def problems(data: dict) -> list[str]:
+    """What is missing or inconsistent in the data file (empty when it is sound)."""
+    out = []
+    configs = data.get("configs", {})
+    seen = set()
+    for i, p in enumerate(data.get("points", [])):
+        pid = p.get("id", f"#{i}")
+        if pid in seen:
+            out.append(f"{pid}: duplicate id")
+        seen.add(pid)
+        for key in REQUIRED:
+            if key not in p:
+                out.append(f"{pid}: no {key}")
+        if p.get("model") not in configs:
+            out.append(f"{pid}: no config for {p.get('model')}")
+        src = p.get("source") or {}
+        if not src.get("name") or not str(src.get("url", "")).startswith("https://"):
+            out.append(f"{pid}: citation needs a name and an https URL")
+        if not src.get("section"):
+            out.append(f"{pid}: citation needs a section")
+        if p.get("confidence") not in CONFIDENCE:
+            out.append(f"{pid}: confidence must be one of {CONFIDENCE}")
+        m = p.get("measured") or {}
+        if m.get("outcome") == "ran":
+            if m.get("basis") not in BASIS:
+                out.append(f"{pid}: measured basis must be one of {tuple(BASIS)}")
+            if m.get("unit") not in UNITS or not isinstance(m.get("value"), (int, float)):
+                out.append(f"{pid}: measured needs a numeric value and a unit of {tuple(UNITS)}")
+        elif m.get("outcome") != "oom":
+            out.append(f"{pid}: measured outcome must be ran or oom")
+        if p.get("method") in ("lora", "qlora") and not (
+            p.get("lora_rank") and p.get("lora_targets")
+        ):
+            out.append(f"{pid}: a LoRA point needs its rank and targets")
+    return out
+
+
+def measured_bytes(point: dict) -> int | None:
+    m = point["measured"]
+    if m["outcome"] != "ran":
+        return None
+    return round(m["value"] * UNITS[m["unit"]])
+
+
+def error(pred: int | None, meas: int | None) -> float | None:
+    """Signed relative error of a prediction, None where either side is missing."""
+    if pred is None or meas is None or meas == 0:
+        return None
+    return (pred - meas) / meas
+
+
+def oom_call(point: dict, fits: bool | None) -> str | None:
+    """For a point whose source ran out of memory: was it called "does not fit"?"""
+    if point["measured"]["outcome"] != "oom" or fits is None:
+        return None
+    return "right" if fits is False else "wrong"
+
+
+def summarize(rows: list[dict], name: str) -> dict:
+    """Median and worst absolute error, and the out-of-memory calls, of one estimator."""
+    errs = [(abs(r[name]["error"]), r["id"]) for r in rows if r[name].get("error") is not None]
+    calls = [r[name].get("oom_call") for r in rows if r[name].get("oom_call")]
+    signed = [r[name]["error"] for r in rows if r[name].get("error") is not None]
+    worst = max(errs) if errs else None
+    return {
+        "points": len(errs),
+        "median_abs_error": statistics.median(e for e, _ in errs) if errs else None,
+        "worst_abs_error": worst[0] if worst else None,
+        "worst_point": worst[1] if worst else None,
+        "median_signed_error": statistics.median(signed) if signed else None,
+        "under": sum(1 for e in signed if e < 0),
+        "oom_points": len(calls),
+        "oom_called_right": sum(1 for c in calls if c == "right"),
+    }
+
+
+# ---- affiner -------------------------------------------------------------------------------
+
+
+def _cli_targets(targets: list[str] | None, dropped: list[str]) -> str | None:
+    if not targets:
+        return None
+    keep = [t for t in targets if t != "lm_head"]
+    if len(keep) != len(targets):
+        dropped.append("lm_head left out of the targets (the CLI does not adapt the head)")
+    return ",".join(keep)
+
+
+def affiner_args(point: dict, model_dir: Path) -> tuple[list[str], list[str]]:
+    """`affiner plan` arguments with every setting of the point stated, and what was left out."""
+    notes: list[str] = []
+    args = ["plan", "--model", str(model_dir), "--gpu", point["gpu"], "--json"]
+    args += ["--method", point["method"], "--seq-len", str(point["seq_len"])]
+    args += ["--micro-batch", str(point["micro_batch"]), "--batch", str(point["batch"])]
+    args += ["--optimizer", point["optimizer"], "--precision", point["precision"]]
+    args += ["--gradient-checkpointing", "on" if point["gradient_checkpointing"] else "off"]
+    if point.get("attention"):
+        args += ["--attention", point["attention"]]
+    if point["gpus"] > 1:
+        args += ["--gpus", str(point["gpus"]), "--sharding", point.get("sharding") or "fsdp"]
+    if point["method"] in ("lora", "qlora", "lora8"):
+        args += ["--lora-rank", str(point["lora_rank"])]
+        if point.get("lora_alpha"):
+            args += ["--lora-alpha", str(point["lora_alpha"])]
+        targets = _cli_targets(point["lora_targets"], notes)
+        if targets:
+            args += ["--targets", targets]
+    if point["quantization"] != "none":
+        args += ["--quantization", point["quantization"]]
+        if point.get("double_quant") is False:
+            args.append("--no-double-quant")
+    return args, notes
+
+
+def ask_affiner(point: dict, model_dir: Path) -> dict:
+    args, notes = affiner_args(point, model_dir)
+    proc = subprocess.run([*AFFINER, *args], capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0 and not proc.stdout.strip().startswith("{"):
+        return {"failed": (proc.stderr or proc.stdout).strip().splitlines()[:2], "notes": notes}
+    plan = json.loads(proc.stdout)
+    cands = [c for c in plan["candidates"] if c["method"] == point["method"]]
+    if not cands:
+        return {"failed": ["no candidate of the method"], "notes": notes}
+    c = cands[0]
+    key = BASIS.get(point["measured"].get("basis"), "peak_bytes")
+    return {
+        "bytes": c[key],
+        "basis": key,
+        "fits": bool(c["fits"]),
+        "settings": {k: c.get(k) for k in ("precision", "optimizer", "micro_batch", "lora_rank")},
+        "notes": notes,
+    }
+
+
+# ---- peers ---------------------------------------------------------------------------------
+
+
+def build_hf_cache(configs: dict, root: Path) -> None:
+    """The Hugging Face cache layout both peers read offline: refs/main and one snapshot."""
+    for model_id, config in configs.items():
+        repo = root / "hub" / ("models--" + model_id.replace("/", "--"))
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text("published")
+        snap = repo / "snapshots" / "published"
+        snap.mkdir(parents=True, exist_ok=True)
+        (snap / "config.json").write_text(json.dumps(config))
+
+
+def _run_json(cmd: list[str], hf_home: Path) -> tuple[dict | None, str]:
+    env = os.environ | {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, str(exc)
+    out = proc.stdout
+    start = out.find("{")
+    if start < 0:
+        return None, (proc.stderr or out).strip()[-200:]
+    try:
+        return json.loads(out[start:]), ""
+    except json.JSONDecodeError as exc:
+        return None, str(exc)
+
+
+def ask_fitcheck(point: dict, venv: Path, hf_home: Path) -> dict:
+    if point["gpus"] > 1:
+        return {"failed": ["single GPU only"]}
+    note = None
+    gpu = FITCHECK_GPU.get(point["gpu"])
+    cmd = [str(venv / "bin" / "fitcheck"), point["model"], "--json", "--gpu", gpu]
+    cmd += ["--seq-len", str(point["seq_len"]), "--batch-size", str(point["micro_batch"])]
+    cmd += ["--optimizer", point["optimizer"]]
+    pure = point["precision"] == "bf16-pure"
+    cmd += ["--precision", "bf16" if pure else point["precision"]]
+    if pure:
+        cmd += ["--optimizer-dtype", "bf16"]
+    if point["gradient_checkpointing"]:
+        cmd.append("--grad-checkpoint")
+    if point["method"] == "full":
+        cmd.append("--no-lora")
+    else:
+        targets = [t for t in point["lora_targets"] if t != "lm_head"]
+        if not set(targets) <= FITCHECK_MODULES:
+            if len(targets) < 4:  # an attention subset under a fused name: no faithful preset
+                return {"failed": [f"fitcheck names no module {targets}"]}
+            targets = ["full"]  # every linear layer, under the model's own names
+            note = "preset full for the model's own module names"
+        cmd += ["--lora-r", str(point["lora_rank"]), "--lora-targets", ",".join(targets)]
+    if point["quantization"] == "nf4":
+        cmd += ["--quant", "nf4"]
+        if point.get("double_quant"):
+            cmd.append("--double-quant")
+    out, why = _run_json(cmd, hf_home)
+    if out is None:
+        return {"failed": [why]}
+    return {
+        "bytes": round(out["memory_mib"]["total"] * 2**20),
+        "fits": bool(out["verdict"]["fits"]),
+        "notes": [note] if note else [],
+    }
+
+
+def ask_canifinetune(point: dict, venv: Path, hf_home: Path, vram_gib: float) -> dict:
+    if point["gpus"] > 1:
+        return {"failed": ["single GPU only"]}
+    cmd = [str(venv / "bin" / "canifinetune"), "estimate", "--model", point["model"], "--json"]
+    cmd += ["--offline", "--gpu-vram-gb", f"{vram_gib:.3f}", "--method", point["method"]]
+    cmd += ["--seq-len", str(point["seq_len"]), "--micro-batch-size", str(point["micro_batch"])]
+    cmd += ["--optimizer", point["optimizer"]]
+    cmd += ["--base-dtype", "fp32" if point["precision"] == "fp32" else "bf16"]
+    cmd.append(
+        "--gradient-checkpointing"
+        if point["gradient_checkpointing"]
+        else "--no-gradient-checkpointing"
+    )
+    if point["method"] != "full":
+        attn_only = all(
+            t in ("q_proj", "k_proj", "v_proj", "o_proj", "query_key_value")
+            for t in point["lora_targets"]
+        )
+        cmd += ["--lora-rank", str(point["lora_rank"])]
+        cmd += ["--target-scope", "attention" if attn_only else "all_linear"]
+    if point["quantization"] == "nf4":
+        cmd += ["--quantization", "nf4_double_quant" if point.get("double_quant") else "nf4"]
+    else:
+        cmd += ["--quantization", "none"]
+    out, why = _run_json(cmd, hf_home)
+    if out is None:
+        return {"failed": [why]}
+    mem = out.get("memory") or {}
+    if "total_estimated_gb" not in mem:
+        return {"failed": [str(out)[:200]]}
+    gib = mem["total_estimated_gb"] - mem.get("safety_margin_gb", 0.0)
+    return {"bytes": round(gib * 2**30), "fits": out.get("feasible") != "no"}
+
+
+# ---- the run -------------------------------------------------------------------------------
+
+
+def _score(point: dict, answer: dict) -> dict:
+    answer = dict(answer)
+    answer["error"] = error(answer.get("bytes"), measured_bytes(point))
+    answer["oom_call"] = oom_call(point, answer.get("fits"))
+    return answer
+
+
+def _gpu_gib(gpu: str) -> float:
+    proc = subprocess.run(
+        [*AFFINER, "plan", "--model", "1B", "--gpu", gpu, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return json.loads(proc.stdout)["gpu"]["memory_total"] / 2**30
+
+
+def run(data: dict, peers_venv: Path | None) -> dict:
+    peers = peers_venv is not None and (peers_venv / "bin" / "fitcheck").exists()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="published-peaks-") as tmp:
+        root = Path(tmp)
+        for model_id, config in data["configs"].items():
+            d = root / "configs" / model_id.replace("/", "--")
+            d.mkdir(parents=True)
+            (d / "config.json").write_text(json.dumps(config))
+        if peers:
+            build_hf_cache(data["configs"], root / "hf")
+        vram = {g: _gpu_gib(g) for g in {p["gpu"] for p in data["points"]}}
+        for p in data["points"]:
+            model_dir = root / "configs" / p["model"].replace("/", "--")
+            row = {
+                "id": p["id"],
+                "source": p["source"]["name"],
+                "confidence": p["confidence"],
+                "measured_bytes": measured_bytes(p),
+                "measured_outcome": p["measured"]["outcome"],
+                "basis": p["measured"].get("basis"),
+                "affiner": _score(p, ask_affiner(p, model_dir)),
+            }
+            if peers:
+                row["fitcheck"] = _score(p, ask_fitcheck(p, peers_venv, root / "hf"))
+                row["canifinetune"] = _score(
+                    p, ask_canifinetune(p, peers_venv, root / "hf", vram[p["gpu"]])
+                )
+            rows.append(row)
+    names = [n for n in ESTIMATORS if n == "affiner" or peers]
+    summary = {n: summarize(rows, n) for n in names}
+    trusted = [r for r in rows if r["confidence"] != "low"]
+    summary_trusted = {n: summarize(trusted, n) for n in names}
+    return {
+        "points": len(rows),
+        "peers": "fitcheck-llm and canifinetune from " + str(peers_venv) if peers else None,
+        "peers_absent": None if peers else f"no peers venv ({peers_venv}); affiner only",
+        "summary": summary,
+        "summary_without_low_confidence": summary_trusted,
+        "rows": rows,
+    }
+
+
+def _gb(b: int | None) -> str:
+    return "-" if b is None else f"{b / 1e9:.2f}"
+
+
+def _cell(ans: dict | None) -> str:
+    if not ans:
+        return "-"
+    if ans.get("failed"):
+        return "n/a"
+    txt = _gb(ans.get("bytes"))
+    if ans.get("error") is not None:
+        txt += f" {ans['error'] * 100:+.0f}%"
+    if ans.get("oom_call"):
+        txt += " fits" if ans.get("fits") else " no-fit"
+    return txt
+
+
+def table(result: dict) -> str:
+    names = list(result["summary"])
+    head = ["point", "conf", "basis", "measured GB"] + [f"{n} GB (err)" for n in names]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in result["rows"]:
+        meas = "OOM" if r["measured_outcome"] == "oom" else _gb(r["measured_bytes"])
+        basis = {"max_memory_allocated": "alloc", "nvidia-smi": "smi"}.get(r["basis"], "-")
+        cells = [r["id"], r["confidence"], basis, meas] + [_cell(r.get(n)) for n in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for label, key in (
+        ("all points", "summary"),
+        ("without low confidence", "summary_without_low_confidence"),
+    ):
+        lines.append(f"{label}:")
+        for n, s in result[key].items():
+            if s["median_abs_error"] is None:
+                lines.append(f"  {n}: no points")
+                continue
+            lines.append(
+                f"  {n}: {s['points']} points, median |error| {s['median_abs_error'] * 100:.1f}%,"
+                f" worst {s['worst_abs_error'] * 100:.1f}% ({s['worst_point']}),"
+                f" median signed {s['median_signed_error'] * 100:+.1f}%, {s['under']} under;"
+                f" out of memory called 'does not fit' {s['oom_called_right']}/{s['oom_points']}"
+            )
+    if result["peers_absent"]:
+        lines.append(result["peers_absent"])
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--peers-venv", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="write memory_published.json/.md here")
+    args = ap.parse_args(argv)
+    data = load(args.data)
+    bad = problems(data)
+    if bad:
+        print("\n".join(bad), file=sys.stderr)
+        return 2
+    result = run(data, args.peers_venv)
+    text = table(result)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "memory_published.json").write_text(json.dumps(result, indent=1) + "\n")
+        (args.out / "memory_published.md").write_text(
+            "# Published peaks against the estimators\n\n"
+            "`PYTHONPATH=. python bench/memory_published.py --peers-venv /tmp/peers-venv"
+            " --out bench/results`\n\n" + text + "\n"
+        )
+    print(json.dumps(result, indent=1) if args.json else text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
