@@ -356,12 +356,20 @@ def run(data: dict, peers_venv: Path | None) -> dict:
     summary = {n: summarize(rows, n) for n in names}
     trusted = [r for r in rows if r["confidence"] != "low"]
     summary_trusted = {n: summarize(trusted, n) for n in names}
+    # the same points for every estimator: where each of them gave a figure or an OOM call
+    common = [
+        r
+        for r in trusted
+        if all(r[n].get("error") is not None or r[n].get("oom_call") for n in names)
+    ]
+    summary_common = {n: summarize(common, n) for n in names}
     return {
         "points": len(rows),
         "peers": "fitcheck-llm and canifinetune from " + str(peers_venv) if peers else None,
         "peers_absent": None if peers else f"no peers venv ({peers_venv}); affiner only",
         "summary": summary,
         "summary_without_low_confidence": summary_trusted,
+        "summary_common_points": summary_common,
         "rows": rows,
     }
 
@@ -396,6 +404,7 @@ def table(result: dict) -> str:
     for label, key in (
         ("all points", "summary"),
         ("without low confidence", "summary_without_low_confidence"),
+        ("points every estimator answered (low confidence left out)", "summary_common_points"),
     ):
         lines.append(f"{label}:")
         for n, s in result[key].items():
