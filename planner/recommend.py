@@ -648,7 +648,7 @@ def _candidate(
         experts = spec.params_total - quantizable_params(spec)
         reasons.append(
             f"bitsandbytes quantizes linear layers only: the fused experts and the rest "
-            f"({experts / 1e9:.1f}B parameters) stay unquantized, in fp32 after k-bit preparation"
+            f"({experts / 1e9:.1f}B parameters) stay unquantized, in {s.compute_dtype}"
         )
     if s.effective_quantization != "none":
         reasons.append(
@@ -775,13 +775,12 @@ def _costlier_than_lora(
 ) -> str | None:
     """Why a quantized plan that fits needs more memory than the LoRA plan, or None.
 
-    A quantized base should need less, and usually does at the same settings: the planner then
-    spends what it saves on a larger micro-batch (or on leaving gradient checkpointing off),
-    and says so with the figure at LoRA's settings. Each row costs the quantized base more
-    activations, though: peft's ``prepare_model_for_kbit_training`` casts every parameter that
-    is not 4-bit or 8-bit (embeddings, head, norms) to fp32, so the residual stream is fp32
-    where LoRA's is 16-bit. When the quantized plan needs more even at LoRA's settings (a
-    small model whose embeddings outweigh its blocks), that upcast is the reason given.
+    A quantized base needs less at the same settings (the runner's `prepare_quantized_base`
+    keeps its frozen embeddings, head and norms 16-bit, so a row costs what it costs LoRA):
+    the planner then spends what it saves on a larger micro-batch (or on leaving gradient
+    checkpointing off), and the reason says so, with the figure at LoRA's settings. Should it
+    need more even at LoRA's settings, on a model too small for quantizing to pay, the reason
+    says how little it saves.
     """
     if not quant.fits or quant.peak_bytes <= lora.peak_bytes:
         return None
@@ -790,30 +789,21 @@ def _costlier_than_lora(
     at_lora = {f: getattr(lo, f) for f in (*changed, "grad_accum")}
     same = estimate_memory(spec, q.with_(**at_lora), device)
     name = explain.METHOD_NAMES[quant.method]
-    kept = format_bytes(same.details["weights_unquantized"])
-    acts = (
-        f"activations {format_bytes(same.details['activations_saved'])} against LoRA's "
-        f"{format_bytes(lora.memory.details['activations_saved'])}"
-    )
-    upcast = (
-        f"peft's k-bit preparation keeps the embeddings, head and norms in fp32 ({kept}), "
-        f"so the residual stream is fp32 ({acts}"
-    )
     than = f"needs more than LoRA on a 16-bit base ({format_bytes(lora.peak_bytes)})"
     if changed and same.peak_bytes <= lora.peak_bytes:
         mine = ", ".join(_label(f, q) for f in changed)
         theirs = ", ".join(_label(f, lo) for f in changed)
         return (
-            f"{name} {than} because it runs {mine} where LoRA runs {theirs}: at LoRA's "
-            f"settings it needs {format_bytes(same.peak_bytes)}; each row costs it more, as "
-            f"{upcast} at those settings)"
+            f"{name} {than} because it spends what its quantized base saves on {mine} "
+            f"(LoRA runs {theirs}): at LoRA's settings it needs {format_bytes(same.peak_bytes)}"
         )
-    saved = lora.memory.details["weights_unquantized"] - (
-        same.details["weights_quantized"] + same.details["weights_unquantized"] // 2
-    )
+    saved = lora.memory.weights - same.weights
+    extra = same.peak_bytes - lora.peak_bytes + saved
     return (
-        f"{name} {than} at the same settings: {upcast}), more than quantizing the linear "
-        f"layers saves at this size ({format_bytes(saved)})"
+        f"{name} {than} at the same settings: quantizing the linear layers saves only "
+        f"{format_bytes(saved)} of weights at this size, and its matmuls need "
+        f"{format_bytes(extra)} more working memory (each 4-bit or 8-bit weight is "
+        f"dequantized to 16 bits when it is used)"
     )
 
 

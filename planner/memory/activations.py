@@ -184,13 +184,12 @@ def stream_bytes(settings: TrainSettings) -> int:
     """Bytes per element of the residual stream: the dtype the weights are held in.
 
     Mixed precision keeps fp32 master weights, so the embeddings, residual adds and norm
-    outputs stay fp32 while only the matmuls run in 16 bits; peft's
-    ``prepare_model_for_kbit_training`` upcasts a quantized base's embeddings and norms to
-    fp32 as well. A LoRA base or a pure-bf16 model is held (and streams) in the compute dtype.
+    outputs stay fp32 while only the matmuls run in 16 bits. A LoRA base, a quantized base
+    (the runner's `prepare_quantized_base` leaves its embeddings and norms in the compute
+    dtype, where peft's ``prepare_model_for_kbit_training`` would upcast them to fp32) or a
+    pure-bf16 model is held (and streams) in the compute dtype.
     """
     b = BYTES[settings.compute_dtype]
-    if settings.effective_quantization != "none":
-        return 4
     if settings.method in ("full", "freeze") and settings.precision != "bf16-pure":
         return 4
     return b
@@ -371,7 +370,7 @@ def block_bytes(
                 for t in spec.lora_targets
                 if t.kind == "expert"
             )
-            # in the experts' own dtype: the base's, or fp32 after k-bit preparation
+            # in the experts' own dtype: the base's (a quantized base leaves them unquantized)
             out["expert_merged_weights"] = expert_params * r
             keeps_mo = True
     if spec.mlp_kind == "gated":

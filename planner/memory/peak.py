@@ -205,12 +205,8 @@ def autocast_copies(
         total = sum(_numel(s) for s in shapes if len(s) == 2) * 2  # adapters live in blocks
         per_block = total // max(spec.num_layers, 1)
         kept = 0 if settings.gradient_checkpointing else total
-        head = 0
-        if settings.effective_quantization != "none" and spec.has_lm_head:
-            # the head stays unquantized and k-bit preparation upcasts it to fp32: frozen, so
-            # not cached, but its matmul keeps the 16-bit cast for the input's gradient
-            head = spec.vocab_size * spec.hidden_size * 2
-        return AutocastCopies(total + head, kept + head, per_block)
+        # a frozen head (LoRA's or a quantized base's) is held in the compute dtype: no copy
+        return AutocastCopies(total, kept, per_block)
     if _param_dtype(settings) != "fp32":
         return AutocastCopies()
     layers = max(spec.num_layers, 1)

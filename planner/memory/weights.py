@@ -9,10 +9,10 @@ The quantized layouts follow bitsandbytes 0.50 (`Params4bit`, `QuantState`, `Int
 
 Only the linear layers of the blocks are quantized (fused mixture-of-experts weights are not
 ``nn.Linear`` and stay as they are); embeddings, the LM head (transformers
-keeps the output embedding in full precision) and norms are not. peft's
-``prepare_model_for_kbit_training`` (peft 0.21, ``utils/other.py``) then casts every
-remaining fp16/bf16 parameter that is not a `Params4bit` to fp32, so for QLoRA and 8-bit LoRA
-those parts cost 4 bytes a parameter.
+keeps the output embedding in full precision) and norms are not. They stay in the dtype the
+base loads in (the compute dtype): the runner's `prepare_quantized_base` skips the fp32 cast
+of peft's ``prepare_model_for_kbit_training`` (peft 0.21, ``utils/other.py``), which would
+double them for parts that are frozen anyway.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def quantizable_params(spec: ModelSpec) -> int:
     """Parameters in the blocks' linear layers (what bitsandbytes replaces), biases excluded.
 
     Fused 3-D expert weights are parameters of a mixture block, not ``nn.Linear`` layers:
-    bitsandbytes leaves them alone, so a QLoRA mixture keeps its experts at full size (and
-    k-bit preparation makes them fp32).
+    bitsandbytes leaves them alone, so a QLoRA mixture keeps its experts at full size (in the
+    dtype the base loads in).
     """
     return sum(t.in_features * t.out_features * t.count for t in quantized_targets(spec))
 
@@ -90,6 +90,6 @@ def weight_bytes(
     rest = spec.params_total - linear_params - biases
     return {
         "quantized": quantized_linear_bytes(spec, quantization, double_quant=double_quant),
-        # prepare_model_for_kbit_training upcasts everything that is not 4-bit/8-bit to fp32
-        "unquantized": (rest + biases) * 4,
+        # held as loaded (not upcast to fp32 as peft's k-bit preparation would)
+        "unquantized": (rest + biases) * DTYPE_BYTES[param_dtype],
     }

@@ -1,6 +1,7 @@
-"""bitsandbytes' quirks that the runner works around: its logging on CUDA and its CPU repack.
+"""A quantized base's preparation for LoRA, and bitsandbytes' quirks the runner works around
+(its logging on CUDA and its CPU repack).
 
-Both concern quantized (k-bit) bases only, which is why they live apart from the loading code
+All concern quantized (k-bit) bases only, which is why they live apart from the loading code
 in `affiner.runner.training.modeling` that calls them. Importing this module does not import bitsandbytes.
 """
 
@@ -40,6 +41,26 @@ def quiet_int8_cast_warning() -> None:
     logger = logging.getLogger(INT8_LOGGER)
     if not any(isinstance(f, _OncePerMessage) for f in logger.filters):
         logger.addFilter(_OncePerMessage())
+
+
+def prepare_quantized_base(model: nn.Module, *, gradient_checkpointing: bool) -> nn.Module:
+    """Freeze a 4-bit or 8-bit base for LoRA, leaving its unquantized parts in the compute dtype.
+
+    This is peft's ``prepare_model_for_kbit_training`` (peft 0.21, ``utils/other.py``) less
+    its first step, which casts every fp16/bf16 parameter that is not 4-bit (the embeddings,
+    the LM head, the norms and the biases) to fp32. Those stay frozen, so fp32 buys them
+    nothing: it doubles their bytes, and an fp32 embedding output makes the whole residual
+    stream fp32, which costs a quantized base more activation memory per row than LoRA on a
+    16-bit base (issue 11). The adapters still train in fp32: peft casts them itself, and
+    mixed precision keeps fp32 masters for what trains. The rest is what peft does with
+    non-reentrant checkpointing: every base parameter frozen and checkpointing switched on
+    (its input-gradient hook is needed only by the reentrant kind).
+    """
+    for param in model.parameters():
+        param.requires_grad = False
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 def disable_cpu_inference_repack(model: nn.Module) -> int:

@@ -9,7 +9,8 @@ Methods (``[method].name``):
   Llama-likes, GPT-2, GPT-NeoX, Falcon, OPT and BERT all work without a table of names.
 * ``lora``: a peft LoRA adapter on a frozen base (held in the compute dtype to save memory).
 * ``qlora``: a 4-bit NF4 (or FP4) base through bitsandbytes, double quantization optional, then
-  peft's ``prepare_model_for_kbit_training`` and LoRA.
+  `prepare_quantized_base` (peft's ``prepare_model_for_kbit_training`` without its fp32
+  upcast of the frozen embeddings, head and norms) and LoRA.
 * ``lora8``: an 8-bit base (LLM.int8) and LoRA.
 
 Classification runs load ``AutoModelForSequenceClassification`` with the data's labels; its
@@ -37,6 +38,7 @@ from affiner.planner.vocabulary import BASE_WEIGHT_METHODS, LORA_METHODS, resolv
 from affiner.runner.config import RunConfig
 from affiner.runner.training.kbit import (
     disable_cpu_inference_repack,
+    prepare_quantized_base,
     quantized_layer_count,
     quiet_int8_cast_warning,
 )
@@ -326,13 +328,11 @@ def load_model(
 
 def apply_lora(model: nn.Module, cfg: RunConfig, *, quantized: bool) -> nn.Module:
     """Wrap the model in a peft LoRA adapter (after k-bit preparation for a quantized base)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
 
     if quantized:
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=bool(cfg.training.gradient_checkpointing),
-            gradient_checkpointing_kwargs={"use_reentrant": False},
+        model = prepare_quantized_base(
+            model, gradient_checkpointing=bool(cfg.training.gradient_checkpointing)
         )
         disable_cpu_inference_repack(model)
     classification = cfg.model.task == "classification"

@@ -88,11 +88,12 @@ def test_lora_trainable_params_rank_r_on_q_and_v(llama8b) -> None:
         assert sum(a * b for a, b in shapes) == 32 * r * ((4096 + 4096) + (4096 + 1024))
 
 
-def test_qlora_keeps_embeddings_and_head_in_fp32(llama8b) -> None:
+def test_qlora_keeps_embeddings_and_head_in_the_compute_dtype(llama8b) -> None:
+    # the runner's prepare_quantized_base skips peft's fp32 upcast of the frozen parts (issue 11)
     est = estimate_memory(llama8b, TrainSettings(method="qlora"), H100)
     embed_head = 2 * 128256 * 4096
-    assert est.details["weights_unquantized"] >= embed_head * 4
-    assert est.details["weights_unquantized"] < embed_head * 4 * 1.01
+    assert est.details["weights_unquantized"] >= embed_head * 2
+    assert est.details["weights_unquantized"] < embed_head * 2 * 1.01
 
 
 def test_peak_grows_with_batch_and_sequence(llama8b) -> None:
