@@ -323,6 +323,22 @@ def _gpu_gib(gpu: str) -> float:
     return json.loads(proc.stdout)["gpu"]["memory_total"] / 2**30
 
 
+def _tree() -> dict:
+    """The commit the planner ran from, and its files changed but not committed (if any)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*a: str) -> str:
+        proc = subprocess.run(["git", *a], cwd=root, capture_output=True, text=True)
+        return proc.stdout.rstrip()
+
+    changed = [
+        line[3:]
+        for line in git("status", "--porcelain", "--", "planner").splitlines()
+        if line.strip()
+    ]
+    return {"commit": git("rev-parse", "--short", "HEAD"), "planner_uncommitted": changed}
+
+
 def run(data: dict, peers_venv: Path | None) -> dict:
     peers = peers_venv is not None and (peers_venv / "bin" / "fitcheck").exists()
     rows = []
@@ -364,6 +380,7 @@ def run(data: dict, peers_venv: Path | None) -> dict:
     ]
     summary_common = {n: summarize(common, n) for n in names}
     return {
+        "affiner_tree": _tree(),
         "points": len(rows),
         "peers": "fitcheck-llm and canifinetune from " + str(peers_venv) if peers else None,
         "peers_absent": None if peers else f"no peers venv ({peers_venv}); affiner only",
@@ -417,6 +434,14 @@ def table(result: dict) -> str:
                 f" median signed {s['median_signed_error'] * 100:+.1f}%, {s['under']} under;"
                 f" out of memory called 'does not fit' {s['oom_called_right']}/{s['oom_points']}"
             )
+    tree = result.get("affiner_tree") or {}
+    if tree.get("planner_uncommitted"):
+        lines.append(
+            f"planner at {tree['commit']} with uncommitted changes to "
+            + ", ".join(tree["planner_uncommitted"])
+        )
+    elif tree:
+        lines.append(f"planner at {tree['commit']}")
     if result["peers_absent"]:
         lines.append(result["peers_absent"])
     return "\n".join(lines)
