@@ -19,6 +19,19 @@ Modules:
     inference: chatting with the base model and the tuned one: `ChatSession` in this process
         (the demo), `ChatProcess` through a child (the playground).
     chat: that child, ``python -m affiner.runner.chat RUN_DIR [--exit-with-parent]``.
+    chat_client: `ChatProcess`, the TUI's client for that child (standard library only;
+        `inference` re-exports it).
 """
 
-__all__ = ["chat", "config", "data", "demo", "inference", "run", "train", "training", "worker"]
+__all__ = [
+    "chat",
+    "chat_client",
+    "config",
+    "data",
+    "demo",
+    "inference",
+    "run",
+    "train",
+    "training",
+    "worker",
+]
