@@ -15,6 +15,11 @@ Modules:
         runner's run.toml and the TUI use the same ones.
     settings: `TrainSettings`, everything a plan is computed for.
     recommend: `plan(spec, device, request) -> PlanReport`, every method and the recommendation.
+    plan_request: `PlanRequest`, the settings a request states, and why the unstated are chosen.
+    plan_search: one method's base settings, its variants and the micro-batch search, and
+        `longest_sequence_for`.
+    plan_candidates: `Candidate` and `Alternative`: one sized method, its reasons, and what
+        would fit with stated settings left to the planner.
     sequence_fit: the memory budget and the longest sequence that fits.
     timing: step and run time (`estimate_time`).
     explain: the plain words a plan is explained in.
@@ -32,6 +37,9 @@ __all__ = [
     "locations",
     "memory",
     "models",
+    "plan_candidates",
+    "plan_request",
+    "plan_search",
     "recommend",
     "sequence_fit",
     "settings",
