@@ -13,7 +13,6 @@ from affiner.runner.run.checkpoints import (
     latest_checkpoint,
     list_checkpoints,
     read_log_history,
-    resume_checkpoint,
     saved_weights,
 )
 from affiner.runner.run.events import (
@@ -111,7 +110,6 @@ __all__ = [
     "read_log_history",
     "read_status",
     "resolve_run",
-    "resume_checkpoint",
     "resume_step",
     "run_preflight_process",
     "run_task",

@@ -79,12 +79,6 @@ def saved_weights(run_dir: RunDir | str | os.PathLike[str]) -> list[Path]:
     return [rd.adapter, rd.best, *(folder for _, folder in reversed(list_checkpoints(rd)))]
 
 
-def resume_checkpoint(run_dir: RunDir) -> Path | None:
-    """The newest complete checkpoint (one whose ``trainer_state.json`` exists), or None."""
-    found = latest_checkpoint(run_dir)
-    return found[1] if found else None
-
-
 def _as_rundir(run_dir: RunDir | str | os.PathLike[str]) -> RunDir:
     return run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
 

@@ -12,7 +12,6 @@ from affiner.runner.run import RunDir, latest_checkpoint, list_checkpoints, save
 from affiner.runner.run.checkpoints import (
     checkpoint_folder,
     checkpoint_step,
-    resume_checkpoint,
 )
 from affiner.runner.run.runs import summarize
 from tests.test_import_graph import affiner_graph
@@ -45,7 +44,6 @@ def test_only_complete_checkpoints_count(tmp_path: Path) -> None:
     assert [s for s, _ in list_checkpoints(rd)] == [4, 8]
     assert latest_checkpoint(rd) == (8, rd.checkpoints / "checkpoint-8")
     assert latest_checkpoint(str(tmp_path)) == latest_checkpoint(rd)  # a plain path works too
-    assert resume_checkpoint(rd) == rd.checkpoints / "checkpoint-8"
     assert latest_checkpoint(RunDir(tmp_path / "none")) is None
 
 
