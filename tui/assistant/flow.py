@@ -7,111 +7,32 @@ as a `Task` that the screen runs in a worker and reports with the matching ``*_r
 `failed` call. Every call returns a `Reply`: messages to show and tasks to start. Keeping
 the conversation here means its logic is unit-tested in microseconds, and the screen stays
 a thin layer that draws and runs workers.
+
+The settings step's knobs (`Settings`, `change_setting`, `state_setting`) are in
+`affiner.tui.assistant.knobs`, and `Say`, `Task` and `Reply` in `affiner.tui.assistant.reply`;
+both are imported here, so ``from affiner.tui.assistant.flow import Settings, Reply`` works.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
-from affiner.planner.settings import ATTENTIONS
 from affiner.planner.units import format_bytes, format_duration
-from affiner.planner.vocabulary import (
-    LORA_METHODS,
-    OPTIMIZERS,
-    PRECISION_SETTINGS,
-    default_learning_rate,
-)
+from affiner.planner.vocabulary import LORA_METHODS
 from affiner.tui.assistant import answers
 from affiner.tui.assistant.answers import AnswerContext, capitalized, method_name
 from affiner.tui.assistant.intents import Intent, parse_intent
+from affiner.tui.assistant.knobs import STATED, SettingKnobs, Settings, shown
 from affiner.tui.assistant.preview import DataPreview
+from affiner.tui.assistant.reply import Reply, Say, Task, say
 from affiner.tui.assistant.text import QUESTIONS, data_summary, preflight_summary
 
 #: The steps, in order. ``monitor`` is where the flow ends (the app opens the monitor).
 STEPS = ("hardware", "model", "data", "plan", "settings", "preflight", "launch", "monitor")
 
-#: The typed run.toml settings (intent ``set_<name>``): the `PlanRequest` field each states,
-#: its label, and the words it takes (None: checked otherwise).
-STATED: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
-    "targets": ("lora_targets", "LoRA targets", None),
-    "checkpointing": ("gradient_checkpointing", "Gradient checkpointing", None),
-    "optimizer": ("optimizer", "Optimizer", OPTIMIZERS),
-    "precision": ("precision", "Precision", PRECISION_SETTINGS),
-    "attention": ("attention", "Attention", ATTENTIONS),
-    "dropout": ("lora_dropout", "LoRA dropout", None),
-}
 
-
-def _shown(value: Any) -> str:
-    """A stated setting as the user types it (``q_proj,v_proj``, ``off``, ``auto``)."""
-    if value is None:
-        return "auto"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, (tuple, list)):
-        return ",".join(value)
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-@dataclass
-class Settings:
-    """The knobs the settings step shows; `method` None follows the recommendation."""
-
-    method: str | None = None
-    epochs: float = 3.0
-    learning_rate: float = default_learning_rate("lora")
-    lora_rank: int = 16
-    seq_len: int = 512
-    batch: int = 16
-    learning_rate_set: bool = False
-    #: run.toml settings the user typed (``optimizer adamw``), by `PlanRequest` field: every
-    #: re-plan states them, so the planner never changes them.
-    stated: dict[str, Any] = field(default_factory=dict)
-
-    def lr_for(self, method: str) -> float:
-        """The learning rate a run would use: the user's, else the method's usual one
-        (`affiner.planner.vocabulary.LEARNING_RATES`, the one a run.toml without one gets)."""
-        return self.learning_rate if self.learning_rate_set else default_learning_rate(method)
-
-
-@dataclass
-class Say:
-    """One message for the conversation. `kind` picks the widget: ``markdown`` (the text),
-    ``data`` / ``histogram`` / ``example`` (a `DataPreview` in `data`), ``plan`` (the plan
-    bars), ``settings`` (the settings form)."""
-
-    text: str
-    role: str = "affiner"
-    kind: str = "markdown"
-    data: Any = None
-
-
-@dataclass
-class Task:
-    """Slow work for the screen: ``probe``, ``resolve_model`` (arg: ref), ``load_data``
-    (arg: path), ``plan``, ``preflight`` (arg: RunConfig), ``launch`` (arg: RunConfig),
-    ``open_monitor`` (arg: run folder), ``demo`` (arg: ``chat`` or ``classify``)."""
-
-    kind: str
-    arg: Any = None
-
-
-@dataclass
-class Reply:
-    messages: list[Say] = field(default_factory=list)
-    tasks: list[Task] = field(default_factory=list)
-
-    def __add__(self, other: Reply) -> Reply:
-        return Reply(self.messages + other.messages, self.tasks + other.tasks)
-
-
-def _say(*texts: str) -> Reply:
-    return Reply([Say(t) for t in texts])
-
-
-class AssistantFlow:
+class AssistantFlow(SettingKnobs):
     """State of one guided conversation. See the module docstring for the protocol."""
 
     def __init__(self, *, default_model: str | None = None, default_data: str | None = None):
@@ -178,14 +99,14 @@ class AssistantFlow:
                 " model on real data on this machine, with nothing downloaded."
             )
         if self.step == "hardware":
-            return _say(text) + self._enter("model")
-        return _say(text)
+            return say(text) + self._enter("model")
+        return say(text)
 
     def model_ready(self, spec: Any) -> Reply:
         self.spec = spec
         limit = spec.max_position_embeddings or self.settings.seq_len
         self.settings.seq_len = min(self.settings.seq_len, limit)
-        reply = _say(answers.model_summary(spec)) + self._replan()
+        reply = say(answers.model_summary(spec)) + self._replan()
         return reply + self._enter("data")
 
     def data_ready(self, preview: DataPreview) -> Reply:
@@ -208,9 +129,9 @@ class AssistantFlow:
             if what == "setting":
                 label, old, new = info
                 after = self.candidate()
-                reply += _say(answers.setting_changed(label, old, new, before, after, self.device))
+                reply += say(answers.setting_changed(label, old, new, before, after, self.device))
             elif what == "device":
-                reply += _say(
+                reply += say(
                     f"Re-planned for **{self.device.name}**.\n\n"
                     + answers.what_fits(report, self.device)
                 )
@@ -221,7 +142,7 @@ class AssistantFlow:
 
     def preflight_ready(self, event: Any) -> Reply:
         self.preflight = event
-        return _say(preflight_summary(event, self.candidate())) + self._enter("launch")
+        return say(preflight_summary(event, self.candidate())) + self._enter("launch")
 
     def launched(self, run_dir: Any) -> Reply:
         self.run_dir = run_dir
@@ -243,19 +164,19 @@ class AssistantFlow:
                 self.settings.stated.pop(key, None)
             else:
                 self.settings.stated[key] = old
-            return _say(text + f" It stays {_shown(old)}.")
+            return say(text + f" It stays {shown(old)}.")
         if kind == "resolve_model":
-            return _say(text, QUESTIONS["model"])
+            return say(text, QUESTIONS["model"])
         if kind == "load_data":
-            return _say(text, QUESTIONS["data"])
-        return _say(text)
+            return say(text, QUESTIONS["data"])
+        return say(text)
 
     def set_target(self, target: Any) -> Reply:
         """Plan as if for `target` (a catalog `DeviceTarget`), or this machine when None."""
         self.target = target
         if self.spec is None:
             name = target.name if target is not None else "this machine"
-            return _say(f"Plans will be made for **{name}** once a model is chosen.")
+            return say(f"Plans will be made for **{name}** once a model is chosen.")
         self._pending.append(("device", None))
         return Reply(tasks=[Task("plan")])
 
@@ -294,7 +215,7 @@ class AssistantFlow:
                 [Say(f"Getting the **{value}** demo ready: its model and data ship in packages…")],
                 [Task("demo", value)],
             )
-        return _say(answers.answer(intent, self.context()))
+        return say(answers.answer(intent, self.context()))
 
     def demo_ready(self, preset: dict[str, Any]) -> Reply:
         """A demo's model and data are on disk: pre-fill them and its settings, ask for the model.
@@ -308,72 +229,17 @@ class AssistantFlow:
         for name, value in preset.get("settings", {}).items():
             setattr(self.settings, name, value)
         self.settings.learning_rate_set = "learning_rate" in preset.get("settings", {})
-        return _say("Ready. Press Enter at each step to accept the demo's choices.") + self._enter(
+        return say("Ready. Press Enter at each step to accept the demo's choices.") + self._enter(
             "model"
         )
 
-    def change_setting(self, name: str, value: Any, *, quiet: bool = False) -> Reply:
-        """Set one knob (``epochs``, ``lr``, ``rank``, ``seq_len``, ``batch``) and re-plan.
-
-        `quiet` (the settings fields, which change on every keystroke) re-plans without a
-        message in the conversation: the live bars and summary line show the effect.
-        """
-        fields = {
-            "epochs": ("epochs", "Epochs", float),
-            "lr": ("learning_rate", "Learning rate", float),
-            "rank": ("lora_rank", "LoRA rank", int),
-            "seq_len": ("seq_len", "Maximum length", int),
-            "batch": ("batch", "Batch (rows a step)", int),
-        }
-        attr, label, cast = fields[name]
-        value = cast(value)
-        if value <= 0:
-            return _say(f"{label} must be above zero; it stays {getattr(self.settings, attr):g}.")
-        limit = getattr(self.spec, "max_position_embeddings", 0) or 0
-        if name == "seq_len" and limit and value > limit:
-            return _say(
-                f"{self.spec.name} reads at most {limit:,} tokens; the maximum length stays {self.settings.seq_len}."
-            )
-        old = (
-            self.settings.lr_for(self.method or "lora")
-            if name == "lr"
-            else getattr(self.settings, attr)
-        )
-        setattr(self.settings, attr, value)
-        if name == "lr":
-            self.settings.learning_rate_set = True
-        if quiet:
-            return self._replan() if name not in ("epochs", "lr") else Reply()
-        if name in ("epochs", "lr"):
-            return _say(f"{label}: {old:g} → **{value:g}**." + self._time_line())
-        return self._replan(("setting", (label, f"{old:g}", f"{value:g}")))
-
-    def state_setting(self, name: str, value: Any) -> Reply:
-        """State one run.toml setting (`STATED`: ``optimizer adamw``, ``targets q,v``...) and
-        re-plan; every later plan keeps it. ``auto`` (None) hands it back to the planner."""
-        key, label, words = STATED[name]
-        stated = self.settings.stated
-        old = stated.get(key)
-        if words is not None and value not in words:
-            return _say(f"{label} takes {', '.join(words)}; it stays {_shown(old)}.")
-        if name == "dropout" and not 0 <= value < 1:
-            return _say(f"{label} must be at least 0 and below 1; it stays {_shown(old)}.")
-        if value is None:
-            stated.pop(key, None)
-        else:
-            stated[key] = value
-        self._undo = (key, old)
-        if self.spec is None or self.device is None:
-            return _say(f"{label}: **{_shown(value)}**; the plan will keep it.")
-        return self._replan(("setting", (label, _shown(old), _shown(value))))
-
     def _use_method(self, method: str) -> Reply:
         if self.plan is not None and answers.find_candidate(self.plan, method) is None:
-            return _say(f"The plan has no {method_name(method)} candidate for this model.")
+            return say(f"The plan has no {method_name(method)} candidate for this model.")
         old = self.settings.method
         self.settings.method = method
         if self.plan is None:
-            return _say(f"{capitalized(method_name(method))} it is; the plan follows the model.")
+            return say(f"{capitalized(method_name(method))} it is; the plan follows the model.")
         candidate = self.candidate()
         text = f"Using **{method_name(method)}**" + (
             " (was the recommendation)." if old is None else "."
@@ -384,28 +250,24 @@ class AssistantFlow:
             text += f" Peak {format_bytes(candidate.peak_bytes)}, {format_duration(answers.step_seconds(candidate))} a step."
         return Reply([Say(text), Say("", kind="plan", data=self.plan)])
 
-    def _time_line(self) -> str:
-        total = answers.how_long(self.context())
-        return "\n\n" + total if self.data and self.plan else ""
-
     # -- steps -------------------------------------------------------------------------
     def _answer_step(self, text: str) -> Reply:
         if self.step == "model":
             ref = text or self.default_model
             if not ref:
-                return _say("I need a model to plan for. " + QUESTIONS["model"])
+                return say("I need a model to plan for. " + QUESTIONS["model"])
             self.model_ref = ref
             return Reply([Say(f"Reading the shape of `{ref}`…")], [Task("resolve_model", ref)])
         path = text or self.default_data
         if not path:
-            return _say("I need a data file to train on. " + QUESTIONS["data"])
+            return say("I need a data file to train on. " + QUESTIONS["data"])
         return Reply([Say(f"Reading `{path}`…")], [Task("load_data", path)])
 
     def _next(self) -> Reply:
         if self.step in ("model", "data"):
             return self._answer_step("")
         if self.step == "hardware":
-            return _say("Still looking at the hardware; one moment.")
+            return say("Still looking at the hardware; one moment.")
         if self.step == "plan":
             return self._enter("settings")
         if self.step == "settings":
@@ -414,17 +276,17 @@ class AssistantFlow:
             return self._preflight()
         if self.step == "launch":
             return self._launch()
-        return _say("The run is started; the monitor shows it (F-keys switch screens).")
+        return say("The run is started; the monitor shows it (F-keys switch screens).")
 
     def _goto(self, step: str) -> Reply:
         needs = {"data": self.spec, "plan": self.plan, "settings": self.plan}
         if step in needs and needs[step] is None:
-            return _say(f"The {step} step needs the earlier ones first. " + QUESTIONS[self.step])
+            return say(f"The {step} step needs the earlier ones first. " + QUESTIONS[self.step])
         if step == "hardware":
             return (
-                _say(answers.hardware_summary(self.hardware))
+                say(answers.hardware_summary(self.hardware))
                 if self.hardware
-                else _say("Still looking.")
+                else say("Still looking.")
             )
         return self._enter(step)
 
@@ -432,10 +294,10 @@ class AssistantFlow:
         self.step = step
         if step == "model":
             default = f" Enter uses `{self.default_model}`." if self.default_model else ""
-            return _say(QUESTIONS["model"] + default)
+            return say(QUESTIONS["model"] + default)
         if step == "data":
             default = f" Enter uses `{self.default_data}`." if self.default_data else ""
-            return _say(QUESTIONS["data"] + default)
+            return say(QUESTIONS["data"] + default)
         if step == "plan":
             if self.plan is None:
                 self._pending.append(("show", None))
@@ -443,7 +305,7 @@ class AssistantFlow:
             return self._show_plan()
         if step == "settings":
             return Reply([Say(QUESTIONS["settings"]), Say("", kind="settings", data=self.settings)])
-        return _say(QUESTIONS[step])
+        return say(QUESTIONS[step])
 
     def _show_plan(self) -> Reply:
         best = answers.recommended(self.plan)
@@ -475,7 +337,7 @@ class AssistantFlow:
     def _preflight(self) -> Reply:
         problem = self._ready_to_run()
         if problem:
-            return _say(problem)
+            return say(problem)
         self.step = "preflight"
         return Reply(
             [Say("Running the pre-flight check…")], [Task("preflight", self.build_config())]
@@ -484,7 +346,7 @@ class AssistantFlow:
     def _launch(self) -> Reply:
         problem = self._ready_to_run()
         if problem:
-            return _say(problem)
+            return say(problem)
         self.step = "launch"
         return Reply([Say("Launching…")], [Task("launch", self.build_config())])
 
