@@ -273,11 +273,19 @@ def _candidate(
         )
     if s.precision == "fp16" and request.precision in (None, "auto"):
         reasons.append("fp16 with loss scaling: this GPU has no bf16")
-    if t.step_seconds is not None:
-        reasons.append(f"about {format_duration(t.step_seconds)} per optimizer step (estimate)")
-    if t.impractical_reason:
-        reasons.append(t.impractical_reason)
+    reasons.extend(time_reasons(t))
     return Candidate(s, est, t, ok, reasons, frozenset(stated), chosen, found)
+
+
+def time_reasons(t: TimeEstimate) -> list[str]:
+    """What a candidate's reasons say of its time: the step, and why it is impractical."""
+    out = []
+    if t.step_seconds is not None:
+        how = "calibrated by a measured step" if t.calibration else "estimate"
+        out.append(f"about {format_duration(t.step_seconds)} per optimizer step ({how})")
+    if t.impractical_reason:
+        out.append(t.impractical_reason)
+    return out
 
 
 #: Settings two plans of one model can differ in that change the peak (the searched ones).

@@ -79,6 +79,13 @@ class PlanRequest:
         lora_alpha: LoRA's alpha (None: twice the rank). lora_dropout: None: 0.05 (0 for
             fused experts, which peft adapts without dropout).
         trainable_layers: blocks freeze trains (None: a quarter of them, 1 to 8).
+        measured_step_seconds: one optimizer step of this request's own settings as measured
+            on this device (a pre-flight's, or a run's median), for `method`; every
+            candidate's time is then scaled by it (`affiner.planner.timing.calibrate`).
+        measured_step_source: where that figure comes from, in words ("the pre-flight").
+        measured_step_estimate: what the time model says for the settings that were measured,
+            when they are not this request's (a "what if" beside a run.toml that ran); None:
+            the request's own `method` candidate is what was measured.
     """
 
     seq_len: int = 512
@@ -104,6 +111,9 @@ class PlanRequest:
     lora_alpha: int | None = None
     lora_dropout: float | None = None
     trainable_layers: int | None = None
+    measured_step_seconds: float | None = None
+    measured_step_source: str = "a measured step"
+    measured_step_estimate: float | None = None
 
     @property
     def stated(self) -> frozenset[str]:

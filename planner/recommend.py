@@ -26,17 +26,18 @@ many GPUs with FSDP full sharding would fit full fine-tuning.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from affiner.planner import explain
 from affiner.planner.hardware import DeviceTarget
 from affiner.planner.memory import estimate_memory
 from affiner.planner.models import ModelSpec
-from affiner.planner.plan_candidates import _candidate, _costlier_than_lora
+from affiner.planner.plan_candidates import _candidate, _costlier_than_lora, time_reasons
 from affiner.planner.plan_request import _check_lora
 from affiner.planner.plan_search import _takes_quantization
 from affiner.planner.sequence_fit import max_seq_len, usable_memory
+from affiner.planner.timing import calibrate
 from affiner.planner.units import format_bytes, format_duration
 from affiner.planner.vocabulary import QUANTIZED_METHODS, Method
 
@@ -115,6 +116,7 @@ def plan(spec: ModelSpec, device: DeviceTarget, request: PlanRequest) -> PlanRep
         if m not in QUANTIZED_METHODS or _takes_quantization(m, request.quantization)
     ] or methods
     candidates = [_candidate(spec, device, request, m, usable) for m in methods]
+    _calibrate(candidates, device, request)
     lora = next((c for c in candidates if c.method == "lora"), None)
     for c in candidates:
         if lora is not None and c.method in QUANTIZED_METHODS:
@@ -151,6 +153,27 @@ def plan(spec: ModelSpec, device: DeviceTarget, request: PlanRequest) -> PlanRep
             cpu_notes(spec, request, candidates[chosen] if chosen is not None else None)
         )
     return report
+
+
+def _calibrate(candidates: list[Candidate], device: DeviceTarget, request: PlanRequest) -> None:
+    """Scale every candidate's time by the measured step of the request's own method.
+
+    The measured step ran the request's stated settings, which its method's candidate keeps
+    (or other settings, whose model time `measured_step_estimate` gives); what the FLOPs model
+    missed there (the real utilisation, the overheads) is the device's and
+    the software's, so the other methods on the same device are scaled alike.
+    """
+    measured = request.measured_step_seconds
+    ran = next((c for c in candidates if c.method == request.method), None)
+    if not measured or ran is None or ran.time.step_seconds is None:
+        return
+    model = ran.time
+    if request.measured_step_estimate:
+        model = replace(model, step_seconds=request.measured_step_estimate)
+    for c in candidates:
+        before = time_reasons(c.time)
+        c.time = calibrate(c.time, model, measured, device, request.measured_step_source)
+        c.reasons = [r for r in c.reasons if r not in before] + time_reasons(c.time)
 
 
 def _why_chosen(c: Candidate, priority: str) -> str:
@@ -225,9 +248,11 @@ def cpu_notes(spec: ModelSpec, request: PlanRequest, chosen: Candidate | None) -
     notes = ["This is a CPU run: memory is RAM, and training is far slower than on a GPU."]
     if chosen is None:
         return notes
-    if chosen.time.total_seconds is not None:
+    t = chosen.time
+    if t.total_seconds is not None and t.step_seconds is not None:
         notes.append(
-            f"Estimated total time on this CPU: {format_duration(chosen.time.total_seconds)}."
+            f"Estimated total time on this CPU: {format_duration(t.total_seconds)} "
+            f"({t.total_steps} steps × {format_duration(t.step_seconds)})."
         )
     elif chosen.time.step_seconds is not None:
         notes.append(

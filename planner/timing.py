@@ -202,15 +202,32 @@ def estimate_time(
         notes.append("this device's speed is unknown (give --gpu NAME for a time estimate)")
     result = TimeEstimate(tokens, per_token, peak, util, step, notes=notes)
     result.overhead_seconds = overhead
-    rows_per_step = settings.effective_batch
     if train_rows:
-        result.steps_per_epoch = max(1, -(-train_rows // rows_per_step))
+        result.steps_per_epoch = optimizer_steps(
+            train_rows, settings.micro_batch, settings.grad_accum, 1.0, settings.num_gpus
+        )
     elif train_tokens:
         result.steps_per_epoch = max(1, -(-train_tokens // tokens))
     if result.steps_per_epoch:
         result.total_steps = max(1, math.ceil(result.steps_per_epoch * epochs - 1e-9))
     _totals(result, device)
     return result
+
+
+def optimizer_steps(
+    rows: int, micro_batch: int, grad_accum: int = 1, epochs: float = 1.0, num_gpus: int = 1
+) -> int:
+    """Optimizer steps a run over `rows` takes, counted as the Trainer counts them.
+
+    Each device's data loader yields ``ceil(rows / (micro_batch × num_gpus))`` micro-batches an
+    epoch (the last one short, none dropped); a partial group of `grad_accum` micro-batches at
+    an epoch's end still makes a step; fractional epochs round the total up. The plan, the
+    pre-flight's "is this run long?" and the assistant all count with this one rule, so the
+    steps a plan shows are the steps the run then logs.
+    """
+    micro_batches = max(1, math.ceil(rows / max(1, micro_batch * max(1, num_gpus))))
+    per_epoch = max(1, math.ceil(micro_batches / max(1, grad_accum)))
+    return max(1, math.ceil(per_epoch * epochs - 1e-9))
 
 
 def overhead_floor(spec: ModelSpec, settings: TrainSettings) -> float:
@@ -256,6 +273,7 @@ def calibrate(
     measured: TimeEstimate,
     measured_step_seconds: float,
     device: DeviceTarget,
+    source: str = "a measured step",
 ) -> TimeEstimate:
     """`estimate` scaled by how a measured step compared with the model's estimate of it.
 
@@ -269,6 +287,7 @@ def calibrate(
         measured: `estimate_time` for the settings the measured step ran with, same device.
         measured_step_seconds: the measured time of one optimizer step of those settings.
         device: the device both ran on (for the practicality judgement).
+        source: where the measured step comes from, for the note ("the pre-flight").
 
     Returns:
         A copy of `estimate` with step, epoch and total time multiplied by measured over
@@ -286,7 +305,7 @@ def calibrate(
         notes=list(estimate.notes),
     )
     result.notes.append(
-        f"calibrated by a measured step: {format_duration(measured_step_seconds)} where the "
+        f"calibrated by {source}: {format_duration(measured_step_seconds)} where the "
         f"model said {format_duration(measured.step_seconds)} (x{ratio:.2f})"
     )
     _totals(result, device)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import math
 import statistics
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from affiner.planner.errors import AffinerError
+from affiner.planner.timing import optimizer_steps
 from affiner.runner.config import RunConfig
 from affiner.runner.run import EventWriter, Preflight, RunDir, Warning_
 from affiner.runner.training.oom import is_oom
@@ -42,8 +42,7 @@ def planned_steps(cfg: RunConfig, train_rows: int, world_size: int = 1) -> int:
     t = cfg.training
     if t.max_steps > 0:
         return t.max_steps
-    per_epoch = math.ceil(train_rows / max(1, t.micro_batch * world_size)) // max(1, t.grad_accum)
-    return max(1, math.ceil(max(1, per_epoch) * t.epochs))
+    return optimizer_steps(train_rows, t.micro_batch, t.grad_accum, t.epochs, world_size)
 
 
 def is_long_run(cfg: RunConfig, train_rows: int) -> bool:
