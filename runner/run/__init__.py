@@ -3,7 +3,8 @@
 Layout and ids (`RunDir`), the event log and the status file (`EventWriter`, `read_events`,
 `write_status`), what a folder says about its run (`summarize`, `list_runs`), the worker process
 (`start_run`, `stop_run`, resume), the pre-flight check as a child process
-(`run_preflight_process`) and the checkpoints kept in it. Light to import: the TUI and
+(`run_preflight_process`), the checkpoints kept in it, and how long its steps really took
+(`measured_step`, what calibrates a plan). Light to import: the TUI and
 the CLI use it without torch.
 """
 
@@ -64,6 +65,7 @@ from affiner.runner.run.runs import (
     run_task,
     summarize,
 )
+from affiner.runner.run.step_time import MeasuredStep, logged_step_seconds, measured_step
 
 __all__ = [
     "CLASS_METRICS",
@@ -78,6 +80,7 @@ __all__ = [
     "EventReader",
     "EventWriter",
     "GpuSample",
+    "MeasuredStep",
     "Preflight",
     "RunDir",
     "RunFinished",
@@ -103,6 +106,8 @@ __all__ = [
     "list_checkpoints",
     "list_run_dirs",
     "list_runs",
+    "logged_step_seconds",
+    "measured_step",
     "model_label",
     "new_run_id",
     "prepare_run",

@@ -209,3 +209,42 @@ def test_planning_a_run_toml_with_its_data_imports_nothing_heavy(run_toml: Path)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("[]")
+
+
+def _ran_on_cpu(folder: Path, seconds: float) -> None:
+    """The run.toml's folder as a run that logged steps of `seconds` each on the CPU."""
+    from affiner.runner.run import EventWriter, RunStarted, TrainLog
+
+    with EventWriter(folder) as writer:
+        writer.write(RunStarted(device="cpu", t=1000.0))
+        for i, step in enumerate((1, 5, 10, 15)):
+            writer.write(TrainLog(step=step, t=1000.0 + 2 + i * 5 * seconds))
+
+
+def _plan_cpu(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
+    from affiner.tui.cli.entry import main
+
+    assert main(["plan", *args, "--cpu", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_a_run_toml_that_ran_is_planned_at_its_measured_step(run_toml: Path, capsys) -> None:
+    model = _plan_cpu(capsys, str(run_toml))["candidates"][0]["time"]
+    _ran_on_cpu(run_toml.parent, 3.0 * model["step_seconds"])
+    (cand,) = _plan_cpu(capsys, str(run_toml))["candidates"]
+    t = cand["time"]
+    assert t["calibration"] == pytest.approx(3.0, rel=1e-6)
+    assert t["step_seconds"] == pytest.approx(3.0 * model["step_seconds"])
+    assert t["total_seconds"] == pytest.approx(t["step_seconds"] * t["total_steps"])
+    assert "calibrated by 14 logged steps of this run" in t["notes"][-1]
+    # a "what if" beside it is scaled by how the run compared with its own estimate
+    (bigger,) = _plan_cpu(capsys, str(run_toml), "--micro-batch", "8")["candidates"]
+    assert bigger["micro_batch"] == 8
+    assert bigger["time"]["calibration"] == pytest.approx(3.0, rel=1e-6)
+
+
+def test_steps_measured_on_the_cpu_do_not_calibrate_a_gpu_plan(run_toml: Path, capsys) -> None:
+    _ran_on_cpu(run_toml.parent, 10.0)
+    data = _plan(capsys, str(run_toml))
+    assert data["candidates"][0]["time"]["calibration"] is None
+    assert any("not calibrated" in n and "ran on the CPU" in n for n in data["notes"])

@@ -263,13 +263,28 @@ def run_plan(args: argparse.Namespace) -> int:
             "lengths": None,
             "note": f"data not found here: planned at max_seq_len {fields['seq_len']}",
         }
-    request = PlanRequest(
-        priority=args.priority,
-        num_gpus=args.gpus,
-        sharding=args.sharding if args.gpus > 1 else "none",
-        **fields,
-    )
+    layout = {
+        "priority": args.priority,
+        "num_gpus": args.gpus,
+        "sharding": args.sharding if args.gpus > 1 else "none",
+    }
+    measured, unused = None, None
+    if cfg is not None and not args.model:  # another model's steps were not measured
+        named = bool(args.gpu or args.vram)
+        measured, unused = plan_file.measured_step_for(args.config, device, named_device=named)
+    if measured is not None:
+        fields["measured_step_seconds"] = measured.seconds
+        fields["measured_step_source"] = measured.source
+        if plan_file.given_flags(args) - {"data", "eval"}:  # a "what if" beside the file
+            as_ran = PlanRequest(**layout, **plan_file.stated_from_config(cfg, args.gpus))
+            ran = plan(spec, device, as_ran)
+            same = next((c for c in ran.candidates if c.method == cfg.method.name), None)
+            if same is not None and same.time.step_seconds:
+                fields["measured_step_estimate"] = same.time.step_seconds
+    request = PlanRequest(**layout, **fields)
     report = plan(spec, device, request)
+    if unused:
+        report.notes.append(f"step time not calibrated: {unused}")
     saved = _save(args, cfg, report, model_ref, task) if args.save else None
     if args.max_seq_len:
         chosen = report.best or report.candidates[0]

@@ -150,6 +150,9 @@ def read_data(
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    # a tokenizer.json may pad or cut every row to a fixed length (sentence-transformers' do)
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
     sample = loaded.train[:: max(1, len(loaded.train) // measured)]
     texts = ["\n".join(_strings(example.data)) for example in sample]
     lengths = sorted(len(e.ids) for e in tokenizer.encode_batch(texts)) if texts else []
@@ -241,3 +244,34 @@ def save_plan(
         candidate, model=model, train=train, eval=eval_path, task=task, **overrides
     )
     return save_config(saved, args.save)
+
+
+def measured_step_for(
+    config_path: str, device: Any, *, named_device: bool
+) -> tuple[Any | None, str | None]:
+    """The step time measured in the run.toml's own run folder, when it fits this plan's device.
+
+    Returns (`affiner.runner.run.MeasuredStep` or None, why it is not used or None). A figure
+    measured on the CPU says nothing of a GPU and the other way round; one measured on a GPU
+    calibrates a plan for a GPU named on the command line (``--gpu``) only when the pre-flight
+    recorded that same card.
+    """
+    from affiner.runner.run import measured_step
+
+    found = measured_step(Path(config_path).expanduser().resolve().parent)
+    if found is None:
+        return None, None
+    if found.on_cpu is None:
+        return None, f"{found.source} did not record its device: not used"
+    if found.on_cpu != bool(device.is_cpu):
+        where = "the CPU" if found.on_cpu else "a GPU"
+        return None, f"{found.source} ran on {where}, not on {device.name}: not used"
+    if not found.on_cpu and named_device:
+        ran = _plain(found.device)
+        if not ran or not (_plain(device.name) in ran or ran in _plain(device.name)):
+            return None, f"{found.source} ran on {found.device or 'another GPU'}: not used"
+    return found, None
+
+
+def _plain(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
