@@ -23,6 +23,7 @@ from affiner.runner.run import (
     RunDir,
     RunFinished,
     effective_events,
+    logged_step_seconds,
     read_events,
 )
 
@@ -68,6 +69,9 @@ class DemoResult:
         goal, goal_met: the improvement the preset is meant to show, and whether it did.
         adapter, model_card: where the trained weights and their card are.
         samples: held-out inputs answered by the base and the tuned model.
+        planned_steps, planned_train_seconds, planned_step_seconds: what the plan said before
+            the run (None where it had no time estimate); measured_step_seconds: the median
+            logged step of the run, to hold against it.
     """
 
     demo: str
@@ -91,6 +95,10 @@ class DemoResult:
     model_card: str | None
     samples: list[Sample] = field(default_factory=list)
     message: str = ""
+    planned_steps: int | None = None
+    planned_train_seconds: float | None = None
+    planned_step_seconds: float | None = None
+    measured_step_seconds: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,6 +188,8 @@ def collect_result(
     shown: list[Sample] = []
     if samples and adapter is not None and prepared.sample_inputs:
         shown = answer_samples(run_dir, prepared.sample_inputs, preset.task)
+    planned = prepared.candidate.time
+    logged = logged_step_seconds(read_events(run_dir.path))
     return DemoResult(
         demo=preset.key,
         title=preset.title,
@@ -202,4 +212,8 @@ def collect_result(
         model_card=str(card) if card.exists() else None,
         samples=shown,
         message=summary.message,
+        planned_steps=planned.total_steps,
+        planned_train_seconds=planned.total_seconds,
+        planned_step_seconds=planned.step_seconds,
+        measured_step_seconds=logged[0] if logged else None,
     )

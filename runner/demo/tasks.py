@@ -231,7 +231,7 @@ def prepare_demo(
         train_rows=rows or preset.train_rows,
         eval_rows=eval_rows or preset.eval_rows,
     )
-    report, candidate = _plan(preset, model_path, data)
+    report, candidate = _plan(preset, model_path, data, max_steps)
     config = _config(preset, candidate, model_path, data, report.device, max_steps)
     return PreparedDemo(
         preset=preset,
@@ -247,21 +247,29 @@ def prepare_demo(
     )
 
 
-def _plan(preset: DemoPreset, model_path: Path, data: DemoData) -> tuple[Any, Any]:
-    """The planner's report for this machine with the preset's method and batch forced."""
+def _plan(
+    preset: DemoPreset, model_path: Path, data: DemoData, max_steps: int | None = None
+) -> tuple[Any, Any]:
+    """The planner's report for this machine with the preset's settings stated: what will run,
+    for as many steps as it will run (`max_steps` rows' worth of batches, when it cuts)."""
     from affiner.planner.hardware import probe, resolve_target
     from affiner.planner.models import resolve_model
     from affiner.planner.recommend import PlanRequest, plan
 
     device = resolve_target(probe())
+    targets = preset.target_modules
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
     request = PlanRequest(
         seq_len=preset.max_seq_len,
         target_batch=preset.micro_batch,
         micro_batch=preset.micro_batch,
         method="lora",
         lora_rank=preset.lora_rank,
-        train_rows=data.train_rows,
-        epochs=preset.epochs,
+        train_rows=max_steps * preset.micro_batch if max_steps else data.train_rows,
+        epochs=1.0 if max_steps else preset.epochs,
+        lora_targets=targets,
+        lora_alpha=preset.lora_alpha,
+        lora_dropout=preset.lora_dropout,
         # The presets were measured in fp32 on the CPU (see _config): plan what will run.
         precision="fp32" if device.is_cpu else None,
     )

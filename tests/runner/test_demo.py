@@ -202,6 +202,10 @@ def test_headless_classify_demo_end_to_end(
     assert result["state"] == "finished" and result["steps"] == 2
     assert set(result["before"]) == set(result["after"]) >= {"loss", "accuracy", "f1"}
     assert result["train_rows"] == 48 and result["eval_rows"] == 16
+    # the plan counted the steps the run took, and its time is shown beside the measured one
+    assert result["planned_steps"] == 2 and result["planned_train_seconds"] > 0
+    assert result["measured_step_seconds"] is None or result["measured_step_seconds"] > 0
+    assert "(planned " in out and "for 2 steps)" in out
     assert Path(result["adapter"], "adapter_config.json").exists()
     assert Path(result["model_card"]).exists()
     assert len(result["samples"]) == 3

@@ -216,7 +216,8 @@ def render_result(console: Any, result: Any, runs_dir: str | None) -> None:
     console.print(f"  trained: {result.title}")
     console.print(
         f"  run {result.run_id}: {result.state} after {result.steps} steps · training "
-        f"{format_duration(result.train_seconds)} · whole demo {format_duration(result.wall_seconds)}"
+        f"{format_duration(result.train_seconds)}{_planned(result)} · whole demo "
+        f"{format_duration(result.wall_seconds)}"
     )
     table = Table(box=None, padding=(0, 2), show_header=True, header_style="bold")
     table.add_column("held-out")
@@ -248,6 +249,18 @@ def render_result(console: Any, result: Any, runs_dir: str | None) -> None:
         soft_wrap=True,
     )
     console.print(f"  its history:  `affiner{runs} attach {result.run_id}`", soft_wrap=True)
+
+
+def _planned(result: Any) -> str:
+    """ " (planned 7 min for 250 steps)": the plan's time beside the measured one."""
+    from affiner.planner.units import format_duration
+
+    if not result.planned_train_seconds:
+        return ""
+    return (
+        f" (planned {format_duration(result.planned_train_seconds)} for "
+        f"{result.planned_steps} steps)"
+    )
 
 
 def _open_tui(args: argparse.Namespace, runs_dir: str | None) -> int:

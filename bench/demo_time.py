@@ -1,0 +1,131 @@
+"""Is the plan's training time the time the run then takes? The CPU demos, planned and run.
+
+Runs ``affiner demo chat`` and ``affiner demo classify`` headless, as a user would (fresh run
+folders, the machine's own CPU), and holds what the plan said before the run (its total for
+the steps the run will take, and its step time) against what the run then measured (the
+training time from the worker's first step to its last, and the median logged step). The
+ratio is measured over planned; the bar is within ±30% (`BAR`).
+
+    PYTHONPATH=. python bench/demo_time.py [--json] [--out DIR] [--only chat|classify]
+
+The machine should be quiet: a second job on two cores doubles every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("results")
+DEMOS = ("classify", "chat")
+#: measured over planned training time must lie within 1 ± BAR
+BAR = 0.30
+AFFINER = [sys.executable, "-c", "import sys; from affiner.tui.cli import main; sys.exit(main())"]
+
+
+def run_demo(key: str, workdir: Path) -> dict:
+    """One headless demo in `workdir`; its summary JSON plus the command's wall time."""
+    summary = workdir / f"{key}.json"
+    cmd = [*AFFINER, "demo", key, "--headless", "--no-samples", "--json", str(summary)]
+    cmd += ["--runs-dir", str(workdir / "runs")]
+    load_before = os.getloadavg()[0]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    wall = time.monotonic() - started
+    if proc.returncode != 0 or not summary.exists():
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+        return {"demo": key, "failed": tail}
+    data = json.loads(summary.read_text())
+    return score(data) | {
+        "wall_seconds": round(wall, 1),
+        "load_before": round(load_before, 2),
+        "load_after": round(os.getloadavg()[0], 2),
+    }
+
+
+def score(data: dict) -> dict:
+    """Planned against measured for one demo summary (`affiner demo --json`)."""
+    planned, measured = data.get("planned_train_seconds"), data.get("train_seconds")
+    ratio = measured / planned if planned and measured else None
+    step_ratio = None
+    if data.get("planned_step_seconds") and data.get("measured_step_seconds"):
+        step_ratio = data["measured_step_seconds"] / data["planned_step_seconds"]
+    return {
+        "demo": data["demo"],
+        "state": data["state"],
+        "steps": data["steps"],
+        "planned_steps": data.get("planned_steps"),
+        "planned_train_seconds": planned,
+        "train_seconds": measured,
+        "ratio": ratio,
+        "planned_step_seconds": data.get("planned_step_seconds"),
+        "measured_step_seconds": data.get("measured_step_seconds"),
+        "step_ratio": step_ratio,
+        "within_bar": ratio is not None and abs(ratio - 1) <= BAR,
+    }
+
+
+def _s(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def _r(value: float | None) -> str:
+    return "n/a" if value is None else f"x{value:.2f}"
+
+
+def table(result: dict) -> str:
+    lines = [
+        "| demo | steps (planned) | planned s | measured s | measured/planned | "
+        "step planned s | step measured s | step ratio | within ±30% |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in result["demos"]:
+        if "failed" in row:
+            lines.append(f"| {row['demo']} | failed: {' / '.join(row['failed'])} |")
+            continue
+        lines.append(
+            f"| {row['demo']} | {row['steps']} ({row['planned_steps']}) | "
+            f"{_s(row['planned_train_seconds'])} | {_s(row['train_seconds'])} | "
+            f"{_r(row['ratio'])} | {row['planned_step_seconds'] or 0:.3f} | "
+            f"{row['measured_step_seconds'] or 0:.3f} | {_r(row['step_ratio'])} | "
+            f"{'yes' if row['within_bar'] else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--out", type=Path, help="write demo_time_cpu.json/.md into DIR")
+    parser.add_argument("--only", choices=DEMOS, help="run one demo")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="affiner-demo-time-") as tmp:
+        rows = [run_demo(key, Path(tmp)) for key in ([args.only] if args.only else DEMOS)]
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} logical cores, {platform.system()}",
+        "date": time.strftime("%Y-%m-%d"),
+        "bar": f"measured training time within ±{BAR:.0%} of the plan's",
+        "demos": rows,
+        "all_within_bar": all(r.get("within_bar") for r in rows),
+    }
+    text = table(result)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "demo_time_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
+        cmd = "PYTHONPATH=. python bench/demo_time.py --out bench/results"
+        (args.out / "demo_time_cpu.md").write_text(
+            f"# CPU demos: planned against measured training time\n\n`{cmd}`\n\n{text}\n"
+        )
+    print(json.dumps(result, indent=2) if args.json else text)
+    return 0 if result["all_within_bar"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
