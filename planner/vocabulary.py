@@ -49,6 +49,10 @@ OPTIMIZERS: tuple[Optimizer, ...] = get_args(Optimizer)
 #: The optimizers whose state bitsandbytes keeps in 8 bits.
 EIGHT_BIT_OPTIMIZERS: tuple[Optimizer, ...] = ("adamw8bit", "paged_adamw8bit")
 
+#: What a run trains (run.toml's ``[model].task``): a classifier has a class head, not a
+#: vocabulary head, and so no vocabulary-sized logits.
+TASKS = ("causal_lm", "classification")
+
 #: The learning rate a run starts from when none is given: updating the base weights wants a
 #: rate about ten times lower than an adapter does, and freeze (few layers) sits in between.
 LEARNING_RATES: dict[Method, float] = {

@@ -24,8 +24,9 @@ from affiner.planner.vocabulary import (
     OPTIMIZERS,
     PRECISION_SETTINGS,
     QUANTIZATIONS,
+    TASKS,
 )
-from affiner.runner.config.schema import DATA_FORMATS, DEVICES, SCHEDULERS, TASKS, RunConfig
+from affiner.runner.config.schema import DATA_FORMATS, DEVICES, SCHEDULERS, RunConfig
 
 ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 # Canonical column names a [data].columns table may rename to.

@@ -36,9 +36,8 @@ from affiner.planner.vocabulary import (
     effective_quantization,
 )
 
-# Methods, quantizations, precisions and optimizers are `affiner.planner.vocabulary`'s: the
-# words below are run.toml's alone.
-TASKS = ("causal_lm", "classification")
+# Methods, quantizations, precisions, optimizers and tasks are `affiner.planner.vocabulary`'s:
+# the words below are run.toml's alone.
 DATA_FORMATS = ("auto", "text", "instruction", "chat", "prompt_completion", "classification")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 DEVICES = ("auto", "cpu", "cuda")

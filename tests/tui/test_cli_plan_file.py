@@ -248,3 +248,29 @@ def test_steps_measured_on_the_cpu_do_not_calibrate_a_gpu_plan(run_toml: Path, c
     data = _plan(capsys, str(run_toml))
     assert data["candidates"][0]["time"]["calibration"] is None
     assert any("not calibrated" in n and "ran on the CPU" in n for n in data["notes"])
+
+
+def test_a_classifier_is_planned_with_a_class_head(tmp_path: Path, capsys) -> None:
+    from tests.model_configs import BERT_BASE_UNCASED
+
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    mlm = dict(BERT_BASE_UNCASED, architectures=["BertForMaskedLM"])
+    (folder / "config.json").write_text(json.dumps(mlm))
+    base = ["--model", str(folder), "--method", "full", "--seq-len", "512", "--micro-batch", "4"]
+    lm = _plan(capsys, *base, "--task", "causal_lm")["candidates"][0]
+    cls = _plan(capsys, *base, "--task", "classification")["candidates"][0]
+    default = _plan(capsys, *base)["candidates"][0]  # an encoder trains as a classifier
+    assert lm["breakdown"]["logits"] > 0 or lm["peak_bytes"] > cls["peak_bytes"]
+    assert cls["breakdown"]["logits"] == 0 and cls["peak_bytes"] < lm["peak_bytes"]
+    assert default["peak_bytes"] == cls["peak_bytes"]
+    # a run.toml's task is stated too
+    run = tmp_path / "run.toml"
+    run.write_text(
+        f'[model]\nname_or_path = "{folder}"\ntask = "classification"\n'
+        '[method]\nname = "full"\n[data]\ntrain = "x.jsonl"\nmax_seq_len = 512\n'
+        "[training]\nmicro_batch = 4\n"
+    )
+    from_file = _plan(capsys, str(run))["candidates"][0]
+    as_lm = _plan(capsys, str(run), "--task", "causal_lm")["candidates"][0]
+    assert from_file["breakdown"]["logits"] == 0 and from_file["peak_bytes"] < as_lm["peak_bytes"]

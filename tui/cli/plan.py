@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from affiner.planner.settings import ATTENTIONS, SHARDINGS
-from affiner.planner.vocabulary import METHODS, OPTIMIZERS, PRECISION_SETTINGS, QUANTIZATIONS
+from affiner.planner.vocabulary import (
+    METHODS,
+    OPTIMIZERS,
+    PRECISION_SETTINGS,
+    QUANTIZATIONS,
+    TASKS,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -80,6 +86,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="force the micro-batch (default: the largest that fits)",
     )
     parser.add_argument("--method", choices=METHODS, help="plan only this method")
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        help="what the run trains, as run.toml's [model].task: classification replaces a "
+        "vocabulary head with a class head (default: causal_lm for a decoder, classification "
+        "for an encoder)",
+    )
     parser.add_argument(
         "--priority",
         choices=("quality", "speed", "memory"),
@@ -241,11 +254,12 @@ def run_plan(args: argparse.Namespace) -> int:
         fields["target_batch"] = cfg.training.micro_batch * cfg.training.grad_accum * args.gpus
     fields.setdefault("seq_len", 512)
     fields.setdefault("target_batch", 16)
-    task = (
+    task = args.task or (
         cfg.model.task
         if cfg is not None
         else ("causal_lm" if spec.is_decoder else "classification")
     )
+    spec = spec.for_task(task)
     data = None
     data_section = _data_section(args, cfg, fields["seq_len"])
     if data_section is not None and Path(data_section.train).expanduser().exists():
