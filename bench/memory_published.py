@@ -56,7 +56,13 @@ BASIS = {
 }
 CONFIDENCE = ("high", "medium", "low")
 # peers' GPU names for the sources' cards
-FITCHECK_GPU = {"A10G": "a10", "V100 16GB": "v100-16"}
+FITCHECK_GPU = {
+    "A10G": "a10",
+    "V100 16GB": "v100-16",
+    "RTX 4090": "4090",
+    "A100 80GB": "a100-80",
+    "L40S": "l40s",
+}
 FITCHECK_MODULES = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 ESTIMATORS = ("affiner", "fitcheck", "canifinetune")
 # the `affiner` command, run by this interpreter (no console script needed on PATH)
@@ -102,6 +108,17 @@ def problems(data: dict) -> list[str]:
         ):
             out.append(f"{pid}: a LoRA point needs its rank and targets")
     return out
+
+
+def source_context_bytes(point: dict) -> int | None:
+    """The empty-process reading the source printed itself (CUDA context and kernels), if any."""
+    ctx = point["measured"].get("context")
+    return round(ctx["value"] * UNITS[ctx["unit"]]) if ctx else None
+
+
+def in_scope(point: dict) -> bool:
+    """Whether the planner is meant to match the point (`out_of_scope` says why not)."""
+    return not point.get("out_of_scope")
 
 
 def measured_bytes(point: dict) -> int | None:
@@ -165,6 +182,8 @@ def affiner_args(point: dict, model_dir: Path) -> tuple[list[str], list[str]]:
     args += ["--gradient-checkpointing", "on" if point["gradient_checkpointing"] else "off"]
     if point.get("attention"):
         args += ["--attention", point["attention"]]
+    if point.get("task"):
+        args += ["--task", point["task"]]
     if point["gpus"] > 1:
         args += ["--gpus", str(point["gpus"]), "--sharding", point.get("sharding") or "fsdp"]
     if point["method"] in ("lora", "qlora", "lora8"):
@@ -192,8 +211,18 @@ def ask_affiner(point: dict, model_dir: Path) -> dict:
         return {"failed": ["no candidate of the method"], "notes": notes}
     c = cands[0]
     key = BASIS.get(point["measured"].get("basis"), "peak_bytes")
+    figure = c[key]
+    context = source_context_bytes(point)
+    if key == "peak_bytes" and context:
+        # the source's own empty-process reading in place of today's CUDA context: that era's
+        # stack loaded every kernel at start (1.3 GB); lazy loading now keeps it near 0.4 GB
+        figure, key = c["reserved_bytes"] + context, "reserved_bytes+source_context"
+        notes.append(
+            f"the source's own empty-process reading ({context / 2**20:.0f} MiB) "
+            "stands for the CUDA context"
+        )
     return {
-        "bytes": c[key],
+        "bytes": figure,
         "basis": key,
         "fits": bool(c["fits"]),
         "settings": {k: c.get(k) for k in ("precision", "optimizer", "micro_batch", "lora_rank")},
@@ -236,6 +265,8 @@ def ask_fitcheck(point: dict, venv: Path, hf_home: Path) -> dict:
         return {"failed": ["single GPU only"]}
     note = None
     gpu = FITCHECK_GPU.get(point["gpu"])
+    if gpu is None:
+        return {"failed": [f"no fitcheck name for {point['gpu']}"]}
     cmd = [str(venv / "bin" / "fitcheck"), point["model"], "--json", "--gpu", gpu]
     cmd += ["--seq-len", str(point["seq_len"]), "--batch-size", str(point["micro_batch"])]
     cmd += ["--optimizer", point["optimizer"]]
@@ -357,6 +388,7 @@ def run(data: dict, peers_venv: Path | None) -> dict:
                 "id": p["id"],
                 "source": p["source"]["name"],
                 "confidence": p["confidence"],
+                "out_of_scope": p.get("out_of_scope"),
                 "measured_bytes": measured_bytes(p),
                 "measured_outcome": p["measured"]["outcome"],
                 "basis": p["measured"].get("basis"),
@@ -379,6 +411,13 @@ def run(data: dict, peers_venv: Path | None) -> dict:
         if all(r[n].get("error") is not None or r[n].get("oom_call") for n in names)
     ]
     summary_common = {n: summarize(common, n) for n in names}
+    scoped = [r for r in rows if not r["out_of_scope"]]
+    scoped_trusted = [r for r in scoped if r["confidence"] != "low"]
+    scoped_common = [
+        r
+        for r in scoped
+        if all(r[n].get("error") is not None or r[n].get("oom_call") for n in names)
+    ]
     return {
         "affiner_tree": _tree(),
         "points": len(rows),
@@ -387,6 +426,9 @@ def run(data: dict, peers_venv: Path | None) -> dict:
         "summary": summary,
         "summary_without_low_confidence": summary_trusted,
         "summary_common_points": summary_common,
+        "summary_in_scope": {n: summarize(scoped, n) for n in names},
+        "summary_in_scope_without_low_confidence": {n: summarize(scoped_trusted, n) for n in names},
+        "summary_in_scope_common_points": {n: summarize(scoped_common, n) for n in names},
         "rows": rows,
     }
 
@@ -410,15 +452,31 @@ def _cell(ans: dict | None) -> str:
 
 def table(result: dict) -> str:
     names = list(result["summary"])
-    head = ["point", "conf", "basis", "measured GB"] + [f"{n} GB (err)" for n in names]
+    head = ["point", "scope", "conf", "basis", "measured GB"]
+    head += [f"{n} GB (err)" for n in names]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in result["rows"]:
         meas = "OOM" if r["measured_outcome"] == "oom" else _gb(r["measured_bytes"])
-        basis = {"max_memory_allocated": "alloc", "nvidia-smi": "smi"}.get(r["basis"], "-")
-        cells = [r["id"], r["confidence"], basis, meas] + [_cell(r.get(n)) for n in names]
+        basis = {"max_memory_allocated": "alloc", "max_memory_reserved": "res"}.get(
+            r["basis"], "smi" if r["basis"] == "nvidia-smi" else "-"
+        )
+        scope = "out" if r["out_of_scope"] else "in"
+        cells = [r["id"], scope, r["confidence"], basis, meas] + [_cell(r.get(n)) for n in names]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    reasons: dict[str, list[str]] = {}
+    for r in result["rows"]:
+        if r["out_of_scope"]:
+            reasons.setdefault(r["out_of_scope"], []).append(r["id"])
+    if reasons:
+        lines.append("out of scope (not what the planner models), and why:")
+        for why, ids in reasons.items():
+            lines.append(f"- {why} ({len(ids)}: {', '.join(ids)})")
+        lines.append("")
     for label, key in (
+        ("in scope (what the planner is meant to match)", "summary_in_scope"),
+        ("in scope, without low confidence", "summary_in_scope_without_low_confidence"),
+        ("in scope, points every estimator answered", "summary_in_scope_common_points"),
         ("all points", "summary"),
         ("without low confidence", "summary_without_low_confidence"),
         ("points every estimator answered (low confidence left out)", "summary_common_points"),

@@ -28,8 +28,9 @@ def test_data_file_parses_and_every_point_is_complete(data):
 def test_every_model_has_a_config_with_its_shape(data):
     for model_id in {p["model"] for p in data["points"]}:
         config = data["configs"][model_id]
-        for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"):
+        for key in ("model_type", "hidden_size", "vocab_size"):
             assert key in config, (model_id, key)
+        assert {"num_hidden_layers", "n_layer"} & set(config), model_id  # BLOOM says n_layer
 
 
 def test_problems_names_a_missing_citation_and_field(data):
@@ -107,3 +108,69 @@ def test_hf_cache_layout(data, tmp_path):
     assert json.loads((repo / "snapshots" / rev / "config.json").read_text()) == {
         "model_type": "llama"
     }
+
+
+def test_a_sources_own_empty_process_reading_stands_for_the_cuda_context(data, monkeypatch):
+    point = next(x for x in data["points"] if x["id"] == "hf-docs/bert-large/full/bs4")
+    assert mp.source_context_bytes(point) == 1343 * 2**20
+    args, _ = mp.affiner_args(point, mp.DATA.parent)
+    assert "--task classification" in " ".join(args)
+    plan = {
+        "candidates": [
+            {
+                "method": "full",
+                "peak_bytes": 13,
+                "reserved_bytes": 10,
+                "allocated_bytes": 9,
+                "fits": True,
+                "micro_batch": 4,
+            }
+        ]
+    }
+
+    class Done:
+        returncode, stderr, stdout = 0, "", json.dumps(plan)
+
+    monkeypatch.setattr(mp.subprocess, "run", lambda *a, **k: Done())
+    answer = mp.ask_affiner(point, mp.DATA.parent)
+    assert answer["bytes"] == 10 + 1343 * 2**20  # reserved + the source's context, not peak
+    assert answer["basis"] == "reserved_bytes+source_context"
+    assert "empty-process reading" in answer["notes"][-1]
+
+
+def test_out_of_scope_points_say_why_and_stay_out_of_the_in_scope_summary(data):
+    out = [p for p in data["points"] if not mp.in_scope(p)]
+    assert out and all(len(p["out_of_scope"]) > 40 for p in out)
+    assert all(p["id"].startswith("litgpt/") for p in out if "litgpt" in p["framework"])
+    rows = [
+        {"id": "in", "out_of_scope": None, "confidence": "high", "est": {"error": 0.1}},
+        {
+            "id": "out",
+            "out_of_scope": "own model code",
+            "confidence": "high",
+            "est": {"error": 0.9},
+        },
+    ]
+    scoped = [r for r in rows if not r["out_of_scope"]]
+    assert mp.summarize(scoped, "est")["median_abs_error"] == pytest.approx(0.1)
+    text = mp.table(
+        {
+            "summary": {"est": mp.summarize(rows, "est")},
+            **{
+                k: {"est": mp.summarize(scoped, "est")}
+                for k in (
+                    "summary_in_scope",
+                    "summary_in_scope_without_low_confidence",
+                    "summary_in_scope_common_points",
+                    "summary_without_low_confidence",
+                    "summary_common_points",
+                )
+            },
+            "rows": [
+                r | {"measured_outcome": "ran", "measured_bytes": 10**9, "basis": None}
+                for r in rows
+            ],
+            "peers_absent": None,
+        }
+    )
+    assert "- own model code (1: out)" in text and "| out | out | high |" in text
