@@ -115,14 +115,14 @@ def test_settings_replan_and_report_the_change(at_data: AssistantFlow) -> None:
     assert texts(reply).startswith(
         "LoRA rank: 16 → **64**. LoRA now peaks at **18.0 GiB** (was 16.5 GiB)"
     )
-    # epochs and learning rate change time, not memory: answered at once with a new total.
+    # epochs change the run's steps, which the plan counts: re-planned, then the time.
     reply = flow.submit("epochs 1")
-    assert (
-        not reply.tasks
-        and "Epochs: 3 → **1**." in texts(reply)
-        and "63 steps (1000 rows × 1 epoch ÷ 16 a step)" in texts(reply)
-    )
-    assert "0.0002 → **0.0001**" in texts(flow.submit("lr 1e-4"))
+    assert tasks(reply) == [("plan", None)] and flow.plan_request().epochs == 1
+    reply = flow.plan_ready(fake_plan(rank=64))
+    assert texts(reply).startswith("Epochs: 3 → **1**.\n\nLoRA: about **900 ms a step**")
+    # the learning rate changes neither: answered at once
+    reply = flow.submit("lr 1e-4")
+    assert not reply.tasks and "0.0002 → **0.0001**" in texts(reply)
     # quiet changes (the settings fields, on every keystroke) re-plan without a message
     reply = flow.change_setting("batch", 8, quiet=True)
     assert tasks(reply) == [("plan", None)] and not reply.messages

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from affiner.planner.timing import TimeEstimate
 from affiner.tui.assistant import answers
 from affiner.tui.assistant.answers import AnswerContext, answer
 from affiner.tui.assistant.intents import Intent, parse_intent
@@ -110,16 +111,41 @@ def test_nothing_fits_suggests_what_to_change() -> None:
     assert "Nothing fits in the 4.00 GiB" in text and "QLoRA (4-bit base), needs 6.20 GiB" in text
 
 
-def test_how_long_multiplies_steps_by_step_time() -> None:
-    text = answer(parse_intent("how long?"), ctx(rows=1000, epochs=2, batch=4))
-    assert "500 steps (1000 rows × 2 epochs ÷ 4 a step) × 900 ms ≈ **8 min**" in text
+def timed(plan, steps_per_epoch: int, total_steps: int, calibration: float | None = None):
+    """`plan` with a planner `TimeEstimate` on each candidate: the steps the plan counted."""
+    for c in plan.candidates:
+        step = c.step_seconds * (calibration or 1)
+        c.step_seconds = None  # the time lives in `time`, as on a planner Candidate
+        notes = [f"calibrated by the pre-flight: x{calibration:.2f}"] if calibration else []
+        c.time = TimeEstimate(
+            0, 0.0, None, 0.3, step, steps_per_epoch, None, step * total_steps, notes,
+            total_steps, calibration=calibration,
+        )  # fmt: skip
+        c.grad_accum = 2
+    return plan
+
+
+def test_how_long_gives_the_plans_own_steps_and_total() -> None:
+    # 1000 rows at micro-batch 4 x 2: 125 steps an epoch, 250 in two; a naive 1000 x 2 / 4
+    # would say 500. The plan's figure (here 251, to tell them apart) is what is shown.
+    text = answer(parse_intent("how long?"), ctx(plan=timed(fake_plan(), 125, 251), rows=1000))
+    assert text.startswith("LoRA: 251 steps (1,000 rows × 3 epochs ÷ (micro-batch 4 × 2")
+    assert "as the Trainer counts: 125 an epoch" in text and "× 900 ms ≈ **4 min**." in text
+    assert "alibrated" not in text
     assert "Give me the data" in answer(parse_intent("how long?"), ctx(rows=None))
     assert "choose a model first" in answer(parse_intent("how long?"), ctx(plan=None))
 
 
-def test_how_long_follows_the_chosen_method() -> None:
-    text = answer(parse_intent("how long?"), ctx(rows=1000, epochs=1, method="qlora"))
+def test_how_long_without_a_total_gives_the_step_alone() -> None:
+    text = answer(parse_intent("how long?"), ctx(rows=1000, epochs=2, batch=4))
+    assert text == "LoRA: about **900 ms a step** (4 rows)."
+
+
+def test_how_long_follows_the_chosen_method_and_says_what_calibrated_it() -> None:
+    plan = timed(fake_plan(), 63, 63, calibration=2.0)
+    text = answer(parse_intent("how long?"), ctx(plan=plan, rows=1000, epochs=1, method="qlora"))
     assert text.startswith("QLoRA (4-bit base): 63 steps")
+    assert "× 2.8 s ≈ **3 min**. Calibrated by the pre-flight: x2.00." in text
 
 
 def test_hardware_help_and_unknown_are_never_silent() -> None:

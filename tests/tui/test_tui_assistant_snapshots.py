@@ -14,6 +14,7 @@ from textual.pilot import Pilot
 from textual.widgets import Input
 from textual.worker import WorkerState
 
+from affiner.planner.timing import TimeEstimate, optimizer_steps
 from affiner.tui.app import AffinerApp
 from affiner.tui.assistant.flow import DataPreview
 from affiner.tui.services import Services
@@ -37,11 +38,29 @@ def preview(path: str, spec, seq_len: int, model_ref: str | None = None) -> Data
     )
 
 
+def timed_planner(spec, device, request):
+    """`fake_planner` with each candidate's total as the planner gives it: the steps counted as
+    the Trainer counts them (`optimizer_steps`), times the step."""
+    report = fake_planner(spec, device, request)
+    for c in report.candidates:
+        accum = max(1, -(-request.target_batch // c.micro_batch))
+        steps = (
+            optimizer_steps(request.train_rows, c.micro_batch, accum, request.epochs)
+            if request.train_rows
+            else None
+        )
+        total = c.step_seconds * steps if steps else None
+        c.time = TimeEstimate(
+            0, 0.0, None, 0.3, c.step_seconds, total_seconds=total, total_steps=steps
+        )
+    return report
+
+
 def services(tmp_path: Path) -> Services:
     return Services(
         probe_hardware=hardware,
         resolve_model=lambda ref: model_spec(name=ref),
-        make_plan=fake_planner,
+        make_plan=timed_planner,
         start_run=lambda cfg: None,
         stop_run=lambda run: None,
         runs_root=tmp_path / "runs",

@@ -3,13 +3,14 @@
 Every function here takes plain data (a `PlanReport` from `affiner.planner.recommend`, a
 `DeviceTarget`, a `HardwareReport`, a `ModelSpec`) and returns Markdown. Nothing is vague:
 "why not full?" answers with the peak memory full fine-tuning needs and what the device has;
-"how long?" multiplies the predicted step time by the steps the data makes. Pure Python, so
+"how long?" gives the plan's own total, the optimizer steps the planner counted as the
+Trainer does (`affiner.planner.timing.optimizer_steps`) times its step time: the assistant
+never counts steps itself, so what it says is what the run then logs. Pure Python, so
 the wording is unit-tested without a terminal.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,27 @@ def step_seconds(candidate: Any) -> float | None:
     return value
 
 
+def run_total(candidate: Any) -> tuple[int, float] | None:
+    """The whole run as the plan counts it: (optimizer steps, seconds), from the candidate's
+    `TimeEstimate` (``total_steps``, ``total_seconds``); None when the plan has no total
+    (no data yet, or no step time)."""
+    time = getattr(candidate, "time", None)
+    steps = getattr(time, "total_steps", None)
+    seconds = getattr(time, "total_seconds", None)
+    return (steps, seconds) if steps and seconds is not None else None
+
+
+def calibration_note(candidate: Any) -> str | None:
+    """How a measured step calibrated the candidate's time, in the planner's words
+    (``calibrated by the pre-flight: 1.1 s where the model said 900 ms (x1.22)``); None when
+    its time is the model's estimate."""
+    time = getattr(candidate, "time", None)
+    if not getattr(time, "calibration", None):
+        return None
+    notes = [n for n in getattr(time, "notes", ()) or () if n.startswith("calibrated by")]
+    return notes[-1] if notes else "calibrated by a measured step"
+
+
 def _reasons(candidate: Any) -> list[str]:
     return [str(r) for r in (getattr(candidate, "reasons", ()) or ())]
 
@@ -78,8 +100,9 @@ class AnswerContext:
         device: the `DeviceTarget` plans are made for.
         plan: the latest `PlanReport`.
         method: the method the user chose, None to follow the recommendation.
-        rows: training rows after validation (for "how long?").
-        epochs, batch: to turn rows into optimizer steps (`batch` rows a step).
+        rows: training rows after validation (without them "how long?" asks for the data).
+        epochs, batch: the settings' epochs and rows a step, for the words (the steps
+            themselves are the plan's).
         hardware: the machine's `HardwareReport`.
         step: the assistant step the user is at (for "help").
     """
@@ -101,12 +124,6 @@ class AnswerContext:
         if self.method:
             return find_candidate(self.plan, self.method)
         return recommended(self.plan)
-
-    def total_steps(self) -> int | None:
-        if not self.rows:
-            return None
-        per_step = max(1, self.batch)
-        return max(1, math.ceil(self.rows / per_step * self.epochs))
 
 
 PHRASES: tuple[tuple[str, str], ...] = (
@@ -244,25 +261,52 @@ def what_fits(report: Any, device: Any) -> str:
 
 
 def how_long(ctx: AnswerContext) -> str:
-    """Predicted training time: step time × the steps the data and settings make."""
+    """Predicted training time: the plan's optimizer steps × its step time, the count in words,
+    and, when a measured step calibrated the plan, by what."""
     candidate = ctx.chosen()
     if candidate is None:
         return "There is no plan yet: choose a model first (and data, for a total)."
     step = step_seconds(candidate)
     name = method_name(candidate.method)
-    steps = ctx.total_steps()
     if step is None:
         return f"The planner has no time estimate for {name} on this device."
-    plural = "" if ctx.epochs == 1 else "s"
-    if steps is None:
-        return (
-            f"{capitalized(name)}: about **{format_duration(step)} a step** "
-            f"({ctx.batch} rows). Give me the data for a total."
+    total = run_total(candidate)
+    if total is None:
+        text = f"{capitalized(name)}: about **{format_duration(step)} a step** ({ctx.batch} rows)."
+        text += " Give me the data for a total." if not ctx.rows else ""
+    else:
+        steps, seconds = total
+        text = (
+            f"{capitalized(name)}: {steps:,} steps ({_counted(ctx, candidate)}) × "
+            f"{format_duration(step)} ≈ **{format_duration(seconds)}**."
         )
-    return (
-        f"{capitalized(name)}: {steps} steps ({ctx.rows} rows × {ctx.epochs:g} epoch{plural} ÷ "
-        f"{ctx.batch} a step) × {format_duration(step)} ≈ **{format_duration(step * steps)}**."
-    )
+    note = calibration_note(candidate)
+    if note:
+        text += f" {capitalized(note)}."
+    return text
+
+
+def _counted(ctx: AnswerContext, candidate: Any) -> str:
+    """How the planner counted the steps, in words: rows × epochs over the rows a step
+    (micro-batch × accumulation × GPUs), each epoch's short last group still a step."""
+    request = getattr(ctx.plan, "request", None)  # what the plan counted: its rows and epochs
+    rows = getattr(request, "train_rows", None) or ctx.rows
+    epochs = getattr(request, "epochs", None) or ctx.epochs
+    settings = getattr(candidate, "settings", candidate)
+    micro = getattr(settings, "micro_batch", None)
+    accum = getattr(settings, "grad_accum", 1) or 1
+    gpus = getattr(settings, "num_gpus", 1) or 1
+    plural = "" if epochs == 1 else "s"
+    text = f"{rows:,} rows" if rows else "the data"
+    text += f" × {epochs:g} epoch{plural}"
+    if micro:
+        text += f" ÷ (micro-batch {micro} × {accum} accumulated"
+        text += f" × {gpus} GPUs)" if gpus > 1 else ")"
+    per_epoch = getattr(getattr(candidate, "time", None), "steps_per_epoch", None)
+    text += ", as the Trainer counts"
+    if per_epoch:
+        text += f": {per_epoch:,} an epoch, the last short one still a step"
+    return text
 
 
 def hardware_summary(report: Any) -> str:

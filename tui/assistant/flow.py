@@ -11,11 +11,17 @@ a thin layer that draws and runs workers.
 The settings step's knobs (`Settings`, `change_setting`, `state_setting`) are in
 `affiner.tui.assistant.knobs`, and `Say`, `Task` and `Reply` in `affiner.tui.assistant.reply`;
 both are imported here, so ``from affiner.tui.assistant.flow import Settings, Reply`` works.
+
+After a pre-flight the plan is calibrated by its measured step (`Measured`): every re-plan
+states it, with the pre-flight's adjusted micro-batch, for as long as nothing that changes a
+step's time (the method, the model, the data, the device, the length, batch, rank or a stated
+setting) differs from what was measured; the first change drops it for good.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from affiner.planner.units import format_bytes, format_duration
@@ -30,6 +36,26 @@ from affiner.tui.assistant.text import QUESTIONS, data_summary, preflight_summar
 
 #: The steps, in order. ``monitor`` is where the flow ends (the app opens the monitor).
 STEPS = ("hardware", "model", "data", "plan", "settings", "preflight", "launch", "monitor")
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A pre-flight's measured optimizer step, and what it ran.
+
+    Attributes:
+        step_seconds: the measured step (`affiner.runner.run.Preflight.measured_step_seconds`).
+        method: the method that ran; the calibrated plan is made for it alone.
+        micro_batch, grad_accum: the batch that ran; when `adjusted` (the planned one ran
+            out of memory) the plan states this micro-batch and the run takes both.
+        key: `AssistantFlow._step_key` when it ran: the settings a step's time depends on.
+    """
+
+    step_seconds: float
+    method: str
+    micro_batch: int
+    grad_accum: int
+    adjusted: bool
+    key: tuple[Any, ...]
 
 
 class AssistantFlow(SettingKnobs):
@@ -49,6 +75,8 @@ class AssistantFlow(SettingKnobs):
         self.plan: Any = None
         self.settings = Settings()
         self.preflight: Any = None
+        self.measured: Measured | None = None  # the pre-flight's step, while it still applies
+        self._preflight_ran: tuple[str, tuple[Any, ...]] | None = None  # its method and key
         self.run_dir: Any = None
         self._pending: list[tuple[str, Any]] = []  # what to say when the next plan arrives
         self._undo: tuple[str, Any] | None = None  # the stated setting the pending plan tries
@@ -68,7 +96,8 @@ class AssistantFlow(SettingKnobs):
         return self.context().chosen()
 
     def context(self) -> AnswerContext:
-        method = self.settings.method
+        measured = self.measured_step()
+        method = self.settings.method or (measured.method if measured else None)
         return AnswerContext(
             device=self.device,
             plan=self.plan,
@@ -79,6 +108,28 @@ class AssistantFlow(SettingKnobs):
             hardware=self.hardware,
             step=self.step,
         )
+
+    def measured_step(self) -> Measured | None:
+        """The pre-flight's measurement while the settings are still the ones it ran with.
+
+        A step's time depends on the method, model, data, device, length, batch, rank and the
+        stated settings (`_step_key`): once any of them differs the measurement is dropped for
+        good, and plans are the time model's estimates again. Epochs and the learning rate do
+        not change a step, so they keep it.
+        """
+        m = self.measured
+        if m is not None and (
+            m.key != self._step_key() or self.settings.method not in (None, m.method)
+        ):
+            self.measured = None
+        return self.measured
+
+    def _step_key(self) -> tuple[Any, ...]:
+        s = self.settings
+        data = (self.data.path, self.data.rows) if self.data else None
+        model = (getattr(self.spec, "name", None), getattr(self.spec, "path", None))
+        stated = tuple(sorted((k, repr(v)) for k, v in s.stated.items()))
+        return (model, data, self.target, s.seq_len, s.batch, s.lora_rank, stated)
 
     def task_kind(self) -> str:
         fmt = self.data.format if self.data else ""
@@ -118,7 +169,9 @@ class AssistantFlow(SettingKnobs):
             reply.messages.append(Say(preview.note))
         if preview.example is not None:
             reply.messages.append(Say("", kind="example", data=preview))
-        return reply + self._enter("plan")
+        # A plan made before the data has no total: plan again with its rows and lengths.
+        again = self._replan() if self.plan is not None else Reply()
+        return reply + self._enter("plan") + again
 
     def plan_ready(self, report: Any) -> Reply:
         self._undo = None
@@ -137,12 +190,47 @@ class AssistantFlow(SettingKnobs):
                 )
             elif what == "show":
                 reply += self._show_plan()
+            elif what == "time":  # epochs: the same steps' time, a new count
+                label, old, new = info
+                reply += say(f"{label}: {old} → **{new}**." + self._time_line())
+            elif what == "measured":
+                reply += say(
+                    "Re-planned with the pre-flight's step time.\n\n"
+                    + answers.how_long(self.context())
+                )
+            elif what == "method":
+                reply += self._method_chosen(*info)
         self._pending.clear()
         return reply
 
     def preflight_ready(self, event: Any) -> Reply:
+        """The pre-flight's `affiner.runner.run.Preflight`: show it beside the plan, then
+        re-plan calibrated by its measured step (with its micro-batch, when it adjusted it)."""
         self.preflight = event
-        return say(preflight_summary(event, self.candidate())) + self._enter("launch")
+        candidate = self.candidate()
+        reply = say(preflight_summary(event, candidate))
+        step = getattr(event, "measured_step_seconds", None)
+        ran = getattr(event, "device", "")
+        on_cpu = bool(getattr(self.device, "is_cpu", False))
+        if ran and (ran == "cpu") != on_cpu:  # a CPU step says nothing of a GPU, nor back
+            where = "the CPU" if ran == "cpu" else ran
+            reply += say(
+                f"The pre-flight ran on {where}, not on {self.device.name}: "
+                "its step time does not calibrate the plan."
+            )
+        elif candidate is not None and step and step > 0:
+            # what the pre-flight ran, had anything changed while it ran (then stale at once)
+            method, key = self._preflight_ran or (candidate.method, self._step_key())
+            self.measured = Measured(
+                step_seconds=float(step),
+                method=method,
+                micro_batch=int(getattr(event, "micro_batch", 0) or 0),
+                grad_accum=int(getattr(event, "grad_accum", 0) or 0),
+                adjusted=bool(getattr(event, "adjusted", False)),
+                key=key,
+            )
+            reply += self._replan(("measured", None))
+        return reply + self._enter("launch")
 
     def launched(self, run_dir: Any) -> Reply:
         self.run_dir = run_dir
@@ -234,19 +322,31 @@ class AssistantFlow(SettingKnobs):
         )
 
     def _use_method(self, method: str) -> Reply:
+        measured = self.measured_step()
+        if measured is not None and method != measured.method:
+            # The calibrated plan holds the measured method alone: plan them all again.
+            old = self.settings.method
+            self.settings.method = method
+            self.measured_step()  # another method than the one measured: dropped
+            return self._replan(("method", (method, old)))
         if self.plan is not None and answers.find_candidate(self.plan, method) is None:
             return say(f"The plan has no {method_name(method)} candidate for this model.")
         old = self.settings.method
         self.settings.method = method
         if self.plan is None:
             return say(f"{capitalized(method_name(method))} it is; the plan follows the model.")
+        return self._method_chosen(method, old)
+
+    def _method_chosen(self, method: str, old: str | None) -> Reply:
         candidate = self.candidate()
+        if candidate is None or candidate.method != method:
+            return say(f"The plan has no {method_name(method)} candidate for this model.")
         text = f"Using **{method_name(method)}**" + (
             " (was the recommendation)." if old is None else "."
         )
-        if candidate is not None and not candidate.fits:
+        if not candidate.fits:
             text += "\n\n" + answers.why_not(self.plan, method, self.device)
-        elif candidate is not None:
+        else:
             text += f" Peak {format_bytes(candidate.peak_bytes)}, {format_duration(answers.step_seconds(candidate))} a step."
         return Reply([Say(text), Say("", kind="plan", data=self.plan)])
 
@@ -339,9 +439,9 @@ class AssistantFlow(SettingKnobs):
         if problem:
             return say(problem)
         self.step = "preflight"
-        return Reply(
-            [Say("Running the pre-flight check…")], [Task("preflight", self.build_config())]
-        )
+        config = self.build_config()
+        self._preflight_ran = (config.method.name, self._step_key())
+        return Reply([Say("Running the pre-flight check…")], [Task("preflight", config)])
 
     def _launch(self) -> Reply:
         problem = self._ready_to_run()
@@ -366,6 +466,11 @@ class AssistantFlow(SettingKnobs):
         if method in LORA_METHODS:
             overrides["lora_rank"] = self.settings.lora_rank
             overrides["lora_alpha"] = 2 * self.settings.lora_rank
+        measured = self.measured_step()
+        if measured is not None and measured.adjusted and measured.method == method:
+            # Run what the pre-flight measured: the planned micro-batch ran out of memory.
+            overrides["micro_batch"] = measured.micro_batch
+            overrides["grad_accum"] = measured.grad_accum
         model = getattr(self.spec, "path", None) or self.model_ref or self.spec.name
         return config_from_plan(
             candidate,
@@ -377,7 +482,8 @@ class AssistantFlow(SettingKnobs):
         )
 
     def plan_request(self) -> Any:
-        """The `affiner.planner.recommend.PlanRequest` for the current settings."""
+        """The `affiner.planner.recommend.PlanRequest` for the current settings, calibrated by
+        the pre-flight's step while it applies (`measured_step`)."""
         from affiner.planner.recommend import PlanRequest
 
         lengths = self.data.lengths if self.data else []
@@ -389,5 +495,20 @@ class AssistantFlow(SettingKnobs):
             p95_len=min(p95, self.settings.seq_len) if p95 else None,
             train_rows=self.data.rows if self.data else None,
             epochs=self.settings.epochs,
-            **self.settings.stated,
+            **(self.settings.stated | self._measured_fields()),
         )
+
+    def _measured_fields(self) -> dict[str, Any]:
+        """What a plan request states of the pre-flight: its step, for its method alone, and
+        the micro-batch it ran when it had to adjust it."""
+        measured = self.measured_step()
+        if measured is None:
+            return {}
+        fields: dict[str, Any] = {
+            "method": measured.method,
+            "measured_step_seconds": measured.step_seconds,
+            "measured_step_source": "the pre-flight",
+        }
+        if measured.adjusted and measured.micro_batch:
+            fields["micro_batch"] = measured.micro_batch
+        return fields

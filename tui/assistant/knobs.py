@@ -66,7 +66,8 @@ class SettingKnobs:
     """The knob-changing half of `AssistantFlow`, which mixes it in.
 
     It reads the flow's state (below) and its `device` and `method` properties, and asks the
-    flow's `_replan` for a new plan and its `context` for the answers' view of the run.
+    flow's `_replan` for a new plan and its `context` for the answers' view of the run. Epochs
+    re-plan too: the run's steps are the plan's count (``TimeEstimate.total_steps``).
     """
 
     settings: Settings
@@ -107,10 +108,16 @@ class SettingKnobs:
         setattr(self.settings, attr, value)
         if name == "lr":
             self.settings.learning_rate_set = True
+        if name == "lr":  # changes neither memory nor time: nothing to plan again
+            return (
+                Reply() if quiet else say(f"{label}: {old:g} → **{value:g}**." + self._time_line())
+            )
         if quiet:
-            return self._replan() if name not in ("epochs", "lr") else Reply()
-        if name in ("epochs", "lr"):
-            return say(f"{label}: {old:g} → **{value:g}**." + self._time_line())
+            return self._replan()
+        if name == "epochs":  # the same step, a new count of them: the plan's
+            if self.spec is None or self.device is None:
+                return say(f"{label}: {old:g} → **{value:g}**.")
+            return self._replan(("time", (label, f"{old:g}", f"{value:g}")))
         return self._replan(("setting", (label, f"{old:g}", f"{value:g}")))
 
     def state_setting(self, name: str, value: Any) -> Reply:
@@ -133,5 +140,6 @@ class SettingKnobs:
         return self._replan(("setting", (label, shown(old), shown(value))))
 
     def _time_line(self) -> str:
+        """How long the run takes now, from the plan's own total (`answers.how_long`)."""
         total = answers.how_long(self.context())
         return "\n\n" + total if self.data and self.plan else ""

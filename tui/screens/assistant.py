@@ -152,10 +152,13 @@ class AssistantScreen(Screen):
             f"lr {settings.lr_for(method):g}",
         ]
         line = " · ".join(parts) + f" → peak {format_bytes(candidate.peak_bytes)}"
-        steps = flow.context().total_steps()
+        total = answers.run_total(candidate)  # the plan's count, as the Trainer's
         step = answers.step_seconds(candidate)
-        if steps and step:
-            line += f", {steps} steps ≈ {format_duration(steps * step)}"
+        if total is not None:
+            steps, seconds = total
+            line += f", {steps:,} steps ≈ {format_duration(seconds)}"
+            if answers.calibration_note(candidate):
+                line += " (measured step)"
         elif step:
             line += f", {format_duration(step)}/step"
         if flow.data is not None and flow.data.lengths:
