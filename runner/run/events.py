@@ -143,6 +143,10 @@ class SystemSample(Event):
     process_rss: int | None = None
     process_peak_rss: int | None = None
     cpu_percent: float | None = None
+    #: this process's share of one core, in percent (over 100 on several cores), and the
+    #: machine's logical cores: with `cpu_percent` (the whole machine's), what others use
+    process_cpu_percent: float | None = None
+    cpu_count: int | None = None
 
 
 @dataclass

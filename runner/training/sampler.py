@@ -137,7 +137,13 @@ def take_sample(
     sample.process_rss = _try(lambda: int(psutil.Process().memory_info().rss), None)
     sample.process_peak_rss = peak_rss_bytes()
     sample.cpu_percent = _try(lambda: float(psutil.cpu_percent(interval=None)), None)
+    sample.process_cpu_percent = _try(lambda: float(_PROCESS.cpu_percent(interval=None)), None)
+    sample.cpu_count = psutil.cpu_count() or None
     return sample
+
+
+#: This process, kept so that `cpu_percent` measures since the previous sample.
+_PROCESS = psutil.Process()
 
 
 class SystemSampler(threading.Thread):
@@ -162,7 +168,8 @@ class SystemSampler(threading.Thread):
 
     def run(self) -> None:
         nvml = _Nvml()
-        psutil.cpu_percent(interval=None)  # the first call only primes the counter
+        psutil.cpu_percent(interval=None)  # the first calls only prime the counters
+        _PROCESS.cpu_percent(interval=None)
         try:
             while not self._stop_event.wait(self.interval):
                 try:

@@ -13,6 +13,7 @@ from affiner.runner.run.events import (
     Error,
     EvalResult,
     EventWriter,
+    Preflight,
     RunFinished,
     RunStarted,
     RunStatus,
@@ -92,9 +93,9 @@ def run_events(final: RunFinished | None) -> list:
     return events
 
 
-def render_text(view: AttachView, width: int = 100) -> str:
+def render_text(view: AttachView, width: int = 100, now: float = 1100.0) -> str:
     console = Console(record=True, width=width, color_system=None)
-    console.print(view.render(now=1100.0))
+    console.print(view.render(now=now))
     return console.export_text()
 
 
@@ -165,8 +166,11 @@ def test_live_run_shows_progress_eta_and_detach_hint(runs_dir: Path) -> None:
     rd = write_run(runs_dir, "live", run_events(None)[:5], "starting")  # fresh, pid not yet known
     view = AttachView(rd)
     assert view.poll() == "starting" and not view.ended
-    text = render_text(view)
+    text = render_text(view, now=1004.0)  # the moment step 4 logged "ETA 10 s"
     assert "step 4/8" in text and "50%" in text and "ETA 10 s" in text
+    # between log lines the ETA counts down, and never below zero
+    assert "ETA 7.0 s" in render_text(view, now=1007.0)
+    assert "ETA overdue (2 min since the last" in render_text(view, now=1100.0)
     assert "Ctrl-C detaches (the run keeps going) · affiner stop live" in text
 
 
@@ -216,3 +220,35 @@ def test_classification_run_shows_its_scores_not_perplexity(runs_dir: Path) -> N
     lm_view = AttachView(lm)
     lm_view.poll()
     assert "perplexity" in render_text(lm_view)
+
+
+def test_a_run_slower_than_its_plan_warns_with_the_likely_cause(runs_dir: Path) -> None:
+    from affiner.tui.live import RunHistory, drifts
+
+    events = [
+        RunStarted(run_id="slow", device="cpu", total_steps=100, predicted_step_seconds=1.0, t=0),
+        *(TrainLog(step=s, total_steps=100, eta_seconds=50, t=3.0 * s) for s in (1, 2, 3, 4)),
+        SystemSample(
+            step=4, cpu_percent=100.0, process_cpu_percent=95.0, cpu_count=2,
+            process_peak_rss=3 << 30, t=12.5,
+        ),
+    ]  # fmt: skip
+    history = RunHistory()
+    history.add(events)
+    assert history.step_seconds == 3.0
+    (slow,) = drifts(history)
+    assert slow.code == "slow_steps" and "3.0x what the plan said (1.0 s)" in slow.message
+    assert slow.cause == "other processes keep about 1.1 of the 2 CPU cores busy"
+    # memory past the prediction is the second drift; a pre-flight's figure replaces the plan's
+    history.add([RunStarted(run_id="slow", device="cpu", predicted_peak_bytes=2 << 30, t=13)])
+    history.add([Preflight(measured_step_seconds=2.5, t=14)])
+    codes = {d.code: d for d in drifts(history)}
+    assert set(codes) == {"memory_over_plan"}  # 3 s is not 1.5x the measured 2.5 s
+    assert "peaked at 3.00 GiB, past the predicted 2.00 GiB" in codes["memory_over_plan"].text
+    # an ended run drifts no more, and attach shows what drifts
+    rd = write_run(runs_dir, "slow", events, "starting")
+    view = AttachView(rd)
+    view.poll()
+    assert "drift: steps take 3.0 s" in render_text(view, now=13.0)
+    history.add([RunFinished(state="finished", step=100, t=20)])
+    assert drifts(history) == []

@@ -32,7 +32,7 @@ from affiner.runner.run import (
     read_status,
     run_task,
 )
-from affiner.tui.live import RunHistory, downsample
+from affiner.tui.live import RunHistory, downsample, drifts
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 STATE_STYLES = {
@@ -195,7 +195,7 @@ class AttachView:
         if h.epoch:  # (the planned epochs are not shown: max_steps may end the run sooner)
             bits.append(f"epoch {h.epoch:.2f}")
         if not self.ended and h.eta_seconds is not None:
-            bits.append(f"ETA {format_duration(h.eta_seconds)}")
+            bits.append(h.eta_text(now))
         if self.started and not self.ended:
             bits.append(f"elapsed {format_duration(now - self.started)}")
         line.add_row(bar, "  ".join(bits))
@@ -242,11 +242,14 @@ class AttachView:
 
     def _warnings(self) -> RenderableType | None:
         h = self.history
-        if not h.warnings and not h.errors:
+        drifted = drifts(h) if not self.ended else []
+        if not h.warnings and not h.errors and not drifted:
             return None
         lines = Text()
         for err in h.errors:
             lines.append(f"error {err.code}: {err.message}\n", style="bold red")
+        for drift in drifted:
+            lines.append(f"drift: {drift.text}\n", style="bold yellow")
         seen: set[tuple[str, str]] = set()
         for warning in h.warnings:
             key = (warning.code, warning.message)
@@ -262,7 +265,7 @@ class AttachView:
                 lines.append(f"\n  → {warning.action}", style="italic")
             lines.append("\n")
         lines.rstrip()
-        count = len(seen)
+        count = len(seen) + len(drifted)
         title = f"{count} warning{'s' if count != 1 else ''}" if count else "errors"
         style = "red" if h.errors or h.serious_warnings else "yellow"
         return Panel(lines, title=title, title_align="left", border_style=style)

@@ -1,7 +1,8 @@
-"""Reading a run as it happens: the history folded from its events (`RunHistory`) and the
-watcher that tails the event log in a worker thread.
+"""Reading a run as it happens: the history folded from its events (`RunHistory`), the
+watcher that tails the event log in a worker thread, and what drifts from the plan (`drifts`).
 """
 
+from affiner.tui.live.drift import Drift, drifts
 from affiner.tui.live.history import (
     Point,
     RunHistory,
@@ -11,10 +12,12 @@ from affiner.tui.live.history import (
 from affiner.tui.live.watcher import WatchBatch, watch_run
 
 __all__ = [
+    "Drift",
     "Point",
     "RunHistory",
     "WatchBatch",
     "downsample",
+    "drifts",
     "smooth",
     "watch_run",
 ]

@@ -17,6 +17,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 
+from affiner.planner.units import format_duration
 from affiner.runner.run import (
     Checkpoint,
     Error,
@@ -35,6 +36,8 @@ from affiner.runner.run import (
 
 Point = tuple[float, float]
 
+#: How many recent steps the measured step time is the median of.
+RECENT_STEPS = 5
 #: Warning codes shown in the prominent banner rather than only listed.
 SERIOUS_WARNINGS = ("overfitting", "nan_loss", "oom")
 
@@ -65,6 +68,8 @@ class RunHistory:
     step: int = 0
     epoch: float = 0.0
     eta_seconds: float | None = None
+    #: when the ETA above was logged (the ETA counts down from there between log lines)
+    eta_logged_at: float | None = None
     train_loss: list[Point] = field(default_factory=list)
     eval_loss: list[Point] = field(default_factory=list)
     learning_rate: list[Point] = field(default_factory=list)
@@ -78,6 +83,15 @@ class RunHistory:
     best_checkpoint: Checkpoint | None = None
     finished: RunFinished | None = None
     on_gpu: bool = False
+    #: the step time the run was planned at, and where it comes from (``plan`` or
+    #: ``pre-flight``: a measured figure replaces the plan's)
+    planned_step_seconds: float | None = None
+    planned_step_source: str = "plan"
+    #: seconds per step between recent consecutive training logs (gaps with an evaluation,
+    #: a checkpoint or a restart left out: they are not steps)
+    step_seconds_recent: list[float] = field(default_factory=list)
+    last_sample: SystemSample | None = None
+    _last_log: TrainLog | None = field(default=None, repr=False, compare=False)
     #: The effective events folded so far, kept to fold again when a resume drops some.
     _events: list[Event] = field(default_factory=list, repr=False, compare=False)
 
@@ -118,6 +132,34 @@ class RunHistory:
         scored = [e for e in self.evals if e.loss is not None]
         return min(scored, key=lambda e: e.loss or 0.0) if scored else None
 
+    def eta_at(self, now: float) -> float | None:
+        """The logged ETA counted down by the time since it was logged (never below 0)."""
+        if self.eta_seconds is None:
+            return None
+        if self.eta_logged_at is None:
+            return self.eta_seconds
+        return max(0.0, self.eta_seconds - max(0.0, now - self.eta_logged_at))
+
+    def eta_text(self, now: float) -> str:
+        """``ETA 4 min``, counting down between log lines; ``ETA overdue`` with the time since
+        the last log once the countdown has run out while steps remain (a stalled run, or one
+        that slowed down since it last logged)."""
+        eta = self.eta_at(now)
+        if eta is None:
+            return f"ETA {format_duration(None)}"
+        if eta == 0 and self.eta_logged_at is not None and self.step < self.total_steps:
+            return f"ETA overdue ({format_duration(now - self.eta_logged_at)} since the last log)"
+        return f"ETA {format_duration(eta)}"
+
+    @property
+    def step_seconds(self) -> float | None:
+        """The median of the last few measured steps (None before two logs)."""
+        recent = sorted(self.step_seconds_recent[-RECENT_STEPS:])
+        if not recent:
+            return None
+        middle = len(recent) // 2
+        return recent[middle] if len(recent) % 2 else (recent[middle - 1] + recent[middle]) / 2
+
     @property
     def overfitting(self) -> Warning_ | None:
         """The latest overfitting warning, unless the run has ended since."""
@@ -141,7 +183,10 @@ class RunHistory:
         self.epochs = event.epochs or self.epochs
         if event.predicted_peak_bytes:
             self.predicted_peak_bytes = event.predicted_peak_bytes
+        if event.predicted_step_seconds and self.planned_step_source == "plan":
+            self.planned_step_seconds = event.predicted_step_seconds
         self.finished = None
+        self._last_log = None
         if event.resumed_from_step is not None:  # the checkpoint holds this many steps
             self.step = max(self.step, event.resumed_from_step)
 
@@ -151,15 +196,23 @@ class RunHistory:
         if event.total_steps:
             self.total_steps = event.total_steps
         self.eta_seconds = event.eta_seconds
+        self.eta_logged_at = event.t or None
+        last = self._last_log
+        if last is not None and event.step > last.step and event.t > last.t:
+            self.step_seconds_recent.append((event.t - last.t) / (event.step - last.step))
+            del self.step_seconds_recent[:-RECENT_STEPS]
+        self._last_log = event
         _append(self.train_loss, event.step, event.loss)
         _append(self.learning_rate, event.step, event.learning_rate)
         _append(self.tokens_per_second, event.step, event.tokens_per_second)
 
     def _eval(self, event: EvalResult) -> None:
+        self._last_log = None
         self.evals.append(event)
         _append(self.eval_loss, event.step, event.loss)
 
     def _system(self, event: SystemSample) -> None:
+        self.last_sample = event
         step = float(event.step)
         if event.gpus:
             self.on_gpu = True
@@ -182,12 +235,16 @@ class RunHistory:
             self.measured_peak_bytes = max(self.measured_peak_bytes or 0, peak)
 
     def _preflight(self, event: Preflight) -> None:
+        if event.measured_step_seconds:
+            self.planned_step_seconds = event.measured_step_seconds
+            self.planned_step_source = "pre-flight"
         if event.predicted_peak_bytes:
             self.predicted_peak_bytes = event.predicted_peak_bytes
         if event.measured_peak_bytes:
             self.measured_peak_bytes = max(self.measured_peak_bytes or 0, event.measured_peak_bytes)
 
     def _checkpoint(self, event: Checkpoint) -> None:
+        self._last_log = None
         if event.best:
             self.best_checkpoint = event
 

@@ -79,6 +79,10 @@ class MonitorScreen(Screen):
 
     def _begin(self) -> None:
         self._ready = True
+        progress = self.query_one(RunProgress)
+        progress.clock = getattr(self.services, "clock", progress.clock)
+        # between log lines the ETA counts down: redraw the bar every second
+        self.set_interval(1.0, progress.refresh)
         if self.run_dir is not None:
             self.show_run(self.run_dir)
         else:

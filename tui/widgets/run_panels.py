@@ -7,15 +7,17 @@ snapshot of a hand-written run folder is the same on every machine and every day
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from typing import ClassVar
 
 from rich.text import Text
 from textual.widget import Widget
 from textual.widgets import DataTable, Log, Static
 
-from affiner.planner.units import format_bytes, format_duration
+from affiner.planner.units import format_bytes
 from affiner.runner.run import CLASS_METRICS, EvalResult, is_language_model
-from affiner.tui.live import RunHistory
+from affiner.tui.live import RunHistory, drifts
 from affiner.tui.widgets.gauge import bar_text
 
 
@@ -32,6 +34,8 @@ class RunProgress(Widget):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.history = RunHistory()
         self.state = ""
+        #: the time the ETA counts down against (the app's `Services.clock`; fixed in tests)
+        self.clock: Callable[[], float] = time.time
 
     def show(self, history: RunHistory, state: str = "") -> None:
         self.history, self.state = history, state
@@ -44,10 +48,7 @@ class RunProgress(Widget):
         left = f"step {h.step}{total}"
         epochs = f"/{h.epochs:g}" if h.epochs else ""
         percent = f"{h.progress * 100:3.0f}%" if h.progress is not None else " N/A"
-        if h.finished is not None:
-            tail = f"{h.finished.state}"
-        else:
-            tail = f"ETA {format_duration(h.eta_seconds)}"
+        tail = h.finished.state if h.finished is not None else h.eta_text(self.clock())
         right = f"{percent}  epoch {h.epoch:.2f}{epochs}  {tail}"
         return left, right
 
@@ -170,6 +171,8 @@ class WarningsBanner(Static):
             at = f" at step {warning.step}" if warning.step is not None else ""
             action = f" {warning.action}" if warning.action and warning.action != "stop" else ""
             lines.append(f"⚠ {warning.code.replace('_', ' ')}{at}: {warning.message}{action}")
+        for drift in drifts(history):
+            lines.append(f"⚠ {drift.text}")
         for error in history.errors[-1:]:
             lines.append(f"✖ {error.code or 'error'}: {error.message}")
         self.text = "\n".join(lines[:4])
