@@ -3,6 +3,13 @@ model loadable (`python -m affiner.runner.demo.provision NAME`), and reading a d
 """
 
 from affiner.runner.demo.evaluate import collect_result, wait_for_baseline
-from affiner.runner.demo.tasks import get_preset, prepare_demo, shrink_from_env
+from affiner.runner.demo.tasks import get_preset, planned_seconds, prepare_demo, shrink_from_env
 
-__all__ = ["collect_result", "get_preset", "prepare_demo", "shrink_from_env", "wait_for_baseline"]
+__all__ = [
+    "collect_result",
+    "get_preset",
+    "planned_seconds",
+    "prepare_demo",
+    "shrink_from_env",
+    "wait_for_baseline",
+]

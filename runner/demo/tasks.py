@@ -254,25 +254,10 @@ def _plan(
     for as many steps as it will run (`max_steps` rows' worth of batches, when it cuts)."""
     from affiner.planner.hardware import probe, resolve_target
     from affiner.planner.models import resolve_model
-    from affiner.planner.recommend import PlanRequest, plan
+    from affiner.planner.recommend import plan
 
     device = resolve_target(probe())
-    targets = preset.target_modules
-    targets = (targets,) if isinstance(targets, str) else tuple(targets)
-    request = PlanRequest(
-        seq_len=preset.max_seq_len,
-        target_batch=preset.micro_batch,
-        micro_batch=preset.micro_batch,
-        method="lora",
-        lora_rank=preset.lora_rank,
-        train_rows=max_steps * preset.micro_batch if max_steps else data.train_rows,
-        epochs=1.0 if max_steps else preset.epochs,
-        lora_targets=targets,
-        lora_alpha=preset.lora_alpha,
-        lora_dropout=preset.lora_dropout,
-        # The presets were measured in fp32 on the CPU (see _config): plan what will run.
-        precision="fp32" if device.is_cpu else None,
-    )
+    request = _request(preset, device, data.train_rows, max_steps)
     report = plan(resolve_model(str(model_path)), device, request)
     if report.best is None:
         reasons = "; ".join(report.candidates[0].reasons[:1]) if report.candidates else ""
@@ -281,6 +266,45 @@ def _plan(
             hint="close other programs to free memory, then try again",
         )
     return report, report.best
+
+
+def _request(preset: DemoPreset, device: Any, train_rows: int, max_steps: int | None) -> Any:
+    """The `PlanRequest` of a demo: every preset setting stated, the steps it will take."""
+    from affiner.planner.recommend import PlanRequest
+
+    targets = preset.target_modules
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    return PlanRequest(
+        seq_len=preset.max_seq_len,
+        target_batch=preset.micro_batch,
+        micro_batch=preset.micro_batch,
+        method="lora",
+        lora_rank=preset.lora_rank,
+        train_rows=max_steps * preset.micro_batch if max_steps else train_rows,
+        epochs=1.0 if max_steps else preset.epochs,
+        lora_targets=targets,
+        lora_alpha=preset.lora_alpha,
+        lora_dropout=preset.lora_dropout,
+        # The presets were measured in fp32 on the CPU (see _config): plan what will run.
+        precision="fp32" if device.is_cpu else None,
+    )
+
+
+def planned_seconds(key: str, device: Any) -> float | None:
+    """How long the demo's training is planned to take on `device`, before anything is made
+    ready: the model's shapes come from its packaged config (`offline_spec`), the rows from the
+    preset. None when the planner has no time for this device or the model is not installed.
+    What the assistant promises a newcomer is this figure, not a fixed text."""
+    from affiner.planner.models.offline import offline_spec
+    from affiner.planner.recommend import plan
+
+    preset = get_preset(key)
+    spec = offline_spec(preset.model)
+    if spec is None:
+        return None
+    report = plan(spec, device, _request(preset, device, preset.train_rows, None))
+    best = report.best
+    return best.time.total_seconds if best is not None else None
 
 
 def _config(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
+from affiner.planner.units import format_duration
 from affiner.runner.run.events import Preflight
 from affiner.tui.assistant.flow import AssistantFlow, DataPreview, Reply
 from tests.assistant_fakes import fake_plan, gpu_device, hardware, model_spec
@@ -234,3 +236,21 @@ def test_the_first_message_offers_the_demo_and_demo_ready_prefills_it() -> None:
     assert flow.step == "model" and flow.default_model == "/cache/smollm2"
     assert flow.settings.method == "lora" and flow.settings.learning_rate_set
     assert "/cache/smollm2" in " ".join(say.text for say in ready.messages)
+
+
+def test_the_demo_offer_promises_the_plans_time_for_this_machine() -> None:
+    from affiner.planner.hardware.device import DeviceTarget
+    from affiner.runner.demo import planned_seconds
+
+    cpu = DeviceTarget(
+        "cpu", "CPU (test)", "cpu", 24 << 30, 20 << 30, False, False,
+        peak_tflops_fp32=0.5, measured=True,
+    )  # fmt: skip
+    text = texts(AssistantFlow().hardware_ready(hardware(gpus=False), cpu))
+    assert "minutes on two CPU cores" not in text  # the old fixed promise
+    for key in ("classify", "chat"):
+        seconds = planned_seconds(key, cpu)
+        assert seconds and f"training planned at about {format_duration(seconds)} here" in text
+    # twice the matmul rate, half the time: the figure follows the machine
+    fast = dataclasses.replace(cpu, peak_tflops_fp32=1.0)
+    assert planned_seconds("classify", fast) < planned_seconds("classify", cpu)

@@ -144,10 +144,11 @@ class AssistantFlow(SettingKnobs):
         text = "Here is what this machine has:\n\n" + answers.hardware_summary(report)
         text += f"\n\nPlans are made for **{device.name}** ({format_bytes(answers.device_memory(device))} free)."
         if self.default_model is None:
+            classify, chat = (_demo_time(key, device) for key in ("classify", "chat"))
             text += (
-                "\n\nNew here? Type **demo classify** (a sentiment classifier, about 3 minutes on"
-                " two CPU cores) or **demo chat** (a chat model, about 5 minutes) to fine-tune a real"
-                " model on real data on this machine, with nothing downloaded."
+                f"\n\nNew here? Type **demo classify** (a sentiment classifier{classify}) or "
+                f"**demo chat** (a chat model{chat}) to fine-tune a real model on real data on "
+                "this machine, with nothing downloaded."
             )
         if self.step == "hardware":
             return say(text) + self._enter("model")
@@ -512,3 +513,16 @@ class AssistantFlow(SettingKnobs):
         if measured.adjusted and measured.micro_batch:
             fields["micro_batch"] = measured.micro_batch
         return fields
+
+
+def _demo_time(key: str, device: Any) -> str:
+    """", training planned at about 7 min here": the plan for this machine, never a fixed
+    promise (empty when the planner has no time for it)."""
+    from affiner.planner.errors import AffinerError
+    from affiner.runner.demo import planned_seconds
+
+    try:
+        seconds = planned_seconds(key, device)
+    except (AffinerError, OSError, ValueError):  # a model or device it cannot size: say nothing
+        return ""
+    return f", training planned at about {format_duration(seconds)} here" if seconds else ""
