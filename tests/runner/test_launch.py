@@ -429,5 +429,6 @@ def test_affiner_preflight_reports_measured_next_to_estimate(
     console = Console(record=True, width=100, color_system=None)
     console.print(render_preflight(event, None, source=data["estimate_source"]))
     text = console.export_text()
-    assert "peak memory" in text and "step time" in text and "measured/estimate" in text
+    assert "peak memory (process resident memory)" in text and "step time" in text
+    assert "measured/estimate" in text
     assert "×" in text and "N/A" not in text.split("eval peak")[0]

@@ -72,3 +72,10 @@ def test_a_folder_that_has_not_run_has_no_measured_step(tmp_path: Path) -> None:
     assert measured_step(tmp_path) is None
     _write(tmp_path, RunStarted(device="cpu"))
     assert measured_step(tmp_path) is None
+
+
+def test_the_preflight_peak_says_what_it_measures() -> None:
+    from affiner.runner.run import peak_basis
+
+    assert peak_basis("cpu") == "process resident memory"
+    assert peak_basis("NVIDIA H100 80GB HBM3") == "device: torch reserved + CUDA context"

@@ -204,7 +204,9 @@ def test_preflight_then_launch_then_monitor(at_data: AssistantFlow, tmp_path: Pa
     assert config.training.learning_rate == 2e-4 and config.training.epochs == 3
     event = Preflight(device="cpu", measured_peak_bytes=15 * 10**9, measured_step_seconds=1.1)
     reply = flow.preflight_ready(event)
-    assert "peak memory: **14.0 GiB** (predicted 17.0 GiB)" in texts(reply)
+    assert "peak memory (process resident memory): **14.0 GiB** (predicted 17.0 GiB)" in texts(
+        reply
+    )
     assert "step time: **1.1 s** (predicted 900 ms)" in texts(reply) and flow.step == "launch"
     reply = flow.submit("")
     assert [k for k, _ in tasks(reply)] == ["launch"]

@@ -68,8 +68,11 @@ def preflight_summary(event: Any, candidate: Any) -> str:
     )
     device = getattr(event, "device", "") or "this machine"
     lines = [f"Pre-flight on {device}: measured, with the plan's prediction beside it.", ""]
+    from affiner.runner.run import peak_basis
+
     lines.append(
-        f"- peak memory: **{format_bytes(peak)}** (predicted {format_bytes(predicted_peak)})"
+        f"- peak memory ({peak_basis(getattr(event, 'device', '') or 'cpu')}): "
+        f"**{format_bytes(peak)}** (predicted {format_bytes(predicted_peak)})"
     )
     eval_peak = getattr(event, "eval_peak_bytes", None)
     if eval_peak:

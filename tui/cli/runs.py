@@ -252,6 +252,7 @@ def render_preflight(result: Any, cfg: Any, *, source: str = "plan") -> Any:
     from rich.text import Text
 
     from affiner.planner.units import format_bytes, format_duration
+    from affiner.runner.run import peak_basis
 
     table = Table(
         title=f"pre-flight on {result.device or 'this machine'}",
@@ -262,7 +263,7 @@ def render_preflight(result: Any, cfg: Any, *, source: str = "plan") -> Any:
     table.add_column("estimate", justify="right")
     table.add_column("measured/estimate", justify="right")
     table.add_row(
-        "peak memory",
+        f"peak memory ({peak_basis(result.device or 'cpu')})",
         format_bytes(result.measured_peak_bytes),
         format_bytes(result.predicted_peak_bytes),
         _ratio(result.measured_peak_bytes, result.predicted_peak_bytes),
