@@ -319,33 +319,28 @@ class _Run:
     def _merge(
         self, cfg: RunConfig, loaded: Any, device: str, precision: Any, labels: list[str]
     ) -> bool:
-        """Fold the adapter into the base and save it to ``merged/``.
+        """Fold the adapter into the base and save it to ``merged/`` (`merge_adapter`).
 
         A quantized base cannot hold merged weights, so for QLoRA/8-bit runs the base is
         loaded again unquantized (compute dtype) and the saved adapter applied to it.
         """
-        rd = self.rd
+        from affiner.runner.training import merge_adapter, save_merged
+
         model = self.trainer.model
         if loaded.quantized:
-            from peft import PeftModel
-
-            from affiner.runner.training import load_model
-
-            self.trainer.model = None
-            del model
+            self.trainer.model = None  # free the quantized copy before loading the base again
+            model = None
             gc.collect()
-            base = load_model(
-                cfg,
-                loaded.tokenizer,
-                device=device,
-                precision=precision,
-                labels=labels,
-                apply_method=False,
-            )
-            model = PeftModel.from_pretrained(base.model, str(rd.adapter))
-        merged = model.merge_and_unload()
-        merged.save_pretrained(str(rd.merged))
-        loaded.tokenizer.save_pretrained(str(rd.merged))
+        merged = merge_adapter(
+            cfg,
+            self.rd.adapter,
+            loaded.tokenizer,
+            device=device,
+            precision=precision,
+            labels=labels,
+            trained=model,
+        )
+        save_merged(merged, loaded.tokenizer, self.rd.merged)
         return True
 
     def _data_warnings(self, data: Any) -> None:

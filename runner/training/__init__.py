@@ -1,6 +1,7 @@
 """The training process's parts: loading the model (precision, quantization, LoRA), the
 Trainer's arguments and collator, the callbacks that write events, metrics, the system sampler,
-the pre-flight check, out-of-memory recognition, versions and the model card.
+the pre-flight check, merging an adapter into its base, out-of-memory recognition, versions and
+the model card.
 
 The only room where torch, transformers, peft and bitsandbytes are imported at module level:
 only the worker process imports it.
@@ -13,6 +14,7 @@ from affiner.runner.training.callbacks import (
     StopRequest,
     TokenCounter,
 )
+from affiner.runner.training.merge import merge_adapter, save_merged
 from affiner.runner.training.metrics import make_compute_metrics, preprocess_logits_for_metrics
 from affiner.runner.training.model_card import CardFacts, write_model_card
 from affiner.runner.training.modeling import (
@@ -43,10 +45,12 @@ __all__ = [
     "load_model",
     "load_tokenizer",
     "make_compute_metrics",
+    "merge_adapter",
     "preprocess_logits_for_metrics",
     "resolve_device",
     "resolve_precision",
     "run_preflight",
+    "save_merged",
     "world_size",
     "write_command",
     "write_model_card",
