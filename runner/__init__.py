@@ -19,6 +19,8 @@ Modules:
     inference: chatting with the base model and the tuned one: `ChatSession` in this process
         (the demo), `ChatProcess` through a child (the playground).
     chat: that child, ``python -m affiner.runner.chat RUN_DIR [--exit-with-parent]``.
+    export: ``python -m affiner.runner.export RUN_DIR``: merged safetensors, a GGUF and an
+        Ollama Modelfile from a finished run (`export_run`); the CLI and the TUI start it as a child.
     chat_client: `ChatProcess`, the TUI's client for that child (standard library only;
         `inference` re-exports it).
 """
@@ -29,6 +31,7 @@ __all__ = [
     "config",
     "data",
     "demo",
+    "export",
     "inference",
     "run",
     "train",

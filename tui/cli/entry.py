@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "affiner.tui.cli.model",
     "affiner.tui.cli.plan",
     "affiner.tui.cli.runs",
+    "affiner.tui.cli.export",
     "affiner.tui.cli.demo",
 )
 

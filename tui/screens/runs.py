@@ -1,7 +1,9 @@
 """The runs screen: every run under the runs root, live or past, in a table.
 
 Enter opens the highlighted run in the monitor. Space marks a run; with two marked, ``c``
-overlays their training-loss curves below the table to compare them. The list comes from
+overlays their training-loss curves below the table to compare them. ``e`` exports the
+highlighted run (merged safetensors, and a GGUF with an Ollama Modelfile when llama.cpp's
+converter is there) through the same child process as ``affiner export``. The list comes from
 `affiner.runner.run.runs.list_runs` in a thread worker and refreshes while the screen is shown; ages
 are measured against `Services.clock` (fixed in tests, so snapshots never drift).
 """
@@ -20,6 +22,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from affiner.planner.units import format_duration
 from affiner.runner.run import RunSummary, TrainLog, last_attempt, list_runs, read_events
+from affiner.tui.cli.export import ExportOutcome, run_export_child
 from affiner.tui.live import Point
 from affiner.tui.messages import RunsListed
 from affiner.tui.widgets.plots import LossPlot
@@ -66,6 +69,7 @@ class RunsScreen(Screen):
         Binding("enter", "open_run", "Open", show=True),
         Binding("space", "mark", "Mark"),
         Binding("c", "compare", "Compare 2"),
+        Binding("e", "export", "Export"),
         Binding("ctrl+r,f9", "refresh", "Refresh"),
         Binding("escape", "close_compare", "Close compare", show=False),
     ]
@@ -204,3 +208,35 @@ class RunsScreen(Screen):
 
     def action_close_compare(self) -> None:
         self.query_one("#runs-compare", LossPlot).display = False
+
+    def action_export(self) -> None:
+        summary = self._highlighted()
+        if summary is None:
+            return
+        if summary.live:
+            self.notify(f"{summary.run_id} is still training: export it once it ends.", timeout=5)
+            return
+        self.notify(f"Exporting {summary.run_id}: merging its weights…", timeout=5)
+        self._export(summary.path)
+
+    @work(thread=True, exclusive=True, group="runs-export", name="export-run", exit_on_error=False)
+    def _export(self, run_dir: Path) -> None:
+        # A GGUF and a Modelfile where llama.cpp's converter is found; otherwise the outcome
+        # says what is missing, and merged/ is written all the same.
+        outcome = run_export_child(run_dir, gguf=True, ollama=True)
+        self.app.call_from_thread(self._exported, outcome)
+
+    def _exported(self, outcome: ExportOutcome) -> None:
+        if outcome.error is not None:
+            hint = outcome.error.get("hint")
+            text = str(outcome.error.get("message")) + (f" ({hint})" if hint else "")
+            self.notify(f"Export failed: {text}", severity="error", timeout=12)
+            return
+        result = outcome.result or {}
+        written = [
+            Path(str(result[k])).name for k in ("merged", "gguf", "modelfile") if result.get(k)
+        ]
+        text = f"Exported to {Path(str(result.get('merged'))).parent}: {', '.join(written)}."
+        for gap in outcome.missing:
+            text += f"\nMissing: {gap}"
+        self.notify(text, severity="warning" if outcome.missing else "information", timeout=15)
