@@ -516,8 +516,8 @@ class AssistantFlow(SettingKnobs):
 
 
 def _demo_time(key: str, device: Any) -> str:
-    """", training planned at about 7 min here": the plan for this machine, never a fixed
-    promise (empty when the planner has no time for it)."""
+    """The demo offer's time (", training planned at about 7 min here"): the plan for this
+    machine, never a fixed promise (empty when the planner has no time for it)."""
     from affiner.planner.errors import AffinerError
     from affiner.runner.demo import planned_seconds
 

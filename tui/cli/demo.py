@@ -252,7 +252,7 @@ def render_result(console: Any, result: Any, runs_dir: str | None) -> None:
 
 
 def _planned(result: Any) -> str:
-    """ " (planned 7 min for 250 steps)": the plan's time beside the measured one."""
+    """The plan's time beside the measured one: " (planned 7 min for 250 steps)"."""
     from affiner.planner.units import format_duration
 
     if not result.planned_train_seconds:
