@@ -35,6 +35,9 @@ class DeviceTarget:
         count: how many such devices (for multi-GPU plans).
         index: NVML index of a detected GPU.
         measured: True when the throughput figures were measured on this machine (CPU).
+        process_baseline: bytes a CPU training process holds before its model exists, measured
+            on this machine (`affiner.planner.hardware.process_baseline`); None: not measured,
+            the memory model uses its documented constant.
     """
 
     kind: str
@@ -52,6 +55,7 @@ class DeviceTarget:
     count: int = 1
     index: int | None = None
     measured: bool = False
+    process_baseline: int | None = None
 
     @property
     def is_cpu(self) -> bool:
@@ -156,11 +160,15 @@ def cpu_target(report: HardwareReport, measure: bool = True) -> DeviceTarget:
 
     Args:
         measure: time a torch matmul once per machine when nothing is cached (about 1 s;
-            imports torch); False uses the cache or the documented estimate.
+            imports torch), and measure the process baseline in a child process (5-10 s,
+            once per machine and library versions); False uses the caches or the documented
+            estimate and constant.
     """
     from affiner.planner.hardware.cpu_throughput import measure_cpu_tflops
+    from affiner.planner.hardware.process_baseline import measure_process_baseline
 
     speed = measure_cpu_tflops(report.cpu, measure=measure)
+    baseline = measure_process_baseline(report.cpu, measure=measure)
     return DeviceTarget(
         kind="cpu",
         name=f"CPU ({report.cpu.model})",
@@ -172,6 +180,7 @@ def cpu_target(report: HardwareReport, measure: bool = True) -> DeviceTarget:
         peak_tflops_bf16=speed.tflops_bf16,
         peak_tflops_fp32=speed.tflops_fp32,
         measured=speed.measured,
+        process_baseline=baseline.peak_rss if baseline is not None else None,
     )
 
 

@@ -18,8 +18,10 @@ states) and autocast the matmuls, whose 16-bit weight copies are saved for backw
 keeps the adapters in fp32. QLoRA/8-bit LoRA follow `affiner.planner.memory.weights`.
 
 On a GPU the reserved memory adds the CUDA context and the caching allocator's slack
-(`overhead`); on the CPU the peak is resident memory and the overhead is the Python process
-with torch and transformers loaded.
+(`overhead`); on the CPU the peak is the training process's resident memory, compared with the
+``process_peak_rss`` of a run's ``system`` events: the overhead is the process's baseline (the
+interpreter with the runner's libraries loaded and warmed up, measured on the machine by
+`affiner.planner.hardware.process_baseline`, else `CPU_RUNTIME`) and glibc's heap slack.
 """
 
 from __future__ import annotations
@@ -43,10 +45,31 @@ CUDA_CONTEXT_DEFAULT = 520 * MIB
 #: The caching allocator reserves more than it hands out (rounding to 2 MiB blocks, split
 #: blocks it cannot reuse): reserved ≈ allocated × (1 + this) for training loops.
 ALLOCATOR_SLACK = 0.06
-#: Resident memory of the Python process with torch, transformers and peft imported (CPU runs).
-CPU_RUNTIME = 900 * MIB
-#: Fraction of CPU RAM taken by the allocator's fragmentation (glibc arenas).
-CPU_SLACK = 0.05
+#: Resident memory of a CPU training process before its model exists, used when the machine's
+#: own figure (`DeviceTarget.process_baseline`) was not measured. Measured 2026-12-01 by
+#: `affiner.planner.hardware.process_baseline`'s child on the 2-core development machine
+#: (x86-64, torch 2.13.0+cpu, transformers 5.24.0, peft 0.21.2, datasets 5.2.0,
+#: accelerate 1.15.0, bitsandbytes 0.50.2, Python 3.11): peak RSS 494.5 MiB (imports alone:
+#: 476 MiB). Rounded up to 500 MiB.
+CPU_RUNTIME = 500 * MIB
+#: glibc's ceiling on its dynamic mmap threshold (``DEFAULT_MMAP_THRESHOLD_MAX``, 32 MiB on
+#: 64-bit): once a freed mmapped block raised the threshold, every tensor below this size comes
+#: from the heap, whose freed blocks glibc keeps; tensors above it are mmapped and returned.
+GLIBC_MMAP_MAX = 32 * MIB
+#: Freed heap memory glibc still holds at a CPU run's peak, as a share of the step's transient
+#: tensors that live on the heap (activations, and the loss's vocabulary-sized tensors when one
+#: is under `GLIBC_MMAP_MAX`). Measured 2026-12-01 on both CPU demos (20 steps, fp32 LoRA,
+#: dynamic padding) as the peak RSS with glibc's defaults less the peak RSS of the same run with
+#: ``MALLOC_MMAP_THRESHOLD_=131072`` (every tensor mmapped and returned when freed):
+#: classify (MiniLM-L6, batch 32x64) 1777 - 1248 = 529 MiB over 646 MiB planned activations
+#: (0.82); chat (SmolLM2-135M, batch 8x128) 4796 - 3862 = 934 MiB over 2140 MiB (0.44). The
+#: mmapped runs peaked within 1-2% of the measured baseline plus the planned allocated peak
+#: (1248 against 1235 MiB, 3862 against 3781), so what is missing is this retention, not
+#: tensors, the tokenizer (14 MiB) or the data (27 MiB for 4000 rows). One share cannot be
+#: both: 0.62 puts the demos' runs about equally close (classify 1761-1777 MiB: -7 to -8%;
+#: chat 4718-4824 MiB: +6 to +8%). It grows slowly with the steps (more batch shapes seen):
+#: the 250-step classify demo held 710 MiB (1.10).
+CPU_HEAP_RETENTION = 0.62
 
 
 @dataclass
@@ -62,6 +85,8 @@ class MemoryEstimate:
             start), ``backward_end`` (every gradient made) or ``optimizer_step``.
         trainable_params: parameters that receive gradients.
         details: finer terms (bytes), for the bench and for explanations.
+        notes: sentences for people about where an overhead figure came from
+            (``process baseline measured on this machine: 494 MiB``).
     """
 
     peak_bytes: int
@@ -74,6 +99,7 @@ class MemoryEstimate:
     phase: str
     trainable_params: int
     details: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def breakdown(self) -> dict[str, int]:
@@ -319,9 +345,26 @@ def estimate_memory(
     else:
         act_part, logits_part = backward_acts + block_stage, 0
         grad_part = held_grads + extra_grad
+    notes: list[str] = []
     if device.kind == "cpu":
-        overhead = CPU_RUNTIME + int(allocated * CPU_SLACK)
-        details["reserved_peak"] = allocated + int(allocated * CPU_SLACK)
+        baseline, note = _process_baseline(device)
+        notes.append(note)
+        details["process_baseline"] = baseline
+        details["process_baseline_measured"] = int(device.process_baseline is not None)
+        # the heap's high-water mark: a moment's live tensors plus what glibc kept of the
+        # transients freed before (it reuses those blocks, so the retention counts once)
+        small_vocab = act.logits_saved <= GLIBC_MMAP_MAX
+        heap_forward = forward_acts + (act.logits_forward if small_vocab else 0)
+        heap_backward = backward_acts + max(loss_stage if small_vocab else 0, block_stage)
+        high = max(
+            allocated,
+            forward + int(heap_forward * CPU_HEAP_RETENTION),
+            backward + int(heap_backward * CPU_HEAP_RETENTION),
+        )
+        details["heap_transient"] = max(heap_forward, heap_backward)
+        details["heap_retained"] = high - allocated
+        overhead = baseline + details["heap_retained"]
+        details["reserved_peak"] = allocated + details["heap_retained"]
     else:
         major = device.compute_capability[0] if device.compute_capability else None
         context = CUDA_CONTEXT.get(major, CUDA_CONTEXT_DEFAULT) if major else CUDA_CONTEXT_DEFAULT
@@ -345,6 +388,20 @@ def estimate_memory(
         phase=phase,
         trainable_params=trainable,
         details=details,
+        notes=notes,
+    )
+
+
+def _process_baseline(device: DeviceTarget) -> tuple[int, str]:
+    """(bytes, a sentence): the CPU process's baseline, measured on the machine or `CPU_RUNTIME`."""
+    from affiner.planner.units import format_bytes
+
+    if device.process_baseline is not None:
+        baseline = device.process_baseline
+        return baseline, f"process baseline measured on this machine: {format_bytes(baseline)}"
+    return CPU_RUNTIME, (
+        f"process baseline not measured on this machine: {format_bytes(CPU_RUNTIME)} assumed"
+        " (`affiner hw --remeasure-cpu` measures it)"
     )
 
 

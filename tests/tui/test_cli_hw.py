@@ -126,13 +126,19 @@ def test_hw_json_imports_nothing_heavy(tmp_path: Path) -> None:
 
 @pytest.fixture
 def fake_timing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """A private CPU-rate cache, a quiet machine, and matmul timings that return these rates."""
+    """A private CPU-rate cache, a quiet machine, and matmul timings that return these rates;
+    the process-baseline child answers 500 MiB, then 600 MiB."""
     import affiner.planner.hardware.cpu_throughput as ct
+    import affiner.planner.hardware.process_baseline as pb
 
     monkeypatch.setenv("AFFINER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(ct, "machine_load", lambda: (0.0, 4))
     rates = [0.25, 0.5]
     monkeypatch.setattr(ct, "_time_rates", lambda cpu, size, s: (rates.pop(0), None, "fake"))
+    peaks = [500 << 20, 600 << 20]
+    monkeypatch.setattr(
+        pb, "run_child", lambda timeout=0: {"rss": 400 << 20, "peak_rss": peaks.pop(0)}
+    )
     return rates
 
 
@@ -150,5 +156,10 @@ def test_remeasure_cpu_says_old_and_new(
     assert main(["hw", "--json", "--remeasure-cpu"]) == 0
     second = capsys.readouterr()
     assert "0.25 → 0.5 TFLOP/s fp32" in second.err  # stdout stays pure JSON
-    rates = json.loads(second.out)["cpu_throughput"]
+    assert "CPU process baseline re-measured: nothing cached → 500 MiB" in first
+    assert "500 MiB → 600 MiB" in second.err
+    data = json.loads(second.out)
+    rates = data["cpu_throughput"]
     assert (rates["before"]["tflops_fp32"], rates["after"]["tflops_fp32"]) == (0.25, 0.5)
+    baseline = data["process_baseline"]
+    assert (baseline["before"]["peak_rss"], baseline["after"]["peak_rss"]) == (500 << 20, 600 << 20)

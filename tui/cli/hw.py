@@ -4,7 +4,9 @@ Kept light on purpose: ``affiner hw --json`` imports neither torch, transformers
 Textual, and never measures CPU throughput, so scripts and the SSH prompt get an answer in
 well under a second. rich is imported only when tables are drawn. The one exception is asked
 for by name: ``--remeasure-cpu`` times the CPU's matmul rate again (torch, about 1 s) and
-replaces the cached figure CPU plans use, e.g. after one was measured on a busy machine.
+measures the training process's baseline memory again (a child process that loads the
+runner's libraries, 5-10 s), replacing the cached figures CPU plans use, e.g. after one was
+measured on a busy machine or the libraries were upgraded.
 """
 
 from __future__ import annotations
@@ -54,8 +56,9 @@ def add_remeasure_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--remeasure-cpu",
         action="store_true",
-        help="time this CPU's matmul rate again (about 1 s, needs torch) and replace the "
-        "cached figure that CPU plans use",
+        help="time this CPU's matmul rate again (about 1 s, needs torch) and measure the "
+        "training process's baseline memory again (5-10 s), replacing the cached figures "
+        "that CPU plans use",
     )
 
 
@@ -63,20 +66,27 @@ def remeasure_cpu(cpu: Any, *, to_stderr: bool) -> dict[str, Any]:
     """Measure the CPU again, say ``old → new`` (on stderr when stdout carries JSON).
 
     Returns:
-        ``{"before": ..., "after": ...}``, the two figures as JSON (before is None when
-        nothing was cached, after when nothing could be timed).
+        ``{"before": ..., "after": ..., "process_baseline": {"before": ..., "after": ...}}``:
+        the matmul figures and the process baselines as JSON (before is None when nothing
+        was cached, after when nothing could be measured).
     """
+    from affiner.planner.hardware import process_baseline as pb
     from affiner.planner.hardware import remeasure_cpu_tflops, remeasure_message
 
     before, after = remeasure_cpu_tflops(cpu)
-    line = remeasure_message(before, after)
-    if to_stderr:
-        sys.stderr.write(line + "\n")
-    else:
-        _console().print(line, markup=False)
+    base_before, base_after = pb.remeasure_process_baseline(cpu)
+    for line in (remeasure_message(before, after), pb.remeasure_message(base_before, base_after)):
+        if to_stderr:
+            sys.stderr.write(line + "\n")
+        else:
+            _console().print(line, markup=False)
     return {
         "before": before.to_json() if before else None,
         "after": after.to_json() if after else None,
+        "process_baseline": {
+            "before": base_before.to_json() if base_before else None,
+            "after": base_after.to_json() if base_after else None,
+        },
     }
 
 
@@ -104,6 +114,7 @@ def run_hw(args: argparse.Namespace) -> int:
 
             data["target"] = target_from_catalog(args.gpu).to_json()
         if remeasured is not None:
+            data["process_baseline"] = remeasured.pop("process_baseline")
             data["cpu_throughput"] = remeasured
         _print_json(data)
         return 0

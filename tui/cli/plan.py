@@ -489,6 +489,8 @@ def render_plan(report: PlanReport, console: Console) -> None:
             f"max_memory_reserved {format_bytes(m.reserved_bytes)}, "
             f"max_memory_allocated {format_bytes(m.allocated_bytes)}"
         )
+        for note in best.memory.notes:
+            console.print(f"  [dim]memory: {note}[/]")
         for note in best.time.notes:
             console.print(f"  [dim]time: {note}[/]")
     else:
