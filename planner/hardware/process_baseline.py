@@ -16,7 +16,7 @@ imports torch for it.
 a measurement (nothing cached and ``measure=False``, or the child failed) the planner uses
 `affiner.planner.memory.peak.CPU_RUNTIME`.
 
-    python -m affiner.planner.hardware.process_baseline   # the child: prints one JSON object
+    python -m affiner.runner.baseline   # the child: prints one JSON object
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ from affiner.planner.hardware.report import CpuInfo
 from affiner.planner.locations import cache_dir
 
 CACHE_FILE = "process_baseline.json"
+#: The measuring child lives with the runner, whose imports it measures; the planner only
+#: starts it by name (it never imports the runner).
+CHILD_MODULE = "affiner.runner.baseline"
 #: The libraries whose versions key the cache: a new version loads a different amount of code.
 LIBRARIES = ("torch", "transformers", "peft", "datasets", "accelerate", "bitsandbytes")
 #: Seconds the child may take (imports are 5-10 s warm on 2 cores; a cold disk is slower).
@@ -128,13 +131,13 @@ def cached_process_baseline(cpu: CpuInfo, cache_path: Path | None = None) -> Pro
 
 
 def run_child(timeout: float = CHILD_TIMEOUT) -> dict[str, Any] | None:
-    """Run the measuring child (this module as ``__main__``); its JSON answer, or None.
+    """Run the measuring child (`CHILD_MODULE`); its JSON answer, or None.
 
     The boundary tests replace: everything the child does happens in its own process.
     """
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "affiner.planner.hardware.process_baseline"],
+            [sys.executable, "-m", CHILD_MODULE],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -228,72 +231,3 @@ def remeasure_message(before: ProcessBaseline | None, after: ProcessBaseline | N
         return f"CPU process baseline not measured: the child process failed ({kept})"
     old = format_bytes(before.peak_rss) if before else "nothing cached"
     return f"CPU process baseline re-measured: {old} → {format_bytes(after.peak_rss)}"
-
-
-# ---------------------------------------------------------------------------- the child
-def _status_bytes() -> tuple[int, int]:
-    """(VmRSS, VmHWM) of this process, bytes (Linux); psutil's peak elsewhere."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            fields_ = dict(line.split(":", 1) for line in status if ":" in line)
-        return (
-            int(fields_["VmRSS"].split()[0]) * 1024,
-            int(fields_["VmHWM"].split()[0]) * 1024,
-        )
-    except (OSError, KeyError, ValueError):
-        import resource
-
-        import psutil
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak *= 1 if sys.platform == "darwin" else 1024
-        return psutil.Process().memory_info().rss, peak
-
-
-def _child() -> dict[str, Any]:
-    """What the training process does before its model exists, then its resident memory."""
-    import tempfile
-
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
-    from transformers import (  # the classes the runner imports inside its functions
-        AutoModelForCausalLM,  # noqa: F401
-        AutoModelForSequenceClassification,  # noqa: F401
-        AutoTokenizer,  # noqa: F401
-        DataCollatorForSeq2Seq,  # noqa: F401
-        DataCollatorWithPadding,  # noqa: F401
-        Trainer,  # noqa: F401
-        TrainingArguments,
-        set_seed,
-    )
-
-    import affiner.runner.data
-    import affiner.runner.train
-    import affiner.runner.training  # noqa: F401  (modeling, callbacks, bitsandbytes)
-
-    set_seed(0)
-    with tempfile.TemporaryDirectory() as out:
-        TrainingArguments(output_dir=out, use_cpu=True, report_to=[])  # accelerate's state
-    rows = Dataset.from_dict({"input_ids": [[1, 2, 3]] * 64, "labels": [[1, 2, 3]] * 64})
-    rows = rows.map(lambda row: {"length": len(row["input_ids"])})
-    # a first training step on a toy model: the thread pool, oneDNN's kernels, autograd, AdamW
-    toy = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
-    toy = get_peft_model(toy, LoraConfig(r=4, target_modules=["0", "2"]))
-    opt = torch.optim.AdamW([p for p in toy.parameters() if p.requires_grad], lr=1e-3)
-    for _ in range(2):
-        loss = toy(torch.randn(32, 64)).float().pow(2).mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    del toy, opt, rows
-    rss, peak = _status_bytes()
-    method = (
-        f"child process: torch {torch.__version__} with the runner's imports, "
-        f"{torch.get_num_threads()} threads, a toy LoRA step"
-    )
-    return {"rss": rss, "peak_rss": peak, "method": method}
-
-
-if __name__ == "__main__":
-    print(json.dumps(_child()), flush=True)
