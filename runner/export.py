@@ -43,48 +43,43 @@ import os
 import re
 import secrets
 import shutil
-import subprocess
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, get_args
+from typing import IO, Any, Literal
 
 from affiner.planner.errors import AffinerError
-from affiner.planner.units import format_bytes
 from affiner.runner.config import RunConfig, load_config
+from affiner.runner.export_gguf import (
+    CHATML_OLLAMA,  # noqa: F401 (re-exported)
+    CONVERTER,  # noqa: F401 (re-exported)
+    CONVERTER_MISSING,
+    DEFAULT_GGUF_TYPE,
+    GGUF_FILE,
+    GGUF_TYPES,
+    LLAMA_CPP_ENV,
+    MERGED,
+    GgufType,  # noqa: F401 (re-exported)
+    _check_space,
+    _write_gguf,
+    find_converter,
+    modelfile_text,
+    ollama_template,  # noqa: F401 (re-exported)
+)
 from affiner.runner.run import RunDir, summarize
 from affiner.runner.run.checkpoints import BEST_INFO, TRAINER_STATE
 
 #: Which weights to export: the best checkpoint (when kept) or the final ``adapter/``.
 Which = Literal["best", "final"]
-#: What llama.cpp's ``convert_hf_to_gguf.py --outtype`` accepts.
-GgufType = Literal["f32", "f16", "bf16", "q8_0", "tq1_0", "tq2_0", "auto"]
-GGUF_TYPES: tuple[str, ...] = get_args(GgufType)
-DEFAULT_GGUF_TYPE: GgufType = "f16"
-#: Bytes a parameter takes in the GGUF, per outtype (q8_0: 34 bytes a block of 32).
-_GGUF_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "tq1_0": 0.25}
-_GGUF_BYTES |= {"tq2_0": 0.3, "auto": 2.0}
 
-EXPORT_DIR, MERGED, GGUF_FILE, MODELFILE = "export", "merged", "model.gguf", "Modelfile"
-CONVERTER = "convert_hf_to_gguf.py"
-LLAMA_CPP_ENV = "LLAMA_CPP_DIR"
+EXPORT_DIR, MODELFILE = "export", "Modelfile"
 EXIT_DONE, EXIT_CRASH, EXIT_USER_ERROR, EXIT_PARTIAL = 0, 1, 2, 4
 #: Files of a checkpoint that only resuming needs (plus ``rng_state*``), left out of an export.
 _NOT_MODEL = {"optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin", TRAINER_STATE}
 _NOT_MODEL |= {BEST_INFO}
-#: Free space kept on top of what an export needs.
-_SPACE_MARGIN = 64 * 1024**2
 
-CONVERTER_MISSING = (
-    f"GGUF: llama.cpp's {CONVERTER} was not found (looked in --llama-cpp, ${LLAMA_CPP_ENV} "
-    "and PATH), so no model.gguf or Modelfile was written. To get it: "
-    "`git clone https://github.com/ggml-org/llama.cpp`, "
-    "`pip install -r llama.cpp/requirements/requirements-convert_hf_to_gguf.txt`, then "
-    f"`export {LLAMA_CPP_ENV}=$PWD/llama.cpp` (or pass --llama-cpp DIR) and export again "
-    "with --force."
-)
 CLASSIFIER_NO_GGUF = (
     "GGUF/Ollama: this run trained a classifier (a class head, no vocabulary head); llama.cpp "
     "and Ollama run text generators and have no form for it, so only merged/ was written. "
@@ -131,20 +126,6 @@ class ExportResult:
 def export_dir(run_dir: str | os.PathLike[str]) -> Path:
     """Where a run's exports go: ``RUN_DIR/export``."""
     return Path(run_dir) / EXPORT_DIR
-
-
-def find_converter(llama_cpp: str | os.PathLike[str] | None = None) -> Path | None:
-    """llama.cpp's ``convert_hf_to_gguf.py``: in `llama_cpp`, else ``$LLAMA_CPP_DIR``, else PATH."""
-    for folder in (llama_cpp, os.environ.get(LLAMA_CPP_ENV)):
-        if folder:
-            script = Path(folder).expanduser() / CONVERTER
-            if script.is_file():
-                return script.resolve()
-    for name in (CONVERTER, CONVERTER.removesuffix(".py")):
-        found = shutil.which(name)
-        if found:
-            return Path(found).resolve()
-    return None
 
 
 def export_run(
@@ -341,101 +322,6 @@ def _count_params(folder: Path) -> int:
                     count *= int(dim)
                 total += count
     return total
-
-
-def _check_space(folder: Path, need: int, what: str) -> None:
-    free = shutil.disk_usage(folder).free
-    if free < need + _SPACE_MARGIN:
-        raise AffinerError(
-            f"not enough disk space for {what}: it needs about {format_bytes(need)} and "
-            f"{folder} has {format_bytes(free)} free",
-            hint="free some space on that disk, then export again",
-            where=str(folder),
-        )
-
-
-def _write_gguf(
-    converter: Path, tmp: Path, gguf_type: str, params: int, say: Callable[[str], None]
-) -> str | None:
-    """Run llama.cpp's converter on ``tmp/merged``; returns None, or why no GGUF was written."""
-    need = int(params * _GGUF_BYTES.get(gguf_type, 4.0))
-    _check_space(tmp, need, GGUF_FILE)
-    out = tmp / GGUF_FILE
-    python = [sys.executable] if converter.suffix == ".py" else []
-    argv = [*python, str(converter), str(tmp / MERGED), "--outfile", str(out)]
-    argv += ["--outtype", gguf_type]
-    say(f"writing {GGUF_FILE} ({gguf_type}) with {converter}")
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    except OSError as exc:
-        return f"GGUF: {converter} could not be started ({exc}); no model.gguf was written."
-    if done.returncode != 0 or not out.is_file():
-        tail = " | ".join((done.stderr or done.stdout or "").strip().splitlines()[-3:])
-        return (
-            f"GGUF: {converter} failed (exit code {done.returncode}): {tail or 'no output'}. "
-            "merged/ was written; fix the converter's environment (its requirements file) "
-            "and export again with --force."
-        )
-    return None
-
-
-#: The one chat template written in Ollama's language: ChatML, message by message.
-CHATML_OLLAMA = (
-    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
-    "<|im_start|>assistant\n"
-)
-_PROBES = (
-    [
-        {"role": "system", "content": "S1"},
-        {"role": "user", "content": "U1"},
-        {"role": "assistant", "content": "A1"},
-        {"role": "user", "content": "U2"},
-    ],
-    [{"role": "user", "content": "U1"}],
-)
-
-
-def _chatml(messages: list[dict[str, str]]) -> str:
-    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-    return turns + "<|im_start|>assistant\n"
-
-
-def ollama_template(tokenizer: Any) -> tuple[str | None, str]:
-    """The tokenizer's chat template in Ollama's language, when it can be written faithfully.
-
-    The template is rendered for a few conversations and compared with what ChatML gives, so
-    a template that adds a default system prompt, a BOS token or anything else is not taken
-    for ChatML. Returns (template or None, a note saying why it was left out).
-    """
-    if not getattr(tokenizer, "chat_template", None):
-        return None, "The tokenizer has no chat template: the Modelfile has no TEMPLATE."
-    try:
-        same = all(
-            tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
-            == _chatml(m)
-            for m in _PROBES
-        )
-    except Exception:  # a template may raise on a system turn, or on anything
-        same = False
-    if same:
-        return CHATML_OLLAMA, ""
-    return None, (
-        "The chat template is not ChatML, the one form affiner writes in Ollama's template "
-        "language faithfully, so the Modelfile has no TEMPLATE: Ollama falls back to what it "
-        "reads from the GGUF. Check it with `ollama show NAME --template`."
-    )
-
-
-def modelfile_text(tokenizer: Any, run_id: str) -> tuple[str, str]:
-    """The Modelfile next to ``model.gguf``; returns (text, a note about TEMPLATE or "")."""
-    template, note = ollama_template(tokenizer)
-    lines = [f"# Written by affiner export from run {run_id}.", f"FROM ./{GGUF_FILE}"]
-    if template is not None:
-        lines.append(f'TEMPLATE """{template}"""')
-    stops = [tokenizer.eos_token] + (["<|im_end|>"] if template else [])
-    for stop in dict.fromkeys(s for s in stops if s and '"' not in s):
-        lines.append(f'PARAMETER stop "{stop}"')
-    return "\n".join(lines) + "\n", note
 
 
 def _install(tmp: Path, out: Path, made: list[str]) -> None:
