@@ -139,7 +139,10 @@ async def test_walks_the_whole_guided_flow_with_keys(tiny_llama: Path, tmp_path:
         await settle(pilot)
         assert screen.flow.step == "preflight"
         await type_line(pilot, "")  # runs the (fake) pre-flight
-        assert "peak memory: **1.86 GiB**" in conversation_text(screen)
+        assert (
+            "peak memory (device: torch reserved + CUDA context): **1.86 GiB**"
+            in conversation_text(screen)
+        )
         assert screen.flow.step == "launch"
 
         await type_line(pilot, "")  # launch → the monitor opens on the run
