@@ -21,6 +21,9 @@ Modules:
     chat: that child, ``python -m affiner.runner.chat RUN_DIR [--exit-with-parent]``.
     export: ``python -m affiner.runner.export RUN_DIR``: merged safetensors, a GGUF and an
         Ollama Modelfile from a finished run (`export_run`); the CLI and the TUI start it as a child.
+    export_gguf: llama.cpp's converter (found, run) and the Ollama Modelfile, for `export`.
+    baseline: ``python -m affiner.runner.baseline``: the child that measures what a CPU
+        training process holds before its model exists (the planner's CPU baseline).
     chat_client: `ChatProcess`, the TUI's client for that child (standard library only;
         `inference` re-exports it).
 """
