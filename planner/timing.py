@@ -203,12 +203,11 @@ def estimate_time(
     result = TimeEstimate(tokens, per_token, peak, util, step, notes=notes)
     result.overhead_seconds = overhead
     if train_rows:
-        result.steps_per_epoch = optimizer_steps(
-            train_rows, settings.micro_batch, settings.grad_accum, 1.0, settings.num_gpus
-        )
+        batches = (settings.micro_batch, settings.grad_accum)
+        result.steps_per_epoch = optimizer_steps(train_rows, *batches, 1.0, settings.num_gpus)
+        result.total_steps = optimizer_steps(train_rows, *batches, epochs, settings.num_gpus)
     elif train_tokens:
         result.steps_per_epoch = max(1, -(-train_tokens // tokens))
-    if result.steps_per_epoch:
         result.total_steps = max(1, math.ceil(result.steps_per_epoch * epochs - 1e-9))
     _totals(result, device)
     return result

@@ -132,3 +132,30 @@ def build_spec(
         path=path,
         raw_config=dict(config),
     )
+
+
+#: The class suffixes of a vocabulary head, replaced by a class head for classification.
+_HEAD_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForPreTraining")
+
+
+def spec_for_task(spec: ModelSpec, task: str) -> ModelSpec:
+    """`spec` as `task` trains it: for ``classification`` the runner loads
+    ``AutoModelForSequenceClassification``, so the model is counted again from its config with
+    that class (no vocabulary head and no vocabulary-sized logits; a class head instead: an
+    untied 7B head is 0.5B parameters the run never loads). ``causal_lm`` keeps the spec.
+
+    A spec without its config (a bare size such as ``7B``) or whose family has no such class
+    is returned unchanged.
+    """
+    if task != "classification" or not spec.has_lm_head or not spec.raw_config:
+        return spec
+    base = spec.architecture
+    for suffix in _HEAD_SUFFIXES:
+        base = base.removesuffix(suffix)
+    if base == spec.architecture:
+        return spec
+    config = dict(spec.raw_config, architectures=[f"{base}ForSequenceClassification"])
+    try:
+        return spec_from_config(config, name=spec.name, source=spec.source, path=spec.path)
+    except AffinerError:
+        return spec

@@ -7,7 +7,7 @@ ever loads a tensor.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 #: Keys of `ModelSpec.modules`, in display order.
@@ -124,17 +124,6 @@ class ModelSpec:
         return arch.endswith(("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForPreTraining")) or (
             not arch.endswith(("Model", "ForSequenceClassification", "ForTokenClassification"))
         )
-
-    def for_task(self, task: str) -> ModelSpec:
-        """This model as `task` trains it: ``classification`` puts a small class head where a
-        vocabulary head was (the runner loads ``AutoModelForSequenceClassification``), so the
-        plan carries no vocabulary-sized logits; ``causal_lm`` keeps the model as it is."""
-        if task != "classification" or not self.has_lm_head:
-            return self
-        base = self.architecture
-        for suffix in ("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForPreTraining"):
-            base = base.removesuffix(suffix)
-        return replace(self, architecture=f"{base}ForSequenceClassification")
 
     @property
     def params_trainable_full(self) -> int:

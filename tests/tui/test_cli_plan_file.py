@@ -274,3 +274,14 @@ def test_a_classifier_is_planned_with_a_class_head(tmp_path: Path, capsys) -> No
     from_file = _plan(capsys, str(run))["candidates"][0]
     as_lm = _plan(capsys, str(run), "--task", "causal_lm")["candidates"][0]
     assert from_file["breakdown"]["logits"] == 0 and from_file["peak_bytes"] < as_lm["peak_bytes"]
+
+
+def test_a_decoder_classifier_carries_no_vocabulary_head() -> None:
+    from affiner.planner.models.shapes import spec_for_task, spec_from_config
+
+    lm = spec_from_config(LLAMA_3_8B, name="llama-3-8b")
+    cls = spec_for_task(lm, "classification")
+    assert cls.architecture == "LlamaForSequenceClassification" and not cls.has_lm_head
+    # the untied 128256 x 4096 head is gone, a 2-label score head is there
+    assert lm.params_total - cls.params_total == 128256 * 4096 - 2 * 4096
+    assert spec_for_task(lm, "causal_lm") is lm

@@ -203,6 +203,7 @@ def run_plan(args: argparse.Namespace) -> int:
     from affiner.planner.errors import AffinerError
     from affiner.planner.hardware import probe, resolve_target
     from affiner.planner.models import resolve_model
+    from affiner.planner.models.shapes import spec_for_task
     from affiner.planner.recommend import PlanRequest, longest_sequence_for, plan
     from affiner.tui.cli import plan_file
 
@@ -259,7 +260,7 @@ def run_plan(args: argparse.Namespace) -> int:
         if cfg is not None
         else ("causal_lm" if spec.is_decoder else "classification")
     )
-    spec = spec.for_task(task)
+    spec = spec_for_task(spec, task)
     data = None
     data_section = _data_section(args, cfg, fields["seq_len"])
     if data_section is not None and Path(data_section.train).expanduser().exists():

@@ -18,6 +18,9 @@ from affiner.tui.live.history import RunHistory
 
 #: Steps this many times slower than the plan's (or the pre-flight's) step are worth a word.
 STEP_DRIFT = 1.5
+#: Memory past the prediction by more than this share is worth a word (the plan's usual error
+#: is well inside it; a CPU run's peak resident memory varies a few percent between runs).
+MEMORY_DRIFT = 0.10
 #: Cores others must keep busy before they are named as the likely cause.
 OTHERS_CORES = 0.5
 #: GPU memory NVML counts beyond torch's reserved bytes and its CUDA context before another
@@ -65,7 +68,7 @@ def drifts(history: RunHistory) -> list[Drift]:
             )
         )
     peak, predicted = history.measured_peak_bytes, history.predicted_peak_bytes
-    if peak and predicted and peak > predicted:
+    if peak and predicted and peak > predicted * (1 + MEMORY_DRIFT):
         where = "GPU" if history.on_gpu else "process"
         out.append(
             Drift(

@@ -14,6 +14,7 @@ steps, evaluations, warnings and memory samples ``affiner runs`` counts, by the 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 
@@ -154,11 +155,8 @@ class RunHistory:
     @property
     def step_seconds(self) -> float | None:
         """The median of the last few measured steps (None before two logs)."""
-        recent = sorted(self.step_seconds_recent[-RECENT_STEPS:])
-        if not recent:
-            return None
-        middle = len(recent) // 2
-        return recent[middle] if len(recent) % 2 else (recent[middle - 1] + recent[middle]) / 2
+        recent = self.step_seconds_recent[-RECENT_STEPS:]
+        return statistics.median(recent) if recent else None
 
     @property
     def overfitting(self) -> Warning_ | None:
