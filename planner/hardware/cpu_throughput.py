@@ -29,13 +29,13 @@ whatever it is. Cache entries written before these fields existed load as final 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from affiner.planner.hardware.measure_cache import load_entries, put_entry
 from affiner.planner.hardware.report import CpuInfo
 from affiner.planner.locations import cache_dir
 
@@ -149,32 +149,11 @@ def _installed_torch_version() -> str | None:
         return None
 
 
-def _load_cache(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def cached_cpu_tflops(cpu: CpuInfo, cache_path: Path | None = None) -> CpuThroughput | None:
     """The cached figure for this CPU and torch version, or None; never measures or imports torch."""
     path = cache_path or cache_dir() / CACHE_FILE
-    entry = _load_cache(path).get(cache_key(cpu, _installed_torch_version()))
+    entry = load_entries(path).get(cache_key(cpu, _installed_torch_version()))
     return CpuThroughput.from_json(entry) if isinstance(entry, dict) else None
-
-
-def _save_cache(path: Path, key: str, result: CpuThroughput) -> None:
-    """Best effort: a read-only home must not stop planning."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = _load_cache(path)
-        data[key] = result.to_json()
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        pass
 
 
 def estimate_cpu_tflops(cpu: CpuInfo, torch_version: str | None = None) -> CpuThroughput:
@@ -321,7 +300,7 @@ def measure_cpu_tflops(
         return cached or estimate_cpu_tflops(cpu, None)
     if cached is not None and not refresh:
         result = best_of(cached, result)
-    _save_cache(path, key, result)
+    put_entry(path, key, result.to_json())
     return result
 
 
@@ -339,7 +318,7 @@ def remeasure_cpu_tflops(
     key = cache_key(cpu, _installed_torch_version())
     after = _measure(cpu, key, size, seconds)
     if after is not None:
-        _save_cache(path, key, after)
+        put_entry(path, key, after.to_json())
     return before, after
 
 

@@ -29,10 +29,14 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from affiner.planner.hardware.measure_cache import load_entries, put_entry
 from affiner.planner.hardware.report import CpuInfo
 from affiner.planner.locations import cache_dir
 
 CACHE_FILE = "process_baseline.json"
+#: The cache entry of a child that failed: no plan starts it again until ``--remeasure-cpu``
+#: (or a new version of a library, which changes the key).
+FAILED = {"failed": True}
 #: The measuring child lives with the runner, whose imports it measures; the planner only
 #: starts it by name (it never imports the runner).
 CHILD_MODULE = "affiner.runner.baseline"
@@ -102,31 +106,10 @@ def cache_key(cpu: CpuInfo) -> str:
     return f"{cpu.model} | {cores} cores | python {python} | {libs}"
 
 
-def _load_cache(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _save_cache(path: Path, key: str, result: ProcessBaseline) -> None:
-    """Best effort: a read-only home must not stop planning."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = _load_cache(path)
-        data[key] = result.to_json()
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        pass
-
-
 def cached_process_baseline(cpu: CpuInfo, cache_path: Path | None = None) -> ProcessBaseline | None:
     """The cached measurement for this machine and these library versions, or None."""
     path = cache_path or cache_dir() / CACHE_FILE
-    entry = _load_cache(path).get(cache_key(cpu))
+    entry = load_entries(path).get(cache_key(cpu))
     return ProcessBaseline.from_json(entry) if isinstance(entry, dict) else None
 
 
@@ -198,10 +181,13 @@ def measure_process_baseline(
         return cached
     if not measure:
         return None
+    if not refresh and load_entries(path).get(key) == FAILED:
+        return None  # the child failed here before: not every plan pays for trying again
     result = _measure(key, timeout)
     if result is None:
+        put_entry(path, key, FAILED)  # until --remeasure-cpu or new library versions
         return cached
-    _save_cache(path, key, result)
+    put_entry(path, key, result.to_json())
     return result
 
 
@@ -214,7 +200,7 @@ def remeasure_process_baseline(
     key = cache_key(cpu)
     after = _measure(key, timeout)
     if after is not None:
-        _save_cache(path, key, after)
+        put_entry(path, key, after.to_json())
     return before, after
 
 
