@@ -35,6 +35,9 @@ async def test_e_exports_the_highlighted_run(
         def said(words: str) -> bool:
             return any(words in n.message for n in app._notifications)
 
+        await pilot.press("e")  # again while the first runs (the child takes seconds)
+        assert said("An export is running: wait for it to finish.")
+
         await wait_for(pilot, lambda: said("Exported to"), timeout=60)
         assert said(f"Exported to {rd.path / 'export'}: merged.")
         assert said("Missing: GGUF: llama.cpp's convert_hf_to_gguf.py was not found")

@@ -216,10 +216,15 @@ class RunsScreen(Screen):
         if summary.live:
             self.notify(f"{summary.run_id} is still training: export it once it ends.", timeout=5)
             return
+        # a second export beside a running one would merge the model twice in memory (a thread
+        # worker cannot be cancelled, so "exclusive" alone would not stop the first)
+        if any(w.group == "runs-export" and w.is_running for w in self.workers):
+            self.notify("An export is running: wait for it to finish.", timeout=5)
+            return
         self.notify(f"Exporting {summary.run_id}: merging its weights…", timeout=5)
         self._export(summary.path)
 
-    @work(thread=True, exclusive=True, group="runs-export", name="export-run", exit_on_error=False)
+    @work(thread=True, group="runs-export", name="export-run", exit_on_error=False)
     def _export(self, run_dir: Path) -> None:
         # A GGUF and a Modelfile where llama.cpp's converter is found; otherwise the outcome
         # says what is missing, and merged/ is written all the same.
