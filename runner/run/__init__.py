@@ -35,7 +35,6 @@ from affiner.runner.run.events import (
     clean_number,
     dropped_by_resume,
     effective_events,
-    peak_basis,
     read_events,
     read_status,
     resume_step,
@@ -49,7 +48,7 @@ from affiner.runner.run.launch import (
     start_run,
     stop_run,
 )
-from affiner.runner.run.preflight import run_preflight_process
+from affiner.runner.run.preflight import peak_basis, run_preflight_process
 from affiner.runner.run.process import exit_words, is_worker_of, stop_process_group
 from affiner.runner.run.rundir import RunDir, list_run_dirs, new_run_id, runs_root
 from affiner.runner.run.runs import (

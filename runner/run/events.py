@@ -205,15 +205,6 @@ class Preflight(Event):
     notes: list[str] = field(default_factory=list)
 
 
-def peak_basis(device: str) -> str:
-    """What a pre-flight's peak measures on `device` (``cpu`` or a GPU's name), in words: the
-    process's resident memory on a CPU; on a GPU what the device needs, torch's reserved peak
-    plus the CUDA context, the basis of the plan's ``peak_bytes``."""
-    if device == "cpu":
-        return "process resident memory"
-    return "device: torch reserved + CUDA context"
-
-
 @dataclass
 class RunFinished(Event):
     """The last event of a run, whatever its end."""

@@ -115,3 +115,12 @@ def _run_child(
             stop_process_group(child, STOP_GRACE_SECONDS)
         if child.stdin is not None:
             child.stdin.close()
+
+
+def peak_basis(device: str) -> str:
+    """What a pre-flight's peak measures on `device` (``cpu`` or a GPU's name), in words: the
+    process's resident memory on a CPU; on a GPU what the device needs, torch's reserved peak
+    plus the CUDA context, the basis of the plan's ``peak_bytes``."""
+    if device == "cpu":
+        return "process resident memory"
+    return "device: torch reserved + CUDA context"
