@@ -108,6 +108,7 @@ class FakeBackend:
 
     report: HardwareReport
     stopped: list[Path] = field(default_factory=list)
+    resumed: list[Path] = field(default_factory=list)
     probes: int = 0
     alive: bool = True
 
@@ -126,6 +127,10 @@ def fake_services(
         backend.stopped.append(Path(getattr(run_dir, "path", run_dir)))
         return None
 
+    def resume(run_dir: Path) -> str:
+        backend.resumed.append(Path(run_dir))
+        return f"Resuming {Path(run_dir).name} from its last checkpoint."
+
     def refuse(*_args: Any, **_kwargs: Any) -> Any:
         raise AffinerError("not available in this test")
 
@@ -142,6 +147,7 @@ def fake_services(
         clock=lambda: NOW,
         run_poll_seconds=poll,
         hardware_poll_seconds=60.0,
+        resume_run=resume,
     )
     return services, backend
 

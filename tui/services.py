@@ -79,6 +79,17 @@ def _prepare_demo(key: str, runs_root: Path | None = None) -> dict[str, Any]:
     return assistant_preset(prepare_demo(key, workdir=runs_root))
 
 
+def _resume_run(run_dir: Path) -> str:
+    """Relaunch a stopped, failed or interrupted run's worker with ``--resume``, detached;
+    what the resume does, in words (`affiner.runner.run.check_resumable` refuses a finished
+    run or one still going, with the reason)."""
+    from affiner.runner.run import check_resumable, launch_worker
+
+    rd, message = check_resumable(str(run_dir))
+    launch_worker(rd, resume=True, message=message)
+    return message or f"Resuming {rd.run_id}."
+
+
 def _chat_session(run_dir: Path) -> Any:
     """The run's models in a child process (`affiner.runner.inference.ChatProcess`), not here.
 
@@ -119,6 +130,8 @@ class Services:
             default a `ChatProcess` (`affiner.runner.inference`): the models load in a child.
         prepare_demo: ``(key) -> preset``: readies the offline demo ``chat`` or ``classify``
             and returns what to pre-fill (``default_model``, ``default_data``, ``settings``).
+        resume_run: ``(run_dir) -> message``: continues a stopped, failed or interrupted run
+            from its last checkpoint in a new detached worker.
     """
 
     probe_hardware: Callable[[], HardwareReport]
@@ -138,6 +151,7 @@ class Services:
     preflight: Callable[[Any], Any] = _preflight
     chat_session: Callable[[Path], Any] = _chat_session
     prepare_demo: Callable[[str], dict[str, Any]] = _prepare_demo
+    resume_run: Callable[[Path], str] = _resume_run
 
     @classmethod
     def default(cls, runs_root: str | os.PathLike[str] | None = None) -> Services:

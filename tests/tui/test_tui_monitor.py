@@ -261,3 +261,30 @@ async def test_the_monitor_reads_the_runs_task_for_its_eval_table(runs_dir: Path
         table = screen.query_one(EvalTable)
         labels = [str(column.label) for column in table.columns.values()]
         assert labels == ["step", "epoch", "eval loss"]
+
+
+async def test_the_footer_offers_stop_while_running_and_resume_once_stopped(runs_dir: Path) -> None:
+    live = lm_run(runs_dir, upto=40)
+    stopped = finished_run(runs_dir, "20261123-090000-qlora-stopped", state="stopped")
+    done = finished_run(runs_dir, "20261123-100000-lora-done")
+    services, backend = fake_services(runs_dir)
+    app = build_app(services)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.open_monitor(live.path)
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.state == "running")
+        assert screen.check_action("stop_run", ()) and not screen.check_action("resume_run", ())
+        await pilot.press("r")  # not offered: nothing happens
+        assert backend.resumed == []
+        screen.show_run(stopped.path)
+        await wait_for(pilot, lambda: screen.state == "stopped")
+        assert screen.check_action("resume_run", ()) and not screen.check_action("stop_run", ())
+        await pilot.press("r")
+        await wait_for(pilot, lambda: backend.resumed == [stopped.path])
+        await wait_for(
+            pilot,
+            lambda: any("from its last checkpoint" in n.message for n in app._notifications),
+        )
+        screen.show_run(done.path)
+        await wait_for(pilot, lambda: screen.state == "finished")
+        assert not screen.check_action("resume_run", ()) and not screen.check_action("stop_run", ())

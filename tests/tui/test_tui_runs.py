@@ -90,3 +90,28 @@ async def test_mark_two_and_compare(runs_dir: Path) -> None:
         assert plot.curves[0][1] != plot.curves[1][1]
         await pilot.press("escape")
         assert not plot.display
+
+
+async def test_r_resumes_the_highlighted_stopped_run(runs_dir: Path) -> None:
+
+    stopped = finished_run(runs_dir, "20261123-090000-qlora-stopped", state="stopped")
+    services, backend = fake_services(runs_dir)
+    app = build_app(services)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f4")
+        table = app.screen.query_one(DataTable)
+        await wait_for(pilot, lambda: table.row_count == 1)
+        await pilot.press("r")
+        await wait_for(pilot, lambda: backend.resumed == [stopped.path])
+
+
+def test_the_real_resume_refuses_a_finished_run(runs_dir: Path) -> None:
+    import pytest
+
+    from affiner.planner.errors import AffinerError
+    from affiner.tui.services import Services
+
+    done = finished_run(runs_dir, "20261123-100000-lora-done")
+    resume = Services.default(runs_dir).resume_run
+    with pytest.raises(AffinerError, match="already finished"):
+        resume(done.path)

@@ -34,6 +34,8 @@ from affiner.tui.widgets.run_panels import EvalTable, LogTail, RunProgress, RunS
 
 #: Smoothing weights the toggle cycles through (0 = raw).
 SMOOTHING_STEPS = (0.6, 0.9, 0.0)
+#: States a run can be resumed from (its worker is gone and it did not finish).
+RESUMABLE_STATES = ("stopped", "failed", "interrupted")
 
 
 class MonitorScreen(Screen):
@@ -41,6 +43,7 @@ class MonitorScreen(Screen):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("s,f8", "stop_run", "Stop run"),
+        Binding("r", "resume_run", "Resume"),
         Binding("t", "toggle_smoothing", "Smoothing"),
         Binding("l", "toggle_log", "Log"),
         Binding("p,f7", "playground", "Chat with it"),
@@ -138,8 +141,9 @@ class MonitorScreen(Screen):
             self.status_message = message.status.message
             if not self.history.total_steps:
                 self.history.total_steps = message.status.total_steps
-        if message.state is not None:
+        if message.state is not None and message.state != self.state:
             self.state = message.state
+            self.refresh_bindings()  # Stop while it runs, Resume once it has stopped
         if message.log_lines:
             self.query_one(LogTail).write_lines(message.log_lines)
         self._draw()
@@ -196,6 +200,25 @@ class MonitorScreen(Screen):
         if self.run_dir is not None:
             self.app.open_playground(self.run_dir)  # type: ignore[attr-defined]
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The footer offers Stop while the run is going and Resume once it stopped, failed or
+        was interrupted; a finished run offers neither."""
+        if action == "stop_run":
+            return self.run_dir is not None and (not self.state or self.state in LIVE_STATES)
+        if action == "resume_run":
+            return self.run_dir is not None and self.state in RESUMABLE_STATES
+        return True
+
+    def action_resume_run(self) -> None:
+        if self.run_dir is None or self.state not in RESUMABLE_STATES:
+            return
+        self.notify(f"Resuming {self.run_dir.name}…", timeout=3)
+        self._resume_worker(self.run_dir)
+
+    @work(thread=True, group="run-stop", name="resume-run", exit_on_error=False)
+    def _resume_worker(self, run_dir: Path) -> str:
+        return self.services.resume_run(run_dir)  # type: ignore[attr-defined]
+
     def action_stop_run(self) -> None:
         if self.run_dir is None:
             self.notify("No run is open.", severity="warning")
@@ -234,5 +257,6 @@ class MonitorScreen(Screen):
             self.notify(str(event.worker.result), timeout=5)
         elif event.state == WorkerState.ERROR:
             error = event.worker.error
-            text = str(error) if isinstance(error, AffinerError) else f"Stopping failed: {error!r}"
+            what = "Resuming" if event.worker.name == "resume-run" else "Stopping"
+            text = str(error) if isinstance(error, AffinerError) else f"{what} failed: {error!r}"
             self.notify(text, severity="error", timeout=8)

@@ -3,7 +3,8 @@
 Enter opens the highlighted run in the monitor. Space marks a run; with two marked, ``c``
 overlays their training-loss curves below the table to compare them. ``e`` exports the
 highlighted run (merged safetensors, and a GGUF with an Ollama Modelfile when llama.cpp's
-converter is there) through the same child process as ``affiner export``. The list comes from
+converter is there) through the same child process as ``affiner export``; ``r`` resumes a
+stopped, failed or interrupted run from its last checkpoint. The list comes from
 `affiner.runner.run.runs.list_runs` in a thread worker and refreshes while the screen is shown; ages
 are measured against `Services.clock` (fixed in tests, so snapshots never drift).
 """
@@ -20,6 +21,7 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Static
 
+from affiner.planner.errors import AffinerError
 from affiner.planner.units import format_duration
 from affiner.runner.run import RunSummary, TrainLog, last_attempt, list_runs, read_events
 from affiner.tui.cli.export import ExportOutcome, run_export_child
@@ -70,6 +72,9 @@ class RunsScreen(Screen):
         Binding("space", "mark", "Mark"),
         Binding("c", "compare", "Compare 2"),
         Binding("e", "export", "Export"),
+        # not in the footer, which at 80 columns already drops F-keys (the monitor offers
+        # Resume in Stop's place once a run has stopped)
+        Binding("r", "resume", "Resume", show=False),
         Binding("ctrl+r,f9", "refresh", "Refresh"),
         Binding("escape", "close_compare", "Close compare", show=False),
     ]
@@ -208,6 +213,27 @@ class RunsScreen(Screen):
 
     def action_close_compare(self) -> None:
         self.query_one("#runs-compare", LossPlot).display = False
+
+    def action_resume(self) -> None:
+        summary = self._highlighted()
+        if summary is None:
+            return
+        if summary.live or summary.state == "finished":
+            self.notify(
+                f"{summary.run_id} is {summary.state}: there is nothing to resume.", timeout=5
+            )
+            return
+        self._resume(summary.path)
+
+    @work(thread=True, group="runs-resume", name="resume-run", exit_on_error=False)
+    def _resume(self, run_dir: Path) -> None:
+        try:
+            message = self.services.resume_run(run_dir)  # type: ignore[attr-defined]
+        except AffinerError as error:
+            self.app.call_from_thread(self.notify, str(error), severity="error", timeout=8)
+            return
+        self.app.call_from_thread(self.notify, message, timeout=6)
+        self.app.call_from_thread(self.action_refresh)
 
     def action_export(self) -> None:
         summary = self._highlighted()
