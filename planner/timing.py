@@ -88,6 +88,7 @@ class TimeEstimate:
         impractical_reason: why, in words (None when practical).
         calibration: measured over estimated step time when `calibrate` scaled this estimate
             (None when it is the model's own).
+        calibration_note: what calibrated it, in words (also the last of `notes`).
     """
 
     tokens_per_step: int
@@ -104,6 +105,7 @@ class TimeEstimate:
     practical: bool = True
     impractical_reason: str | None = None
     calibration: float | None = None
+    calibration_note: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self) | {"is_estimate": True}
@@ -303,9 +305,10 @@ def calibrate(
         calibration=ratio,
         notes=list(estimate.notes),
     )
-    result.notes.append(
+    result.calibration_note = (
         f"calibrated by {source}: {format_duration(measured_step_seconds)} where the "
         f"model said {format_duration(measured.step_seconds)} (x{ratio:.2f})"
     )
+    result.notes.append(result.calibration_note)
     _totals(result, device)
     return result

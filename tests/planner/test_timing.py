@@ -132,7 +132,7 @@ def test_a_measured_step_calibrates_other_settings(spec) -> None:
     assert tuned.step_seconds == pytest.approx(2 * longer.step_seconds)
     assert tuned.total_seconds == pytest.approx(tuned.step_seconds * longer.total_steps)
     assert tuned.utilisation == pytest.approx(longer.utilisation / 2)
-    assert "calibrated by a measured step" in tuned.notes[-1]
+    assert "calibrated by a measured step" in tuned.notes[-1] == tuned.calibration_note
     assert longer.calibration is None and not any("calibrated" in n for n in longer.notes)
     # a calibration that makes the step unbearable makes the plan impractical
     slow = calibrate(longer, measured, 1000 * measured.step_seconds, gpu)

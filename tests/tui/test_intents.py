@@ -116,10 +116,10 @@ def timed(plan, steps_per_epoch: int, total_steps: int, calibration: float | Non
     for c in plan.candidates:
         step = c.step_seconds * (calibration or 1)
         c.step_seconds = None  # the time lives in `time`, as on a planner Candidate
-        notes = [f"calibrated by the pre-flight: x{calibration:.2f}"] if calibration else []
+        note = f"calibrated by the pre-flight: x{calibration:.2f}" if calibration else None
         c.time = TimeEstimate(
-            0, 0.0, None, 0.3, step, steps_per_epoch, None, step * total_steps, notes,
-            total_steps, calibration=calibration,
+            0, 0.0, None, 0.3, step, steps_per_epoch, None, step * total_steps,
+            [note] if note else [], total_steps, calibration=calibration, calibration_note=note,
         )  # fmt: skip
         c.grad_accum = 2
     return plan

@@ -84,8 +84,7 @@ def calibration_note(candidate: Any) -> str | None:
     time = getattr(candidate, "time", None)
     if not getattr(time, "calibration", None):
         return None
-    notes = [n for n in getattr(time, "notes", ()) or () if n.startswith("calibrated by")]
-    return notes[-1] if notes else "calibrated by a measured step"
+    return getattr(time, "calibration_note", None) or "calibrated by a measured step"
 
 
 def _reasons(candidate: Any) -> list[str]:
