@@ -65,12 +65,19 @@ from affiner.runner.run.runs import (
     run_task,
     summarize,
 )
-from affiner.runner.run.step_time import MeasuredStep, logged_step_seconds, measured_step
+from affiner.runner.run.step_time import (
+    NOT_STEPS,
+    MeasuredStep,
+    logged_step_seconds,
+    measured_step,
+    step_gap,
+)
 
 __all__ = [
     "CLASS_METRICS",
     "INTERRUPTED",
     "LIVE_STATES",
+    "NOT_STEPS",
     "UNKNOWN",
     "BestKeeper",
     "Checkpoint",
@@ -122,6 +129,7 @@ __all__ = [
     "runs_root",
     "saved_weights",
     "start_run",
+    "step_gap",
     "stop_process_group",
     "stop_run",
     "summarize",

@@ -44,6 +44,19 @@ class MeasuredStep:
     device: str = ""
 
 
+#: Events that end a run of timed steps: what follows them is not a step's time.
+NOT_STEPS = (RunStarted, EvalResult, Checkpoint)
+
+
+def step_gap(previous: TrainLog | None, log: TrainLog) -> tuple[float, int] | None:
+    """Seconds per step from `previous` to `log`, and the steps between; None when there is no
+    gap to time (no previous log in this stretch, or no step or time passed)."""
+    if previous is None or log.step <= previous.step or log.t <= previous.t:
+        return None
+    steps = log.step - previous.step
+    return (log.t - previous.t) / steps, steps
+
+
 def logged_step_seconds(events: list[Event]) -> tuple[float, int] | None:
     """Median seconds per step between consecutive training logs, and how many steps it spans.
 
@@ -54,12 +67,13 @@ def logged_step_seconds(events: list[Event]) -> tuple[float, int] | None:
     steps = 0
     previous: TrainLog | None = None
     for event in effective_events(events):
-        if isinstance(event, (RunStarted, EvalResult, Checkpoint)):
+        if isinstance(event, NOT_STEPS):
             previous = None
         elif isinstance(event, TrainLog):
-            if previous is not None and event.step > previous.step and event.t > previous.t:
-                rates.append((event.t - previous.t) / (event.step - previous.step))
-                steps += event.step - previous.step
+            gap = step_gap(previous, event)
+            if gap is not None:
+                rates.append(gap[0])
+                steps += gap[1]
             previous = event
     if not rates:
         return None

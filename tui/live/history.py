@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 
 from affiner.planner.units import format_duration
 from affiner.runner.run import (
+    NOT_STEPS,
     Checkpoint,
     Error,
     EvalResult,
@@ -33,6 +34,7 @@ from affiner.runner.run import (
     dropped_by_resume,
     effective_events,
     resume_step,
+    step_gap,
 )
 
 Point = tuple[float, float]
@@ -107,6 +109,8 @@ class RunHistory:
 
     def _fold(self, event: Event) -> None:
         self._events.append(event)
+        if isinstance(event, NOT_STEPS):  # the next log's gap holds more than steps
+            self._last_log = None
         handler = _HANDLERS.get(type(event))
         if handler is not None:
             handler(self, event)
@@ -184,7 +188,6 @@ class RunHistory:
         if event.predicted_step_seconds and self.planned_step_source == "plan":
             self.planned_step_seconds = event.predicted_step_seconds
         self.finished = None
-        self._last_log = None
         if event.resumed_from_step is not None:  # the checkpoint holds this many steps
             self.step = max(self.step, event.resumed_from_step)
 
@@ -195,9 +198,9 @@ class RunHistory:
             self.total_steps = event.total_steps
         self.eta_seconds = event.eta_seconds
         self.eta_logged_at = event.t or None
-        last = self._last_log
-        if last is not None and event.step > last.step and event.t > last.t:
-            self.step_seconds_recent.append((event.t - last.t) / (event.step - last.step))
+        gap = step_gap(self._last_log, event)
+        if gap is not None:
+            self.step_seconds_recent.append(gap[0])
             del self.step_seconds_recent[:-RECENT_STEPS]
         self._last_log = event
         _append(self.train_loss, event.step, event.loss)
@@ -205,7 +208,6 @@ class RunHistory:
         _append(self.tokens_per_second, event.step, event.tokens_per_second)
 
     def _eval(self, event: EvalResult) -> None:
-        self._last_log = None
         self.evals.append(event)
         _append(self.eval_loss, event.step, event.loss)
 
@@ -242,7 +244,6 @@ class RunHistory:
             self.measured_peak_bytes = max(self.measured_peak_bytes or 0, event.measured_peak_bytes)
 
     def _checkpoint(self, event: Checkpoint) -> None:
-        self._last_log = None
         if event.best:
             self.best_checkpoint = event
 
