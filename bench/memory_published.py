@@ -296,36 +296,37 @@ def run(data: dict, peers_venv: Path | None) -> dict:
                 )
             rows.append(row)
     names = [n for n in ESTIMATORS if n == "affiner" or peers]
-    summary = {n: summarize(rows, n) for n in names}
-    trusted = [r for r in rows if r["confidence"] != "low"]
-    summary_trusted = {n: summarize(trusted, n) for n in names}
-    # the same points for every estimator: where each of them gave a figure or an OOM call
-    common = [
-        r
-        for r in trusted
-        if all(r[n].get("error") is not None or r[n].get("oom_call") for n in names)
-    ]
-    summary_common = {n: summarize(common, n) for n in names}
-    scoped = [r for r in rows if not r["out_of_scope"]]
-    scoped_trusted = [r for r in scoped if r["confidence"] != "low"]
-    scoped_common = [
-        r
-        for r in scoped
-        if all(r[n].get("error") is not None or r[n].get("oom_call") for n in names)
-    ]
     return {
         "affiner_tree": _tree(),
         "points": len(rows),
         "peers": "fitcheck-llm and canifinetune from " + str(peers_venv) if peers else None,
         "peers_absent": None if peers else f"no peers venv ({peers_venv}); affiner only",
-        "summary": summary,
-        "summary_without_low_confidence": summary_trusted,
-        "summary_common_points": summary_common,
-        "summary_in_scope": {n: summarize(scoped, n) for n in names},
-        "summary_in_scope_without_low_confidence": {n: summarize(scoped_trusted, n) for n in names},
-        "summary_in_scope_common_points": {n: summarize(scoped_common, n) for n in names},
+        **summaries(rows, names),
         "rows": rows,
     }
+
+
+def _answered_by_all(rows: list[dict], names: list[str]) -> list[dict]:
+    """The points every estimator answered: a figure, or an out-of-memory call."""
+    return [
+        r for r in rows if all(r[n].get("error") is not None or r[n].get("oom_call") for n in names)
+    ]
+
+
+def summaries(rows: list[dict], names: list[str]) -> dict[str, dict]:
+    """Every summary the table prints, by its key: all points, without low confidence, the
+    points all answered; and the same three over the points in scope (no `out_of_scope`)."""
+    trusted = [r for r in rows if r["confidence"] != "low"]
+    scoped = [r for r in rows if not r["out_of_scope"]]
+    sets = {
+        "summary": rows,
+        "summary_without_low_confidence": trusted,
+        "summary_common_points": _answered_by_all(trusted, names),
+        "summary_in_scope": scoped,
+        "summary_in_scope_without_low_confidence": [r for r in scoped if r["confidence"] != "low"],
+        "summary_in_scope_common_points": _answered_by_all(scoped, names),
+    }
+    return {key: {n: summarize(chosen, n) for n in names} for key, chosen in sets.items()}
 
 
 def _gb(b: int | None) -> str:
