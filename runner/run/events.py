@@ -205,6 +205,35 @@ class Preflight(Event):
     notes: list[str] = field(default_factory=list)
 
 
+#: Silent phases a `Progress` event names (`PHASES` lists them). A reader meeting a phase it
+#: does not know still shows it (its name in words), so adding one breaks no screen.
+#: ``base_eval``: the evaluation of the untouched model before the first step (step 0);
+#: ``eval``: an evaluation during training (step > 0); ``save``: writing a checkpoint.
+BASE_EVAL = "base_eval"
+EVAL = "eval"
+SAVE = "save"
+PHASES = (BASE_EVAL, EVAL, SAVE)
+
+
+@dataclass
+class Progress(Event):
+    """How far a phase without training logs has got: `done` of `total` (batches, for an eval).
+
+    A phase with nothing to count (saving) has ``done == total == 0``; readers then show the
+    time it has taken. The phase is open from its first progress event until the run moves on:
+    the next event that is not a progress event, a system sample or a warning (an ``eval``
+    closes an evaluation, a ``checkpoint`` a save, a ``train_log`` anything). Writers throttle
+    these events (see `affiner.runner.training.callbacks.PROGRESS_SECONDS`); the last one of a
+    counted phase has ``done == total``.
+    """
+
+    type: ClassVar[str] = "progress"
+    step: int = 0
+    phase: str = ""
+    done: int = 0
+    total: int = 0
+
+
 @dataclass
 class RunFinished(Event):
     """The last event of a run, whatever its end."""
@@ -230,6 +259,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         Warning_,
         Error,
         Preflight,
+        Progress,
         RunFinished,
     )
 }

@@ -9,6 +9,11 @@ attempt logged after that step is dropped, as the resumed run logs it again: the
 keeps the events it folded, and when a resume drops some of them it folds again what
 `affiner.runner.run.effective_events` keeps. So the monitor and ``affiner attach`` show the
 steps, evaluations, warnings and memory samples ``affiner runs`` counts, by the same rule.
+
+Between training logs a run can go quiet for minutes (the base model's evaluation, a mid-run
+evaluation, a checkpoint). ``progress`` events name such a phase and count it;
+`RunHistory.phase_line` turns the open one into "evaluating the base model · 41 of 200
+batches · ~1 min left", counting down with the clock between events.
 """
 
 from __future__ import annotations
@@ -43,6 +48,19 @@ Point = tuple[float, float]
 RECENT_STEPS = 5
 #: Warning codes shown in the prominent banner rather than only listed.
 SERIOUS_WARNINGS = ("overfitting", "nan_loss", "oom")
+
+#: The ``progress`` event's type, and its phases in words: what is happening (``{step}`` is the
+#: event's step) and what its count counts. The phase names are `affiner.runner.run.events`'s
+#: `PHASES` (a test holds the two together): the face does not export the `Progress` class yet,
+#: so progress events are recognised by their type name. An unknown phase is shown by its name.
+PROGRESS_TYPE = "progress"
+PHASE_WORDS: dict[str, tuple[str, str]] = {
+    "base_eval": ("evaluating the base model", "batches"),
+    "eval": ("evaluating at step {step}", "batches"),
+    "save": ("saving the checkpoint of step {step}", ""),
+}
+#: Phases that are evaluations: the last one's length foretells the next one's.
+EVAL_PHASES = ("base_eval", "eval")
 
 
 @dataclass
@@ -94,6 +112,11 @@ class RunHistory:
     #: a checkpoint or a restart left out: they are not steps)
     step_seconds_recent: list[float] = field(default_factory=list)
     last_sample: SystemSample | None = None
+    #: the open silent phase's first and latest ``progress`` events (None when none is open)
+    phase_first: Event | None = None
+    phase_latest: Event | None = None
+    #: how long the last finished evaluation took: the next one's length before it has a pace
+    eval_seconds: float | None = None
     _last_log: TrainLog | None = field(default=None, repr=False, compare=False)
     #: The effective events folded so far, kept to fold again when a resume drops some.
     _events: list[Event] = field(default_factory=list, repr=False, compare=False)
@@ -111,6 +134,10 @@ class RunHistory:
         self._events.append(event)
         if isinstance(event, NOT_STEPS):  # the next log's gap holds more than steps
             self._last_log = None
+        if event.type == PROGRESS_TYPE:
+            self._progress(event)
+        elif not isinstance(event, (SystemSample, Warning_)):
+            self._close_phase(event)  # the run moved on: whatever was silent has ended
         handler = _HANDLERS.get(type(event))
         if handler is not None:
             handler(self, event)
@@ -138,12 +165,19 @@ class RunHistory:
         return min(scored, key=lambda e: e.loss or 0.0) if scored else None
 
     def eta_at(self, now: float) -> float | None:
-        """The logged ETA counted down by the time since it was logged (never below 0)."""
+        """The logged ETA counted down by the time since it was logged (never below 0).
+
+        The worker's ETA already counts the evaluations still to come, so it keeps counting
+        down through one; while a phase is open it never falls below what that phase still
+        needs, as the run cannot end before the phase does.
+        """
         if self.eta_seconds is None:
             return None
-        if self.eta_logged_at is None:
-            return self.eta_seconds
-        return max(0.0, self.eta_seconds - max(0.0, now - self.eta_logged_at))
+        eta = self.eta_seconds
+        if self.eta_logged_at is not None:
+            eta = max(0.0, eta - max(0.0, now - self.eta_logged_at))
+        left = self.phase_left(now)
+        return max(eta, left) if left is not None else eta
 
     def eta_text(self, now: float) -> str:
         """``ETA 4 min``, counting down between log lines; ``ETA overdue`` with the time since
@@ -153,8 +187,58 @@ class RunHistory:
         if eta is None:
             return f"ETA {format_duration(None)}"
         if eta == 0 and self.eta_logged_at is not None and self.step < self.total_steps:
+            if self.phase_latest is not None:  # not stalled: in a phase that overran its guess
+                return f"ETA {format_duration(None)} until this phase ends"
             return f"ETA overdue ({format_duration(now - self.eta_logged_at)} since the last log)"
         return f"ETA {format_duration(eta)}"
+
+    def phase_left(self, now: float) -> float | None:
+        """Seconds the open phase still needs at `now` (0 once its time is up), None when unknown.
+
+        The pace is the phase's own, from its first progress event to its latest; before it has
+        one, an evaluation is expected to last as long as the previous evaluation did.
+        """
+        first, latest = self.phase_first, self.phase_latest
+        if first is None or latest is None:
+            return None
+        done, total = _count(latest)
+        first_done, _ = _count(first)
+        if total > 0 and done > first_done and latest.t > first.t:
+            rate = (done - first_done) / (latest.t - first.t)
+            left = (total - done) / rate - (now - latest.t)
+        elif _phase(first) in EVAL_PHASES and self.eval_seconds is not None:
+            left = self.eval_seconds - (now - first.t)
+        else:
+            return None
+        return max(0.0, left)
+
+    def phase_line(self, now: float) -> str:
+        """The open silent phase in words with a countdown; "" when no phase is open.
+
+        ``evaluating the base model · 41 of 200 batches · ~1 min left``; with nothing to count
+        or no pace yet, the time it has taken (``saving the checkpoint of step 100 · 4.2 s so
+        far``); ``finishing`` once the countdown has run out.
+        """
+        first, latest = self.phase_first, self.phase_latest
+        if first is None or latest is None:
+            return ""
+        name = _phase(latest)
+        what, unit = PHASE_WORDS.get(name, (name.replace("_", " "), ""))
+        parts = [what.format(step=getattr(latest, "step", 0))]
+        done, total = _count(latest)
+        unit = f" {unit}" if unit else ""
+        if total > 0:
+            parts.append(f"{done} of {total}{unit}")
+        elif done > 0:
+            parts.append(f"{done}{unit}")
+        left = self.phase_left(now)
+        if left is None:
+            parts.append(f"{format_duration(max(0.0, now - first.t))} so far")
+        elif left > 0:
+            parts.append(f"~{format_duration(left)} left")
+        else:
+            parts.append("finishing")
+        return " · ".join(parts)
 
     @property
     def step_seconds(self) -> float | None:
@@ -206,6 +290,30 @@ class RunHistory:
         _append(self.train_loss, event.step, event.loss)
         _append(self.learning_rate, event.step, event.learning_rate)
         _append(self.tokens_per_second, event.step, event.tokens_per_second)
+
+    def _progress(self, event: Event) -> None:
+        latest = self.phase_latest
+        same = (
+            latest is not None
+            and _phase(latest) == _phase(event)
+            and getattr(latest, "step", 0) == getattr(event, "step", 0)
+            and _count(event)[0] >= _count(latest)[0]
+        )
+        if not same:
+            self.phase_first = event
+        self.phase_latest = event
+
+    def _close_phase(self, event: Event) -> None:
+        first = self.phase_first
+        if first is None:
+            return
+        if isinstance(event, EvalResult) and _phase(first) in EVAL_PHASES:
+            # the Trainer's own timing of the whole evaluation; else first progress to result
+            took = event.runtime_seconds
+            if took is None and event.t and first.t:
+                took = event.t - first.t
+            self.eval_seconds = took if took is not None and took > 0 else self.eval_seconds
+        self.phase_first = self.phase_latest = None
 
     def _eval(self, event: EvalResult) -> None:
         self.evals.append(event)
@@ -270,6 +378,15 @@ _HANDLERS = {
     Error: RunHistory._error,
     RunFinished: RunHistory._finished,
 }
+
+
+def _phase(event: Event) -> str:
+    return str(getattr(event, "phase", ""))
+
+
+def _count(event: Event) -> tuple[int, int]:
+    """A progress event's (done, total), 0 for what it does not carry."""
+    return int(getattr(event, "done", 0) or 0), int(getattr(event, "total", 0) or 0)
 
 
 def _append(series: list[Point], step: int, value: float | None) -> None:
