@@ -9,6 +9,7 @@ shows is what training will see.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 #: Token lengths are measured on at most this many rows (evenly spread), to stay quick on
@@ -29,7 +30,9 @@ class DataPreview:
         dropped: ``(file:line, reason)`` for each invalid row.
         lengths: token length of every (or a sample of every) rendered row; empty when no
             tokenizer was available.
-        example: one row rendered exactly as the model sees it (`affiner.runner.data.prepare.render_example`).
+        example: one row rendered exactly as the model sees it (`affiner.runner.data.prepare.render_example`):
+            a typical one (`typical_example`), not merely the first.
+        example_where: where that row is (``train.jsonl:42``), for the view's title.
         note: why token statistics are missing, when they are.
     """
 
@@ -40,6 +43,7 @@ class DataPreview:
     dropped: list[tuple[str, str]] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
     example: Any = None
+    example_where: str | None = None
     note: str | None = None
 
     def truncated(self, max_len: int) -> int:
@@ -86,7 +90,7 @@ def build_preview(path: str, spec: Any, seq_len: int, model_ref: str | None = No
         preview.note = f"Could not load the tokenizer from {source} ({type(error).__name__}): no token lengths."
         return preview
     preview.lengths = measure_lengths(loaded, tokenizer, seq_len)
-    preview.example = first_renderable(loaded, tokenizer, seq_len)
+    preview.example, preview.example_where = typical_example(loaded, tokenizer, seq_len)
     return preview
 
 
@@ -108,6 +112,68 @@ def measure_lengths(loaded: Any, tokenizer: Any, seq_len: int) -> list[int]:
             continue
         lengths.append(encoded.length)
     return lengths
+
+
+#: Rows looked at for the example shown: enough to find a typical one, quick on any file.
+EXAMPLE_CANDIDATES = 200
+
+
+def typical_example(loaded: Any, tokenizer: Any, seq_len: int) -> tuple[Any, str | None]:
+    """A typical training row rendered as the model sees it, and where it is.
+
+    The first row of a file is often not typical (the chat demo's is "how far is the sun" /
+    "it": two tokens of loss), so the row shown is, among an even spread of at most
+    `EXAMPLE_CANDIDATES` rows that render whole, one with at least the median number of
+    loss-carrying tokens whose length is nearest the median length. A classifier's rows carry
+    their loss on the label, so there only the length counts. (None, None) when no row renders.
+    """
+    from affiner.runner.data import DataError, render_example
+
+    rows = loaded.train
+    step = max(1, len(rows) // EXAMPLE_CANDIDATES)
+    found: list[tuple[Any, str, int, int]] = []  # (rendered, where, length, loss tokens)
+    for example in rows[::step][:EXAMPLE_CANDIDATES]:
+        try:
+            shown = render_example(example, loaded.format, tokenizer, seq_len, labels=loaded.labels)
+        except DataError:
+            continue
+        if shown.truncated:
+            continue
+        loss = sum(1 for _, flag in shown.tokens if flag)
+        found.append((shown, example.where, shown.length, loss))
+    if not found:
+        first = first_renderable(loaded, tokenizer, seq_len)
+        return first, None
+    if loaded.format != "classification":
+        with_loss = sorted(f[3] for f in found)
+        floor = with_loss[len(with_loss) // 2]
+        found = [f for f in found if f[3] >= floor] or found
+    lengths = sorted(f[2] for f in found)
+    median = lengths[len(lengths) // 2]
+    shown, where, _, _ = min(found, key=lambda f: (abs(f[2] - median), -f[3]))
+    return with_spacing(shown, tokenizer), Path(where).name
+
+
+def with_spacing(shown: Any, tokenizer: Any) -> Any:
+    """`shown` with each token's text as it reads in the whole (``" honest"``, ``"##ly"`` → ``"ly"``).
+
+    `render_example` decodes every token alone, which drops the spaces a WordPiece tokenizer
+    (the classifier's) puts between words ("filledwithhonest…"); the text of token i is the
+    decoded prefix up to i minus the one before it, so the pieces join into the decoded text.
+    Falls back to `shown` as it is when the prefixes do not extend one another.
+    """
+    from dataclasses import replace
+
+    ids = list(shown.input_ids)
+    pieces: list[tuple[str, bool]] = []
+    before = ""
+    for i, (_, flag) in enumerate(shown.tokens):
+        now = tokenizer.decode(ids[: i + 1])
+        if not now.startswith(before):
+            return shown
+        pieces.append((now[len(before) :], flag))
+        before = now
+    return replace(shown, tokens=pieces)
 
 
 def first_renderable(loaded: Any, tokenizer: Any, seq_len: int) -> Any:
