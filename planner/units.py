@@ -79,7 +79,7 @@ def format_bytes_of(used: float | None, total: float | None) -> str:
 
 
 def format_duration(seconds: float | None) -> str:
-    """Seconds as people read time: ``850 ms``, ``2.1 s``, ``42 s``, ``12 min``, ``3 h 20 min``, ``2 d 4 h``.
+    """Seconds as people read time: ``<1 ms``, ``850 ms``, ``2.1 s``, ``42 s``, ``12 min``, ``3 h 20 min``, ``2 d 4 h``.
 
     Used alike for a step time, an ETA, a run's length and how long ago something happened,
     so a predicted step time and a measured one read in the same form.
@@ -94,6 +94,8 @@ def format_duration(seconds: float | None) -> str:
         return "N/A"
     if seconds == 0:
         return "0 s"
+    if seconds < 0.0005:  # "0 ms" for a real, tiny step would read as no time at all
+        return "<1 ms"
     if round(seconds * 1000) < 1000:
         return f"{seconds * 1000:.0f} ms"
     if round(seconds, 1) < 10:

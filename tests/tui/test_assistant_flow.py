@@ -141,7 +141,7 @@ def test_choosing_a_method_follows_it_everywhere(at_data: AssistantFlow) -> None
     flow = at_data
     reply = flow.submit("use qlora")
     assert flow.settings.method == "qlora" and flow.candidate().method == "qlora"
-    assert "Using **QLoRA (4-bit base)** (was the recommendation)" in texts(reply)
+    assert "Using **QLoRA (4-bit base)** (the recommendation is LoRA)" in texts(reply)
     reply = flow.submit("use full")
     assert "needs **61.0 GiB**" in texts(reply)  # chosen, and told it will not fit
     assert "Full fine-tuning" in texts(flow.submit("how long?"))

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from affiner.planner.units import format_bytes, format_duration
+from affiner.planner.vocabulary import QUANTIZED_METHODS
 from affiner.tui.assistant.intents import Intent
+
+#: Why a demo keeps its own method when the planner recommends another (see `demo.assistant_preset`).
+DEMO_METHOD_WHY = (
+    "its learning rate and settings were tuned with it, and full fine-tuning at that rate "
+    "would wreck the model"
+)
 
 #: How methods are named to people.
 METHOD_NAMES: dict[str, str] = {
@@ -87,6 +94,51 @@ def calibration_note(candidate: Any) -> str | None:
     return getattr(time, "calibration_note", None) or "calibrated by a measured step"
 
 
+def run_time(seconds: float | None) -> str:
+    """A whole run's time as people read it: ``under a second`` below one, else
+    `format_duration` (the assistant and the plan panel both write totals with this)."""
+    if seconds is not None and 0 < seconds < 1:
+        return "under a second"
+    return format_duration(seconds)
+
+
+def per_step(seconds: float | None) -> str:
+    """A step time with its unit of work: ``900 ms/step``, ``<1 ms/step``, ``N/A``."""
+    return f"{format_duration(seconds)}/step" if seconds else "N/A"
+
+
+def impractical(candidate: Any) -> str | None:
+    """The planner's reason a candidate's time is more than anyone will wait for
+    (`affiner.planner.timing.TimeEstimate.impractical_reason`); None when it is practical."""
+    time = getattr(candidate, "time", None)
+    if time is None or getattr(time, "practical", True):
+        return None
+    return getattr(time, "impractical_reason", None) or "too slow to wait for on this device"
+
+
+def missing_reason(report: Any, method: str) -> str:
+    """Why the plan has no candidate for `method`, in the planner's terms (`planner.recommend.plan`
+    leaves a method out when the request states another, when the model is not a decoder for
+    the quantized bases, or when a stated quantization cannot take it)."""
+    name = method_name(method)
+    request = getattr(report, "request", None)
+    stated = getattr(request, "method", None)
+    if stated and stated != method:
+        return (
+            f"This plan is for {method_name(stated)} alone (the pre-flight measured it); "
+            f"`use {method}` plans every method again."
+        )
+    spec = getattr(report, "spec", None)
+    if method in QUANTIZED_METHODS and spec is not None and not getattr(spec, "is_decoder", True):
+        return (
+            f"The planner leaves {name} out for {getattr(spec, 'name', 'this model')}: it is not a "
+            "decoder, and the 4-bit and 8-bit bases are planned for decoder models only."
+        )
+    if method in QUANTIZED_METHODS and getattr(request, "quantization", None):
+        return f"The stated quantization ({request.quantization}) cannot run {name}."
+    return f"The planner did not consider {name} for this model and device."
+
+
 def _reasons(candidate: Any) -> list[str]:
     return [str(r) for r in (getattr(candidate, "reasons", ()) or ())]
 
@@ -98,7 +150,8 @@ class AnswerContext:
     Attributes:
         device: the `DeviceTarget` plans are made for.
         plan: the latest `PlanReport`.
-        method: the method the user chose, None to follow the recommendation.
+        method: the method the user (or the demo) chose, None to follow the recommendation.
+        chosen_by: who chose `method` when it was not the user (``the demo``), None: the user.
         rows: training rows after validation (without them "how long?" asks for the data).
         epochs, batch: the settings' epochs and rows a step, for the words (the steps
             themselves are the plan's).
@@ -109,6 +162,7 @@ class AnswerContext:
     device: Any = None
     plan: Any = None
     method: str | None = None
+    chosen_by: str | None = None
     rows: int | None = None
     epochs: float = 3.0
     batch: int = 16
@@ -139,6 +193,8 @@ PHRASES: tuple[tuple[str, str], ...] = (
     ("how long? · what fits? · hardware", "time, the methods that fit, the machine"),
     ("next (or Enter) · back · go to data · preflight · launch", "move through the steps"),
     ("demo classify · demo chat", "fine-tune a real model offline, on this machine"),
+    ("PgUp · PgDn · ctrl+home · ctrl+end (keys)", "scroll the conversation, even while typing"),
+    ("ctrl+t (key)", "fold the plan panel away, or bring it back"),
 )
 
 
@@ -161,12 +217,24 @@ def not_understood(text: str) -> str:
     )
 
 
-def why_not(report: Any, method: str, device: Any) -> str:
-    """Why `method` is not the plan: the memory it needs against what the device has."""
+def chooser(chosen_by: str | None) -> str:
+    """Who chose the method, as a sentence's subject and verb: ``the demo uses``, ``you chose``."""
+    return f"{chosen_by} uses" if chosen_by else "you chose"
+
+
+def why_not(
+    report: Any,
+    method: str,
+    device: Any,
+    chosen: str | None = None,
+    chosen_by: str | None = None,
+) -> str:
+    """Why `method` is not what runs: the memory it needs against what the device has, or,
+    when it is the recommendation and `chosen` (by `chosen_by`) is another method, that plainly."""
     name = method_name(method)
     candidate = find_candidate(report, method)
     if candidate is None:
-        return f"The planner did not consider {name} for this model and device."
+        return missing_reason(report, method)
     have = device_memory(device)
     device_name = getattr(device, "name", "this device")
     reasons = _reasons(candidate)
@@ -182,6 +250,13 @@ def why_not(report: Any, method: str, device: Any) -> str:
             if usable and usable < have
             else "."
         )
+    elif best is not None and best.method == method and chosen and chosen != method:
+        text = (
+            f"{capitalized(name)} **is** the recommendation ({format_bytes(candidate.peak_bytes)} "
+            f"of {format_bytes(have)}), but {chooser(chosen_by)} **{method_name(chosen)}**"
+        )
+        text += f": {DEMO_METHOD_WHY}." if chosen_by == "the demo" else "."
+        text += f" `use {method}` switches to {name}."
     elif best is not None and best.method == method:
         text = f"{capitalized(name)} is the recommendation: {format_bytes(candidate.peak_bytes)} of {format_bytes(have)}."
     else:
@@ -222,7 +297,10 @@ def why(report: Any, method: str | None, device: Any) -> str:
         f"**{capitalized(method_name(best.method))}** is recommended: peak {format_bytes(best.peak_bytes)} "
         f"of {format_bytes(device_memory(device))}, {format_duration(step_seconds(best))} a step."
     )
-    reasons = _reasons(best)
+    slow = impractical(best)
+    if slow:
+        text += f"\n\n⚠ **Impractical here**: nothing faster fits, and {slow}."
+    reasons = [r for r in _reasons(best) if r != slow]
     if reasons:
         text += "\n\n" + "\n".join(f"- {r}" for r in reasons)
     return text
@@ -249,10 +327,12 @@ def what_fits(report: Any, device: Any) -> str:
     lines = [f"On the {getattr(device, 'name', 'device')} ({format_bytes(have)} free):", ""]
     for candidate in report.candidates:
         mark = "fits" if candidate.fits else "does not fit"
+        if candidate.fits and impractical(candidate):
+            mark = "fits but impractical here"
         star = " ← recommended" if best is not None and candidate is best else ""
         lines.append(
             f"- **{method_name(candidate.method)}**: {format_bytes(candidate.peak_bytes)}, {mark}, "
-            f"{format_duration(step_seconds(candidate))}/step{star}"
+            f"{per_step(step_seconds(candidate))}{star}"
         )
     if best is None:
         lines += ["", nothing_fits(report, device)]
@@ -277,7 +357,7 @@ def how_long(ctx: AnswerContext) -> str:
         steps, seconds = total
         text = (
             f"{capitalized(name)}: {steps:,} steps ({_counted(ctx, candidate)}) × "
-            f"{format_duration(step)} ≈ **{format_duration(seconds)}**."
+            f"{format_duration(step)} ≈ **{run_time(seconds)}**."
         )
     note = calibration_note(candidate)
     if note:
@@ -382,9 +462,11 @@ def answer(intent: Intent, ctx: AnswerContext) -> str:
         if ctx.plan is None:
             return "There is no plan yet: tell me the model first."
         if kind == "why_not":
-            return why_not(ctx.plan, intent.value, ctx.device)
+            return why_not(ctx.plan, intent.value, ctx.device, ctx.method, ctx.chosen_by)
         if kind == "why":
-            return why(ctx.plan, intent.value, ctx.device)
+            if intent.value:
+                return why_not(ctx.plan, intent.value, ctx.device, ctx.method, ctx.chosen_by)
+            return why(ctx.plan, None, ctx.device)
         return what_fits(ctx.plan, ctx.device)
     if kind == "how_long":
         return how_long(ctx)

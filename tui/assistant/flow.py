@@ -30,7 +30,7 @@ from affiner.tui.assistant.intents import Intent, parse_intent
 from affiner.tui.assistant.knobs import STATED, SettingKnobs, Settings, shown
 from affiner.tui.assistant.preview import DataPreview
 from affiner.tui.assistant.reply import Reply, Say, Task, say
-from affiner.tui.assistant.text import QUESTIONS, data_summary
+from affiner.tui.assistant.text import QUESTIONS, data_summary, plan_question
 
 #: The steps, in order. ``monitor`` is where the flow ends (the app opens the monitor).
 STEPS = ("hardware", "model", "data", "plan", "settings", "preflight", "launch", "monitor")
@@ -80,6 +80,7 @@ class AssistantFlow(SettingKnobs, PreflightCalibration):
             device=self.device,
             plan=self.plan,
             method=method,
+            chosen_by=self.settings.method_by if self.settings.method else None,
             rows=self.data.rows if self.data else None,
             epochs=self.settings.epochs,
             batch=self.settings.batch,
@@ -245,6 +246,7 @@ class AssistantFlow(SettingKnobs, PreflightCalibration):
         for name, value in preset.get("settings", {}).items():
             setattr(self.settings, name, value)
         self.settings.learning_rate_set = "learning_rate" in preset.get("settings", {})
+        self.settings.method_by = "the demo" if self.settings.method else None
         return say("Ready. Press Enter at each step to accept the demo's choices.") + self._enter(
             "model"
         )
@@ -258,24 +260,35 @@ class AssistantFlow(SettingKnobs, PreflightCalibration):
             self.measured_step()  # another method than the one measured: dropped
             return self._replan(("method", (method, old)))
         if self.plan is not None and answers.find_candidate(self.plan, method) is None:
-            return say(f"The plan has no {method_name(method)} candidate for this model.")
+            return say(answers.missing_reason(self.plan, method))
         old = self.settings.method
         self.settings.method = method
+        self.settings.method_by = None  # the user's choice now
         if self.plan is None:
             return say(f"{capitalized(method_name(method))} it is; the plan follows the model.")
         return self._method_chosen(method, old)
 
     def _method_chosen(self, method: str, old: str | None) -> Reply:
+        """The reply to ``use qlora``: what now runs, and how it stands to the recommendation
+        (★ in the plan panel), never to what ran before."""
         candidate = self.candidate()
         if candidate is None or candidate.method != method:
-            return say(f"The plan has no {method_name(method)} candidate for this model.")
-        text = f"Using **{method_name(method)}**" + (
-            " (was the recommendation)." if old is None else "."
-        )
+            return say(answers.missing_reason(self.plan, method))
+        best = answers.recommended(self.plan)
+        text = f"Using **{method_name(method)}**"
+        if best is not None and best.method == method:
+            text += ", the recommendation."
+        elif best is not None:
+            text += f" (the recommendation is {method_name(best.method)})."
+        else:
+            text += "."
         if not candidate.fits:
             text += "\n\n" + answers.why_not(self.plan, method, self.device)
         else:
             text += f" Peak {format_bytes(candidate.peak_bytes)}, {format_duration(answers.step_seconds(candidate))} a step."
+            slow = answers.impractical(candidate)
+            if slow:
+                text += f"\n\n⚠ Impractical here: {slow}."
         return Reply([Say(text), Say("", kind="plan", data=self.plan)])
 
     # -- steps -------------------------------------------------------------------------
@@ -338,9 +351,18 @@ class AssistantFlow(SettingKnobs, PreflightCalibration):
     def _show_plan(self) -> Reply:
         best = answers.recommended(self.plan)
         head = answers.why(self.plan, None, self.device)
-        if self.settings.method and best is not None and self.settings.method != best.method:
-            head += f"\n\nYou chose **{method_name(self.settings.method)}**."
-        return Reply([Say("", kind="plan", data=self.plan), Say(head + "\n\n" + QUESTIONS["plan"])])
+        chosen = self.settings.method
+        if chosen and best is not None and chosen != best.method:
+            by = self.settings.method_by
+            head += f"\n\n{capitalized(answers.chooser(by))} **{method_name(chosen)}**"
+            head += f": {answers.DEMO_METHOD_WHY}." if by == "the demo" else "."
+            head += f" `use {best.method}` follows the recommendation."
+        return Reply(
+            [
+                Say("", kind="plan", data=self.plan),
+                Say(head + "\n\n" + plan_question(self.plan, self.method)),
+            ]
+        )
 
     def _replan(self, pending: tuple[str, Any] | None = None) -> Reply:
         if self.spec is None or self.device is None:

@@ -46,6 +46,8 @@ class Settings:
     """The knobs the settings step shows; `method` None follows the recommendation."""
 
     method: str | None = None
+    #: Who chose `method` when the user did not: ``the demo`` (its preset), None: the user.
+    method_by: str | None = None
     epochs: float = 3.0
     learning_rate: float = default_learning_rate("lora")
     lora_rank: int = 16

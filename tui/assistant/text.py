@@ -32,6 +32,24 @@ QUESTIONS = {
 }
 
 
+def other_method(plan: Any, chosen: str | None) -> str | None:
+    """A method the plan has besides `chosen`, to suggest as ``use <method>``: one that fits
+    (the most memory-frugal first, as a user short of memory would try), else any; None when
+    the plan has no other."""
+    others = [c for c in getattr(plan, "candidates", ()) or () if c.method != chosen]
+    fitting = [c for c in others if c.fits]
+    pick = min(fitting or others, key=lambda c: c.peak_bytes, default=None)
+    return pick.method if pick is not None else None
+
+
+def plan_question(plan: Any, chosen: str | None) -> str:
+    """The plan step's question, suggesting only a method the plan has (`other_method`)."""
+    other = other_method(plan, chosen)
+    pick = f"`use {other}` picks another; " if other else ""
+    explain = "`why?`" if chosen == "full" else "`why not full?`"
+    return f"Enter accepts the highlighted plan; {pick}{explain} explains."
+
+
 def data_summary(preview: DataPreview) -> str:
     """The data step's report: valid rows, the dropped ones as file:line, the first rows."""
     text = f"**{preview.rows:,} rows** of **{preview.format}** data in `{preview.path}`."

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
@@ -24,15 +24,23 @@ from textual.widgets import Footer, Input, Static
 from textual.worker import Worker, WorkerState
 
 from affiner.planner.errors import AffinerError
-from affiner.planner.units import format_bytes, format_duration
+from affiner.planner.units import format_bytes
 from affiner.planner.vocabulary import LORA_METHODS
 from affiner.tui.assistant import AssistantFlow, Reply, Task, answers
+from affiner.tui.assistant.text import other_method
 from affiner.tui.messages import PlanTargetChanged
 from affiner.tui.widgets.conversation import Conversation
 from affiner.tui.widgets.example_view import ExampleView
 from affiner.tui.widgets.plan_bars import PlanBars
 from affiner.tui.widgets.settings_form import SettingsForm
 from affiner.tui.widgets.token_histogram import TokenHistogram
+
+
+def placeholder(plan: Any, chosen: str | None) -> str:
+    """The input's hint: ``use <method>`` only for a method the plan has (`text.other_method`)."""
+    other = other_method(plan, chosen) if plan is not None else None
+    use = f" · use {other}" if other else ""
+    return f"Answer, or ask: what fits?{use} · help"
 
 
 def readable(error: BaseException) -> str:
@@ -61,11 +69,35 @@ class AssistantScreen(Screen):
     AssistantScreen #prompt {
         margin: 0 1;
     }
+    AssistantScreen #live.-collapsed PlanBars {
+        display: none;
+    }
+    /* short terminals (80x24): every row the panel and the input give back is conversation */
+    AssistantScreen.-short PlanBars {
+        margin: 0;
+    }
+    AssistantScreen.-short #prompt {
+        border: none;
+        height: 1;
+        padding: 0 1;
+        background: $boost;
+    }
     """
+
+    #: Below this many rows the screen is compact (`-short`): no margin under the bars, a
+    #: one-row input line.
+    SHORT_HEIGHT = 30
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+n", "next", "Next/accept"),
         Binding("ctrl+b", "back", "Back"),
+        # Not in the footer: at 80 columns it would push the F-keys out; `help` names it.
+        Binding("ctrl+t", "toggle_plan", "Plan panel", show=False),
+        # The Input has no use for these keys, so they scroll the conversation while it has focus.
+        Binding("pageup", "scroll_conversation(-1)", "Scroll up", show=False),
+        Binding("pagedown", "scroll_conversation(1)", "Scroll down", show=False),
+        Binding("ctrl+home", "scroll_conversation_to(0)", "Top", show=False),
+        Binding("ctrl+end", "scroll_conversation_to(1)", "End", show=False),
         Binding("escape", "focus_prompt", "Type", show=False),
     ]
 
@@ -90,12 +122,34 @@ class AssistantScreen(Screen):
         with Vertical(id="live"):
             yield PlanBars(id="plan-bars")
             yield Static(id="summary")
-        yield Input(placeholder="Answer, or ask: what fits? · use qlora · help", id="prompt")
+        yield Input(placeholder=placeholder(None, None), id="prompt")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#prompt", Input).focus()
+        self.set_class(self.size.height < self.SHORT_HEIGHT, "-short")
         self.apply(self.flow.start())
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.set_class(event.size.height < self.SHORT_HEIGHT, "-short")
+
+    def action_toggle_plan(self) -> None:
+        """Fold the plan bars away (the summary line stays) or bring them back."""
+        self.query_one("#live").toggle_class("-collapsed")
+
+    def action_scroll_conversation(self, pages: int) -> None:
+        conversation = self.query_one(Conversation)
+        if pages < 0:
+            conversation.scroll_page_up(animate=False)
+        else:
+            conversation.scroll_page_down(animate=False)
+
+    def action_scroll_conversation_to(self, end: int) -> None:
+        conversation = self.query_one(Conversation)
+        if end:
+            conversation.scroll_end(animate=False)
+        else:
+            conversation.scroll_home(animate=False)
 
     # -- drawing a reply ---------------------------------------------------------------
     def apply(self, reply: Reply) -> None:
@@ -111,7 +165,9 @@ class AssistantScreen(Screen):
                 self._histograms.append(histogram)
                 conversation.show(histogram)
             elif say.kind == "example":
-                conversation.show(ExampleView(say.data.example))
+                where = getattr(say.data, "example_where", None)
+                title = f"a typical example ({where}), as the model sees it" if where else None
+                conversation.show(ExampleView(say.data.example, title))
             elif say.kind == "plan":
                 self.refresh_live()
             elif say.kind == "settings":
@@ -129,6 +185,7 @@ class AssistantScreen(Screen):
         live.add_class("-shown")
         self.query_one(PlanBars).update_plan(flow.plan, flow.device, flow.settings.method)
         self.query_one("#summary", Static).update(self.summary_line())
+        self.query_one("#prompt", Input).placeholder = placeholder(flow.plan, flow.method)
         for histogram in self._histograms:
             histogram.set_max_len(flow.settings.seq_len)
         forms = self.query(SettingsForm)
@@ -156,11 +213,13 @@ class AssistantScreen(Screen):
         step = answers.step_seconds(candidate)
         if total is not None:
             steps, seconds = total
-            line += f", {steps:,} steps ≈ {format_duration(seconds)}"
+            line += f", {steps:,} steps ≈ {answers.run_time(seconds)}"
             if answers.calibration_note(candidate):
                 line += " (measured step)"
         elif step:
-            line += f", {format_duration(step)}/step"
+            line += f", {answers.per_step(step)}"
+        if answers.impractical(candidate):
+            line += " ⚠ impractical here"
         if flow.data is not None and flow.data.lengths:
             cut = flow.data.truncated(settings.seq_len)
             line += f"; {cut} rows cut" if cut else "; no row cut"
