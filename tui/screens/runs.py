@@ -1,7 +1,10 @@
 """The runs screen: every run under the runs root, live or past, in a table.
 
-Enter opens the highlighted run in the monitor. Space marks a run; with two marked, ``c``
-overlays their training-loss curves below the table to compare them. ``e`` exports the
+Enter opens the highlighted run in the monitor. Space marks a run; with two or three marked,
+``c`` compares them below the table: settings and final metrics beside their training-loss
+curves (`affiner.tui.screens.runs_compare`). The table shows each run by its short id, the
+one ``affiner attach``/``stop`` accept, and drops columns by priority as the screen narrows
+(`affiner.tui.screens.runs_columns`); the line under it names the highlighted run in full. ``e`` exports the
 highlighted run (merged safetensors, and a GGUF with an Ollama Modelfile when llama.cpp's
 converter is there) through the same child process as ``affiner export``; ``r`` resumes a
 stopped, failed or interrupted run from its last checkpoint. The list comes from
@@ -14,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
@@ -22,36 +25,28 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Static
 
 from affiner.planner.errors import AffinerError
-from affiner.planner.units import format_duration
 from affiner.runner.run import RunSummary, TrainLog, last_attempt, list_runs, read_events
 from affiner.tui.cli.export import ExportOutcome, run_export_child
 from affiner.tui.live import Point
 from affiner.tui.messages import RunsListed
-from affiner.tui.widgets.plots import LossPlot
+from affiner.tui.screens.run_facts import FactsCache, RunSettings, short_ids
+from affiner.tui.screens.runs_columns import (
+    RunRow,
+    build_rows,
+    cell_texts,
+    clip,
+    detail_text,
+    fit_columns,
+    runs_title,
+)
+from affiner.tui.screens.runs_compare import CompareRun, CompareView
 
 #: Seconds between refreshes of the list while it is shown.
 REFRESH_SECONDS = 5.0
-
-
-def age_text(summary: RunSummary, now: float) -> str:
-    """How long ago the run started (``3h05m``), from `now` rather than the wall clock."""
-    started = summary.started or summary.updated
-    return "N/A" if started is None else format_duration(max(0.0, now - started))
-
-
-def progress_text(summary: RunSummary) -> str:
-    if summary.progress is None:
-        return f"{summary.step}" if summary.step else "N/A"
-    return f"{summary.progress * 100:3.0f}% {summary.step}/{summary.total_steps}"
-
-
-def best_text(summary: RunSummary) -> str:
-    if summary.best_eval_loss is None:
-        return "N/A"
-    text = f"{summary.best_eval_loss:.4f}"
-    if summary.best_metric_name in ("accuracy", "f1") and summary.best_metric is not None:
-        text += f" {summary.best_metric_name[:3]} {summary.best_metric:.3f}"
-    return text
+#: How many runs compare lays side by side (more would not fit 80 columns).
+MAX_COMPARED = 3
+#: Rows of the list kept on screen while compare is open (it scrolls past them).
+COMPARING_ROWS = 5
 
 
 def train_curve(run_dir: Path) -> list[Point]:
@@ -65,12 +60,18 @@ def train_curve(run_dir: Path) -> list[Point]:
 
 
 class RunsScreen(Screen):
-    """Past and active runs; open one, or compare two."""
+    """Past and active runs; open one, or compare two or three."""
+
+    DEFAULT_CSS = """
+    RunsScreen #runs-title { height: auto; padding: 0 1; }
+    RunsScreen #runs-table { height: 1fr; }
+    RunsScreen #runs-detail { height: auto; max-height: 2; padding: 0 1; color: $text-muted; }
+    """
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open_run", "Open", show=True),
         Binding("space", "mark", "Mark"),
-        Binding("c", "compare", "Compare 2"),
+        Binding("c", "compare", "Compare"),
         Binding("e", "export", "Export"),
         # not in the footer, which at 80 columns already drops F-keys (the monitor offers
         # Resume in Stop's place once a run has stopped)
@@ -82,26 +83,23 @@ class RunsScreen(Screen):
     def __init__(self, services: object, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.services = services
-        self.summaries: list[RunSummary] = []
+        self.rows: list[RunRow] = []
         self.marked: list[str] = []
         self._active = False
         self._timer: Timer | None = None
+        self._facts = FactsCache()
+        self._shown_columns: list[str] = []
+
+    @property
+    def summaries(self) -> list[RunSummary]:
+        return [row.summary for row in self.rows]
 
     def compose(self) -> ComposeResult:
         yield Static(id="runs-title")
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
-        yield LossPlot(title="train loss", id="runs-compare")
+        yield Static(id="runs-detail")
+        yield CompareView(id="compare")
         yield Footer(compact=True)
-
-    def on_mount(self) -> None:
-        table = self.query_one("#runs-table", DataTable)
-        table.add_column("✓", key="mark", width=1)
-        table.add_column("run", key="run")
-        table.add_column("state", key="state")
-        table.add_column("progress", key="progress")
-        table.add_column("age", key="age")
-        table.add_column("best eval", key="best")
-        self.query_one("#runs-compare", LossPlot).display = False
 
     def on_screen_resume(self) -> None:
         self._active = True
@@ -111,16 +109,26 @@ class RunsScreen(Screen):
     def on_screen_suspend(self) -> None:
         self._active = False
 
+    def on_resize(self, event: events.Resize) -> None:
+        self._draw()
+
     def action_refresh(self) -> None:
         self._list()
 
     @work(thread=True, exclusive=True, group="runs", name="list-runs", exit_on_error=False)
     def _list(self) -> None:
-        self.post_message(RunsListed(rows=list_runs(self.services.runs_root)))  # type: ignore[attr-defined]
+        root = Path(self.services.runs_root)  # type: ignore[attr-defined]
+        summaries = list_runs(root)
+        try:
+            names = [p.name for p in root.iterdir() if p.is_dir()]
+        except OSError:
+            names = []
+        short = short_ids([s.run_id for s in summaries], names)
+        self.post_message(RunsListed(rows=build_rows(summaries, short, self._facts)))
 
     @on(RunsListed)
     def _listed(self, message: RunsListed) -> None:
-        self.summaries = list(message.rows)
+        self.rows = list(message.rows)
         self._draw()
         if self._active:
             # One pending re-poll at most, however many refreshes were asked for.
@@ -133,42 +141,66 @@ class RunsScreen(Screen):
             self._list()
 
     def _draw(self) -> None:
+        """Fill the table with the columns that fit the screen's width now."""
+        if not self.is_mounted:
+            return
         now = self.services.clock()  # type: ignore[attr-defined]
         root = self.services.runs_root  # type: ignore[attr-defined]
-        live = sum(s.live for s in self.summaries)
         title = self.query_one("#runs-title", Static)
-        if self.summaries:
+        if self.rows:
+            live = sum(row.summary.live for row in self.rows)
             title.update(
-                f"{len(self.summaries)} runs ({live} live) in {root}. "
-                "Enter opens · Space marks · c compares two"
+                f"{runs_title(len(self.rows), live, root)} · r resumes a stopped run ·"
+                " Space marks 2-3 runs, c compares them"
             )
         else:
             title.update(f"No runs in {root} yet. F2 opens the assistant to start one.")
         table = self.query_one("#runs-table", DataTable)
         keep = table.cursor_row
-        table.clear()
-        ids = {s.run_id for s in self.summaries}
+        ids = {row.run_id for row in self.rows}
         self.marked = [m for m in self.marked if m in ids]
-        for summary in self.summaries:
-            table.add_row(
-                "✓" if summary.run_id in self.marked else " ",
-                summary.run_id,
-                summary.state,
-                progress_text(summary),
-                age_text(summary, now),
-                best_text(summary),
-                key=summary.run_id,
-            )
-        if self.summaries:
-            table.move_cursor(row=min(keep, len(self.summaries) - 1))
+        cells = [cell_texts(row, now, row.run_id in self.marked) for row in self.rows]
+        # the table's own width, less a vertical scrollbar should the rows overflow
+        width = (table.size.width or self.size.width or 80) - 2
+        columns = fit_columns(cells, width)
+        table.clear(columns=True)
+        for column, column_width in columns:
+            table.add_column(column.label, key=column.key, width=column_width)
+        self._shown_columns = [column.key for column, _ in columns]
+        for row, texts in zip(self.rows, cells, strict=True):
+            table.add_row(*(clip(texts[c.key], w) for c, w in columns), key=row.run_id)
+        if self.rows:
+            table.move_cursor(row=min(max(keep, 0), len(self.rows) - 1))
+        self._fit_height()
+        self._show_detail()
+
+    def _fit_height(self) -> None:
+        """While comparing, the list keeps just its rows (a few at most); else it fills."""
+        table = self.query_one("#runs-table", DataTable)
+        if self.has_class("-comparing"):
+            table.styles.height = min(len(self.rows), COMPARING_ROWS) + 1
+        else:
+            table.styles.height = "1fr"
+
+    def _show_detail(self) -> None:
+        row = self._highlighted_row()
+        self.query_one("#runs-detail", Static).update(detail_text(row) if row else "")
+
+    def _highlighted_row(self) -> RunRow | None:
+        table = self.query_one("#runs-table", DataTable)
+        if not self.rows or table.cursor_row < 0:
+            return None
+        return self.rows[min(table.cursor_row, len(self.rows) - 1)]
 
     def _highlighted(self) -> RunSummary | None:
-        table = self.query_one("#runs-table", DataTable)
-        if not self.summaries or table.cursor_row < 0:
-            return None
-        return self.summaries[min(table.cursor_row, len(self.summaries) - 1)]
+        row = self._highlighted_row()
+        return row.summary if row is not None else None
 
     # -- actions --------------------------------------------------------------------------
+
+    @on(DataTable.RowHighlighted, "#runs-table")
+    def _moved(self, event: DataTable.RowHighlighted) -> None:
+        self._show_detail()
 
     @on(DataTable.RowSelected, "#runs-table")
     def _selected(self, event: DataTable.RowSelected) -> None:
@@ -187,32 +219,59 @@ class RunsScreen(Screen):
         if summary.run_id in self.marked:
             self.marked.remove(summary.run_id)
         else:
-            self.marked = [*self.marked, summary.run_id][-2:]
+            self.marked = [*self.marked, summary.run_id][-MAX_COMPARED:]
+        if "mark" not in self._shown_columns:
+            return
         table = self.query_one("#runs-table", DataTable)
-        for run_id in (s.run_id for s in self.summaries):
+        for run_id in (row.run_id for row in self.rows):
             table.update_cell(run_id, "mark", "✓" if run_id in self.marked else " ")
 
     def action_compare(self) -> None:
-        if len(self.marked) != 2:
-            self.notify("Mark two runs with Space, then press c to compare them.", timeout=4)
+        if len(self.marked) < 2:
+            self.notify(
+                f"Mark two or three runs with Space, then press c to compare them "
+                f"({len(self.marked)} marked).",
+                timeout=4,
+            )
             return
-        paths = {s.run_id: s.path for s in self.summaries}
-        self._load_curves([(run_id, paths[run_id]) for run_id in self.marked])
+        by_id = {row.run_id: row for row in self.rows}
+        self._load_compare([by_id[run_id] for run_id in self.marked])
 
     @work(
         thread=True, exclusive=True, group="runs-compare", name="compare-runs", exit_on_error=False
     )
-    def _load_curves(self, runs: list[tuple[str, Path]]) -> None:
-        curves = [(run_id, train_curve(path)) for run_id, path in runs]
-        self.app.call_from_thread(self._show_curves, curves)
+    def _load_compare(self, rows: list[RunRow]) -> None:
+        runs = [self._compare_run(row) for row in rows]
+        self.app.call_from_thread(self._show_compare, runs)
 
-    def _show_curves(self, curves: list[tuple[str, list[Point]]]) -> None:
-        plot = self.query_one("#runs-compare", LossPlot)
-        plot.display = True
-        plot.set_curves(curves)
+    def _compare_run(self, row: RunRow) -> CompareRun:
+        """What compare shows of one run, read in the worker (plain data, copied)."""
+        settings = row.settings or RunSettings.read(row.summary.path)
+        task = row.summary.task or (settings.task if settings else "")
+        return self._facts.read(
+            row.summary.path,
+            lambda facts: CompareRun(
+                run_id=row.run_id,
+                short_id=row.short_id,
+                task=task,
+                settings=settings,
+                final_train_loss=facts.final_train_loss,
+                best=facts.history.best_eval,
+                seconds=facts.seconds,
+                peak_bytes=facts.peak_bytes,
+                curve=facts.train_curve,
+            ),
+        )
+
+    def _show_compare(self, runs: list[CompareRun]) -> None:
+        self.query_one(CompareView).show(runs)
+        self.add_class("-comparing")
+        self._fit_height()
 
     def action_close_compare(self) -> None:
-        self.query_one("#runs-compare", LossPlot).display = False
+        self.query_one(CompareView).hide()
+        self.remove_class("-comparing")
+        self._fit_height()
 
     def action_resume(self) -> None:
         summary = self._highlighted()
