@@ -6,7 +6,10 @@
   when continuing from a checkpoint (see `affiner.runner.run.events.effective_events` for the rule);
 * ``train_log`` at each log: loss, learning rate, gradient norm, tokens/s from the tokens
   actually processed (non-padding, counted by `CountingTrainer` without a per-step host sync),
-  and an ETA from this session's pace;
+  and an ETA: this session's pace without its evaluations for the steps left, plus the last
+  evaluation's length for each evaluation still to come (`evals_left`);
+* ``progress`` through phases that log nothing for minutes: evaluations by batch (``base_eval``
+  at step 0, ``eval`` after; at most one event per `PROGRESS_SECONDS`) and checkpoint saves;
 * ``eval`` once per evaluation (transformers 5 passes eval metrics to both ``on_evaluate`` and
   ``on_log``; only ``on_evaluate`` writes them), perplexity and classification scores included;
 * ``checkpoint`` for every Trainer checkpoint (``best=False``) and each time ``checkpoints/best/``
@@ -48,6 +51,7 @@ from affiner.runner.run import (
     clean_number,
     write_status,
 )
+from affiner.runner.run.events import BASE_EVAL, EVAL, SAVE, Progress
 from affiner.runner.training.metrics import (
     EarlyStopper,
     OverfitDetector,
@@ -61,6 +65,10 @@ _EVAL_BOOKKEEPING = (
     "eval_samples_per_second",
     "eval_steps_per_second",
 )
+
+#: Within a phase, at most one ``progress`` event this many seconds apart (its first and last
+#: batch are always written): a screen's countdown needs a pace, not every batch of a big eval.
+PROGRESS_SECONDS = 2.0
 
 
 class TokenCounter:
@@ -192,6 +200,11 @@ class EventCallback(TrainerCallback):
         self._session_start_step = 0
         self._step_seconds = 0.0
         self._step_started: float | None = None
+        #: this session's evaluation time (not in the pace per step); the last one's length
+        self._session_eval_seconds = 0.0
+        self._last_eval_seconds: float | None = None
+        self._eval_batches = 0
+        self._progress_at = 0.0
 
     # -- helpers -------------------------------------------------------------------------
     def _emit(self, state: Any, event: Any) -> None:
@@ -212,6 +225,7 @@ class EventCallback(TrainerCallback):
         now = self.clock()
         self._session_start = now
         self._session_start_step = state.global_step
+        self._session_eval_seconds = 0.0
         self.tokens.take()  # forget anything counted before training (a pre-flight, say)
         info = self.info
         self._emit(
@@ -251,6 +265,8 @@ class EventCallback(TrainerCallback):
             control.should_log = True
             control.should_save = True
             control.should_training_stop = True
+        if not control.should_log and not control.should_evaluate:
+            self._saving(state, control)  # else the log or the evaluation, written first, opens it
         return control
 
     def on_log(
@@ -268,7 +284,13 @@ class EventCallback(TrainerCallback):
         tokens = self.tokens.take() * self.world_size
         elapsed, self._step_seconds = self._step_seconds, 0.0  # evaluation and saving left out
         done = step - self._session_start_step
-        per_step = (now - self._session_start) / done if done > 0 else None
+        trained = now - self._session_start - self._session_eval_seconds
+        per_step = trained / done if done > 0 else None
+        eta = None
+        if per_step is not None:
+            eta = per_step * (state.max_steps - step)
+            if self._last_eval_seconds is not None:
+                eta += evals_left(args, state, control) * self._last_eval_seconds
         self._emit(
             state,
             TrainLog(
@@ -278,7 +300,7 @@ class EventCallback(TrainerCallback):
                 learning_rate=clean_number(logs.get("learning_rate")),
                 grad_norm=clean_number(grad_norm),
                 tokens_per_second=tokens / elapsed if elapsed > 0 and tokens else None,
-                eta_seconds=per_step * (state.max_steps - step) if per_step is not None else None,
+                eta_seconds=eta,
                 total_steps=state.max_steps,
             ),
         )
@@ -286,7 +308,22 @@ class EventCallback(TrainerCallback):
             self._fail_nan(
                 state, control, f"the training loss became {loss} (grad norm {grad_norm})"
             )
+        if not control.should_evaluate:
+            self._saving(state, control)
         self._save_status(state)
+        return control
+
+    def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        """One evaluation batch done: a ``progress`` event, throttled to `PROGRESS_SECONDS`."""
+        if self.writer is None or not state.is_world_process_zero:
+            return control
+        self._eval_batches += 1
+        done, total = self._eval_batches, _batches(kwargs.get("eval_dataloader"))
+        now = self.clock()
+        if done == 1 or (total and done >= total) or now - self._progress_at >= PROGRESS_SECONDS:
+            self._progress_at = now
+            phase = BASE_EVAL if state.global_step == 0 else EVAL
+            self._emit(state, Progress(step=state.global_step, phase=phase, done=done, total=total))
         return control
 
     def on_evaluate(
@@ -297,7 +334,19 @@ class EventCallback(TrainerCallback):
         metrics: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> Any:
-        metrics = metrics or {}
+        self._eval_batches = 0  # the next evaluation counts its batches from one again
+        runtime = clean_number((metrics or {}).get("eval_runtime"))
+        if runtime is not None and state.global_step != self._last_eval_step:
+            self._last_eval_seconds = runtime
+            # (the base model's, at step 0, came before this session's clock started)
+            self._session_eval_seconds += runtime if state.global_step > 0 else 0.0
+        control = self._evaluated(args, state, control, metrics or {}, kwargs)
+        self._saving(state, control)
+        return control
+
+    def _evaluated(
+        self, args: Any, state: Any, control: Any, metrics: dict[str, Any], kwargs: dict[str, Any]
+    ) -> Any:
         step = state.global_step
         if step == self._last_eval_step or "eval_loss" not in metrics:
             return control
@@ -383,6 +432,11 @@ class EventCallback(TrainerCallback):
         return control
 
     # -- decisions -----------------------------------------------------------------------
+    def _saving(self, state: Any, control: Any) -> None:
+        """A checkpoint save comes next: open its phase (its ``checkpoint`` event closes it)."""
+        if control.should_save:
+            self._emit(state, Progress(step=state.global_step, phase=SAVE))
+
     def _keep_if_best(self, state: Any, control: Any, loss: float, kwargs: dict[str, Any]) -> None:
         if not self.best.improves(loss):
             return
@@ -408,6 +462,34 @@ class EventCallback(TrainerCallback):
         control.should_training_stop = True
         control.should_save = False  # never checkpoint NaN weights
         control.should_evaluate = False
+
+
+def evals_left(args: Any, state: Any, control: Any) -> int:
+    """Evaluations the Trainer will still run after this step's log, as its flow decides them:
+    every ``eval_steps`` steps and one at the last step when it is not a multiple, this step's
+    own when one follows the log (``should_evaluate``); or one at each epoch's end still to come.
+    None at the last step: its closing evaluation shows as a phase with its own countdown."""
+    strategy = getattr(args, "eval_strategy", "no")
+    strategy = str(getattr(strategy, "value", strategy))
+    step, last = int(state.global_step), int(state.max_steps)
+    if step >= last:
+        return 0
+    if strategy == "steps" and int(getattr(state, "eval_steps", 0) or 0) > 0:
+        every = int(state.eval_steps)
+        later = last // every - step // every + (1 if last % every else 0)
+        return later + (1 if control.should_evaluate else 0)
+    if strategy == "epoch":  # logs come before the epoch-end evaluation of the same step
+        epoch = float(state.epoch or 0.0) - 1e-9
+        return sum(1 for end in range(1, math.ceil(state.num_train_epochs) + 1) if end >= epoch)
+    return 0
+
+
+def _batches(dataloader: Any) -> int:
+    """The evaluation's number of batches on this rank; 0 when the loader has no length."""
+    try:
+        return len(dataloader)
+    except TypeError:  # None, or a loader over an iterable data set
+        return 0
 
 
 def _finite(value: Any) -> bool:
