@@ -8,6 +8,11 @@ from ``events.jsonl``.
 Stopping asks first (a modal), then calls `Services.stop_run` in a worker: the run ends at
 its next step, saves, and keeps its best checkpoint. When the run warns about overfitting,
 the banner offers exactly that, with the key.
+
+The log pane shows affiner's own messages (every warning among them) and counts the
+libraries' warnings in train.log; ``l`` shows those. Once the run has ended, a summary takes
+the plots' place (time against the plan, score before and after, the weights and the commands
+that use them); ``v`` switches between it and the curves.
 """
 
 from __future__ import annotations
@@ -25,17 +30,19 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from affiner.planner.errors import AffinerError
 from affiner.runner.config import read_raw_config
-from affiner.runner.run import LIVE_STATES, RunDir, run_task
+from affiner.runner.run import LIVE_STATES, RunDir, TrainLog, run_task
 from affiner.tui.live import RunHistory, WatchBatch, watch_run
 from affiner.tui.messages import RunBatch, WatchFailed
 from affiner.tui.screens.confirm import ConfirmScreen
 from affiner.tui.widgets.plots import LossPlot, MemoryPlot
-from affiner.tui.widgets.run_panels import EvalTable, LogTail, RunProgress, RunStats, WarningsBanner
+from affiner.tui.widgets.run_log import RunLog
+from affiner.tui.widgets.run_panels import EvalTable, RunProgress, RunStats, WarningsBanner
+from affiner.tui.widgets.run_summary import ENDED, RESUMABLE, SummaryPanel, outcome_of
 
 #: Smoothing weights the toggle cycles through (0 = raw).
 SMOOTHING_STEPS = (0.6, 0.9, 0.0)
 #: States a run can be resumed from (its worker is gone and it did not finish).
-RESUMABLE_STATES = ("stopped", "failed", "interrupted")
+RESUMABLE_STATES = RESUMABLE
 
 
 class MonitorScreen(Screen):
@@ -44,9 +51,12 @@ class MonitorScreen(Screen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("s,f8", "stop_run", "Stop run"),
         Binding("r", "resume_run", "Resume"),
-        Binding("t", "toggle_smoothing", "Smoothing"),
-        Binding("l", "toggle_log", "Log"),
-        Binding("p,f7", "playground", "Chat with it"),
+        # one key, two labels: the footer names what v switches to
+        Binding("v", "show_plots", "Plots"),
+        Binding("v", "show_summary", "Summary"),
+        Binding("t", "toggle_smoothing", "Smooth"),
+        Binding("l", "toggle_log", "Lib log"),
+        Binding("p,f7", "playground", "Chat"),
     ]
 
     def __init__(
@@ -61,6 +71,11 @@ class MonitorScreen(Screen):
         self.status_message = ""
         self._smoothing = 0
         self._ready = False
+        #: the gradient norm of the last training log that had one (the stats panel shows it)
+        self.grad_norm: float | None = None
+        #: the summary in the plots' place: None follows the run (shown once it ends),
+        #: True/False once the user chose with the key
+        self._summary_choice: bool | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(id="run-title")
@@ -69,11 +84,12 @@ class MonitorScreen(Screen):
         with Horizontal(id="plots"):
             yield LossPlot(id="loss-plot")
             yield MemoryPlot(id="memory-plot")
+        yield SummaryPanel(id="summary")
         with Horizontal(id="details"):
             yield RunStats(id="stats")
             with Vertical(id="tables"):
                 yield EvalTable(id="evals")
-                yield LogTail(id="log")
+                yield RunLog(id="log")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -85,7 +101,7 @@ class MonitorScreen(Screen):
         progress = self.query_one(RunProgress)
         progress.clock = getattr(self.services, "clock", progress.clock)
         # between log lines the ETA counts down: redraw the bar every second
-        self.set_interval(1.0, progress.refresh)
+        self.set_interval(1.0, progress.tick)
         if self.run_dir is not None:
             self.show_run(self.run_dir)
         else:
@@ -100,8 +116,10 @@ class MonitorScreen(Screen):
         self.config_task = run_task(self.run_dir)
         self.history = RunHistory()
         self.state, self.status_message = "", ""
+        self.grad_norm = None
+        self._summary_choice = None
         if self._ready:
-            self.query_one(LogTail).clear()
+            self.query_one(RunLog).reset()
             self._draw()
             self._watch_worker(self.run_dir)
 
@@ -137,6 +155,11 @@ class MonitorScreen(Screen):
         if message.run_dir != self.run_dir:
             return  # a late batch from the run shown before
         self.history.add(message.events)
+        for event in message.events:
+            if isinstance(event, TrainLog) and event.grad_norm is not None:
+                self.grad_norm = event.grad_norm
+        log = self.query_one(RunLog)
+        log.add_events(message.events, language_model=self.config_task != "classification")
         if message.status is not None:
             self.status_message = message.status.message
             if not self.history.total_steps:
@@ -145,7 +168,7 @@ class MonitorScreen(Screen):
             self.state = message.state
             self.refresh_bindings()  # Stop while it runs, Resume once it has stopped
         if message.log_lines:
-            self.query_one(LogTail).write_lines(message.log_lines)
+            log.add_log_lines(message.log_lines)
         self._draw()
 
     @on(WatchFailed)
@@ -164,15 +187,43 @@ class MonitorScreen(Screen):
             title.update("  ·  ".join(p for p in parts if p))
         self.query_one(WarningsBanner).show(h)
         self.query_one(RunProgress).show(h, self.state)
-        self.query_one(LossPlot).set_losses(h.train_loss, h.eval_loss)
+        self.query_one(LossPlot).set_losses(h.train_loss, h.eval_loss, total_steps=h.total_steps)
         self.query_one(MemoryPlot).set_series(
             [(s.label, s.points) for s in h.memory.values()],
             predicted_peak=h.predicted_peak_bytes or self._planned_peak(),
             capacity=max((s.total or 0 for s in h.memory.values()), default=0) or None,
-            title="GPU memory (GiB)" if h.on_gpu or not h.memory else "RAM (GiB)",
+            title=self._memory_title(),
+            total_steps=h.total_steps,
         )
-        self.query_one(RunStats).show(h)
+        self.query_one(RunStats).show(h, self.grad_norm)
         self.query_one(EvalTable).show(h, task=self.config_task or None)
+        self._draw_summary()
+
+    def _memory_title(self) -> str:
+        """What the memory plot measures: the GPU's memory, or the training process's RAM on a
+        CPU run (the planner's CPU peak is the process's), by the device the run named."""
+        h = self.history
+        if h.on_gpu or (h.device and h.device != "cpu"):
+            return "GPU memory (GiB)"
+        if h.device == "cpu" or h.memory:
+            return "process RAM (GiB)"
+        return "memory (GiB)"
+
+    @property
+    def summary_shown(self) -> bool:
+        """Whether the end-of-run summary stands in the plots' place."""
+        if self.state not in ENDED or self.run_dir is None:
+            return False
+        return True if self._summary_choice is None else self._summary_choice
+
+    def _draw_summary(self) -> None:
+        shown = self.summary_shown
+        if shown and self.run_dir is not None:
+            outcome = outcome_of(self.run_dir, self.history, self.state, self.status_message)
+            self.query_one(SummaryPanel).show(outcome)
+        if shown != self.has_class("-summary"):
+            self.set_class(shown, "-summary")
+            self.refresh_bindings()
 
     def _planned_peak(self) -> int | None:
         """The plan's predicted peak from run.toml's [plan], for runs that logged none."""
@@ -194,7 +245,19 @@ class MonitorScreen(Screen):
         self.notify(f"Loss smoothing {weight:g}" if weight else "Loss smoothing off", timeout=2)
 
     def action_toggle_log(self) -> None:
-        self.query_one(LogTail).toggle_class("-hidden")
+        """Switch the log pane between affiner's messages and train.log's tail."""
+        self.query_one(RunLog).toggle()
+
+    def action_show_plots(self) -> None:
+        """The curves in the summary's place (once the run has ended)."""
+        self._summary_choice = False
+        self._draw_summary()
+
+    def action_show_summary(self) -> None:
+        """The end-of-run summary in the plots' place."""
+        if self.state in ENDED:
+            self._summary_choice = True
+            self._draw_summary()
 
     def action_playground(self) -> None:
         if self.run_dir is not None:
@@ -207,6 +270,12 @@ class MonitorScreen(Screen):
             return self.run_dir is not None and (not self.state or self.state in LIVE_STATES)
         if action == "resume_run":
             return self.run_dir is not None and self.state in RESUMABLE_STATES
+        if action == "show_summary":
+            return self.state in ENDED and not self.summary_shown
+        if action == "show_plots":
+            return self.summary_shown
+        if action == "toggle_smoothing":
+            return not self.summary_shown
         return True
 
     def action_resume_run(self) -> None:

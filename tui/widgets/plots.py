@@ -3,12 +3,25 @@
 Both keep their data in plain lists and redraw from them on every change and resize:
 ``clear_data`` → ``plot`` → ``refresh``. Long histories are averaged down to the plot's
 width first, since a 70-cell plot cannot show 50,000 steps and plotext slows with points.
+
+The title and the legend sit on a line of their own above the plot area (`LegendPlot`):
+plotext draws its legend inside the canvas, over whatever curve passes the top-left corner,
+and on an 80x24 terminal that was the RAM line and the predicted peak. The x axis counts
+optimizer steps, so its ticks are whole numbers, and a plot with one point (or none) still
+gets a sensible range instead of plotext's −1 to 1.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+from plotext._dict import color_codes
+from rich.color import Color
+from rich.style import Style
+from rich.text import Text
+from textual.app import RenderResult
 from textual_plotext import PlotextPlot
 
 from affiner.planner.units import GIB
@@ -16,12 +29,138 @@ from affiner.tui.live import Point, downsample, smooth
 
 #: Colours that read on dark and light backgrounds alike.
 CURVE_COLORS = ("cyan", "orange", "magenta", "green", "blue", "red")
+#: The glyph the legend shows for a braille line, a scatter of dots and a flat mark.
+LINE_GLYPH, DOT_GLYPH, FLAT_GLYPH = "⠤⠤", "●", "──"
+#: Plot heights from which the x axis is labelled "step" (below, the row goes to the data).
+ROOM_FOR_XLABEL = 14
+#: Cells the y-axis labels and the frame take from a plot's width (what is left is data).
+AXIS_CELLS = 10
 
 
-class LossPlot(PlotextPlot):
+@dataclass(frozen=True)
+class LegendItem:
+    """One entry of a legend: the glyph drawn, what it is, and its plotext colour name."""
+
+    glyph: str
+    label: str
+    color: str
+
+
+def legend_lines(title: str, items: Sequence[LegendItem], width: int) -> list[Text]:
+    """The title and the legend packed into as few lines of ``width`` cells as they fit in.
+
+    Each entry keeps its glyph and label together; the glyph is coloured like its curve and
+    the label is plain, so the legend still reads with NO_COLOR.
+    """
+    parts = [Text(title, style="bold")]
+    for item in items:
+        part = Text(item.glyph + " ", style=_rich_style(item.color))
+        part.append(item.label)
+        parts.append(part)
+    lines: list[Text] = []
+    line = Text()
+    for part in parts:
+        if line.cell_len and width and line.cell_len + 2 + part.cell_len > width:
+            lines.append(line)
+            line = Text()
+        if line.cell_len:
+            line.append("  ")
+        line.append_text(part)
+    lines.append(line)
+    for text in lines:
+        text.truncate(max(1, width) if width else text.cell_len)
+    return lines
+
+
+def _rich_style(plotext_color: str) -> Style:
+    code = color_codes.get(plotext_color)
+    return Style(color=Color.from_ansi(code)) if code is not None else Style()
+
+
+def step_limits(xs: Sequence[float], total_steps: int = 0) -> tuple[float, float]:
+    """The x range for curves over optimizer steps.
+
+    The points' own range, widened when it is empty or a single step (plotext would draw −1
+    to 1): then from 0 to the run's planned steps, or to ten steps past the point.
+    """
+    if not xs:
+        return 0.0, float(max(total_steps, 10))
+    lo, hi = min(xs), max(xs)
+    if hi - lo >= 1:
+        return lo, hi
+    lo = min(0.0, lo)
+    return lo, max(float(total_steps), hi + 10.0, lo + 10.0)
+
+
+def step_ticks(lo: float, hi: float, most: int) -> list[int]:
+    """Whole-number ticks at a round spacing (1, 2 or 5 × 10ⁿ), at most ``most`` of them."""
+    most = max(2, most)
+    for power in range(0, 12):
+        for factor in (1, 2, 5):
+            spacing = factor * 10**power
+            first, last = math.ceil(lo / spacing), math.floor(hi / spacing)
+            if last - first + 1 <= most:
+                return [n * spacing for n in range(first, last + 1)]
+    return [int(lo), int(hi)]
+
+
+def tick_label(step: int) -> str:
+    """``950``, ``12k``, ``1.5k``: short enough that five labels fit under a 40-cell plot."""
+    if abs(step) < 10_000:
+        return str(step)
+    thousands = step / 1000
+    return f"{thousands:.0f}k" if thousands == int(thousands) else f"{thousands:.1f}k"
+
+
+class LegendPlot(PlotextPlot):
+    """A plotext plot with its title and legend on lines above the plot area.
+
+    Subclasses fill `legend` and `heading` in `replot`; when `waiting` is set the plot area
+    shows that sentence instead of an empty frame (a run that has not logged yet).
+    """
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.heading = ""
+        self.legend: list[LegendItem] = []
+        self.waiting = ""
+
+    def header(self) -> list[Text]:
+        """The lines above the plot (what tests read as the legend)."""
+        return legend_lines(self.heading, self.legend, self.size.width)
+
+    def render(self) -> RenderResult:
+        width, height = self.size.width, self.size.height
+        header = self.header()
+        if self.waiting:
+            body = Text(self.waiting, style="italic", justify="center")
+            gap = max(0, (height - len(header) - 1) // 2)
+            return Text("\n").join([*header, *[Text()] * gap, body])
+        plot_height = max(1, height - len(header))
+        self._plot.plotsize(width, plot_height)
+        self._plot._set_size(width, plot_height)
+        self._plot.theme(self._get_plotext_theme_name(self.app.theme))
+        return Text("\n").join([*header, Text.from_ansi(self._plot.build())])
+
+    def _width(self) -> int:
+        return max(10, self.size.width - AXIS_CELLS) if self.size.width else 200
+
+    def _step_axis(self, xs: Sequence[float], total_steps: int) -> None:
+        lo, hi = step_limits(xs, total_steps)
+        ticks = step_ticks(lo, hi, max(2, self._width() // 7))
+        plt = self.plt
+        plt.xlim(lo, hi)
+        plt.xticks(ticks, [tick_label(t) for t in ticks])
+        if self.size.height >= ROOM_FOR_XLABEL:
+            plt.xlabel("step")
+
+
+class LossPlot(LegendPlot):
     """Training loss (optionally smoothed) and evaluation loss against the optimizer step.
 
-    Extra named curves (``set_curves``) overlay several runs for comparison.
+    Extra named curves (``set_curves``) overlay several runs for comparison; that view keeps
+    plotext's own title and legend (the runs screen draws it), the single-run view puts them
+    above the plot.
     """
 
     DEFAULT_CSS = """
@@ -32,12 +171,16 @@ class LossPlot(PlotextPlot):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.title = title
         self.smoothing = 0.6
+        self.total_steps = 0
         self.train: list[Point] = []
         self.eval: list[Point] = []
         self.curves: list[tuple[str, list[Point]]] = []
 
-    def set_losses(self, train: Sequence[Point], eval: Sequence[Point]) -> None:
+    def set_losses(
+        self, train: Sequence[Point], eval: Sequence[Point], *, total_steps: int = 0
+    ) -> None:
         self.train, self.eval, self.curves = list(train), list(eval), []
+        self.total_steps = total_steps
         self.replot()
 
     def set_curves(self, curves: Sequence[tuple[str, Sequence[Point]]]) -> None:
@@ -54,42 +197,62 @@ class LossPlot(PlotextPlot):
         """The train curve as drawn: smoothed, then averaged down to the plot's width."""
         return downsample(smooth(self.train, self.smoothing), self._width())
 
-    def _width(self) -> int:
-        return max(10, self.size.width - 10) if self.size.width else 200
-
     def on_resize(self) -> None:
         self.replot()
+
+    def render(self) -> RenderResult:
+        if self.curves:
+            return PlotextPlot.render(self)
+        return super().render()
 
     def replot(self) -> None:
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
+        if self.curves:
+            self._replot_curves()
+        else:
+            self._replot_run()
+        self.refresh()
+
+    def _replot_curves(self) -> None:
+        plt = self.plt
         plt.title(self.title)
         plt.xlabel("step")
         width = self._width()
         drawn = False
-        if self.curves:
-            for number, (label, points) in enumerate(self.curves):
-                shown = downsample(smooth(points, self.smoothing), width)
-                if shown:
-                    _line(plt, shown, label, CURVE_COLORS[number % len(CURVE_COLORS)])
-                    drawn = True
-        else:
-            train = self.shown_train()
-            if train:
-                label = "train (smoothed)" if self.smoothing > 0 else "train"
-                _line(plt, train, label, CURVE_COLORS[0])
-                drawn = True
-            if self.eval:
-                _line(plt, downsample(self.eval, width), "eval", CURVE_COLORS[1])
+        for number, (label, points) in enumerate(self.curves):
+            shown = downsample(smooth(points, self.smoothing), width)
+            if shown:
+                _line(plt, shown, CURVE_COLORS[number % len(CURVE_COLORS)], label)
                 drawn = True
         if not drawn:
             plt.title(f"{self.title}: no points yet")
-        self.refresh()
+
+    def _replot_run(self) -> None:
+        self.heading = self.title
+        self.legend = []
+        train = self.shown_train()
+        evals = downsample(self.eval, self._width())
+        self.waiting = "" if train or evals else "waiting for the first training log"
+        if train:
+            label = "train (smoothed)" if self.smoothing > 0 else "train"
+            _line(self.plt, train, CURVE_COLORS[0])
+            self.legend.append(LegendItem(LINE_GLYPH, label, CURVE_COLORS[0]))
+        if evals:
+            xs, ys = zip(*evals, strict=True)
+            self.plt.scatter(xs, ys, color=CURVE_COLORS[1], marker=DOT_GLYPH)
+            self.legend.append(LegendItem(DOT_GLYPH, "eval", CURVE_COLORS[1]))
+        points = train + evals
+        if points:
+            self._step_axis([x for x, _ in points], self.total_steps)
+            lo, hi = _padded(min(y for _, y in points), max(y for _, y in points))
+            self.plt.ylim(lo, hi)
 
 
-class MemoryPlot(PlotextPlot):
-    """Device memory per GPU (or RAM on CPU) over the run, with the planner's predicted peak."""
+class MemoryPlot(LegendPlot):
+    """Device memory per GPU (or the process's RAM on the CPU) over the run, and the planner's
+    predicted peak as a flat line to hold it against."""
 
     DEFAULT_CSS = """
     MemoryPlot { height: 1fr; min-height: 6; }
@@ -100,6 +263,7 @@ class MemoryPlot(PlotextPlot):
         self.series: list[tuple[str, list[Point]]] = []
         self.predicted_peak: int | None = None
         self.capacity: int | None = None
+        self.total_steps = 0
         self.title = "memory (GiB)"
 
     def set_series(
@@ -109,9 +273,11 @@ class MemoryPlot(PlotextPlot):
         predicted_peak: int | None,
         capacity: int | None = None,
         title: str = "memory (GiB)",
+        total_steps: int = 0,
     ) -> None:
         self.series = [(label, list(points)) for label, points in series]
         self.predicted_peak, self.capacity, self.title = predicted_peak, capacity, title
+        self.total_steps = total_steps
         self.replot()
 
     def on_resize(self) -> None:
@@ -121,29 +287,43 @@ class MemoryPlot(PlotextPlot):
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
-        plt.title(self.title)
-        plt.xlabel("step")
-        width = max(10, self.size.width - 10) if self.size.width else 200
-        drawn = False
+        self.heading, self.legend = self.title, []
+        width = self._width()
         xs: list[float] = []
+        top = 0.0
         for number, (label, points) in enumerate(self.series):
-            if points:
-                shown = [(x, y / GIB) for x, y in downsample(points, width)]
-                _line(plt, shown, label, CURVE_COLORS[number % len(CURVE_COLORS)])
-                xs += [shown[0][0], shown[-1][0]]
-                drawn = True
+            if not points:
+                continue
+            color = CURVE_COLORS[number % len(CURVE_COLORS)]
+            shown = [(x, y / GIB) for x, y in downsample(points, width)]
+            _line(plt, shown, color)
+            if len(self.series) > 1:  # one line needs no name: the title says what it is
+                self.legend.append(LegendItem(LINE_GLYPH, label, color))
+            xs += [x for x, _ in shown]
+            top = max(top, max(y for _, y in shown))
+        self.waiting = "" if xs else "waiting for the first memory sample"
+        if not xs:
+            self.refresh()
+            return
+        lo, hi = step_limits(xs, self.total_steps)
         if self.predicted_peak:
-            # A flat two-point line rather than hline: it gets a legend entry that says what it is.
-            ends = [min(xs), max(xs)] if xs else [0.0, 1.0]
+            # A flat line across the plot rather than hline: it gets a legend entry.
             peak = self.predicted_peak / GIB
-            plt.plot(ends, [peak, peak], label="predicted peak", color="red", marker="braille")
-        if drawn:
-            plt.ylim(0, None)
-        if not drawn:
-            plt.title(f"{self.title}: no samples yet")
+            plt.plot([lo, hi], [peak, peak], color="red", marker=FLAT_GLYPH[0])
+            self.legend.append(LegendItem(FLAT_GLYPH, "predicted peak", "red"))
+            top = max(top, peak)
+        self._step_axis(xs, self.total_steps)
+        # headroom above the highest line, so neither it nor the peak runs along the frame
+        plt.ylim(0, top * 1.1 or 1.0)
         self.refresh()
 
 
-def _line(plt: object, points: Sequence[Point], label: str, color: str) -> None:
+def _padded(lo: float, hi: float) -> tuple[float, float]:
+    """A y range a little wider than the data, so no curve runs along the frame."""
+    pad = (hi - lo) * 0.08 or max(abs(hi) * 0.05, 0.05)
+    return lo - pad, hi + pad
+
+
+def _line(plt: object, points: Sequence[Point], color: str, label: str | None = None) -> None:
     xs, ys = zip(*points, strict=True)
     plt.plot(xs, ys, label=label, color=color, marker="braille")  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""The monitor's text panels: progress, evaluation table, warnings banner, log tail, stats.
+"""The monitor's text panels: progress, evaluation table, warnings banner, stats.
 
 Each renders from a `RunHistory` handed to ``show()``; none reads files or the clock, so a
 snapshot of a hand-written run folder is the same on every machine and every day.
@@ -6,29 +6,35 @@ snapshot of a hand-written run folder is the same on every machine and every day
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import ClassVar
 
 from rich.text import Text
 from textual.widget import Widget
-from textual.widgets import DataTable, Log, Static
+from textual.widgets import DataTable, Static
 
-from affiner.planner.units import format_bytes
+from affiner.planner.units import format_bytes, format_bytes_of
 from affiner.runner.run import CLASS_METRICS, EvalResult, is_language_model
 from affiner.tui.live import RunHistory, drifts
 from affiner.tui.widgets.gauge import bar_text
+from affiner.tui.widgets.run_log import perplexity
 
 
 class RunProgress(Widget):
-    """``step 120/400 ▕████░░░░▏ 30%  epoch 0.90/3  ETA 4 min`` (ETA from the run's events)."""
+    """``step 120/400 ▕████░░░░▏ 30%  epoch 0.90/3  ETA 4 min`` (ETA from the run's events).
+
+    During a phase that logs no steps (the base model's evaluation, a mid-run eval, a save)
+    a second line names it with its own countdown, from `RunHistory.phase_line`, so the bar
+    standing still does not read as a hung run.
+    """
 
     DEFAULT_CSS = """
-    RunProgress { height: 1; width: 1fr; }
+    RunProgress { height: auto; width: 1fr; }
     RunProgress > .progress--bar { color: $accent; }
+    RunProgress > .progress--phase { color: $warning; }
     """
-    COMPONENT_CLASSES: ClassVar[set[str]] = {"progress--bar"}
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"progress--bar", "progress--phase"}
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -36,10 +42,17 @@ class RunProgress(Widget):
         self.state = ""
         #: the time the ETA counts down against (the app's `Services.clock`; fixed in tests)
         self.clock: Callable[[], float] = time.time
+        self._phase = ""
 
     def show(self, history: RunHistory, state: str = "") -> None:
         self.history, self.state = history, state
-        self.refresh()
+        self.tick()
+
+    def tick(self) -> None:
+        """Redraw (the ETA and the phase count down); relayout when the phase line comes or goes."""
+        phase = self.phase()
+        self.refresh(layout=bool(phase) != bool(self._phase))
+        self._phase = phase
 
     def describe(self) -> tuple[str, str]:
         """The text left and right of the bar (also what tests read)."""
@@ -52,6 +65,13 @@ class RunProgress(Widget):
         right = f"{percent}  epoch {h.epoch:.2f}{epochs}  {tail}"
         return left, right
 
+    def phase(self) -> str:
+        """The silent phase under way with its countdown, or "" (none, or the run ended)."""
+        if self.history.finished is not None:
+            return ""
+        phase_line = getattr(self.history, "phase_line", None)
+        return str(phase_line(self.clock()) or "") if callable(phase_line) else ""
+
     def render(self) -> Text:
         left, right = self.describe()
         width = max(0, self.size.width - len(left) - len(right) - 5)
@@ -60,6 +80,10 @@ class RunProgress(Widget):
         text.append(filled, self.get_component_rich_style("progress--bar"))
         text.append(empty)
         text.append("▏ " + right)
+        phase = self.phase()
+        if phase:
+            text.append("\n")
+            text.append("⧗ " + phase, self.get_component_rich_style("progress--phase"))
         return text
 
 
@@ -112,17 +136,8 @@ class EvalTable(DataTable):
 
 def _cell(ev: EvalResult, name: str) -> str:
     if name == "ppl":
-        return _num(_perplexity(ev), 2)
+        return _num(perplexity(ev), 2)
     return _num(getattr(ev, name), 3)
-
-
-def _perplexity(ev: EvalResult) -> float | None:
-    """The logged perplexity, else exp(loss) (a language model's eval written without one)."""
-    if ev.perplexity is not None:
-        return ev.perplexity
-    if ev.loss is not None and ev.loss < 50:
-        return math.exp(ev.loss)
-    return None
 
 
 def _num(value: float | None, digits: int) -> str:
@@ -181,18 +196,24 @@ class WarningsBanner(Static):
 
 
 class RunStats(Static):
-    """A column of current numbers: loss, learning rate, throughput, memory against the plan."""
+    """A column of current numbers: loss, learning rate, grad norm, throughput, memory."""
 
     DEFAULT_CSS = """
     RunStats { height: auto; width: 1fr; }
     """
 
-    def show(self, history: RunHistory) -> None:
-        self.update(Text("\n".join(stats_lines(history))))
+    def show(self, history: RunHistory, grad_norm: float | None = None) -> None:
+        self.update(Text("\n".join(stats_lines(history, grad_norm))))
 
 
-def stats_lines(h: RunHistory) -> list[str]:
-    """Short ``name value`` lines for the stats panel."""
+def stats_lines(h: RunHistory, grad_norm: float | None = None) -> list[str]:
+    """Short ``name value`` lines for the stats panel (24 cells: the panel's width).
+
+    Args:
+        h: the run so far.
+        grad_norm: the gradient norm of the last training log (a spike or a climb says the
+            learning rate is too high before the loss does).
+    """
     loss = h.train_loss[-1][1] if h.train_loss else None
     lr = h.learning_rate[-1][1] if h.learning_rate else None
     tps = h.tokens_per_second[-1][1] if h.tokens_per_second else None
@@ -201,21 +222,19 @@ def stats_lines(h: RunHistory) -> list[str]:
         f"loss      {_num(loss, 4)}",
         f"best eval {_num(best.loss, 4) if best else 'N/A'}" + (f" @{best.step}" if best else ""),
         f"lr        {'N/A' if lr is None else f'{lr:.2e}'}",
+        f"grad norm {_num(grad_norm, 3)}",
         f"tokens/s  {'N/A' if tps is None else f'{tps:,.0f}'}",
-        f"peak      {format_bytes(h.measured_peak_bytes)}",
-        f"predicted {format_bytes(h.predicted_peak_bytes)}",
+        f"peak/plan {_peak_of_plan(h)}",
     ]
     for series in h.memory.values():
-        lines.append(f"{series.label[:9]:<9} {format_bytes(series.latest)}")
+        lines.append(f"{series.label[:13]:<9} {format_bytes(series.latest)}")
     return lines
 
 
-class LogTail(Log):
-    """The last lines of train.log (the training process's own output)."""
-
-    DEFAULT_CSS = """
-    LogTail { height: 1fr; min-height: 3; }
-    """
-
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(max_lines=500, highlight=False, **kwargs)  # type: ignore[arg-type]
+def _peak_of_plan(h: RunHistory) -> str:
+    """``18.0/20.0 GiB``: the measured peak over the predicted one, in the prediction's unit."""
+    if h.predicted_peak_bytes is None:
+        return format_bytes(h.measured_peak_bytes)
+    if h.measured_peak_bytes is None:
+        return f"N/A / {format_bytes(h.predicted_peak_bytes)}"
+    return format_bytes_of(h.measured_peak_bytes, h.predicted_peak_bytes)
