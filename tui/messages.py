@@ -14,15 +14,21 @@ from typing import Any
 
 from textual.message import Message
 
-from affiner.planner.hardware import DeviceTarget, HardwareReport
+from affiner.planner.hardware import DeviceTarget, HardwareReport, HostLoad
 
 
 @dataclass
 class HardwareRead(Message):
-    """A fresh hardware report (or the reason none could be read)."""
+    """A fresh hardware report and the host's load (or the reason either could not be read).
+
+    The two are read in the same poll but fail apart: a refused load reading leaves the
+    report shown, and the other way round.
+    """
 
     report: HardwareReport | None
     error: str | None = None
+    load: HostLoad | None = None
+    load_error: str | None = None
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, HardwareRead)

@@ -8,14 +8,18 @@ inside the call, so building the app costs nothing before a screen needs the wor
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from affiner.planner.hardware import DeviceTarget, HardwareReport
+from affiner.planner.hardware import DeviceTarget, HardwareReport, HostLoad
 from affiner.planner.models import ModelSpec
+
+_load_lock = threading.Lock()
+_load_sampler: Any = None
 
 
 def _catalog_names() -> list[str]:
@@ -36,6 +40,28 @@ def _is_run_alive(pid: int | None, run_dir: Path) -> bool:
     from affiner.runner.run import is_worker_of
 
     return is_worker_of(pid, run_dir)
+
+
+def _read_load() -> HostLoad:
+    """CPU use, load average and the busiest processes since the previous call.
+
+    One sampler for the process: CPU percentages are differences between two readings of the
+    same counters, so the sampler must outlive each poll (the lock keeps two polls apart).
+    """
+    global _load_sampler
+    from affiner.planner.hardware import LoadSampler
+
+    with _load_lock:
+        if _load_sampler is None:
+            _load_sampler = LoadSampler()
+        return _load_sampler.read()
+
+
+def _live_runs(runs_root: Path) -> list[Any]:
+    """The runs under `runs_root` whose worker is alive now (`RunSummary`, newest first)."""
+    from affiner.runner.run import list_runs
+
+    return [summary for summary in list_runs(runs_root) if summary.live]
 
 
 def _resolve_device(report: HardwareReport) -> DeviceTarget:
@@ -119,7 +145,13 @@ class Services:
         clock: the time screens show ages and elapsed times against (tests fix it, so
             snapshots never depend on when they were taken).
         run_poll_seconds: how often a watched run folder is read for new events.
-        hardware_poll_seconds: how often the hardware screen probes again.
+        hardware_poll_seconds: how often the hardware screen probes again (and reads the load).
+        read_load: ``() -> HostLoad``: CPU use, load average and the busiest processes since
+            the previous call (`affiner.planner.hardware.LoadSampler`). `default` sets the real
+            one; None (services built by hand, the tests' canned hardware) reads no load, so
+            nothing drawn depends on what else the machine is doing.
+        live_runs: ``(runs_root) -> [RunSummary]``: the runs training now, newest first; the
+            app points at them when it opens and says they go on when it quits.
         resolve_device: ``(report) -> DeviceTarget``: the device the assistant plans for.
         inspect_data: ``(path, spec, seq_len, model_ref) -> DataPreview`` for the data step
             (rows, bad lines, token lengths, one rendered example; see `affiner.tui.assistant.preview`).
@@ -145,7 +177,9 @@ class Services:
     is_run_alive: Callable[[int | None, Path], bool] = _is_run_alive
     clock: Callable[[], float] = time.time
     run_poll_seconds: float = 0.5
-    hardware_poll_seconds: float = 3.0
+    hardware_poll_seconds: float = 2.0
+    read_load: Callable[[], HostLoad] | None = None
+    live_runs: Callable[[Path], list[Any]] = _live_runs
     resolve_device: Callable[[HardwareReport], DeviceTarget] = _resolve_device
     inspect_data: Callable[..., Any] = _inspect_data
     preflight: Callable[[Any], Any] = _preflight
@@ -193,4 +227,5 @@ class Services:
             stop_run=stop_run,
             runs_root=root,
             prepare_demo=lambda key: _prepare_demo(key, root),
+            read_load=_read_load,
         )

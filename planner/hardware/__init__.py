@@ -2,8 +2,8 @@
 
 The report types (`HardwareReport`, `GpuInfo`, ...), the prober that fills them from NVML and
 psutil, the catalog of GPUs a user can plan for without owning one, the measured CPU matmul
-rate, and `DeviceTarget`: the one device (detected GPU, catalog GPU, a VRAM figure, or the CPU)
-every estimate is made against.
+rate, how busy the machine is now (`LoadSampler`), and `DeviceTarget`: the one device
+(detected GPU, catalog GPU, a VRAM figure, or the CPU) every estimate is made against.
 """
 
 from affiner.planner.hardware.catalog import CATALOG, GpuModel, lookup
@@ -21,12 +21,14 @@ from affiner.planner.hardware.device import (
     target_from_gpu,
     target_from_vram,
 )
-from affiner.planner.hardware.nvml import memory_info
+from affiner.planner.hardware.load import HostLoad, LoadSampler, ProcessLoad
+from affiner.planner.hardware.nvml import FALLBACK, memory_info
 from affiner.planner.hardware.probe import probe
 from affiner.planner.hardware.report import CpuInfo, GpuInfo, GpuProcess, HardwareReport
 
 __all__ = [
     "CATALOG",
+    "FALLBACK",
     "CpuInfo",
     "CpuThroughput",
     "DeviceTarget",
@@ -34,6 +36,9 @@ __all__ = [
     "GpuModel",
     "GpuProcess",
     "HardwareReport",
+    "HostLoad",
+    "LoadSampler",
+    "ProcessLoad",
     "cached_cpu_tflops",
     "cpu_target",
     "lookup",
