@@ -4,6 +4,12 @@ The view only reads the run folder (events through `affiner.runner.run.events.Ev
 `affiner.tui.live.history.RunHistory`; the state from ``status.json`` and the worker's pid), so
 Ctrl-C detaches without touching the run. It ends by itself when the run reaches a final
 state; on a run that has already ended it prints the summary once.
+
+A phase that logs nothing for minutes (the base model's evaluation, a mid-run one, a save)
+shows as its own line with a countdown (`RunHistory.phase_line`). When the output is not a
+terminal (a pipe, a file, a CI log), a live view would print nothing until the end, so
+`attach` writes `PlainLines` instead: one flushed line per log, evaluation, warning and drift,
+and per phase when it opens and at each tenth of its count; the summary closes it.
 """
 
 from __future__ import annotations
@@ -22,8 +28,14 @@ from affiner.runner.run import (
     CLASS_METRICS,
     INTERRUPTED,
     UNKNOWN,
+    Error,
+    EvalResult,
+    Event,
     EventReader,
     RunDir,
+    RunStarted,
+    TrainLog,
+    Warning_,
     derive_state,
     is_language_model,
     is_worker_of,
@@ -48,6 +60,8 @@ STATE_STYLES = {
 EVAL_ROWS = 6
 #: Lines of train.log shown when a run failed.
 LOG_TAIL_LINES = 8
+#: A counted phase gets a plain line each time it passes another tenth of its count.
+PLAIN_PHASE_STEPS = 10
 
 
 def sparkline(values: Sequence[float], width: int = 32) -> str:
@@ -93,12 +107,14 @@ class AttachView:
         self.message = ""
         self.started: float | None = None
         self._seen_start = False
+        #: The events the last `poll` read (what `PlainLines` writes lines for).
+        self.new_events: list[Event] = []
         #: From run.toml; "" lets the evaluations say whether perplexity means anything.
         self.task = run_task(run_dir)
 
     def poll(self, now: float | None = None) -> str:
         """Read new events and the status; return the run's state."""
-        events = self.reader.read_new()
+        events = self.new_events = self.reader.read_new()
         if any(e.type == "run_started" for e in events):
             self._seen_start = True
         self.history.add(events)
@@ -151,6 +167,9 @@ class AttachView:
         if what:
             grid.add_row("model", what)
         grid.add_row("progress", self._progress_line(now))
+        phase = h.phase_line(now) if not self.ended else ""
+        if phase:
+            grid.add_row("now", Text(phase, style="cyan"))
         if h.train_loss:
             losses = [y for _, y in h.train_loss]
             line = Text(f"{losses[-1]:.4f}  ")
@@ -312,6 +331,69 @@ class AttachView:
         )
 
 
+class PlainLines:
+    """`AttachView`'s news as plain lines, for output that is not a terminal.
+
+    `lines()` gives what the last poll brought: the start, each training log (step, loss, ETA),
+    evaluation, warning and error, each drift once, and the open silent phase when it opens
+    and each time its count passes another tenth (`PLAIN_PHASE_STEPS`).
+    """
+
+    def __init__(self, view: AttachView) -> None:
+        self.view = view
+        self._phase: tuple[str, int] | None = None
+        self._tenth = -1
+        self._drifts: set[str] = set()
+
+    def lines(self, now: float) -> list[str]:
+        h = self.view.history
+        out = [line for e in self.view.new_events if (line := _event_line(e, h)) is not None]
+        for drift in drifts(h) if not self.view.ended else []:
+            if drift.code not in self._drifts:
+                self._drifts.add(drift.code)
+                out.append(f"drift: {drift.text}")
+        latest = h.phase_latest
+        if latest is None:
+            self._phase = None
+            return out
+        key = (str(getattr(latest, "phase", "")), int(getattr(latest, "step", 0)))
+        done, total = int(getattr(latest, "done", 0)), int(getattr(latest, "total", 0))
+        tenth = done * PLAIN_PHASE_STEPS // total if total > 0 else 0
+        if key != self._phase or tenth > self._tenth:
+            self._phase, self._tenth = key, tenth
+            out.append(h.phase_line(now))
+        return out
+
+
+def _event_line(event: Event, h: RunHistory) -> str | None:
+    """One plain line for an event worth one; None for the rest (samples, progress...)."""
+    if isinstance(event, RunStarted):
+        return f"started: {event.method} on {event.device or 'auto'}, {event.total_steps} steps"
+    if isinstance(event, TrainLog):
+        total = event.total_steps or h.total_steps
+        parts = [f"step {event.step}/{total}" if total else f"step {event.step}"]
+        if event.loss is not None:
+            parts.append(f"loss {event.loss:.4f}")
+        if event.eta_seconds is not None:
+            parts.append(f"ETA {format_duration(event.eta_seconds)}")
+        return " · ".join(parts)
+    if isinstance(event, EvalResult):
+        who = "the base model" if event.step == 0 else f"step {event.step}"
+        parts = [f"eval of {who}"]
+        if event.loss is not None:
+            parts.append(f"eval loss {event.loss:.4f}")
+        scores = [(n, getattr(event, n)) for n in CLASS_METRICS if getattr(event, n) is not None]
+        if not scores and event.perplexity is not None:  # a class head's loss has none
+            scores = [("perplexity", event.perplexity)]
+        parts.extend(f"{name} {value:.4f}" for name, value in scores)
+        return " · ".join(parts)
+    if isinstance(event, Warning_):
+        return f"warning {event.code}: {event.message}"
+    if isinstance(event, Error):
+        return f"error {event.code}: {event.message}"
+    return None
+
+
 def _log_tail(run_dir: RunDir, lines: int) -> str:
     try:
         with open(run_dir.log, "rb") as handle:
@@ -350,6 +432,8 @@ def attach(
         console.print(view.render())
         return exit_code_for(view.state)
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    if not console.is_terminal:
+        return _attach_plain(view, console, poll_seconds, deadline)
     try:
         with Live(view.render(), console=console, refresh_per_second=4, transient=False) as live:
             while not view.ended:
@@ -364,4 +448,25 @@ def attach(
             f"`affiner attach {run_dir.run_id}` to come back, `affiner stop {run_dir.run_id}` to stop it."
         )
         return 0
+    return exit_code_for(view.state)
+
+
+def _attach_plain(
+    view: AttachView, console: Console, poll_seconds: float, deadline: float | None
+) -> int:
+    """`attach` for a pipe or a file: flushed plain lines as the run goes, then the summary."""
+    plain = PlainLines(view)
+    try:
+        while True:
+            for line in plain.lines(time.time()):
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
+            if view.ended or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(poll_seconds)
+            view.poll()
+    except KeyboardInterrupt:
+        console.print(f"detached; run {view.run_dir.run_id} keeps going.", markup=False)
+        return 0
+    if view.ended:
+        console.print(view.render())
     return exit_code_for(view.state)
