@@ -13,8 +13,10 @@ Requests, on stdin:
 
 Answers, on stdout:
     ``{"type": "ready", "base": ..., "adapter": ..., "task": ..., "labels": [...],
-    "device": ..., "has_chat_template": ...}`` once loaded, or ``{"type": "error",
-    "message": ...}`` and exit code 2 (a configuration or weights problem) or 1 (a crash).
+    "base_head_untrained": ..., "device": ..., "has_chat_template": ...}`` once loaded
+    (``base_head_untrained``: a classifier's base side has a new, random head), or
+    ``{"type": "error", "message": ...}`` and exit code 2 (a configuration or weights
+    problem) or 1 (a crash).
     ``{"type": "piece", "id": 1, "text": "..."}`` as a reply is written, then
     ``{"type": "done", "id": 1, "stopped": false}``.
     ``{"type": "predictions", "id": 2, "predictions": [{"label": ..., "probabilities": {...}}]}``.
@@ -191,6 +193,7 @@ def _load(run_dir: Path, device: str, channel: _Channel) -> Any:
         adapter=str(session.adapter) if session.adapter is not None else None,
         task=session.task,
         labels=list(session.labels),
+        base_head_untrained=session.base_head_untrained,
         device=session.device,
         has_chat_template=bool(getattr(session.tokenizer, "chat_template", None)),
     )

@@ -87,11 +87,22 @@ class ChatSession:
         self.model: Any = None
         self._base_model: Any = None  # only for whole-model runs (full, freeze)
         self._lock = threading.Lock()
+        #: For a classifier: True when the base checkpoint holds no classification head, so
+        #: the base side answers with a freshly initialised, random one (its scores are
+        #: chance, not the base model's skill); None until known, and for chat runs.
+        self.base_head_untrained: bool | None = None
 
     @classmethod
     def from_run(cls, run_dir: str | Path, **kwargs: Any) -> ChatSession:
-        """The session for a run folder: base, task and labels from its ``run.toml``."""
-        return cls(**_run_settings(run_dir), **kwargs)
+        """The session for a run folder: base, task and labels from its ``run.toml``.
+
+        A classifier whose ``run.toml`` lists no labels (training detected them from the
+        data) gets them from `detected_labels`, so answers name the classes, not ``LABEL_0``.
+        """
+        settings = _run_settings(run_dir)
+        if settings["task"] == "classification" and not settings["labels"]:
+            settings["labels"] = detected_labels(run_dir, settings["adapter"])
+        return cls(**settings, **kwargs)
 
     @property
     def is_peft(self) -> bool:
@@ -119,7 +130,14 @@ class ChatSession:
             kwargs["num_labels"] = len(self.labels)
             kwargs["id2label"] = dict(enumerate(self.labels))
             kwargs["label2id"] = {name: i for i, name in enumerate(self.labels)}
-        model = self._auto_class().from_pretrained(ref, **kwargs)
+        if self.task != "classification":
+            model = self._auto_class().from_pretrained(ref, **kwargs)
+            return model.to(self.device).eval()
+        model, info = self._auto_class().from_pretrained(ref, output_loading_info=True, **kwargs)
+        if ref == self.base:
+            # weights the checkpoint lacks were initialised at random: the head, for a base
+            # that was never a classifier
+            self.base_head_untrained = bool(info.get("missing_keys"))
         return model.to(self.device).eval()
 
     def load(self) -> ChatSession:
@@ -144,6 +162,8 @@ class ChatSession:
             self.model = PeftModel.from_pretrained(base, str(self.adapter)).to(self.device).eval()
         else:
             self.model = self._load_plain(str(self.adapter))
+            if self.task == "classification":
+                self.base_head_untrained = not _has_classifier_head(self.base)
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         return self
@@ -269,6 +289,50 @@ class ChatSession:
             scores = {names[i]: float(p) for i, p in enumerate(row)}
             predictions.append(Prediction(max(scores, key=scores.__getitem__), scores))
         return predictions
+
+
+def detected_labels(run_dir: str | Path, weights: str | Path | None = None) -> list[str]:
+    """A classifier's class names when ``run.toml`` lists none: as training found them.
+
+    The saved model's ``id2label`` when it names them (a whole-model run saves its config;
+    ``LABEL_0``-style names say nothing), else the labels of the run's data, read as training
+    read it (`affiner.runner.data.load_rows`). Empty when neither can be read (the data moved):
+    the model's own ``id2label`` is shown then.
+    """
+    import json
+
+    config = Path(weights) / "config.json" if weights is not None else None
+    if config is not None and config.exists():
+        try:
+            id2label = json.loads(config.read_text(encoding="utf-8")).get("id2label") or {}
+            names = [str(id2label[k]) for k in sorted(id2label, key=int)]
+        except (OSError, ValueError, TypeError, AttributeError):
+            names = []
+        if names and not all(name == f"LABEL_{i}" for i, name in enumerate(names)):
+            return names
+    from affiner.runner.config import load_config
+    from affiner.runner.data import load_rows
+
+    try:
+        cfg = load_config(Path(run_dir) / "run.toml")
+        return list(load_rows(cfg.data, task=cfg.model.task).labels)
+    except (AffinerError, OSError, ValueError):
+        return []
+
+
+def _has_classifier_head(base: str) -> bool:
+    """Whether the base checkpoint was saved from a sequence classifier (its head is trained).
+
+    Used where the base is not loaded yet (a whole-model run loads it for its first answer):
+    its config's ``architectures`` say what class saved it.
+    """
+    from transformers import AutoConfig
+
+    try:
+        architectures = AutoConfig.from_pretrained(base).architectures or []
+    except (OSError, ValueError):
+        return False
+    return any(name.endswith("ForSequenceClassification") for name in architectures)
 
 
 def _stopping_criteria(stop: Callable[[], bool]) -> Any:

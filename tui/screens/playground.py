@@ -3,33 +3,93 @@
 The chat session (`affiner.runner.inference.ChatProcess`, through `Services.chat_session`) loads
 the base model and the run's adapter once, in a child process started from a thread worker:
 the TUI never imports torch. The session is closed (its process stopped, its memory given
-back) when another run is opened and when the screen goes away. Each question is answered by the tuned model, then by the base model (the
-same loaded weights with the adapter switched off), streamed token by token: the worker
-thread posts a `Streamed` message per piece and the handler appends it to the pane.
-Classification runs show each model's predicted label and probabilities instead.
+back) when another run is opened and when the screen goes away. Each question is answered
+by the tuned model, then by the base model (the same loaded weights with the adapter
+switched off), streamed token by token: the worker thread posts a `Streamed` message per
+piece and the handler appends it to the transcript.
+
+Answers are laid out in one scrolling transcript, a row per turn with the tuned answer on
+the left and the base answer on the right, so the two sides of a turn always start on the
+same line, however long the other side's previous answer was.
+
+Classification runs show each model's predicted label and probabilities instead, under the
+run's label names. When the base checkpoint was never a classifier, its head is new and
+random: the base side says its scores are chance rather than presenting them as a result.
+
+The playground follows the app's current run (`AffinerApp.current_run`): opened from the
+monitor, or shown after the monitor switched runs, it loads that run. The generation settings
+are shown above the answers and changed by typing ``/temp 0.2`` or ``/max 128``.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
-SIDES = ("tuned", "base")
-TITLES = {"tuned": "tuned (base + adapter)", "base": "base model"}
+# ChatPane is imported from here by tests and older callers, as it lived here before
+from affiner.tui.widgets.side_by_side import SIDES, ChatPane, Transcript
+
 MAX_NEW_TOKENS = 256
 TEMPERATURE = 0.7
+#: What ``/temp`` and ``/max`` accept.
+TEMPERATURE_RANGE = (0.0, 2.0)
+MAX_NEW_TOKENS_RANGE = (1, 4096)
+
+
+@dataclass
+class GenerationSettings:
+    """How the chat models write their answers (a classifier has none).
+
+    Attributes:
+        temperature: 0 answers greedily (the same answer each time); above 0 samples.
+        max_new_tokens: the longest answer, in tokens.
+    """
+
+    temperature: float = TEMPERATURE
+    max_new_tokens: int = MAX_NEW_TOKENS
+
+    def describe(self) -> str:
+        how = "greedy" if self.temperature <= 0 else f"temperature {self.temperature:g}"
+        return (
+            f"generation: {how} · up to {self.max_new_tokens} new tokens "
+            "(/temp 0.2 or /max 128 changes them)"
+        )
+
+    def change(self, command: str) -> str:
+        """Apply ``/temp X`` or ``/max N``; return what changed, in words.
+
+        Raises:
+            ValueError: not one of the two commands, or a value out of range (the message
+                says what is accepted).
+        """
+        name, _, value = command.strip().partition(" ")
+        low, high = TEMPERATURE_RANGE if name in ("/temp", "/temperature") else MAX_NEW_TOKENS_RANGE
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if name in ("/temp", "/temperature"):
+            if not low <= number <= high:
+                raise ValueError(f"/temp takes a number from {low:g} to {high:g} (0 is greedy)")
+            self.temperature = number
+        elif name == "/max":
+            if not (low <= number <= high and number == int(number)):
+                raise ValueError(f"/max takes a whole number of tokens from {low} to {high}")
+            self.max_new_tokens = int(number)
+        else:
+            raise ValueError("the commands are /temp X and /max N")
+        return self.describe()
 
 
 @dataclass
@@ -49,64 +109,31 @@ class Answered(Message):
 
 @dataclass
 class SessionReady(Message):
-    """The models are loaded: what was loaded, in words."""
+    """The models are loaded: what was loaded, in words, and what a classifier knows.
 
-    description: str
-
-
-class ChatPane(VerticalScroll, can_focus=False):
-    """One model's side of the conversation."""
-
-    DEFAULT_CSS = """
-    ChatPane {
-        width: 1fr;
-        border: round $primary;
-        padding: 0 1;
-    }
-    ChatPane > Static { width: 1fr; }
+    Attributes:
+        labels: the class names the answers use (empty for chat runs).
+        base_head_untrained: the base side's classification head is random (None: unknown).
     """
 
-    def __init__(self, side: str, **kwargs: Any) -> None:
-        super().__init__(id=f"pane-{side}", **kwargs)
-        self.side = side
-        self.turns: list[tuple[str, str]] = []  # (role, text)
-        self.border_title = TITLES[side]
+    description: str
+    classifier: bool = False
+    labels: list[str] = field(default_factory=list)
+    base_head_untrained: bool | None = None
 
-    def compose(self) -> ComposeResult:
-        yield Static(id=f"transcript-{self.side}")
 
-    def add(self, role: str, text: str = "") -> None:
-        self.turns.append((role, text))
-        self.redraw()
+def session_fact(session: Any, name: str) -> Any:
+    """A fact about a loaded session: its attribute, else the chat child's ``ready`` answer.
 
-    def append(self, text: str) -> None:
-        role, old = self.turns[-1]
-        self.turns[-1] = (role, old + text)
-        self.redraw()
-
-    def clear(self) -> None:
-        self.turns.clear()
-        self.redraw()
-
-    def history(self) -> list[dict[str, str]]:
-        """The chat so far as messages (notes left out), for the next question."""
-        return [{"role": r, "content": t} for r, t in self.turns if r in ("user", "assistant")]
-
-    def redraw(self) -> None:
-        text = Text()
-        for role, content in self.turns:
-            if role == "user":
-                text.append("you  ", style="bold cyan")
-                text.append(content + "\n\n")
-            elif role == "assistant":
-                text.append("model  ", style="bold green")
-                text.append((content or "…") + "\n\n")
-            elif role == "error":
-                text.append(content + "\n\n", style="bold red")
-            else:
-                text.append(content + "\n\n", style="dim")
-        self.query_one(Static).update(text)
-        self.scroll_end(animate=False)
+    `ChatSession` has ``labels`` and ``base_head_untrained`` as attributes. `ChatProcess`
+    keeps the child's ``ready`` answer (which carries both, see `affiner.runner.chat`) but
+    its ``labels`` are only ``run.toml``'s, so an empty attribute falls through to it.
+    """
+    value = getattr(session, name, None)
+    if value not in (None, [], ()):
+        return value
+    ready = getattr(session, "_ready", None)
+    return ready.get(name) if isinstance(ready, dict) else value
 
 
 class PlaygroundScreen(Screen):
@@ -114,12 +141,16 @@ class PlaygroundScreen(Screen):
 
     DEFAULT_CSS = """
     PlaygroundScreen #run-info { padding: 0 1; color: $text-muted; height: auto; }
-    PlaygroundScreen #panes { height: 1fr; }
+    PlaygroundScreen #head-note { padding: 0 1; color: $warning; height: auto; display: none; }
+    PlaygroundScreen #head-note.-shown { display: block; }
+    PlaygroundScreen #headers { height: 1; padding: 0 1; }
     PlaygroundScreen #ask { margin: 0 1; }
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+n", "new_chat", "New chat"),
+        Binding("pageup", "scroll('up')", "Scroll up", show=False),
+        Binding("pagedown", "scroll('down')", "Scroll down", show=False),
         Binding("escape", "focus_input", "Type", show=False),
     ]
 
@@ -130,25 +161,44 @@ class PlaygroundScreen(Screen):
         self.session: Any = None
         self._session_lock = threading.Lock()
         self.busy = False
+        self.generation = GenerationSettings()
+        self.classifier = False
+        self.base_head_untrained: bool | None = None
+        self._description = ""
 
     def compose(self) -> ComposeResult:
         yield Static(id="run-info")
-        with Horizontal(id="panes"):
+        yield Static(id="head-note")
+        with Horizontal(id="headers"):
             for side in SIDES:
                 yield ChatPane(side)
-        yield Input(placeholder="Ask both models (Enter sends)", id="ask")
+        yield Transcript(id="transcript")
+        yield Input(placeholder="Ask both models (Enter sends; /temp 0.2, /max 128)", id="ask")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#ask", Input).focus()
         self.show_run(self.run_dir)
 
+    def on_screen_resume(self) -> None:
+        """Follow the app's current run: the monitor may have opened another since."""
+        current = getattr(self.app, "current_run", None)
+        if current is not None and Path(current) != self.run_dir:
+            self.show_run(current)
+
     def show_run(self, run_dir: str | Path | None) -> None:
         """Open `run_dir` (drops the loaded models of the previous run)."""
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self._close_session()
+        self.busy = False
+        self.classifier = False
+        self.base_head_untrained = None
+        self._description = ""
         for pane in self.query(ChatPane):
             pane.clear()
+        self.query_one(Transcript).clear()
+        self.query_one("#head-note", Static).update("")
+        self.query_one("#head-note", Static).remove_class("-shown")
         info = self.query_one("#run-info", Static)
         if self.run_dir is None:
             info.update("No run open: pick a finished run on the runs screen (F4), then F6.")
@@ -167,29 +217,43 @@ class PlaygroundScreen(Screen):
     def _load(self) -> None:
         session = self._ensure_session()
         adapter = getattr(session, "adapter", None)
-        kind = "classifier" if getattr(session, "task", "") == "classification" else "chat"
+        classifier = getattr(session, "task", "") == "classification"
+        labels = [str(x) for x in session_fact(session, "labels") or []] if classifier else []
+        untrained = session_fact(session, "base_head_untrained") if classifier else None
+        kind = "classifier" if classifier else "chat"
+        if labels:
+            kind += f", labels {' · '.join(labels)}"
         self.post_message(
             SessionReady(
-                f"Run {self.run_dir.name} ({kind}): base {session.base}, weights {adapter}"
+                f"Run {self.run_dir.name} ({kind}): base {session.base}, weights {adapter}",
+                classifier=classifier,
+                labels=labels,
+                base_head_untrained=untrained,
             )
         )
 
     @work(thread=True, exclusive=True, group="playground-ask", name="answer", exit_on_error=False)
-    def _answer(self, question: str, histories: dict[str, list[dict[str, str]]]) -> None:
+    def _answer(
+        self,
+        question: str,
+        histories: dict[str, list[dict[str, str]]],
+        settings: GenerationSettings,
+    ) -> None:
         worker = get_current_worker()
         session = self._ensure_session()
         if getattr(session, "task", "causal_lm") == "classification":
             for side in SIDES:
                 (prediction,) = session.classify([question], use_adapter=side == "tuned")
-                self.post_message(Streamed(side, _format_prediction(prediction)))
+                chance = side == "base" and session_fact(session, "base_head_untrained") is True
+                self.post_message(Streamed(side, format_prediction(prediction, chance=chance)))
                 self.post_message(Answered(side))
             return
         for side in SIDES:
             for piece in session.stream(
                 histories[side],
                 use_adapter=side == "tuned",
-                max_new_tokens=MAX_NEW_TOKENS,
-                temperature=TEMPERATURE,
+                max_new_tokens=settings.max_new_tokens,
+                temperature=settings.temperature,
             ):
                 if worker.is_cancelled:
                     return
@@ -233,7 +297,20 @@ class PlaygroundScreen(Screen):
     # -- handlers -------------------------------------------------------------------------
     @on(SessionReady)
     def _ready(self, message: SessionReady) -> None:
-        self.query_one("#run-info", Static).update(message.description)
+        self.classifier = message.classifier
+        self.base_head_untrained = message.base_head_untrained
+        self._description = message.description
+        self._show_info()
+        note = ""
+        if message.classifier and message.base_head_untrained:
+            share = f"1/{len(message.labels)}" if message.labels else "an equal share"
+            note = (
+                "The base model was never a classifier: its head here is new and untrained, so "
+                f"the base side's scores are chance (about {share} each), not a result."
+            )
+        head_note = self.query_one("#head-note", Static)
+        head_note.update(note)
+        head_note.set_class(bool(note), "-shown")
 
     @on(Streamed)
     def _streamed(self, message: Streamed) -> None:
@@ -249,6 +326,9 @@ class PlaygroundScreen(Screen):
         question = event.value.strip()
         if not question:
             return
+        if question.startswith("/"):
+            self._command(event.input, question)
+            return
         if self.run_dir is None:
             self.notify("Open a run first (F4, then pick one).", severity="warning")
             return
@@ -262,7 +342,29 @@ class PlaygroundScreen(Screen):
             pane.add("user", question)
             histories[pane.side] = pane.history()
             pane.add("assistant")
-        self._answer(question, histories)
+        self._answer(question, histories, GenerationSettings(**vars(self.generation)))
+
+    def _command(self, field: Input, command: str) -> None:
+        """``/temp X`` or ``/max N``: change how the next answers are written."""
+        if self.classifier:
+            self.notify("A classifier predicts labels: it has no generation settings.", timeout=4)
+            return
+        try:
+            said = self.generation.change(command)
+        except ValueError as error:
+            self.notify(str(error), severity="warning", timeout=5)
+            return
+        field.value = ""
+        self.notify(said, timeout=3)
+        self._show_info()
+
+    def _show_info(self) -> None:
+        """What is loaded, and how the answers are written."""
+        how = (
+            "classifier: no generation settings" if self.classifier else self.generation.describe()
+        )
+        text = f"{self._description}\n{how}" if self._description else how
+        self.query_one("#run-info", Static).update(text)
 
     @on(Worker.StateChanged)
     def _worker_changed(self, event: Worker.StateChanged) -> None:
@@ -283,12 +385,26 @@ class PlaygroundScreen(Screen):
     def action_new_chat(self) -> None:
         for pane in self.query(ChatPane):
             pane.clear()
+        self.query_one(Transcript).clear()
+
+    def action_scroll(self, direction: str) -> None:
+        transcript = self.query_one(Transcript)
+        if direction == "up":
+            transcript.scroll_page_up(animate=False)
+        else:
+            transcript.scroll_page_down(animate=False)
 
     def action_focus_input(self) -> None:
         self.query_one("#ask", Input).focus()
 
 
-def _format_prediction(prediction: Any) -> str:
-    """``fresh (0.91) · rotten 0.09``: the predicted label first, then every probability."""
+def format_prediction(prediction: Any, *, chance: bool = False) -> str:
+    """``fresh  fresh 0.91 · rotten 0.09``: the predicted label, then every probability.
+
+    With `chance` (an untrained head) the line says so instead of presenting a pick.
+    """
     ranked = sorted(prediction.probabilities.items(), key=lambda item: -item[1])
-    return f"{prediction.label}  " + " · ".join(f"{name} {p:.2f}" for name, p in ranked)
+    scores = " · ".join(f"{name} {p:.2f}" for name, p in ranked)
+    if chance:
+        return f"untrained head, chance: {scores}"
+    return f"{prediction.label}  {scores}"
