@@ -108,3 +108,22 @@ def test_a_new_phase_replaces_the_open_one() -> None:
         Progress(step=10, phase="save", t=5.0),
     )
     assert history.phase_line(6.0) == "saving the checkpoint of step 10 · 1.0 s so far"
+
+
+def test_a_save_is_expected_to_last_as_long_as_the_previous_one() -> None:
+    history = _history(
+        Progress(step=10, phase="save", t=10.0),
+        Checkpoint(step=10, path="c10", t=16.0),
+        Progress(step=20, phase="save", t=40.0),
+    )
+    assert history.phase_line(42.0) == "saving the checkpoint of step 20 · ~4.0 s left"
+
+
+def test_an_evaluation_ended_by_anything_but_its_result_does_not_time_the_next() -> None:
+    history = _history(
+        Progress(step=10, phase="eval", done=1, total=4, t=10.0),
+        TrainLog(step=15, total_steps=20, t=90.0),  # no result: the length is not the eval's
+        Progress(step=20, phase="eval", done=1, total=4, t=100.0),
+    )
+    assert history.eval_seconds is None
+    assert history.phase_line(101.0) == "evaluating at step 20 · 1 of 4 batches · 1.0 s so far"

@@ -115,8 +115,9 @@ class RunHistory:
     #: the open silent phase's first and latest ``progress`` events (None when none is open)
     phase_first: Event | None = None
     phase_latest: Event | None = None
-    #: how long the last finished evaluation took: the next one's length before it has a pace
-    eval_seconds: float | None = None
+    #: how long the last finished phase of each kind took (``eval`` for both evaluations):
+    #: the next one's expected length, before it has a pace of its own
+    phase_seconds: dict[str, float] = field(default_factory=dict)
     _last_log: TrainLog | None = field(default=None, repr=False, compare=False)
     #: The effective events folded so far, kept to fold again when a resume drops some.
     _events: list[Event] = field(default_factory=list, repr=False, compare=False)
@@ -196,7 +197,7 @@ class RunHistory:
         """Seconds the open phase still needs at `now` (0 once its time is up), None when unknown.
 
         The pace is the phase's own, from its first progress event to its latest; before it has
-        one, an evaluation is expected to last as long as the previous evaluation did.
+        one, a phase is expected to last as long as the previous one of its kind did.
         """
         first, latest = self.phase_first, self.phase_latest
         if first is None or latest is None:
@@ -206,8 +207,8 @@ class RunHistory:
         if total > 0 and done > first_done and latest.t > first.t:
             rate = (done - first_done) / (latest.t - first.t)
             left = (total - done) / rate - (now - latest.t)
-        elif _phase(first) in EVAL_PHASES and self.eval_seconds is not None:
-            left = self.eval_seconds - (now - first.t)
+        elif _kind(first) in self.phase_seconds:
+            left = self.phase_seconds[_kind(first)] - (now - first.t)
         else:
             return None
         return max(0.0, left)
@@ -217,7 +218,9 @@ class RunHistory:
 
         ``evaluating the base model · 41 of 200 batches · ~1 min left``; with nothing to count
         or no pace yet, the time it has taken (``saving the checkpoint of step 100 · 4.2 s so
-        far``); ``finishing`` once the countdown has run out.
+        far``); ``finishing`` once the countdown has run out. A run that ends logs an event
+        that closes its phase, but one killed mid-phase cannot: show the line while the run
+        is live only.
         """
         first, latest = self.phase_first, self.phase_latest
         if first is None or latest is None:
@@ -307,13 +310,20 @@ class RunHistory:
         first = self.phase_first
         if first is None:
             return
-        if isinstance(event, EvalResult) and _phase(first) in EVAL_PHASES:
-            # the Trainer's own timing of the whole evaluation; else first progress to result
-            took = event.runtime_seconds
-            if took is None and event.t and first.t:
-                took = event.t - first.t
-            self.eval_seconds = took if took is not None and took > 0 else self.eval_seconds
+        took = event.t - first.t if event.t and first.t else None
+        if isinstance(event, EvalResult) and event.runtime_seconds:
+            took = event.runtime_seconds  # the Trainer's timing, from before the first batch
+        # only the event that ends a phase of its kind times it (a log after an evaluation
+        # that wrote no result would add training to its length)
+        closer = _CLOSERS.get(_kind(first))
+        if took is not None and took > 0 and (closer is None or isinstance(event, closer)):
+            self.phase_seconds[_kind(first)] = took
         self.phase_first = self.phase_latest = None
+
+    @property
+    def eval_seconds(self) -> float | None:
+        """How long the last finished evaluation took (None before one)."""
+        return self.phase_seconds.get("eval")
 
     def _eval(self, event: EvalResult) -> None:
         self.evals.append(event)
@@ -382,6 +392,15 @@ _HANDLERS = {
 
 def _phase(event: Event) -> str:
     return str(getattr(event, "phase", ""))
+
+
+#: The event that ends a phase of each kind when it goes as it should.
+_CLOSERS: dict[str, type[Event]] = {"eval": EvalResult, "save": Checkpoint}
+
+
+def _kind(event: Event) -> str:
+    """What a phase's length foretells: an evaluation another evaluation's, else its own kind's."""
+    return "eval" if _phase(event) in EVAL_PHASES else _phase(event)
 
 
 def _count(event: Event) -> tuple[int, int]:
