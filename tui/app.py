@@ -3,8 +3,17 @@
 Screens are Textual modes installed by name, each created the first time it is shown:
 ``assistant`` (the first screen), ``hardware``, ``runs``, ``monitor`` and ``playground``.
 Every action is a `Binding` on an F-key with a ctrl alternate (the assistant has a text
-input, so plain letters are never global). Secondary commands with an argument live in the
-command palette (`affiner.tui.commands`).
+input, so plain letters are never global); ctrl+l stays the terminal's redraw. F1 opens the
+help of the screen shown (`affiner.tui.screens.help`). Secondary commands with an argument
+live in the command palette (`affiner.tui.commands`), with a screenshot that says where it
+saved (`affiner.tui.chrome`).
+
+The footer keeps the screen keys F1-F6 at its left on every screen, whatever the screen's
+own keys: they are one `Binding.Group` (`NAV`) whose keys carry their names, placed first
+by ``app.tcss``; the screen's keys follow in what room is left.
+
+Quitting leaves training running (a run is its own process): the exit message says which
+runs go on and how to come back, and opening the app again points at a live run.
 
 The app takes its collaborators as a `Services` (tests pass fakes); nothing here imports
 torch or transformers, so the first screen draws in well under a second.
@@ -18,11 +27,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from textual.app import App
+from textual import work
+from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.reactive import reactive
 from textual.screen import Screen
@@ -36,6 +47,31 @@ from affiner.tui.services import Services
 SCREEN_NAMES = ("assistant", "hardware", "runs", "monitor", "playground")
 
 
+#: The footer's screen keys: one group, so ``app.tcss`` can place them first (see the module doc).
+NAV = Binding.Group("", compact=True)
+
+#: Keys Textual binds itself that the help lists with the app's (as `BindingType`s).
+TEXTUAL_KEYS: tuple[Binding, ...] = (
+    Binding("ctrl+c", "help_quit", "Copy the selected text (quit is ctrl+q)"),
+)
+
+#: What each mode is called in the help's title.
+SCREEN_TITLES = {
+    "assistant": "Assistant",
+    "hardware": "Hardware",
+    "runs": "Runs",
+    "monitor": "Monitor",
+    "playground": "Chat",
+}
+
+
+def _nav(keys: str, action: str, name: str, tooltip: str) -> Binding:
+    """A screen key in `NAV`. A grouped footer key shows only its key, so the key shows its
+    name too (``f2 Assist``); the help writes keys its own way and is not affected."""
+    first = keys.split(",")[0]
+    return Binding(keys, action, name, key_display=f"{first} {name}", tooltip=tooltip, group=NAV)
+
+
 class AffinerApp(App[int]):
     """The terminal assistant. See the module docstring for its screens and keys."""
 
@@ -46,13 +82,24 @@ class AffinerApp(App[int]):
     HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (100, "-wide")]
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("f1", "toggle_help", "Help", tooltip="Show or hide every key of this screen"),
-        Binding("f2,ctrl+t", "show('assistant')", "Assist", tooltip="The guided assistant"),
-        Binding("f3,ctrl+g", "show('hardware')", "Hardware", tooltip="GPUs, CPU, RAM, disk"),
-        Binding("f4,ctrl+o", "show('runs')", "Runs", tooltip="Past and live runs"),
-        Binding("f5,ctrl+l", "show('monitor')", "Monitor", tooltip="The open run, live"),
-        Binding("f6,ctrl+y", "show('playground')", "Chat", tooltip="Chat with the tuned model"),
-        Binding("ctrl+q,f10", "quit", "Quit", tooltip="Quit (training keeps running)"),
+        _nav("f1", "help", "Help", "What this screen shows, its keys, what to type"),
+        _nav("f2,ctrl+t", "show('assistant')", "Assist", "The guided assistant"),
+        _nav("f3,ctrl+g", "show('hardware')", "Hardware", "GPUs, CPU, RAM, disk and their load"),
+        _nav("f4,ctrl+o", "show('runs')", "Runs", "Past and live runs"),
+        _nav("f5,ctrl+f", "show('monitor')", "Monitor", "The open run, live"),
+        _nav("f6,ctrl+y", "show('playground')", "Chat", "Chat with the tuned model"),
+        # In the help, not the footer: ctrl+q is every Textual app's quit, and 80 columns
+        # are kept for the screen keys above and the screen's own.
+        Binding("ctrl+q,f10", "quit", "Quit (training keeps running)", show=False),
+        Binding("ctrl+l", "redraw", "Redraw the screen", show=False),
+        Binding(
+            "ctrl+p",
+            "command_palette",
+            "",
+            show=False,
+            priority=True,
+            tooltip="Commands: open a run, plan as if for a GPU, screenshot, theme",
+        ),
     ]
 
     plan_target: reactive[DeviceTarget | None] = reactive(None, init=False)
@@ -124,6 +171,26 @@ class AffinerApp(App[int]):
         self.switch_mode("assistant")
         if self._initial_run is not None:
             self.open_monitor(self._initial_run)
+        else:
+            self._find_live_runs()
+
+    @work(thread=True, group="live-runs", name="find-live-runs", exit_on_error=False)
+    def _find_live_runs(self) -> None:
+        """A run left training when the app last quit: say so, and let F5 open it."""
+        runs = self.services.live_runs(self.services.runs_root)
+        if runs:
+            self.call_from_thread(self._point_at_live_runs, runs)
+
+    def _point_at_live_runs(self, runs: list[Any]) -> None:
+        newest = runs[0]
+        if self.current_run is None:
+            self.current_run = Path(newest.path)
+        more = f" (and {len(runs) - 1} more: F4 lists them)" if len(runs) > 1 else ""
+        self.notify(
+            f"Run {newest.run_id} is {newest.state}{more}. F5 shows it live.",
+            title="A run is going",
+            timeout=8,
+        )
 
     def _available(self, name: str) -> bool:
         """A screen whose module is missing from this install says so instead of crashing."""
@@ -141,17 +208,95 @@ class AffinerApp(App[int]):
             self.notify("No run open yet: pick one on the runs screen (F4).", timeout=3)
         self.switch_mode(name)
 
-    def action_toggle_help(self) -> None:
-        from textual.widgets import HelpPanel
+    def action_help(self) -> None:
+        """F1: the help of the screen shown (F1 or Esc on the help closes it)."""
+        from affiner.tui.screens.help import HelpScreen
 
-        panels = self.screen.query(HelpPanel)
-        if panels:
-            panels.remove()
-        else:
-            self.action_show_help_panel()
+        if isinstance(self.screen, HelpScreen):
+            self.screen.dismiss(None)
+            return
+        self.push_screen(HelpScreen(self.help_content()))
+
+    def help_content(self) -> Any:
+        """What F1 shows for the screen on top (`affiner.tui.screens.help.HelpContent`)."""
+        from affiner.tui.screens.help import help_content
+
+        mode = self.current_mode
+        commands: tuple[tuple[str, str], ...] = ()
+        if mode == "assistant" and self.screen is self._screens.get("assistant"):
+            from affiner.tui.assistant import answers
+
+            commands = tuple(answers.PHRASES)
+        title = SCREEN_TITLES.get(mode, type(self.screen).__name__)
+        return help_content(
+            self.screen, self, title=title, extra_app_keys=TEXTUAL_KEYS, commands=commands
+        )
+
+    def action_redraw(self) -> None:
+        """ctrl+l, as in a shell: draw the whole screen again (after another program wrote on it)."""
+        self.screen.refresh(layout=True, repaint=True)
 
     def action_toggle_theme(self) -> None:
         self.theme = "textual-light" if self.current_theme.dark else "textual-dark"
+
+    # -- quit and screenshot ---------------------------------------------------------------
+
+    async def action_quit(self) -> None:
+        """Quit; a run still training goes on, and the message after exit says how to come back."""
+        self.exit(message=self.quit_message())
+
+    def quit_message(self) -> str | None:
+        """Which runs go on after the app quits and how to see them again; None when none do."""
+        try:
+            runs = self.services.live_runs(self.services.runs_root)
+        except Exception:  # quitting must never fail on a damaged run folder
+            return None
+        if not runs:
+            return None
+        lines = [
+            f"Run {run.run_id} is still {run.state}: it goes on without the app. "
+            f"Follow it with `affiner attach {run.run_id}`, or open affiner again."
+            for run in runs
+        ]
+        return "\n".join(lines)
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """Textual's commands, with a screenshot that saves where it says (see `save_screenshot_here`)."""
+        for command in super().get_system_commands(screen):
+            if command.title == "Screenshot":
+                yield SystemCommand(
+                    "Screenshot",
+                    f"Save an SVG picture of this screen in {self.screenshot_dir()}",
+                    lambda: self.set_timer(0.1, self.save_screenshot_here),
+                )
+            else:
+                yield command
+
+    def screenshot_dir(self) -> Path:
+        """Beside the runs folder (``./screenshots`` for the default ``./runs``)."""
+        return Path(self.services.runs_root).expanduser().absolute().parent / "screenshots"
+
+    def save_screenshot_here(self) -> Path | None:
+        """Save the screen as SVG in `screenshot_dir` and say where, or why it could not.
+
+        Textual's own command writes to ~/Downloads, fails when that folder is missing, and
+        says only "Failed to save screenshot"; this one makes the folder and names the file.
+        """
+        folder = self.screenshot_dir()
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self.services.clock()))
+        path = folder / f"affiner-{self.current_mode or 'screen'}-{stamp}.svg"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_text(self.export_screenshot(), encoding="utf-8")
+        except OSError as error:
+            self.notify(
+                f"Could not save the screenshot to {path}: {error.strerror or error}",
+                title="Screenshot",
+                severity="error",
+            )
+            return None
+        self.notify(f"Saved to {path}", title="Screenshot", timeout=6)
+        return path
 
     # -- what other screens call ----------------------------------------------------------
 
