@@ -13,6 +13,7 @@ switched off and on); for classification, the tuned model labels a few held-out 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from affiner.runner.demo.provision import quiet_libraries
 from affiner.runner.run import (
     CLASS_METRICS,
     EvalResult,
+    Event,
     RunDir,
     RunFinished,
     effective_events,
@@ -28,13 +30,29 @@ from affiner.runner.run import (
 )
 
 
-def wait_for_baseline(run_dir: RunDir, *, poll: float = 0.5) -> EvalResult | None:
-    """Wait for the worker's step-0 evaluation; None if the run ends or dies without one."""
+def wait_for_baseline(
+    run_dir: RunDir,
+    *,
+    poll: float = 0.5,
+    on_events: Callable[[list[Event]], None] | None = None,
+) -> EvalResult | None:
+    """Wait for the worker's step-0 evaluation; None if the run ends or dies without one.
+
+    Args:
+        run_dir: the run.
+        poll: seconds between reads of the event log.
+        on_events: called at every poll with the events read (often none): the evaluation
+            takes minutes, and a screen that folds them into a `RunHistory` can show its
+            ``progress`` with a countdown that moves between events (`RunHistory.phase_line`).
+    """
     from affiner.runner.run import EventReader, summarize
 
     reader = EventReader(run_dir.path)
     while True:
-        for event in reader.read_new():
+        events = reader.read_new()
+        if on_events is not None:
+            on_events(events)
+        for event in events:
             if isinstance(event, EvalResult) and event.step == 0:
                 return event
             if isinstance(event, RunFinished):

@@ -181,3 +181,35 @@ def test_the_eta_counts_the_evaluations_still_to_come(tmp_path: Path) -> None:
     assert first.eta_seconds == pytest.approx(50 * 1.0 + 2 * 30.0)
     # 45 steps left at 55 s / 55 steps, and the one at 100 at the last evaluation's 20 s
     assert second.eta_seconds == pytest.approx(45 * 1.0 + 20.0)
+
+
+def test_waiting_for_the_baseline_hands_each_poll_to_a_screen(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from affiner.runner.demo import wait_for_baseline
+    from affiner.runner.run.events import EvalResult, write_status
+
+    rd = RunDir(tmp_path / "run")
+    rd.path.mkdir()
+    write_status(rd.path, RunStatus(run_id="run", state="starting", started=time.time()))
+    writer = EventWriter(rd.path)
+    writer.write(Progress(step=0, phase="base_eval", done=1, total=10))
+    history = RunHistory(run_id="run")
+    lines: list[str] = []
+
+    def on_events(events) -> None:
+        history.add(events)
+        lines.append(history.phase_line(time.time()))
+
+    later = threading.Timer(0.3, lambda: writer.write(EvalResult(step=0, loss=2.0)))
+    later.start()
+    try:
+        before = wait_for_baseline(rd, poll=0.05, on_events=on_events)
+    finally:
+        later.cancel()
+        writer.close()
+    assert before is not None and before.loss == 2.0
+    assert lines[0].startswith("evaluating the base model · 1 of 10 batches")
+    assert len(lines) > 2  # called at every poll, events or not: the countdown can move
+    assert lines[-1] == ""  # the result closed the phase
