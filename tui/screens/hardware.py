@@ -269,8 +269,9 @@ class HardwareScreen(Screen):
     def _target_picked(self, event: Select.Changed) -> None:
         name = event.value
         if name in (THIS_MACHINE, Select.BLANK):
+            if getattr(self.app, "plan_target", None) is not None:
+                self.notify("Plans are made for this machine again.", timeout=3)
             self.app.set_plan_target(None)  # type: ignore[attr-defined]
-            self.notify("Plans are made for this machine again.", timeout=3)
             return
         try:
             target = self.services.catalog_target(str(name))  # type: ignore[attr-defined]
