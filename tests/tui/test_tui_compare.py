@@ -54,7 +54,7 @@ async def test_runs_of_different_tasks_are_tabled_together_but_not_plotted(
         plot = view.query_one(LossPlot)
         assert [label for label, _ in plot.curves] == ["c3d4"]  # the classifier only
         rows = table_rows(view)
-        assert rows["task"] == ["classifier", "language model"]
+        assert rows["task"] == ["classify", "generate"]
         assert rows["method"] == ["lora", "qlora"]
         assert rows["accuracy"] == ["0.910", "N/A"]  # no accuracy for the language model
         assert rows["best eval loss"] == ["1.9000", "1.9000"]

@@ -124,13 +124,13 @@ async def test_generation_settings_are_shown_and_changed(tmp_path: Path) -> None
         app.open_playground(run)
         await wait_playground(pilot)
         info = app.screen.query_one("#run-info")
-        assert "temperature 0.7 · up to 256 new tokens" in str(info.render())
+        assert "temperature 0.7, max 256 new tokens" in str(info.render())
         await pilot.press(*"/temp 0", "enter")
         await pilot.press(*"/max 32", "enter")
         await pilot.press(*"/max lots", "enter")  # refused, in words; kept there to mend
         ask = app.screen.query_one("#ask", Input)
         assert ask.value == "/max lots"
-        assert "greedy · up to 32 new tokens" in str(info.render())
+        assert "greedy, max 32 new tokens" in str(info.render())
         ask.value = ""
         await pilot.press(*"hello", "enter")
         await wait_playground(pilot)

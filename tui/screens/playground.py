@@ -62,8 +62,7 @@ class GenerationSettings:
     def describe(self) -> str:
         how = "greedy" if self.temperature <= 0 else f"temperature {self.temperature:g}"
         return (
-            f"generation: {how} · up to {self.max_new_tokens} new tokens "
-            "(/temp 0.2 or /max 128 changes them)"
+            f"generation: {how}, max {self.max_new_tokens} new tokens (/temp X, /max N change them)"
         )
 
     def change(self, command: str) -> str:

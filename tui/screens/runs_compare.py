@@ -26,9 +26,16 @@ from affiner.tui.screens.run_facts import RunSettings
 from affiner.tui.screens.runs_columns import gib_text
 from affiner.tui.widgets.plots import LossPlot
 
-#: The widest a value cell gets (longer model or data names end in "…").
+#: The widest a value cell gets (longer model or data names end in "…"), and the narrowest.
 VALUE_WIDTH = 14
+MIN_VALUE_WIDTH = 7
+#: The share of the panel's width the table may take; the chart has the rest.
+TABLE_SHARE = 0.66
+#: Cells the label column takes ("final train loss" and its padding).
+LABEL_CELLS = 18
 TASK_WORDS = {"classification": "classifier", "causal_lm": "language model"}
+#: The same, short enough for a table cell at 80 columns.
+TASK_CELLS = {"classification": "classify", "causal_lm": "generate"}
 
 
 @dataclass(frozen=True)
@@ -57,7 +64,7 @@ def _num(value: float | None, digits: int = 4) -> str:
 
 #: (label, value of a run) for each setting, in the table's order.
 SETTINGS: tuple[tuple[str, Callable[[CompareRun], str]], ...] = (
-    ("task", lambda r: TASK_WORDS.get(r.task, r.task or "N/A")),
+    ("task", lambda r: TASK_CELLS.get(r.task, r.task or "N/A")),
     ("method", lambda r: r.settings.method if r.settings else "N/A"),
     ("model", lambda r: r.settings.model if r.settings else "N/A"),
     ("data", lambda r: (r.settings.data if r.settings else "") or "N/A"),
@@ -169,7 +176,23 @@ class CompareView(Vertical):
     def hide(self) -> None:
         self.remove_class("-shown")
 
+    def on_resize(self) -> None:
+        if self.runs:
+            self._fill_table()
+
+    def value_width(self) -> int:
+        """How wide each run's column may be so the table keeps to its share of the width."""
+        width = self.size.width or 80
+        room = int(width * TABLE_SHARE) - LABEL_CELLS
+        each = room // max(1, len(self.runs)) - 2
+        return max(MIN_VALUE_WIDTH, min(VALUE_WIDTH, each))
+
     def _fill_table(self) -> None:
+        width = self.value_width()
+
+        def _clip(text: str) -> str:
+            return text if len(text) <= width else text[: width - 1] + "…"
+
         table = self.query_one("#compare-table", DataTable)
         table.clear(columns=True)
         table.add_column("", key="what")
@@ -186,7 +209,3 @@ class CompareView(Vertical):
             table.add_row(label, *(_clip(v) for v in values))
         for label, values in same:
             table.add_row(Text(label, style="dim"), *(Text(_clip(v), style="dim") for v in values))
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= VALUE_WIDTH else text[: VALUE_WIDTH - 1] + "…"
