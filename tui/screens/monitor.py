@@ -185,7 +185,7 @@ class MonitorScreen(Screen):
         else:
             parts = [self.state, h.run_id or self.run_dir.name, h.model, h.method, h.device]
             title.update("  ·  ".join(p for p in parts if p))
-        self.query_one(WarningsBanner).show(h)
+        self.query_one(WarningsBanner).show(h, errors=not self.summary_shown)
         self.query_one(RunProgress).show(h, self.state)
         self.query_one(LossPlot).set_losses(h.train_loss, h.eval_loss, total_steps=h.total_steps)
         self.query_one(MemoryPlot).set_series(
@@ -221,9 +221,18 @@ class MonitorScreen(Screen):
         if shown and self.run_dir is not None:
             outcome = outcome_of(self.run_dir, self.history, self.state, self.status_message)
             self.query_one(SummaryPanel).show(outcome)
-        if shown != self.has_class("-summary"):
+            brief = not outcome.weights
+        else:
+            brief = False
+        # without weights the summary is a few lines: the log keeps its room below it
+        if (shown, brief) != (self.has_class("-summary"), self.has_class("-brief")):
             self.set_class(shown, "-summary")
+            self.set_class(brief, "-brief")
             self.refresh_bindings()
+
+    def on_resize(self) -> None:
+        # -short comes and goes with the height, and with it the log pane under a summary
+        self.refresh_bindings()
 
     def _planned_peak(self) -> int | None:
         """The plan's predicted peak from run.toml's [plan], for runs that logged none."""
@@ -251,13 +260,13 @@ class MonitorScreen(Screen):
     def action_show_plots(self) -> None:
         """The curves in the summary's place (once the run has ended)."""
         self._summary_choice = False
-        self._draw_summary()
+        self._draw()
 
     def action_show_summary(self) -> None:
         """The end-of-run summary in the plots' place."""
         if self.state in ENDED:
             self._summary_choice = True
-            self._draw_summary()
+            self._draw()
 
     def action_playground(self) -> None:
         if self.run_dir is not None:
@@ -265,7 +274,8 @@ class MonitorScreen(Screen):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """The footer offers Stop while the run is going and Resume once it stopped, failed or
-        was interrupted; a finished run offers neither."""
+        was interrupted; a finished run offers neither. v names what it switches to, and the
+        keys of a pane out of sight (smoothing under the summary) are not offered."""
         if action == "stop_run":
             return self.run_dir is not None and (not self.state or self.state in LIVE_STATES)
         if action == "resume_run":
@@ -276,6 +286,10 @@ class MonitorScreen(Screen):
             return self.summary_shown
         if action == "toggle_smoothing":
             return not self.summary_shown
+        if action == "toggle_log":  # not while the summary has the log's room too (app.tcss)
+            return not (
+                self.summary_shown and self.has_class("-short") and not self.has_class("-brief")
+            )
         return True
 
     def action_resume_run(self) -> None:

@@ -289,29 +289,31 @@ class MemoryPlot(LegendPlot):
         plt.clear_figure()
         self.heading, self.legend = self.title, []
         width = self._width()
-        xs: list[float] = []
-        top = 0.0
-        for number, (label, points) in enumerate(self.series):
-            if not points:
-                continue
-            color = CURVE_COLORS[number % len(CURVE_COLORS)]
-            shown = [(x, y / GIB) for x, y in downsample(points, width)]
-            _line(plt, shown, color)
-            if len(self.series) > 1:  # one line needs no name: the title says what it is
-                self.legend.append(LegendItem(LINE_GLYPH, label, color))
-            xs += [x for x, _ in shown]
-            top = max(top, max(y for _, y in shown))
+        drawn = [
+            (label, [(x, y / GIB) for x, y in downsample(points, width)])
+            for label, points in self.series
+            if points
+        ]
+        xs = [x for _, shown in drawn for x, _ in shown]
         self.waiting = "" if xs else "waiting for the first memory sample"
         if not xs:
             self.refresh()
             return
         lo, hi = step_limits(xs, self.total_steps)
+        top = max(y for _, shown in drawn for _, y in shown)
         if self.predicted_peak:
-            # A flat line across the plot rather than hline: it gets a legend entry.
+            # First, so a curve crossing it is drawn over it; a flat line rather than hline,
+            # so it has a legend entry.
             peak = self.predicted_peak / GIB
             plt.plot([lo, hi], [peak, peak], color="red", marker=FLAT_GLYPH[0])
-            self.legend.append(LegendItem(FLAT_GLYPH, "predicted peak", "red"))
             top = max(top, peak)
+        for number, (label, shown) in enumerate(drawn):
+            color = CURVE_COLORS[number % len(CURVE_COLORS)]
+            _line(plt, shown, color)
+            if len(drawn) > 1:  # one line needs no name: the title says what it is
+                self.legend.append(LegendItem(LINE_GLYPH, label, color))
+        if self.predicted_peak:
+            self.legend.append(LegendItem(FLAT_GLYPH, "predicted peak", "red"))
         self._step_axis(xs, self.total_steps)
         # headroom above the highest line, so neither it nor the peak runs along the frame
         plt.ylim(0, top * 1.1 or 1.0)

@@ -15,7 +15,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
 from affiner.planner.units import format_bytes, format_bytes_of
-from affiner.runner.run import CLASS_METRICS, EvalResult, is_language_model
+from affiner.runner.run import CLASS_METRICS, LIVE_STATES, EvalResult, is_language_model
 from affiner.tui.live import RunHistory, drifts
 from affiner.tui.widgets.gauge import bar_text
 from affiner.tui.widgets.run_log import perplexity
@@ -67,10 +67,9 @@ class RunProgress(Widget):
 
     def phase(self) -> str:
         """The silent phase under way with its countdown, or "" (none, or the run ended)."""
-        if self.history.finished is not None:
+        if self.history.finished is not None or (self.state and self.state not in LIVE_STATES):
             return ""
-        phase_line = getattr(self.history, "phase_line", None)
-        return str(phase_line(self.clock()) or "") if callable(phase_line) else ""
+        return self.history.phase_line(self.clock())
 
     def render(self) -> Text:
         left, right = self.describe()
@@ -164,7 +163,9 @@ class WarningsBanner(Static):
         self.stop_key = stop_key
         self.text = ""
 
-    def show(self, history: RunHistory) -> None:
+    def show(self, history: RunHistory, *, errors: bool = True) -> None:
+        """Redraw from `history`; ``errors=False`` when another panel already says why the run
+        failed (the end-of-run summary), so the reason is not written twice on one screen."""
         lines: list[str] = []
         offer = history.overfitting
         if offer is not None:
@@ -188,7 +189,7 @@ class WarningsBanner(Static):
             lines.append(f"⚠ {warning.code.replace('_', ' ')}{at}: {warning.message}{action}")
         for drift in drifts(history):
             lines.append(f"⚠ {drift.text}")
-        for error in history.errors[-1:]:
+        for error in history.errors[-1:] if errors else []:
             lines.append(f"✖ {error.code or 'error'}: {error.message}")
         self.text = "\n".join(lines[:4])
         self.set_class(bool(lines), "-shown")

@@ -188,7 +188,7 @@ def summary_text(o: RunOutcome, *, playground_key: str = "p", resume_key: str = 
     if score:
         row("Score", score)
     if not o.weights:
-        row("Weights", "none saved yet")
+        row("Weights", "none saved")
         return text
     row("Saved in", f"{o.folder}/")
     row("", " · ".join(f"{_inside(o, folder)} ({what})" for what, folder in o.weights))
@@ -227,12 +227,15 @@ def _headline(o: RunOutcome) -> str:
 
 
 def _score_line(o: RunOutcome) -> str:
-    """``eval loss 2.81 → 1.90 (−32%) · ppl 16.6 → 6.69, best at step 100``."""
+    """``eval loss 2.8100 → 1.9000 (-32%) · ppl 16.61 → 6.69 · best @100``: the untouched
+    model's evaluation (step 0) against the best one; the last one too when it differs."""
     after = o.best
     if after is None or after.loss is None:
         return ""
     if o.before is None or o.before.loss is None or o.before is after:
         scores = eval_scores(after, language_model=o.language_model)
+        if after.step == 0:
+            return f"eval {scores} before training; none since"
         return f"eval {scores} (best, step {after.step}; none before training)"
     before = o.before
     parts = [
@@ -247,11 +250,11 @@ def _score_line(o: RunOutcome) -> str:
         was, now = perplexity(before), perplexity(after)
         if was is not None and now is not None:
             parts.append(f"ppl {was:.2f} → {now:.2f}")
+    parts.append(f"best @{after.step}")
     last = o.last
-    tail = f"best at step {after.step}"
     if last is not None and last is not after and last.loss is not None:
-        tail += f"; last {last.loss:.4f} at step {last.step}"
-    return " · ".join(parts) + f" ({tail})"
+        parts.append(f"last {last.loss:.4f} @{last.step}")
+    return " · ".join(parts)
 
 
 def load_snippet(o: RunOutcome) -> list[str]:
