@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from textual.widgets import Input
@@ -83,7 +83,7 @@ async def test_classifier_answers_use_label_names_and_the_base_head_is_called_ch
         tuned = screen.query_one("#pane-tuned", ChatPane).turns[1][1]
         base = screen.query_one("#pane-base", ChatPane).turns[1][1]
         assert tuned.split()[0] in ("good", "bad") and "LABEL_" not in tuned
-        assert base.startswith("untrained head, chance: ") and "LABEL_" not in base
+        assert base.startswith("chance, untrained head  (") and "LABEL_" not in base
 
 
 def test_a_chat_process_s_facts_come_from_its_ready_answer() -> None:
@@ -210,3 +210,39 @@ def test_the_chat_child_says_the_labels_and_the_untrained_head_when_ready(
     assert ready["type"] == "ready"
     assert sorted(ready["labels"]) == ["bad", "good"]
     assert ready["base_head_untrained"] is True
+
+
+class FakeClassifier:
+    """A classifier session with fixed answers: names from the data, a random base head."""
+
+    task = "classification"
+    base = "sentence-transformers/all-MiniLM-L6-v2"
+    adapter = "adapter/"
+    labels: ClassVar[list[str]] = ["negative", "positive"]
+    base_head_untrained = True
+
+    def load(self) -> FakeClassifier:
+        return self
+
+    def classify(self, texts, use_adapter=True):
+        from affiner.runner.inference import Prediction
+
+        tuned = {"positive": 0.93, "negative": 0.07}
+        base = {"negative": 0.51, "positive": 0.49}
+        return [Prediction(*(("positive", tuned) if use_adapter else ("negative", base)))]
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_classifier_playground_snapshot(snap_compare, tmp_path: Path, size) -> None:
+    from tests.tui.test_tui_assistant_snapshots import settle
+
+    run = tmp_path / "runs" / "20261125-120000-lora-minilm-cd34"
+
+    async def run_before(pilot) -> None:
+        pilot.app.open_playground(run)
+        await settle(pilot)
+        await pilot.press(*"a warm, funny film", "enter")
+        await settle(pilot)
+
+    app = AffinerApp(services_with(lambda rd: FakeClassifier(), tmp_path))
+    assert snap_compare(app, terminal_size=size, run_before=run_before)

@@ -45,6 +45,7 @@ TEMPERATURE = 0.7
 #: What ``/temp`` and ``/max`` accept.
 TEMPERATURE_RANGE = (0.0, 2.0)
 MAX_NEW_TOKENS_RANGE = (1, 4096)
+ASK_PLACEHOLDER = "Ask both models (Enter sends; /temp 0.2, /max 128)"
 
 
 @dataclass
@@ -172,7 +173,7 @@ class PlaygroundScreen(Screen):
             for side in SIDES:
                 yield ChatPane(side)
         yield Transcript(id="transcript")
-        yield Input(placeholder="Ask both models (Enter sends; /temp 0.2, /max 128)", id="ask")
+        yield Input(placeholder=ASK_PLACEHOLDER, id="ask")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -193,6 +194,7 @@ class PlaygroundScreen(Screen):
         self.classifier = False
         self.base_head_untrained = None
         self._description = ""
+        self.query_one("#ask", Input).placeholder = ASK_PLACEHOLDER
         for pane in self.query(ChatPane):
             pane.clear()
         self.query_one(Transcript).clear()
@@ -300,6 +302,9 @@ class PlaygroundScreen(Screen):
         self.base_head_untrained = message.base_head_untrained
         self._description = message.description
         self._show_info()
+        self.query_one("#ask", Input).placeholder = (
+            "Type a text to classify (Enter sends)" if self.classifier else ASK_PLACEHOLDER
+        )
         note = ""
         if message.classifier and message.base_head_untrained:
             share = f"1/{len(message.labels)}" if message.labels else "an equal share"
@@ -398,12 +403,12 @@ class PlaygroundScreen(Screen):
 
 
 def format_prediction(prediction: Any, *, chance: bool = False) -> str:
-    """``fresh  fresh 0.91 · rotten 0.09``: the predicted label, then every probability.
+    """``positive  (positive 0.93 · negative 0.07)``: the pick, then every probability.
 
     With `chance` (an untrained head) the line says so instead of presenting a pick.
     """
     ranked = sorted(prediction.probabilities.items(), key=lambda item: -item[1])
     scores = " · ".join(f"{name} {p:.2f}" for name, p in ranked)
     if chance:
-        return f"untrained head, chance: {scores}"
-    return f"{prediction.label}  {scores}"
+        return f"chance, untrained head  ({scores})"
+    return f"{prediction.label}  ({scores})"
