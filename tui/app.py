@@ -40,6 +40,7 @@ from textual.screen import Screen
 
 from affiner.planner.errors import AffinerError
 from affiner.planner.hardware import DeviceTarget
+from affiner.planner.units import format_bytes
 from affiner.tui.commands import AffinerCommands
 from affiner.tui.messages import PlanTargetChanged
 from affiner.tui.services import Services
@@ -341,7 +342,11 @@ class AffinerApp(App[int]):
             self.notify(str(error), severity="error")
             return
         self.plan_target = target
-        self.notify(f"Plans are now made as if for a {target.name}.", timeout=3)
+        self.notify(
+            f"Plans are now made as if for the catalog GPU {target.name} "
+            f"({format_bytes(target.memory_total)}).",
+            timeout=3,
+        )
 
     def watch_plan_target(self, target: DeviceTarget | None) -> None:
         """Tell every screen: the assistant re-plans, the hardware picker follows."""

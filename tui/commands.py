@@ -11,7 +11,17 @@ from functools import partial
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
+from affiner.planner.units import format_bytes
 from affiner.runner.run import list_run_dirs
+
+
+def _memory(services: object, name: str) -> str:
+    """`` (24.0 GiB)`` for a catalog GPU, empty when its entry cannot be read."""
+    try:
+        target = services.catalog_target(name)  # type: ignore[attr-defined]
+    except Exception:  # the palette must open even if one entry is broken
+        return ""
+    return f" ({format_bytes(target.memory_total)})"
 
 
 class AffinerCommands(Provider):
@@ -49,7 +59,7 @@ class AffinerCommands(Provider):
                 (
                     f"Plan as if GPU: {name}",
                     partial(app.plan_as_if, name),
-                    "Plans assume this GPU, whole card free",
+                    f"Plans assume this GPU{_memory(services, name)}, the whole card free",
                 )  # type: ignore[attr-defined]
             )
         return commands

@@ -168,3 +168,21 @@ async def test_reopening_points_at_the_live_run(runs_dir: Path) -> None:
         await pilot.press("f5")
         await wait_for(pilot, lambda: isinstance(app.screen, MonitorScreen))
         assert app.screen.run_dir == run.path
+
+
+async def test_plan_as_if_from_the_palette_names_the_memory(runs_dir: Path) -> None:
+    from affiner.tui.commands import AffinerCommands
+
+    services, _ = fake_services(runs_dir)
+    app = build_app(services)
+    async with app.run_test(size=(80, 24)) as pilot:
+        provider = AffinerCommands(app.screen)
+        helps = {text: help_text for text, _, help_text in provider._commands()}
+        assert helps["Plan as if GPU: RTX 4090"] == (
+            "Plans assume this GPU (24.0 GiB), the whole card free"
+        )
+        app.plan_as_if("RTX 4090")
+        await pilot.pause()
+        assert app.plan_target is not None
+        (note,) = list(app._notifications)
+        assert note.message == "Plans are now made as if for the catalog GPU RTX 4090 (24.0 GiB)."
