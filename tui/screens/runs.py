@@ -89,6 +89,7 @@ class RunsScreen(Screen):
         self._timer: Timer | None = None
         self._facts = FactsCache()
         self._shown_columns: list[str] = []
+        self._layout: list[tuple[str, int]] = []
 
     @property
     def summaries(self) -> list[RunSummary]:
@@ -163,10 +164,15 @@ class RunsScreen(Screen):
         # the table's own width, less a vertical scrollbar should the rows overflow
         width = (table.size.width or self.size.width or 80) - 2
         columns = fit_columns(cells, width)
-        table.clear(columns=True)
-        for column, column_width in columns:
-            table.add_column(column.label, key=column.key, width=column_width)
-        self._shown_columns = [column.key for column, _ in columns]
+        layout = [(column.key, column_width) for column, column_width in columns]
+        if layout == self._layout:
+            table.clear()  # the same columns: keep them (and the header) as they are
+        else:
+            table.clear(columns=True)
+            for column, column_width in columns:
+                table.add_column(column.label, key=column.key, width=column_width)
+            self._layout = layout
+        self._shown_columns = [key for key, _ in layout]
         for row, texts in zip(self.rows, cells, strict=True):
             table.add_row(*(clip(texts[c.key], w) for c, w in columns), key=row.run_id)
         if self.rows:
