@@ -262,9 +262,15 @@ class AffinerApp(App[int]):
         return "\n".join(lines)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        """Textual's commands, with a screenshot that saves where it says (see `save_screenshot_here`)."""
+        """Textual's commands, with F1's help for "Keys" and a screenshot that says where it saved."""
         for command in super().get_system_commands(screen):
-            if command.title == "Screenshot":
+            if command.title == "Keys":  # Textual's key panel: the focused input's keys first
+                yield SystemCommand(
+                    "Keys",
+                    "This screen's help: what it shows, its keys, what to type (F1)",
+                    self.action_help,
+                )
+            elif command.title == "Screenshot":
                 yield SystemCommand(
                     "Screenshot",
                     f"Save an SVG picture of this screen in {self.screenshot_dir()}",

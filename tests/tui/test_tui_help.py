@@ -140,3 +140,14 @@ async def test_f1_on_the_assistant_lists_what_it_understands(runs_dir: Path) -> 
         await wait_for(pilot, lambda: body.scroll_y == body.max_scroll_y)
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, AssistantScreen))
+
+
+async def test_the_palettes_keys_command_opens_this_help(runs_dir: Path) -> None:
+    services, _ = fake_services(runs_dir)
+    app = build_app(services)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f4")
+        commands = {c.title: c for c in app.get_system_commands(app.screen)}
+        commands["Keys"].callback()
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        assert app.screen.content.title == "Runs"
