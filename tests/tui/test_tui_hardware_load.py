@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from pathlib import Path
 
+import pytest
 from textual.widgets import Select, Static
 
 from affiner.planner.hardware import FALLBACK, HostLoad, LoadSampler, ProcessLoad
@@ -26,6 +28,7 @@ from affiner.tui.screens.hardware_text import (
 )
 from affiner.tui.services import Services
 from affiner.tui.widgets.gauge import Gauge
+from tests.fake_nvml import ProcessInfo, gpu, make_fake_nvml
 from tests.tui_fakes import GIB, catalog_target, fake_gpu, fake_report, fake_services
 from tests.tui_pilot import wait_for
 
@@ -191,3 +194,32 @@ async def test_a_refused_load_reading_keeps_the_hardware(runs_dir: Path) -> None
         busiest = screen.query_one("#hw-busiest", Static)
         await wait_for(pilot, lambda: "no /proc here" in str(busiest.render()))
         assert screen.query_one("#hw-cpu", Gauge).used is None
+
+
+async def test_real_probe_and_load_behind_the_fake_nvml(
+    monkeypatch: pytest.MonkeyPatch, runs_dir: Path
+) -> None:
+    """The default services end to end: NVML faked at ``import pynvml``, psutil for real.
+
+    This test process holds the fake GPU's memory, so its row must carry this process's
+    CPU and resident memory from the load reading, as nvitop shows a holder.
+    """
+    holder = ProcessInfo(pid=os.getpid(), usedGpuMemory=69 * GIB)
+    nvml = make_fake_nvml(
+        [gpu(memory_total=80 * GIB, memory_used=70 * GIB, compute_processes=[holder])]
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    services = Services.default(runs_dir)
+    assert services.read_load is not None
+    app = build_app(services)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f3")
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.load is not None and screen.query(GpuCard))
+        await pilot.pause()
+        row = str(screen.query_one(GpuCard).holders.render())
+        assert row.startswith(f"  {os.getpid()} ") and " 69.0 GiB · CPU " in row
+        assert "RSS N/A" not in row and "CPU N/A" not in row
+        cpu = screen.query_one("#hw-cpu", Gauge)
+        assert cpu.used is not None and 0 <= cpu.used <= 100
+        assert "load " in str(screen.query_one("#hw-load", Static).render())
