@@ -40,12 +40,20 @@ RUN_STATES = ("starting", "running", "finished", "failed", "stopped")
 FINAL_STATES = ("finished", "failed", "stopped")
 
 
+#: Every event class by its ``type``: each subclass of `Event` enters itself when defined.
+EVENT_TYPES: dict[str, type[Event]] = {}
+
+
 @dataclass
 class Event:
     """Base of every event. `t` is filled in when the event is written if left at 0."""
 
     type: ClassVar[str] = "event"
     t: float = field(default=0.0, kw_only=True)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        EVENT_TYPES[cls.type] = cls
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -205,27 +213,17 @@ class Preflight(Event):
     notes: list[str] = field(default_factory=list)
 
 
-#: Silent phases a `Progress` event names (`PHASES` lists them). A reader meeting a phase it
-#: does not know still shows it (its name in words), so adding one breaks no screen.
-#: ``base_eval``: the evaluation of the untouched model before the first step (step 0);
-#: ``eval``: an evaluation during training (step > 0); ``save``: writing a checkpoint.
-BASE_EVAL = "base_eval"
-EVAL = "eval"
-SAVE = "save"
+#: Phases a `Progress` event names: the untouched model's evaluation before the first step,
+#: one during training, a checkpoint being written. A reader shows an unknown one by its name.
+BASE_EVAL, EVAL, SAVE = "base_eval", "eval", "save"
 PHASES = (BASE_EVAL, EVAL, SAVE)
 
 
 @dataclass
 class Progress(Event):
-    """How far a phase without training logs has got: `done` of `total` (batches, for an eval).
-
-    A phase with nothing to count (saving) has ``done == total == 0``; readers then show the
-    time it has taken. The phase is open from its first progress event until the run moves on:
-    the next event that is not a progress event, a system sample or a warning (an ``eval``
-    closes an evaluation, a ``checkpoint`` a save, a ``train_log`` anything). Writers throttle
-    these events (see `affiner.runner.training.callbacks.PROGRESS_SECONDS`); the last one of a
-    counted phase has ``done == total``.
-    """
+    """A phase that logs nothing for minutes, `done` of `total` (an eval's batches; 0 of 0 when
+    nothing is counted, as for a save). It is open until the next event that is not progress,
+    a system sample or a warning (an ``eval`` ends an evaluation, a ``checkpoint`` a save)."""
 
     type: ClassVar[str] = "progress"
     step: int = 0
@@ -248,28 +246,9 @@ class RunFinished(Event):
     message: str = ""
 
 
-EVENT_TYPES: dict[str, type[Event]] = {
-    cls.type: cls
-    for cls in (
-        RunStarted,
-        TrainLog,
-        EvalResult,
-        SystemSample,
-        Checkpoint,
-        Warning_,
-        Error,
-        Preflight,
-        Progress,
-        RunFinished,
-    )
-}
-
-
 def event_from_dict(data: dict[str, Any]) -> Event | None:
-    """Build the event a decoded line describes; None for an unknown type.
-
-    Unknown fields are dropped so that a newer writer never breaks an older reader.
-    """
+    """The event a decoded line describes, None for an unknown type; unknown fields are
+    dropped, so a newer writer never breaks an older reader."""
     cls = EVENT_TYPES.get(str(data.get("type", "")))
     if cls is None:
         return None
@@ -387,12 +366,8 @@ class EventReader:
         complete, newline, self._pending = buffer.rpartition(b"\n")
         if not newline:
             return []
-        events: list[Event] = []
-        for raw in complete.split(b"\n"):
-            event = self._parse(raw)
-            if event is not None:
-                events.append(event)
-        return events
+        parsed = (self._parse(raw) for raw in complete.split(b"\n"))
+        return [event for event in parsed if event is not None]
 
     def _parse(self, raw: bytes) -> Event | None:
         if not raw.strip():
@@ -400,8 +375,7 @@ class EventReader:
         try:
             data = json.loads(raw)
         except ValueError:
-            self.bad_lines += 1
-            return None
+            data = None
         if not isinstance(data, dict):
             self.bad_lines += 1
             return None
@@ -423,8 +397,8 @@ def dropped_by_resume(event: Event, resumed_from_step: int) -> bool:
 
     Dropped: every ``run_finished`` (it no longer ends the run), and any event whose ``step``
     is greater than the step resumed from (training the checkpoint does not hold, done and
-    logged again by the resumed attempt): train logs, evaluations, system samples, warnings,
-    errors and checkpoints alike. Events without a step (``run_started``, ``preflight``, a
+    logged again by the resumed attempt): train logs, evaluations, progress, system samples,
+    warnings, errors and checkpoints alike. Events without a step (``run_started``, ``preflight``, a
     warning given before training) are kept.
     """
     if isinstance(event, RunFinished):
@@ -474,8 +448,7 @@ class RunStatus:
         pid: the training process (None before it starts).
         state: one of `RUN_STATES`.
         step, total_steps, epoch: progress.
-        updated: unix time of the last write.
-        started: unix time the run started.
+        updated, started: unix times of the last write and of the run's start.
         best_eval_loss: lowest eval loss so far.
         message: a short line for people (why it failed, how it ended).
     """

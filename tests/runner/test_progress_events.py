@@ -213,3 +213,29 @@ def test_waiting_for_the_baseline_hands_each_poll_to_a_screen(tmp_path: Path) ->
     assert lines[0].startswith("evaluating the base model · 1 of 10 batches")
     assert len(lines) > 2  # called at every poll, events or not: the countdown can move
     assert lines[-1] == ""  # the result closed the phase
+
+
+def test_the_reader_parses_progress_and_skips_what_it_cannot(tmp_path: Path) -> None:
+    from affiner.runner.run.events import EVENT_TYPES, EVENTS_FILE, EventReader
+
+    assert EVENT_TYPES["progress"] is Progress  # every event class enters itself
+    lines = [
+        '{"type": "progress", "t": 1.0, "step": 0, "phase": "base_eval", "done": 3, "total": 9}',
+        # a type this reader does not know is skipped, as a reader older than "progress" skips it
+        '{"type": "progress_v2", "t": 2.0}',
+        "null",
+        "[1, 2]",
+        "{not json",
+        '{"type": "progress", "t": 3.0, "phase": "save", "extra": 1}',  # unknown field dropped
+        '{"type": "progress", "t": 4.0, "phase": "ev',  # torn: left for the next read
+    ]
+    (tmp_path / EVENTS_FILE).write_text("\n".join(lines), encoding="utf-8")
+    reader = EventReader(tmp_path)
+    first, second = reader.read_new()
+    assert (first.phase, first.done, first.total, first.t) == ("base_eval", 3, 9, 1.0)
+    assert (second.phase, second.done, second.total) == ("save", 0, 0)
+    assert reader.bad_lines == 3
+    with open(tmp_path / EVENTS_FILE, "a", encoding="utf-8") as handle:
+        handle.write('al", "step": 5, "done": 1, "total": 2}\n')
+    (third,) = reader.read_new()
+    assert (third.phase, third.step) == ("eval", 5)
