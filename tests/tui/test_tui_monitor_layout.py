@@ -405,7 +405,7 @@ async def test_a_classifier_summary_shows_accuracy_and_no_gguf(
         text = panel.text.plain
         assert "accuracy 0.500 → 1.000 · f1 0.480 → 0.980" in text and "ppl" not in text
         assert "AutoModelForSequenceClassification" in text and "num_labels=2" in text
-        assert "--gguf" not in text
+        assert "--gguf" not in text and f"Try it   p, or  affiner --run {run.run_id}" in text
 
 
 async def test_a_full_fine_tune_loads_without_peft(
@@ -468,3 +468,38 @@ async def test_a_stopped_run_resumes_from_its_checkpoint(
         assert "checkpoints/best (best, step 80)" in text
         keys = {b.binding.action for b in screen.active_bindings.values()}
         assert "resume_run" in keys and "stop_run" not in keys
+
+
+async def test_an_interrupted_run_is_summed_up_and_offers_resume(
+    runs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A status that says running with its process gone: the run will not finish by itself."""
+    monkeypatch.chdir(runs_dir.parent)
+    run = training_run(runs_dir, upto=60)
+    services, backend = fake_services(runs_dir, alive=False)
+    app = build_app(services)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _open(pilot, app, run, step=60)
+        await wait_for(pilot, lambda: screen.state == "interrupted")
+        panel = screen.query_one(SummaryPanel)
+        await wait_for(pilot, lambda: panel.outcome is not None)
+        text = panel.text.plain
+        assert text.startswith("■ Interrupted (its process is gone): 60 of 200 steps")
+        assert f"affiner train --resume {run.run_id}  (from step 0: no checkpoint saved)" in text
+        await pilot.press("r")
+        await wait_for(pilot, lambda: backend.resumed == [run.path])
+
+
+async def test_with_no_run_open_the_monitor_says_so_and_draws_nothing(runs_dir: Path) -> None:
+    services, _ = fake_services(runs_dir)
+    app = build_app(services)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f5")
+        screen = app.screen
+        assert isinstance(screen, MonitorScreen)
+        await wait_for(pilot, lambda: screen.has_class("-empty"))
+        await pilot.pause()
+        assert "No run open" in str(screen.query_one("#run-title").render())
+        assert not screen.query_one("#plots").display and not screen.query_one("#details").display
+        keys = {b.binding.action for b in screen.active_bindings.values()}
+        assert not keys & {"toggle_smoothing", "toggle_log", "playground", "resume_run"}

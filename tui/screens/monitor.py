@@ -30,7 +30,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from affiner.planner.errors import AffinerError
 from affiner.runner.config import read_raw_config
-from affiner.runner.run import LIVE_STATES, RunDir, TrainLog, run_task
+from affiner.runner.run import LIVE_STATES, RunDir, TrainLog, model_label, run_task
 from affiner.tui.live import RunHistory, WatchBatch, watch_run
 from affiner.tui.messages import RunBatch, WatchFailed
 from affiner.tui.screens.confirm import ConfirmScreen
@@ -180,10 +180,12 @@ class MonitorScreen(Screen):
     def _draw(self) -> None:
         h = self.history
         title = self.query_one("#run-title", Static)
+        self.set_class(self.run_dir is None, "-empty")  # nothing to plot: only the title says why
         if self.run_dir is None:
             title.update("No run open. F4 lists the runs; Enter on one opens it here.")
         else:
-            parts = [self.state, h.run_id or self.run_dir.name, h.model, h.method, h.device]
+            model = model_label(h.model)
+            parts = [self.state, h.run_id or self.run_dir.name, model, h.method, h.device]
             title.update("  ·  ".join(p for p in parts if p))
         self.query_one(WarningsBanner).show(h, errors=not self.summary_shown)
         self.query_one(RunProgress).show(h, self.state)
@@ -284,6 +286,8 @@ class MonitorScreen(Screen):
             return self.state in ENDED and not self.summary_shown
         if action == "show_plots":
             return self.summary_shown
+        if self.run_dir is None and action in ("toggle_smoothing", "toggle_log", "playground"):
+            return False
         if action == "toggle_smoothing":
             return not self.summary_shown
         if action == "toggle_log":  # not while the summary has the log's room too (app.tcss)

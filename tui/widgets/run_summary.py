@@ -37,7 +37,14 @@ from affiner.tui.widgets.run_log import eval_scores, perplexity
 RESUMABLE = ("stopped", "failed", INTERRUPTED)
 #: States the summary is for: nothing more happens without a resume.
 ENDED = ("finished", *RESUMABLE)
-_HEADLINES = {"finished": "✔ Finished", "stopped": "■ Stopped", "failed": "✖ Failed"}
+#: Widest snippet line that stays on one line of an 80-column summary (indent and padding off).
+SNIPPET_WIDTH = 74
+_HEADLINES = {
+    "finished": "✔ Finished",
+    "stopped": "■ Stopped",
+    "failed": "✖ Failed",
+    INTERRUPTED: "■ Interrupted (its process is gone)",
+}
 
 
 @dataclass
@@ -199,7 +206,8 @@ def summary_text(o: RunOutcome, *, playground_key: str = "p", resume_key: str = 
     row("Merge" if o.method in LORA_METHODS else "Export", f"{export}  → export/merged/")
     if o.task != "classification":
         row("GGUF", f"{export} --gguf --ollama")
-    text.append(f"{'Chat':<9}", style="bold")
+    # the playground chats with a generator and labels texts with a classifier
+    text.append(f"{'Try it' if o.task == 'classification' else 'Chat':<9}", style="bold")
     text.append(f"{playground_key}, or  affiner --run {o.run_id}  (F6)")
     return text
 
@@ -277,11 +285,18 @@ def load_snippet(o: RunOutcome) -> list[str]:
             "tokenizer = AutoTokenizer.from_pretrained(weights)",
         ]
     extra = f", num_labels={len(o.labels)}" if o.task == "classification" and o.labels else ""
-    return [
+    base = f'"{o.base_model}"'
+    lines = [
         "from peft import PeftModel",
         f"from transformers import {auto}, AutoTokenizer",
         weights,
-        f'base = {auto}.from_pretrained("{o.base_model}"{extra})',
+    ]
+    if len(f"base = {auto}.from_pretrained({base}{extra})") > SNIPPET_WIDTH:
+        lines.append(f"base_model = {base}")  # a long local path: the call stays on one line
+        base = "base_model"
+    return [
+        *lines,
+        f"base = {auto}.from_pretrained({base}{extra})",
         "model = PeftModel.from_pretrained(base, weights)",
         "tokenizer = AutoTokenizer.from_pretrained(weights)",
     ]
