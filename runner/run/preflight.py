@@ -14,10 +14,17 @@ The child dies with the check: `cancelled` (polled while it runs) or an exceptio
 caller (Ctrl-C) stops it, SIGINT to its process group first so it cleans its temporary
 checkpoint up, SIGKILL after `STOP_GRACE_SECONDS`; if the caller dies outright (SIGKILL, a
 dropped SSH session) the pipe on the child's stdin closes and ``--exit-with-parent`` ends it.
+
+While the child works, the poll also reads its ``progress`` events (the phases below, written by
+`affiner.runner.training.preflight`) and hands the caller a `PreflightProgress` on every poll:
+what it is doing, how far, how long it has taken and, once steps have been timed, how long the
+steps still need at the pace measured so far. A caller that cannot pass `progress` itself (a
+service called with the configuration alone) sets `PROGRESS_LISTENER` in its thread first.
 """
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import shlex
 import shutil
@@ -25,11 +32,12 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from affiner.planner.errors import AffinerError
 from affiner.runner.config import RunConfig, resolve_paths, save_config, validate_config
-from affiner.runner.run.events import Error, Preflight, read_events
+from affiner.runner.run.events import Error, EventReader, Preflight, Progress, read_events
 from affiner.runner.run.launch import child_env
 from affiner.runner.run.process import (
     exit_words,
@@ -42,11 +50,98 @@ from affiner.runner.run.rundir import RunDir
 #: Seconds a stopped pre-flight gets to leave (and remove its temporary checkpoint) before SIGKILL.
 STOP_GRACE_SECONDS = 5.0
 
+#: The pre-flight's phases, as its ``progress`` events name them; `START` is the caller's own
+#: (the child has said nothing yet: Python and the libraries are loading).
+START = "preflight_start"
+LOAD = "preflight_load"
+TRAIN = "preflight_train"
+EVAL = "preflight_eval"
+SAVE = "preflight_save"
+
+
+@dataclass(frozen=True)
+class PreflightProgress:
+    """How far a running pre-flight has got, as its caller reads it.
+
+    Attributes:
+        phase: `START`, `LOAD`, `TRAIN`, `EVAL` or `SAVE`.
+        done, total: micro-batches timed of those it will time (`TRAIN`; 0 otherwise).
+        steps_done, steps: optimizer steps finished, of those it will time (`TRAIN`; 0 otherwise).
+        elapsed: seconds since the child started.
+        in_phase: seconds the current phase has lasted.
+        left: seconds the timed steps still need at the pace measured so far, None before
+            one has been measured (or outside `TRAIN`). The evaluation batch and the save that
+            follow are not in it.
+    """
+
+    phase: str
+    done: int = 0
+    total: int = 0
+    steps_done: int = 0
+    steps: int = 0
+    elapsed: float = 0.0
+    in_phase: float = 0.0
+    left: float | None = None
+
+
+#: The listener a `run_preflight_process` called without `progress` reports to: a contextvar,
+#: so a TUI worker sets it in its own thread and no other thread's check reports to it.
+PROGRESS_LISTENER: contextvars.ContextVar[Callable[[PreflightProgress], None] | None] = (
+    contextvars.ContextVar("preflight_progress_listener", default=None)
+)
+
+
+class _ProgressReader:
+    """Turns the child's ``progress`` events into `PreflightProgress` (see the module docstring)."""
+
+    def __init__(self, folder: Path, started: float, accum: int) -> None:
+        self._reader = EventReader(folder)
+        self._accum = max(1, accum)  # micro-batches a step; learnt from the first step's end
+        self._started = started  # time.time() when the child started
+        self._phase: Progress | None = None  # the latest progress event
+        self._phase_since = started
+        self._pace_from: Progress | None = None  # first event after the warm-up step
+
+    def read(self, now: float) -> PreflightProgress:
+        for event in self._reader.read_new():
+            if not isinstance(event, Progress):
+                continue
+            if self._phase is None or event.phase != self._phase.phase:
+                self._phase_since = event.t or now
+            if event.phase == LOAD:  # a new attempt (after an out-of-memory): a new pace
+                self._pace_from = None
+            if event.phase == TRAIN and event.step >= 1 and self._pace_from is None:
+                self._pace_from = event  # written at the step's end: done is one step's worth
+                self._accum = max(1, event.done // event.step)
+            self._phase = event
+        latest = self._phase
+        if latest is None:
+            return PreflightProgress(
+                START, elapsed=now - self._started, in_phase=now - self._started
+            )
+        left = None
+        first = self._pace_from
+        if latest.phase == TRAIN and first is not None and latest.done > first.done:
+            pace = (latest.t - first.t) / (latest.done - first.done)
+            # counted from the latest event, so the figure counts down between events
+            left = max(0.0, pace * (latest.total - latest.done) - (now - latest.t))
+        return PreflightProgress(
+            latest.phase,
+            done=latest.done,
+            total=latest.total,
+            steps_done=latest.step,
+            steps=latest.total // self._accum if latest.phase == TRAIN else 0,
+            elapsed=now - self._started,
+            in_phase=now - self._phase_since,
+            left=left,
+        )
+
 
 def run_preflight_process(
     cfg: RunConfig,
     *,
     cancelled: Callable[[], bool] | None = None,
+    progress: Callable[[PreflightProgress], None] | None = None,
     poll_seconds: float = 0.2,
     python: str | None = None,
 ) -> Preflight:
@@ -59,6 +154,8 @@ def run_preflight_process(
         cancelled: polled every `poll_seconds` while the child runs; when it returns True the
             child is stopped and `AffinerError` raised (a TUI passes its worker's
             ``is_cancelled``).
+        progress: called on every poll with how far the child has got (`PreflightProgress`),
+            in the calling thread; default `PROGRESS_LISTENER`'s value, else nothing.
         python: the interpreter for the child (default this one).
 
     Raises:
@@ -73,7 +170,9 @@ def run_preflight_process(
     keep = False
     try:
         save_config(own, rd.config)
-        code = _run_child(rd, cancelled or (lambda: False), poll_seconds, python)
+        listener = progress or PROGRESS_LISTENER.get()
+        accum = int(own.training.grad_accum or 1)  # the progress reader's first guess
+        code = _run_child(rd, cancelled or (lambda: False), listener, accum, poll_seconds, python)
         events = read_events(rd.path)
         measured = [e for e in events if isinstance(e, Preflight)]
         if code == 0 and measured:
@@ -92,7 +191,12 @@ def run_preflight_process(
 
 
 def _run_child(
-    rd: RunDir, cancelled: Callable[[], bool], poll_seconds: float, python: str | None
+    rd: RunDir,
+    cancelled: Callable[[], bool],
+    progress: Callable[[PreflightProgress], None] | None,
+    accum: int,
+    poll_seconds: float,
+    python: str | None,
 ) -> int:
     """Start the child, wait for it while polling `cancelled`; stop it if anything interrupts."""
     argv = worker_argv(rd.path, "--preflight-only", "--exit-with-parent", python=python)
@@ -102,12 +206,15 @@ def _run_child(
     child = spawn_detached(
         argv, log_path=rd.log, cwd=rd.path, env=child_env(), stdin=subprocess.PIPE
     )
+    reader = _ProgressReader(rd.path, time.time(), accum) if progress is not None else None
     try:
         while True:
             try:
                 return child.wait(timeout=poll_seconds)
             except subprocess.TimeoutExpired:
                 pass
+            if reader is not None and progress is not None:
+                progress(reader.read(time.time()))
             if cancelled():
                 raise AffinerError("the pre-flight check was cancelled")
     finally:

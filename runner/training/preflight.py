@@ -11,11 +11,18 @@ result says ``adjusted=True`` and a warning event says what changed. The measure
 
 `run_training` calls it automatically for long runs when ``[training].preflight`` is true;
 ``affiner preflight`` calls it on its own.
+
+While it works it writes ``progress`` events (`affiner.runner.run.events.Progress`) to the run's
+event log, so that a reader (the assistant's pre-flight, the monitor) can say what it is doing
+instead of a static "running…": the phases `affiner.runner.run.preflight` names (``LOAD``: the
+tokenizer, data and model, nothing to count; ``TRAIN``: ``done`` of ``total`` micro-batches,
+``step`` the optimizer steps done; ``EVAL``; ``SAVE``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import gc
 import statistics
 import tempfile
@@ -29,12 +36,53 @@ from affiner.planner.errors import AffinerError
 from affiner.planner.timing import optimizer_steps
 from affiner.runner.config import RunConfig
 from affiner.runner.run import EventWriter, Preflight, RunDir, Warning_
+from affiner.runner.run.events import Progress
+from affiner.runner.run.preflight import EVAL, LOAD, SAVE, TRAIN
 from affiner.runner.training.oom import is_oom
 
 #: A run is "long" (worth a pre-flight) above this many predicted seconds ...
 LONG_RUN_SECONDS = 600.0
 #: ... or, without a time prediction, above this many optimizer steps.
 LONG_RUN_STEPS = 200
+
+#: At most one training progress event every this many seconds (an optimizer step's end
+#: always writes one).
+PROGRESS_EVERY_SECONDS = 1.0
+
+
+class _Progress:
+    """Writes the pre-flight's ``progress`` events to a run folder (nothing without one)."""
+
+    def __init__(self, run_dir: RunDir | str | None) -> None:
+        self._writer = None
+        if run_dir is not None:
+            rd = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
+            self._writer = EventWriter(rd.path)
+        self._last = 0.0
+
+    def __call__(
+        self, phase: str, done: int = 0, total: int = 0, step: int = 0, *, often: bool = False
+    ) -> None:
+        """Write one event; an `often` one (a micro-batch) only every `PROGRESS_EVERY_SECONDS`."""
+        if self._writer is None:
+            return
+        now = time.monotonic()
+        if often and now - self._last < PROGRESS_EVERY_SECONDS:
+            return
+        self._last = now
+        self._writer.write(Progress(step=step, phase=phase, done=done, total=total))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+#: The reporter of the attempt `_measure` is making. A context variable rather than an
+#: argument: `_measure` is the unit an attempt is, and tests stand in for it with its
+#: signature (cfg, data, tokenizer, device, precision, micro, accum, steps).
+_REPORTER: contextvars.ContextVar[_Progress | None] = contextvars.ContextVar(
+    "preflight_reporter", default=None
+)
 
 
 def planned_steps(cfg: RunConfig, train_rows: int, world_size: int = 1) -> int:
@@ -90,9 +138,25 @@ def run_preflight(
         prepared, tokenizer: already prepared data and tokenizer (the recipe passes them).
         steps: optimizer steps to time (the first is a warm-up and not counted).
     """
+    progress = _Progress(run_dir)
+    try:
+        return _run(cfg, run_dir, prepared, tokenizer, steps, progress)
+    finally:
+        progress.close()
+
+
+def _run(
+    cfg: RunConfig,
+    run_dir: RunDir | str | None,
+    prepared: Any,
+    tokenizer: Any,
+    steps: int,
+    progress: _Progress,
+) -> Preflight:
     from affiner.runner.data import prepare_data
     from affiner.runner.training.modeling import load_tokenizer, resolve_device, resolve_precision
 
+    progress(LOAD)
     device = resolve_device(cfg.training.device)
     precision = resolve_precision(cfg.training.precision, device)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)
@@ -102,7 +166,11 @@ def run_preflight(
     notes: list[str] = []
     while True:
         try:
-            measured = _measure(cfg, data, tokenizer, device, precision, micro, accum, steps)
+            token = _REPORTER.set(progress)
+            try:
+                measured = _measure(cfg, data, tokenizer, device, precision, micro, accum, steps)
+            finally:
+                _REPORTER.reset(token)
             break
         except _OutOfMemory as oom:
             stage = f"{oom.stage} ({oom.detail})" if oom.detail else oom.stage
@@ -214,11 +282,21 @@ def _measure(
     classification = cfg.model.task == "classification"
     step_ends: list[float] = []
 
+    progress = _REPORTER.get() or _Progress(None)
+    total = steps * accum
+    micro_batches = [0]
+
     class _Timer(TrainerCallback):
+        def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            micro_batches[0] += 1
+            progress(TRAIN, micro_batches[0], total, len(step_ends), often=True)
+
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if cuda:
                 torch.cuda.synchronize()
             step_ends.append(time.perf_counter())
+            micro_batches[0] = len(step_ends) * accum
+            progress(TRAIN, micro_batches[0], total, len(step_ends))
 
     if cuda:
         _free_memory()
@@ -226,6 +304,7 @@ def _measure(
     oom: _OutOfMemory | None = None
     with tempfile.TemporaryDirectory(prefix="affiner-preflight-") as tmp:
         stage = "loading the model"
+        progress(LOAD)
         try:
             loaded = load_model(
                 cfg, tokenizer, device=device, precision=precision, labels=list(data.labels or [])
@@ -259,15 +338,18 @@ def _measure(
             )
             trainer.remove_callback(PrinterCallback)
             stage = "training"
+            progress(TRAIN, 0, total, 0)
             started = time.perf_counter()
             trainer.train()
             train_peak = _peak_bytes(cuda)
             stage = "evaluation"
+            progress(EVAL)
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             trainer.evaluate(eval_dataset=eval_rows)
             eval_peak = _peak_bytes(cuda)
             stage = "saving a checkpoint"
+            progress(SAVE)
             trainer.save_model(str(Path(tmp) / "checkpoint"))
             if trainer.optimizer is not None:
                 torch.save(

@@ -74,6 +74,42 @@ def short_row(row: Any, width: int = 90) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+#: What the pre-flight is doing, by the phase its progress names (`affiner.runner.run.preflight`).
+PREFLIGHT_PHASES = {
+    "preflight_start": "starting the check (Python and the libraries load first)",
+    "preflight_load": "loading the tokenizer, the data and the model",
+    "preflight_train": "timing real steps",
+    "preflight_eval": "evaluating one batch",
+    "preflight_save": "saving a test checkpoint (then removed)",
+}
+
+
+def preflight_progress(progress: Any) -> str:
+    """A running pre-flight in one line (`affiner.runner.run.preflight.PreflightProgress`):
+    what it does, how far, how long so far and, once a step is timed, how long the steps still
+    need at the pace measured (never the plan's guess, which may be far off)."""
+    phase = getattr(progress, "phase", "")
+    words = PREFLIGHT_PHASES.get(phase, phase.replace("_", " "))
+    parts = [f"Pre-flight: {words}"]
+    if phase == "preflight_train" and progress.total:
+        step = min(progress.steps_done + 1, progress.steps) if progress.steps else None
+        where = f"step {step} of {progress.steps}, " if step else ""
+        parts[0] = f"Pre-flight: timing {where}micro-batch {progress.done} of {progress.total}"
+    parts.append(f"{format_duration(progress.elapsed)} elapsed")
+    if phase == "preflight_train":
+        left = getattr(progress, "left", None)
+        if left is None:
+            parts.append("time left: known once the first step is timed")
+        elif left < 1:
+            parts.append("the steps are nearly done; then one eval batch and a save")
+        else:
+            parts.append(
+                f"~{format_duration(left)} left for the steps (measured pace), "
+                "then one eval batch and a save"
+            )
+    return " · ".join(parts)
+
+
 def preflight_summary(event: Any, candidate: Any) -> str:
     """`affiner.runner.run.events.Preflight` beside the plan: measured first, predicted in brackets."""
     peak = getattr(event, "measured_peak_bytes", None)

@@ -13,12 +13,14 @@ the settings fields); the input line at the bottom.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 from textual.worker import Worker, WorkerState
@@ -27,13 +29,25 @@ from affiner.planner.errors import AffinerError
 from affiner.planner.units import format_bytes
 from affiner.planner.vocabulary import LORA_METHODS
 from affiner.tui.assistant import AssistantFlow, Reply, Task, answers
-from affiner.tui.assistant.text import other_method
+from affiner.tui.assistant.text import other_method, preflight_progress
 from affiner.tui.messages import PlanTargetChanged
 from affiner.tui.widgets.conversation import Conversation
 from affiner.tui.widgets.example_view import ExampleView
 from affiner.tui.widgets.plan_bars import PlanBars
 from affiner.tui.widgets.settings_form import SettingsForm
 from affiner.tui.widgets.token_histogram import TokenHistogram
+
+
+class PreflightProgressed(Message):
+    """How far the running pre-flight has got (a `PreflightProgress`), posted by its worker
+    thread on every poll; a newer one replaces a queued one."""
+
+    def __init__(self, progress: Any) -> None:
+        super().__init__()
+        self.progress = progress
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, PreflightProgressed)
 
 
 def placeholder(plan: Any, chosen: str | None) -> str:
@@ -272,6 +286,12 @@ class AssistantScreen(Screen):
         if task.kind == "open_monitor":
             self.app.open_monitor(getattr(task.arg, "path", task.arg))
             return
+        if task.kind == "preflight":
+            for old in self.query("#preflight-status"):
+                old.remove()
+            self.query_one(Conversation).show(
+                Static(preflight_progress(_Starting()), id="preflight-status")
+            )
         work = getattr(self, f"_task_{task.kind}")
         self.run_worker(
             lambda: work(task.arg),
@@ -302,7 +322,22 @@ class AssistantScreen(Screen):
         return self.services.catalog_target(name) if name else None
 
     def _task_preflight(self, config: Any) -> Any:
+        # The service takes the configuration alone; the child's progress reaches this screen
+        # through the listener set in this (the worker's) thread, as a message.
+        from affiner.runner.run.preflight import PROGRESS_LISTENER
+
+        PROGRESS_LISTENER.set(lambda progress: self.post_message(PreflightProgressed(progress)))
         return self.services.preflight(config)
+
+    @on(PreflightProgressed)
+    def _preflight_progressed(self, message: PreflightProgressed) -> None:
+        status = self._preflight_status()
+        if status is not None:
+            status.update(preflight_progress(message.progress))
+
+    def _preflight_status(self) -> Static | None:
+        found = self.query("#preflight-status")
+        return found.first(Static) if found else None
 
     def _task_launch(self, config: Any) -> Any:
         return self.services.start_run(config)
@@ -322,6 +357,10 @@ class AssistantScreen(Screen):
         ):
             self.notify(readable(worker.error), title="Could not re-plan", severity="error")
             return
+        if worker.name == "preflight" and event.state in (WorkerState.ERROR, WorkerState.SUCCESS):
+            status = self._preflight_status()
+            if status is not None:  # the pre-flight's summary (or the error) says the rest
+                status.remove()
         if event.state == WorkerState.ERROR:
             self.apply(self.flow.failed(worker.name, readable(worker.error)))
             return
@@ -345,3 +384,11 @@ class AssistantScreen(Screen):
         if hasattr(self.app, "plan_target"):
             self.app.plan_target = target
         return self.flow.set_target(target)
+
+
+@dataclass(frozen=True)
+class _Starting:
+    """The pre-flight's progress before its worker has read anything."""
+
+    phase: str = "preflight_start"
+    elapsed: float = 0.0
