@@ -127,3 +127,15 @@ def test_an_evaluation_ended_by_anything_but_its_result_does_not_time_the_next()
     )
     assert history.eval_seconds is None
     assert history.phase_line(101.0) == "evaluating at step 20 · 1 of 4 batches · 1.0 s so far"
+
+
+def test_a_phase_keeps_its_pace_when_its_step_moves_and_restarts_when_its_count_goes_back() -> None:
+    # the pre-flight (affiner.runner.training.preflight) counts micro-batches across its steps
+    history = _history(
+        Progress(step=0, phase="preflight_train", done=0, total=12, t=10.0),
+        Progress(step=1, phase="preflight_train", done=4, total=12, t=14.0),
+        Progress(step=2, phase="preflight_train", done=8, total=12, t=18.0),
+    )
+    assert history.phase_line(18.0) == "preflight train · 8 of 12 · ~4.0 s left"
+    history.add([Progress(step=0, phase="preflight_train", done=0, total=12, t=30.0)])  # a retry
+    assert history.phase_line(31.0) == "preflight train · 0 of 12 · 1.0 s so far"

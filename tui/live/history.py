@@ -295,11 +295,12 @@ class RunHistory:
         _append(self.tokens_per_second, event.step, event.tokens_per_second)
 
     def _progress(self, event: Event) -> None:
+        # The same phase goes on while its name stays and its count does not go back; its step
+        # may move (the pre-flight's training phase counts micro-batches across its steps).
         latest = self.phase_latest
         same = (
             latest is not None
             and _phase(latest) == _phase(event)
-            and getattr(latest, "step", 0) == getattr(event, "step", 0)
             and _count(event)[0] >= _count(latest)[0]
         )
         if not same:
