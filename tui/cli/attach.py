@@ -443,12 +443,16 @@ def attach(
                 view.poll()
                 live.update(view.render())
     except KeyboardInterrupt:
-        console.print(
-            f"detached; run {run_dir.run_id} keeps going. "
-            f"`affiner attach {run_dir.run_id}` to come back, `affiner stop {run_dir.run_id}` to stop it."
-        )
+        console.print(_detached(run_dir.run_id), markup=False)
         return 0
     return exit_code_for(view.state)
+
+
+def _detached(run_id: str) -> str:
+    return (
+        f"detached; run {run_id} keeps going. "
+        f"`affiner attach {run_id}` to come back, `affiner stop {run_id}` to stop it."
+    )
 
 
 def _attach_plain(
@@ -465,7 +469,7 @@ def _attach_plain(
             time.sleep(poll_seconds)
             view.poll()
     except KeyboardInterrupt:
-        console.print(f"detached; run {view.run_dir.run_id} keeps going.", markup=False)
+        console.print(_detached(view.run_dir.run_id), markup=False)
         return 0
     if view.ended:
         console.print(view.render())
