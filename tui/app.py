@@ -5,8 +5,8 @@ Screens are Textual modes installed by name, each created the first time it is s
 Every action is a `Binding` on an F-key with a ctrl alternate (the assistant has a text
 input, so plain letters are never global); ctrl+l stays the terminal's redraw. F1 opens the
 help of the screen shown (`affiner.tui.screens.help`). Secondary commands with an argument
-live in the command palette (`affiner.tui.commands`), with a screenshot that says where it
-saved (`affiner.tui.chrome`).
+live in the command palette (`affiner.tui.commands`); Textual's own "Keys" and "Screenshot"
+commands are replaced by F1's help and a screenshot that says where it saved.
 
 The footer keeps the screen keys F1-F6 at its left on every screen, whatever the screen's
 own keys: they are one `Binding.Group` (`NAV`) whose keys carry their names, placed first

@@ -2,9 +2,9 @@
 
 Textual's own key panel lists the focused widget's keys first (an input's cursor keys), so the
 keys that matter fall off the bottom at 80x24. This help is built from the screen it covers:
-its ``HELP`` text (else its docstring), its own ``BINDINGS`` (hidden ones too: the footer has
-no room for them all), then the app's keys that screen does not take over, and on the
-assistant screen the phrases it understands (`affiner.tui.assistant.answers.PHRASES`, the
+its ``HELP`` (Textual's Markdown help attribute; else its docstring), its own ``BINDINGS``
+(hidden ones too: the footer has no room for them all), then the app's keys that screen
+does not take over, and on the assistant screen the phrases it understands (`affiner.tui.assistant.answers.PHRASES`, the
 same table its ``help`` prints). Nothing here names another screen's keys: a key added to a
 screen appears in its help without touching this file.
 
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from rich.console import Group, RenderableType
+from rich.markdown import Markdown
 from rich.table import Table
 from rich.text import Text
 from textual.actions import parse as parse_action
@@ -176,7 +177,8 @@ def _key_table(rows: Sequence[KeyRow]) -> Table:
 
 def render_help(content: HelpContent) -> RenderableType:
     """The help as one Rich renderable: sections with a bold heading each."""
-    parts: list[RenderableType] = [Text(content.about), Text()]
+    # HELP is Markdown in Textual (DOMNode.HELP); docstrings read well as Markdown too.
+    parts: list[RenderableType] = [Markdown(content.about), Text()]
     if content.screen_keys:
         parts += [
             Text("Keys on this screen", style="bold underline"),
