@@ -18,7 +18,7 @@ from affiner.tui.screens.playground import (
     PlaygroundScreen,
     session_fact,
 )
-from affiner.tui.widgets.side_by_side import TurnRow
+from affiner.tui.widgets.side_by_side import Transcript, TurnRow
 from tests.train_helpers import make_run
 from tests.tui.test_tui_playground import services_with, wait_playground
 from tests.tui_fakes import fake_services, finished_run, lm_run
@@ -168,6 +168,13 @@ async def test_turns_stay_side_by_side_after_answers_of_different_lengths(
         # question still starts on the same line on both sides
         assert tuned.region.y == base.region.y
         assert tuned.region.y > rows[1].region.y + 2
+        # PgUp / PgDn scroll the transcript while the question field keeps the keys
+        transcript = app.screen.query_one(Transcript)
+        assert transcript.max_scroll_y > 0 and transcript.scroll_y == transcript.max_scroll_y
+        await pilot.press("pageup")
+        await wait_for(pilot, lambda: transcript.scroll_y < transcript.max_scroll_y)
+        await pilot.press("pagedown")
+        await wait_for(pilot, lambda: transcript.scroll_y == transcript.max_scroll_y)
 
 
 async def test_the_playground_follows_the_run_the_monitor_shows(runs_dir: Path) -> None:
