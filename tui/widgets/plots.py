@@ -133,7 +133,7 @@ class LegendPlot(PlotextPlot):
         width, height = self.size.width, self.size.height
         header = self.header()
         if self.waiting:
-            body = Text(self.waiting, style="italic", justify="center")
+            body = Text(f"  {self.waiting}", style="italic")
             gap = max(0, (height - len(header) - 1) // 2)
             return Text("\n").join([*header, *[Text()] * gap, body])
         plot_height = max(1, height - len(header))

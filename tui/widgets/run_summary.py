@@ -2,10 +2,10 @@
 the weights are, and the exact commands that load, export, chat with or resume them.
 
 A run that ended used to leave the monitor showing curves and a footer; what to do next was
-in the model card or nowhere. `outcome_of` gathers the facts once, when the run has ended (it
-reads ``run.toml``, ``status.json`` and which weight folders exist); `summary_text` writes
-them, and `SummaryPanel` shows them in place of the plots, scrollable so nothing is cut off
-on an 80x24 terminal. Only commands that exist are named: ``affiner export``, ``affiner
+in the model card or nowhere. `outcome_of` gathers the facts once the run has ended (it reads
+``run.toml``, ``status.json`` and which weight folders exist: small reads, done only when the
+monitor redraws an ended run); `summary_text` writes them, and `SummaryPanel` shows them in
+place of the plots, scrollable so nothing is cut off on an 80x24 terminal. Only commands that exist are named: ``affiner export``, ``affiner
 train --resume``, ``affiner --run`` (the app opened on the run; F6 is its chat).
 """
 
