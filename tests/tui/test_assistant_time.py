@@ -138,9 +138,9 @@ def test_a_setting_or_method_change_drops_the_calibration(flow: AssistantFlow, l
         assert flow.candidate().method == "qlora"
     # the run takes the new plan's batch, not the pre-flight's
     assert flow.build_config().training.micro_batch == flow.candidate().settings.micro_batch
-    # going back to the measured settings does not bring an old measurement back
-    flow.submit("use lora")
-    assert flow.plan_request().measured_step_seconds is None
+    # the measurement is set aside, not lost: the measured settings again are planned with
+    # it again (issue 12: a re-plan of the same settings gives the same numbers)
+    assert flow.measured is not None
 
 
 def test_a_cpu_pre_flight_does_not_calibrate_a_gpu_plan(flow: AssistantFlow) -> None:

@@ -3,9 +3,11 @@ long that measurement still applies (`PreflightCalibration.measured_step`), and 
 request that states it (`PreflightCalibration.plan_request`).
 
 After a pre-flight the plan is calibrated by its measured step: every re-plan states it, with
-the pre-flight's adjusted micro-batch, for as long as nothing that changes a step's time (the
+the pre-flight's adjusted micro-batch, whenever nothing that changes a step's time (the
 method, the model, the data, the device, the length, batch, rank or a stated setting) differs
-from what was measured; the first change drops it for good.
+from what was measured. A change sets it aside, and going back to the measured settings (a
+what-if GPU and back, ``use qlora`` then ``use lora``) brings it back: a re-plan of the same
+settings gives the same numbers.
 
 They live apart from the step machine (`affiner.tui.assistant.flow`) because they are one
 topic, what a measured step is and when it stops applying, that the steps only consult;
@@ -90,19 +92,17 @@ class PreflightCalibration:
         return reply + self._enter("launch")
 
     def measured_step(self) -> Measured | None:
-        """The pre-flight's measurement while the settings are still the ones it ran with.
+        """The pre-flight's measurement when the settings are the ones it ran with, else None.
 
         A step's time depends on the method, model, data, device, length, batch, rank and the
-        stated settings (`_step_key`): once any of them differs the measurement is dropped for
-        good, and plans are the time model's estimates again. Epochs and the learning rate do
-        not change a step, so they keep it.
+        stated settings (`_step_key`): while any of them differs, plans are the time model's
+        estimates; the measurement is kept (`measured`), so the same settings again are planned
+        with it again. Epochs and the learning rate do not change a step, so they keep it.
         """
         m = self.measured
-        if m is not None and (
-            m.key != self._step_key() or self.settings.method not in (None, m.method)
-        ):
-            self.measured = None
-        return self.measured
+        if m is None or m.key != self._step_key() or self.settings.method not in (None, m.method):
+            return None
+        return m
 
     def _step_key(self) -> tuple[Any, ...]:
         s = self.settings

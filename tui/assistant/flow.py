@@ -252,20 +252,22 @@ class AssistantFlow(SettingKnobs, PreflightCalibration):
         )
 
     def _use_method(self, method: str) -> Reply:
-        measured = self.measured_step()
-        if measured is not None and method != measured.method:
-            # The calibrated plan holds the measured method alone: plan them all again.
-            old = self.settings.method
-            self.settings.method = method
-            self.measured_step()  # another method than the one measured: dropped
-            return self._replan(("method", (method, old)))
-        if self.plan is not None and answers.find_candidate(self.plan, method) is None:
+        """``use qlora``: choose a method; plan again when that sets a pre-flight's measured
+        step aside (the calibrated plan holds the measured method alone) or brings it back."""
+        before = self.measured_step()
+        if (
+            self.plan is not None
+            and before is None
+            and answers.find_candidate(self.plan, method) is None
+        ):
             return say(answers.missing_reason(self.plan, method))
         old = self.settings.method
         self.settings.method = method
         self.settings.method_by = None  # the user's choice now
         if self.plan is None:
             return say(f"{capitalized(method_name(method))} it is; the plan follows the model.")
+        if self.measured_step() is not before:
+            return self._replan(("method", (method, old)))
         return self._method_chosen(method, old)
 
     def _method_chosen(self, method: str, old: str | None) -> Reply:
@@ -285,7 +287,11 @@ class AssistantFlow(SettingKnobs, PreflightCalibration):
         if not candidate.fits:
             text += "\n\n" + answers.why_not(self.plan, method, self.device)
         else:
-            text += f" Peak {format_bytes(candidate.peak_bytes)}, {format_duration(answers.step_seconds(candidate))} a step."
+            measured = " measured" if answers.calibration_note(candidate) else ""
+            text += (
+                f" Peak {format_bytes(candidate.peak_bytes)},"
+                f"{measured} {format_duration(answers.step_seconds(candidate))} a step."
+            )
             slow = answers.impractical(candidate)
             if slow:
                 text += f"\n\n⚠ Impractical here: {slow}."

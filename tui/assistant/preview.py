@@ -146,10 +146,12 @@ def typical_example(loaded: Any, tokenizer: Any, seq_len: int) -> tuple[Any, str
         return first, None
     if loaded.format != "classification":
         with_loss = sorted(f[3] for f in found)
-        floor = with_loss[len(with_loss) // 2]
+        floor = with_loss[
+            (len(with_loss) - 1) // 2
+        ]  # the lower median: a typical row, not a long one
         found = [f for f in found if f[3] >= floor] or found
     lengths = sorted(f[2] for f in found)
-    median = lengths[len(lengths) // 2]
+    median = lengths[(len(lengths) - 1) // 2]
     shown, where, _, _ = min(found, key=lambda f: (abs(f[2] - median), -f[3]))
     return with_spacing(shown, tokenizer), Path(where).name
 

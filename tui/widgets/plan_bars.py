@@ -20,7 +20,7 @@ from textual.widget import Widget
 
 from affiner.planner.units import format_bytes, format_bytes_of
 from affiner.tui.assistant import device_memory, recommended, step_seconds
-from affiner.tui.assistant.answers import impractical, per_step
+from affiner.tui.assistant.answers import calibration_note, impractical, per_step
 
 SHORT_NAMES = {
     "full": "full",
@@ -70,7 +70,7 @@ def render_bars(report: Any, device: Any, chosen: str | None, width: int) -> Tex
                 candidate,
                 SHORT_NAMES.get(candidate.method, candidate.method),
                 format_bytes_of(candidate.peak_bytes, capacity),
-                per_step(seconds),
+                ("measured " if calibration_note(candidate) else "") + per_step(seconds),
                 *verdict(candidate),
             )
         )
