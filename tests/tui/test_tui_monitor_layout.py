@@ -30,7 +30,7 @@ from affiner.tui.screens.monitor import MonitorScreen
 from affiner.tui.widgets.plots import LossPlot, MemoryPlot, step_limits, step_ticks, tick_label
 from affiner.tui.widgets.run_log import RunLog, is_library_warning
 from affiner.tui.widgets.run_panels import RunProgress, RunStats
-from affiner.tui.widgets.run_summary import SummaryPanel
+from affiner.tui.widgets.run_summary import RunOutcome, SummaryPanel, summary_text
 from tests.tui_fakes import GIB, NOW, RunFolder, fake_services, started
 from tests.tui_pilot import wait_for
 
@@ -503,3 +503,25 @@ async def test_with_no_run_open_the_monitor_says_so_and_draws_nothing(runs_dir: 
         assert not screen.query_one("#plots").display and not screen.query_one("#details").display
         keys = {b.binding.action for b in screen.active_bindings.values()}
         assert not keys & {"toggle_smoothing", "toggle_log", "playground", "resume_run"}
+
+
+def test_the_headline_says_when_the_pre_flight_measured_the_plan() -> None:
+    """The plan's step time is replaced by the pre-flight's measured one once there is one, and
+    the summary says which it holds the run against."""
+    outcome = RunOutcome(
+        run_id="r",
+        state="finished",
+        folder=Path("runs/r"),
+        steps=200,
+        total_steps=200,
+        took_seconds=2095.0,
+        planned_step_seconds=9.5,
+        planned_source="pre-flight",
+    )
+    first = summary_text(outcome).plain.splitlines()[0]
+    assert (
+        first
+        == "✔ Finished: 200 of 200 steps in 35 min · plan 32 min (200 × 9.5 s, pre-flight): 1.1×"
+    )
+    outcome.planned_step_seconds = None
+    assert summary_text(outcome).plain.splitlines()[0] == "✔ Finished: 200 of 200 steps in 35 min"

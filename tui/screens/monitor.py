@@ -41,8 +41,6 @@ from affiner.tui.widgets.run_summary import ENDED, RESUMABLE, SummaryPanel, outc
 
 #: Smoothing weights the toggle cycles through (0 = raw).
 SMOOTHING_STEPS = (0.6, 0.9, 0.0)
-#: States a run can be resumed from (its worker is gone and it did not finish).
-RESUMABLE_STATES = RESUMABLE
 
 
 class MonitorScreen(Screen):
@@ -281,7 +279,7 @@ class MonitorScreen(Screen):
         if action == "stop_run":
             return self.run_dir is not None and (not self.state or self.state in LIVE_STATES)
         if action == "resume_run":
-            return self.run_dir is not None and self.state in RESUMABLE_STATES
+            return self.run_dir is not None and self.state in RESUMABLE
         if action == "show_summary":
             return self.state in ENDED and not self.summary_shown
         if action == "show_plots":
@@ -297,7 +295,7 @@ class MonitorScreen(Screen):
         return True
 
     def action_resume_run(self) -> None:
-        if self.run_dir is None or self.state not in RESUMABLE_STATES:
+        if self.run_dir is None or self.state not in RESUMABLE:
             return
         self.notify(f"Resuming {self.run_dir.name}…", timeout=3)
         self._resume_worker(self.run_dir)

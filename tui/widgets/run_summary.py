@@ -228,7 +228,8 @@ def _headline(o: RunOutcome) -> str:
     planned = o.planned_seconds
     if planned is not None:
         per_step = format_duration(o.planned_step_seconds)
-        line += f" · {o.planned_source} {format_duration(planned)} ({o.total_steps} × {per_step})"
+        measured = ", pre-flight" if o.planned_source == "pre-flight" else ""
+        line += f" · plan {format_duration(planned)} ({o.total_steps} × {per_step}{measured})"
         if o.took_seconds and o.steps >= o.total_steps:
             line += f": {o.took_seconds / planned:.1f}×"
     return line
