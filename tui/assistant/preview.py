@@ -25,7 +25,8 @@ class DataPreview:
     Attributes:
         path: the file as given.
         format: detected format (``chat``, ``instruction``, ``text``, ``classification``…).
-        rows: valid rows.
+        rows: the training rows a run takes: valid rows, less the tenth split off for
+            evaluation when there is no eval file (`run_rows` counts them with one).
         sample: the first few rows as read.
         dropped: ``(file:line, reason)`` for each invalid row.
         lengths: token length of every (or a sample of every) rendered row; empty when no
@@ -57,6 +58,25 @@ def tokenizer_source(spec: Any, model_ref: str | None = None) -> str | None:
     return getattr(spec, "path", None) or model_ref or getattr(spec, "name", None)
 
 
+def data_task(spec: Any) -> str:
+    """The task the data is read for: a decoder's causal LM, else classification."""
+    return "causal_lm" if getattr(spec, "is_decoder", True) else "classification"
+
+
+def run_rows(path: str, eval_path: str, spec: Any, seq_len: int) -> int:
+    """The training rows a run of `path` with held-out `eval_path` trains on.
+
+    Read as the run reads them (`affiner.runner.data.load_rows` with both files): with an eval
+    file nothing is split off the training data, so the count is not the preview's alone
+    (which, given one file, sets a tenth aside, as a run without eval data would).
+    """
+    from affiner.runner.config import DataSection
+    from affiner.runner.data import load_rows
+
+    section = DataSection(train=path, eval=eval_path, max_seq_len=seq_len)
+    return len(load_rows(section, task=data_task(spec)).train)
+
+
 def build_preview(path: str, spec: Any, seq_len: int, model_ref: str | None = None) -> DataPreview:
     """Read and validate `path`, then measure it with the model's tokenizer.
 
@@ -66,8 +86,7 @@ def build_preview(path: str, spec: Any, seq_len: int, model_ref: str | None = No
     from affiner.runner.config import DataSection
     from affiner.runner.data import load_rows
 
-    task = "causal_lm" if getattr(spec, "is_decoder", True) else "classification"
-    loaded = load_rows(DataSection(train=path, max_seq_len=seq_len), task=task)
+    loaded = load_rows(DataSection(train=path, max_seq_len=seq_len), task=data_task(spec))
     preview = DataPreview(
         path=path,
         format=loaded.format,

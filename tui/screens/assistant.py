@@ -14,6 +14,7 @@ the settings fields); the input line at the bottom.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from textual import events, on
@@ -29,6 +30,7 @@ from affiner.planner.errors import AffinerError
 from affiner.planner.units import format_bytes
 from affiner.planner.vocabulary import LORA_METHODS
 from affiner.tui.assistant import AssistantFlow, Reply, Task, answers
+from affiner.tui.assistant.preview import run_rows
 from affiner.tui.assistant.text import other_method, preflight_progress
 from affiner.tui.messages import PlanTargetChanged
 from affiner.tui.widgets.conversation import Conversation
@@ -219,7 +221,7 @@ class AssistantScreen(Screen):
         parts += [
             f"length {settings.seq_len}",
             f"batch {settings.batch}",
-            f"{settings.epochs:g} epochs",
+            f"{settings.epochs:g} epoch{'' if settings.epochs == 1 else 's'}",
             f"lr {settings.lr_for(method):g}",
         ]
         line = " · ".join(parts) + f" → peak {format_bytes(candidate.peak_bytes)}"
@@ -312,7 +314,13 @@ class AssistantScreen(Screen):
 
     def _task_load_data(self, path: str) -> Any:
         flow = self.flow
-        return self.services.inspect_data(path, flow.spec, flow.settings.seq_len, flow.model_ref)
+        seq_len = flow.settings.seq_len
+        preview = self.services.inspect_data(path, flow.spec, seq_len, flow.model_ref)
+        if flow.eval_path and Path(path).is_file():
+            # With an eval file (a demo's) the run splits nothing off: plan its rows, not the
+            # preview's one-file count (3,600 planned where the run trained 4,000).
+            preview.rows = run_rows(path, flow.eval_path, flow.spec, seq_len)
+        return preview
 
     def _task_plan(self, _arg: Any) -> Any:
         flow = self.flow
