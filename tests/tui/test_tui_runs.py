@@ -9,6 +9,7 @@ from textual.widgets import DataTable
 from affiner.tui.app import build_app
 from affiner.tui.screens.monitor import MonitorScreen
 from affiner.tui.screens.runs import RunsScreen, train_curve
+from affiner.tui.screens.runs_compare import CompareView
 from affiner.tui.widgets.plots import LossPlot
 from tests.tui_fakes import fake_services, finished_run, lm_run
 from tests.tui_pilot import wait_for
@@ -31,15 +32,12 @@ async def test_lists_runs_newest_first(runs_dir: Path) -> None:
         table = screen.query_one(DataTable)
         await wait_for(pilot, lambda: table.row_count == 3)
         rows = [table.get_row_at(i) for i in range(3)]
-        assert [r[1] for r in rows] == [
-            "20261125-110000-lora-smollm2-a1b2",
-            "20261123-090000-lora-old-c3d4",
-            "20261122-090000-qlora-x-9f9f",
-        ]
+        # short ids: the tail `affiner attach` resolves to this run alone
+        assert [r[1] for r in rows] == ["a1b2", "c3d4", "9f9f"]
         # The hand-written "running" run has no live process: it is shown as interrupted.
         assert [r[2] for r in rows] == ["interrupted", "finished", "stopped"]
-        assert rows[0][3] == " 40% 80/200" and rows[0][4] == "60 min"
-        assert rows[1][5] == "1.9000 acc 0.910"
+        assert rows[0][3] == " 40% 80/200"
+        assert rows[1][4] == "1.900 acc 0.91"
 
 
 async def test_empty_root_says_so(runs_dir: Path) -> None:
@@ -75,21 +73,21 @@ async def test_mark_two_and_compare(runs_dir: Path) -> None:
         screen = app.screen
         table = screen.query_one(DataTable)
         await wait_for(pilot, lambda: table.row_count == 3)
-        plot = screen.query_one(LossPlot)
-        await pilot.press("c")  # nothing marked: a hint, no plot
-        assert not plot.display
+        view = screen.query_one(CompareView)
+        plot = view.query_one(LossPlot)
+        await pilot.press("c")  # nothing marked: a hint, no compare
+        assert not view.shown
         await pilot.press("down", "space", "down", "space")
         assert screen.marked == ["20261123-090000-lora-old-c3d4", "20261122-090000-qlora-x-9f9f"]
         assert table.get_row_at(1)[0] == "✓"
         await pilot.press("c")
-        await wait_for(pilot, lambda: len(plot.curves) == 2)
-        assert plot.display
-        labels = [label for label, _ in plot.curves]
-        assert labels == screen.marked
-        assert plot.curves[0][1] == train_curve(runs_dir / labels[0])
-        assert plot.curves[0][1] != plot.curves[1][1]
+        await wait_for(pilot, lambda: view.shown)
+        # a classifier and a language model: only the classifier's curve, and a warning
+        assert [label for label, _ in plot.curves] == ["c3d4"]
+        assert plot.curves[0][1] == train_curve(runs_dir / screen.marked[0])
+        assert "different tasks" in view.note
         await pilot.press("escape")
-        assert not plot.display
+        assert not view.shown
 
 
 async def test_r_resumes_the_highlighted_stopped_run(runs_dir: Path) -> None:
