@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from textual.widgets import HelpPanel, Select
+from textual.widgets import Select
 
 from affiner.tui.app import SCREEN_NAMES, AffinerApp, build_app
 from affiner.tui.messages import PlanTargetChanged
@@ -52,17 +52,6 @@ async def test_f_keys_and_ctrl_alternates_switch_screens(runs_dir: Path) -> None
         hardware = app.screen
         await pilot.press("f4", "f3")
         assert app.screen is hardware
-
-
-async def test_f1_toggles_the_help_panel(runs_dir: Path) -> None:
-    services, _ = fake_services(runs_dir)
-    app = build_app(services)
-    async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("f3", "f1")
-        assert app.screen.query(HelpPanel)
-        await pilot.press("f1")
-        await pilot.pause()
-        assert not app.screen.query(HelpPanel)
 
 
 async def test_quit_key_exits(runs_dir: Path) -> None:
