@@ -139,6 +139,12 @@ def session_fact(session: Any, name: str) -> Any:
 class PlaygroundScreen(Screen):
     """Chat with a run's tuned model, its base model's answer beside it."""
 
+    HELP = (
+        "Ask the run's tuned model and its base model the same thing, side by side (a "
+        "classifier shows both models' label scores), to see what the fine-tune changed. It "
+        "follows the run the monitor shows. /temp X and /max N set the generation."
+    )
+
     DEFAULT_CSS = """
     PlaygroundScreen #run-info { padding: 0 1; color: $text-muted; height: auto; }
     PlaygroundScreen #head-note { padding: 0 1; color: $warning; height: auto; display: none; }

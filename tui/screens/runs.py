@@ -62,6 +62,14 @@ def train_curve(run_dir: Path) -> list[Point]:
 class RunsScreen(Screen):
     """Past and active runs; open one, or compare two or three."""
 
+    HELP = (
+        "Every run in the runs folder, newest first: its short id (what affiner attach, stop, "
+        "export and train --resume accept), state, progress, best evaluation and, as width "
+        "allows, method, model, time, peak memory and data. Enter opens one in the monitor; "
+        "Space marks two or three and c compares their settings, metrics and curves; e "
+        "exports the highlighted run; r resumes a stopped one."
+    )
+
     DEFAULT_CSS = """
     RunsScreen #runs-title { height: auto; padding: 0 1; }
     RunsScreen #runs-table { height: 1fr; }
