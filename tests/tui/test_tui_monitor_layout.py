@@ -19,6 +19,7 @@ from affiner.runner.run.events import (
     Error,
     EvalResult,
     Event,
+    EventWriter,
     GpuSample,
     RunFinished,
     SystemSample,
@@ -525,3 +526,29 @@ def test_the_headline_says_when_the_pre_flight_measured_the_plan() -> None:
     )
     outcome.planned_step_seconds = None
     assert summary_text(outcome).plain.splitlines()[0] == "✔ Finished: 200 of 200 steps in 35 min"
+
+
+async def test_a_resumed_run_shows_its_plots_then_its_new_summary(
+    runs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(runs_dir.parent)
+    run = ended_run(runs_dir, "stopped", upto=80)
+    services, _ = fake_services(runs_dir)
+    app = build_app(services)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _open(pilot, app, run, step=80)
+        await wait_for(pilot, lambda: screen.summary_shown)
+        await pilot.press("v")  # the user looks at the curves
+        assert not screen.summary_shown
+        writer = EventWriter(run.path)  # the resumed worker appends to the same folder
+        resumed = replace(started(run.run_id, total=TOTAL, t=NOW), resumed_from_step=80)
+        for event in [resumed, *_logs(90, 100, gpu=False)]:
+            writer.write(event)
+        run.status("running", step=100, total=TOTAL)
+        await wait_for(pilot, lambda: screen.state == "running" and screen.history.step == 100)
+        assert screen.query_one("#plots").display and screen.check_action("stop_run", ())
+        writer.write(RunFinished(t=NOW + 5, state="finished", step=200))
+        writer.close()
+        run.status("finished", step=200, total=TOTAL)
+        await wait_for(pilot, lambda: screen.state == "finished")
+        assert screen.summary_shown  # the new ending is summed up, whatever was chosen before

@@ -164,6 +164,8 @@ class MonitorScreen(Screen):
                 self.history.total_steps = message.status.total_steps
         if message.state is not None and message.state != self.state:
             self.state = message.state
+            if self.state in LIVE_STATES:  # resumed: the next ending shows its summary again
+                self._summary_choice = None
             self.refresh_bindings()  # Stop while it runs, Resume once it has stopped
         if message.log_lines:
             log.add_log_lines(message.log_lines)
