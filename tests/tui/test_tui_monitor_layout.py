@@ -1,29 +1,22 @@
 """The monitor at 80x24 (issue 12): legends off the data, step axes, RAM on a CPU run, the log
 pane's filter, grad norm, the silent phase's countdown, and the end-of-run summary.
 
-The run folders below are written by hand with the real event writer (`tests.tui_fakes`),
-with times that end at the fake clock's "now", so an ETA counts down instead of reading
-overdue; the snapshot tests draw the same folders.
+The run folders are `tests.tui.test_tui_monitor_snapshots`'s: the snapshots draw the same
+runs these tests check.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from affiner.runner.run.events import (
-    Checkpoint,
-    Error,
     EvalResult,
-    Event,
     EventWriter,
-    GpuSample,
     RunFinished,
     SystemSample,
-    TrainLog,
     Warning_,
 )
 from affiner.tui.app import build_app
@@ -32,170 +25,17 @@ from affiner.tui.widgets.plots import LossPlot, MemoryPlot, step_limits, step_ti
 from affiner.tui.widgets.run_log import RunLog, is_library_warning
 from affiner.tui.widgets.run_panels import RunProgress, RunStats
 from affiner.tui.widgets.run_summary import RunOutcome, SummaryPanel, summary_text
+from tests.tui.test_tui_monitor_snapshots import (
+    LIBRARY_LOG,
+    TOTAL,
+    TRUNCATION,
+    ended_run,
+    progress_line,
+    run_logs,
+    training_run,
+)
 from tests.tui_fakes import GIB, NOW, RunFolder, fake_services, started
 from tests.tui_pilot import wait_for
-
-TOTAL = 200
-#: The peak the plan predicted for these runs.
-PEAK = 4 * GIB
-#: What train.log holds on a real CPU run: two library warnings, a progress bar, the source
-#: line under a warning, and the launcher's own banner.
-LIBRARY_LOG = (
-    "=== 2026-11-25 11:00:00 affiner: python -m affiner.runner.worker runs/x",
-    "Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'.",
-    "Loading weights: 100%|██████████| 272/272 [00:00<00:00, 4765.84it/s]",
-    "/venv/transformers/modeling_utils.py:3312: FutureWarning: `is_gradient_checkpointing` is "
-    "deprecated and will be removed in v6.",
-    "  warnings.warn(",
-)
-TRUNCATION = (
-    "16 of 800 training examples are longer than max_seq_len 128 and were cut (longest 301)."
-)
-
-
-def _t(step: int, upto: int) -> float:
-    """Ten seconds a step, the last log ``upto`` written five seconds before the fake now."""
-    return NOW - 5 - (upto - step) * 10
-
-
-def _plan_toml(run: RunFolder, *, task: str = "causal_lm", method: str = "lora") -> None:
-    (run.path / "run.toml").write_text(
-        f'[model]\nname_or_path = "smollm2-135m"\ntask = "{task}"\n\n'
-        f'[method]\nname = "{method}"\n\n[data]\nlabels = ["negative", "positive"]\n\n'
-        f"[plan]\npredicted_peak_bytes = {PEAK}\npredicted_step_seconds = 8.0\n",
-        encoding="utf-8",
-    )
-
-
-def _logs(first: int, upto: int, *, gpu: bool, every: int = 10) -> list[Event]:
-    out: list[Event] = []
-    for step in range(first, upto + 1, every):
-        t = _t(step, upto)
-        out.append(
-            TrainLog(
-                t=t,
-                step=step,
-                epoch=round(2.0 * step / TOTAL, 3),
-                loss=round(2.9 - 1.1 * step / TOTAL + 0.04 * ((step // every) % 3 - 1), 4),
-                learning_rate=2e-4 * (1 - step / TOTAL),
-                grad_norm=round(0.5 + step / 1000, 3),
-                tokens_per_second=812.0,
-                eta_seconds=float((TOTAL - step) * 10),
-                total_steps=TOTAL,
-            )
-        )
-        if gpu:
-            out.append(SystemSample(t=t, step=step, torch_peak=int(3.1 * GIB), gpus=[_gpu(step)]))
-        else:
-            rss = int((2.6 + step / TOTAL) * GIB)
-            out.append(
-                SystemSample(
-                    t=t,
-                    step=step,
-                    ram_used=8 * GIB,
-                    ram_total=24 * GIB,
-                    process_rss=rss,
-                    process_peak_rss=rss,
-                )
-            )
-    return out
-
-
-def _gpu(step: int) -> GpuSample:
-    return GpuSample(index=0, memory_used=int((3 + step / TOTAL) * GIB), memory_total=24 * GIB)
-
-
-def _evals(
-    upto: int, *, until: int | None = None, classification: bool = False, every: int = 40
-) -> list[Event]:
-    """Evaluations every ``every`` steps from step 0 to ``until`` (default: the last step)."""
-    out: list[Event] = []
-    last = upto if until is None else until
-    for number, step in enumerate(range(0, last + 1, every)):
-        loss = round(2.8 - 0.25 * number, 4)
-        accuracy = round(0.5 + 0.1 * number, 3) if classification else None
-        out.append(
-            EvalResult(
-                t=_t(step, upto) + 1,
-                step=step,
-                epoch=round(2.0 * step / TOTAL, 3),
-                loss=loss,
-                accuracy=accuracy,
-                f1=None if accuracy is None else round(accuracy - 0.02, 3),
-            )
-        )
-        if step:
-            out.append(Checkpoint(t=_t(step, upto) + 2, step=step, best=True, eval_loss=loss))
-    return out
-
-
-def training_run(
-    root: Path,
-    run_id: str = "20261125-110000-lora-smollm2-a1b2",
-    *,
-    upto: int = 120,
-    gpu: bool = False,
-    classification: bool = False,
-    method: str = "lora",
-    evals_upto: int | None = None,
-) -> RunFolder:
-    """A run live at step ``upto`` of 200 (the CPU by default), evaluated at step 0 and every 40
-    (up to ``evals_upto``), with a truncation warning and a train.log of library noise. The
-    plan predicted a 4 GiB peak and 8 s a step; the run takes 10 s and peaks near 3.8 GiB."""
-    run = RunFolder(root, run_id)
-    _plan_toml(run, task="classification" if classification else "causal_lm", method=method)
-    begin = _t(0, upto) - 30
-    head = replace(started(run_id, total=TOTAL, t=begin, gpu=gpu), predicted_peak_bytes=PEAK)
-    warning = Warning_(
-        t=begin + 1, code="truncation", message=TRUNCATION, action="raise max_seq_len"
-    )
-    run.append([head, warning])
-    evals = _evals(upto, until=evals_upto, classification=classification)
-    events = _logs(10, upto, gpu=gpu) + evals
-    run.append(sorted(events, key=lambda e: e.t))
-    run.status("running", step=upto, total=TOTAL)
-    run.log(*LIBRARY_LOG)
-    return run
-
-
-def ended_run(root: Path, state: str, *, upto: int = 200, **kwargs: object) -> RunFolder:
-    """``training_run`` brought to an end: finished at 200 with weights saved, stopped at
-    ``upto`` with a checkpoint to resume from, or failed with an error and no checkpoint."""
-    run = training_run(root, upto=upto, **kwargs)  # type: ignore[arg-type]
-    end = _t(upto, upto) + 3
-    if state == "failed":
-        message = "CUDA out of memory: tried to allocate 2.00 GiB (traceback in train.log)"
-        run.append([Error(t=end, code="oom", message=message, step=upto)])
-    else:
-        (run.path / "checkpoints" / "best").mkdir(parents=True)
-    if state == "finished":
-        (run.path / "adapter").mkdir()
-    if state == "stopped":
-        checkpoint = run.path / "checkpoints" / f"checkpoint-{upto}"
-        checkpoint.mkdir()
-        (checkpoint / "trainer_state.json").write_text("{}", encoding="utf-8")
-    run.append(
-        [
-            RunFinished(
-                t=end + 1,
-                state=state,
-                step=upto,
-                train_seconds=upto * 10.0 + 95,
-                message={"finished": "Training finished."}.get(state, f"run {state}"),
-            )
-        ]
-    )
-    run.status(state, step=upto, total=TOTAL)
-    run.close()
-    return run
-
-
-def progress_line(
-    run: RunFolder, *, step: int, phase: str, done: int, total: int, t: float
-) -> None:
-    """A ``progress`` event as the training callback writes it, written by hand."""
-    line = {"type": "progress", "t": t, "step": step, "phase": phase, "done": done, "total": total}
-    run.append_raw(json.dumps(line) + "\n")
 
 
 async def _open(pilot: object, app: object, run: RunFolder, *, step: int) -> MonitorScreen:
@@ -542,7 +382,7 @@ async def test_a_resumed_run_shows_its_plots_then_its_new_summary(
         assert not screen.summary_shown
         writer = EventWriter(run.path)  # the resumed worker appends to the same folder
         resumed = replace(started(run.run_id, total=TOTAL, t=NOW), resumed_from_step=80)
-        for event in [resumed, *_logs(90, 100, gpu=False)]:
+        for event in [resumed, *run_logs(90, 100, gpu=False)]:
             writer.write(event)
         run.status("running", step=100, total=TOTAL)
         await wait_for(pilot, lambda: screen.state == "running" and screen.history.step == 100)
