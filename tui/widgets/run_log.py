@@ -33,7 +33,7 @@ from affiner.runner.run import (
     model_label,
 )
 
-#: How many lines of train.log the pane keeps for the library view.
+#: How many lines either view keeps (train.log's tail, affiner's latest messages).
 LIBRARY_LINES = 500
 #: What a library line that deserves counting says (a warning, an error, a missing piece).
 _WARNING_WORDS = re.compile(
@@ -191,13 +191,13 @@ class RunLog(RichLog):
         """Switch between affiner's messages and train.log; returns the view now shown."""
         self.mode = "library" if self.mode == "affiner" else "affiner"
         self.clear()
-        self._write(self.messages if self.mode == "affiner" else list(self.library))
+        self._write(self.shown())
         self._title()
         return self.mode
 
     def shown(self) -> list[str]:
         """The lines of the view now shown (what tests read)."""
-        return list(self.messages if self.mode == "affiner" else self.library)
+        return list(self.messages[-LIBRARY_LINES:] if self.mode == "affiner" else self.library)
 
     def _write(self, lines: Iterable[str]) -> None:
         for line in lines:
