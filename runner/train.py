@@ -28,8 +28,12 @@ from typing import Any
 from affiner.planner.errors import AffinerError
 from affiner.runner.config import RunConfig
 from affiner.runner.run import (
+    LOAD_MODEL,
+    PREPARE_DATA,
+    SAVE_OUTPUTS,
     Error,
     EventWriter,
+    Progress,
     RunDir,
     RunFinished,
     RunStatus,
@@ -188,6 +192,7 @@ class _Run:
         tokenizer = load_tokenizer(cfg)
 
         # -- data
+        self.emit(Progress(phase=PREPARE_DATA))
         data = prepare_data(cfg, tokenizer)
         self._data_warnings(data)
         train_ds, eval_ds = data.train, data.eval  # [eval].max_rows is applied by prepare_data
@@ -207,6 +212,7 @@ class _Run:
             gc.collect()
 
         # -- model
+        self.emit(Progress(phase=LOAD_MODEL))
         loaded = load_model(
             cfg, tokenizer, device=device, precision=precision, labels=list(data.labels or [])
         )
@@ -270,6 +276,7 @@ class _Run:
         if events.failure:
             return self.finish("failed", events.failure, EXIT_FAILED)
         if self.rank0:
+            self.emit(Progress(step=self.step, phase=SAVE_OUTPUTS))
             self._save_outputs(cfg, loaded, data, device, precision)
         if self.stop.requested:
             return self.finish(

@@ -17,7 +17,14 @@ from affiner.runner.run.checkpoints import (
     saved_weights,
 )
 from affiner.runner.run.events import (
+    BASE_EVAL,
     CLASS_METRICS,
+    EVAL,
+    LOAD_MODEL,
+    PHASES,
+    PREPARE_DATA,
+    SAVE,
+    SAVE_OUTPUTS,
     Checkpoint,
     Error,
     EvalResult,
@@ -26,6 +33,7 @@ from affiner.runner.run.events import (
     EventWriter,
     GpuSample,
     Preflight,
+    Progress,
     RunFinished,
     RunStarted,
     RunStatus,
@@ -74,10 +82,17 @@ from affiner.runner.run.step_time import (
 )
 
 __all__ = [
+    "BASE_EVAL",
     "CLASS_METRICS",
+    "EVAL",
     "INTERRUPTED",
     "LIVE_STATES",
+    "LOAD_MODEL",
     "NOT_STEPS",
+    "PHASES",
+    "PREPARE_DATA",
+    "SAVE",
+    "SAVE_OUTPUTS",
     "UNKNOWN",
     "BestKeeper",
     "Checkpoint",
@@ -89,6 +104,7 @@ __all__ = [
     "GpuSample",
     "MeasuredStep",
     "Preflight",
+    "Progress",
     "RunDir",
     "RunFinished",
     "RunStarted",

@@ -216,7 +216,9 @@ class Preflight(Event):
 #: Phases a `Progress` event names: the untouched model's evaluation before the first step,
 #: one during training, a checkpoint being written. A reader shows an unknown one by its name.
 BASE_EVAL, EVAL, SAVE = "base_eval", "eval", "save"
-PHASES = (BASE_EVAL, EVAL, SAVE)
+#: The worker's own silent phases before training and after it (counted by nothing: 0 of 0).
+PREPARE_DATA, LOAD_MODEL, SAVE_OUTPUTS = "prepare_data", "load_model", "save_outputs"
+PHASES = (PREPARE_DATA, LOAD_MODEL, BASE_EVAL, EVAL, SAVE, SAVE_OUTPUTS)
 
 
 @dataclass

@@ -106,6 +106,11 @@ def test_a_real_run_reports_each_evaluation_batch_and_each_save(
         # the evaluation's result follows its last batch directly: it closes the phase
         last = kinds.index(("progress", phase, step)) + 4
         assert kinds[last + 1] == ("eval", None, step)
+    # the worker's own phases: the data, then the model, then the base eval; the weights last
+    order = [kinds.index(("progress", p, 0)) for p in ("prepare_data", "load_model", "base_eval")]
+    assert order == sorted(order)
+    saving = kinds.index(("progress", "save_outputs", 10))
+    assert kinds[saving + 1] == ("run_finished", None, 10)
     # the base model is evaluated before training starts
     assert kinds.index(("progress", "base_eval", 0)) < kinds.index(("run_started", None, None))
     for step in (5, 10):  # each checkpoint's save is announced, then its event closes it

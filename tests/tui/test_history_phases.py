@@ -67,8 +67,13 @@ def test_a_phase_without_a_count_shows_its_time_and_ends_at_its_checkpoint() -> 
 
 
 def test_an_unknown_phase_is_shown_by_its_name() -> None:
+    history = _history(Progress(step=0, phase="tune_kernels", t=10.0))
+    assert history.phase_line(13.0) == "tune kernels · 3.0 s so far"
+
+
+def test_the_worker_s_own_phases_are_worded() -> None:
     history = _history(Progress(step=0, phase="load_model", t=10.0))
-    assert history.phase_line(13.0) == "load model · 3.0 s so far"
+    assert history.phase_line(13.0) == "loading the model · 3.0 s so far"
 
 
 def test_the_eta_keeps_counting_down_through_a_mid_run_evaluation() -> None:

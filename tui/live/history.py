@@ -25,12 +25,19 @@ from dataclasses import dataclass, field, fields
 
 from affiner.planner.units import format_duration
 from affiner.runner.run import (
+    BASE_EVAL,
+    EVAL,
+    LOAD_MODEL,
     NOT_STEPS,
+    PREPARE_DATA,
+    SAVE,
+    SAVE_OUTPUTS,
     Checkpoint,
     Error,
     EvalResult,
     Event,
     Preflight,
+    Progress,
     RunFinished,
     RunStarted,
     SystemSample,
@@ -49,18 +56,19 @@ RECENT_STEPS = 5
 #: Warning codes shown in the prominent banner rather than only listed.
 SERIOUS_WARNINGS = ("overfitting", "nan_loss", "oom")
 
-#: The ``progress`` event's type, and its phases in words: what is happening (``{step}`` is the
-#: event's step) and what its count counts. The phase names are `affiner.runner.run.events`'s
-#: `PHASES` (a test holds the two together): the face does not export the `Progress` class yet,
-#: so progress events are recognised by their type name. An unknown phase is shown by its name.
-PROGRESS_TYPE = "progress"
+#: The runner's silent phases (`affiner.runner.run.PHASES`) in words: what is happening
+#: (``{step}`` is the event's step) and what its count counts. An unknown phase is shown by
+#: its name.
 PHASE_WORDS: dict[str, tuple[str, str]] = {
-    "base_eval": ("evaluating the base model", "batches"),
-    "eval": ("evaluating at step {step}", "batches"),
-    "save": ("saving the checkpoint of step {step}", ""),
+    PREPARE_DATA: ("reading and tokenizing the data", ""),
+    LOAD_MODEL: ("loading the model", ""),
+    BASE_EVAL: ("evaluating the base model", "batches"),
+    EVAL: ("evaluating at step {step}", "batches"),
+    SAVE: ("saving the checkpoint of step {step}", ""),
+    SAVE_OUTPUTS: ("saving the trained weights and the model card", ""),
 }
 #: Phases that are evaluations: the last one's length foretells the next one's.
-EVAL_PHASES = ("base_eval", "eval")
+EVAL_PHASES = (BASE_EVAL, EVAL)
 
 
 @dataclass
@@ -113,8 +121,8 @@ class RunHistory:
     step_seconds_recent: list[float] = field(default_factory=list)
     last_sample: SystemSample | None = None
     #: the open silent phase's first and latest ``progress`` events (None when none is open)
-    phase_first: Event | None = None
-    phase_latest: Event | None = None
+    phase_first: Progress | None = None
+    phase_latest: Progress | None = None
     #: how long the last finished phase of each kind took (``eval`` for both evaluations):
     #: the next one's expected length, before it has a pace of its own
     phase_seconds: dict[str, float] = field(default_factory=dict)
@@ -135,7 +143,7 @@ class RunHistory:
         self._events.append(event)
         if isinstance(event, NOT_STEPS):  # the next log's gap holds more than steps
             self._last_log = None
-        if event.type == PROGRESS_TYPE:
+        if isinstance(event, Progress):
             self._progress(event)
         elif not isinstance(event, (SystemSample, Warning_)):
             self._close_phase(event)  # the run moved on: whatever was silent has ended
@@ -227,7 +235,7 @@ class RunHistory:
             return ""
         name = _phase(latest)
         what, unit = PHASE_WORDS.get(name, (name.replace("_", " "), ""))
-        parts = [what.format(step=getattr(latest, "step", 0))]
+        parts = [what.format(step=latest.step)]
         done, total = _count(latest)
         unit = f" {unit}" if unit else ""
         if total > 0:
@@ -294,7 +302,7 @@ class RunHistory:
         _append(self.learning_rate, event.step, event.learning_rate)
         _append(self.tokens_per_second, event.step, event.tokens_per_second)
 
-    def _progress(self, event: Event) -> None:
+    def _progress(self, event: Progress) -> None:
         # The same phase goes on while its name stays and its count does not go back; its step
         # may move (the pre-flight's training phase counts micro-batches across its steps).
         latest = self.phase_latest
@@ -324,7 +332,7 @@ class RunHistory:
     @property
     def eval_seconds(self) -> float | None:
         """How long the last finished evaluation took (None before one)."""
-        return self.phase_seconds.get("eval")
+        return self.phase_seconds.get(EVAL)
 
     def _eval(self, event: EvalResult) -> None:
         self.evals.append(event)
@@ -391,22 +399,22 @@ _HANDLERS = {
 }
 
 
-def _phase(event: Event) -> str:
-    return str(getattr(event, "phase", ""))
+def _phase(event: Progress) -> str:
+    return str(event.phase or "")
 
 
 #: The event that ends a phase of each kind when it goes as it should.
-_CLOSERS: dict[str, type[Event]] = {"eval": EvalResult, "save": Checkpoint}
+_CLOSERS: dict[str, type[Event]] = {EVAL: EvalResult, SAVE: Checkpoint}
 
 
-def _kind(event: Event) -> str:
+def _kind(event: Progress) -> str:
     """What a phase's length foretells: an evaluation another evaluation's, else its own kind's."""
-    return "eval" if _phase(event) in EVAL_PHASES else _phase(event)
+    return EVAL if _phase(event) in EVAL_PHASES else _phase(event)
 
 
-def _count(event: Event) -> tuple[int, int]:
+def _count(event: Progress) -> tuple[int, int]:
     """A progress event's (done, total), 0 for what it does not carry."""
-    return int(getattr(event, "done", 0) or 0), int(getattr(event, "total", 0) or 0)
+    return int(event.done or 0), int(event.total or 0)
 
 
 def _append(series: list[Point], step: int, value: float | None) -> None:
