@@ -212,7 +212,7 @@ async def test_a_finished_run_is_summed_up_in_the_plots_place(
         assert "model = PeftModel.from_pretrained(base, weights)" in text
         assert f"affiner export {run.run_id}  → export/merged/" in text
         assert f"affiner export {run.run_id} --gguf --ollama" in text
-        assert f"affiner --run {run.run_id}  (F6)" in text
+        assert f"Chat     p, or  affiner --run {run.run_id}  then p" in text
         assert "Resume" not in text and "Error" not in text
         # nothing cut off at 80x24: the whole summary fits without scrolling
         assert panel.virtual_size.height <= panel.size.height

@@ -6,7 +6,7 @@ in the model card or nowhere. `outcome_of` gathers the facts once the run has en
 ``run.toml``, ``status.json`` and which weight folders exist: small reads, done only when the
 monitor redraws an ended run); `summary_text` writes them, and `SummaryPanel` shows them in
 place of the plots, scrollable so nothing is cut off on an 80x24 terminal. Only commands that exist are named: ``affiner export``, ``affiner
-train --resume``, ``affiner --run`` (the app opened on the run; F6 is its chat).
+train --resume``, ``affiner --run`` (the app opened on the run's monitor).
 """
 
 from __future__ import annotations
@@ -208,7 +208,8 @@ def summary_text(o: RunOutcome, *, playground_key: str = "p", resume_key: str = 
         row("GGUF", f"{export} --gguf --ollama")
     # the playground chats with a generator and labels texts with a classifier
     text.append(f"{'Try it' if o.task == 'classification' else 'Chat':<9}", style="bold")
-    text.append(f"{playground_key}, or  affiner --run {o.run_id}  (F6)")
+    # the app opened on the run's monitor, where the same key opens the playground on it
+    text.append(f"{playground_key}, or  affiner --run {o.run_id}  then {playground_key}")
     return text
 
 
