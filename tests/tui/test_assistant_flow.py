@@ -88,10 +88,14 @@ def test_data_shows_rows_bad_lines_histogram_example_then_the_plan(at_data: Assi
     assert tasks(flow.submit("train.jsonl")) == [("load_data", "train.jsonl")]
     reply = flow.data_ready(preview())
     kinds = [say.kind for say in reply.messages]
-    assert kinds[:3] == ["data", "histogram", "example"] and "plan" in kinds
+    assert kinds[:3] == ["data", "histogram", "example"]
     summary = reply.messages[0].text
     assert "**1,000 rows** of **chat** data" in summary
     assert "`train.jsonl:7`: not valid JSON" in summary and "The first rows" in summary
+    # the plan shown is the one made with the data's rows, not the one made before them
+    assert tasks(reply) == [("plan", None)] and "recommended" not in texts(reply)
+    reply = flow.plan_ready(fake_plan())
+    assert "plan" in [say.kind for say in reply.messages]
     assert flow.step == "plan" and "**LoRA** is recommended" in texts(reply)
     assert flow.data.truncated(512) == 10
 
@@ -111,6 +115,7 @@ def test_unknown_lines_outside_answer_steps_list_what_works(at_data: AssistantFl
 def test_settings_replan_and_report_the_change(at_data: AssistantFlow) -> None:
     flow = at_data
     flow.data_ready(preview())
+    flow.plan_ready(fake_plan())  # the plan the data asked for
     reply = flow.submit("rank 64")
     assert tasks(reply) == [("plan", None)] and flow.settings.lora_rank == 64
     reply = flow.plan_ready(fake_plan(rank=64))

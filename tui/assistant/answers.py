@@ -299,7 +299,7 @@ def why(report: Any, method: str | None, device: Any) -> str:
     )
     slow = impractical(best)
     if slow:
-        text += f"\n\n⚠ **Impractical here**: nothing faster fits, and {slow}."
+        text += f"\n\n⚠ **Impractical here**: {slow}."
     reasons = [r for r in _reasons(best) if r != slow]
     if reasons:
         text += "\n\n" + "\n".join(f"- {r}" for r in reasons)

@@ -127,9 +127,17 @@ class AssistantFlow(SettingKnobs, PreflightCalibration):
             reply.messages.append(Say(preview.note))
         if preview.example is not None:
             reply.messages.append(Say("", kind="example", data=preview))
-        # A plan made before the data has no total: plan again with its rows and lengths.
-        again = self._replan() if self.plan is not None else Reply()
-        return reply + self._enter("plan") + again
+        if self.plan is not None:
+            # A plan made before the data has no total and other lengths: plan again with its
+            # rows and lengths, and show that plan (showing the old one first put its numbers
+            # in the conversation beside the new plan's in the panel).
+            self.step = "plan"
+            return (
+                reply
+                + say("Planning with the data's rows and lengths…")
+                + self._replan(("show", None))
+            )
+        return reply + self._enter("plan")
 
     def plan_ready(self, report: Any) -> Reply:
         self._undo = None

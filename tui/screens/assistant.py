@@ -85,6 +85,11 @@ class AssistantScreen(Screen):
     AssistantScreen #prompt {
         margin: 0 1;
     }
+    AssistantScreen #preflight-status {
+        padding: 0 1;
+        margin: 0 0 1 0;
+        color: $text-accent;
+    }
     AssistantScreen #live.-collapsed PlanBars {
         display: none;
     }
@@ -188,6 +193,9 @@ class AssistantScreen(Screen):
                 self.refresh_live()
             elif say.kind == "settings":
                 self.show_settings()
+        if self.flow.step != "settings":  # the fields belong to their step: rows for the rest
+            for form in self.query(SettingsForm):
+                form.remove()
         for task in reply.tasks:
             self.start(task)
         self.refresh_live()

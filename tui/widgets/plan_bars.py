@@ -87,8 +87,9 @@ def render_bars(report: Any, device: Any, chosen: str | None, width: int) -> Tex
         if fixed > width:  # "/step" goes before anything is cut
             short_steps = True
             step_w = max((len(r[3].removesuffix("/step")) for r in rows), default=0)
-    text = Text(no_wrap=True, overflow="ellipsis")
-    for i, (candidate, label, figure, step, word, colour) in enumerate(rows):
+    lines: list[Text] = []
+    for candidate, label, figure, step, word, colour in rows:
+        text = Text(no_wrap=True, overflow="ellipsis")
         peak = candidate.peak_bytes
         mine = candidate.method == selected
         text.append("▶ " if mine else "  ", style="bold")
@@ -106,13 +107,15 @@ def render_bars(report: Any, device: Any, chosen: str | None, width: int) -> Tex
         star = " ★" if best is not None and candidate.method == best.method else ""
         text.append(star, style="bold yellow")
         text.append(" " * (word_w + 2 - len(word) - len(star)))
-        if i < len(rows) - 1:
-            text.append("\n")
+        text.truncate(width, overflow="ellipsis")  # the last resort: cut at the end
+        lines.append(text)
     if best is None:
-        text.append(
-            "\nNothing fits: try a shorter length, a smaller batch or another GPU.", style="red"
+        none = Text(
+            "Nothing fits: try a shorter length, a smaller batch or another GPU.", style="red"
         )
-    return text
+        none.truncate(width, overflow="ellipsis")
+        lines.append(none)
+    return Text("\n", no_wrap=True, overflow="ellipsis").join(lines)
 
 
 class PlanBars(Widget):
