@@ -17,14 +17,7 @@ from affiner.runner.run.checkpoints import (
     saved_weights,
 )
 from affiner.runner.run.events import (
-    BASE_EVAL,
     CLASS_METRICS,
-    EVAL,
-    LOAD_MODEL,
-    PHASES,
-    PREPARE_DATA,
-    SAVE,
-    SAVE_OUTPUTS,
     Checkpoint,
     Error,
     EvalResult,
@@ -55,6 +48,17 @@ from affiner.runner.run.launch import (
     prepare_run,
     start_run,
     stop_run,
+)
+from affiner.runner.run.phases import (
+    BASE_EVAL,
+    EVAL,
+    LOAD_MODEL,
+    PHASE_WORDS,
+    PHASES,
+    PREPARE_DATA,
+    SAVE,
+    SAVE_OUTPUTS,
+    phase_words,
 )
 from affiner.runner.run.preflight import peak_basis, run_preflight_process
 from affiner.runner.run.process import exit_words, is_worker_of, stop_process_group
@@ -90,6 +94,7 @@ __all__ = [
     "LOAD_MODEL",
     "NOT_STEPS",
     "PHASES",
+    "PHASE_WORDS",
     "PREPARE_DATA",
     "SAVE",
     "SAVE_OUTPUTS",
@@ -134,6 +139,7 @@ __all__ = [
     "model_label",
     "new_run_id",
     "peak_basis",
+    "phase_words",
     "prepare_run",
     "read_events",
     "read_log_history",

@@ -213,14 +213,6 @@ class Preflight(Event):
     notes: list[str] = field(default_factory=list)
 
 
-#: Phases a `Progress` event names: the untouched model's evaluation before the first step,
-#: one during training, a checkpoint being written. A reader shows an unknown one by its name.
-BASE_EVAL, EVAL, SAVE = "base_eval", "eval", "save"
-#: The worker's own silent phases before training and after it (counted by nothing: 0 of 0).
-PREPARE_DATA, LOAD_MODEL, SAVE_OUTPUTS = "prepare_data", "load_model", "save_outputs"
-PHASES = (PREPARE_DATA, LOAD_MODEL, BASE_EVAL, EVAL, SAVE, SAVE_OUTPUTS)
-
-
 @dataclass
 class Progress(Event):
     """A phase that logs nothing for minutes, `done` of `total` (an eval's batches; 0 of 0 when

@@ -22,11 +22,13 @@ from affiner.runner.run.events import (
     Event,
     EventReader,
     Preflight,
+    Progress,
     RunFinished,
     RunStarted,
     TrainLog,
     Warning_,
 )
+from affiner.runner.run.phases import phase_words
 from affiner.runner.run.process import send_signal
 from affiner.runner.run.rundir import RunDir
 
@@ -79,6 +81,8 @@ def event_line(event: Event) -> str | None:
             f"{format_duration(event.measured_step_seconds)}/step"
             + (f", adjusted to micro_batch {event.micro_batch}" if event.adjusted else "")
         )
+    if isinstance(event, Progress):
+        return _progress_line(event)
     if isinstance(event, RunFinished):
         best = (
             f", best eval loss {event.best_eval_loss:.4f}"
@@ -86,6 +90,18 @@ def event_line(event: Event) -> str | None:
             else ""
         )
         return f"[affiner] {event.state} at step {event.step}{best}. {event.message}".rstrip()
+    return None
+
+
+def _progress_line(event: Progress) -> str | None:
+    """A silent phase when it opens and when its count completes; the throttled events in
+    between would only repeat it (``affiner attach`` shows the count as it goes)."""
+    what, unit = phase_words(event.phase, event.step)
+    counted = " ".join(str(part) for part in (event.total, unit) if part)
+    if event.total > 0 and event.done >= event.total:
+        return f"[affiner] {what}: {event.done} of {counted}"
+    if event.done <= 1:
+        return f"[affiner] {what}" + (f" ({counted})" if event.total > 0 else "")
     return None
 
 

@@ -51,7 +51,8 @@ from affiner.runner.run import (
     clean_number,
     write_status,
 )
-from affiner.runner.run.events import BASE_EVAL, EVAL, SAVE, Progress
+from affiner.runner.run.events import Progress
+from affiner.runner.run.phases import BASE_EVAL, EVAL, SAVE
 from affiner.runner.training.metrics import (
     EarlyStopper,
     OverfitDetector,

@@ -9,13 +9,13 @@ from types import SimpleNamespace
 import pytest
 
 from affiner.runner.run.events import (
-    PHASES,
     EventWriter,
     Progress,
     RunStatus,
     TrainLog,
     read_events,
 )
+from affiner.runner.run.phases import PHASES
 from affiner.runner.run.rundir import RunDir
 from affiner.runner.train import EXIT_FINISHED, run_training
 from affiner.runner.training import callbacks
@@ -244,3 +244,14 @@ def test_the_reader_parses_progress_and_skips_what_it_cannot(tmp_path: Path) -> 
         handle.write('al", "step": 5, "done": 1, "total": 2}\n')
     (third,) = reader.read_new()
     assert (third.phase, third.step) == ("eval", 5)
+
+
+def test_the_foreground_log_names_each_phase_when_it_opens_and_ends() -> None:
+    from affiner.runner.run.follow import event_line
+
+    opening = event_line(Progress(step=0, phase="base_eval", done=1, total=200))
+    assert opening == "[affiner] evaluating the base model (200 batches)"
+    assert event_line(Progress(step=0, phase="base_eval", done=41, total=200)) is None
+    closing = event_line(Progress(step=0, phase="base_eval", done=200, total=200))
+    assert closing == "[affiner] evaluating the base model: 200 of 200 batches"
+    assert event_line(Progress(phase="load_model")) == "[affiner] loading the model"

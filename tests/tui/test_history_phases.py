@@ -8,7 +8,6 @@ the clock, so it moves between events.
 from __future__ import annotations
 
 from affiner.runner.run.events import (
-    PHASES,
     Checkpoint,
     EvalResult,
     Progress,
@@ -16,7 +15,8 @@ from affiner.runner.run.events import (
     SystemSample,
     TrainLog,
 )
-from affiner.tui.live.history import PHASE_WORDS, RunHistory
+from affiner.runner.run.phases import PHASE_WORDS, PHASES
+from affiner.tui.live.history import RunHistory
 
 
 def _history(*events) -> RunHistory:

@@ -27,11 +27,8 @@ from affiner.planner.units import format_duration
 from affiner.runner.run import (
     BASE_EVAL,
     EVAL,
-    LOAD_MODEL,
     NOT_STEPS,
-    PREPARE_DATA,
     SAVE,
-    SAVE_OUTPUTS,
     Checkpoint,
     Error,
     EvalResult,
@@ -45,6 +42,7 @@ from affiner.runner.run import (
     Warning_,
     dropped_by_resume,
     effective_events,
+    phase_words,
     resume_step,
     step_gap,
 )
@@ -56,17 +54,6 @@ RECENT_STEPS = 5
 #: Warning codes shown in the prominent banner rather than only listed.
 SERIOUS_WARNINGS = ("overfitting", "nan_loss", "oom")
 
-#: The runner's silent phases (`affiner.runner.run.PHASES`) in words: what is happening
-#: (``{step}`` is the event's step) and what its count counts. An unknown phase is shown by
-#: its name.
-PHASE_WORDS: dict[str, tuple[str, str]] = {
-    PREPARE_DATA: ("reading and tokenizing the data", ""),
-    LOAD_MODEL: ("loading the model", ""),
-    BASE_EVAL: ("evaluating the base model", "batches"),
-    EVAL: ("evaluating at step {step}", "batches"),
-    SAVE: ("saving the checkpoint of step {step}", ""),
-    SAVE_OUTPUTS: ("saving the trained weights and the model card", ""),
-}
 #: Phases that are evaluations: the last one's length foretells the next one's.
 EVAL_PHASES = (BASE_EVAL, EVAL)
 
@@ -233,9 +220,8 @@ class RunHistory:
         first, latest = self.phase_first, self.phase_latest
         if first is None or latest is None:
             return ""
-        name = _phase(latest)
-        what, unit = PHASE_WORDS.get(name, (name.replace("_", " "), ""))
-        parts = [what.format(step=latest.step)]
+        what, unit = phase_words(_phase(latest), latest.step)
+        parts = [what]
         done, total = _count(latest)
         unit = f" {unit}" if unit else ""
         if total > 0:
