@@ -28,6 +28,7 @@ from affiner.tui.widgets.run_summary import RunOutcome, SummaryPanel, summary_te
 from tests.tui.test_tui_monitor_snapshots import (
     LIBRARY_LOG,
     TOTAL,
+    TRACEBACK,
     TRUNCATION,
     ended_run,
     progress_line,
@@ -283,6 +284,7 @@ async def test_a_failed_run_says_why_where_the_log_is_and_how_to_resume(
         assert text.startswith("✖ Failed: 30 of 200 steps in 7 min")
         assert "Error    CUDA out of memory: tried to allocate 2.00 GiB" in text
         assert f"Log      runs/{run.run_id}/train.log has the traceback" in text
+        assert f"         {TRACEBACK[-1]}" in text  # the log's last line names the exception
         assert f"affiner train --resume {run.run_id}  (from step 0: no checkpoint saved)" in text
         assert "Score    eval loss 2.8000 · ppl 16.44 before training; none since" in text
         assert "Weights  none saved" in text

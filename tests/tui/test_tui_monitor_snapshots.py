@@ -48,6 +48,11 @@ LIBRARY_LOG = (
     "deprecated and will be removed in v6.",
     "  warnings.warn(",
 )
+#: The end of a failed run's train.log.
+TRACEBACK = (
+    '  File "/venv/torch/nn/modules/module.py", line 1751, in _call_impl',
+    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.",
+)
 TRUNCATION = (
     "16 of 800 training examples are longer than max_seq_len 128 and were cut (longest 301)."
 )
@@ -166,6 +171,7 @@ def ended_run(root: Path, state: str, *, upto: int = 200, **kwargs: object) -> R
     if state == "failed":
         message = "CUDA out of memory: tried to allocate 2.00 GiB (traceback in train.log)"
         run.append([Error(t=end, code="oom", message=message, step=upto)])
+        run.log("Traceback (most recent call last):", *TRACEBACK)
     else:
         (run.path / "checkpoints" / "best").mkdir(parents=True)
     if state == "finished":

@@ -221,7 +221,11 @@ class MonitorScreen(Screen):
     def _draw_summary(self) -> None:
         shown = self.summary_shown
         if shown and self.run_dir is not None:
-            outcome = outcome_of(self.run_dir, self.history, self.state, self.status_message)
+            library = self.query_one(RunLog).library
+            tail = next((line.strip() for line in reversed(library) if line.strip()), "")
+            outcome = outcome_of(
+                self.run_dir, self.history, self.state, self.status_message, log_tail=tail
+            )
             self.query_one(SummaryPanel).show(outcome)
             brief = not outcome.weights
         else:

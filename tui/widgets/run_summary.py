@@ -66,7 +66,8 @@ class RunOutcome:
         base_model, method, task, labels: from ``run.toml``.
         weights: the folders holding trained weights, best first, as (what, folder).
         resume_from: the checkpoint step a resume starts from (None: from step 0).
-        error: why a failed run failed; log: train.log (tracebacks and library output).
+        error: why a failed run failed; log: train.log (tracebacks and library output);
+            log_tail: its last line (a traceback's last line names the exception).
     """
 
     run_id: str
@@ -89,6 +90,7 @@ class RunOutcome:
     resume_from: int | None = None
     error: str = ""
     log: Path = Path("train.log")
+    log_tail: str = ""
 
     @property
     def planned_seconds(self) -> float | None:
@@ -105,8 +107,18 @@ def shown_path(path: Path) -> Path:
         return path
 
 
-def outcome_of(run_dir: Path, history: RunHistory, state: str, message: str = "") -> RunOutcome:
-    """Gather what the summary says about an ended run from its history and its folder."""
+def outcome_of(
+    run_dir: Path, history: RunHistory, state: str, message: str = "", log_tail: str = ""
+) -> RunOutcome:
+    """Gather what the summary says about an ended run from its history and its folder.
+
+    Args:
+        run_dir: the run folder.
+        history: the run's events, folded.
+        state: how it ended (the watcher's state: ``interrupted`` is derived, not logged).
+        message: the status's message (a failure's reason when no error event says it).
+        log_tail: train.log's last line, as the monitor's watcher read it.
+    """
     rd = RunDir(Path(run_dir))
     folder = shown_path(rd.path)
     try:
@@ -164,6 +176,7 @@ def outcome_of(run_dir: Path, history: RunHistory, state: str, message: str = ""
         )
     if state == "failed":
         outcome.error = history.errors[-1].message if history.errors else message
+        outcome.log_tail = log_tail
     return outcome
 
 
@@ -184,6 +197,8 @@ def summary_text(o: RunOutcome, *, playground_key: str = "p", resume_key: str = 
     if o.state == "failed":
         row("Error", o.error or "no error message was logged")
         row("Log", f"{o.log} has the traceback")
+        if o.log_tail:
+            row("", o.log_tail)
     if o.state in RESUMABLE:
         start = (
             f"from step {o.resume_from}"
