@@ -196,6 +196,9 @@ def test_headless_classify_demo_end_to_end(
     for heading in ("1. Model", "2. Data", "3. Plan", "4. Before training", "5. Training"):
         assert heading in out
     assert "This is a CPU run" in out or "device:" in out
+    # output to a pipe: each silent phase before the first evaluation gets its own line
+    phases = ["reading and tokenizing the data", "loading the model", "evaluating the base model"]
+    assert [out.index(f"  {p}\n") for p in phases] == sorted(out.index(f"  {p}\n") for p in phases)
     assert "held-out" in out and "before" in out and "after" in out
     assert "adapter:" in out and "model card:" in out and "F6 chat" in out
     result = json.loads(summary.read_text("utf-8"))

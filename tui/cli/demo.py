@@ -122,7 +122,7 @@ def _section(console: Any, number: int, title: str) -> None:
 
 def run_headless(key: str, runs_dir: str | None, args: argparse.Namespace) -> int:
     """Every step of the demo in this terminal; returns the exit code."""
-    from affiner.runner.demo import collect_result, wait_for_baseline
+    from affiner.runner.demo import collect_result
     from affiner.runner.run import launch_worker, new_run_id, prepare_run
     from affiner.tui.cli.attach import attach
 
@@ -159,9 +159,11 @@ def run_headless(key: str, runs_dir: str | None, args: argparse.Namespace) -> in
     rd = run.run_dir
     _section(console, 4, "Before training")
     launch_worker(rd)
-    status = f"The run first evaluates the base model on {prepared.data.eval_rows} held-out rows…"
-    with console.status(status):
-        before = wait_for_baseline(rd)
+    before = _wait_with_phases(
+        rd,
+        console,
+        f"The run first evaluates the base model on {prepared.data.eval_rows} held-out rows…",
+    )
     if before is not None:
         console.print(f"  base model: {_metric_line(prepared.preset.metric, before)}")
     else:
@@ -187,6 +189,36 @@ def run_headless(key: str, runs_dir: str | None, args: argparse.Namespace) -> in
         Path(args.json).write_text(json.dumps(result.to_json(), indent=2) + "\n", "utf-8")
         console.print(f"  summary written to {args.json}")
     return 0 if result.state == "finished" else 1
+
+
+def _wait_with_phases(rd: Any, console: Any, status: str) -> Any:
+    """Wait for the base model's evaluation, saying which silent phase the worker is in.
+
+    In a terminal the spinner's text follows `RunHistory.phase_line` (its countdown moves
+    between events); in a file or a pipe each phase gets a flushed line when it opens, even one
+    that opened and ended between two reads, so a script's log is never silent for minutes.
+    """
+    from affiner.runner.demo import wait_for_baseline
+    from affiner.runner.run import Progress, phase_words
+    from affiner.tui.live.history import RunHistory
+
+    history = RunHistory(run_id=rd.run_id)
+    opened: list[str] = []
+
+    def follow(events: list[Any]) -> None:
+        history.add(events)
+        if console.is_terminal:
+            line = history.phase_line(time.time())
+            spinner.update(f"{status} {line}" if line else status)
+            return
+        for event in events:
+            if isinstance(event, Progress) and (not opened or opened[-1] != event.phase):
+                opened.append(event.phase)
+                console.print(f"  {phase_words(event.phase, event.step)[0]}")
+                console.file.flush()
+
+    with console.status(status) as spinner:
+        return wait_for_baseline(rd, on_events=follow)
 
 
 def _metric_line(metric: str, event: Any) -> str:
