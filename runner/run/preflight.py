@@ -50,13 +50,13 @@ from affiner.runner.run.rundir import RunDir
 #: Seconds a stopped pre-flight gets to leave (and remove its temporary checkpoint) before SIGKILL.
 STOP_GRACE_SECONDS = 5.0
 
-#: The pre-flight's phases, as its ``progress`` events name them; `START` is the caller's own
+#: The pre-flight's phases, as its ``progress`` events name them; `PREFLIGHT_START` is the caller's own
 #: (the child has said nothing yet: Python and the libraries are loading).
-START = "preflight_start"
-LOAD = "preflight_load"
-TRAIN = "preflight_train"
-EVAL = "preflight_eval"
-SAVE = "preflight_save"
+PREFLIGHT_START = "preflight_start"
+PREFLIGHT_LOAD = "preflight_load"
+PREFLIGHT_TRAIN = "preflight_train"
+PREFLIGHT_EVAL = "preflight_eval"
+PREFLIGHT_SAVE = "preflight_save"
 
 
 @dataclass(frozen=True)
@@ -64,13 +64,13 @@ class PreflightProgress:
     """How far a running pre-flight has got, as its caller reads it.
 
     Attributes:
-        phase: `START`, `LOAD`, `TRAIN`, `EVAL` or `SAVE`.
-        done, total: micro-batches timed of those it will time (`TRAIN`; 0 otherwise).
-        steps_done, steps: optimizer steps finished, of those it will time (`TRAIN`; 0 otherwise).
+        phase: `PREFLIGHT_START`, `_LOAD`, `_TRAIN`, `_EVAL` or `_SAVE`.
+        done, total: micro-batches timed of those it will time (`PREFLIGHT_TRAIN`; 0 otherwise).
+        steps_done, steps: optimizer steps finished, of those it will time (`PREFLIGHT_TRAIN`; 0 otherwise).
         elapsed: seconds since the child started.
         in_phase: seconds the current phase has lasted.
         left: seconds the timed steps still need at the pace measured so far, None before
-            one has been measured (or outside `TRAIN`). The evaluation batch and the save that
+            one has been measured (or outside `PREFLIGHT_TRAIN`). The evaluation batch and the save that
             follow are not in it.
     """
 
@@ -108,20 +108,20 @@ class _ProgressReader:
                 continue
             if self._phase is None or event.phase != self._phase.phase:
                 self._phase_since = event.t or now
-            if event.phase == LOAD:  # a new attempt (after an out-of-memory): a new pace
+            if event.phase == PREFLIGHT_LOAD:  # a new attempt (after an out-of-memory): a new pace
                 self._pace_from = None
-            if event.phase == TRAIN and event.step >= 1 and self._pace_from is None:
+            if event.phase == PREFLIGHT_TRAIN and event.step >= 1 and self._pace_from is None:
                 self._pace_from = event  # written at the step's end: done is one step's worth
                 self._accum = max(1, event.done // event.step)
             self._phase = event
         latest = self._phase
         if latest is None:
             return PreflightProgress(
-                START, elapsed=now - self._started, in_phase=now - self._started
+                PREFLIGHT_START, elapsed=now - self._started, in_phase=now - self._started
             )
         left = None
         first = self._pace_from
-        if latest.phase == TRAIN and first is not None and latest.done > first.done:
+        if latest.phase == PREFLIGHT_TRAIN and first is not None and latest.done > first.done:
             pace = (latest.t - first.t) / (latest.done - first.done)
             # counted from the latest event, so the figure counts down between events
             left = max(0.0, pace * (latest.total - latest.done) - (now - latest.t))
@@ -130,7 +130,7 @@ class _ProgressReader:
             done=latest.done,
             total=latest.total,
             steps_done=latest.step,
-            steps=latest.total // self._accum if latest.phase == TRAIN else 0,
+            steps=latest.total // self._accum if latest.phase == PREFLIGHT_TRAIN else 0,
             elapsed=now - self._started,
             in_phase=now - self._phase_since,
             left=left,

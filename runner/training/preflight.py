@@ -14,9 +14,9 @@ result says ``adjusted=True`` and a warning event says what changed. The measure
 
 While it works it writes ``progress`` events (`affiner.runner.run.events.Progress`) to the run's
 event log, so that a reader (the assistant's pre-flight, the monitor) can say what it is doing
-instead of a static "running…": the phases `affiner.runner.run.preflight` names (``LOAD``: the
-tokenizer, data and model, nothing to count; ``TRAIN``: ``done`` of ``total`` micro-batches,
-``step`` the optimizer steps done; ``EVAL``; ``SAVE``).
+instead of a static "running…": the phases `affiner.runner.run.preflight` names (``PREFLIGHT_LOAD``: the
+tokenizer, data and model, nothing to count; ``PREFLIGHT_TRAIN``: ``done`` of ``total`` micro-batches,
+``step`` the optimizer steps done; ``PREFLIGHT_EVAL``; ``PREFLIGHT_SAVE``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,12 @@ from affiner.planner.timing import optimizer_steps
 from affiner.runner.config import RunConfig
 from affiner.runner.run import EventWriter, Preflight, RunDir, Warning_
 from affiner.runner.run.events import Progress
-from affiner.runner.run.preflight import EVAL, LOAD, SAVE, TRAIN
+from affiner.runner.run.preflight import (
+    PREFLIGHT_EVAL,
+    PREFLIGHT_LOAD,
+    PREFLIGHT_SAVE,
+    PREFLIGHT_TRAIN,
+)
 from affiner.runner.training.oom import is_oom
 
 #: A run is "long" (worth a pre-flight) above this many predicted seconds ...
@@ -156,7 +161,7 @@ def _run(
     from affiner.runner.data import prepare_data
     from affiner.runner.training.modeling import load_tokenizer, resolve_device, resolve_precision
 
-    progress(LOAD)
+    progress(PREFLIGHT_LOAD)
     device = resolve_device(cfg.training.device)
     precision = resolve_precision(cfg.training.precision, device)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)
@@ -289,14 +294,14 @@ def _measure(
     class _Timer(TrainerCallback):
         def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             micro_batches[0] += 1
-            progress(TRAIN, micro_batches[0], total, len(step_ends), often=True)
+            progress(PREFLIGHT_TRAIN, micro_batches[0], total, len(step_ends), often=True)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if cuda:
                 torch.cuda.synchronize()
             step_ends.append(time.perf_counter())
             micro_batches[0] = len(step_ends) * accum
-            progress(TRAIN, micro_batches[0], total, len(step_ends))
+            progress(PREFLIGHT_TRAIN, micro_batches[0], total, len(step_ends))
 
     if cuda:
         _free_memory()
@@ -304,7 +309,7 @@ def _measure(
     oom: _OutOfMemory | None = None
     with tempfile.TemporaryDirectory(prefix="affiner-preflight-") as tmp:
         stage = "loading the model"
-        progress(LOAD)
+        progress(PREFLIGHT_LOAD)
         try:
             loaded = load_model(
                 cfg, tokenizer, device=device, precision=precision, labels=list(data.labels or [])
@@ -338,18 +343,18 @@ def _measure(
             )
             trainer.remove_callback(PrinterCallback)
             stage = "training"
-            progress(TRAIN, 0, total, 0)
+            progress(PREFLIGHT_TRAIN, 0, total, 0)
             started = time.perf_counter()
             trainer.train()
             train_peak = _peak_bytes(cuda)
             stage = "evaluation"
-            progress(EVAL)
+            progress(PREFLIGHT_EVAL)
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             trainer.evaluate(eval_dataset=eval_rows)
             eval_peak = _peak_bytes(cuda)
             stage = "saving a checkpoint"
-            progress(SAVE)
+            progress(PREFLIGHT_SAVE)
             trainer.save_model(str(Path(tmp) / "checkpoint"))
             if trainer.optimizer is not None:
                 torch.save(

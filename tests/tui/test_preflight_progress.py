@@ -19,10 +19,10 @@ from textual.widgets import Static
 from affiner.runner.config import load_config
 from affiner.runner.run.events import EventWriter, Progress
 from affiner.runner.run.preflight import (
-    EVAL,
-    LOAD,
-    START,
-    TRAIN,
+    PREFLIGHT_EVAL,
+    PREFLIGHT_LOAD,
+    PREFLIGHT_START,
+    PREFLIGHT_TRAIN,
     PreflightProgress,
     _ProgressReader,
     run_preflight_process,
@@ -45,25 +45,25 @@ def write(folder: Path, *events: Progress) -> None:
 
 def test_before_the_child_says_anything_it_is_starting(tmp_path: Path) -> None:
     seen = _ProgressReader(tmp_path, T0, accum=4).read(T0 + 3)
-    assert seen.phase == START and seen.elapsed == pytest.approx(3)
+    assert seen.phase == PREFLIGHT_START and seen.elapsed == pytest.approx(3)
     assert preflight_progress(seen).startswith("Pre-flight: starting the check")
 
 
 def test_steps_count_up_and_the_time_left_comes_from_the_measured_pace(tmp_path: Path) -> None:
     reader = _ProgressReader(tmp_path, T0, accum=2)  # the config's guess; the child says 4
-    write(tmp_path, Progress(t=T0 + 5, phase=LOAD))
+    write(tmp_path, Progress(t=T0 + 5, phase=PREFLIGHT_LOAD))
     loading = reader.read(T0 + 8)
-    assert loading.phase == LOAD and loading.in_phase == pytest.approx(3)
+    assert loading.phase == PREFLIGHT_LOAD and loading.in_phase == pytest.approx(3)
     assert "loading the tokenizer, the data and the model" in preflight_progress(loading)
 
-    write(tmp_path, Progress(t=T0 + 20, phase=TRAIN, done=0, total=12, step=0))
+    write(tmp_path, Progress(t=T0 + 20, phase=PREFLIGHT_TRAIN, done=0, total=12, step=0))
     warming = reader.read(T0 + 21)
     assert warming.left is None  # the warm-up step is not a pace
     assert "known once the first step is timed" in preflight_progress(warming)
 
     # the first step's end (4 micro-batches), then 4 more micro-batches in 8 s: 2 s each
-    write(tmp_path, Progress(t=T0 + 40, phase=TRAIN, done=4, total=12, step=1))
-    write(tmp_path, Progress(t=T0 + 48, phase=TRAIN, done=8, total=12, step=2))
+    write(tmp_path, Progress(t=T0 + 40, phase=PREFLIGHT_TRAIN, done=4, total=12, step=1))
+    write(tmp_path, Progress(t=T0 + 48, phase=PREFLIGHT_TRAIN, done=8, total=12, step=2))
     timed = reader.read(T0 + 49)
     assert timed.steps == 3 and timed.steps_done == 2 and timed.done == 8
     assert timed.left == pytest.approx(4 * 2 - 1)  # counts down from the latest event
@@ -71,9 +71,9 @@ def test_steps_count_up_and_the_time_left_comes_from_the_measured_pace(tmp_path:
     assert "timing step 3 of 3, micro-batch 8 of 12" in line
     assert "49 s elapsed" in line and "~7.0 s left for the steps (measured pace)" in line
 
-    write(tmp_path, Progress(t=T0 + 56, phase=EVAL))
+    write(tmp_path, Progress(t=T0 + 56, phase=PREFLIGHT_EVAL))
     evaluating = reader.read(T0 + 57)
-    assert evaluating.phase == EVAL and evaluating.left is None
+    assert evaluating.phase == PREFLIGHT_EVAL and evaluating.left is None
     assert "evaluating one batch" in preflight_progress(evaluating)
 
 
@@ -87,7 +87,9 @@ async def test_the_assistant_shows_the_progress_and_drops_it_when_done(tmp_path:
 
         listener = PROGRESS_LISTENER.get()
         assert listener is not None  # the screen's worker set it for this thread
-        listener(PreflightProgress(TRAIN, done=3, total=12, steps_done=0, steps=3, elapsed=65))
+        listener(
+            PreflightProgress(PREFLIGHT_TRAIN, done=3, total=12, steps_done=0, steps=3, elapsed=65)
+        )
         deadline = time.monotonic() + 20  # never outlive the test, even when it fails
         while not release and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -119,10 +121,18 @@ def test_a_real_preflight_reports_its_phases(tiny_llama: Path, tmp_path: Path) -
     event = run_preflight_process(cfg, progress=seen.append, poll_seconds=0.05)
     assert event.measured_step_seconds > 0
     phases = [p.phase for p in seen]
-    assert phases[0] == START
-    assert LOAD in phases and TRAIN in phases
-    training = [p for p in seen if p.phase == TRAIN]
+    assert phases[0] == PREFLIGHT_START
+    assert PREFLIGHT_LOAD in phases and PREFLIGHT_TRAIN in phases
+    training = [p for p in seen if p.phase == PREFLIGHT_TRAIN]
     assert training[-1].total and training[-1].steps == 3
     assert [p.done for p in training] == sorted(p.done for p in training)  # it counts up
     elapsed = [p.elapsed for p in seen]
     assert elapsed == sorted(elapsed) and elapsed[-1] > 0
+
+
+def test_every_phase_the_runner_names_has_words() -> None:
+    from affiner.runner.run import preflight as phases
+    from affiner.tui.assistant.text import PREFLIGHT_PHASES
+
+    named = {value for name, value in vars(phases).items() if name.startswith("PREFLIGHT_")}
+    assert named == set(PREFLIGHT_PHASES)

@@ -23,7 +23,7 @@ from textual.worker import WorkerState
 from affiner.planner.hardware.device import DeviceTarget, target_from_catalog
 from affiner.planner.models.sizes import spec_from_size
 from affiner.planner.recommend import plan
-from affiner.runner.run.preflight import TRAIN, PreflightProgress
+from affiner.runner.run.preflight import PREFLIGHT_TRAIN, PreflightProgress
 from affiner.tui.app import AffinerApp
 from affiner.tui.assistant.flow import DataPreview
 from affiner.tui.services import Services
@@ -138,7 +138,9 @@ class HeldPreflight:
         listener = PROGRESS_LISTENER.get()
         assert listener is not None
         listener(
-            PreflightProgress(TRAIN, done=20, total=48, steps_done=1, steps=3, elapsed=95, left=84)
+            PreflightProgress(
+                PREFLIGHT_TRAIN, done=20, total=48, steps_done=1, steps=3, elapsed=95, left=84
+            )
         )
         self.reported.set()
         self.release.wait(timeout=5)
