@@ -301,3 +301,25 @@ def test_a_re_plan_after_a_pre_flight_and_a_what_if_gives_the_same_numbers(adjus
     run(flow, flow.submit("use lora"))  # the measured one again: the measured numbers again
     assert numbers(flow) == calibrated
     assert "measured 2.5 s/step" in render_bars(flow.plan, flow.device, flow.method, 76).plain
+
+
+def test_after_a_pre_flight_every_time_shown_is_the_measured_one() -> None:
+    flow = planned_flow("1B", target_from_catalog("4090"))
+    run(flow, flow.submit("use lora"))
+    s = flow.candidate().settings
+    event = Preflight(
+        device="NVIDIA GeForce RTX 4090",
+        measured_peak_bytes=8 * GIB,
+        measured_step_seconds=11.0,
+        micro_batch=s.micro_batch,
+        grad_accum=s.grad_accum,
+    )
+    run(flow, flow.preflight_ready(event))
+    steps = flow.candidate().time.total_steps
+    assert "11 s a step (measured)" in texts(flow.submit("why?"))
+    assert "11 s/step measured" in texts(flow.submit("what fits?"))
+    said = texts(run(flow, flow.submit("epochs 1")))
+    new_steps = flow.candidate().time.total_steps
+    assert new_steps < steps and f"{new_steps} steps (" in said and "× 11 s ≈" in said
+    assert "Calibrated by the pre-flight" in said
+    assert "Using **LoRA**" in texts(run(flow, flow.submit("use lora")))

@@ -102,6 +102,13 @@ def run_time(seconds: float | None) -> str:
     return format_duration(seconds)
 
 
+def a_step(candidate: Any) -> str:
+    """The candidate's step time in words, labelled when a measured step calibrated it:
+    ``900 ms a step`` or ``2.5 s a step (measured)``."""
+    words = f"{format_duration(step_seconds(candidate))} a step"
+    return words + " (measured)" if calibration_note(candidate) else words
+
+
 def per_step(seconds: float | None) -> str:
     """A step time with its unit of work: ``900 ms/step``, ``<1 ms/step``, ``N/A``."""
     return f"{format_duration(seconds)}/step" if seconds else "N/A"
@@ -295,7 +302,7 @@ def why(report: Any, method: str | None, device: Any) -> str:
         return nothing_fits(report, device)
     text = (
         f"**{capitalized(method_name(best.method))}** is recommended: peak {format_bytes(best.peak_bytes)} "
-        f"of {format_bytes(device_memory(device))}, {format_duration(step_seconds(best))} a step."
+        f"of {format_bytes(device_memory(device))}, {a_step(best)}."
     )
     slow = impractical(best)
     if slow:
@@ -332,7 +339,8 @@ def what_fits(report: Any, device: Any) -> str:
         star = " ← recommended" if best is not None and candidate is best else ""
         lines.append(
             f"- **{method_name(candidate.method)}**: {format_bytes(candidate.peak_bytes)}, {mark}, "
-            f"{per_step(step_seconds(candidate))}{star}"
+            f"{per_step(step_seconds(candidate))}"
+            f"{' measured' if calibration_note(candidate) else ''}{star}"
         )
     if best is None:
         lines += ["", nothing_fits(report, device)]
@@ -440,9 +448,7 @@ def setting_changed(label: str, old: Any, new: Any, before: Any, after: Any, dev
         and before.peak_bytes != after.peak_bytes
     ):
         text += f" (was {format_bytes(before.peak_bytes)})"
-    text += (
-        f" of {format_bytes(device_memory(device))}, {format_duration(step_seconds(after))} a step."
-    )
+    text += f" of {format_bytes(device_memory(device))}, {a_step(after)}."
     if not after.fits:
         text += " ⚠ That no longer fits."
     return text

@@ -295,11 +295,7 @@ class AssistantFlow(SettingKnobs, PreflightCalibration):
         if not candidate.fits:
             text += "\n\n" + answers.why_not(self.plan, method, self.device)
         else:
-            measured = " measured" if answers.calibration_note(candidate) else ""
-            text += (
-                f" Peak {format_bytes(candidate.peak_bytes)},"
-                f"{measured} {format_duration(answers.step_seconds(candidate))} a step."
-            )
+            text += f" Peak {format_bytes(candidate.peak_bytes)}, {answers.a_step(candidate)}."
             slow = answers.impractical(candidate)
             if slow:
                 text += f"\n\n⚠ Impractical here: {slow}."
