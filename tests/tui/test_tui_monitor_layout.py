@@ -207,6 +207,7 @@ async def test_a_finished_run_is_summed_up_in_the_plots_place(
         folder = f"runs/{run.run_id}"
         assert "✔ Finished: 200 of 200 steps in 35 min · plan 27 min (200 × 8.0 s): 1.3×" in text
         assert "Score    eval loss 2.8000 → 1.5500 (-45%) · ppl 16.44 → 4.71 · best @200\n" in text
+        assert "Memory   peak 3.60 GiB · plan 4.00 GiB (-10%)" in text
         assert f"Saved in {folder}/" in text and "checkpoints/best (best, step 200)" in text
         assert f'weights = "{folder}/checkpoints/best"' in text
         assert 'AutoModelForCausalLM.from_pretrained("smollm2-135m")' in text

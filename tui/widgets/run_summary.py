@@ -19,7 +19,7 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from affiner.planner.units import format_duration
+from affiner.planner.units import format_bytes, format_duration
 from affiner.planner.vocabulary import LORA_METHODS
 from affiner.runner.config import read_raw_config
 from affiner.runner.run import (
@@ -68,6 +68,7 @@ class RunOutcome:
         resume_from: the checkpoint step a resume starts from (None: from step 0).
         error: why a failed run failed; log: train.log (tracebacks and library output);
             log_tail: its last line (a traceback's last line names the exception).
+        peak_bytes, predicted_peak_bytes: the measured peak memory and the plan's.
     """
 
     run_id: str
@@ -91,6 +92,8 @@ class RunOutcome:
     error: str = ""
     log: Path = Path("train.log")
     log_tail: str = ""
+    peak_bytes: int | None = None
+    predicted_peak_bytes: int | None = None
 
     @property
     def planned_seconds(self) -> float | None:
@@ -147,6 +150,9 @@ def outcome_of(
         labels=[str(label) for label in data.get("labels") or []],
         log=folder / rd.log.name,
     )
+    outcome.peak_bytes = history.measured_peak_bytes
+    predicted = history.predicted_peak_bytes or plan.get("predicted_peak_bytes")
+    outcome.predicted_peak_bytes = int(predicted) if isinstance(predicted, (int, float)) else None
     outcome.planned_step_seconds = history.planned_step_seconds
     outcome.planned_source = history.planned_step_source
     if outcome.planned_step_seconds is None:
@@ -209,6 +215,8 @@ def summary_text(o: RunOutcome, *, playground_key: str = "p", resume_key: str = 
     score = _score_line(o)
     if score:
         row("Score", score)
+    if o.peak_bytes:
+        row("Memory", _memory_line(o.peak_bytes, o.predicted_peak_bytes))
     if not o.weights:
         row("Weights", "none saved")
         return text
@@ -249,6 +257,15 @@ def _headline(o: RunOutcome) -> str:
         if o.took_seconds and o.steps >= o.total_steps:
             line += f": {o.took_seconds / planned:.1f}×"
     return line
+
+
+def _memory_line(peak: int, predicted: int | None) -> str:
+    """``peak 4.71 GiB · plan 4.25 GiB (+11%)``: how the plan's memory held."""
+    if not predicted:
+        return f"peak {format_bytes(peak)}"
+    return (
+        f"peak {format_bytes(peak)} · plan {format_bytes(predicted)} ({peak / predicted - 1:+.0%})"
+    )
 
 
 def _score_line(o: RunOutcome) -> str:
