@@ -60,7 +60,12 @@ from affiner.runner.run.phases import (
     SAVE_OUTPUTS,
     phase_words,
 )
-from affiner.runner.run.preflight import peak_basis, run_preflight_process
+from affiner.runner.run.preflight import (
+    PROGRESS_LISTENER,
+    PreflightProgress,
+    peak_basis,
+    run_preflight_process,
+)
 from affiner.runner.run.process import exit_words, is_worker_of, stop_process_group
 from affiner.runner.run.rundir import RunDir, list_run_dirs, new_run_id, runs_root
 from affiner.runner.run.runs import (
@@ -96,6 +101,7 @@ __all__ = [
     "PHASES",
     "PHASE_WORDS",
     "PREPARE_DATA",
+    "PROGRESS_LISTENER",
     "SAVE",
     "SAVE_OUTPUTS",
     "UNKNOWN",
@@ -109,6 +115,7 @@ __all__ = [
     "GpuSample",
     "MeasuredStep",
     "Preflight",
+    "PreflightProgress",
     "Progress",
     "RunDir",
     "RunFinished",

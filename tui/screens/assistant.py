@@ -340,7 +340,7 @@ class AssistantScreen(Screen):
     def _task_preflight(self, config: Any) -> Any:
         # The service takes the configuration alone; the child's progress reaches this screen
         # through the listener set in this (the worker's) thread, as a message.
-        from affiner.runner.run.preflight import PROGRESS_LISTENER
+        from affiner.runner.run import PROGRESS_LISTENER
 
         PROGRESS_LISTENER.set(lambda progress: self.post_message(PreflightProgressed(progress)))
         return self.services.preflight(config)
