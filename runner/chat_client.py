@@ -121,6 +121,8 @@ class ChatProcess:
         self.adapter: Path | None = settings["adapter"]
         self.task: str = settings["task"]
         self.labels: list[str] = list(settings["labels"])
+        #: whether a classifier's base side has a new, random head (known once loaded)
+        self.base_head_untrained: bool | None = None
         self.requested_device = device
         self.device: str | None = None  # the child's, once loaded
         self.python = python
@@ -203,6 +205,9 @@ class ChatProcess:
             raise _error(answer)
         self._ready = answer
         self.device = answer.get("device")
+        # the child knows the label names training found when run.toml lists none
+        self.labels = list(answer.get("labels") or self.labels)
+        self.base_head_untrained = answer.get("base_head_untrained")
 
     def close(self) -> None:
         """Stop the child (if started) and give its memory back; later calls raise."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import pytest
 from textual.widgets import Input
@@ -16,7 +16,6 @@ from affiner.tui.screens.playground import (
     ChatPane,
     GenerationSettings,
     PlaygroundScreen,
-    session_fact,
 )
 from affiner.tui.widgets.side_by_side import Transcript, TurnRow
 from tests.train_helpers import make_run
@@ -86,15 +85,17 @@ async def test_classifier_answers_use_label_names_and_the_base_head_is_called_ch
         assert base.startswith("chance, untrained head  (") and "LABEL_" not in base
 
 
-def test_a_chat_process_s_facts_come_from_its_ready_answer() -> None:
-    class Process:  # what ChatProcess holds: run.toml's labels, the child's ready answer
-        def __init__(self) -> None:
-            self.labels: list[str] = []
-            self._ready: dict[str, Any] = {"labels": ["neg", "pos"], "base_head_untrained": True}
+def test_a_chat_process_carries_the_labels_and_head_its_child_found(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    from affiner.runner.chat_client import ChatProcess
 
-    assert session_fact(Process(), "labels") == ["neg", "pos"]
-    assert session_fact(Process(), "base_head_untrained") is True
-    assert session_fact(object(), "labels") is None
+    run = classifier_run(tmp_path, tiny_llama)  # run.toml lists no labels
+    chat = ChatProcess.from_run(run, device="cpu")
+    assert chat.labels == [] and chat.base_head_untrained is None  # known once loaded
+    with chat:
+        assert sorted(chat.labels) == ["bad", "good"]
+        assert chat.base_head_untrained is True
 
 
 class RecordingChat:

@@ -122,20 +122,6 @@ class SessionReady(Message):
     base_head_untrained: bool | None = None
 
 
-def session_fact(session: Any, name: str) -> Any:
-    """A fact about a loaded session: its attribute, else the chat child's ``ready`` answer.
-
-    `ChatSession` has ``labels`` and ``base_head_untrained`` as attributes. `ChatProcess`
-    keeps the child's ``ready`` answer (which carries both, see `affiner.runner.chat`) but
-    its ``labels`` are only ``run.toml``'s, so an empty attribute falls through to it.
-    """
-    value = getattr(session, name, None)
-    if value not in (None, [], ()):
-        return value
-    ready = getattr(session, "_ready", None)
-    return ready.get(name) if isinstance(ready, dict) else value
-
-
 class PlaygroundScreen(Screen):
     """Chat with a run's tuned model, its base model's answer beside it."""
 
@@ -225,8 +211,8 @@ class PlaygroundScreen(Screen):
         session = self._ensure_session()
         adapter = getattr(session, "adapter", None)
         classifier = getattr(session, "task", "") == "classification"
-        labels = [str(x) for x in session_fact(session, "labels") or []] if classifier else []
-        untrained = session_fact(session, "base_head_untrained") if classifier else None
+        labels = [str(x) for x in getattr(session, "labels", None) or []] if classifier else []
+        untrained = getattr(session, "base_head_untrained", None) if classifier else None
         kind = "classifier" if classifier else "chat"
         if labels:
             kind += f", labels {' · '.join(labels)}"
@@ -251,7 +237,7 @@ class PlaygroundScreen(Screen):
         if getattr(session, "task", "causal_lm") == "classification":
             for side in SIDES:
                 (prediction,) = session.classify([question], use_adapter=side == "tuned")
-                chance = side == "base" and session_fact(session, "base_head_untrained") is True
+                chance = side == "base" and getattr(session, "base_head_untrained", None) is True
                 self.post_message(Streamed(side, format_prediction(prediction, chance=chance)))
                 self.post_message(Answered(side))
             return
