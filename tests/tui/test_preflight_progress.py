@@ -136,3 +136,12 @@ def test_every_phase_the_runner_names_has_words() -> None:
 
     named = {value for name, value in vars(phases).items() if name.startswith("PREFLIGHT_")}
     assert named == set(PREFLIGHT_PHASES)
+
+
+def test_one_micro_batch_a_step_is_said_in_steps() -> None:
+    progress = PreflightProgress(
+        PREFLIGHT_TRAIN, done=1, total=3, steps_done=1, steps=3, elapsed=30
+    )
+    line = preflight_progress(progress)
+    assert line.startswith("Pre-flight: timing step 2 of 3 · 30 s elapsed")
+    assert "micro-batch" not in line

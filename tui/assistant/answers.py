@@ -137,8 +137,10 @@ def missing_reason(report: Any, method: str) -> str:
         )
     spec = getattr(report, "spec", None)
     if method in QUANTIZED_METHODS and spec is not None and not getattr(spec, "is_decoder", True):
+        model = str(getattr(spec, "name", "") or "this model")
+        model = model.rstrip("/").rsplit("/", 1)[-1] if model.startswith(("/", ".", "~")) else model
         return (
-            f"The planner leaves {name} out for {getattr(spec, 'name', 'this model')}: it is not a "
+            f"The planner leaves {name} out for {model}: it is not a "
             "decoder, and the 4-bit and 8-bit bases are planned for decoder models only."
         )
     if method in QUANTIZED_METHODS and getattr(request, "quantization", None):

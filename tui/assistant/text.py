@@ -93,8 +93,13 @@ def preflight_progress(progress: Any) -> str:
     parts = [f"Pre-flight: {words}"]
     if phase == "preflight_train" and progress.total:
         step = min(progress.steps_done + 1, progress.steps) if progress.steps else None
-        where = f"step {step} of {progress.steps}, " if step else ""
-        parts[0] = f"Pre-flight: timing {where}micro-batch {progress.done} of {progress.total}"
+        micro = f"micro-batch {progress.done} of {progress.total}"
+        if step and progress.steps == progress.total:  # one micro-batch a step: say steps
+            parts[0] = f"Pre-flight: timing step {step} of {progress.steps}"
+        elif step:
+            parts[0] = f"Pre-flight: timing step {step} of {progress.steps}, {micro}"
+        else:
+            parts[0] = f"Pre-flight: timing {micro}"
     parts.append(f"{format_duration(progress.elapsed)} elapsed")
     if phase == "preflight_train":
         left = getattr(progress, "left", None)
