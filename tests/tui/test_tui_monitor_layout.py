@@ -23,7 +23,7 @@ from affiner.tui.app import build_app
 from affiner.tui.screens.monitor import MonitorScreen
 from affiner.tui.widgets.plots import LossPlot, MemoryPlot, step_limits, step_ticks, tick_label
 from affiner.tui.widgets.run_log import RunLog, is_library_warning
-from affiner.tui.widgets.run_panels import RunProgress, RunStats
+from affiner.tui.widgets.run_panels import EvalTable, RunProgress, RunStats
 from affiner.tui.widgets.run_summary import RunOutcome, SummaryPanel, summary_text
 from tests.tui.test_tui_monitor_snapshots import (
     LIBRARY_LOG,
@@ -395,3 +395,26 @@ async def test_a_resumed_run_shows_its_plots_then_its_new_summary(
         run.status("finished", step=200, total=TOTAL)
         await wait_for(pilot, lambda: screen.state == "finished")
         assert screen.summary_shown  # the new ending is summed up, whatever was chosen before
+
+
+async def test_a_narrow_eval_table_keeps_accuracy_and_f1_only(runs_dir: Path) -> None:
+    """At 80 columns a classifier's table would scroll sideways with precision and recall."""
+    run = training_run(runs_dir, classification=True)
+    run.append(
+        [EvalResult(t=NOW, step=120, loss=0.4, accuracy=0.8, precision=0.7, recall=0.6, f1=0.65)]
+    )
+    services, _ = fake_services(runs_dir, gpus=0)
+    app = build_app(services)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _open(pilot, app, run, step=120)
+        table = screen.query_one(EvalTable)
+        await wait_for(pilot, lambda: table.row_count == 5)
+
+        def labels() -> list[str]:
+            return [str(column.label) for column in table.columns.values()]
+
+        assert labels() == ["step", "epoch", "eval loss", "accuracy", "f1"]
+        assert table.virtual_size.width <= table.size.width
+        await pilot.resize_terminal(120, 40)
+        await wait_for(pilot, lambda: "precision" in labels())
+        assert labels() == ["step", "epoch", "eval loss", "accuracy", "precision", "recall", "f1"]

@@ -91,15 +91,23 @@ class EvalTable(DataTable):
 
     Perplexity (``ppl``) is shown for language models only: for a classification head's
     loss it is a number without a meaning (`affiner.runner.run.runs.is_language_model` decides).
+    Narrower than `FULL_WIDTH` (the monitor at 80 columns), a classifier's table keeps
+    accuracy and F1 and leaves out precision and recall, so it never scrolls sideways.
     """
 
     DEFAULT_CSS = """
     EvalTable { height: auto; max-height: 8; }
     """
+    #: Cells a table needs for every classification column.
+    FULL_WIDTH = 66
+    #: The columns a narrow table keeps.
+    NARROW_METRICS = ("ppl", "accuracy", "f1")
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)  # type: ignore[arg-type]
         self._shown: tuple[int, tuple[str, ...]] = (-1, ())
+        self._history: RunHistory | None = None
+        self._run_task: str | None = None  # not _task: the message pump's asyncio task
 
     def show(self, history: RunHistory, task: str | None = None) -> None:
         """Rebuild the rows when evaluations arrived.
@@ -109,12 +117,15 @@ class EvalTable(DataTable):
             task: ``causal_lm`` / ``classification`` from the run's config when the caller
                 knows it; otherwise the evaluations tell (classification scores or not).
         """
+        self._history, self._run_task = history, task
         evals = history.evals
         optional = tuple(
             name for name in CLASS_METRICS if any(getattr(e, name) is not None for e in evals)
         )
         if is_language_model(evals, task):
             optional = ("ppl", *optional)
+        if self.size.width and self.size.width < self.FULL_WIDTH:
+            optional = tuple(name for name in optional if name in self.NARROW_METRICS)
         if self._shown == (len(evals), optional):
             return
         self._shown = (len(evals), optional)
@@ -131,6 +142,10 @@ class EvalTable(DataTable):
             )
         if self.row_count:
             self.move_cursor(row=self.row_count - 1)
+
+    def on_resize(self) -> None:
+        if self._history is not None:  # the columns that fit may have changed
+            self.show(self._history, self._run_task)
 
 
 def _cell(ev: EvalResult, name: str) -> str:
