@@ -71,6 +71,7 @@ from affiner.runner.run.rundir import RunDir, list_run_dirs, new_run_id, runs_ro
 from affiner.runner.run.runs import (
     INTERRUPTED,
     LIVE_STATES,
+    RESUMABLE_STATES,
     UNKNOWN,
     RunSummary,
     derive_state,
@@ -102,6 +103,7 @@ __all__ = [
     "PHASE_WORDS",
     "PREPARE_DATA",
     "PROGRESS_LISTENER",
+    "RESUMABLE_STATES",
     "SAVE",
     "SAVE_OUTPUTS",
     "UNKNOWN",

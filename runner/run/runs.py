@@ -45,6 +45,8 @@ INTERRUPTED = "interrupted"
 UNKNOWN = "unknown"
 #: States in which a worker process should be alive.
 LIVE_STATES = ("starting", "running")
+#: States after which a run can be resumed: its worker is gone and it did not finish.
+RESUMABLE_STATES = ("stopped", "failed", INTERRUPTED)
 #: A ``starting`` status with no pid yet is given this long before it counts as interrupted
 #: (the launcher writes the pid right after the spawn, so only a crash leaves it empty).
 STARTING_GRACE_SECONDS = 120.0

@@ -27,6 +27,7 @@ from affiner.planner.units import format_bytes, format_bytes_of, format_duration
 from affiner.runner.run import (
     CLASS_METRICS,
     INTERRUPTED,
+    RESUMABLE_STATES,
     UNKNOWN,
     Error,
     EvalResult,
@@ -322,7 +323,7 @@ class AttachView:
                 if tail:
                     text.append(f"\nlast lines of {self.run_dir.log}:\n", style="dim")
                     text.append(tail, style="dim")
-            if self.state in ("stopped", "failed", INTERRUPTED):
+            if self.state in RESUMABLE_STATES:
                 ckpt = latest_checkpoint(self.run_dir)
                 where = f"from step {ckpt[0]}" if ckpt else "from scratch (no checkpoint yet)"
                 text.append(f"\nresume {where}: affiner train --resume {rid}")

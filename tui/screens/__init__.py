@@ -4,4 +4,16 @@ Nothing is imported here, so the first screen does not pay for the others (the m
 plots load textual-plotext).
 """
 
-__all__ = ["assistant", "confirm", "hardware", "monitor", "playground", "runs"]
+__all__ = [
+    "assistant",
+    "confirm",
+    "hardware",
+    "hardware_text",
+    "help",
+    "monitor",
+    "playground",
+    "run_facts",
+    "runs",
+    "runs_columns",
+    "runs_compare",
+]

@@ -11,7 +11,10 @@ __all__ = [
     "gauge",
     "plan_bars",
     "plots",
+    "run_log",
     "run_panels",
+    "run_summary",
     "settings_form",
+    "side_by_side",
     "token_histogram",
 ]

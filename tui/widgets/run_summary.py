@@ -24,6 +24,7 @@ from affiner.planner.vocabulary import LORA_METHODS
 from affiner.runner.config import read_raw_config
 from affiner.runner.run import (
     INTERRUPTED,
+    RESUMABLE_STATES,
     EvalResult,
     RunDir,
     is_language_model,
@@ -34,7 +35,7 @@ from affiner.tui.live import RunHistory
 from affiner.tui.widgets.run_log import eval_scores, perplexity
 
 #: States after which the run can be resumed (its worker is gone and it did not finish).
-RESUMABLE = ("stopped", "failed", INTERRUPTED)
+RESUMABLE = RESUMABLE_STATES
 #: States the summary is for: nothing more happens without a resume.
 ENDED = ("finished", *RESUMABLE)
 #: Widest snippet line that stays on one line of an 80-column summary (indent and padding off).
