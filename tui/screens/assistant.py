@@ -342,8 +342,14 @@ class AssistantScreen(Screen):
         # through the listener set in this (the worker's) thread, as a message.
         from affiner.runner.run import PROGRESS_LISTENER
 
-        PROGRESS_LISTENER.set(lambda progress: self.post_message(PreflightProgressed(progress)))
-        return self.services.preflight(config)
+        # A pool thread keeps its context for the next task: the listener goes when this ends.
+        token = PROGRESS_LISTENER.set(
+            lambda progress: self.post_message(PreflightProgressed(progress))
+        )
+        try:
+            return self.services.preflight(config)
+        finally:
+            PROGRESS_LISTENER.reset(token)
 
     @on(PreflightProgressed)
     def _preflight_progressed(self, message: PreflightProgressed) -> None:
