@@ -67,43 +67,7 @@ def readable(error: BaseException) -> str:
 
 
 class AssistantScreen(Screen):
-    """The guided assistant (see the module docstring)."""
-
-    DEFAULT_CSS = """
-    AssistantScreen #live {
-        height: auto;
-        max-height: 60%;
-        display: none;
-    }
-    AssistantScreen #live.-shown {
-        display: block;
-    }
-    AssistantScreen #summary {
-        padding: 0 1;
-        color: $text-muted;
-    }
-    AssistantScreen #prompt {
-        margin: 0 1;
-    }
-    AssistantScreen #preflight-status {
-        padding: 0 1;
-        margin: 0 0 1 0;
-        color: $text-accent;
-    }
-    AssistantScreen #live.-collapsed PlanBars {
-        display: none;
-    }
-    /* short terminals (80x24): every row the panel and the input give back is conversation */
-    AssistantScreen.-short PlanBars {
-        margin: 0;
-    }
-    AssistantScreen.-short #prompt {
-        border: none;
-        height: 1;
-        padding: 0 1;
-        background: $boost;
-    }
-    """
+    """The guided assistant (see the module docstring); its CSS is in ``tui/app.tcss``."""
 
     #: Below this many rows the screen is compact (`-short`): no margin under the bars, a
     #: one-row input line.
