@@ -323,3 +323,13 @@ def test_after_a_pre_flight_every_time_shown_is_the_measured_one() -> None:
     assert new_steps < steps and f"{new_steps} steps (" in said and "× 11 s ≈" in said
     assert "Calibrated by the pre-flight" in said
     assert "Using **LoRA**" in texts(run(flow, flow.submit("use lora")))
+
+
+def test_what_fits_says_why_a_method_is_missing() -> None:
+    flow = planned_flow("1B", target_from_catalog("4090"))
+    assert "The planner" not in texts(flow.submit("what fits?"))  # every method is there
+    flow.spec = dataclasses.replace(flow.spec, is_decoder=False, name="/models/a-bert")
+    run(flow, flow.submit("rank 8"))
+    said = texts(flow.submit("what fits?"))
+    assert "The planner leaves QLoRA (4-bit base) out for a-bert: it is not a decoder" in said
+    assert "LoRA on an 8-bit base out for a-bert" in said

@@ -344,6 +344,10 @@ def what_fits(report: Any, device: Any) -> str:
             f"{per_step(step_seconds(candidate))}"
             f"{' measured' if calibration_note(candidate) else ''}{star}"
         )
+    missing = [m for m in METHOD_NAMES if find_candidate(report, m) is None]
+    if missing:  # say why, once: a plan for one method alone explains all the others
+        reasons = dict.fromkeys(missing_reason(report, m) for m in missing)
+        lines += ["", *reasons]
     if best is None:
         lines += ["", nothing_fits(report, device)]
     return "\n".join(lines)
