@@ -317,7 +317,9 @@ def test_after_a_pre_flight_every_time_shown_is_the_measured_one() -> None:
     run(flow, flow.preflight_ready(event))
     steps = flow.candidate().time.total_steps
     assert "11 s a step (measured)" in texts(flow.submit("why?"))
-    assert "11 s/step measured" in texts(flow.submit("what fits?"))
+    fits = texts(flow.submit("what fits?"))
+    assert "11 s/step measured" in fits
+    assert fits.count("This plan is for LoRA alone (the pre-flight measured it)") == 1
     said = texts(run(flow, flow.submit("epochs 1")))
     new_steps = flow.candidate().time.total_steps
     assert new_steps < steps and f"{new_steps} steps (" in said and "× 11 s ≈" in said

@@ -133,7 +133,7 @@ def missing_reason(report: Any, method: str) -> str:
     if stated and stated != method:
         return (
             f"This plan is for {method_name(stated)} alone (the pre-flight measured it); "
-            f"`use {method}` plans every method again."
+            "`use` another method plans every method again."
         )
     spec = getattr(report, "spec", None)
     if method in QUANTIZED_METHODS and spec is not None and not getattr(spec, "is_decoder", True):
