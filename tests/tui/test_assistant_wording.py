@@ -335,3 +335,30 @@ def test_what_fits_says_why_a_method_is_missing() -> None:
     said = texts(flow.submit("what fits?"))
     assert "The planner leaves QLoRA (4-bit base) out for a-bert: it is not a decoder" in said
     assert "LoRA on an 8-bit base out for a-bert" in said
+
+
+def test_after_a_pre_flight_the_peak_shown_and_recorded_is_the_measured_one() -> None:
+    from types import SimpleNamespace
+
+    from affiner.tui.screens.assistant import AssistantScreen
+
+    flow = planned_flow("1B", target_from_catalog("4090"))
+    run(flow, flow.submit("use lora"))
+    s = flow.candidate().settings
+    event = Preflight(
+        device="NVIDIA GeForce RTX 4090",
+        measured_peak_bytes=8 * GIB,
+        measured_step_seconds=2.5,
+        micro_batch=s.micro_batch,
+        grad_accum=s.grad_accum,
+    )
+    run(flow, flow.preflight_ready(event))
+    line = AssistantScreen.summary_line(SimpleNamespace(flow=flow))
+    assert "→ peak 8.00 GiB measured," in line and "(measured step)" in line
+    config = flow.build_config()
+    assert config.plan.measured_peak_bytes == 8 * GIB
+    assert config.plan.measured_step_seconds == 2.5
+    run(flow, flow.submit("use qlora"))  # another method: its planned peak, nothing measured
+    line = AssistantScreen.summary_line(SimpleNamespace(flow=flow))
+    assert "measured" not in line
+    assert flow.build_config().plan.measured_peak_bytes is None

@@ -35,6 +35,8 @@ class Measured:
         micro_batch, grad_accum: the batch that ran; when `adjusted` (the planned one ran
             out of memory) the plan states this micro-batch and the run takes both.
         key: `AssistantFlow._step_key` when it ran: the settings a step's time depends on.
+        peak_bytes: the measured peak (`Preflight.measured_peak_bytes`; its basis is
+            `affiner.runner.run.peak_basis` of the device), None when it was not measured.
     """
 
     step_seconds: float
@@ -43,6 +45,7 @@ class Measured:
     grad_accum: int
     adjusted: bool
     key: tuple[Any, ...]
+    peak_bytes: int | None = None
 
 
 class PreflightCalibration:
@@ -87,6 +90,7 @@ class PreflightCalibration:
                 grad_accum=int(getattr(event, "grad_accum", 0) or 0),
                 adjusted=bool(getattr(event, "adjusted", False)),
                 key=key,
+                peak_bytes=int(getattr(event, "measured_peak_bytes", 0) or 0) or None,
             )
             reply += self._replan(("measured", None))
         return reply + self._enter("launch")
@@ -103,6 +107,14 @@ class PreflightCalibration:
         if m is None or m.key != self._step_key() or self.settings.method not in (None, m.method):
             return None
         return m
+
+    def measured_for(self, candidate: Any) -> Measured | None:
+        """The measurement when it is of `candidate` (its method, these settings), else None:
+        what shows a measured peak in place of the planned one."""
+        measured = self.measured_step()
+        if measured is None or getattr(candidate, "method", None) != measured.method:
+            return None
+        return measured
 
     def _step_key(self) -> tuple[Any, ...]:
         s = self.settings

@@ -426,13 +426,13 @@ class AssistantFlow(SettingKnobs, PreflightCalibration):
         if method in LORA_METHODS:
             overrides["lora_rank"] = self.settings.lora_rank
             overrides["lora_alpha"] = 2 * self.settings.lora_rank
-        measured = self.measured_step()
-        if measured is not None and measured.adjusted and measured.method == method:
+        measured = self.measured_for(candidate)
+        if measured is not None and measured.adjusted:
             # Run what the pre-flight measured: the planned micro-batch ran out of memory.
             overrides["micro_batch"] = measured.micro_batch
             overrides["grad_accum"] = measured.grad_accum
         model = getattr(self.spec, "path", None) or self.model_ref or self.spec.name
-        return config_from_plan(
+        config = config_from_plan(
             candidate,
             model=str(model),
             train=self.data.path,
@@ -440,6 +440,10 @@ class AssistantFlow(SettingKnobs, PreflightCalibration):
             task=self.task_kind(),
             **overrides,
         )
+        if measured is not None:  # the run's record holds what the pre-flight measured
+            config.plan.measured_step_seconds = measured.step_seconds
+            config.plan.measured_peak_bytes = measured.peak_bytes
+        return config
 
 
 def _demo_time(key: str, device: Any) -> str:

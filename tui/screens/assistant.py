@@ -196,7 +196,12 @@ class AssistantScreen(Screen):
             f"{settings.epochs:g} epoch{'' if settings.epochs == 1 else 's'}",
             f"lr {settings.lr_for(method):g}",
         ]
-        line = " · ".join(parts) + f" → peak {format_bytes(candidate.peak_bytes)}"
+        measured = flow.measured_for(candidate)
+        if measured is not None and measured.peak_bytes:
+            peak = f"peak {format_bytes(measured.peak_bytes)} measured"
+        else:
+            peak = f"peak {format_bytes(candidate.peak_bytes)}"
+        line = " · ".join(parts) + f" → {peak}"
         total = answers.run_total(candidate)  # the plan's count, as the Trainer's
         step = answers.step_seconds(candidate)
         if total is not None:
