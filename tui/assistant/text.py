@@ -19,7 +19,8 @@ QUESTIONS = {
         "(`HuggingFaceTB/SmolLM2-135M-Instruct`), or a size such as `7B`."
     ),
     "data": "Which training data? A JSONL, JSON, CSV or Parquet file (text, instruction or chat rows).",
-    "plan": "Enter accepts the highlighted plan; `use qlora` picks another; `why not full?` explains.",
+    # the plan step's own question names a method the plan has (`plan_question`)
+    "plan": "Enter accepts the highlighted plan; `use` a method to pick another; `why?` explains.",
     "settings": (
         "Settings: Tab moves through the fields below (the bar updates as you type), or type "
         "`rank 32`, `seq 2048`, `lr 1e-4`… Enter continues."
