@@ -26,8 +26,8 @@ QUESTIONS = {
         "`rank 32`, `seq 2048`, `lr 1e-4`… Enter continues."
     ),
     "preflight": (
-        "Enter runs the pre-flight check: it loads the model and times a few real steps "
-        "(a minute or two). `launch` skips it."
+        "Enter runs the pre-flight check: it loads the model and times a few real steps, "
+        "saying how far it has got as it goes. `launch` skips it."
     ),
     "launch": "Enter launches the run in the background; the monitor opens on it.",
 }
