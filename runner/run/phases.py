@@ -14,6 +14,21 @@ BASE_EVAL, EVAL, SAVE = "base_eval", "eval", "save"
 #: The worker's own silent phases before training and after it (counted by nothing: 0 of 0).
 PREPARE_DATA, LOAD_MODEL, SAVE_OUTPUTS = "prepare_data", "load_model", "save_outputs"
 PHASES = (PREPARE_DATA, LOAD_MODEL, BASE_EVAL, EVAL, SAVE, SAVE_OUTPUTS)
+#: The pre-flight's phases (`affiner.runner.run.preflight`), in its child's progress events and,
+#: when the worker runs it before a long run, in the run's own log. `PREFLIGHT_START` is its
+#: caller's: the child has said nothing yet while Python and the libraries load.
+PREFLIGHT_START = "preflight_start"
+PREFLIGHT_LOAD = "preflight_load"
+PREFLIGHT_TRAIN = "preflight_train"
+PREFLIGHT_EVAL = "preflight_eval"
+PREFLIGHT_SAVE = "preflight_save"
+PREFLIGHT_PHASES = (
+    PREFLIGHT_START,
+    PREFLIGHT_LOAD,
+    PREFLIGHT_TRAIN,
+    PREFLIGHT_EVAL,
+    PREFLIGHT_SAVE,
+)
 #: Each phase in words, for the monitor, ``affiner attach`` and the worker's own log: what is
 #: happening (``{step}`` is the event's step) and what its count counts. An unknown phase is
 #: shown by its name.
@@ -24,6 +39,11 @@ PHASE_WORDS: dict[str, tuple[str, str]] = {
     EVAL: ("evaluating at step {step}", "batches"),
     SAVE: ("saving the checkpoint of step {step}", ""),
     SAVE_OUTPUTS: ("saving the trained weights and the model card", ""),
+    PREFLIGHT_START: ("pre-flight: starting the check (Python and the libraries load first)", ""),
+    PREFLIGHT_LOAD: ("pre-flight: loading the tokenizer, the data and the model", ""),
+    PREFLIGHT_TRAIN: ("pre-flight: timing real steps", "micro-batches"),
+    PREFLIGHT_EVAL: ("pre-flight: evaluating one batch", ""),
+    PREFLIGHT_SAVE: ("pre-flight: saving a test checkpoint (then removed)", ""),
 }
 
 

@@ -39,6 +39,7 @@ from affiner.planner.errors import AffinerError
 from affiner.runner.config import RunConfig, resolve_paths, save_config, validate_config
 from affiner.runner.run.events import Error, EventReader, Preflight, Progress, read_events
 from affiner.runner.run.launch import child_env
+from affiner.runner.run.phases import PREFLIGHT_LOAD, PREFLIGHT_START, PREFLIGHT_TRAIN
 from affiner.runner.run.process import (
     exit_words,
     spawn_detached,
@@ -49,14 +50,6 @@ from affiner.runner.run.rundir import RunDir
 
 #: Seconds a stopped pre-flight gets to leave (and remove its temporary checkpoint) before SIGKILL.
 STOP_GRACE_SECONDS = 5.0
-
-#: The pre-flight's phases, as its ``progress`` events name them; `PREFLIGHT_START` is the caller's own
-#: (the child has said nothing yet: Python and the libraries are loading).
-PREFLIGHT_START = "preflight_start"
-PREFLIGHT_LOAD = "preflight_load"
-PREFLIGHT_TRAIN = "preflight_train"
-PREFLIGHT_EVAL = "preflight_eval"
-PREFLIGHT_SAVE = "preflight_save"
 
 
 @dataclass(frozen=True)

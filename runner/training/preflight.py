@@ -14,7 +14,7 @@ result says ``adjusted=True`` and a warning event says what changed. The measure
 
 While it works it writes ``progress`` events (`affiner.runner.run.events.Progress`) to the run's
 event log, so that a reader (the assistant's pre-flight, the monitor) can say what it is doing
-instead of a static "running…": the phases `affiner.runner.run.preflight` names (``PREFLIGHT_LOAD``: the
+instead of a static "running…": the phases `affiner.runner.run.phases` names (``PREFLIGHT_LOAD``: the
 tokenizer, data and model, nothing to count; ``PREFLIGHT_TRAIN``: ``done`` of ``total`` micro-batches,
 ``step`` the optimizer steps done; ``PREFLIGHT_EVAL``; ``PREFLIGHT_SAVE``).
 """
@@ -37,7 +37,7 @@ from affiner.planner.timing import optimizer_steps
 from affiner.runner.config import RunConfig
 from affiner.runner.run import EventWriter, Preflight, RunDir, Warning_
 from affiner.runner.run.events import Progress
-from affiner.runner.run.preflight import (
+from affiner.runner.run.phases import (
     PREFLIGHT_EVAL,
     PREFLIGHT_LOAD,
     PREFLIGHT_SAVE,

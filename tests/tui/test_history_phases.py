@@ -15,7 +15,7 @@ from affiner.runner.run.events import (
     SystemSample,
     TrainLog,
 )
-from affiner.runner.run.phases import PHASE_WORDS, PHASES
+from affiner.runner.run.phases import PHASE_WORDS, PHASES, PREFLIGHT_PHASES
 from affiner.tui.live.history import RunHistory
 
 
@@ -26,7 +26,7 @@ def _history(*events) -> RunHistory:
 
 
 def test_every_phase_the_runner_names_has_words() -> None:
-    assert set(PHASE_WORDS) == set(PHASES)
+    assert set(PHASE_WORDS) == set(PHASES) | set(PREFLIGHT_PHASES)
 
 
 def test_no_phase_no_line() -> None:
@@ -141,6 +141,8 @@ def test_a_phase_keeps_its_pace_when_its_step_moves_and_restarts_when_its_count_
         Progress(step=1, phase="preflight_train", done=4, total=12, t=14.0),
         Progress(step=2, phase="preflight_train", done=8, total=12, t=18.0),
     )
-    assert history.phase_line(18.0) == "preflight train · 8 of 12 · ~4.0 s left"
+    line = "pre-flight: timing real steps · 8 of 12 micro-batches · ~4.0 s left"
+    assert history.phase_line(18.0) == line
     history.add([Progress(step=0, phase="preflight_train", done=0, total=12, t=30.0)])  # a retry
-    assert history.phase_line(31.0) == "preflight train · 0 of 12 · 1.0 s so far"
+    line = "pre-flight: timing real steps · 0 of 12 micro-batches · 1.0 s so far"
+    assert history.phase_line(31.0) == line

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from affiner.planner.units import format_bytes, format_duration
+from affiner.runner.run import PREFLIGHT_TRAIN, phase_words
 from affiner.tui.assistant import answers
 from affiner.tui.assistant.preview import DataPreview
 
@@ -75,24 +76,14 @@ def short_row(row: Any, width: int = 90) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-#: What the pre-flight is doing, by the phase its progress names (`affiner.runner.run.preflight`).
-PREFLIGHT_PHASES = {
-    "preflight_start": "starting the check (Python and the libraries load first)",
-    "preflight_load": "loading the tokenizer, the data and the model",
-    "preflight_train": "timing real steps",
-    "preflight_eval": "evaluating one batch",
-    "preflight_save": "saving a test checkpoint (then removed)",
-}
-
-
 def preflight_progress(progress: Any) -> str:
     """A running pre-flight in one line (`affiner.runner.run.preflight.PreflightProgress`):
     what it does, how far, how long so far and, once a step is timed, how long the steps still
     need at the pace measured (never the plan's guess, which may be far off)."""
     phase = getattr(progress, "phase", "")
-    words = PREFLIGHT_PHASES.get(phase, phase.replace("_", " "))
+    words = phase_words(phase)[0].removeprefix("pre-flight: ")
     parts = [f"Pre-flight: {words}"]
-    if phase == "preflight_train" and progress.total:
+    if phase == PREFLIGHT_TRAIN and progress.total:
         step = min(progress.steps_done + 1, progress.steps) if progress.steps else None
         micro = f"micro-batch {progress.done} of {progress.total}"
         if step and progress.steps == progress.total:  # one micro-batch a step: say steps
@@ -102,7 +93,7 @@ def preflight_progress(progress: Any) -> str:
         else:
             parts[0] = f"Pre-flight: timing {micro}"
     parts.append(f"{format_duration(progress.elapsed)} elapsed")
-    if phase == "preflight_train":
+    if phase == PREFLIGHT_TRAIN:
         left = getattr(progress, "left", None)
         if left is None:
             parts.append("time left: known once the first step is timed")
