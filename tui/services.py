@@ -79,7 +79,7 @@ def _inspect_data(
     return build_preview(path, spec, seq_len, model_ref)
 
 
-def _preflight(config: Any) -> Any:
+def _preflight(config: Any, progress: Callable[[Any], None] | None = None) -> Any:
     """The pre-flight in a child process (`affiner.runner.run.preflight`), never in the TUI.
 
     Run here, it would leave torch, the model and a CUDA context in the TUI for good, on the GPU
@@ -93,8 +93,8 @@ def _preflight(config: Any) -> Any:
     try:
         worker = get_current_worker()
     except NoActiveWorker:
-        return run_preflight_process(config)
-    return run_preflight_process(config, cancelled=lambda: worker.is_cancelled)
+        return run_preflight_process(config, progress=progress)
+    return run_preflight_process(config, cancelled=lambda: worker.is_cancelled, progress=progress)
 
 
 def _prepare_demo(key: str, runs_root: Path | None = None) -> dict[str, Any]:
@@ -155,8 +155,9 @@ class Services:
         resolve_device: ``(report) -> DeviceTarget``: the device the assistant plans for.
         inspect_data: ``(path, spec, seq_len, model_ref) -> DataPreview`` for the data step
             (rows, bad lines, token lengths, one rendered example; see `affiner.tui.assistant.preview`).
-        preflight: ``(run_config) -> Preflight`` event: measured peak memory and step time,
-            in a child process (the TUI never loads torch or the model).
+        preflight: ``(run_config, progress) -> Preflight`` event: measured peak memory and step
+            time, in a child process (the TUI never loads torch or the model); ``progress`` is
+            called with each `PreflightProgress` on the calling thread (or None).
         chat_session: ``(run_dir) -> session`` for the playground: ``load``, ``stream``,
             ``classify``, ``task``, ``base``, ``adapter`` and, if it has one, ``close``. By
             default a `ChatProcess` (`affiner.runner.inference`): the models load in a child.
@@ -182,7 +183,7 @@ class Services:
     live_runs: Callable[[Path], list[Any]] = _live_runs
     resolve_device: Callable[[HardwareReport], DeviceTarget] = _resolve_device
     inspect_data: Callable[..., Any] = _inspect_data
-    preflight: Callable[[Any], Any] = _preflight
+    preflight: Callable[..., Any] = _preflight
     chat_session: Callable[[Path], Any] = _chat_session
     prepare_demo: Callable[[str], dict[str, Any]] = _prepare_demo
     resume_run: Callable[[Path], str] = _resume_run

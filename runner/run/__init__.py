@@ -67,7 +67,6 @@ from affiner.runner.run.phases import (
     phase_words,
 )
 from affiner.runner.run.preflight import (
-    PROGRESS_LISTENER,
     PreflightProgress,
     peak_basis,
     run_preflight_process,
@@ -114,7 +113,6 @@ __all__ = [
     "PREFLIGHT_START",
     "PREFLIGHT_TRAIN",
     "PREPARE_DATA",
-    "PROGRESS_LISTENER",
     "RESUMABLE_STATES",
     "SAVE",
     "SAVE_OUTPUTS",

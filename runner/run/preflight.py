@@ -18,13 +18,11 @@ dropped SSH session) the pipe on the child's stdin closes and ``--exit-with-pare
 While the child works, the poll also reads its ``progress`` events (the phases below, written by
 `affiner.runner.training.preflight`) and hands the caller a `PreflightProgress` on every poll:
 what it is doing, how far, how long it has taken and, once steps have been timed, how long the
-steps still need at the pace measured so far. A caller that cannot pass `progress` itself (a
-service called with the configuration alone) sets `PROGRESS_LISTENER` in its thread first.
+steps still need at the pace measured so far.
 """
 
 from __future__ import annotations
 
-import contextvars
 import copy
 import shlex
 import shutil
@@ -75,13 +73,6 @@ class PreflightProgress:
     elapsed: float = 0.0
     in_phase: float = 0.0
     left: float | None = None
-
-
-#: The listener a `run_preflight_process` called without `progress` reports to: a contextvar,
-#: so a TUI worker sets it in its own thread and no other thread's check reports to it.
-PROGRESS_LISTENER: contextvars.ContextVar[Callable[[PreflightProgress], None] | None] = (
-    contextvars.ContextVar("preflight_progress_listener", default=None)
-)
 
 
 class _ProgressReader:
@@ -148,7 +139,7 @@ def run_preflight_process(
             child is stopped and `AffinerError` raised (a TUI passes its worker's
             ``is_cancelled``).
         progress: called on every poll with how far the child has got (`PreflightProgress`),
-            in the calling thread; default `PROGRESS_LISTENER`'s value, else nothing.
+            in the calling thread (none by default).
         python: the interpreter for the child (default this one).
 
     Raises:
@@ -163,7 +154,7 @@ def run_preflight_process(
     keep = False
     try:
         save_config(own, rd.config)
-        listener = progress or PROGRESS_LISTENER.get()
+        listener = progress
         accum = int(own.training.grad_accum or 1)  # the progress reader's first guess
         code = _run_child(rd, cancelled or (lambda: False), listener, accum, poll_seconds, python)
         events = read_events(rd.path)

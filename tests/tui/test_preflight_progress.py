@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from textual.widgets import Static
@@ -84,11 +85,8 @@ async def test_the_assistant_shows_the_progress_and_drops_it_when_done(tmp_path:
     services, _ = fake_services(tmp_path / "runs", gpus=0)
     release: list[bool] = []
 
-    def preflight(config: object) -> object:
-        from affiner.runner.run.preflight import PROGRESS_LISTENER
-
-        listener = PROGRESS_LISTENER.get()
-        assert listener is not None  # the screen's worker set it for this thread
+    def preflight(config: object, listener: Any) -> object:
+        assert listener is not None  # the screen passes where its progress goes
         listener(
             PreflightProgress(PREFLIGHT_TRAIN, done=3, total=12, steps_done=0, steps=3, elapsed=65)
         )

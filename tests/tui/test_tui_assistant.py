@@ -57,7 +57,7 @@ def make_services(tmp_path: Path, launched: list) -> Services:
         stop_run=lambda run_dir: None,
         runs_root=tmp_path / "runs",
         resolve_device=lambda report: gpu_device(),
-        preflight=lambda config: Preflight(
+        preflight=lambda config, progress=None: Preflight(
             device="NVIDIA GeForce RTX 4090",
             measured_peak_bytes=2 * 10**9,
             measured_step_seconds=0.05,

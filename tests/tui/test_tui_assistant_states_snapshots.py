@@ -69,7 +69,7 @@ def preview(path: str, spec: Any, seq_len: int, model_ref: str | None = None) ->
 
 
 def planning_services(
-    tmp_path: Path, device: str, preflight: Callable[[Any], Any] | None = None
+    tmp_path: Path, device: str, preflight: Callable[..., Any] | None = None
 ) -> Services:
     """The real planner for a fixed device; ``7B`` resolves to its size-only shape."""
     target = DEVICES[device]()
@@ -132,10 +132,7 @@ class HeldPreflight:
         self.release = threading.Event()
         self.reported = threading.Event()
 
-    def __call__(self, config: Any) -> Any:
-        from affiner.runner.run.preflight import PROGRESS_LISTENER
-
-        listener = PROGRESS_LISTENER.get()
+    def __call__(self, config: Any, listener: Any) -> Any:
         assert listener is not None
         listener(
             PreflightProgress(

@@ -307,18 +307,10 @@ class AssistantScreen(Screen):
         return self.services.catalog_target(name) if name else None
 
     def _task_preflight(self, config: Any) -> Any:
-        # The service takes the configuration alone; the child's progress reaches this screen
-        # through the listener set in this (the worker's) thread, as a message.
-        from affiner.runner.run import PROGRESS_LISTENER
-
-        # A pool thread keeps its context for the next task: the listener goes when this ends.
-        token = PROGRESS_LISTENER.set(
-            lambda progress: self.post_message(PreflightProgressed(progress))
+        # the child's progress reaches this screen as a message, posted from the worker's thread
+        return self.services.preflight(
+            config, lambda progress: self.post_message(PreflightProgressed(progress))
         )
-        try:
-            return self.services.preflight(config)
-        finally:
-            PROGRESS_LISTENER.reset(token)
 
     @on(PreflightProgressed)
     def _preflight_progressed(self, message: PreflightProgressed) -> None:
