@@ -234,9 +234,13 @@ def test_monitor(
         pilot.app.open_monitor(path)
         screen = pilot.app.screen
         await wait_for(pilot, lambda: screen.history.step == step and screen.state != "")
+        log = screen.query_one("#log")
         if state == "training":
-            await wait_for(pilot, lambda: screen.query_one("#log").library_warnings == 2)
+            await wait_for(pilot, lambda: log.library_warnings == 2)
+        # the log writes its lines once it has a size, then scrolls to the end: wait for both
         await pilot.wait_for_animation()
+        await pilot.pause()
+        await wait_for(pilot, lambda: bool(log.lines) and log.scroll_y == log.max_scroll_y)
         await pilot.pause()
 
     assert snap_compare(build_app(services), terminal_size=size, run_before=run_before)

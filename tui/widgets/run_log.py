@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 from rich.text import Text
+from textual.events import Resize
 from textual.widgets import RichLog
 
 from affiner.planner.units import format_bytes, format_duration
@@ -158,6 +159,12 @@ class RunLog(RichLog):
 
     def on_mount(self) -> None:
         self._title()
+
+    def on_resize(self, event: Resize) -> None:
+        # RichLog writes what came before its size was known here, and a pane that changes
+        # height (a banner appears, the summary replaces the plots) keeps its old scroll
+        # offset: show the newest lines, as a log that follows a run should.
+        self.scroll_end(animate=False, immediate=False, x_axis=False)
 
     def reset(self) -> None:
         """Forget everything (another run is shown)."""
