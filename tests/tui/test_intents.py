@@ -155,6 +155,14 @@ def test_hardware_help_and_unknown_are_never_silent() -> None:
     )
     no_gpu = answer(parse_intent("hardware"), ctx(hardware=hardware(gpus=False)))
     assert "No NVIDIA GPU: NVML Shared Library Not Found" in no_gpu
+    # the probe's reason ends with the CLI's advice; the app says its own way instead
+    from dataclasses import replace
+
+    from affiner.planner.hardware import FALLBACK
+
+    report = replace(hardware(gpus=False), gpu_reason=f"NVIDIA driver not found: {FALLBACK}")
+    words = answer(parse_intent("hardware"), ctx(hardware=report))
+    assert "--gpu" not in words and "press F3 then p" in words
     help_text = answer(parse_intent("help"), ctx())
     for phrase in ("what if I had a 4090", "use qlora", "seq 4096", "why not full?", "how long?"):
         assert phrase in help_text

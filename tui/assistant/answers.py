@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from affiner.planner.hardware import FALLBACK
 from affiner.planner.units import format_bytes, format_duration
 from affiner.planner.vocabulary import QUANTIZED_METHODS
 from affiner.tui.assistant.intents import Intent
@@ -412,7 +413,12 @@ def hardware_summary(report: Any) -> str:
             f"{format_bytes(gpu.memory_total)} (compute {cc}, bf16 {'yes' if gpu.bf16 else 'no'})"
         )
     if not report.gpus:
-        lines.append(f"- No NVIDIA GPU: {report.gpu_reason or 'none found'}")
+        # the reason ends with the CLI's advice (--gpu NAME); in the app, F3 then p picks one
+        reason = (report.gpu_reason or "none found").removesuffix(f": {FALLBACK}")
+        lines.append(
+            f"- No NVIDIA GPU: {reason}. Plans are for the CPU; to plan as if for a GPU, "
+            "press F3 then p"
+        )
     cpu = report.cpu
     lines.append(
         f"- CPU: {cpu.model}, {cpu.logical_cores} threads; RAM {format_bytes(report.ram_available)} "
