@@ -95,3 +95,51 @@ async def test_load_failures_are_shown_not_raised(tmp_path: Path) -> None:
         assert "Could not load the models: the run in r1 has no saved weights yet" in str(
             app.screen.query_one("#run-info").render()
         )
+
+
+class SlowSession:
+    """A session that streams slowly, so the user can start a new chat in the middle."""
+
+    task = "causal_lm"
+    base = "base"
+    adapter = None
+    labels = ()
+    base_head_untrained = None
+
+    def load(self) -> SlowSession:
+        return self
+
+    def stream(self, history, *, use_adapter: bool, **settings):
+        import time
+
+        for piece in ("one ", "two ", "three ", "four "):
+            time.sleep(0.1)
+            yield piece
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_new_chat_mid_answer_drops_the_old_answer(tmp_path: Path) -> None:
+    import asyncio
+
+    run = tmp_path / "runs" / "20261125-120000-lora-tiny-ab12"
+    run.mkdir(parents=True)
+    app = AffinerApp(services_with(lambda run_dir: SlowSession(), tmp_path))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        app.open_playground(run)
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, PlaygroundScreen)
+        await pilot.press(*"hello", "enter")
+        await asyncio.sleep(0.25)  # the tuned side is mid-answer
+        await pilot.press("ctrl+n")
+        await asyncio.sleep(1.0)  # the old thread's pieces and ends arrive, and are dropped
+        await pilot.pause()
+        assert all(not pane.turns for pane in screen.query(ChatPane))
+        assert not screen.busy
+        await pilot.press(*"again", "enter")  # the next question is answered in full
+        await wait_playground(pilot)
+        tuned = screen.query_one("#pane-tuned", ChatPane).turns
+        assert tuned == [("user", "again"), ("assistant", "one two three four ")]

@@ -94,10 +94,12 @@ class GenerationSettings:
 
 @dataclass
 class Streamed(Message):
-    """A piece of one side's answer (threads post these; the handler draws)."""
+    """A piece of one side's answer (threads post these; the handler draws). `chat` is the
+    conversation it answers: one the user has since cleared or left is dropped."""
 
     side: str
     text: str
+    chat: int = 0
 
 
 @dataclass
@@ -105,6 +107,7 @@ class Answered(Message):
     """One side finished its answer."""
 
     side: str
+    chat: int = 0
 
 
 @dataclass
@@ -153,6 +156,8 @@ class PlaygroundScreen(Screen):
         self.session: Any = None
         self._session_lock = threading.Lock()
         self.busy = False
+        #: the conversation shown: a new chat or another run starts the next one
+        self.chat = 0
         self.generation = GenerationSettings()
         self.classifier = False
         self.base_head_untrained: bool | None = None
@@ -181,8 +186,8 @@ class PlaygroundScreen(Screen):
     def show_run(self, run_dir: str | Path | None) -> None:
         """Open `run_dir` (drops the loaded models of the previous run)."""
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self._new_conversation()
         self._close_session()
-        self.busy = False
         self.classifier = False
         self.base_head_untrained = None
         self._description = ""
@@ -231,6 +236,7 @@ class PlaygroundScreen(Screen):
         question: str,
         histories: dict[str, list[dict[str, str]]],
         settings: GenerationSettings,
+        chat: int,
     ) -> None:
         worker = get_current_worker()
         session = self._ensure_session()
@@ -238,8 +244,9 @@ class PlaygroundScreen(Screen):
             for side in SIDES:
                 (prediction,) = session.classify([question], use_adapter=side == "tuned")
                 chance = side == "base" and getattr(session, "base_head_untrained", None) is True
-                self.post_message(Streamed(side, format_prediction(prediction, chance=chance)))
-                self.post_message(Answered(side))
+                answer = format_prediction(prediction, chance=chance)
+                self.post_message(Streamed(side, answer, chat))
+                self.post_message(Answered(side, chat))
             return
         for side in SIDES:
             for piece in session.stream(
@@ -250,8 +257,8 @@ class PlaygroundScreen(Screen):
             ):
                 if worker.is_cancelled:
                     return
-                self.post_message(Streamed(side, piece))
-            self.post_message(Answered(side))
+                self.post_message(Streamed(side, piece, chat))
+            self.post_message(Answered(side, chat))
 
     def on_unmount(self) -> None:
         self._close_session()
@@ -310,11 +317,12 @@ class PlaygroundScreen(Screen):
 
     @on(Streamed)
     def _streamed(self, message: Streamed) -> None:
-        self.query_one(f"#pane-{message.side}", ChatPane).append(message.text)
+        if message.chat == self.chat:
+            self.query_one(f"#pane-{message.side}", ChatPane).append(message.text)
 
     @on(Answered)
     def _answered(self, message: Answered) -> None:
-        if message.side == SIDES[-1]:
+        if message.chat == self.chat and message.side == SIDES[-1]:
             self.busy = False
 
     @on(Input.Submitted, "#ask")
@@ -338,7 +346,7 @@ class PlaygroundScreen(Screen):
             pane.add("user", question)
             histories[pane.side] = pane.history()
             pane.add("assistant")
-        self._answer(question, histories, GenerationSettings(**vars(self.generation)))
+        self._answer(question, histories, GenerationSettings(**vars(self.generation)), self.chat)
 
     def _command(self, field: Input, command: str) -> None:
         """``/temp X`` or ``/max N``: change how the next answers are written."""
@@ -379,9 +387,16 @@ class PlaygroundScreen(Screen):
             self.query_one("#run-info", Static).update(text)
 
     def action_new_chat(self) -> None:
+        self._new_conversation()
         for pane in self.query(ChatPane):
             pane.clear()
         self.query_one(Transcript).clear()
+
+    def _new_conversation(self) -> None:
+        """Stop answering the old conversation; what its thread still posts is dropped."""
+        self.workers.cancel_group(self, "playground-ask")
+        self.chat += 1
+        self.busy = False
 
     def action_scroll(self, direction: str) -> None:
         transcript = self.query_one(Transcript)
