@@ -97,7 +97,7 @@ def test_the_eta_never_drops_below_what_the_open_phase_still_needs() -> None:
     # a batch a second, 89 to go from t=111: at 131 the eval needs 69 s, the countdown says 29
     assert history.eta_at(131.0) == 69.0
     # both have run out: the run is in a phase that overran its guess, not stalled
-    assert history.eta_text(250.0) == "ETA N/A until this phase ends"
+    assert history.eta_text(250.0) == "ETA known once this phase ends"
     history.add([EvalResult(step=50, loss=1.0, t=251.0)])
     assert history.eta_text(252.0).startswith("ETA overdue")
 

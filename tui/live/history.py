@@ -184,7 +184,7 @@ class RunHistory:
             return f"ETA {format_duration(None)}"
         if eta == 0 and self.eta_logged_at is not None and self.step < self.total_steps:
             if self.phase_latest is not None:  # not stalled: in a phase that overran its guess
-                return f"ETA {format_duration(None)} until this phase ends"
+                return "ETA known once this phase ends"
             return f"ETA overdue ({format_duration(now - self.eta_logged_at)} since the last log)"
         return f"ETA {format_duration(eta)}"
 
