@@ -153,7 +153,7 @@ class RunLog(RichLog):
         )
         self.toggle_key = toggle_key
         self.mode: Mode = "affiner"
-        self.messages: list[str] = []
+        self.messages: deque[str] = deque(maxlen=LIBRARY_LINES)  # a long run logs many
         self.library: deque[str] = deque(maxlen=LIBRARY_LINES)
         self.library_warnings = 0
 
@@ -180,7 +180,7 @@ class RunLog(RichLog):
             for event in events
             if (line := event_line(event, language_model=language_model)) is not None
         ]
-        self.messages += lines
+        self.messages.extend(lines)
         if self.mode == "affiner":
             self._write(lines)
 
@@ -204,7 +204,7 @@ class RunLog(RichLog):
 
     def shown(self) -> list[str]:
         """The lines of the view now shown (what tests read)."""
-        return list(self.messages[-LIBRARY_LINES:] if self.mode == "affiner" else self.library)
+        return list(self.messages if self.mode == "affiner" else self.library)
 
     def _write(self, lines: Iterable[str]) -> None:
         for line in lines:
