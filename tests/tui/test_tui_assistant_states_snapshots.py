@@ -27,7 +27,9 @@ from affiner.runner.run.preflight import PREFLIGHT_TRAIN, PreflightProgress
 from affiner.tui.app import AffinerApp
 from affiner.tui.assistant.flow import DataPreview
 from affiner.tui.services import Services
+from affiner.tui.widgets.conversation import Conversation
 from tests.assistant_fakes import GIB, hardware
+from tests.tui_pilot import wait_for
 
 SIZES = [(80, 24), (120, 40)]
 
@@ -106,6 +108,10 @@ async def settle(pilot: Pilot) -> None:
     for field in pilot.app.screen.query(Input):
         field.cursor_blink = False
     await pilot.wait_for_animation()
+    await pilot.pause()
+    # the conversation scrolls to its end after a refresh: draw it there, not on the way
+    for talk in pilot.app.screen.query(Conversation):
+        await wait_for(pilot, lambda talk=talk: talk.scroll_y == talk.max_scroll_y)
     await pilot.pause()
 
 
