@@ -211,6 +211,9 @@ class Preflight(Event):
     adjusted: bool = False
     seq_len: int = 0
     notes: list[str] = field(default_factory=list)
+    #: The batch the check started from, before any out-of-memory halving (None: older logs).
+    from_micro_batch: int | None = None
+    from_grad_accum: int | None = None
 
 
 @dataclass
