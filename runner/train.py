@@ -11,15 +11,29 @@ scheduler, RNG and data order are the Trainer's) and appends to the same ``event
 after a ``run_started`` that carries ``resumed_from_step`` (the rule readers apply is
 `affiner.runner.run.events.effective_events`).
 
+Out of memory in training, evaluation or saving is not the end: the recipe halves the
+micro-batch and doubles gradient accumulation (`affiner.runner.training.OomBackoff`), writes
+the new batch into ``run.toml``, frees the model and builds the Trainer again, and goes on from
+the last checkpoint with the Trainer's own resume, in this process, with a warning event
+(``oom_backoff``); after two back-offs it fails with what to change. A full disk
+(`affiner.runner.run.diskspace.DiskFullError`, checked before each checkpoint) fails the run
+with "no space left on <mount> (needed ~X, free Y)", the previous checkpoint intact.
+
+``status.json``'s message follows the phase (`affiner.runner.run.phases`); warnings a resumed
+attempt would repeat word for word (the data's, the precision's) are written once.
+
 Return values (the worker's exit codes): 0 finished (early stopping included), 1 failed
-(NaN/inf loss, out of memory, a crash), 2 the configuration or data cannot be used (nothing
-trained), 3 stopped on request (SIGTERM/SIGINT) with a checkpoint saved, resumable.
+(NaN/inf loss, out of memory after the back-offs, a full disk, a crash), 2 the configuration
+or data cannot be used (nothing trained), 3 stopped on request (SIGTERM/SIGINT) with a
+checkpoint saved, resumable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -41,6 +55,8 @@ from affiner.runner.run import (
     read_status,
     write_status,
 )
+from affiner.runner.run.diskspace import DiskFullError, free_bytes, is_disk_full
+from affiner.runner.run.phases import PREFLIGHT, TRAIN, phase_words
 
 EXIT_FINISHED, EXIT_FAILED, EXIT_USER_ERROR, EXIT_STOPPED = 0, 1, 2, 3
 
@@ -57,11 +73,18 @@ def run_training(
     """
     rd = RunDir(Path(run_dir).resolve())
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    writer = EventWriter(rd.path) if rank0 else None
-    status = read_status(rd.path) or RunStatus(run_id=rd.run_id)
-    status.state, status.pid, status.message = "starting", os.getpid(), ""
-    status.started = status.started or time.time()
-    _status(rd, status, rank0)
+    try:
+        writer = EventWriter(rd.path) if rank0 else None
+        status = read_status(rd.path) or RunStatus(run_id=rd.run_id)
+        status.state, status.pid, status.message = "starting", os.getpid(), ""
+        status.started = status.started or time.time()
+        _status(rd, status, rank0)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        # Not even status.json fits: say so where the launcher looks (train.log) and leave.
+        _say(f"error: {DiskFullError(rd.path, None, free_bytes(rd.path), 'the run status')}")
+        return EXIT_FAILED
 
     from affiner.runner.training import StopRequest
 
@@ -70,9 +93,14 @@ def run_training(
     run = _Run(rd, writer, status, rank0, stop, list(callbacks or []))
     try:
         return run.execute(resume)
+    except DiskFullError as exc:
+        return run.disk_full(exc)
     except AffinerError as exc:
         return run.fail(str(exc), code="config", exit_code=EXIT_USER_ERROR)
     except Exception as exc:
+        if is_disk_full(exc):  # a write outside a checkpoint: the event log, status.json, best/
+            print(f"{type(exc).__name__}: {_first_line(exc)}", file=sys.stderr)
+            return run.disk_full(DiskFullError(rd.path, None, free_bytes(rd.path)))
         traceback.print_exc()  # the worker's stdout/stderr is train.log
         code, message = _describe_crash(exc, run.step)
         return run.fail(message, code=code, exit_code=EXIT_FAILED)
@@ -80,7 +108,28 @@ def run_training(
         run.cleanup()
         stop.restore()
         if writer is not None:
-            writer.close()
+            with contextlib.suppress(OSError):
+                writer.close()
+        _flush_log()
+
+
+def _say(line: str) -> None:
+    """One line on stderr (train.log for the worker), flushed now."""
+    print(line, file=sys.stderr)
+    _flush_log()
+
+
+def _flush_log() -> None:
+    """Flush train.log whole: stdout is block-buffered into it, and what stays in the buffer
+    when the process ends on a full disk is lost (a log cut at 4096 bytes)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # still no room, or a closed stream
+            stream.flush()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _status(rd: RunDir, status: RunStatus, rank0: bool) -> None:
@@ -120,42 +169,75 @@ class _Run:
         self.rd, self.writer, self.status, self.rank0 = rd, writer, status, rank0
         self.stop, self.extra = stop, extra
         self.trainer: Any = None
+        self.loaded: Any = None
         self.sampler: Any = None
         self.events: Any = None
         self.train_seconds: float | None = None
+        #: the model is being loaded (an out-of-memory then is not one a smaller batch fixes)
+        self.loading = False
+        self.base_evaluated = False
+        self._last_step = 0
+        #: (code, message) of the warnings already in the log: a resume does not repeat them
+        self._logged_warnings: set[tuple[str, str]] | None = None
 
     @property
     def step(self) -> int:
-        return int(self.trainer.state.global_step) if self.trainer is not None else 0
+        """The optimizer steps done (kept from the last Trainer when it has been let go)."""
+        if self.trainer is not None:
+            self._last_step = int(self.trainer.state.global_step)
+        return self._last_step
 
     def emit(self, event: Any) -> None:
         if self.writer is not None:
             self.writer.write(event)
 
+    def emit_once(self, warning: Warning_) -> None:
+        """Write `warning` unless the log already holds the same one (an earlier attempt's)."""
+        if self._logged_warnings is None:
+            from affiner.runner.run.events import iter_event_dicts
+
+            self._logged_warnings = {
+                (str(e.get("code")), str(e.get("message")))
+                for e in iter_event_dicts(self.rd.path)
+                if e.get("type") == Warning_.type
+            }
+        key = (warning.code, warning.message)
+        if key not in self._logged_warnings:
+            self._logged_warnings.add(key)
+            self.emit(warning)
+
+    def enter(self, phase: str, *, step: int = 0, event: bool = True) -> None:
+        """A phase begins: its ``progress`` event, and ``status.json``'s message in its words."""
+        if event:
+            self.emit(Progress(step=step, phase=phase))
+        self.status.message = phase_words(phase, step)[0]
+        _status(self.rd, self.status, self.rank0)
+
     # ------------------------------------------------------------------ the recipe
     def execute(self, resume: bool) -> int:
-        from transformers import PrinterCallback, set_seed
+        from transformers import set_seed
 
         from affiner.runner.config import load_config
         from affiner.runner.data import prepare_data
-        from affiner.runner.run import latest_checkpoint, read_log_history
+        from affiner.runner.run.checkpoints import (
+            latest_checkpoint,
+            read_settings_record,
+            remove_partial_checkpoints,
+        )
         from affiner.runner.training import (
-            CountingTrainer,
-            EventCallback,
-            RunInfo,
-            SystemSampler,
-            TokenCounter,
-            build_collator,
-            build_training_args,
-            is_long_run,
-            load_model,
+            OomAt,
+            OomBackoff,
+            changed_settings,
+            free_accelerator_memory,
+            is_oom,
             load_tokenizer,
-            make_compute_metrics,
-            preprocess_logits_for_metrics,
+            memory_settings,
             resolve_device,
             resolve_precision,
             run_preflight,
+            should_preflight,
             world_size,
+            write_batch,
             write_command,
             write_versions,
         )
@@ -167,12 +249,13 @@ class _Run:
         # recording the versions below asks torch for the GPUs' names
         device = resolve_device(
             cfg.training.device,
-            on_note=lambda note: self.emit(Warning_(code="gpu", message=note, step=0)),
+            on_note=lambda note: self.emit_once(Warning_(code="gpu", message=note, step=0)),
         )
         set_seed(cfg.training.seed)
         if self.rank0:
             write_versions(rd)
             write_command(rd)
+            remove_partial_checkpoints(rd.checkpoints)  # a save a kill or full disk cut short
         found = latest_checkpoint(rd) if resume else None
         checkpoint = found[1] if found else None
         resumed_from = None
@@ -188,36 +271,140 @@ class _Run:
                 )
         precision = resolve_precision(cfg.training.precision, device)
         if precision.note:
-            self.emit(Warning_(code="precision", message=f"Precision: {precision.note}."))
+            self.emit_once(Warning_(code="precision", message=f"Precision: {precision.note}."))
         tokenizer = load_tokenizer(cfg)
 
         # -- data
-        self.emit(Progress(phase=PREPARE_DATA))
+        self.enter(PREPARE_DATA)
         data = prepare_data(cfg, tokenizer)
         self._data_warnings(data)
-        train_ds, eval_ds = data.train, data.eval  # [eval].max_rows is applied by prepare_data
-        has_eval = eval_ds is not None and len(eval_ds) > 0
 
-        # -- pre-flight (a long run measures what fits before committing to it)
+        # -- pre-flight (a long run measures what fits before committing to it; a resume
+        # does again when its settings differ from those its checkpoint was made with)
         # (single-process runs only: ranks of a distributed run would each measure alone)
-        if (
-            cfg.training.preflight
-            and checkpoint is None
-            and world_size() == 1
-            and is_long_run(cfg, len(train_ds))
+        changed = changed_settings(
+            read_settings_record(checkpoint) if checkpoint else None, memory_settings(cfg)
+        )
+        if should_preflight(
+            cfg,
+            len(data.train),
+            resuming=checkpoint is not None,
+            changed=changed,
+            world_size=world_size(),
         ):
-            self.status.message = "pre-flight check"
-            _status(rd, self.status, self.rank0)
+            if changed:
+                self.emit(
+                    Warning_(
+                        code="settings_changed",
+                        message=(
+                            f"Settings changed since the checkpoint of step {resumed_from} "
+                            f"({'; '.join(changed)}): the pre-flight measures them first."
+                        ),
+                        action="none",
+                    )
+                )
+            self.enter(PREFLIGHT, event=False)
             run_preflight(cfg, run_dir=rd, prepared=data, tokenizer=tokenizer)
             gc.collect()
 
-        # -- model
-        self.emit(Progress(phase=LOAD_MODEL))
-        loaded = load_model(
-            cfg, tokenizer, device=device, precision=precision, labels=list(data.labels or [])
+        # -- model, trainer, train: again from the last checkpoint after an out-of-memory,
+        # with half the micro-batch and twice the accumulation
+        backoff = OomBackoff.starting_at(cfg.training.micro_batch, cfg.training.grad_accum)
+        while True:
+            oom: OomAt | None = None
+            try:
+                self._train(cfg, data, tokenizer, device, precision, checkpoint, resumed_from)
+            except Exception as exc:
+                if not is_oom(exc) or self.loading or world_size() != 1:
+                    raise  # a smaller batch does not help loading; ranks cannot back off alone
+                # The traceback's frames hold the model, its gradients and the optimizer.
+                traceback.clear_frames(exc.__traceback__)
+                phase = self.events.phase if self.events is not None else TRAIN
+                oom = OomAt(phase, self.step, _first_line(exc))
+            if oom is None:
+                break
+            # Out of the except block: its traceback would keep the failed attempt alive.
+            self._release()
+            free_accelerator_memory()
+            old = backoff.current
+            if backoff.next() is None:
+                return self.fail(backoff.give_up(oom), code="oom", exit_code=EXIT_FAILED)
+            cfg.training.micro_batch = backoff.current.micro_batch
+            cfg.training.grad_accum = backoff.current.grad_accum
+            if self.rank0:
+                remove_partial_checkpoints(rd.checkpoints)
+                write_batch(rd.path, backoff.current)
+            found = latest_checkpoint(rd)
+            checkpoint = found[1] if found else None
+            resumed_from = found[0] if found else 0
+            print(f"affiner: {backoff.message(oom, old, resumed_from)}", file=sys.stderr)
+            self.emit(
+                Warning_(
+                    code="oom_backoff",
+                    step=resumed_from,  # kept by the resume rule: the attempt after it goes on
+                    message=backoff.message(oom, old, resumed_from),
+                    action="none",
+                )
+            )
+
+        # -- save
+        events = self.events
+        if events.failure:
+            return self.finish("failed", events.failure, EXIT_FAILED)
+        if self.rank0:
+            self.enter(SAVE_OUTPUTS, step=self.step)
+            self._save_outputs(cfg, self.loaded, data, device, precision)
+        if self.stop.requested:
+            return self.finish(
+                "stopped",
+                f"Stopped on {self.stop.signal_name} at step {self.step}; resume to continue.",
+                EXIT_STOPPED,
+            )
+        message = (
+            "Stopped early: the eval loss stopped improving."
+            if events.early_stopped
+            else "Training finished."
+        )
+        return self.finish("finished", message, EXIT_FINISHED)
+
+    def _train(
+        self,
+        cfg: RunConfig,
+        data: Any,
+        tokenizer: Any,
+        device: str,
+        precision: Any,
+        checkpoint: Path | None,
+        resumed_from: int | None,
+    ) -> None:
+        """One attempt: load the model, build the Trainer, train from `checkpoint` (or step 0)."""
+        from transformers import PrinterCallback
+
+        from affiner.runner.run import read_log_history
+        from affiner.runner.training import (
+            CountingTrainer,
+            EventCallback,
+            RunInfo,
+            SystemSampler,
+            TokenCounter,
+            build_collator,
+            build_training_args,
+            load_model,
+            make_compute_metrics,
+            memory_settings,
+            preprocess_logits_for_metrics,
+            world_size,
         )
 
-        # -- trainer
+        rd = self.rd
+        train_ds, eval_ds = data.train, data.eval  # [eval].max_rows is applied by prepare_data
+        has_eval = eval_ds is not None and len(eval_ds) > 0
+        self.enter(LOAD_MODEL)
+        self.loading = True
+        self.loaded = load_model(
+            cfg, tokenizer, device=device, precision=precision, labels=list(data.labels or [])
+        )
+        self.loading = False
         classification = cfg.model.task == "classification"
         args = build_training_args(
             cfg, output_dir=rd.checkpoints, device=device, precision=precision, has_eval=has_eval
@@ -248,7 +435,7 @@ class _Run:
             world_size=world_size(),
         )
         self.trainer = CountingTrainer(
-            model=loaded.model,
+            model=self.loaded.model,
             args=args,
             train_dataset=train_ds,
             eval_dataset=eval_ds if has_eval else None,
@@ -258,38 +445,34 @@ class _Run:
             preprocess_logits_for_metrics=preprocess_logits_for_metrics if classification else None,
             callbacks=[self.events, *self.extra],
             token_counter=tokens,
+            settings_record=memory_settings(cfg),
         )
         self.trainer.remove_callback(PrinterCallback)  # the event log replaces printed dicts
-        if self.writer is not None:
+        if self.writer is not None and self.sampler is None:
             self.sampler = SystemSampler(self.writer, interval=5.0, step=lambda: self.step)
             self.sampler.start()
+        if self.rank0:  # hours of training that end at the first save on a full disk: say so now
+            self.trainer.check_checkpoint_space("the run's checkpoints")
 
         # -- train
-        if cfg.eval.at_start and has_eval and checkpoint is None:
+        if cfg.eval.at_start and has_eval and checkpoint is None and not self.base_evaluated:
             self.trainer.evaluate()  # the base model's numbers, as the eval event of step 0
+            self.base_evaluated = True
+        self.enter(TRAIN, step=resumed_from or 0, event=False)
         started = time.time()
-        self.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        self.train_seconds = time.time() - started
+        try:
+            self.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        finally:
+            self.train_seconds = (self.train_seconds or 0.0) + time.time() - started
 
-        # -- save
-        events = self.events
-        if events.failure:
-            return self.finish("failed", events.failure, EXIT_FAILED)
-        if self.rank0:
-            self.emit(Progress(step=self.step, phase=SAVE_OUTPUTS))
-            self._save_outputs(cfg, loaded, data, device, precision)
-        if self.stop.requested:
-            return self.finish(
-                "stopped",
-                f"Stopped on {self.stop.signal_name} at step {self.step}; resume to continue.",
-                EXIT_STOPPED,
-            )
-        message = (
-            "Stopped early: the eval loss stopped improving."
-            if events.early_stopped
-            else "Training finished."
-        )
-        return self.finish("finished", message, EXIT_FINISHED)
+    def _release(self) -> None:
+        """Let go of the failed attempt's Trainer and model (the optimizer state goes with it)."""
+        if self.trainer is not None:
+            self._last_step = int(self.trainer.state.global_step)
+            self.trainer.model = self.trainer.model_wrapped = None
+            self.trainer.optimizer = self.trainer.lr_scheduler = None
+        self.trainer = self.loaded = None
+        gc.collect()
 
     # ------------------------------------------------------------------ saving
     def _save_outputs(
@@ -351,12 +534,13 @@ class _Run:
         return True
 
     def _data_warnings(self, data: Any) -> None:
-        """Dropped rows, leakage and truncation from the data report become warning events."""
+        """Dropped rows, leakage and truncation from the data report become warning events
+        (once: a resume reads the same data and would say the same again)."""
         report = data.report
         if report.dropped:
             reasons = ", ".join(f"{n} {kind}" for kind, n in report.drop_reasons.items())
             examples = "; ".join(report.dropped_examples[:3])
-            self.emit(
+            self.emit_once(
                 Warning_(
                     code="dropped_rows",
                     message=f"{report.dropped} invalid rows left out ({reasons}). {examples}",
@@ -364,7 +548,7 @@ class _Run:
                 )
             )
         if report.leaked:
-            self.emit(
+            self.emit_once(
                 Warning_(
                     code="leakage",
                     message=f"{report.leaked} eval rows also appear in the training data and were left out of the evaluation.",
@@ -373,7 +557,7 @@ class _Run:
             )
         stats = report.train_tokens
         if stats.truncated:
-            self.emit(
+            self.emit_once(
                 Warning_(
                     code="truncation",
                     message=f"{stats.truncated} of {stats.count} training examples are longer than max_seq_len {stats.max_seq_len} and were cut (longest {stats.max}).",
@@ -384,7 +568,7 @@ class _Run:
     # ------------------------------------------------------------------ endings
     def finish(self, state: str, message: str, exit_code: int) -> int:
         best = self.events.best.best if self.events is not None else None
-        self.emit(
+        self._last_words(
             RunFinished(
                 state=state,
                 step=self.step,
@@ -398,12 +582,41 @@ class _Run:
         self.status.state, self.status.message, self.status.step = state, message, self.step
         if best is not None:
             self.status.best_eval_loss = best.eval_loss
-        _status(self.rd, self.status, self.rank0)
+        try:
+            _status(self.rd, self.status, self.rank0)
+        except OSError as exc:  # the disk is still full: train.log is the last place left
+            _say(f"affiner: could not write status.json ({exc}); the run {state}: {message}")
         return exit_code
 
     def fail(self, message: str, *, code: str, exit_code: int) -> int:
-        self.emit(Error(code=code, message=message, step=self.step))
+        self._last_words(Error(code=code, message=message, step=self.step))
         return self.finish("failed", message, exit_code)
+
+    def _last_words(self, event: Any) -> None:
+        """Write an ending's event; on a disk that is still full, train.log has to do."""
+        try:
+            self.emit(event)
+        except OSError as exc:
+            _say(f"affiner: could not write the {event.type} event ({exc})")
+
+    def disk_full(self, exc: DiskFullError) -> int:
+        """End on a full disk: the cut-short save removed (the previous checkpoint stays the
+        one to resume from), the reason on stderr, status failed, train.log flushed whole."""
+        from affiner.runner.run.checkpoints import latest_checkpoint, remove_partial_checkpoints
+
+        if self.rank0:
+            remove_partial_checkpoints(self.rd.checkpoints)  # first: it gives the log room
+        kept = latest_checkpoint(self.rd)
+        then = (
+            f"the checkpoint of step {kept[0]} is kept: free space, then "
+            f"`affiner train --resume {self.rd.run_id}`"
+            if kept
+            else "no checkpoint was saved yet: free space, then start the run again"
+        )
+        where = exc.message if "step" in exc.message else f"{exc.message} at step {self.step}"
+        message = f"{where}; {then}."
+        _say(f"error: {message}")
+        return self.fail(message, code="disk_full", exit_code=EXIT_FAILED)
 
     def cleanup(self) -> None:
         if self.sampler is not None:

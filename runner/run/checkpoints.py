@@ -11,6 +11,12 @@ the Trainer's rotation never deletes it, and a user who stops a run early keeps 
 When an improving evaluation falls on a step that is about to be checkpointed anyway, the
 checkpoint's model files are hard-linked into ``best/`` (no second copy on disk); otherwise the
 weights are written there directly with ``save_pretrained``.
+
+Each checkpoint also records the settings that shape memory and time at which it was made
+(``affiner_settings.json``, `SETTINGS_RECORD`): a resume whose ``run.toml`` asks for others runs
+the pre-flight again. A save cut short (a full disk, an out-of-memory) leaves a folder without
+``trainer_state.json``; `remove_partial_checkpoints` deletes such folders before the run fails
+or carries on, so only complete checkpoints are ever on disk for long.
 """
 
 from __future__ import annotations
@@ -27,8 +33,17 @@ from affiner.runner.run.rundir import RunDir
 
 BEST_INFO = "affiner_best.json"
 TRAINER_STATE = "trainer_state.json"
+#: The settings a checkpoint was made with (`write_settings_record`).
+SETTINGS_RECORD = "affiner_settings.json"
 #: Files of a Trainer checkpoint that only resuming needs; everything else is the model.
-_RESUME_ONLY = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin", TRAINER_STATE)
+_RESUME_ONLY = (
+    "optimizer.pt",
+    "scheduler.pt",
+    "scaler.pt",
+    "training_args.bin",
+    TRAINER_STATE,
+    SETTINGS_RECORD,
+)
 #: What the Trainer names a checkpoint folder (transformers' ``PREFIX_CHECKPOINT_DIR``).
 CHECKPOINT_PREFIX = "checkpoint-"
 _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
@@ -51,8 +66,12 @@ def list_checkpoints(run_dir: RunDir | str | os.PathLike[str]) -> list[tuple[int
     Only folders with a ``trainer_state.json`` count: the Trainer writes it last, so a folder
     without one is a save that was cut short. ``best/`` is not one of them (see `BestKeeper`).
     """
-    rd = _as_rundir(run_dir)
-    folder = rd.checkpoints
+    return complete_checkpoints_in(_as_rundir(run_dir).checkpoints)
+
+
+def complete_checkpoints_in(folder: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """The complete ``checkpoint-<step>`` folders directly in `folder`, oldest first."""
+    folder = Path(folder)
     if not folder.is_dir():
         return []
     found = []
@@ -81,6 +100,40 @@ def saved_weights(run_dir: RunDir | str | os.PathLike[str]) -> list[Path]:
 
 def _as_rundir(run_dir: RunDir | str | os.PathLike[str]) -> RunDir:
     return run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
+
+
+def remove_partial_checkpoints(checkpoints_dir: str | os.PathLike[str]) -> list[Path]:
+    """Delete the checkpoint folders a cut-short save left (no ``trainer_state.json``).
+
+    Also the best model's staging folder (``best.tmp``), which only a failed install leaves.
+    The complete checkpoints and ``best/`` are never touched. Returns what was removed.
+    """
+    folder = Path(checkpoints_dir)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for child in folder.iterdir():
+        partial = checkpoint_step(child) is not None and not (child / TRAINER_STATE).exists()
+        if child.is_dir() and (partial or child.name == "best.tmp"):
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
+    return removed
+
+
+def write_settings_record(checkpoint: Path, settings: dict[str, Any]) -> None:
+    """Record in `checkpoint` the settings it was made with (see the module docstring)."""
+    tmp = checkpoint / (SETTINGS_RECORD + ".tmp")
+    tmp.write_text(json.dumps(settings, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, checkpoint / SETTINGS_RECORD)
+
+
+def read_settings_record(checkpoint: Path) -> dict[str, Any] | None:
+    """The settings `checkpoint` was made with; None when it has no readable record."""
+    try:
+        data = json.loads((checkpoint / SETTINGS_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def read_log_history(checkpoint: Path) -> list[dict[str, Any]]:
@@ -130,21 +183,29 @@ class BestKeeper:
     def save_weights(self, model: Any, tokenizer: Any, step: int, eval_loss: float) -> Path:
         """Write the model's weights (an adapter for peft models) and tokenizer as the new best."""
         tmp = self._fresh_tmp()
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        try:
+            model.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # (a full disk): the old best stays
+            raise
         return self._install(tmp, step, eval_loss)
 
     def link_checkpoint(self, checkpoint: Path, step: int, eval_loss: float) -> Path:
         """Make the model files of a just-written checkpoint the new best, by hard links."""
         tmp = self._fresh_tmp()
-        for source in checkpoint.iterdir():
-            if (
-                source.is_file()
-                and source.name not in _RESUME_ONLY
-                and "rng_state" not in source.name
-            ):
-                _link_or_copy(source, tmp / source.name)
+        try:
+            for source in checkpoint.iterdir():
+                if (
+                    source.is_file()
+                    and source.name not in _RESUME_ONLY
+                    and "rng_state" not in source.name
+                ):
+                    _link_or_copy(source, tmp / source.name)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return self._install(tmp, step, eval_loss)
 
     def _fresh_tmp(self) -> Path:

@@ -14,6 +14,11 @@ BASE_EVAL, EVAL, SAVE = "base_eval", "eval", "save"
 #: The worker's own silent phases before training and after it (counted by nothing: 0 of 0).
 PREPARE_DATA, LOAD_MODEL, SAVE_OUTPUTS = "prepare_data", "load_model", "save_outputs"
 PHASES = (PREPARE_DATA, LOAD_MODEL, BASE_EVAL, EVAL, SAVE, SAVE_OUTPUTS)
+#: Not a silent phase (train logs say how it goes) and never in a `Progress` event: the words
+#: ``status.json``'s message carries while the optimizer steps run, between the phases above.
+TRAIN = "train"
+#: The worker's pre-flight before a long run, as ``status.json``'s message names it.
+PREFLIGHT = "preflight"
 #: The pre-flight's phases (`affiner.runner.run.preflight`), in its child's progress events and,
 #: when the worker runs it before a long run, in the run's own log. `PREFLIGHT_START` is its
 #: caller's: the child has said nothing yet while Python and the libraries load.
@@ -34,6 +39,8 @@ PREFLIGHT_PHASES = (
 #: shown by its name.
 PHASE_WORDS: dict[str, tuple[str, str]] = {
     PREPARE_DATA: ("reading and tokenizing the data", ""),
+    TRAIN: ("training", ""),
+    PREFLIGHT: ("pre-flight check: measuring memory and step time before the long run", ""),
     LOAD_MODEL: ("loading the model", ""),
     BASE_EVAL: ("evaluating the base model", "batches"),
     EVAL: ("evaluating at step {step}", "batches"),

@@ -23,35 +23,59 @@ from affiner.runner.training.modeling import (
     resolve_device,
     resolve_precision,
 )
-from affiner.runner.training.oom import is_oom
-from affiner.runner.training.preflight import cuda_context_bytes, is_long_run, run_preflight
+from affiner.runner.training.oom import (
+    MAX_BACKOFFS,
+    BatchShape,
+    OomAt,
+    OomBackoff,
+    free_accelerator_memory,
+    is_oom,
+    write_batch,
+)
+from affiner.runner.training.preflight import (
+    changed_settings,
+    cuda_context_bytes,
+    is_long_run,
+    memory_settings,
+    run_preflight,
+    should_preflight,
+)
 from affiner.runner.training.sampler import SystemSampler
 from affiner.runner.training.setup import build_collator, build_training_args, world_size
 from affiner.runner.training.versions import write_command, write_versions
 
 __all__ = [
+    "MAX_BACKOFFS",
+    "BatchShape",
     "CardFacts",
     "CountingTrainer",
     "EventCallback",
+    "OomAt",
+    "OomBackoff",
     "RunInfo",
     "StopRequest",
     "SystemSampler",
     "TokenCounter",
     "build_collator",
     "build_training_args",
+    "changed_settings",
     "cuda_context_bytes",
+    "free_accelerator_memory",
     "is_long_run",
     "is_oom",
     "load_model",
     "load_tokenizer",
     "make_compute_metrics",
+    "memory_settings",
     "merge_adapter",
     "preprocess_logits_for_metrics",
     "resolve_device",
     "resolve_precision",
     "run_preflight",
     "save_merged",
+    "should_preflight",
     "world_size",
+    "write_batch",
     "write_command",
     "write_model_card",
     "write_versions",

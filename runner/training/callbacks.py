@@ -19,18 +19,26 @@
 It also steers the run: a NaN/inf loss stops training without saving; early stopping on eval loss
 stops it; a SIGTERM/SIGINT (`StopRequest`) saves a checkpoint at the next step end and stops.
 Detectors are replayed from the checkpoint's log history on resume, so patience counters go on
-where they were.
+where they were. ``status.json``'s message follows the phase (training, an evaluation, a save:
+the words of `affiner.runner.run.phases`), so ``affiner runs`` says what the run is doing.
+
+`CountingTrainer` checks the free space before each checkpoint (against the previous
+checkpoint's size, or the weights it saves plus the optimizer's state) and turns a save that a
+full disk cut short into a `affiner.runner.run.diskspace.DiskFullError`, the cut folder removed
+so the previous checkpoint stays the one to resume from.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from transformers import Trainer, TrainerCallback
@@ -51,8 +59,17 @@ from affiner.runner.run import (
     clean_number,
     write_status,
 )
+from affiner.runner.run.checkpoints import complete_checkpoints_in, write_settings_record
+from affiner.runner.run.diskspace import (
+    DiskFullError,
+    check_space,
+    estimate_checkpoint_bytes,
+    expected_checkpoint_bytes,
+    free_bytes,
+    is_disk_full,
+)
 from affiner.runner.run.events import Progress
-from affiner.runner.run.phases import BASE_EVAL, EVAL, SAVE
+from affiner.runner.run.phases import BASE_EVAL, EVAL, SAVE, TRAIN, phase_words
 from affiner.runner.training.metrics import (
     EarlyStopper,
     OverfitDetector,
@@ -87,13 +104,75 @@ class TokenCounter:
 
 
 class CountingTrainer(Trainer):
-    """A Trainer that counts the non-padding tokens each micro-batch feeds the model."""
+    """A Trainer that counts the non-padding tokens each micro-batch feeds the model, and saves
+    a checkpoint only where there is room for it (see the module docstring).
+
+    Args:
+        token_counter: where the counted tokens go.
+        settings_record: written into each checkpoint (`write_settings_record`): the settings
+            it was made with, which a resume compares with its own.
+    """
 
     def __init__(
-        self, *args: Any, token_counter: TokenCounter | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        token_counter: TokenCounter | None = None,
+        settings_record: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.token_counter = token_counter or TokenCounter()
+        self.settings_record = settings_record
+
+    def expected_checkpoint_bytes(self) -> int:
+        """The next checkpoint's size: the newest complete one's, else an estimate."""
+        found = complete_checkpoints_in(self.args.output_dir)
+        return expected_checkpoint_bytes(
+            found[-1][1] if found else None, estimate=self._estimated_checkpoint_bytes()
+        )
+
+    def _estimated_checkpoint_bytes(self) -> int:
+        import torch
+
+        model = self.model
+        params = list(model.parameters()) if model is not None else []
+        trainable = [p for p in params if p.requires_grad]
+        # peft saves the adapter alone; full and layer-wise fine-tuning save every weight
+        saved = trainable if hasattr(model, "peft_config") else params
+        weights = sum(p.numel() * p.element_size() for p in saved)
+        state = 0
+        optimizer = self.optimizer
+        for values in getattr(optimizer, "state", {}).values() if optimizer is not None else []:
+            for value in values.values() if isinstance(values, dict) else []:
+                if torch.is_tensor(value):
+                    state += value.numel() * value.element_size()
+        if state == 0:  # before the first step: AdamW's two fp32 moments
+            state = 8 * sum(p.numel() for p in trainable)
+        return estimate_checkpoint_bytes(weights, state)
+
+    def check_checkpoint_space(self, what: str) -> None:
+        """Raise `DiskFullError` when the checkpoints' disk cannot hold the next checkpoint."""
+        check_space(self.args.output_dir, self.expected_checkpoint_bytes(), what)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        step = self.state.global_step
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{step}"
+        what = f"the checkpoint of step {step}"
+        needed = self.expected_checkpoint_bytes()
+        existed = folder.exists()
+        if self.args.should_save:
+            check_space(folder.parent, needed, what)  # before a byte of it is written
+        try:
+            super()._save_checkpoint(model, trial)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            free = free_bytes(folder.parent)
+            if not existed:  # the cut-short folder would only mislead a resume
+                shutil.rmtree(folder, ignore_errors=True)
+            raise DiskFullError(folder.parent, needed, free, what) from exc
+        if self.settings_record is not None and self.args.should_save and folder.is_dir():
+            write_settings_record(folder, self.settings_record)
 
     def training_step(
         self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None
@@ -206,6 +285,9 @@ class EventCallback(TrainerCallback):
         self._last_eval_seconds: float | None = None
         self._eval_batches = 0
         self._progress_at = 0.0
+        #: What the run is doing (a `affiner.runner.run.phases` name): what an out-of-memory
+        #: interrupted, and what ``status.json``'s message says.
+        self.phase = TRAIN
 
     # -- helpers -------------------------------------------------------------------------
     def _emit(self, state: Any, event: Any) -> None:
@@ -220,6 +302,14 @@ class EventCallback(TrainerCallback):
         self.status.epoch = float(state.epoch or 0.0)
         self.status.best_eval_loss = self.best.best_loss
         write_status(self.run_dir.path, self.status)
+
+    def _enter(self, state: Any, phase: str) -> None:
+        """Make `phase` the current one; ``status.json``'s message says it from now on."""
+        if phase == self.phase:
+            return
+        self.phase = phase
+        self.status.message = phase_words(phase, state.global_step)[0]
+        self._save_status(state)
 
     # -- hooks ---------------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
@@ -249,6 +339,8 @@ class EventCallback(TrainerCallback):
         )
         self.status.state = "running"
         self.status.started = self.status.started or now
+        self.phase = TRAIN
+        self.status.message = phase_words(TRAIN)[0]
         self._save_status(state)
         return control
 
@@ -311,6 +403,8 @@ class EventCallback(TrainerCallback):
             )
         if not control.should_evaluate:
             self._saving(state, control)
+        if self.phase != SAVE:
+            self.phase, self.status.message = TRAIN, phase_words(TRAIN)[0]
         self._save_status(state)
         return control
 
@@ -325,6 +419,7 @@ class EventCallback(TrainerCallback):
             self._progress_at = now
             phase = BASE_EVAL if state.global_step == 0 else EVAL
             self._emit(state, Progress(step=state.global_step, phase=phase, done=done, total=total))
+            self._enter(state, phase)
         return control
 
     def on_evaluate(
@@ -336,6 +431,7 @@ class EventCallback(TrainerCallback):
         **kwargs: Any,
     ) -> Any:
         self._eval_batches = 0  # the next evaluation counts its batches from one again
+        self.phase, self.status.message = TRAIN, phase_words(TRAIN)[0]
         runtime = clean_number((metrics or {}).get("eval_runtime"))
         if runtime is not None and state.global_step != self._last_eval_step:
             self._last_eval_seconds = runtime
@@ -422,6 +518,7 @@ class EventCallback(TrainerCallback):
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         step = state.global_step
+        self.phase, self.status.message = TRAIN, phase_words(TRAIN)[0]
         folder = checkpoint_folder(args.output_dir, step)
         self._emit(state, Checkpoint(step=step, path=str(folder), best=False))
         pending, self._pending_best = self._pending_best, None
@@ -437,6 +534,7 @@ class EventCallback(TrainerCallback):
         """A checkpoint save comes next: open its phase (its ``checkpoint`` event closes it)."""
         if control.should_save:
             self._emit(state, Progress(step=state.global_step, phase=SAVE))
+            self._enter(state, SAVE)
 
     def _keep_if_best(self, state: Any, control: Any, loss: float, kwargs: dict[str, Any]) -> None:
         if not self.best.improves(loss):

@@ -9,8 +9,11 @@ doubles gradient accumulation (the effective batch stays the same) and tries aga
 result says ``adjusted=True`` and a warning event says what changed. The measured figures
 (and an adjusted batch) are written back into the run's ``run.toml``.
 
-`run_training` calls it automatically for long runs when ``[training].preflight`` is true;
-``affiner preflight`` calls it on its own.
+`run_training` calls it automatically for long runs when ``[training].preflight`` is true
+(`should_preflight`): before a new run, and before a resume whose settings that shape memory
+or time (`memory_settings`) differ from those its checkpoint was made with (each checkpoint
+records them). ``affiner preflight`` calls it on its own. The event states the batch it started
+from (``from_micro_batch``, ``from_grad_accum``) beside the one that fits.
 
 While it works it writes ``progress`` events (`affiner.runner.run.events.Progress`) to the run's
 event log, so that a reader (the assistant's pre-flight, the monitor) can say what it is doing
@@ -104,6 +107,49 @@ def is_long_run(cfg: RunConfig, train_rows: int) -> bool:
     if cfg.plan.predicted_step_seconds:
         return steps * cfg.plan.predicted_step_seconds > LONG_RUN_SECONDS
     return steps > LONG_RUN_STEPS
+
+
+def memory_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The settings that change a step's memory or time: what a checkpoint records, and what a
+    resume compares with its own to decide whether the pre-flight must measure again."""
+    m, t = cfg.method, cfg.training
+    return {
+        "method": m.name,
+        "quantization": cfg.quantization,
+        "lora_rank": m.lora_rank,
+        "target_modules": m.target_modules,
+        "trainable_layers": m.trainable_layers,
+        "max_seq_len": cfg.data.max_seq_len,
+        "micro_batch": t.micro_batch,
+        "grad_accum": t.grad_accum,
+        "gradient_checkpointing": bool(t.gradient_checkpointing),
+        "precision": t.precision,
+        "optimizer": t.optimizer,
+        "device": t.device,
+        "attn_implementation": cfg.model.attn_implementation,
+    }
+
+
+def changed_settings(recorded: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
+    """``key a → b`` for each setting that differs; none when nothing was recorded (an older
+    checkpoint: nothing to compare, so nothing is assumed to have changed)."""
+    if recorded is None:
+        return []
+    return [
+        f"{key} {recorded.get(key)!r} → {value!r}"
+        for key, value in now.items()
+        if key in recorded and recorded[key] != value
+    ]
+
+
+def should_preflight(
+    cfg: RunConfig, train_rows: int, *, resuming: bool, changed: list[str], world_size: int = 1
+) -> bool:
+    """Whether the run measures before it trains: a long single-process run, new or resumed
+    with changed settings (a resume at the settings its checkpoint ran with already ran)."""
+    if not cfg.training.preflight or world_size != 1 or not is_long_run(cfg, train_rows):
+        return False
+    return not resuming or bool(changed)
 
 
 @dataclass
@@ -212,6 +258,8 @@ def _run(
         adjusted=adjusted,
         seq_len=measured.seq_len,
         notes=notes + measured.notes,
+        from_micro_batch=first_micro,
+        from_grad_accum=first_accum,
     )
     cfg.training.micro_batch, cfg.training.grad_accum = micro, accum
     cfg.plan.measured_peak_bytes = measured.peak_bytes
