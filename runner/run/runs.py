@@ -7,6 +7,10 @@ talks to the training process, so summarising is safe from any terminal, at any 
 One state is derived rather than written: a status that says ``starting`` or ``running``
 whose process is gone (``kill -9``, the OOM killer, a reboot) becomes ``interrupted``, so the
 user knows the run will not finish by itself and can be resumed from its last checkpoint.
+When the run's last ``system`` sample shows its memory close to the machine's
+(`likely_out_of_memory`), the message says so: ``killed (likely out of memory: peak RSS 22.1
+GiB of 23.4 GiB)``. The kernel's out-of-memory killer sends SIGKILL, which leaves no trace in
+the run's own files, so the sample is the only witness a reader has.
 
 `summarize` is called again and again (the TUI's runs screen, a ``watch affiner runs`` loop), and a
 long run's ``events.jsonl`` holds tens of thousands of lines, so the event log is not re-read
@@ -16,6 +20,8 @@ state `summarize` needs, and the next call reads only the bytes appended since.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -23,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from affiner.planner.errors import AffinerError
+from affiner.planner.units import format_bytes
 from affiner.runner.config import read_raw_config
 from affiner.runner.run.checkpoints import latest_checkpoint
 from affiner.runner.run.events import (
@@ -32,6 +39,8 @@ from affiner.runner.run.events import (
     RunFinished,
     RunStarted,
     RunStatus,
+    SystemSample,
+    event_from_dict,
     has_class_metrics,
     read_status,
 )
@@ -50,6 +59,14 @@ RESUMABLE_STATES = ("stopped", "failed", INTERRUPTED)
 #: A ``starting`` status with no pid yet is given this long before it counts as interrupted
 #: (the launcher writes the pid right after the spawn, so only a crash leaves it empty).
 STARTING_GRACE_SECONDS = 120.0
+#: A worker gone without a final state is taken for one the kernel killed for memory when its
+#: last sample showed its peak resident memory at this share of the machine's memory ...
+NEAR_FULL_PROCESS = 0.8
+#: ... or the machine's memory in use (the worker's and everyone else's) at this share.
+NEAR_FULL_MACHINE = 0.9
+#: Bytes read from the end of ``events.jsonl`` to find the last ``system`` sample (one every 5 s,
+#: a few hundred bytes each: the last one is always within the last few events).
+SAMPLE_TAIL_BYTES = 256 * 1024
 
 
 @dataclass
@@ -234,8 +251,8 @@ def summarize(run_dir: RunDir | str | os.PathLike[str], *, now: float | None = N
         summary.updated = tally.last_t if tally.last_t is not None else _mtime(rd.path)
     if summary.total_steps:
         summary.progress = min(1.0, summary.step / summary.total_steps)
-    if summary.state == INTERRUPTED and not summary.message.startswith("interrupted"):
-        summary.message = _interrupted_message(summary)
+    if summary.state == INTERRUPTED and not summary.message.startswith(("interrupted", "killed")):
+        summary.message = _interrupted_message(summary, last_system_sample(rd.events))
     return summary
 
 
@@ -272,13 +289,77 @@ def derive_state(
     return INTERRUPTED if has_started else UNKNOWN
 
 
-def _interrupted_message(summary: RunSummary) -> str:
+def _interrupted_message(summary: RunSummary, sample: SystemSample | None = None) -> str:
     where = (
         f"resume from the checkpoint at step {summary.last_checkpoint_step}"
         if summary.last_checkpoint_step is not None
         else "no checkpoint yet, so a resume starts from scratch"
     )
+    killed = likely_out_of_memory(sample)
+    if killed:
+        return (
+            f"{killed}: the training process is gone without a final state ({where}; lower "
+            "[training].micro_batch or [data].max_seq_len first, or free memory)"
+        )
     return f"interrupted: the training process is gone without a final state ({where})"
+
+
+def likely_out_of_memory(sample: SystemSample | None) -> str | None:
+    """``killed (likely out of memory: peak RSS X of Y)`` when `sample` shows memory near full.
+
+    Near full: the worker's peak resident memory at `NEAR_FULL_PROCESS` of the machine's, or
+    the machine's memory in use at `NEAR_FULL_MACHINE`. None otherwise, or without a sample.
+    """
+    if sample is None:
+        return None
+    total = _positive(sample.ram_total)
+    if total is None:
+        return None
+    rss = (_positive(sample.process_rss), _positive(sample.process_peak_rss))
+    peak = max((v for v in rss if v is not None), default=0.0)
+    used = _positive(sample.ram_used)
+    machine_full = used is not None and used >= NEAR_FULL_MACHINE * total
+    if not peak or (peak < NEAR_FULL_PROCESS * total and not machine_full):
+        return None
+    return f"killed (likely out of memory: peak RSS {format_bytes(peak)} of {format_bytes(total)})"
+
+
+def _positive(value: object) -> float | None:
+    """A byte count from a sample, None unless it is a positive number (never a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def last_system_sample(events: Path) -> SystemSample | None:
+    """The newest ``system`` event in the last `SAMPLE_TAIL_BYTES` of an event log, or None.
+
+    Never raises: a missing or damaged log, or a line that is not a valid sample, gives None
+    or is passed over.
+    """
+    try:
+        with open(events, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - SAMPLE_TAIL_BYTES))
+            tail = handle.read()
+    except OSError:
+        return None
+    for raw in reversed(tail.split(b"\n")):
+        if b'"system"' not in raw:
+            continue
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(data, dict) and data.get("type") == SystemSample.type:
+            try:
+                event = event_from_dict(data)
+            except Exception:  # a reader never raises on file content
+                continue
+            if isinstance(event, SystemSample):
+                return event
+    return None
 
 
 def _fill_best_eval(summary: RunSummary, best: EvalResult | None, *, language_model: bool) -> None:
