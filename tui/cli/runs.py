@@ -283,8 +283,11 @@ def render_preflight(result: Any, cfg: Any, *, source: str = "plan") -> Any:
         f"micro_batch {result.micro_batch} · grad_accum {result.grad_accum} · seq_len {result.seq_len}"
     )
     if result.adjusted:
+        # the event's own record of where it started (cfg may already hold the adjusted batch)
+        micro = getattr(result, "from_micro_batch", None) or cfg.training.micro_batch
+        accum = getattr(result, "from_grad_accum", None) or cfg.training.grad_accum
         lines.append(
-            f"\nadjusted from micro_batch {cfg.training.micro_batch} · grad_accum {cfg.training.grad_accum}"
+            f"\nadjusted from micro_batch {micro} · grad_accum {accum}"
             " so the run fits (the same effective batch)",
             style="bold yellow",
         )
