@@ -1,8 +1,10 @@
 """Reading data files into rows, each with the place it came from (``train.jsonl:17``).
 
-Every reader returns the rows it could read and the rows it could not (a line that is not
-JSON, a CSV record with too many fields), never dropping one silently; a whole file that
-cannot be used (missing, not JSON at all, no header) raises `DataError`.
+Every reader yields, one at a time, the rows it could read and the rows it could not (a line
+that is not JSON, a CSV record with too many fields), never dropping one silently; a whole file
+that cannot be used (missing, not UTF-8, binary, not JSON at all, no header) raises `DataError`
+naming the file and line. Reading streams: files are read line by line as the caller iterates,
+so checking every row of a large file before a launch costs one pass and no copy of the file.
 
 Supported: JSON Lines (``.jsonl``/``.ndjson``), JSON (an array of objects, or
 ``{"data": [...]}``), CSV, TSV, Parquet, plain text (``.txt``: **one example per line**; blank
@@ -14,13 +16,15 @@ compressed with ``.gz``, ``.bz2`` or ``.xz``, a folder written by `datasets`'
 from __future__ import annotations
 
 import bz2
+import codecs
 import csv
 import gzip
 import json
 import lzma
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,22 +60,39 @@ class RawRow:
 
 
 @dataclass
-class SourceRows:
-    """What one data reference yielded.
+class BadRecord:
+    """A record that could not be read at all.
+
+    Attributes:
+        where: ``file:line``.
+        reason: what is wrong with it, in words.
+        kind: the reason without its particulars (``not valid JSON``), to count alike ones.
+    """
+
+    where: str
+    reason: str
+    kind: str
+
+
+Record = RawRow | BadRecord
+
+
+@dataclass
+class Source:
+    """What one data reference yields, read as it is iterated.
 
     Attributes:
         source: the file, folder or hub id, as shown in messages.
-        rows: the records that could be read.
-        bad: ``(where, reason)`` for records that could not be read at all.
-        eval_rows: a held-out split that came with the source (a saved `DatasetDict` or a hub
+        records: a fresh iterator over its records each call (the file is read during iteration,
+            and a whole-file problem raises `DataError` from it).
+        eval_records: a held-out split that came with the source (a saved `DatasetDict` or a hub
             data set with a validation/test split), else None.
         eval_name: that split's name.
     """
 
     source: str
-    rows: list[RawRow] = field(default_factory=list)
-    bad: list[tuple[str, str]] = field(default_factory=list)
-    eval_rows: list[RawRow] | None = None
+    records: Callable[[], Iterator[Record]]
+    eval_records: Callable[[], Iterator[Record]] | None = None
     eval_name: str | None = None
 
 
@@ -79,7 +100,7 @@ def display_path(path: Path) -> str:
     """`path` relative to the working folder when it is inside it (shorter messages)."""
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
+    except (ValueError, OSError):  # outside the working folder, or the working folder is gone
         return str(path)
 
 
@@ -92,8 +113,12 @@ def kind_of(path: Path) -> tuple[str | None, Any]:
     return (SUFFIXES.get(suffixes[-1]) if suffixes else None), opener
 
 
-def read_source(ref: str, *, base_dir: str | os.PathLike[str] | None = None) -> SourceRows:
-    """Read every record behind `ref` (a path, a saved data set folder or a hub id)."""
+def read_source(ref: str, *, base_dir: str | os.PathLike[str] | None = None) -> Source:
+    """The records behind `ref` (a path, a saved data set folder or a hub id).
+
+    A missing file, a name without a known type or a folder that is not a saved data set is
+    refused here; the file's content is checked as `Source.records` is iterated.
+    """
     path = Path(ref).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
@@ -107,7 +132,14 @@ def read_source(ref: str, *, base_dir: str | os.PathLike[str] | None = None) -> 
                 where=display_path(path),
                 hint="name it .jsonl, .json, .csv, .tsv, .parquet or .txt (optionally .gz/.bz2/.xz)",
             )
-        return _read_file(path, kind, opener)
+        if not path.is_file():
+            raise DataError(
+                "not a regular file (a device, a pipe or a socket?)",
+                where=display_path(path),
+                hint="point [data].train / [data].eval at a data file",
+            )
+        name = display_path(path)
+        return Source(source=name, records=lambda: _read_file(path, name, kind, opener))
     if kind is not None or ref.startswith((".", "/", "~")) or ref.count("/") > 1:
         raise DataError(
             "data file not found", where=display_path(path), hint="check [data].train / [data].eval"
@@ -115,44 +147,108 @@ def read_source(ref: str, *, base_dir: str | os.PathLike[str] | None = None) -> 
     return _read_hub(ref)
 
 
-def _read_file(path: Path, kind: str, opener: Any) -> SourceRows:
-    name = display_path(path)
-    out = SourceRows(source=name)
+# ---------------------------------------------------------------------------- files
+
+
+def _read_file(path: Path, name: str, kind: str, opener: Any) -> Iterator[Record]:
+    """Every record of one file, then `DataError` if there was none."""
+    count = 0
     try:
         if kind == "parquet":
-            _read_parquet(path, name, out)
+            records = _read_parquet(path, name)
+            for record in records:
+                count += 1
+                yield record
         else:
-            with opener(path, "rt", encoding="utf-8-sig", newline="") as handle:
-                {
-                    "jsonl": _read_jsonl,
-                    "json": _read_json,
-                    "csv": _read_csv,
-                    "tsv": _read_csv,
-                    "text": _read_text,
-                }[kind](handle, name, out, kind)
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"not UTF-8 text ({exc.reason} at byte {exc.start})",
-            where=name,
-            hint="save it as UTF-8",
-        ) from None
-    except (OSError, EOFError, lzma.LZMAError) as exc:
+            with opener(path, "rb") as handle:
+                lines = _lines(handle, name)
+                if kind == "json":
+                    records = _read_json(handle, name)
+                elif kind in ("csv", "tsv"):
+                    records = _read_csv(lines, name, kind)
+                elif kind == "jsonl":
+                    records = _read_jsonl(lines, name)
+                else:
+                    records = _read_text(lines, name)
+                for record in records:
+                    count += 1
+                    yield record
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
         raise DataError(f"cannot read the file: {exc}", where=name) from None
-    if not out.rows and not out.bad:
-        raise DataError("the file holds no examples", where=name)
-    return out
+    if count == 0:
+        raise DataError(
+            "the file holds no examples",
+            where=name,
+            hint="point [data].train / [data].eval at a file with rows in it",
+        )
 
 
-def _read_jsonl(handle: IO[str], name: str, out: SourceRows, _kind: str) -> None:
-    for number, line in enumerate(handle, start=1):
+def _lines(handle: IO[bytes], name: str) -> Iterator[tuple[int, str]]:
+    """Decoded lines with their 1-based numbers, split on ``\\n`` only as JSON Lines are.
+
+    Each line is decoded on its own, so a byte that is not UTF-8 is reported with the line
+    and column it is on (what an editor shows), not as an offset into the file.
+    """
+    for number, raw in enumerate(handle, start=1):
+        if number == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8) :]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(raw, exc, f"{name}:{number}") from None
+        if "\x00" in text:
+            raise DataError(
+                f"a NUL byte at column {text.index(chr(0)) + 1}: this is binary data, not text",
+                where=f"{name}:{number}",
+                hint="point [data].train / [data].eval at a text data file (.jsonl, .json, .csv, .txt) or a .parquet file",
+            )
+        yield number, text
+
+
+def _not_utf8(raw: bytes, exc: UnicodeDecodeError, where: str) -> DataError:
+    """A clear refusal for bytes that are not UTF-8, pointing at the line and column."""
+    before = raw[: exc.start]
+    column = len(before[before.rfind(b"\n") + 1 :].decode("utf-8", "replace")) + 1
+    binary = b"\x00" in raw[:4096]
+    what = "binary data, not text" if binary else "not UTF-8 text"
+    return DataError(
+        f"{what}: byte 0x{raw[exc.start]:02x} at column {column} is not valid UTF-8 ({exc.reason})",
+        where=where,
+        hint=(
+            "point [data].train / [data].eval at a text data file (.jsonl, .json, .csv, .txt) or a .parquet file"
+            if binary
+            else "save the file as UTF-8 (a Latin-1 file converts with `iconv -f latin1 -t utf-8 OLD > NEW`)"
+        ),
+    )
+
+
+def _json_reason(exc: ValueError | RecursionError) -> str:
+    """`json`'s complaint in words that read on their own (its messages end in "at" before a place)."""
+    if isinstance(exc, json.JSONDecodeError):
+        message = exc.msg.removesuffix(" at").strip()
+        return f"not valid JSON ({message} at column {exc.colno})"
+    if isinstance(exc, RecursionError):
+        return "not valid JSON (nested too deeply to read)"
+    return f"not valid JSON ({exc})"  # e.g. an integer past Python's digit limit
+
+
+def _parse_json(text: str) -> tuple[Any, str | None]:
+    """The value of one JSON text, or None and why it is not JSON."""
+    try:
+        return json.loads(text), None
+    except (ValueError, RecursionError) as exc:
+        return None, _json_reason(exc)
+
+
+def _read_jsonl(lines: Iterable[tuple[int, str]], name: str) -> Iterator[Record]:
+    for number, line in lines:
         if not line.strip():
             continue
-        try:
-            out.rows.append(RawRow(json.loads(line), f"{name}:{number}"))
-        except json.JSONDecodeError as exc:
-            out.bad.append(
-                (f"{name}:{number}", f"not valid JSON ({exc.msg} at column {exc.colno})")
-            )
+        value, problem = _parse_json(line)
+        where = f"{name}:{number}"
+        yield (
+            RawRow(value, where) if problem is None else BadRecord(where, problem, "not valid JSON")
+        )
 
 
 def _line_of(text: str, index: int) -> int:
@@ -180,26 +276,43 @@ def _array_items(text: str, start: int, decoder: json.JSONDecoder) -> Iterator[t
         return
 
 
-def _read_json(handle: IO[str], name: str, out: SourceRows, _kind: str) -> None:
-    text = handle.read()
+def _read_json(handle: IO[bytes], name: str) -> Iterator[Record]:
+    """A JSON document: an array of rows, or ``{"data": [...]}`` (read whole: JSON has no lines)."""
+    raw = handle.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise _not_utf8(raw, exc, f"{name}:{line}") from None
+    if "\x00" in text:
+        raise DataError(
+            "a NUL byte: this is binary data, not text",
+            where=f"{name}:{_line_of(text, text.index(chr(0)))}",
+            hint="point [data].train / [data].eval at a text data file (.jsonl, .json, .csv, .txt) or a .parquet file",
+        )
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # one object per line in a .json file: it is JSON Lines
-            _read_jsonl(iter(text.splitlines(keepends=True)), name, out, "jsonl")  # type: ignore[arg-type]
+            yield from _read_jsonl(enumerate(text.split("\n"), start=1), name)
             return
         raise DataError(
-            f"not valid JSON: {exc.msg} (column {exc.colno})",
+            _json_reason(exc),
             where=f"{name}:{exc.lineno}",
             hint='a .json file holds one array of objects, or {"data": [...]}; use .jsonl for one object a line',
         ) from None
+    except (ValueError, RecursionError) as exc:
+        raise DataError(_json_reason(exc), where=name) from None
     decoder = json.JSONDecoder()
     start = _skip(text, 0)
     if isinstance(document, dict):
         if not isinstance(document.get("data"), list):
+            keys = ", ".join(repr(k) for k in sorted(document)[:8]) or "none"
             raise DataError(
-                f'expected an array of objects or {{"data": [...]}}, found an object with keys {sorted(document)[:8]}',
-                where=name,
+                f"this .json file holds a single object (keys: {keys}), not a list of rows",
+                where=f"{name}:{_line_of(text, start)}",
+                hint='put the rows in an array, [{...}, {...}], or in {"data": [...]}; '
+                "or write one object a line to a .jsonl file",
             )
         # Walk the top-level object to find where the "data" array opens, for line numbers.
         index = _skip(text, start + 1)
@@ -213,16 +326,30 @@ def _read_json(handle: IO[str], name: str, out: SourceRows, _kind: str) -> None:
             index = _skip(text, _skip(text, index) + 1)  # past the comma
     elif not isinstance(document, list):
         raise DataError(
-            f"expected an array of objects, found {type(document).__name__}", where=name
+            f"expected an array of objects, found {type(document).__name__}",
+            where=f"{name}:{_line_of(text, start)}",
+            hint='a .json file holds one array of objects, or {"data": [...]}',
         )
+    del document  # the rows are decoded again one by one, each with its line
     for offset, value in _array_items(text, start, decoder):
-        out.rows.append(RawRow(value, f"{name}:{_line_of(text, offset)}"))
+        yield RawRow(value, f"{name}:{_line_of(text, offset)}")
 
 
-def _read_csv(handle: IO[str], name: str, out: SourceRows, kind: str) -> None:
+def _read_csv(lines: Iterable[tuple[int, str]], name: str, kind: str) -> Iterator[Record]:
     csv.field_size_limit(min(2**31 - 1, 1 << 30))
-    reader = csv.reader(handle, delimiter="\t" if kind == "tsv" else ",")
-    header = next(reader, None)
+    reader = csv.reader((text for _, text in lines), delimiter="\t" if kind == "tsv" else ",")
+
+    def next_record() -> list[str] | None:
+        try:
+            return next(reader, None)
+        except csv.Error as exc:
+            raise DataError(
+                f"not valid {kind.upper()}: {exc}",
+                where=f"{name}:{reader.line_num}",
+                hint="quote fields that hold the separator, quotes or line breaks",
+            ) from None
+
+    header = next_record()
     if not header or not any(h.strip() for h in header):
         raise DataError("no header row (the first line names the columns)", where=f"{name}:1")
     header = [h.strip() for h in header]
@@ -234,51 +361,64 @@ def _read_csv(handle: IO[str], name: str, out: SourceRows, kind: str) -> None:
             hint="give each column its own name",
         )
     previous = reader.line_num
-    for record in reader:
+    while (record := next_record()) is not None:
         line = previous + 1
         previous = reader.line_num
         if not record or not any(cell.strip() for cell in record):
             continue
         if len(record) != len(header):
-            out.bad.append(
-                (
-                    f"{name}:{line}",
-                    f"{len(record)} fields where the header has {len(header)} (an unquoted separator?)",
-                )
+            yield BadRecord(
+                f"{name}:{line}",
+                f"{len(record)} fields where the header has {len(header)} (an unquoted separator?)",
+                "wrong number of fields",
             )
             continue
-        out.rows.append(RawRow(dict(zip(header, record, strict=True)), f"{name}:{line}"))
+        yield RawRow(dict(zip(header, record, strict=True)), f"{name}:{line}")
 
 
-def _read_text(handle: IO[str], name: str, out: SourceRows, _kind: str) -> None:
-    for number, line in enumerate(handle, start=1):
+def _read_text(lines: Iterable[tuple[int, str]], name: str) -> Iterator[Record]:
+    for number, line in lines:
         text = line.rstrip("\r\n")
         if text.strip():
-            out.rows.append(RawRow({"text": text}, f"{name}:{number}"))
+            yield RawRow({"text": text}, f"{name}:{number}")
 
 
-def _read_parquet(path: Path, name: str, out: SourceRows) -> None:
+def _read_parquet(path: Path, name: str) -> Iterator[Record]:
+    """Rows of a Parquet file, a batch at a time (never the whole table in memory)."""
     import pyarrow.parquet as pq
 
+    def refuse(exc: Exception) -> DataError:
+        return DataError(f"not a readable Parquet file: {exc}", where=name)
+
     try:
-        table = pq.read_table(path)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
     except Exception as exc:  # pyarrow raises several unrelated types for a bad file
-        raise DataError(f"not a readable Parquet file: {exc}", where=name) from None
-    for number, values in enumerate(table.to_pylist(), start=1):
-        out.rows.append(RawRow(values, f"{name} row {number}"))
+        raise refuse(exc) from None
+    number = 0
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as exc:
+            raise refuse(exc) from None
+        if batch is None:
+            return
+        for values in batch.to_pylist():
+            number += 1
+            yield RawRow(values, f"{name} row {number}")
 
 
-def _dataset_rows(dataset: Any, label: str) -> list[RawRow]:
-    return [
-        RawRow(values, f"{label} row {n}") for n, values in enumerate(dataset.to_list(), start=1)
-    ]
+def _dataset_records(dataset: Any, label: str) -> Callable[[], Iterator[Record]]:
+    def records() -> Iterator[Record]:
+        for number, values in enumerate(dataset, start=1):
+            yield RawRow(values, f"{label} row {number}")
+
+    return records
 
 
-def _split_rows(loaded: Any, name: str, out: SourceRows) -> SourceRows:
-    """Fill `out` from a Dataset or DatasetDict: ``train`` (or the only split) and an eval split."""
-    if hasattr(loaded, "to_list"):
-        out.rows = _dataset_rows(loaded, name)
-        return out
+def _split_source(loaded: Any, name: str) -> Source:
+    """A Source from a Dataset or DatasetDict: ``train`` (or the only split) and an eval split."""
+    if not hasattr(loaded, "keys"):
+        return Source(source=name, records=_dataset_records(loaded, name))
     splits = list(loaded.keys())
     train = "train" if "train" in splits else (splits[0] if len(splits) == 1 else None)
     if train is None:
@@ -287,20 +427,21 @@ def _split_rows(loaded: Any, name: str, out: SourceRows) -> SourceRows:
             where=name,
             hint="save the training rows as the 'train' split",
         )
-    out.rows = _dataset_rows(loaded[train], f"{name}[{train}]")
+    out = Source(source=name, records=_dataset_records(loaded[train], f"{name}[{train}]"))
     for split in EVAL_SPLITS:
         if split in splits and split != train:
-            out.eval_rows, out.eval_name = _dataset_rows(loaded[split], f"{name}[{split}]"), split
+            out.eval_records = _dataset_records(loaded[split], f"{name}[{split}]")
+            out.eval_name = split
             break
     return out
 
 
-def _read_saved_dataset(path: Path) -> SourceRows:
+def _read_saved_dataset(path: Path) -> Source:
     name = display_path(path)
     markers = ("dataset_info.json", "state.json", "dataset_dict.json")
     if not any((path / m).exists() for m in markers):
         raise DataError(
-            "this folder is not a data set saved with `datasets` (no dataset_dict.json or state.json)",
+            "this is a folder, and not a data set saved with `datasets` (no dataset_dict.json or state.json)",
             where=name,
             hint="point [data].train at a file inside it, or save the data with Dataset.save_to_disk",
         )
@@ -310,10 +451,10 @@ def _read_saved_dataset(path: Path) -> SourceRows:
         loaded = load_from_disk(str(path))
     except Exception as exc:  # datasets raises FileNotFoundError, ValueError, pyarrow errors...
         raise DataError(f"cannot load the saved data set: {exc}", where=name) from None
-    return _split_rows(loaded, name, SourceRows(source=name))
+    return _split_source(loaded, name)
 
 
-def _read_hub(ref: str) -> SourceRows:
+def _read_hub(ref: str) -> Source:
     if datasets_offline():
         raise DataError(
             "not a local file or folder, and the hub is offline (HF_HUB_OFFLINE is set), so it cannot be downloaded",
@@ -328,4 +469,4 @@ def _read_hub(ref: str) -> SourceRows:
         raise DataError(
             f"cannot load hub data set: {exc}", where=ref, hint="check the id, or download it first"
         ) from None
-    return _split_rows(loaded, ref, SourceRows(source=ref))
+    return _split_source(loaded, ref)

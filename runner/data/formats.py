@@ -20,6 +20,7 @@ loader counts it as dropped with its ``file:line``. Normalized rows carry only c
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from affiner.runner.data.files import DataError
@@ -67,8 +68,22 @@ ALIASES = {
 }
 
 
+# Whole numbers as `int` reads them, ASCII digits only ("²".isdigit() is true, int("²") fails).
+_WHOLE_NUMBER = re.compile(r"-?[0-9]+")
+
+
 class RowProblem(ValueError):
-    """Why one row does not fit its format (the loader adds the file:line)."""
+    """Why one row does not fit its format (the loader adds the file:line).
+
+    Args:
+        message: the reason, with its particulars (``turn 3 (user) is empty``).
+        kind: the reason without them (``an empty turn``), so alike rows are counted together;
+            by default the message up to its first parenthesis.
+    """
+
+    def __init__(self, message: str, *, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind or message.split(" (")[0]
 
 
 def rename_columns(values: Any, columns: dict[str, str]) -> Any:
@@ -197,26 +212,36 @@ def _messages(values: dict[str, Any]) -> list[dict[str, str]]:
     for number, turn in enumerate(turns, start=1):
         if not isinstance(turn, dict):
             raise RowProblem(
-                f"turn {number} must be an object with {role_key!r} and {content_key!r}, got {_kind(turn)}"
+                f"turn {number} must be an object with {role_key!r} and {content_key!r}, got {_kind(turn)}",
+                kind="a turn that is not an object",
             )
         if sharegpt and "from" not in turn and "role" in turn:  # mixed spellings happen in the wild
             role_key, content_key = "role", "content"
         raw_role = turn.get(role_key)
         role = SHAREGPT_ROLES.get(str(raw_role).lower()) if sharegpt else raw_role
         if raw_role is None:
-            raise RowProblem(f"turn {number} has no {role_key!r}")
+            raise RowProblem(
+                f"turn {number} has no {role_key!r}", kind=f"a turn without {role_key!r}"
+            )
         if role not in ROLES:
             allowed = ", ".join(sorted(SHAREGPT_ROLES)) if sharegpt else ", ".join(ROLES)
-            raise RowProblem(f"turn {number} has unknown role {raw_role!r} (allowed: {allowed})")
+            raise RowProblem(
+                f"turn {number} has unknown role {str(raw_role)[:40]!r} (allowed: {allowed})",
+                kind="a turn with an unknown role",
+            )
         content = turn.get(content_key)
         if not isinstance(content, str):
             raise RowProblem(
-                f"turn {number} ({role}) {content_key!r} must be text, got {_kind(content)}"
+                f"turn {number} ({role}) {content_key!r} must be text, got {_kind(content)}",
+                kind=f"a turn whose {content_key!r} is not text",
             )
         if role != "tool" and not content.strip():
-            raise RowProblem(f"turn {number} ({role}) is empty")
+            raise RowProblem(f"turn {number} ({role}) is empty", kind="an empty turn")
         if role == "system" and number != 1:
-            raise RowProblem(f"turn {number} is a system message; only the first turn may be one")
+            raise RowProblem(
+                f"turn {number} is a system message; only the first turn may be one",
+                kind="a system message after the first turn",
+            )
         messages.append({"role": role, "content": content})
     if not any(m["role"] == "assistant" for m in messages):
         raise RowProblem(
@@ -230,17 +255,19 @@ def label_name(label: str | int, labels: list[str]) -> str:
     text = str(label)
     if not labels or text in labels:
         return text
-    if isinstance(label, int) or text.isdigit():
+    if isinstance(label, int) or _WHOLE_NUMBER.fullmatch(text):
         index = int(text)
         if 0 <= index < len(labels):
             return labels[index]
     raise RowProblem(
-        f"unknown label {label!r} (known: {', '.join(labels[:12])}{'…' if len(labels) > 12 else ''})"
+        f"unknown label {label if isinstance(label, int) else repr(text[:40])} "
+        f"(known: {', '.join(labels[:12])}{'…' if len(labels) > 12 else ''})",
+        kind="an unknown label",
     )
 
 
 def sort_labels(names: set[str]) -> list[str]:
     """Class names in id order: numerically when they are all whole numbers, else alphabetically."""
-    if names and all(n.lstrip("-").isdigit() for n in names):
+    if names and all(_WHOLE_NUMBER.fullmatch(n) for n in names):
         return sorted(names, key=int)
     return sorted(names)

@@ -16,19 +16,22 @@ Importing this module is cheap: `datasets` and `transformers` load inside `prepa
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from affiner.runner.config import RunConfig
 from affiner.runner.data.files import DataError
 from affiner.runner.data.formats import RowProblem, label_name, normalize_row
+from affiner.runner.data.notices import DataWarning, loading_warnings, truncation_warning
 from affiner.runner.data.render import IGNORE, encode_causal, encode_classification, render
 from affiner.runner.data.rows import (
     SHOW_DROPPED,
     DroppedRow,
     Example,
     LoadedData,
+    char_budget,
     check_dropped,
+    cut_values,
     load_rows,
 )
 from affiner.runner.data.stats import TokenStats, token_stats
@@ -37,6 +40,7 @@ __all__ = [
     "IGNORE",
     "DataError",
     "DataReport",
+    "DataWarning",
     "DroppedRow",
     "Example",
     "LoadedData",
@@ -53,7 +57,14 @@ __all__ = [
 
 @dataclass
 class DataReport:
-    """Counts and token statistics of prepared data (written to the run's events, shown by the TUI)."""
+    """Counts and token statistics of prepared data (written to the run's events, shown by the TUI).
+
+    Attributes:
+        cut_rows: rows with a text longer than `char_budget` characters, cut before tokenizing.
+        out_of_order: chat rows whose user and assistant turns do not alternate.
+        warnings: what a person should be told about this data (`affiner.runner.data.notices`):
+            the pre-launch check's warnings and the tokenizer's truncation count.
+    """
 
     format: str
     task: str
@@ -71,6 +82,10 @@ class DataReport:
     sources: list[str]
     train_tokens: TokenStats
     eval_tokens: TokenStats
+    cut_rows: int = 0
+    char_budget: int = 0
+    out_of_order: int = 0
+    warnings: list[DataWarning] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +105,10 @@ class DataReport:
                 f"{self.limited} beyond [data].limit"
             )
         lines += [f"  {text}" for text in self.dropped_examples]
+        if self.cut_rows:
+            lines.append(
+                f"{self.cut_rows} rows cut to {self.char_budget:,} characters before tokenizing"
+            )
         return lines
 
 
@@ -147,7 +166,7 @@ def _encode_split(
         try:
             encoded = _encode(example, loaded.format, tokenizer, max_seq_len, loaded.labels)
         except RowProblem as problem:
-            loaded.dropped.append(DroppedRow(example.where, str(problem), split))
+            loaded.dropped.append(DroppedRow(example.where, str(problem), split, problem.kind))
             continue
         if loaded.format != "classification" and not any(encoded.loss_mask):
             loaded.dropped.append(
@@ -156,6 +175,7 @@ def _encode_split(
                     f"no token is left to learn from after truncation to {max_seq_len} tokens "
                     f"(the example has {encoded.length}; raise [data].max_seq_len)",
                     split,
+                    "no token left to learn from after truncation",
                 )
             )
             continue
@@ -204,7 +224,12 @@ def prepare_data(
         sources=loaded.sources,
         train_tokens=token_stats(train_lengths, data.max_seq_len),
         eval_tokens=token_stats(eval_lengths, data.max_seq_len),
+        cut_rows=loaded.cut_rows,
+        char_budget=loaded.char_budget,
+        out_of_order=loaded.out_of_order,
     )
+    truncated = truncation_warning(report.train_tokens)
+    report.warnings = loading_warnings(loaded) + ([truncated] if truncated else [])
     return PreparedData(
         train=Dataset.from_dict(train_cols),
         eval=Dataset.from_dict(eval_cols) if eval_cols["input_ids"] else None,
@@ -248,6 +273,9 @@ def render_example(
     """
     where = row.where if isinstance(row, Example) else "row"
     values = row.data if isinstance(row, Example) else row
+    values, _ = cut_values(
+        values, char_budget(max_seq_len)
+    )  # as loading does, so a huge row stays cheap
     try:
         normalized = normalize_row(values, fmt)
         if fmt == "classification":

@@ -126,7 +126,10 @@ def _apply(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bo
             messages, tokenize=False, add_generation_prompt=generation_prompt
         )
     except Exception as exc:  # jinja's own errors (raise_exception in templates) and TemplateError
-        raise RowProblem(f"the chat template refused this conversation: {exc}") from None
+        raise RowProblem(
+            f"the chat template refused this conversation: {exc}",
+            kind="refused by the chat template",
+        ) from None
 
 
 def _render_chat(messages: list[dict[str, str]], tokenizer: Any) -> Rendered:
