@@ -71,15 +71,26 @@ class PreparedRun:
 
 
 def _load(cfg_or_path: RunConfig | str | os.PathLike[str]) -> tuple[RunConfig, list[str]]:
-    """A checked configuration with absolute local paths, and its warnings (raises ConfigError)."""
+    """A checked configuration with absolute local paths, and its warnings.
+
+    Besides run.toml's own rules, the model's config and every data row are checked here
+    (`affiner.runner.run.validate`), before any run folder exists: a mistake a worker would
+    only find after the launch is refused now, with the same ``file:line`` message.
+
+    Raises:
+        AffinerError: ConfigError for run.toml, DataError for the data, or the model's problem.
+    """
     from affiner.runner.config import load_config, resolve_paths, validate_config
+    from affiner.runner.run.validate import check_before_launch
 
     if isinstance(cfg_or_path, RunConfig):
         cfg = cfg_or_path
         resolve_paths(cfg, Path.cwd())
-        return cfg, validate_config(cfg, where="run configuration")
-    cfg = load_config(cfg_or_path)  # resolves paths against the file's folder
-    return cfg, validate_config(cfg, where=str(cfg_or_path))
+        warnings = validate_config(cfg, where="run configuration")
+    else:
+        cfg = load_config(cfg_or_path)  # resolves paths against the file's folder
+        warnings = validate_config(cfg, where=str(cfg_or_path))
+    return cfg, warnings + check_before_launch(cfg)
 
 
 def run_label(cfg: RunConfig) -> str:

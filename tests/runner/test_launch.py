@@ -51,7 +51,17 @@ while True:
 
 
 def write_toml(folder: Path, body: str = "") -> Path:
-    (folder / "models" / "tiny").mkdir(parents=True, exist_ok=True)  # else it reads as a hub id
+    """A run.toml whose model config and data pass the pre-launch check (no weights: the
+    stand-in worker never loads them)."""
+    model = folder / "models" / "tiny"
+    model.mkdir(parents=True, exist_ok=True)  # else it reads as a hub id
+    (model / "config.json").write_text(
+        json.dumps({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2})
+    )
+    (folder / "data").mkdir(exist_ok=True)
+    (folder / "data" / "train.jsonl").write_text(
+        "".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(20))
+    )
     path = folder / "my-run.toml"
     path.write_text(
         '[model]\nname_or_path = "models/tiny"\n\n[method]\nname = "lora"\n\n'
