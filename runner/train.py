@@ -261,6 +261,7 @@ class _Run:
         resumed_from = None
         if resume:
             resumed_from = found[0] if found else 0
+            self._last_step = resumed_from  # what the run holds until a Trainer says more
             if checkpoint is None:
                 self.emit(
                     Warning_(
@@ -606,6 +607,9 @@ class _Run:
 
         if self.rank0:
             remove_partial_checkpoints(self.rd.checkpoints)  # first: it gives the log room
+        cause = exc.__cause__
+        if cause is not None:  # the library's own words, for whoever reads train.log
+            _say(f"affiner: the write failed with {type(cause).__name__}: {_first_line(cause)}")
         kept = latest_checkpoint(self.rd)
         then = (
             f"the checkpoint of step {kept[0]} is kept: free space, then "
@@ -613,7 +617,9 @@ class _Run:
             if kept
             else "no checkpoint was saved yet: free space, then start the run again"
         )
-        where = exc.message if "step" in exc.message else f"{exc.message} at step {self.step}"
+        where = exc.message
+        if "step" not in where and self.step:
+            where += f" at step {self.step}"
         message = f"{where}; {then}."
         _say(f"error: {message}")
         return self.fail(message, code="disk_full", exit_code=EXIT_FAILED)

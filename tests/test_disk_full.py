@@ -1,0 +1,198 @@
+"""A full disk at a checkpoint, for real where this machine lets a test mount a small tmpfs.
+
+One tiny run goes through what a user meets: the disk fills while it trains (a file written by
+a callback takes all but 128 KiB), the checkpoint of step 10 fails half-written, the run fails
+with "no space left on <mount>", the checkpoint of step 5 intact and the cut folder gone; a
+resume on the still-full disk is refused before training, plainly; once the file is deleted
+the resume finishes, and the steps it trained again give the very losses the first attempt
+logged. Without the right to mount (no root), the same run meets the same faults injected at
+the boundary: torch's own "unexpected pos" error from ``torch.save`` and a ``disk_usage`` that
+reports almost nothing free.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from transformers import TrainerCallback
+
+from affiner.runner.run import diskspace
+from affiner.runner.run.diskspace import (
+    DiskFullError,
+    check_space,
+    expected_checkpoint_bytes,
+    is_disk_full,
+    mount_point,
+)
+from affiner.runner.run.events import effective_events, read_events, read_status
+from affiner.runner.train import EXIT_FAILED, EXIT_FINISHED, run_training
+from affiner.runner.training import CountingTrainer
+from tests.train_helpers import events_of, make_run, of_type
+
+pytestmark = pytest.mark.slow
+
+#: torch.save's words for a write that ran out of room (seen on a full tmpfs).
+TORCH_DISK_FULL = "[enforce fail at inline_container.cc:672] . unexpected pos 43200 vs 43092"
+#: Room left on the filled disk: the adapter of the next checkpoint fits, its optimizer state not.
+LEFT_FREE = 128 * 1024
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[tuple[Path, bool]]:
+    """A 64 MiB tmpfs mounted for the test (True), or a plain folder when mounting is refused."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = False
+    if os.geteuid() == 0 and shutil.which("mount"):
+        command = ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)]
+        mounted = subprocess.run(command, capture_output=True, timeout=10).returncode == 0
+    try:
+        yield folder, mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=10)
+
+
+class _FillDisk(TrainerCallback):
+    """At step `at_step`, write a file that leaves `LEFT_FREE` bytes on the disk of `folder`."""
+
+    def __init__(self, folder: Path, at_step: int) -> None:
+        self.filler = folder / "filler.bin"
+        self.at_step = at_step
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step != self.at_step:
+            return
+        size = shutil.disk_usage(self.filler.parent).free - LEFT_FREE
+        with open(self.filler, "wb") as out:
+            chunk = b"\0" * (1 << 20)
+            while size > 0:
+                size -= out.write(chunk[: min(len(chunk), size)])
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def _losses(events: list[dict[str, Any]]) -> dict[int, float]:
+    return {e["step"]: round(e["loss"], 6) for e in of_type(events, "train_log")}
+
+
+def test_a_full_disk_fails_the_checkpoint_plainly_and_resume_after_freeing_is_exact(
+    tiny_llama: Path,
+    small_disk: tuple[Path, bool],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    disk, mounted = small_disk
+    rd = make_run(
+        disk,
+        tiny_llama,
+        method="lora",
+        training={"max_steps": 12, "logging_steps": 1},
+        eval={"every_steps": 50},
+        checkpoint={"every_steps": 5, "keep_last": 2},
+    )
+    fill = _FillDisk(disk, at_step=7)
+    with monkeypatch.context() as patch:
+        # The check before each checkpoint would refuse the save at step 10; it is turned off
+        # here so that the write itself meets the full disk, as it would on a disk filled by
+        # someone else between the check and the write.
+        patch.setattr(CountingTrainer, "expected_checkpoint_bytes", lambda self: 1)
+        if not mounted:
+            _inject_torch_disk_full(patch, at="checkpoint-10")
+        assert run_training(rd.path, callbacks=[fill] if mounted else []) == EXIT_FAILED
+
+    status = read_status(rd.path)
+    assert status is not None and status.state == "failed"
+    where = mount_point(rd.checkpoints)
+    assert status.message.startswith(f"no space left on {where} (")
+    assert "the checkpoint of step 5 is kept" in status.message
+    assert f"affiner train --resume {rd.run_id}" in status.message
+    errors = of_type(events_of(rd), "error")
+    assert [e["code"] for e in errors] == ["disk_full"]
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "inline_container.cc" in err  # torch's words, kept in the log beside the plain ones
+    assert not (rd.checkpoints / "checkpoint-10").exists()  # the cut-short save is gone
+    kept = rd.checkpoints / "checkpoint-5"
+    assert (kept / "trainer_state.json").exists() and (kept / "optimizer.pt").exists()
+    kept_digest = _digest(kept)
+    first = _losses(events_of(rd))
+    assert max(first) == 10
+
+    # A resume on the disk that is still full: refused before a step is trained.
+    usage = type(shutil.disk_usage(disk))
+    with monkeypatch.context() as patch:
+        if not mounted:
+            patch.setattr(diskspace.shutil, "disk_usage", lambda path: usage(1, 1, LEFT_FREE))
+        assert run_training(rd.path, resume=True) == EXIT_FAILED
+    status = read_status(rd.path)
+    assert status.state == "failed" and status.message.startswith("no space left on")
+    assert "needed ~" in status.message and "free " in status.message
+    assert max(_losses(events_of(rd))) == 10  # nothing trained
+    assert _digest(kept) == kept_digest
+
+    # Space freed: the resume finishes, and steps 6-10 come out as the first attempt had them.
+    (disk / "filler.bin").unlink(missing_ok=True)
+    assert run_training(rd.path, resume=True) == EXIT_FINISHED
+    events = effective_events(read_events(rd.path))
+    logs = [e for e in events if e.type == "train_log"]
+    assert [e.step for e in logs] == list(range(1, 13))
+    resumed = {e.step: round(e.loss, 6) for e in logs if e.step > 5}
+    assert {s: resumed[s] for s in range(6, 11)} == {s: first[s] for s in range(6, 11)}
+    assert read_status(rd.path).state == "finished"
+
+
+def _inject_torch_disk_full(patch: pytest.MonkeyPatch, *, at: str) -> None:
+    """torch.save into a folder named `at` writes a few bytes, then fails as on a full disk."""
+    import torch
+
+    real_save = torch.save
+
+    def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> Any:
+        if at in str(f):
+            Path(f).write_bytes(b"PK\x03\x04" + b"\0" * 64)
+            raise RuntimeError(TORCH_DISK_FULL)
+        return real_save(obj, f, *args, **kwargs)
+
+    patch.setattr(torch, "save", save)
+
+
+def test_the_ways_a_full_disk_is_reported_are_all_recognised() -> None:
+    assert is_disk_full(RuntimeError(TORCH_DISK_FULL))
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    wrapped = RuntimeError("saving failed")
+    wrapped.__cause__ = Exception(
+        'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+    )
+    assert is_disk_full(wrapped)
+    assert not is_disk_full(RuntimeError("CUDA out of memory"))
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+
+
+def test_the_check_names_the_mount_what_is_needed_and_what_is_free(tmp_path: Path) -> None:
+    free = shutil.disk_usage(tmp_path).free
+    check_space(tmp_path / "not-yet" / "made", 1)  # a folder to be made is judged by its parent
+    with pytest.raises(DiskFullError) as caught:
+        check_space(tmp_path, free * 4, "the checkpoint of step 40")
+    error = caught.value
+    assert error.mount == mount_point(tmp_path) and os.path.ismount(error.mount)
+    assert str(error).startswith(f"no space left on {error.mount} (needed ~")
+    assert "GiB" in error.message or "TiB" in error.message
+    assert "for the checkpoint of step 40" in error.message and "--resume" in (error.hint or "")
+    # the next checkpoint is judged by the previous one once there is one, with a margin
+    previous = tmp_path / "checkpoint-5"
+    previous.mkdir()
+    (previous / "optimizer.pt").write_bytes(b"\0" * 10_000)
+    assert 10_000 < expected_checkpoint_bytes(previous, estimate=1) <= 11_000
+    assert expected_checkpoint_bytes(None, estimate=123) == 123
