@@ -209,13 +209,16 @@ def _not_utf8(raw: bytes, exc: UnicodeDecodeError, where: str) -> DataError:
     """A clear refusal for bytes that are not UTF-8, pointing at the line and column."""
     before = raw[: exc.start]
     column = len(before[before.rfind(b"\n") + 1 :].decode("utf-8", "replace")) + 1
-    binary = b"\x00" in raw[:4096]
+    # Text in another encoding opens with text; a binary file (or UTF-16) with a NUL or a
+    # byte no text starts with.
+    binary = b"\x00" in raw[:4096] or (where.endswith(":1") and exc.start == 0)
     what = "binary data, not text" if binary else "not UTF-8 text"
     return DataError(
         f"{what}: byte 0x{raw[exc.start]:02x} at column {column} is not valid UTF-8 ({exc.reason})",
         where=where,
         hint=(
-            "point [data].train / [data].eval at a text data file (.jsonl, .json, .csv, .txt) or a .parquet file"
+            "point [data].train / [data].eval at a text data file (.jsonl, .json, .csv, .txt) or a "
+            ".parquet file; text saved as UTF-16 must be saved again as UTF-8"
             if binary
             else "save the file as UTF-8 (a Latin-1 file converts with `iconv -f latin1 -t utf-8 OLD > NEW`)"
         ),

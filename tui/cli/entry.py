@@ -9,12 +9,17 @@ torch, and ``affiner --help`` is instant.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
 import os
+import shutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from affiner.planner.errors import AffinerError
+from affiner.planner.units import format_bytes
 
 #: Subcommand modules, in the order ``affiner --help`` lists them.
 COMMAND_MODULES = (
@@ -78,10 +83,46 @@ def main(argv: Sequence[str] | None = None) -> int:
             from affiner.tui.app import run_app
 
             return run_app(args)
-        return int(func(args) or 0)
+        code = int(func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at exit
+        return code
     except AffinerError as error:
         print(f"affiner: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("affiner: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _pipe_closed()
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        print(f"affiner: {no_space_message(error)}", file=sys.stderr)
+        return 1
+
+
+def _pipe_closed() -> int:
+    """The reader of our output went away (``affiner runs --json | head``): stop quietly.
+
+    Python would otherwise report the pipe again when it flushes stdout at exit, so stdout
+    is pointed at /dev/null first (the recipe of Python's own signal documentation).
+    """
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 141  # what a shell reports for a process ended by SIGPIPE (128 + 13)
+
+
+def no_space_message(error: OSError) -> str:
+    """One line for a full disk: which file could not be written, and how much room is left."""
+    place = error.filename if isinstance(error.filename, str) else None
+    free = ""
+    probe = Path(place).expanduser() if place else Path.cwd()
+    for folder in (probe, *probe.parents):
+        try:
+            free = f" ({format_bytes(shutil.disk_usage(folder).free)} free)"
+            break
+        except OSError:
+            continue
+    where = f"the disk holding {place}" if place else "the disk"
+    return f"no space left on {where}{free}; free some space and run the command again"
