@@ -27,10 +27,21 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+
+from affiner.runner.run.schema import (
+    RATIO,
+    SIGNED,
+    UNBOUNDED,
+    UNIX_TIME,
+    SchemaError,
+    check_fields,
+    choices,
+    field_problems,
+)
 
 EVENTS_FILE = "events.jsonl"
 STATUS_FILE = "status.json"
@@ -38,6 +49,16 @@ STATUS_FILE = "status.json"
 #: States a run can be in; the last three are final.
 RUN_STATES = ("starting", "running", "finished", "failed", "stopped")
 FINAL_STATES = ("finished", "failed", "stopped")
+
+#: Warning codes about the run folder's own files, not the training (see `Warning_`).
+#: `EventWriter` ended a torn last line before appending (a crash or a full disk cut a write).
+LOG_REPAIRED = "log_repaired"
+#: A reader skipped lines of ``events.jsonl`` that are not events of the schema (one warning).
+LOG_SKIPPED = "log_skipped"
+#: A reader ignored values of ``status.json`` that do not fit the schema (one warning).
+STATUS_SKIPPED = "status_skipped"
+#: The codes above: a reader keeps one warning of each, the latest, however often it is given.
+FILE_WARNINGS = (LOG_REPAIRED, LOG_SKIPPED, STATUS_SKIPPED)
 
 
 #: Every event class by its ``type``: each subclass of `Event` enters itself when defined.
@@ -49,7 +70,7 @@ class Event:
     """Base of every event. `t` is filled in when the event is written if left at 0."""
 
     type: ClassVar[str] = "event"
-    t: float = field(default=0.0, kw_only=True)
+    t: float = field(default=0.0, kw_only=True, metadata=UNIX_TIME)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -105,13 +126,13 @@ class EvalResult(Event):
     step: int = 0
     epoch: float = 0.0
     loss: float | None = None
-    perplexity: float | None = None
-    accuracy: float | None = None
-    precision: float | None = None
-    recall: float | None = None
-    f1: float | None = None
+    perplexity: float | None = field(default=None, metadata=UNBOUNDED)
+    accuracy: float | None = field(default=None, metadata=RATIO)
+    precision: float | None = field(default=None, metadata=RATIO)
+    recall: float | None = field(default=None, metadata=RATIO)
+    f1: float | None = field(default=None, metadata=RATIO)
     runtime_seconds: float | None = None
-    extra: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, float] = field(default_factory=dict, metadata=SIGNED)
 
 
 #: Scores only a classification head reports (fields of `EvalResult`); a run that logs any of
@@ -174,7 +195,9 @@ class Warning_(Event):
 
     Codes in use: ``overfitting``, ``nan_loss``, ``oom``, ``dropped_rows``, ``leakage``,
     ``truncation``, ``preflight_adjusted``, ``slow``, ``early_stopping``, ``gpu`` (which GPU a
-    single-process run keeps to), ``precision``, ``no_checkpoint``.
+    single-process run keeps to), ``precision``, ``no_checkpoint``; and about the run folder's
+    files (`FILE_WARNINGS`): ``log_repaired`` (written to the log), ``log_skipped`` and
+    ``status_skipped`` (made by readers, never written).
     """
 
     type: ClassVar[str] = "warning"
@@ -234,7 +257,7 @@ class RunFinished(Event):
     """The last event of a run, whatever its end."""
 
     type: ClassVar[str] = "run_finished"
-    state: str = "finished"
+    state: str = field(default="finished", metadata=choices(*FINAL_STATES))
     step: int = 0
     train_seconds: float | None = None
     best_checkpoint: str | None = None
@@ -243,34 +266,49 @@ class RunFinished(Event):
     message: str = ""
 
 
-def event_from_dict(data: dict[str, Any]) -> Event | None:
-    """The event a decoded line describes, None for an unknown type; unknown fields are
-    dropped, so a newer writer never breaks an older reader."""
-    cls = EVENT_TYPES.get(str(data.get("type", "")))
+def parse_event(data: Any) -> Event | None:
+    """The event a decoded line describes, every field checked against the schema
+    (`affiner.runner.run.schema`); None for a type this reader does not know.
+
+    Unknown fields are dropped and unknown types give None, so a newer writer never breaks an
+    older reader; a known field of the wrong type or range is an error, so no consumer ever
+    sees ``"step": "12"`` or a negative loss.
+
+    Raises:
+        SchemaError: not an object, no ``type``, or a field that does not fit.
+    """
+    if not isinstance(data, dict):
+        raise SchemaError("not a JSON object", field="")
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise SchemaError("no event 'type'", field="type")
+    cls = EVENT_TYPES.get(kind)
     if cls is None:
         return None
-    known = {f.name for f in fields(cls)}
-    kwargs = {k: v for k, v in data.items() if k in known}
-    if cls is SystemSample and isinstance(kwargs.get("gpus"), list):
-        gpu_known = {f.name for f in fields(GpuSample)}
-        kwargs["gpus"] = [
-            GpuSample(**{k: v for k, v in g.items() if k in gpu_known})
-            for g in kwargs["gpus"]
-            if isinstance(g, dict) and "index" in g
-        ]
+    return cls(**check_fields(cls, data))
+
+
+def event_from_dict(data: dict[str, Any]) -> Event | None:
+    """`parse_event`, with None for a line that does not fit as well as for an unknown type."""
     try:
-        return cls(**kwargs)
-    except TypeError:
+        return parse_event(data)
+    except SchemaError:
         return None
 
 
 class EventWriter:
-    """Appends events to ``events.jsonl``, one flushed line each.
+    """Appends events to ``events.jsonl``, one flushed line each, healing a torn last line first.
 
     Only rank 0 of a multi-process run should own a writer. Each line is written with a
     single ``write`` call on a file opened in append mode, so a reader never sees two
     events interleaved, and a crash can only tear the last line. A lock makes one writer
     safe to share between threads (the training loop and the system sampler).
+
+    A torn last line (``kill -9`` or a full disk in the middle of a write) has no newline, so a
+    plain append would glue the next event onto it and both would be lost: a resumed attempt's
+    ``run_started`` vanished that way, and with it the resume rule. So before its first append,
+    and again after a write that failed, the writer ends such a line with a newline (readers then
+    skip the fragment as one bad line) and records a ``log_repaired`` warning with its size.
     """
 
     def __init__(self, run_dir: str | os.PathLike[str], *, fsync: bool = False) -> None:
@@ -278,24 +316,58 @@ class EventWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
         self._lock = threading.Lock()
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - owned by the writer
+        # unbuffered: every line goes to the file in one write, or the failure is seen at once
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - owned by the writer
+        self._check_tail = True
+        #: Bytes of torn lines this writer ended (0 when the log was whole).
+        self.repaired_bytes = 0
 
     def write(self, event: Event) -> dict[str, Any]:
         """Append `event` as one line and return what was written.
 
         Raises:
             ValueError: a field is NaN or infinite (JSON has neither); nothing is written.
+            OSError: the write failed (a full disk); the next write heals what it left.
         """
         if not event.t:
             event.t = time.time()
         data = event.to_dict()
-        line = json.dumps(data, allow_nan=False, default=_json_default) + "\n"
+        line = _encode(data)
         with self._lock:
-            self._file.write(line)
-            self._file.flush()
+            head = self._heal() if self._check_tail else b""
+            self._append(head + line)
+        return data
+
+    def _heal(self) -> bytes:
+        """What to write before the next line: nothing, or a newline that ends a torn last line
+        and the ``log_repaired`` warning that says so."""
+        torn = _torn_tail_bytes(self.path)
+        if not torn:
+            return b""
+        self.repaired_bytes += torn
+        warning = Warning_(
+            code=LOG_REPAIRED,
+            message=(
+                f"the last line of {EVENTS_FILE} was cut short ({torn} bytes without an end: a "
+                "write interrupted by a crash, a kill or a full disk); it was ended here so the "
+                "next event stays whole, and readers skip the cut line"
+            ),
+            t=time.time(),
+        )
+        return b"\n" + _encode(warning.to_dict())
+
+    def _append(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                written = self._file.write(view)
+                view = view[written or 0 :]
             if self._fsync:
                 os.fsync(self._file.fileno())
-        return data
+        except OSError:
+            self._check_tail = True  # a part may be on disk: end it before the next line
+            raise
+        self._check_tail = False
 
     def close(self) -> None:
         with self._lock:
@@ -307,6 +379,27 @@ class EventWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _encode(data: dict[str, Any]) -> bytes:
+    return (json.dumps(data, allow_nan=False, default=_json_default) + "\n").encode("utf-8")
+
+
+def _torn_tail_bytes(path: Path, chunk: int = 65536) -> int:
+    """How many bytes follow the log's last newline: a line cut short (0 when it ends whole)."""
+    try:
+        with open(path, "rb") as handle:
+            end = pos = handle.seek(0, os.SEEK_END)
+            while pos > 0:
+                start = max(0, pos - chunk)
+                handle.seek(start)
+                newline = handle.read(pos - start).rfind(b"\n")
+                if newline >= 0:
+                    return end - (start + newline + 1)
+                pos = start
+            return end
+    except OSError:
+        return 0  # unreadable: the append will say what is wrong
 
 
 def _json_default(value: Any) -> Any:
@@ -334,27 +427,114 @@ def clean_number(value: float | None) -> float | None:
     return value
 
 
+@dataclass
+class SkippedLines:
+    """The lines of an event log a reader left out, and why: what its one warning says.
+
+    Attributes:
+        count: lines skipped (not JSON, not an object, or a field that does not fit).
+        reasons: how many lines each reason covers (``not JSON``, ``a bad 'step'``).
+        first_line: the first skipped line's number in the file (1-based), and
+        first_detail: what was wrong with it, in full.
+    """
+
+    count: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    first_line: int | None = None
+    first_detail: str = ""
+
+    def note(self, line: int, reason: str, detail: str = "") -> None:
+        self.count += 1
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        if self.first_line is None:
+            self.first_line, self.first_detail = line, detail or reason
+
+    def copy(self) -> SkippedLines:
+        return SkippedLines(self.count, dict(self.reasons), self.first_line, self.first_detail)
+
+    def warning(self) -> Warning_ | None:
+        """The one warning about every line skipped so far (None when none was)."""
+        if not self.count:
+            return None
+        lines, were = ("line", "was") if self.count == 1 else ("lines", "were")
+        why = ", ".join(f"{n} {reason}" for reason, n in self.reasons.items())
+        return Warning_(
+            code=LOG_SKIPPED,
+            message=(
+                f"{self.count} {lines} of {EVENTS_FILE} {were} skipped ({why}; first at line "
+                f"{self.first_line}: {self.first_detail}); the rest of the run is shown"
+            ),
+            action=f"the run's other events are unaffected; look at that line of {EVENTS_FILE} "
+            "if a figure seems missing",
+            t=time.time(),
+        )
+
+
+def decode_lines(lines: Sequence[bytes], first_line: int, skipped: SkippedLines) -> list[Event]:
+    """The events in complete `lines` (numbered from `first_line`); what does not fit is noted
+    in `skipped` and left out, and nothing in a line can make this raise.
+
+    Blank lines and events of a type this reader does not know are left out silently. A line
+    that is not JSON right before a ``log_repaired`` warning is the torn line that warning
+    reports: it is not counted twice.
+    """
+    events: list[Event] = []
+    torn: int | None = None  # a line that was not JSON, waiting to see what follows it
+    for number, raw in enumerate(lines, start=first_line):
+        if not raw.strip():
+            continue
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):  # (deeply nested JSON raises RecursionError)
+            if torn is not None:
+                skipped.note(torn, "not JSON")
+            torn = number
+            continue
+        try:
+            event = parse_event(data)
+        except SchemaError as exc:
+            event = None
+            reason = f"with a bad {exc.field!r}" if exc.field else str(exc)
+            skipped.note(number, reason, str(exc))
+        repaired = isinstance(event, Warning_) and event.code == LOG_REPAIRED
+        if torn is not None and not repaired:
+            skipped.note(torn, "not JSON")
+        torn = None
+        if event is not None:
+            events.append(event)
+    if torn is not None:
+        skipped.note(torn, "not JSON")
+    return events
+
+
 class EventReader:
-    """Reads an event log incrementally, tolerating a torn (half-written) last line.
+    """Reads an event log incrementally, tolerating a torn last line and lines that do not fit.
 
     `read_new()` returns the events appended since the last call. Bytes after the last
     newline are kept for the next call, so a line the writer is halfway through is never
-    parsed early, and a line that is not JSON (a crash mid-write, then a restart) is
-    counted in `bad_lines` and skipped rather than raised.
+    parsed early. A line that is not JSON (a crash mid-write, then a restart) or does not fit
+    the schema (`parse_event`) is skipped rather than raised, and counted in `skipped`, whose
+    `SkippedLines.warning` is the one warning a screen shows about them.
     """
 
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
         self.path = Path(run_dir) / EVENTS_FILE
         self.offset = 0
-        self.bad_lines = 0
+        self.skipped = SkippedLines()
+        self._lines = 0
         self._pending = b""
+
+    @property
+    def bad_lines(self) -> int:
+        """How many lines were skipped so far."""
+        return self.skipped.count
 
     def read_new(self) -> list[Event]:
         try:
             with open(self.path, "rb") as handle:
                 handle.seek(self.offset)
                 data = handle.read()
-        except FileNotFoundError:
+        except OSError:  # missing, or not a readable file (a folder in its place)
             return []
         if not data:
             return []
@@ -363,20 +543,10 @@ class EventReader:
         complete, newline, self._pending = buffer.rpartition(b"\n")
         if not newline:
             return []
-        parsed = (self._parse(raw) for raw in complete.split(b"\n"))
-        return [event for event in parsed if event is not None]
-
-    def _parse(self, raw: bytes) -> Event | None:
-        if not raw.strip():
-            return None
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            self.bad_lines += 1
-            return None
-        return event_from_dict(data)
+        lines = complete.split(b"\n")
+        events = decode_lines(lines, self._lines + 1, self.skipped)
+        self._lines += len(lines)
+        return events
 
 
 def read_events(run_dir: str | os.PathLike[str]) -> list[Event]:
@@ -451,13 +621,13 @@ class RunStatus:
     """
 
     run_id: str
-    state: str = "starting"
+    state: str = field(default="starting", metadata=choices(*RUN_STATES))
     pid: int | None = None
     step: int = 0
     total_steps: int = 0
     epoch: float = 0.0
-    updated: float = 0.0
-    started: float = 0.0
+    updated: float = field(default=0.0, metadata=UNIX_TIME)
+    started: float = field(default=0.0, metadata=UNIX_TIME)
     best_eval_loss: float | None = None
     message: str = ""
 
@@ -483,14 +653,59 @@ def write_status(run_dir: str | os.PathLike[str], status: RunStatus) -> None:
         raise
 
 
-def read_status(run_dir: str | os.PathLike[str]) -> RunStatus | None:
-    """The run's status, or None when there is none yet (or it cannot be read)."""
+@dataclass
+class StatusRead:
+    """``status.json`` as read: the status (None when there is none to use) and what was wrong.
+
+    Attributes:
+        status: the run's status; a value that did not fit the schema took its default.
+        problems: one line per value ignored (or why the whole file was), for `warning`.
+    """
+
+    status: RunStatus | None
+    problems: list[str] = field(default_factory=list)
+
+    def warning(self) -> Warning_ | None:
+        """The one warning about this file (None when it was whole or absent)."""
+        if not self.problems:
+            return None
+        return Warning_(
+            code=STATUS_SKIPPED,
+            message=f"{STATUS_FILE} does not fit its schema, so a part was ignored: "
+            + "; ".join(self.problems),
+            action="the worker rewrites it as it goes; the run's events still tell its progress",
+            t=time.time(),
+        )
+
+
+def read_status_report(run_dir: str | os.PathLike[str]) -> StatusRead:
+    """Read ``status.json`` checking every value (see `affiner.runner.run.schema`); never raises.
+
+    A missing or unreadable file is no status and no problem (the run may not have one yet). A
+    file that is not a JSON object gives no status and says so. A value of the wrong type or
+    range (``"step": "12"``, a negative loss, an unknown state) is dropped, with its default in its
+    place, so the good ones (the worker's pid above all) still count; a bad ``run_id`` becomes
+    the folder's name.
+    """
     path = Path(run_dir) / STATUS_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or "run_id" not in data:
-        return None
-    known = {f.name for f in fields(RunStatus)}
-    return RunStatus(**{k: v for k, v in data.items() if k in known})
+        raw = path.read_bytes()
+    except OSError:
+        return StatusRead(None)
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return StatusRead(None, ["it is not JSON"])
+    if not isinstance(data, dict):
+        return StatusRead(None, ["it is not a JSON object"])
+    if "run_id" not in data:
+        return StatusRead(None, ["it has no 'run_id'"])
+    kwargs, problems = field_problems(RunStatus, data)
+    kwargs.setdefault("run_id", Path(run_dir).name)
+    return StatusRead(RunStatus(**kwargs), problems)
+
+
+def read_status(run_dir: str | os.PathLike[str]) -> RunStatus | None:
+    """The run's status, or None when there is none yet (or it cannot be used); values that
+    do not fit the schema read as their defaults (`read_status_report` says which)."""
+    return read_status_report(run_dir).status

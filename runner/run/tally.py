@@ -19,7 +19,6 @@ figure here is a left fold (last, count, max, strict minimum); tests compare the
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from dataclasses import dataclass, field, replace
@@ -27,15 +26,18 @@ from pathlib import Path
 from typing import BinaryIO
 
 from affiner.runner.run.events import (
+    FILE_WARNINGS,
+    LOG_SKIPPED,
     Checkpoint,
     EvalResult,
     Event,
     RunFinished,
     RunStarted,
+    SkippedLines,
     TrainLog,
     Warning_,
+    decode_lines,
     effective_events,
-    event_from_dict,
     has_class_metrics,
 )
 
@@ -60,7 +62,10 @@ class EventTally:
     last_loss: float | None = None
     best_eval: EvalResult | None = None
     class_metrics: bool = False
-    warnings: int = 0
+    #: Warnings in the log; one about the log's own files counts once per code, as a screen
+    #: keeps one of each (see `warnings`).
+    logged_warnings: int = 0
+    file_codes: tuple[str, ...] = ()
     checkpoint_step: int | None = None
     #: The last ``run_finished`` of the latest attempt (since the last ``run_started``).
     finished: RunFinished | None = None
@@ -68,6 +73,16 @@ class EventTally:
     last_t: float | None = None
     #: Highest step among counted events: a resume from before it drops some of them.
     max_step: int | None = None
+    #: Lines that did not fit the schema, skipped (they make one warning more).
+    skipped: SkippedLines = field(default_factory=SkippedLines)
+    #: Complete lines read so far (what numbers the next one).
+    lines: int = 0
+
+    @property
+    def warnings(self) -> int:
+        """The warnings a screen lists: each logged one, and one for all the skipped lines."""
+        skip = 1 if self.skipped.count and LOG_SKIPPED not in self.file_codes else 0
+        return self.logged_warnings + skip
 
     def absorb(self, event: Event) -> None:
         if isinstance(event, RunStarted):
@@ -85,7 +100,11 @@ class EventTally:
                 self.best_eval = event
             self.class_metrics = self.class_metrics or has_class_metrics(event)
         elif isinstance(event, Warning_):
-            self.warnings += 1
+            if event.code not in FILE_WARNINGS:
+                self.logged_warnings += 1
+            elif event.code not in self.file_codes:
+                self.file_codes += (event.code,)
+                self.logged_warnings += 1
         elif isinstance(event, Checkpoint):
             if self.checkpoint_step is None or event.step > self.checkpoint_step:
                 self.checkpoint_step = event.step
@@ -124,20 +143,12 @@ _cursors: dict[str, _LogCursor] = {}
 _cursors_lock = threading.Lock()
 
 
-def _parse_lines(data: bytes) -> list[Event]:
-    """Events from complete lines; blank, non-JSON and unknown lines are skipped (as EventReader)."""
-    events: list[Event] = []
-    for raw in data.split(b"\n"):
-        if not raw.strip():
-            continue
-        try:
-            decoded = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(decoded, dict):
-            event = event_from_dict(decoded)
-            if event is not None:
-                events.append(event)
+def _parse_lines(data: bytes, tally: EventTally) -> list[Event]:
+    """Events from complete lines, numbered on from `tally`'s count; blank, non-JSON, unknown
+    and schema-breaking lines are skipped as `EventReader` skips them, and noted in the tally."""
+    lines = data.split(b"\n")
+    events = decode_lines(lines, tally.lines + 1, tally.skipped)
+    tally.lines += len(lines)
     return events
 
 
@@ -153,8 +164,9 @@ def _read_on(cursor: _LogCursor, handle: BinaryIO) -> bool:
     complete, newline, _torn = data[len(cursor.tail) :].rpartition(b"\n")
     if not newline:
         return True
-    tally = replace(cursor.tally)  # a new object: a tally handed out earlier stays as it was
-    for event in _parse_lines(complete):
+    # a new object: a tally handed out earlier stays as it was
+    tally = replace(cursor.tally, skipped=cursor.tally.skipped.copy())
+    for event in _parse_lines(complete, tally):
         if tally.cuts(event):
             return False
         tally.absorb(event)
@@ -172,7 +184,7 @@ def _read_all(cursor: _LogCursor, handle: BinaryIO) -> None:
     cursor.offset, cursor.head, cursor.tail, cursor.tally = 0, b"", b"", EventTally()
     if not newline:
         return
-    for event in effective_events(_parse_lines(complete)):
+    for event in effective_events(_parse_lines(complete, cursor.tally)):
         cursor.tally.absorb(event)
     cursor.offset = len(complete) + 1
     cursor.head = (complete + b"\n")[:TAIL_BYTES]

@@ -42,10 +42,10 @@ from affiner.runner.run import (
     is_worker_of,
     latest_checkpoint,
     model_label,
-    read_status,
+    read_status_report,
     run_task,
 )
-from affiner.tui.live import RunHistory, downsample, drifts
+from affiner.tui.live import FileWarnings, RunHistory, downsample, drifts
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 STATE_STYLES = {
@@ -112,14 +112,22 @@ class AttachView:
         self.new_events: list[Event] = []
         #: From run.toml; "" lets the evaluations say whether perplexity means anything.
         self.task = run_task(run_dir)
+        self._file_warnings = FileWarnings()
 
     def poll(self, now: float | None = None) -> str:
-        """Read new events and the status; return the run's state."""
-        events = self.new_events = self.reader.read_new()
+        """Read new events and the status; return the run's state.
+
+        What the readers skipped (lines of the log, values of ``status.json`` that do not fit
+        the schema) comes in as one warning per file, with the events.
+        """
+        events = self.reader.read_new()
+        report = read_status_report(self.run_dir.path)
+        events += self._file_warnings.news(self.reader.skipped, report)
+        self.new_events = events
         if any(e.type == "run_started" for e in events):
             self._seen_start = True
         self.history.add(events)
-        status = read_status(self.run_dir.path)
+        status = report.status
         self.pid = status.pid if status else None
         alive = is_worker_of(self.pid, self.run_dir.path)
         self.state = derive_state(status, self._seen_start, self.history.finished, alive, now)
@@ -166,7 +174,7 @@ class AttachView:
         grid.add_column()
         what = " · ".join(x for x in (model_label(h.model), h.method, h.device) if x)
         if what:
-            grid.add_row("model", what)
+            grid.add_row("model", Text(what))  # (Text: names from the run folder are not markup)
         grid.add_row("progress", self._progress_line(now))
         phase = h.phase_line(now) if not self.ended else ""
         if phase:
@@ -191,7 +199,7 @@ class AttachView:
         if memory:
             grid.add_row("memory", memory)
         if self.message and not self.ended:
-            grid.add_row("status", self.message)
+            grid.add_row("status", Text(self.message))
         state = Text(self.state, style=STATE_STYLES.get(self.state, ""))
         if self.pid and not self.ended:
             state.append(f" (pid {self.pid})", style="dim")

@@ -9,10 +9,11 @@ from affiner.tui.live.history import (
     downsample,
     smooth,
 )
-from affiner.tui.live.watcher import WatchBatch, watch_run
+from affiner.tui.live.watcher import FileWarnings, WatchBatch, watch_run
 
 __all__ = [
     "Drift",
+    "FileWarnings",
     "Point",
     "RunHistory",
     "WatchBatch",

@@ -27,6 +27,7 @@ from affiner.planner.units import format_duration
 from affiner.runner.run import (
     BASE_EVAL,
     EVAL,
+    FILE_WARNINGS,
     NOT_STEPS,
     SAVE,
     Checkpoint,
@@ -361,6 +362,8 @@ class RunHistory:
             self.best_checkpoint = event
 
     def _warning(self, event: Warning_) -> None:
+        if event.code in FILE_WARNINGS:  # one of each about the run folder's files: the latest
+            self.warnings = [w for w in self.warnings if w.code != event.code]
         self.warnings.append(event)
 
     def _error(self, event: Error) -> None:

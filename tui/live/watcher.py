@@ -8,6 +8,10 @@ message, so the thread never touches a widget.
 
 The training process owns the folder; nothing here writes to it. Quitting the TUI cancels
 the worker and leaves training running; opening the run again reads its whole history.
+
+Lines of the event log, or values of ``status.json``, that do not fit the schema are skipped
+by the readers; each poll that finds more of them adds the one warning about each file
+(``log_skipped``, ``status_skipped``) to its events, and the history keeps the latest of each.
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ from affiner.runner.run import (
     EventReader,
     RunDir,
     RunStatus,
+    SkippedLines,
+    StatusRead,
+    Warning_,
     effective_events,
-    read_status,
+    read_status_report,
 )
 
 #: On first open, at most this much of the end of train.log is read.
@@ -72,11 +79,14 @@ class RunWatcher:
         self._log_offset: int | None = None
         self._log_pending = b""
         self._status_key: tuple[object, ...] | None = None
+        self._file_warnings = FileWarnings()
+        self._status_read: StatusRead | None = None
         self._polled = False
 
     @property
     def bad_lines(self) -> int:
-        """Lines of events.jsonl that were not JSON (a crash mid-write), skipped."""
+        """Lines of events.jsonl that were skipped: not JSON (a crash mid-write), or not fitting
+        the schema."""
         return self._events.bad_lines
 
     def poll(self) -> WatchBatch:
@@ -87,6 +97,7 @@ class RunWatcher:
             # A resumed run's first attempt logged steps it later redid: show them once.
             events = effective_events(events)
         status = self._read_status()
+        events.extend(self._file_warnings.news(self._events.skipped, self._status_read))
         return WatchBatch(
             events=events,
             log_lines=self._read_log(),
@@ -119,7 +130,8 @@ class RunWatcher:
         return state
 
     def _read_status(self) -> RunStatus | None:
-        status = read_status(self.run.path)
+        self._status_read = report = read_status_report(self.run.path)
+        status = report.status
         if status is None:
             return None
         key = (status.state, status.step, status.pid, status.best_eval_loss, status.message)
@@ -160,6 +172,34 @@ class RunWatcher:
             lines = lines[1:]
         # Progress bars rewrite one line with carriage returns: keep what is left visible.
         return [line.rsplit("\r", 1)[-1].rstrip() for line in lines][-LOG_TAIL_LINES:]
+
+
+class FileWarnings:
+    """The one warning about each run file's skipped content, given again only when it grew.
+
+    The readers skip what does not fit the schema (`affiner.runner.run.EventReader.skipped`,
+    `affiner.runner.run.read_status_report`); this turns that into ``log_skipped`` and
+    ``status_skipped`` warnings for a history to fold, without repeating one every poll.
+    """
+
+    def __init__(self) -> None:
+        self._skipped = 0
+        self._problems: list[str] = []
+
+    def news(self, skipped: SkippedLines, status: StatusRead | None) -> list[Warning_]:
+        found: list[Warning_] = []
+        if skipped.count != self._skipped:
+            self._skipped = skipped.count
+            warning = skipped.warning()
+            if warning is not None:
+                found.append(warning)
+        problems = status.problems if status is not None else []
+        if problems != self._problems:
+            self._problems = problems
+            warning = status.warning() if status is not None else None
+            if warning is not None:
+                found.append(warning)
+        return found
 
 
 def watch_run(
