@@ -6,10 +6,15 @@ everything a screen needs comes out through the run folder (``events.jsonl``, ``
 Exit codes:
     0  finished (early stopping included), or the pre-flight check succeeded
     1  failed: NaN/inf loss, out of memory, or a crash (traceback in train.log)
-    2  the configuration or data cannot be used; nothing was trained
+    2  the configuration or data cannot be used, or another process holds the run folder;
+       nothing was trained
     3  stopped on SIGTERM/SIGINT after saving a checkpoint; resume with --resume
 
 A failed pre-flight (1 or 2) also writes an ``error`` event: its caller reads the reason there.
+
+The worker holds the run folder's lock (`affiner.runner.run.lock`) for its whole life: the one
+its launcher took and handed down, or one it takes itself when started by hand. While another
+worker holds it, this one writes nothing to the folder and exits with 2.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from affiner.planner.units import format_bytes, format_duration
 
 if TYPE_CHECKING:
     from affiner.runner.run import RunDir
+    from affiner.runner.run.lock import Purpose, RunLock
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,13 +65,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (run_dir / "run.toml").exists():
         print(f"error: {run_dir}: no run.toml in this folder", file=sys.stderr)
         return 2
-    if args.preflight_only:
-        if args.exit_with_parent:
-            _exit_when_stdin_closes()
-        return _preflight(run_dir)
-    from affiner.runner.train import run_training
+    purpose = "preflight" if args.preflight_only else "resume" if args.resume else "train"
+    try:
+        lock = _hold_run_lock(run_dir, purpose)
+    except AffinerError as exc:  # another worker has the folder: write nothing into it
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.preflight_only:
+            if args.exit_with_parent:
+                _exit_when_stdin_closes()
+            return _preflight(run_dir)
+        from affiner.runner.train import run_training
 
-    return run_training(run_dir, resume=args.resume)
+        return run_training(run_dir, resume=args.resume)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _hold_run_lock(run_dir: Path, purpose: Purpose) -> RunLock | None:
+    """The run folder's lock, held from here until the process ends (None where the file system
+    cannot lock). Only rank 0 of a multi-process run holds it: the other ranks are the same run.
+
+    Raises:
+        RunBusy: another worker holds it.
+    """
+    from affiner.runner.run.lock import LOCK_FD_ENV, adopt
+
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        os.environ.pop(LOCK_FD_ENV, None)
+        return None
+    return adopt(run_dir, purpose=purpose)
 
 
 def _preflight(run_dir: Path) -> int:

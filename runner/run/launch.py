@@ -12,6 +12,12 @@ the message says so. A run that is still running, or has already finished, is re
 
 `stop_run` sends SIGTERM (the worker saves a checkpoint and ends ``stopped``), after checking the
 pid in ``status.json`` really is this run's worker; ``force`` escalates to SIGKILL of its group.
+
+One worker per run folder (`affiner.runner.run.lock`): `launch_worker` takes the folder's lock
+before it spawns and hands the locked descriptor to the worker, which holds it until it exits.
+A second launch at the same instant (two resumes, the app and the CLI) is refused with who holds
+the run; `stop_run` signals the lock's holder, even one that has not written ``status.json``
+yet, and waits until the lock is free, not only until a pid is gone.
 """
 
 from __future__ import annotations
@@ -32,7 +38,17 @@ from affiner.planner.errors import AffinerError
 from affiner.runner.config import RunConfig
 from affiner.runner.run.checkpoints import latest_checkpoint
 from affiner.runner.run.events import EventWriter, RunFinished, RunStatus, read_status, write_status
+from affiner.runner.run.lock import (
+    LOCK_FD_ENV,
+    LockHolder,
+    Purpose,
+    RunBusy,
+    acquire,
+    holder,
+    wait_released,
+)
 from affiner.runner.run.process import (
+    is_worker_of,
     pid_alive,
     send_signal,
     spawn_detached,
@@ -47,6 +63,8 @@ from affiner.runner.run.runs import model_label, resolve_run, summarize
 DEFAULT_STOP_TIMEOUT = 120.0
 #: With ``force``, seconds SIGTERM gets before SIGKILL.
 FORCE_GRACE_SECONDS = 10.0
+#: Seconds `stop_run` waits for a launcher that holds a run's lock to start its worker.
+HANDOVER_SECONDS = 10.0
 
 # Workers this Python process started and may still be running, by pid: `stop_run` and the
 # foreground follower wait on the Popen. Each is reaped by `spawn_detached`'s reaper thread the
@@ -213,21 +231,42 @@ def launch_worker(
     terminal goes away the run goes on, and Ctrl-C becomes a graceful stop (see
     `affiner.runner.run.follow.follow_worker`).
 
+    The run folder's lock is taken first and handed to the worker (see the module docstring);
+    a resume checks again, under the lock, that the run can be resumed, so of two resumes at
+    the same instant exactly one starts a worker.
+
     Returns:
         0 once a detached worker is started; in the foreground, the worker's exit code.
+
+    Raises:
+        RunBusy: another process holds the run (a worker, or a launch under way).
+        AffinerError: a resume the run no longer allows (it finished meanwhile).
     """
     from affiner.runner.run.follow import Follower, follow_worker
 
-    extra = ["--resume"] if resume else []
-    argv = worker_argv(run_dir.path, *extra)
-    with open(run_dir.log, "ab") as log:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        log.write(f"\n=== {stamp} affiner: {shlex.join(argv)}\n".encode())
-    follower = Follower(run_dir, out or sys.stdout) if foreground else None
-    child = spawn_detached(argv, log_path=run_dir.log, cwd=run_dir.path, env=child_env())
-    _forget_ended()
-    _children[child.pid] = child
-    _record_pid(run_dir, child.pid, message)
+    purpose: Purpose = "resume" if resume else "train"
+    argv = worker_argv(run_dir.path, *(["--resume"] if resume else []))
+    lock = acquire(run_dir.path, role="launcher", purpose=purpose)
+    try:
+        if resume:
+            _resumable(run_dir)
+        with open(run_dir.log, "ab") as log:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            log.write(f"\n=== {stamp} affiner: {shlex.join(argv)}\n".encode())
+        follower = Follower(run_dir, out or sys.stdout) if foreground else None
+        env = child_env()
+        fds: tuple[int, ...] = ()
+        if lock is not None:
+            env[LOCK_FD_ENV], fds = str(lock.fd), (lock.fd,)
+        child = spawn_detached(argv, log_path=run_dir.log, cwd=run_dir.path, env=env, pass_fds=fds)
+        if lock is not None:
+            lock.record(child.pid, "worker", purpose)  # `stop` finds the worker from now on
+        _forget_ended()
+        _children[child.pid] = child
+        _record_pid(run_dir, child.pid, message)
+    finally:
+        if lock is not None:
+            lock.release()  # the worker's inherited descriptor keeps the run locked
     if follower is None:
         return 0
     code = follow_worker(run_dir, child, follower=follower)
@@ -250,13 +289,25 @@ def check_resumable(
 ) -> tuple[RunDir, str]:
     """The run to resume and what the resume will do, in words; raises when it cannot be resumed.
 
+    This is the early answer, for the message before a launch; `launch_worker` asks again under
+    the run's lock, which settles a race between two resumes.
+
     Raises:
+        RunBusy: another process holds the run's lock (a worker, or a resume under way).
         AffinerError: the run is unknown, still running, already finished, or its ``run.toml``
             no longer loads (it may have been edited since).
     """
+    rd = ref if isinstance(ref, RunDir) else resolve_run(ref, runs_root)
+    held = holder(rd.path)
+    if held is not None:
+        raise RunBusy(rd.run_id, held)
+    return rd, _resumable(rd)
+
+
+def _resumable(rd: RunDir) -> str:
+    """What a resume of `rd` does, in words; raises when its state does not allow one."""
     from affiner.runner.config import load_config
 
-    rd = ref if isinstance(ref, RunDir) else resolve_run(ref, runs_root)
     summary = summarize(rd)
     if summary.live:
         raise AffinerError(
@@ -273,8 +324,8 @@ def check_resumable(
     load_config(rd.config)  # an edited run.toml must still be valid before anything starts
     checkpoint = latest_checkpoint(rd)
     if checkpoint is None:
-        return rd, "no checkpoint was saved, so the run starts again from step 0"
-    return rd, f"resuming from the checkpoint at step {checkpoint[0]}"
+        return "no checkpoint was saved, so the run starts again from step 0"
+    return f"resuming from the checkpoint at step {checkpoint[0]}"
 
 
 def resume_run(
@@ -286,7 +337,7 @@ def resume_run(
     """Continue a stopped, failed or interrupted run in its own folder from its newest checkpoint.
 
     Raises:
-        AffinerError: see `check_resumable`.
+        AffinerError: see `check_resumable` (`RunBusy` when another resume won the race).
     """
     rd, message = check_resumable(ref, runs_root=runs_root)
     launch_worker(rd, resume=True, foreground=foreground, message=message)
@@ -323,6 +374,11 @@ def stop_run(
 ) -> StopResult:
     """Ask a run to stop: SIGTERM, then wait for its final state.
 
+    The worker to signal is the holder of the run's lock when there is one (a resume just
+    launched has not written ``status.json`` yet; a launch under way is given
+    `HANDOVER_SECONDS` to start its worker), else the pid in ``status.json``. The wait ends when
+    that process is gone *and* the lock is free, so nothing of the run is still writing.
+
     Args:
         ref_or_rundir: a run reference (id, unique prefix/suffix, path) or a `RunDir`.
         timeout: seconds to wait for the worker to end (default 120; with `force`, 10 before SIGKILL).
@@ -330,30 +386,35 @@ def stop_run(
             marked ``stopped`` (resume continues from its last checkpoint).
 
     Raises:
-        AffinerError: the pid in ``status.json`` is alive but is not this run's worker.
+        AffinerError: the pid in ``status.json`` is alive but is not this run's worker, or the
+            run's lock is held by a launch that never started a worker, or by another stop.
     """
     rd = (
         ref_or_rundir
         if isinstance(ref_or_rundir, RunDir)
         else resolve_run(ref_or_rundir, runs_root)
     )
-    summary = summarize(rd)
-    if summary.final:
-        return StopResult(
-            rd, summary.state, message=f"run {rd.run_id} already {summary.state}; nothing to stop"
-        )
-    pid = summary.pid
-    if not summary.pid_alive or pid is None:
-        if pid_alive(pid):
-            raise AffinerError(
-                f"status.json of {rd.run_id} names pid {pid}, which is running but is not this run's worker",
-                hint="the pid was probably reused after the worker died; nothing was signalled",
+    pid = _locked_worker(rd)
+    if pid is None:
+        summary = summarize(rd)
+        if summary.final:
+            return StopResult(
+                rd,
+                summary.state,
+                message=f"run {rd.run_id} already {summary.state}; nothing to stop",
             )
-        return StopResult(
-            rd,
-            summary.state,
-            message=f"run {rd.run_id} is not running ({summary.state}); nothing to stop",
-        )
+        pid = summary.pid
+        if not summary.pid_alive or pid is None:
+            if pid_alive(pid):
+                raise AffinerError(
+                    f"status.json of {rd.run_id} names pid {pid}, which is running but is not this run's worker",
+                    hint="the pid was probably reused after the worker died; nothing was signalled",
+                )
+            return StopResult(
+                rd,
+                summary.state,
+                message=f"run {rd.run_id} is not running ({summary.state}); nothing to stop",
+            )
     if timeout is None:
         timeout = FORCE_GRACE_SECONDS if force else DEFAULT_STOP_TIMEOUT
     _forget_ended()
@@ -361,17 +422,17 @@ def stop_run(
     result = StopResult(rd, "stopping")
     send_signal(pid, signal.SIGTERM)
     result.signalled.append("SIGTERM")
-    gone = wait_gone(pid, timeout, child=child)
+    gone = _worker_ended(rd, pid, timeout, child)
     if not gone and force:
         send_signal(pid, signal.SIGKILL, group=True)
         result.signalled.append("SIGKILL")
-        gone = wait_gone(pid, 5.0, child=child)
+        gone = _worker_ended(rd, pid, 5.0, child)
     if gone:
         _children.pop(pid, None)
-        result.state = _settle_final_state(rd, killed="SIGKILL" in result.signalled)
-        result.message = f"run {rd.run_id} {result.state}"
+        result.state, after = _settle_final_state(rd, killed="SIGKILL" in result.signalled)
+        result.message = f"run {rd.run_id} {result.state}{after}"
         ckpt = latest_checkpoint(rd)
-        if ckpt is not None and result.state != "finished":
+        if ckpt is not None and result.state != "finished" and not after:
             result.message += (
                 f"; `affiner train --resume {rd.run_id}` continues from step {ckpt[0]}"
             )
@@ -383,19 +444,70 @@ def stop_run(
     return result
 
 
-def _settle_final_state(rd: RunDir, *, killed: bool) -> str:
-    """After the worker exited: its own final state, or ``stopped`` written on its behalf.
+def _locked_worker(rd: RunDir) -> int | None:
+    """The pid of the worker that holds the run's lock; None when nobody holds it.
+
+    A launcher holds the lock for the moment between taking it and spawning the worker (or a
+    spawned process has not yet become the worker): that is waited for, `HANDOVER_SECONDS` at
+    most, so a stop racing a resume stops the resumed worker instead of answering "not running".
+
+    Raises:
+        AffinerError: the holder never became a worker within that time, or it is another stop.
+    """
+    deadline = time.monotonic() + HANDOVER_SECONDS
+    held = holder(rd.path)
+    while held is not None:
+        if held.role == "stop":
+            raise AffinerError(
+                f"run {rd.run_id} is already being stopped by pid {held.pid}",
+                hint="wait for it: `affiner runs` shows the run's state once it has ended",
+            )
+        if held.role == "worker" and is_worker_of(held.pid, rd.path):
+            return held.pid
+        if time.monotonic() >= deadline:
+            raise _not_handed_over(rd, held)
+        time.sleep(0.05)
+        held = holder(rd.path)
+    return None
+
+
+def _not_handed_over(rd: RunDir, held: LockHolder) -> AffinerError:
+    who = f"pid {held.pid}" if held.pid else "a process that does not say which"
+    return AffinerError(
+        f"run {rd.run_id} is locked by {who}, which is not its worker "
+        f"(it has been {held.doing()} for over {HANDOVER_SECONDS:g} s); nothing was signalled",
+        hint=(
+            f"try `affiner stop {rd.run_id}` again in a moment; if it stays locked, a process "
+            f"left over from its worker still holds {rd.path / '.lock'} (`fuser` names it)"
+        ),
+    )
+
+
+def _worker_ended(
+    rd: RunDir, pid: int, timeout: float, child: subprocess.Popen[bytes] | None
+) -> bool:
+    """Within `timeout` seconds: `pid` has exited and nothing holds the run's lock any more."""
+    deadline = time.monotonic() + timeout
+    if not wait_gone(pid, timeout, child=child):
+        return False
+    return wait_released(rd.path, deadline - time.monotonic())
+
+
+def _settle_final_state(rd: RunDir, *, killed: bool) -> tuple[str, str]:
+    """After the worker exited: its own final state, or ``stopped`` written on its behalf; and
+    what happened since, when another launch took the run over at once ("" otherwise).
 
     A worker killed by SIGKILL, or stopped before it installed its SIGTERM handler (still
     loading the model), never writes a final state; without one the run would read as
-    ``interrupted``. It was stopped on purpose, so say so in both status and events.
+    ``interrupted``. It was stopped on purpose, so say so in both status and events. That is
+    written under the run's lock, so it never lands in a run a new worker has just taken.
     """
     # A worker that exited on its own wrote status.json before exiting; a killed one never will.
     deadline = time.monotonic() + (0.0 if killed else 2.0)
     while True:
         status = read_status(rd.path)
         if status is not None and status.final:
-            return status.state
+            return status.state, ""
         if time.monotonic() >= deadline:
             break
         time.sleep(0.1)
@@ -404,9 +516,19 @@ def _settle_final_state(rd: RunDir, *, killed: bool) -> str:
         if killed
         else "stopped by `affiner stop` before it saved"
     )
-    status = status or RunStatus(run_id=rd.run_id)
-    status.state, status.message = "stopped", how
-    with EventWriter(rd.path) as writer:
-        writer.write(RunFinished(state="stopped", step=status.step, message=how))
-    write_status(rd.path, status)
-    return "stopped"
+    try:
+        lock = acquire(rd.path, role="stop", purpose="train")
+    except RunBusy as busy:
+        return "stopped", f", and was started again at once ({busy.message})"
+    try:
+        status = read_status(rd.path) or RunStatus(run_id=rd.run_id)
+        if status.final:
+            return status.state, ""
+        status.state, status.message = "stopped", how
+        with EventWriter(rd.path) as writer:
+            writer.write(RunFinished(state="stopped", step=status.step, message=how))
+        write_status(rd.path, status)
+    finally:
+        if lock is not None:
+            lock.release()
+    return "stopped", ""

@@ -86,6 +86,7 @@ def spawn_detached(
     cwd: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     stdin: int = subprocess.DEVNULL,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.Popen[bytes]:
     """Start `argv` in a new session, stdin from /dev/null, stdout and stderr appended to `log_path`.
 
@@ -93,7 +94,8 @@ def spawn_detached(
     drops. File descriptors other than 0-2 are closed so the child holds no pipe of ours.
     With ``stdin=subprocess.PIPE`` it holds one on purpose: the pipe closes when the caller
     ends, however it ends, and a worker started with ``--exit-with-parent`` then stops (a
-    pre-flight must not outlive the TUI that asked for it).
+    pre-flight must not outlive the TUI that asked for it). `pass_fds` are kept open in the
+    child on purpose too: the run folder's lock, which the worker holds from then on.
 
     While the caller lives, the child is still its child: one that ends by itself (a run that
     finishes while the TUI that started it stays open) would linger as a zombie of the caller.
@@ -110,6 +112,7 @@ def spawn_detached(
             env=dict(env) if env is not None else None,
             start_new_session=True,
             close_fds=True,
+            pass_fds=tuple(pass_fds),
         )
     reap_when_done(child)
     return child
