@@ -340,3 +340,64 @@ def test_a_closed_pipe_and_a_full_disk_end_quietly(project: Project) -> None:
         result = _cli(["runs", "--json"], env, stdout=full, stderr=subprocess.PIPE)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("affiner: no space left on") and result.stderr.count("\n") == 1
+
+
+BIG_LINE_SCRIPT = """
+import json, sys, threading, time
+from pathlib import Path
+
+def rss():
+    with open("/proc/self/status") as status:
+        return next(int(l.split()[1]) * 1024 for l in status if l.startswith("VmRSS"))
+
+def peak_during(work):
+    base, top, done = rss(), [0], threading.Event()
+    def watch():
+        while not done.is_set():
+            top[0] = max(top[0], rss())
+            time.sleep(0.005)
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = work()
+    finally:
+        done.set()
+        watcher.join()
+    return result, max(top[0], rss()) - base
+
+from affiner.runner.config import load_config
+from affiner.runner.run.validate import check_data
+cfg = load_config(sys.argv[1])
+warnings, check_peak = peak_during(lambda: check_data(cfg))
+from affiner.runner.data import prepare_data
+from tests.tiny_models import build_tokenizer
+tokenizer = build_tokenizer(Path(sys.argv[2]))
+prepared, prepare_peak = peak_during(lambda: prepare_data(cfg, tokenizer))
+report = prepared.report
+print(json.dumps({"warnings": warnings, "check_peak": check_peak, "prepare_peak": prepare_peak,
+                  "cut": report.cut_rows, "truncated": report.train_tokens.truncated}))
+"""
+
+
+@pytest.mark.slow
+def test_a_64_mb_line_stays_cheap_before_and_after_the_launch(project: Project) -> None:
+    """The issue's 200 MB line drove the worker past 6 GB while tokenizing; cut to the character
+    budget first, a 64 MB line costs the check and the tokenizer a few copies of the line."""
+    line = 64 << 20
+    with open(project.root / "train.jsonl", "w", encoding="utf-8") as handle:
+        for i in range(20):
+            handle.write(json.dumps({"text": f"row number {i}"}) + "\n")
+        handle.write('{"text": "' + "the cat sat on a mat " * (line // 21) + '"}\n')
+    toml = project.toml(data="eval_fraction = 0")
+    repo = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run(
+        [sys.executable, "-c", BIG_LINE_SCRIPT, str(toml), str(project.root / "tok")],
+        env=env, capture_output=True, text=True, timeout=300, cwd=repo,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["cut"] == 1 and seen["truncated"] == 1
+    assert any("1 row has a text longer than 2,048 characters" in w for w in seen["warnings"])
+    assert seen["check_peak"] < 6 * line, seen
+    assert seen["prepare_peak"] < 6 * line, seen
