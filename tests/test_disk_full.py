@@ -1,8 +1,8 @@
 """A full disk at a checkpoint, for real where this machine lets a test mount a small tmpfs.
 
 One tiny run goes through what a user meets: the disk fills while it trains (a file written by
-a callback takes all but 128 KiB), the checkpoint of step 10 fails half-written, the run fails
-with "no space left on <mount>", the checkpoint of step 5 intact and the cut folder gone; a
+a callback takes all but 128 KiB), the checkpoint of step 6 fails half-written, the run fails
+with "no space left on <mount>", the checkpoint of step 3 intact and the cut folder gone; a
 resume on the still-full disk is refused before training, plainly; once the file is deleted
 the resume finishes, and the steps it trained again give the very losses the first attempt
 logged. Without the right to mount (no root), the same run meets the same faults injected at
@@ -97,37 +97,37 @@ def test_a_full_disk_fails_the_checkpoint_plainly_and_resume_after_freeing_is_ex
         disk,
         tiny_llama,
         method="lora",
-        training={"max_steps": 12, "logging_steps": 1},
+        training={"max_steps": 8, "logging_steps": 1},
         eval={"every_steps": 50},
-        checkpoint={"every_steps": 5, "keep_last": 2},
+        checkpoint={"every_steps": 3, "keep_last": 2},
     )
-    fill = _FillDisk(disk, at_step=7)
+    fill = _FillDisk(disk, at_step=4)
     with monkeypatch.context() as patch:
-        # The check before each checkpoint would refuse the save at step 10; it is turned off
+        # The check before each checkpoint would refuse the save at step 6; it is turned off
         # here so that the write itself meets the full disk, as it would on a disk filled by
         # someone else between the check and the write.
         patch.setattr(CountingTrainer, "expected_checkpoint_bytes", lambda self: 1)
         if not mounted:
-            _inject_torch_disk_full(patch, at="checkpoint-10")
+            _inject_torch_disk_full(patch, at="checkpoint-6")
         assert run_training(rd.path, callbacks=[fill] if mounted else []) == EXIT_FAILED
 
     status = read_status(rd.path)
     assert status is not None and status.state == "failed"
     where = mount_point(rd.checkpoints)
     assert status.message.startswith(f"no space left on {where} (")
-    assert "the checkpoint of step 5 is kept" in status.message
+    assert "the checkpoint of step 3 is kept" in status.message
     assert f"affiner train --resume {rd.run_id}" in status.message
     errors = of_type(events_of(rd), "error")
     assert [e["code"] for e in errors] == ["disk_full"]
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert "inline_container.cc" in err  # torch's words, kept in the log beside the plain ones
-    assert not (rd.checkpoints / "checkpoint-10").exists()  # the cut-short save is gone
-    kept = rd.checkpoints / "checkpoint-5"
+    assert not (rd.checkpoints / "checkpoint-6").exists()  # the cut-short save is gone
+    kept = rd.checkpoints / "checkpoint-3"
     assert (kept / "trainer_state.json").exists() and (kept / "optimizer.pt").exists()
     kept_digest = _digest(kept)
     first = _losses(events_of(rd))
-    assert max(first) == 10
+    assert max(first) == 6
 
     # A resume on the disk that is still full: refused before a step is trained.
     usage = type(shutil.disk_usage(disk))
@@ -138,17 +138,17 @@ def test_a_full_disk_fails_the_checkpoint_plainly_and_resume_after_freeing_is_ex
     status = read_status(rd.path)
     assert status.state == "failed" and status.message.startswith("no space left on")
     assert "needed ~" in status.message and "free " in status.message
-    assert max(_losses(events_of(rd))) == 10  # nothing trained
+    assert max(_losses(events_of(rd))) == 6  # nothing trained
     assert _digest(kept) == kept_digest
 
-    # Space freed: the resume finishes, and steps 6-10 come out as the first attempt had them.
+    # Space freed: the resume finishes, and steps 4-6 come out as the first attempt had them.
     (disk / "filler.bin").unlink(missing_ok=True)
     assert run_training(rd.path, resume=True) == EXIT_FINISHED
     events = effective_events(read_events(rd.path))
     logs = [e for e in events if e.type == "train_log"]
-    assert [e.step for e in logs] == list(range(1, 13))
-    resumed = {e.step: round(e.loss, 6) for e in logs if e.step > 5}
-    assert {s: resumed[s] for s in range(6, 11)} == {s: first[s] for s in range(6, 11)}
+    assert [e.step for e in logs] == list(range(1, 9))
+    resumed = {e.step: round(e.loss, 6) for e in logs if e.step > 3}
+    assert {s: resumed[s] for s in range(4, 7)} == {s: first[s] for s in range(4, 7)}
     assert read_status(rd.path).state == "finished"
 
 

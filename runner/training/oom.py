@@ -81,9 +81,12 @@ class OomAt:
     detail: str = ""
 
     def words(self) -> str:
-        from affiner.runner.run.phases import phase_words
+        """``in training step 7`` (the step being taken), ``while evaluating at step 8``."""
+        from affiner.runner.run.phases import TRAIN, phase_words
 
-        return f"{phase_words(self.phase, self.step)[0]} at step {self.step}"
+        if self.phase == TRAIN:
+            return f"in training step {self.step + 1}"
+        return f"while {phase_words(self.phase, self.step)[0]}"
 
 
 @dataclass
