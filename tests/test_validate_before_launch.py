@@ -209,6 +209,15 @@ def test_model_folder_without_config(project: Project, capsys) -> None:
     assert "no config.json in the model folder" in err and "model.safetensors" in err
 
 
+def test_a_broken_model_config_names_its_line(project: Project, capsys) -> None:
+    project.rows("train.jsonl", texts())
+    (project.model / "config.json").write_text('{\n  "model_type": "llama",\n  "hidden_size": \n')
+    err = refused(project, capsys, project.toml())
+    assert (
+        "config.json:4: the model's config is not valid JSON (Expecting value at column 1)" in err
+    )
+
+
 def test_offline_hub_id_not_in_the_cache(project: Project, capsys) -> None:
     project.rows("train.jsonl", texts())
     err = refused(project, capsys, project.toml(model="someone/unseen-model"))

@@ -46,10 +46,18 @@ SIZE_KEYS = (
 )
 #: config.json keys that give the number of positions a model was trained on.
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "n_ctx")
-#: config.json keys of rotary (RoPE) position encodings: longer sequences run, but past what
-#: the model was trained on. Without them positions are a learned table that longer input
-#: overruns (an index error in the middle of training).
-ROTARY_KEYS = ("rope_theta", "rope_scaling", "rope_parameters", "rotary_dim", "rotary_pct")
+#: config.json keys of position encodings that reach past the trained length (rotary, T5's
+#: relative buckets): longer sequences run, on positions the model never saw. Without them
+#: positions are a learned table that longer input overruns (an index error mid-training).
+STRETCHABLE_KEYS = (
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+    "rotary_dim",
+    "rotary_pct",
+    "relative_attention_num_buckets",
+)
+STRETCHABLE_TYPES = ("rotary", "relative_key", "relative_key_query")
 MODEL_KEY = "[model].name_or_path"
 
 
@@ -171,11 +179,16 @@ def read_model_config(config_file: Path) -> dict[str, Any]:
         ) from None
     try:
         config = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        line = getattr(exc, "lineno", None)
+    except json.JSONDecodeError as exc:
         raise AffinerError(
-            f"the model's config is not valid JSON ({getattr(exc, 'msg', exc)})",
-            where=f"{config_file}:{line}" if line else str(config_file),
+            f"the model's config is not valid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})",
+            where=f"{config_file}:{exc.lineno}",
+            hint="download the model again, or save it again with save_pretrained",
+        ) from None
+    except (ValueError, RecursionError) as exc:
+        raise AffinerError(
+            f"the model's config is not valid JSON ({exc})",
+            where=str(config_file),
             hint="download the model again, or save it again with save_pretrained",
         ) from None
     if not isinstance(config, dict):
@@ -239,7 +252,10 @@ def _check_positions(cfg: RunConfig, config: dict[str, Any], config_file: Path) 
     wanted = cfg.data.max_seq_len
     if positions is None or wanted <= positions:
         return []
-    if not any(key in part for key in ROTARY_KEYS):
+    stretchable = any(key in part for key in STRETCHABLE_KEYS) or (
+        part.get("position_embedding_type") in STRETCHABLE_TYPES
+    )
+    if not stretchable:
         raise AffinerError(
             f"[data].max_seq_len is {wanted}, but the model has {positions} positions "
             f"({config_file.name}): a longer example would run past its position table",

@@ -117,6 +117,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                 " run `affiner` and accept a plan), or `affiner train --resume RUN`"
             ),
         )
+    # The model's config and every data row are checked before a run folder exists (a large
+    # file takes a moment): a mistake is an exit code 2 here, not a failed run found later.
+    print(f"Checking {args.config}: its model and every data row…", file=sys.stderr, flush=True)
     prepared = prepare_run(
         args.config, run_id=args.run_id, preflight=False if args.no_preflight else None
     )
