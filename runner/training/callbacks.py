@@ -38,7 +38,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from transformers import Trainer, TrainerCallback
@@ -156,7 +155,7 @@ class CountingTrainer(Trainer):
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         step = self.state.global_step
-        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{step}"
+        folder = checkpoint_folder(self._get_output_dir(trial=trial), step)
         what = f"the checkpoint of step {step}"
         needed = self.expected_checkpoint_bytes()
         existed = folder.exists()
