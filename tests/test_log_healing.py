@@ -298,3 +298,22 @@ def test_the_incremental_tally_counts_skipped_lines_as_a_full_read_does(runs_dir
         writer.write(EvalResult(step=9, loss=60.0, perplexity=1.1e26, t=1100))
     assert [e.perplexity for e in read_events(rd.path) if isinstance(e, EvalResult)][-1] == 1.1e26
     assert rd.events.name == EVENTS_FILE
+
+
+def test_the_foreground_follower_says_in_one_line_what_it_skipped(runs_dir: Path) -> None:
+    from affiner.runner.run.follow import Follower
+
+    rd = make_run(runs_dir, "20260101-000000-lora-tiny-follow", [])
+    out = io.StringIO()
+    follower = Follower(rd, out)
+    with open(rd.events, "a", encoding="utf-8") as handle:
+        handle.write("\n".join(BAD_LINES[:4]) + "\n")
+    follower.pump()
+    follower.pump()  # nothing new: nothing said again
+    lines = out.getvalue().splitlines()
+    assert lines[:2] == [
+        "[affiner] started: lora on auto, 20 steps, 0 training rows",
+        "[affiner] step 1/20  epoch 0.00  loss 2.5000",
+    ]
+    (warning,) = lines[2:]
+    assert warning.startswith("[affiner] WARNING log_skipped: 2 lines of events.jsonl were skipped")

@@ -114,10 +114,19 @@ class Follower:
         self.log_offset = run_dir.log.stat().st_size if run_dir.log.exists() else 0
         self.events = EventReader(run_dir.path)
         self.events.read_new()  # an earlier attempt's events (a resume) were shown back then
+        self._skipped = self.events.skipped.count
 
     def pump(self) -> None:
+        """Copy what is new; lines of the log that do not fit the schema are skipped, and said
+        in one warning line each time more of them were."""
         self.log_offset = _copy_new(self.run_dir.log, self.log_offset, self.out)
-        for event in self.events.read_new():
+        events = self.events.read_new()
+        skipped = self.events.skipped
+        if skipped.count != self._skipped:
+            self._skipped = skipped.count
+            warning = skipped.warning()
+            events += [warning] if warning is not None else []
+        for event in events:
             line = event_line(event)
             if line:
                 self.out.write(line + "\n")
