@@ -196,3 +196,23 @@ def test_the_check_names_the_mount_what_is_needed_and_what_is_free(tmp_path: Pat
     (previous / "optimizer.pt").write_bytes(b"\0" * 10_000)
     assert 10_000 < expected_checkpoint_bytes(previous, estimate=1) <= 11_000
     assert expected_checkpoint_bytes(None, estimate=123) == 123
+
+
+def test_a_preflight_on_a_full_temporary_disk_says_so(
+    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    from affiner.runner.config import load_config
+    from affiner.runner.run.preflight import run_preflight_process
+
+    cfg = load_config(make_run(tmp_path, tiny_llama).config)
+
+    def full(*args: Any, **kwargs: Any) -> str:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", full)
+    with pytest.raises(DiskFullError) as caught:
+        run_preflight_process(cfg)
+    assert str(caught.value).startswith("no space left on ")
+    assert "for the pre-flight's temporary folder" in caught.value.message

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from affiner.planner.errors import AffinerError
 from affiner.runner.config import RunConfig, resolve_paths, save_config, validate_config
+from affiner.runner.run.diskspace import DiskFullError, free_bytes, is_disk_full
 from affiner.runner.run.events import Error, EventReader, Preflight, Progress, read_events
 from affiner.runner.run.launch import child_env
 from affiner.runner.run.phases import PREFLIGHT_LOAD, PREFLIGHT_START, PREFLIGHT_TRAIN
@@ -150,10 +151,20 @@ def run_preflight_process(
     own = copy.deepcopy(cfg)
     resolve_paths(own, Path.cwd())
     validate_config(own, where="run configuration")
-    rd = RunDir(Path(tempfile.mkdtemp(prefix="affiner-preflight-")))
+    try:
+        rd = RunDir(Path(tempfile.mkdtemp(prefix="affiner-preflight-")))
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        raise _no_room(tempfile.gettempdir()) from exc
     keep = False
     try:
-        save_config(own, rd.config)
+        try:
+            save_config(own, rd.config)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            raise _no_room(rd.path) from exc
         listener = progress
         accum = int(own.training.grad_accum or 1)  # the progress reader's first guess
         code = _run_child(rd, cancelled or (lambda: False), listener, accum, poll_seconds, python)
@@ -172,6 +183,11 @@ def run_preflight_process(
     finally:
         if not keep:
             shutil.rmtree(rd.path, ignore_errors=True)
+
+
+def _no_room(where: str | Path) -> DiskFullError:
+    """A full temporary disk, said plainly: the check's folder lives there."""
+    return DiskFullError(where, None, free_bytes(where), "the pre-flight's temporary folder")
 
 
 def _run_child(

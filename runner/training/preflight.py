@@ -39,6 +39,7 @@ from affiner.planner.errors import AffinerError
 from affiner.planner.timing import optimizer_steps
 from affiner.runner.config import RunConfig
 from affiner.runner.run import EventWriter, Preflight, RunDir, Warning_
+from affiner.runner.run.diskspace import DiskFullError, free_bytes, is_disk_full
 from affiner.runner.run.events import Progress
 from affiner.runner.run.phases import (
     PREFLIGHT_EVAL,
@@ -409,6 +410,9 @@ def _measure(
                     trainer.optimizer.state_dict(), Path(tmp) / "checkpoint" / "optimizer.pt"
                 )
         except Exception as exc:
+            if is_disk_full(exc):  # the test checkpoint: said plainly, not as torch says it
+                what = "the pre-flight's test checkpoint"
+                raise DiskFullError(tmp, None, free_bytes(tmp), what) from exc
             if not is_oom(exc):
                 raise
             # The traceback's frames (trainer.train() and below) hold the model, gradients
