@@ -192,6 +192,23 @@ def test_csv_rows_count_by_kind_not_by_a_literal_n(project: Project) -> None:
     assert loaded.drop_reasons == {"wrong number of fields": 2}
 
 
+def test_a_conversation_is_cut_as_a_whole_and_short_rows_are_left_alone() -> None:
+    from affiner.runner.data.rows import cut_values
+
+    row = {"text": "short", "n": 3}
+    assert cut_values(row, 96) == (row, False) and cut_values(row, 96)[0] is row
+    turns = [("user", "a" * 40), ("assistant", "b" * 60), ("user", "cc"), ("assistant", "d")]
+    long = {"messages": [{"role": r, "content": c} for r, c in turns], "text": "x" * 200}
+    cut, changed = cut_values(long, 96)  # 96 characters: 3 tokens of max_seq_len at most
+    assert changed and cut["text"] == "x" * 96
+    assert cut["messages"] == [
+        {"role": "user", "content": "a" * 40},
+        {"role": "assistant", "content": "b" * 56},  # the turns share the budget, roles aside
+        {"role": "user", "content": "c"},  # past it: a character; truncation decides the rest
+    ]  # and no more turns than tokens
+    assert long["messages"][1]["content"] == "b" * 60  # the row read is not changed in place
+
+
 # ---------------------------------------------------------------------------- model
 
 

@@ -152,12 +152,11 @@ def _digest(data: dict[str, Any]) -> str:
 def cut_values(values: Any, budget: int) -> tuple[Any, bool]:
     """`values` with each text field, and a list field's texts together, cut to `budget` characters.
 
-    Returns the (possibly new) values and whether anything was cut. A conversation keeps its
-    turns in order until their texts use up the budget; the turns after that are left out.
+    Returns the values (a new dict when anything was cut; the row read is never changed in
+    place) and whether anything was cut. See `_cut_turns` for a conversation.
     """
     if not isinstance(values, dict):
         return values, False
-    cut = False
     out: dict[str, Any] | None = None
     for key, value in values.items():
         new = value
@@ -166,33 +165,49 @@ def cut_values(values: Any, budget: int) -> tuple[Any, bool]:
         elif isinstance(value, list):
             new = _cut_turns(value, budget)
         if new is not value:
-            cut = True
             out = out if out is not None else dict(values)
             out[key] = new
-    return (out if out is not None else values), cut
+    return (out, True) if out is not None else (values, False)
+
+
+#: Turn keys that name the speaker: never cut, so a cut conversation keeps its roles.
+ROLE_KEYS = ("role", "from")
 
 
 def _cut_turns(turns: list[Any], budget: int) -> list[Any]:
-    """`turns` itself when its texts fit in `budget`, else a copy cut to it."""
+    """`turns` itself when its texts fit in `budget`, else a cut copy.
+
+    The turns' texts share the budget in order. A turn past it keeps one character, so the
+    conversation keeps its shape and tokenizing truncates it exactly as it would the whole
+    text (an assistant reply beyond ``max_seq_len`` still leaves nothing to learn from); turns
+    past ``max_seq_len`` of them are left out, as each renders to a token at least.
+    """
+    cap = max(1, budget // CHARS_PER_TOKEN_CEILING)
     left = budget
+    out: list[Any] | None = None
     for index, turn in enumerate(turns):
-        texts = turn.values() if isinstance(turn, dict) else [turn]
-        size = sum(len(t) for t in texts if isinstance(t, str))
-        if size <= left:
-            left -= size
-            continue
-        kept = list(turns[:index])
-        if isinstance(turn, dict) and left > 0:
-            shortened = {}
-            for k, v in turn.items():
-                if isinstance(v, str):
-                    v, left = v[: max(left, 0)], left - len(v)
-                shortened[k] = v
-            kept.append(shortened)
-        elif isinstance(turn, str) and left > 0:
-            kept.append(turn[:left])
-        return kept
-    return turns
+        if index >= cap:
+            return out if out is not None else list(turns[:index])
+        new = turn
+        if isinstance(turn, dict):
+            cut: dict[str, str] = {}
+            for key, text in turn.items():
+                if isinstance(text, str) and key not in ROLE_KEYS:
+                    keep = max(left, 1)
+                    if len(text) > keep:
+                        cut[key] = text[:keep]
+                    left = max(0, left - len(text))
+            if cut:
+                new = {**turn, **cut}
+        elif isinstance(turn, str):
+            keep = max(left, 1)
+            new = turn[:keep] if len(turn) > keep else turn
+            left = max(0, left - len(turn))
+        if new is not turn and out is None:
+            out = list(turns[:index])
+        if out is not None:
+            out.append(new)
+    return out if out is not None else turns
 
 
 def turn_order_problem(messages: list[dict[str, str]]) -> str | None:
