@@ -427,3 +427,22 @@ def test_a_64_mb_line_stays_cheap_before_and_after_the_launch(project: Project) 
     assert any("1 row has a text longer than 2,048 characters" in w for w in seen["warnings"])
     assert seen["check_peak"] < 6 * line, seen
     assert seen["prepare_peak"] < 6 * line, seen
+
+
+def test_enospc_from_any_command_is_one_line_naming_the_file(
+    project: Project, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import errno
+
+    import affiner.tui.cli.runs as runs_cli
+
+    target = project.root / "runs" / "x" / "status.json"
+
+    def full(_args) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(runs_cli, "cmd_runs", full)
+    assert main(["runs"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"affiner: no space left on the disk holding {target} (")
+    assert " free); free some space" in err and err.count("\n") == 1

@@ -116,13 +116,14 @@ def _pipe_closed() -> int:
 def no_space_message(error: OSError) -> str:
     """One line for a full disk: which file could not be written, and how much room is left."""
     place = error.filename if isinstance(error.filename, str) else None
+    if place is None:  # a write to an open file (stdout, a log) names no file
+        return "no space left on the device being written to; free some space and run the command again"
     free = ""
-    probe = Path(place).expanduser() if place else Path.cwd()
+    probe = Path(place).expanduser()
     for folder in (probe, *probe.parents):
         try:
             free = f" ({format_bytes(shutil.disk_usage(folder).free)} free)"
             break
         except OSError:
             continue
-    where = f"the disk holding {place}" if place else "the disk"
-    return f"no space left on {where}{free}; free some space and run the command again"
+    return f"no space left on the disk holding {place}{free}; free some space and run the command again"
