@@ -215,7 +215,9 @@ def test_a_conversation_is_cut_as_a_whole_and_short_rows_are_left_alone() -> Non
 def test_missing_model_folder(project: Project, capsys) -> None:
     project.rows("train.jsonl", texts())
     err = refused(project, capsys, project.toml(model="./nowhere"))
-    assert "[model].name_or_path: model folder" in err and "nowhere does not exist" in err
+    assert (
+        "run.toml:2 [model].name_or_path: model folder" in err and "nowhere does not exist" in err
+    )
 
 
 def test_model_folder_without_config(project: Project, capsys) -> None:
@@ -268,7 +270,7 @@ def test_remote_code_hint_names_trust_remote_code(project: Project, capsys) -> N
     custom = dict(LLAMA, model_type="my_own_arch", auto_map={"AutoConfig": "conf.MyConfig"})
     project.write_model(custom)
     err = refused(project, capsys, project.toml())
-    assert "[model].trust_remote_code: this model's architecture ('my_own_arch')" in err
+    assert "run.toml:1 [model].trust_remote_code: this model's architecture ('my_own_arch')" in err
     assert "set trust_remote_code = true under [model]" in err
 
 
@@ -278,7 +280,7 @@ def test_max_seq_len_past_a_learned_position_table_is_refused(project: Project, 
             "max_position_embeddings": 32, "position_embedding_type": "absolute"}  # fmt: skip
     project.write_model(bert)
     err = refused(project, capsys, project.toml())
-    assert "[data].max_seq_len: [data].max_seq_len is 64, but the model has 32 positions" in err
+    assert "run.toml:9 [data].max_seq_len: [data].max_seq_len is 64, but the model has 32" in err
     assert "max_seq_len = 32" in err
 
 

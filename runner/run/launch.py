@@ -108,7 +108,8 @@ def _load(cfg_or_path: RunConfig | str | os.PathLike[str]) -> tuple[RunConfig, l
     else:
         cfg = load_config(cfg_or_path)  # resolves paths against the file's folder
         warnings = validate_config(cfg, where=str(cfg_or_path))
-    return cfg, warnings + check_before_launch(cfg)
+    source = None if isinstance(cfg_or_path, RunConfig) else cfg_or_path
+    return cfg, warnings + check_before_launch(cfg, source=source)
 
 
 def run_label(cfg: RunConfig) -> str:

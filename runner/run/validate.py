@@ -24,6 +24,7 @@ The warnings it returns are the data warnings the worker records
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,15 @@ STRETCHABLE_TYPES = ("rotary", "relative_key", "relative_key_query")
 MODEL_KEY = "[model].name_or_path"
 
 
-def check_before_launch(cfg: RunConfig) -> list[str]:
+def check_before_launch(
+    cfg: RunConfig, *, source: str | os.PathLike[str] | None = None
+) -> list[str]:
     """Check the model and the data of a configuration whose values already passed its checks.
+
+    Args:
+        cfg: the configuration, paths resolved.
+        source: the run.toml it was read from, if any: a problem with one of its keys is then
+            reported at that key's line (``run.toml:4 [model].name_or_path``).
 
     Returns:
         Warnings to show before the run starts, one line each.
@@ -71,9 +79,28 @@ def check_before_launch(cfg: RunConfig) -> list[str]:
         AffinerError: the model or the data cannot be used; the message names the file and
             line or the run.toml key.
     """
-    warnings = check_model(cfg)
-    warnings += check_data(cfg)
+    try:
+        warnings = check_model(cfg)
+        warnings += check_data(cfg)
+    except AffinerError as error:
+        if source is not None and error.where and error.where.startswith("["):
+            error.where = _key_line(Path(source), error.where)
+        raise
     return warnings
+
+
+def _key_line(file: Path, key: str) -> str:
+    """``run.toml:4 [model].name_or_path`` for the key ``[model].name_or_path``, when found."""
+    from affiner.runner.config.io import key_lines
+
+    section, _, name = key.partition("].")
+    dotted = f"{section.lstrip('[')}.{name}"
+    try:
+        lines = key_lines(file.read_text(encoding="utf-8"))
+        line = lines.get(dotted) or lines.get(dotted.partition(".")[0])  # else its section
+    except (OSError, UnicodeDecodeError):
+        line = None
+    return f"{file}:{line} {key}" if line else f"{file} {key}"
 
 
 # ---------------------------------------------------------------------------- the model
