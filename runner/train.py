@@ -182,8 +182,9 @@ class _Run:
 
     @property
     def step(self) -> int:
-        """The optimizer steps done (kept from the last Trainer when it has been let go)."""
-        if self.trainer is not None:
+        """The optimizer steps done: the Trainer's once it has trained (before that, and once it
+        has been let go, the step resumed from or the last one it reached)."""
+        if self.trainer is not None and self.trainer.state.global_step:
             self._last_step = int(self.trainer.state.global_step)
         return self._last_step
 
@@ -400,6 +401,7 @@ class _Run:
         rd = self.rd
         train_ds, eval_ds = data.train, data.eval  # [eval].max_rows is applied by prepare_data
         has_eval = eval_ds is not None and len(eval_ds) > 0
+        self._last_step = resumed_from or 0
         self.enter(LOAD_MODEL)
         self.loading = True
         self.loaded = load_model(

@@ -137,6 +137,7 @@ def test_a_full_disk_fails_the_checkpoint_plainly_and_resume_after_freeing_is_ex
         assert run_training(rd.path, resume=True) == EXIT_FAILED
     status = read_status(rd.path)
     assert status.state == "failed" and status.message.startswith("no space left on")
+    assert status.step == 3  # what the run holds: the checkpoint it would resume from
     assert "needed ~" in status.message and "free " in status.message
     assert max(_losses(events_of(rd))) == 6  # nothing trained
     assert _digest(kept) == kept_digest
