@@ -339,7 +339,8 @@ class _Run:
             found = latest_checkpoint(rd)
             checkpoint = found[1] if found else None
             resumed_from = found[0] if found else 0
-            print(f"affiner: {backoff.message(oom, old, resumed_from)}", file=sys.stderr)
+            said = f"affiner: {backoff.message(oom, old, resumed_from)} ({oom.detail[:200]})"
+            print(said, file=sys.stderr, flush=True)
             self.emit(
                 Warning_(
                     code="oom_backoff",
