@@ -3,8 +3,8 @@
 Hypothesis writes arbitrary bytes, arbitrary JSON values, and event-shaped objects whose fields
 hold arbitrary JSON (a string step, a negative loss, NaN, a list for a number) as
 ``events.jsonl`` and ``status.json``; then every consumer reads the folder: `read_events`,
-`read_status`, `summarize`, ``affiner runs --json``, the monitor's `RunHistory` with its derived
-figures, and `affiner attach`'s view, rendered. None may raise, and what the readers hand on
+`read_status`, `summarize`, ``affiner runs --json``, the runs screen's rows, the monitor's
+`RunHistory` with its derived figures, and `affiner attach`'s view, rendered. None may raise, and what the readers hand on
 has the declared types and ranges.
 """
 
@@ -37,6 +37,8 @@ from affiner.runner.run.runs import summarize
 from affiner.tui.cli.attach import AttachView, PlainLines
 from affiner.tui.cli.entry import main
 from affiner.tui.live import RunHistory
+from affiner.tui.screens.run_facts import FactsCache
+from affiner.tui.screens.runs_columns import build_rows, cell_texts, detail_text
 
 FUZZ = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
@@ -113,6 +115,9 @@ def read_everything(events: bytes, status: bytes) -> None:
 
         summary = summarize(rd)
         assert summary.best_eval_loss is None or summary.best_eval_loss >= 0
+        (row,) = build_rows([summary], {}, FactsCache())  # the app's runs screen
+        cell_texts(row, time.time(), marked=False)
+        detail_text(row)
         with contextlib.redirect_stdout(io.StringIO()) as out:
             assert main(["--runs-dir", tmp, "runs", "--json"]) == 0
         assert json.loads(out.getvalue())[0]["run_id"] == rd.run_id
