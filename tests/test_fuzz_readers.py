@@ -41,7 +41,7 @@ from affiner.tui.screens.run_facts import FactsCache
 from affiner.tui.screens.runs_columns import build_rows, cell_texts, detail_text
 
 FUZZ = settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
 )
 
 scalars = (
