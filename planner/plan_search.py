@@ -15,6 +15,7 @@ from affiner.planner.models import ModelSpec, has_fused_experts
 from affiner.planner.plan_request import PlanRequest
 from affiner.planner.sequence_fit import LongestSequence, longest_sequence
 from affiner.planner.settings import ALL_LINEAR, TrainSettings
+from affiner.planner.timing import run_steps
 from affiner.planner.vocabulary import (
     BASE_WEIGHT_METHODS,
     FOUR_BIT,
@@ -124,7 +125,7 @@ def _sized(
                 gradient_checkpointing=checkpointing,
                 padded=mb > 1,
             )
-            est = estimate_memory(spec, s, device)
+            est = estimate_memory(spec, s, device, steps=_steps(request, s))
             if est.peak_bytes <= usable:
                 return s, est, True
     mb = sizes[-1]
@@ -134,7 +135,17 @@ def _sized(
         gradient_checkpointing=checkpointings[-1],
         padded=mb > 1,
     )
-    return s, estimate_memory(spec, s, device), False
+    return s, estimate_memory(spec, s, device, steps=_steps(request, s)), False
+
+
+def _steps(request: PlanRequest, settings: TrainSettings) -> int | None:
+    """The run's optimizer steps at `settings`, when the request knows the data's size."""
+    return run_steps(
+        settings,
+        train_rows=request.train_rows,
+        train_tokens=request.train_tokens,
+        epochs=request.epochs,
+    )
 
 
 def _search(

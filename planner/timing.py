@@ -204,15 +204,36 @@ def estimate_time(
         notes.append("this device's speed is unknown (give --gpu NAME for a time estimate)")
     result = TimeEstimate(tokens, per_token, peak, util, step, notes=notes)
     result.overhead_seconds = overhead
-    if train_rows:
-        batches = (settings.micro_batch, settings.grad_accum)
-        result.steps_per_epoch = optimizer_steps(train_rows, *batches, 1.0, settings.num_gpus)
-        result.total_steps = optimizer_steps(train_rows, *batches, epochs, settings.num_gpus)
-    elif train_tokens:
-        result.steps_per_epoch = max(1, -(-train_tokens // tokens))
-        result.total_steps = max(1, math.ceil(result.steps_per_epoch * epochs - 1e-9))
+    result.steps_per_epoch = run_steps(
+        settings, train_rows=train_rows, train_tokens=train_tokens, epochs=1.0
+    )
+    result.total_steps = run_steps(
+        settings, train_rows=train_rows, train_tokens=train_tokens, epochs=epochs
+    )
     _totals(result, device)
     return result
+
+
+def run_steps(
+    settings: TrainSettings,
+    *,
+    train_rows: int | None = None,
+    train_tokens: int | None = None,
+    epochs: float = 1.0,
+) -> int | None:
+    """Optimizer steps of a run with `settings` over the data, when its size is known.
+
+    Rows count as the Trainer counts them (`optimizer_steps`); with only a token count, a step
+    takes `settings.tokens_per_step` of them. The time estimate and the CPU memory estimate
+    (whose heap grows with the steps) both count with this.
+    """
+    if train_rows:
+        batches = (settings.micro_batch, settings.grad_accum)
+        return optimizer_steps(train_rows, *batches, epochs, settings.num_gpus)
+    if train_tokens:
+        per_epoch = max(1, -(-train_tokens // max(1, settings.tokens_per_step)))
+        return max(1, math.ceil(per_epoch * epochs - 1e-9))
+    return None
 
 
 def optimizer_steps(

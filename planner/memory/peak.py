@@ -26,6 +26,7 @@ interpreter with the runner's libraries loaded and warmed up, measured on the ma
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -56,20 +57,37 @@ CPU_RUNTIME = 500 * MIB
 #: 64-bit): once a freed mmapped block raised the threshold, every tensor below this size comes
 #: from the heap, whose freed blocks glibc keeps; tensors above it are mmapped and returned.
 GLIBC_MMAP_MAX = 32 * MIB
-#: Freed heap memory glibc still holds at a CPU run's peak, as a share of the step's transient
-#: tensors that live on the heap (activations, and the loss's vocabulary-sized tensors when one
-#: is under `GLIBC_MMAP_MAX`). Measured 2026-12-01 on both CPU demos (20 steps, fp32 LoRA,
-#: dynamic padding) as the peak RSS with glibc's defaults less the peak RSS of the same run with
-#: ``MALLOC_MMAP_THRESHOLD_=131072`` (every tensor mmapped and returned when freed):
-#: classify (MiniLM-L6, batch 32x64) 1777 - 1248 = 529 MiB over 646 MiB planned activations
-#: (0.82); chat (SmolLM2-135M, batch 8x128) 4796 - 3862 = 934 MiB over 2140 MiB (0.44). The
-#: mmapped runs peaked within 1-2% of the measured baseline plus the planned allocated peak
-#: (1248 against 1235 MiB, 3862 against 3781), so what is missing is this retention, not
-#: tensors, the tokenizer (14 MiB) or the data (27 MiB for 4000 rows). One share cannot be
-#: both: 0.62 puts the demos' runs about equally close (classify 1761-1777 MiB: -7 to -8%;
-#: chat 4718-4824 MiB: +6 to +8%). It grows slowly with the steps (more batch shapes seen):
-#: the 250-step classify demo held 710 MiB (1.10).
-CPU_HEAP_RETENTION = 0.62
+#: Freed heap memory glibc still holds at a CPU run's peak. Measured 2026-12-01 as the peak RSS
+#: with glibc's defaults less the planned allocated peak and the process baseline, on three
+#: fp32 LoRA runs of 20 steps with dynamic padding: classify (MiniLM-L6, 6 blocks, batch 32x64)
+#: 1777 MiB, 542 MiB retained over 647 MiB of heap transients and 106 MiB per block; the same
+#: model without attention dropout (CPU flash kernel) 1600 MiB, 455 over 557 and 91; chat
+#: (SmolLM2-135M, 30 blocks, batch 8x128) 4796 MiB, 1118 over 2039 and 68. Runs of the same
+#: settings with ``MALLOC_MMAP_THRESHOLD_=131072`` (every tensor mmapped and returned when freed)
+#: peaked within 1.5% of the baseline plus the allocated peak for MiniLM (1163 MiB against
+#: 1146), so what is missing is glibc's retention, not tensors, the tokenizer or the data. One
+#: share of the transients cannot be both models (0.84 for MiniLM, 0.55 for SmolLM2): the heap
+#: keeps a share of all of them (fragmentation between the saved activations) plus about two
+#: blocks' worth of one block's working set (a block's forward temporaries and, in backward,
+#: the gradients of its activations, in holes the next block cannot always reuse). Fitted on
+#: the first and third run, the second lands within 2.5%.
+CPU_HEAP_RETENTION = 0.47
+#: Blocks' worth of one block's saved activations the heap keeps besides (see above).
+CPU_HEAP_BLOCKS = 2.2
+#: The retention grows slowly with the steps, as new batch shapes keep fragmenting the heap:
+#: by this share per e-fold of steps past `CPU_HEAP_BASE_STEPS`, measured on both demos (MiniLM
+#: 542 -> 654 MiB at 120 steps and 713 at 250; SmolLM2 1118 -> 1236 at 50): 0.115 to 0.125.
+CPU_HEAP_GROWTH = 0.12
+#: The run length the retention above was measured at.
+CPU_HEAP_BASE_STEPS = 20
+#: Steps assumed when the run's length is unknown (no data yet): a few hundred, a CPU run's size.
+CPU_HEAP_DEFAULT_STEPS = 250
+
+
+def heap_growth(steps: int | None) -> float:
+    """How much more than at `CPU_HEAP_BASE_STEPS` glibc has kept by the end of `steps` steps."""
+    n = CPU_HEAP_DEFAULT_STEPS if steps is None else max(int(steps), CPU_HEAP_BASE_STEPS)
+    return 1.0 + CPU_HEAP_GROWTH * math.log(n / CPU_HEAP_BASE_STEPS)
 
 
 @dataclass
@@ -264,11 +282,17 @@ def _param_dtype(settings: TrainSettings) -> str:
 
 
 def estimate_memory(
-    spec: ModelSpec, settings: TrainSettings, device: DeviceTarget
+    spec: ModelSpec,
+    settings: TrainSettings,
+    device: DeviceTarget,
+    *,
+    steps: int | None = None,
 ) -> MemoryEstimate:
     """Predict the peak memory of training `spec` with `settings` on one `device`.
 
     Multi-GPU settings (``num_gpus`` > 1) give the per-device peak of the chosen sharding.
+    `steps` is the run's length in optimizer steps, when known: on the CPU the heap glibc keeps
+    grows with it (`heap_growth`); a GPU's peak does not depend on it.
     """
     details: dict[str, int] = {}
     pdtype = _param_dtype(settings)
@@ -356,12 +380,14 @@ def estimate_memory(
         small_vocab = act.logits_saved <= GLIBC_MMAP_MAX
         heap_forward = forward_acts + (act.logits_forward if small_vocab else 0)
         heap_backward = backward_acts + max(loss_stage if small_vocab else 0, block_stage)
-        high = max(
-            allocated,
-            forward + int(heap_forward * CPU_HEAP_RETENTION),
-            backward + int(heap_backward * CPU_HEAP_RETENTION),
-        )
+        growth = heap_growth(steps)
+
+        def kept(transient: int) -> int:
+            return int(growth * (transient * CPU_HEAP_RETENTION + act.per_block * CPU_HEAP_BLOCKS))
+
+        high = max(allocated, forward + kept(heap_forward), backward + kept(heap_backward))
         details["heap_transient"] = max(heap_forward, heap_backward)
+        details["heap_steps"] = CPU_HEAP_DEFAULT_STEPS if steps is None else int(steps)
         details["heap_retained"] = high - allocated
         overhead = baseline + details["heap_retained"]
         details["reserved_peak"] = allocated + details["heap_retained"]

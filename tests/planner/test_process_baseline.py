@@ -15,11 +15,14 @@ import affiner.planner.hardware.process_baseline as pb
 from affiner.planner.hardware.device import DeviceTarget, cpu_target
 from affiner.planner.hardware.probe import probe
 from affiner.planner.hardware.report import CpuInfo
+from affiner.planner.memory.activations import estimate_activations
 from affiner.planner.memory.peak import (
+    CPU_HEAP_BLOCKS,
     CPU_HEAP_RETENTION,
     CPU_RUNTIME,
     GLIBC_MMAP_MAX,
     estimate_memory,
+    heap_growth,
 )
 from affiner.planner.models.shapes import spec_from_config
 from affiner.planner.settings import TrainSettings
@@ -158,7 +161,10 @@ def test_the_cpu_peak_adds_what_glibc_keeps_of_the_heap_transients() -> None:
     # this batch's vocabulary tensors (2x128x8192 fp32 = 8 MiB) are heap blocks too
     assert d["logits_saved"] <= GLIBC_MMAP_MAX
     assert d["heap_transient"] == est.activations + est.logits
-    assert d["heap_retained"] == int(d["heap_transient"] * CPU_HEAP_RETENTION)
+    assert d["heap_retained"] == int(
+        heap_growth(None)
+        * (d["heap_transient"] * CPU_HEAP_RETENTION + per_block(spec, settings) * CPU_HEAP_BLOCKS)
+    )
     assert est.peak_bytes == d["allocated_peak"] + 500 * MIB + d["heap_retained"]
     assert est.overhead == 500 * MIB + d["heap_retained"]
     # a GPU's caching allocator has its own slack: no glibc term there
@@ -172,7 +178,30 @@ def test_vocabulary_tensors_over_glibcs_mmap_ceiling_are_returned_not_kept() -> 
     d = est.details
     assert d["logits_saved"] > GLIBC_MMAP_MAX
     assert d["heap_transient"] == d["activations_saved"]
-    assert d["heap_retained"] == int(d["activations_saved"] * CPU_HEAP_RETENTION)
+    assert d["heap_retained"] == int(
+        heap_growth(None)
+        * (
+            d["activations_saved"] * CPU_HEAP_RETENTION
+            + per_block(spec, settings) * CPU_HEAP_BLOCKS
+        )
+    )
+
+
+def per_block(spec, settings) -> int:
+    return estimate_activations(spec, settings, "cpu").per_block
+
+
+def test_the_cpu_heap_grows_with_the_runs_steps_and_a_gpu_does_not() -> None:
+    """glibc keeps more as new batch shapes arrive; a run's length is part of a CPU plan."""
+    spec, settings = small()
+    peaks = [
+        estimate_memory(spec, settings, CPU_DEVICE, steps=n).peak_bytes for n in (5, 20, 250, 5000)
+    ]
+    assert peaks[0] == peaks[1] < peaks[2] < peaks[3]  # measured from 20 steps on; no shrink below
+    assert estimate_memory(spec, settings, CPU_DEVICE).peak_bytes == peaks[2]  # unknown: 250
+    assert heap_growth(20) == 1.0 and 1.2 < heap_growth(250) < 1.4
+    gpu = replace(CPU_DEVICE, kind="cuda", compute_capability=(9, 0))
+    assert len({estimate_memory(spec, settings, gpu, steps=n).peak_bytes for n in (5, 5000)}) == 1
 
 
 def test_real_child_reports_the_runners_libraries_resident() -> None:
