@@ -81,13 +81,13 @@ class RunBusy(AffinerError):
 
     def __init__(self, run_id: str, holder: LockHolder) -> None:
         by = f" by pid {holder.pid}" if holder.pid else ""
-        super().__init__(
-            f"run {run_id} is {holder.doing()}{by}",
-            hint=(
-                f"follow it with `affiner attach {run_id}`; to start it afresh, stop it first "
-                f"with `affiner stop {run_id}`, then resume"
-            ),
+        hint = (
+            f"follow it with `affiner attach {run_id}`; to start it afresh, stop it first "
+            f"with `affiner stop {run_id}`, then resume"
         )
+        if holder.role == "stop":
+            hint = "wait for the stop to end (`affiner runs` shows it), then try again"
+        super().__init__(f"run {run_id} is {holder.doing()}{by}", hint=hint)
         self.holder = holder
 
 
