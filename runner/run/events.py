@@ -6,7 +6,12 @@ Both sides import this module, so the schema is written down exactly once.
 
 Every event has ``t`` (unix time, float) and ``type``; the other fields depend on the type
 and are listed on the dataclasses below. Readers ignore fields they do not know, so adding a
-field never breaks an older screen.
+field never breaks an older screen. A field they know is checked against its declared type and
+range (`affiner.runner.run.schema`: a step is a whole number, a loss finite and not negative)
+where the line is parsed, and a line that does not fit is skipped and counted, never raised:
+every consumer downstream handles only values of the declared types. A torn last line (a
+crash mid-write) is ended by the next `EventWriter` before it appends, with a ``log_repaired``
+warning, so the next event is never glued onto it and lost.
 
 Resuming: a run continued from a checkpoint appends to the same ``events.jsonl``; nothing is
 ever truncated or rewritten. The resumed attempt starts with a ``run_started`` event whose
