@@ -217,3 +217,22 @@ def test_a_preflight_on_a_full_temporary_disk_says_so(
         run_preflight_process(cfg)
     assert str(caught.value).startswith("no space left on ")
     assert "for the pre-flight's temporary folder" in caught.value.message
+
+
+def test_a_new_run_folder_is_refused_on_a_disk_too_full_for_its_first_checkpoint(
+    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from affiner.runner.config import load_config
+    from affiner.runner.run.diskspace import check_space_for_run, expected_run_bytes
+
+    cfg = load_config(make_run(tmp_path, tiny_llama).config)
+    needed = expected_run_bytes(cfg)
+    assert needed is not None and needed > diskspace.CHECKPOINT_EXTRA_BYTES
+    assert check_space_for_run(cfg, tmp_path / "runs").enough
+    usage = type(shutil.disk_usage(tmp_path))
+    monkeypatch.setattr(diskspace.shutil, "disk_usage", lambda path: usage(1, 1, 4096))
+    with pytest.raises(DiskFullError) as caught:
+        check_space_for_run(cfg, tmp_path / "runs")
+    assert "free 4.00 KiB" in caught.value.message and "for a new run" in caught.value.message
+    cfg.model.name_or_path = str(tmp_path / "no-such-model")
+    assert check_space_for_run(cfg, tmp_path / "runs") is None  # validation says why, not this
