@@ -299,10 +299,19 @@ def check_resumable(
             no longer loads (it may have been edited since).
     """
     rd = ref if isinstance(ref, RunDir) else resolve_run(ref, runs_root)
+    try:
+        message = _resumable(rd)
+    except AffinerError:
+        # A run seen live may be one a racing resume has just started: say who holds it.
+        held = holder(rd.path)
+        if held is not None:
+            raise RunBusy(rd.run_id, held) from None
+        raise
+    # Asked after the state: a launch that began in between holds the lock by now.
     held = holder(rd.path)
     if held is not None:
         raise RunBusy(rd.run_id, held)
-    return rd, _resumable(rd)
+    return rd, message
 
 
 def _resumable(rd: RunDir) -> str:
