@@ -6,6 +6,7 @@ must halve the micro-batch, double gradient accumulation, go on from the last ch
 same process (a warning event each time, ``run.toml`` rewritten), and give up after two
 back-offs with what to change. Also here: a worker the kernel killed for memory (a synthetic run
 folder), the pre-flight on a resume whose settings changed, and the summary's "adjusted from".
+On a GPU (skipped without one), a real CUDA allocation failure goes through the same back-off.
 """
 
 from __future__ import annotations
@@ -285,3 +286,55 @@ def test_the_preflight_summary_says_the_batch_it_started_from() -> None:
     console.print(render_preflight(result, cfg))
     text = console.file.getvalue()
     assert "adjusted from micro_batch 256 · grad_accum 1" in text
+
+
+class _CudaTooBig(TrainerCallback):
+    """A real CUDA allocation failure: while the micro-batch is `above` or more, step `at`
+    asks the caching allocator for twice the GPU's memory. It also notes the memory allocated
+    when each attempt starts training, to show a back-off let the failed attempt go."""
+
+    def __init__(self, at: int, above: int) -> None:
+        self.at, self.above = at, above
+        self.allocated_at_start: list[int] = []
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.allocated_at_start.append(torch.cuda.memory_allocated())
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step + 1 == self.at and args.per_device_train_batch_size >= self.above:
+            total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+            torch.empty(2 * total, dtype=torch.uint8, device="cuda")  # raises OutOfMemoryError
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with a driver")
+def test_a_real_cuda_out_of_memory_backs_off_on_the_gpu(tiny_llama: Path, tmp_path: Path) -> None:
+    rd = make_run(
+        tmp_path,
+        tiny_llama,
+        method="lora",
+        training={
+            "max_steps": 6,
+            "logging_steps": 1,
+            "micro_batch": 8,
+            "device": "cuda",
+            "precision": "auto",
+        },
+        eval={"every_steps": 50},
+        checkpoint={"every_steps": 2},
+    )
+    fault = _CudaTooBig(at=4, above=4)
+
+    assert run_training(rd.path, callbacks=[fault]) == EXIT_FINISHED
+
+    raw = events_of(rd)
+    backoffs = [w for w in of_type(raw, "warning") if w["code"] == "oom_backoff"]
+    assert len(backoffs) == 2 and "micro_batch 2 x grad_accum 4" in backoffs[1]["message"]
+    assert _batch(rd) == (2, 4)
+    logs = [e for e in effective_events(read_events(rd.path)) if isinstance(e, TrainLog)]
+    assert [e.step for e in logs] == list(range(1, 7))
+    first, *later = fault.allocated_at_start
+    # each attempt starts with one model on the GPU: the failed ones' weights, gradients and
+    # optimizer state were let go (a leak would at least double the figure)
+    assert all(after <= first * 1.25 for after in later), fault.allocated_at_start
