@@ -137,11 +137,11 @@ def test_a_third_out_of_memory_stops_the_run_with_what_to_change(
         tmp_path,
         tiny_llama,
         method="lora",
-        training={"max_steps": 4, "micro_batch": 8, "grad_accum": 1},
+        training={"max_steps": 2, "micro_batch": 8, "grad_accum": 1},
         eval={"every_steps": 50},
         checkpoint={"every_steps": 50},
     )
-    oom = _OutOfMemory(train_at=2, always=True)
+    oom = _OutOfMemory(train_at=1, always=True)
 
     assert run_training(rd.path, callbacks=[oom]) == EXIT_FAILED
 
@@ -239,7 +239,7 @@ def test_a_resume_with_a_changed_batch_runs_the_preflight_and_repeats_no_data_wa
         tiny_llama,
         method="lora",
         data={"max_seq_len": 8},  # every row is cut: a truncation warning
-        training={"max_steps": 5, "logging_steps": 1},
+        training={"max_steps": 4, "logging_steps": 1},
         eval={"every_steps": 50},
         checkpoint={"every_steps": 2},
     )
@@ -248,7 +248,7 @@ def test_a_resume_with_a_changed_batch_runs_the_preflight_and_repeats_no_data_wa
     assert (rd.checkpoints / "checkpoint-2" / SETTINGS_RECORD).exists()
     cfg = load_config(rd.config)
     cfg.training.micro_batch, cfg.training.preflight = 2, True
-    cfg.plan.predicted_step_seconds = 200.0  # 5 steps x 200 s: a long run
+    cfg.plan.predicted_step_seconds = 200.0  # 4 steps x 200 s: a long run
     save_config(cfg, rd.config)
 
     assert run_training(rd.path, resume=True) == EXIT_FINISHED
