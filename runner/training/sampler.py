@@ -176,6 +176,8 @@ class SystemSampler(threading.Thread):
                     self.writer.write(take_sample(nvml, self.step(), self.device))
                 except ValueError:  # the writer was closed under us: the run is over
                     return
+                except OSError:  # a full disk: the training thread says so; try the next one
+                    continue
         finally:
             nvml.close()
 
