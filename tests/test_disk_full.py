@@ -234,5 +234,12 @@ def test_a_new_run_folder_is_refused_on_a_disk_too_full_for_its_first_checkpoint
     with pytest.raises(DiskFullError) as caught:
         check_space_for_run(cfg, tmp_path / "runs")
     assert "free 4.00 KiB" in caught.value.message and "for a new run" in caught.value.message
+    # `affiner train` refuses it the same way before it makes anything
+    from affiner.tui.cli import main
+
+    runs = tmp_path / "cli-runs"
+    monkeypatch.setenv("AFFINER_RUNS", str(runs))
+    assert main(["train", str(make_run(tmp_path / "again", tiny_llama).config)]) != 0
+    assert not runs.exists() or not any(runs.iterdir())
     cfg.model.name_or_path = str(tmp_path / "no-such-model")
     assert check_space_for_run(cfg, tmp_path / "runs") is None  # validation says why, not this

@@ -37,6 +37,7 @@ from typing import TextIO
 from affiner.planner.errors import AffinerError
 from affiner.runner.config import RunConfig
 from affiner.runner.run.checkpoints import latest_checkpoint
+from affiner.runner.run.diskspace import check_space_for_run
 from affiner.runner.run.events import EventWriter, RunFinished, RunStatus, read_status, write_status
 from affiner.runner.run.lock import (
     LOCK_FD_ENV,
@@ -139,6 +140,8 @@ def prepare_run(
     if preflight is not None:
         cfg.training.preflight = preflight
     root = default_runs_root(runs_root).resolve()
+    # a disk too full for the first checkpoint is refused now, not hours into the run
+    check_space_for_run(cfg, root)
     run_id = run_id or new_run_id(run_label(cfg))
     if not run_id or run_id != Path(run_id).name or run_id.startswith("."):
         raise AffinerError(
