@@ -538,35 +538,12 @@ class _Run:
         return True
 
     def _data_warnings(self, data: Any) -> None:
-        """Dropped rows, leakage and truncation from the data report become warning events
-        (once: a resume reads the same data and would say the same again)."""
-        report = data.report
-        if report.dropped:
-            reasons = ", ".join(f"{n} {kind}" for kind, n in report.drop_reasons.items())
-            examples = "; ".join(report.dropped_examples[:3])
+        """The data report's warnings become warning events, in the words the pre-launch check
+        printed (`affiner.runner.data.notices`), plus the tokenizer's truncation count; once: a
+        resume reads the same data and would say the same again."""
+        for warning in data.report.warnings:
             self.emit_once(
-                Warning_(
-                    code="dropped_rows",
-                    message=f"{report.dropped} invalid rows left out ({reasons}). {examples}",
-                    action="fix the data",
-                )
-            )
-        if report.leaked:
-            self.emit_once(
-                Warning_(
-                    code="leakage",
-                    message=f"{report.leaked} eval rows also appear in the training data and were left out of the evaluation.",
-                    action="deduplicate the splits",
-                )
-            )
-        stats = report.train_tokens
-        if stats.truncated:
-            self.emit_once(
-                Warning_(
-                    code="truncation",
-                    message=f"{stats.truncated} of {stats.count} training examples are longer than max_seq_len {stats.max_seq_len} and were cut (longest {stats.max}).",
-                    action="raise [data].max_seq_len",
-                )
+                Warning_(code=warning.code, message=warning.message, action=warning.action)
             )
 
     # ------------------------------------------------------------------ endings
