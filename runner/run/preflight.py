@@ -151,6 +151,12 @@ def run_preflight_process(
     own = copy.deepcopy(cfg)
     resolve_paths(own, Path.cwd())
     validate_config(own, where="run configuration")
+    # the model's config is read before a child loads anything: remote code, a config naming
+    # only its model_type, a missing folder are said in words here (data stays the worker's:
+    # the pre-flight reads only the rows it times)
+    from affiner.runner.run.validate import check_model
+
+    check_model(own)
     try:
         rd = RunDir(Path(tempfile.mkdtemp(prefix="affiner-preflight-")))
     except OSError as exc:

@@ -45,8 +45,10 @@ def test_a_data_problem_comes_back_in_words(
     assert list(temp_root.iterdir()) == []  # said in full, so nothing is kept
 
 
-def test_a_killed_child_says_how_and_keeps_its_log(tmp_path: Path, temp_root: Path) -> None:
-    rd = make_run(tmp_path, tmp_path / "no-model-needed")
+def test_a_killed_child_says_how_and_keeps_its_log(
+    tiny_llama: Path, tmp_path: Path, temp_root: Path
+) -> None:
+    rd = make_run(tmp_path, tiny_llama)  # the model's config is read first; the child is fake
     python = tmp_path / "python"
     python.write_text("#!/bin/sh\necho loading\nkill -9 $$\n")
     python.chmod(0o755)
@@ -57,8 +59,10 @@ def test_a_killed_child_says_how_and_keeps_its_log(tmp_path: Path, temp_root: Pa
     assert "loading" in (kept / "train.log").read_text()
 
 
-def test_a_cancelled_preflight_stops_its_child(tmp_path: Path, temp_root: Path) -> None:
-    rd = make_run(tmp_path, tmp_path / "no-model-needed")
+def test_a_cancelled_preflight_stops_its_child(
+    tiny_llama: Path, tmp_path: Path, temp_root: Path
+) -> None:
+    rd = make_run(tmp_path, tiny_llama)
     python = tmp_path / "python"
     python.write_text(f"#!/bin/sh\necho $$ > {tmp_path / 'pid'}\nexec sleep 60\n")
     python.chmod(0o755)
@@ -73,6 +77,27 @@ def test_a_cancelled_preflight_stops_its_child(tmp_path: Path, temp_root: Path) 
     pid = int((tmp_path / "pid").read_text())
     assert not pid_alive(pid)
     assert list(temp_root.iterdir()) == []
+
+
+def test_a_model_needing_remote_code_is_refused_before_a_child_starts(
+    tmp_path: Path, temp_root: Path
+) -> None:
+    """The hint names the run.toml key, as `affiner train` says it (issue 13)."""
+    model = tmp_path / "custom"
+    model.mkdir()
+    (model / "config.json").write_text(
+        '{"model_type": "custom", "auto_map": {"AutoModelForCausalLM": "modeling.CustomLM"},'
+        ' "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,'
+        ' "vocab_size": 128}'
+    )
+    rd = make_run(tmp_path, model)
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\ntouch {tmp_path / 'started'}\n")
+    python.chmod(0o755)
+    with pytest.raises(AffinerError) as caught:
+        run_preflight_process(load_config(rd.config), python=str(python))
+    assert "trust_remote_code" in f"{caught.value} {caught.value.hint}"
+    assert not (tmp_path / "started").exists() and list(temp_root.iterdir()) == []
 
 
 @pytest.mark.slow
