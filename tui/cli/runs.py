@@ -100,12 +100,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.run_id:
             raise AffinerError("--run-id names a new run; a resumed run keeps its id")
         rd, message = check_resumable(args.resume)
-        print(f"Resuming run {rd.run_id}: {message}", flush=True)
         if args.foreground:
+            print(f"Resuming run {rd.run_id}: {message}", flush=True)
             code = launch_worker(rd, resume=True, foreground=True, message=message)
             _print_outcome(rd)
             return code
+        # said once the worker holds the run: a resume that lost a race says only that
         launch_worker(rd, resume=True, message=message)
+        print(f"Resuming run {rd.run_id}: {message}", flush=True)
         _print_follow(rd)
         return 0
     if not args.config:
@@ -331,13 +333,15 @@ def cmd_runs(args: argparse.Namespace) -> int:
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
-    table.add_column("run", overflow="fold", ratio=1)
+    # the id is what every other command takes: kept whole, on one line, so it can be copied
+    longest = max(len(s.run_id) for s in summaries)
+    table.add_column("run", no_wrap=True, min_width=longest)
     table.add_column("state", no_wrap=True)
     table.add_column("progress", justify="right", no_wrap=True)
     table.add_column("best eval", justify="right", no_wrap=True)
     if wide:
         table.add_column("model · method", overflow="fold")
-    table.add_column("updated", justify="right", no_wrap=True)
+    table.add_column("updated", justify="right")  # the one that wraps when 80 columns are tight
     for s in summaries:
         cells = [
             s.run_id,
