@@ -11,6 +11,8 @@
         adapter/          the final adapter (PEFT format) or full model
         merged/           merged weights in safetensors (when asked for)
         README.md         the model card
+        .lock             held (flock) by the one process writing the run: its launcher, then
+                          its worker (affiner.runner.run.lock); a stale one blocks nothing
 
 The runs root is ``./runs`` unless ``AFFINER_RUNS`` or ``--runs-dir`` says otherwise.
 """

@@ -77,7 +77,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _shown(value: Any) -> str:
-    """A short rendering of a bad value for a message (a 200 MB string is not repeated)."""
+    """A short rendering of a bad value for a message (a 200 MiB string is not repeated)."""
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
