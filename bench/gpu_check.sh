@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything affiner can only check on an NVIDIA GPU, in one call that fits a short lease:
-# the GPU card, the `gpu`-marked tests (NVML, CUDA context, bf16, OOM recovery, 4-bit and 8-bit
+# the GPU card, the `gpu`-marked tests (NVML, CUDA context, bf16, OOM recovery and the run's own
+# out-of-memory back-off, 4-bit and 8-bit
 # LoRA, one real-shape cell of the peak bench) and the planner's accuracy matrix
 # (bench/memory_peak.py --device cuda), each row written to a JSONL file as soon as it is
 # measured.
@@ -38,7 +39,8 @@ nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,compute_cap 
   | tee "$results/nvidia-smi.csv"
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, '· transformers', transformers.__version__, '· peft', peft.__version__)"
 
-python3 -m pytest -q -p no:cacheprovider -m gpu -o addopts="" tests/runner/test_gpu_real.py 2>&1 \
+python3 -m pytest -q -p no:cacheprovider -m gpu -o addopts="" tests/runner/test_gpu_real.py \
+  tests/test_oom_backoff.py 2>&1 \
   | tee "$results/gpu-tests.log"
 tests_rc=${PIPESTATUS[0]}
 
