@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from types import ModuleType
 
+from affiner.planner.hardware.ram import ram_total_available
 from affiner.planner.hardware.report import CpuInfo, HardwareReport
 
 #: CPU flags worth reporting: the SIMD width and the bf16 paths that decide CPU training speed.
@@ -117,6 +118,7 @@ def probe(
         reading = read_gpus(nvml)
 
     memory = psutil.virtual_memory()
+    ram_total, ram_available = ram_total_available(int(memory.total), int(memory.available))
     disk_at = nearest_existing(Path(runs_dir) if runs_dir else Path.cwd() / "runs")
     disk = shutil.disk_usage(disk_at)
     return HardwareReport(
@@ -125,8 +127,8 @@ def probe(
         driver_version=reading.driver_version,
         cuda_driver_version=reading.cuda_driver_version,
         cpu=read_cpu(),
-        ram_total=int(memory.total),
-        ram_available=int(memory.available),
+        ram_total=ram_total,
+        ram_available=ram_available,
         disk_path=str(disk_at),
         disk_free=int(disk.free),
         disk_total=int(disk.total),

@@ -18,6 +18,7 @@ from typing import Any
 import psutil
 
 from affiner.planner.hardware import memory_info
+from affiner.planner.hardware.ram import ram_total_available
 from affiner.runner.run import EventWriter, GpuSample, SystemSample
 
 
@@ -133,7 +134,9 @@ def take_sample(
         sample.torch_reserved = _try(lambda: int(torch.cuda.memory_reserved(index)), None)
         sample.torch_peak = _try(lambda: int(torch.cuda.max_memory_reserved(index)), None)
     memory = psutil.virtual_memory()
-    sample.ram_used, sample.ram_total = int(memory.total - memory.available), int(memory.total)
+    # under a container's memory cap, the cap is the machine this run can be killed at
+    total, available = ram_total_available(int(memory.total), int(memory.available))
+    sample.ram_used, sample.ram_total = total - available, total
     sample.process_rss = _try(lambda: int(psutil.Process().memory_info().rss), None)
     sample.process_peak_rss = peak_rss_bytes()
     sample.cpu_percent = _try(lambda: float(psutil.cpu_percent(interval=None)), None)
