@@ -1,10 +1,11 @@
-"""Is the plan's training time the time the run then takes? The CPU demos, planned and run.
+"""Are the plan's training time and peak memory what the run then takes? The CPU demos, planned and run.
 
 Runs ``affiner demo chat`` and ``affiner demo classify`` headless, as a user would (fresh run
 folders, the machine's own CPU), and holds what the plan said before the run (its total for
 the steps the run will take, and its step time) against what the run then measured (the
-training time from the worker's first step to its last, and the median logged step). The
-ratio is measured over planned; the bar is within ±30% (`BAR`).
+training time from the worker's first step to its last, and the median logged step), and the plan's peak memory against the worker's peak resident memory. The
+ratios are measured over planned; the bars are within ±30% for time (`BAR`) and ±10% for
+memory (`MEMORY_BAR`).
 
     PYTHONPATH=. python bench/demo_time.py [--json] [--out DIR] [--only chat|classify]
 
@@ -27,6 +28,9 @@ RESULTS = Path(__file__).with_name("results")
 DEMOS = ("classify", "chat")
 #: measured over planned training time must lie within 1 ± BAR
 BAR = 0.30
+#: measured over planned peak memory must lie within 1 ± MEMORY_BAR
+MEMORY_BAR = 0.10
+GIB = 1024**3
 AFFINER = [sys.executable, "-c", "import sys; from affiner.tui.cli import main; sys.exit(main())"]
 
 
@@ -57,6 +61,9 @@ def score(data: dict) -> dict:
     step_ratio = None
     if data.get("planned_step_seconds") and data.get("measured_step_seconds"):
         step_ratio = data["measured_step_seconds"] / data["planned_step_seconds"]
+    peak_ratio = None
+    if data.get("planned_peak_bytes") and data.get("measured_peak_bytes"):
+        peak_ratio = data["measured_peak_bytes"] / data["planned_peak_bytes"]
     return {
         "demo": data["demo"],
         "state": data["state"],
@@ -69,6 +76,10 @@ def score(data: dict) -> dict:
         "measured_step_seconds": data.get("measured_step_seconds"),
         "step_ratio": step_ratio,
         "within_bar": ratio is not None and abs(ratio - 1) <= BAR,
+        "planned_peak_bytes": data.get("planned_peak_bytes"),
+        "measured_peak_bytes": data.get("measured_peak_bytes"),
+        "peak_ratio": peak_ratio,
+        "peak_within_bar": peak_ratio is not None and abs(peak_ratio - 1) <= MEMORY_BAR,
     }
 
 
@@ -80,11 +91,16 @@ def _r(value: float | None) -> str:
     return "n/a" if value is None else f"x{value:.2f}"
 
 
+def _gib(value: int | None) -> str:
+    return "n/a" if not value else f"{value / GIB:.2f}"
+
+
 def table(result: dict) -> str:
     lines = [
         "| demo | steps (planned) | planned s | measured s | measured/planned | "
-        "step planned s | step measured s | step ratio | within ±30% |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "step planned s | step measured s | step ratio | within ±30% | "
+        "peak planned GiB | peak measured GiB | peak ratio | within ±10% |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in result["demos"]:
         if "failed" in row:
@@ -95,7 +111,9 @@ def table(result: dict) -> str:
             f"{_s(row['planned_train_seconds'])} | {_s(row['train_seconds'])} | "
             f"{_r(row['ratio'])} | {row['planned_step_seconds'] or 0:.3f} | "
             f"{row['measured_step_seconds'] or 0:.3f} | {_r(row['step_ratio'])} | "
-            f"{'yes' if row['within_bar'] else 'NO'} |"
+            f"{'yes' if row['within_bar'] else 'NO'} | "
+            f"{_gib(row.get('planned_peak_bytes'))} | {_gib(row.get('measured_peak_bytes'))} | "
+            f"{_r(row.get('peak_ratio'))} | {'yes' if row.get('peak_within_bar') else 'NO'} |"
         )
     return "\n".join(lines)
 
@@ -111,9 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} logical cores, {platform.system()}",
         "date": time.strftime("%Y-%m-%d"),
-        "bar": f"measured training time within ±{BAR:.0%} of the plan's",
+        "bar": f"measured training time within ±{BAR:.0%} of the plan's, "
+        f"peak memory within ±{MEMORY_BAR:.0%}",
         "demos": rows,
-        "all_within_bar": all(r.get("within_bar") for r in rows),
+        "all_within_bar": all(r.get("within_bar") and r.get("peak_within_bar") for r in rows),
     }
     text = table(result)
     if args.out:
@@ -121,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "demo_time_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
         cmd = "PYTHONPATH=. python bench/demo_time.py --out bench/results"
         (args.out / "demo_time_cpu.md").write_text(
-            f"# CPU demos: planned against measured training time\n\n`{cmd}`\n\n{text}\n"
+            f"# CPU demos: planned against measured training time and peak memory\n\n"
+            f"`{cmd}`\n\n{text}\n"
         )
     print(json.dumps(result, indent=2) if args.json else text)
     return 0 if result["all_within_bar"] else 1

@@ -24,6 +24,7 @@ from affiner.runner.run import (
     Event,
     RunDir,
     RunFinished,
+    SystemSample,
     effective_events,
     logged_step_seconds,
     read_events,
@@ -90,6 +91,10 @@ class DemoResult:
         planned_steps, planned_train_seconds, planned_step_seconds: what the plan said before
             the run (None where it had no time estimate); measured_step_seconds: the median
             logged step of the run, to hold against it.
+        planned_peak_bytes, measured_peak_bytes: the plan's peak memory and the run's measured
+            one (a CPU run: the worker's peak resident memory from its system samples; on a GPU
+            the highest torch reserved figure, which leaves out the CUDA context the plan
+            counts), to hold against each other.
     """
 
     demo: str
@@ -117,6 +122,8 @@ class DemoResult:
     planned_train_seconds: float | None = None
     planned_step_seconds: float | None = None
     measured_step_seconds: float | None = None
+    planned_peak_bytes: int | None = None
+    measured_peak_bytes: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,6 +144,14 @@ def evaluations(run_dir: RunDir) -> tuple[EvalResult | None, EvalResult | None, 
     after = next((e for e in reversed(evals) if e.step > 0), None)
     finished = next((e for e in reversed(events) if isinstance(e, RunFinished)), None)
     return before, after, finished
+
+
+def measured_peak(events: list[Event]) -> int | None:
+    """The run's highest measured memory: peak RSS on a CPU, torch's reserved peak on a GPU."""
+    rss = [e.process_peak_rss for e in events if isinstance(e, SystemSample) and e.process_peak_rss]
+    gpu = [e.torch_peak for e in events if isinstance(e, SystemSample) and e.torch_peak]
+    found = gpu or rss
+    return max(found) if found else None
 
 
 def goal_met(
@@ -207,7 +222,8 @@ def collect_result(
     if samples and adapter is not None and prepared.sample_inputs:
         shown = answer_samples(run_dir, prepared.sample_inputs, preset.task)
     planned = prepared.candidate.time
-    logged = logged_step_seconds(read_events(run_dir.path))
+    events = read_events(run_dir.path)
+    logged = logged_step_seconds(events)
     return DemoResult(
         demo=preset.key,
         title=preset.title,
@@ -234,4 +250,6 @@ def collect_result(
         planned_train_seconds=planned.total_seconds,
         planned_step_seconds=planned.step_seconds,
         measured_step_seconds=logged[0] if logged else None,
+        planned_peak_bytes=prepared.candidate.peak_bytes,
+        measured_peak_bytes=measured_peak(events),
     )

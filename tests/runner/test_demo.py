@@ -184,8 +184,17 @@ def test_headless_classify_demo_end_to_end(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    import affiner.planner.hardware.cpu_throughput as ct
+    import affiner.planner.hardware.process_baseline as pb
     from affiner.tui.cli.entry import main
 
+    # The CPU figures the plan uses, injected: the real matmul timing and process-baseline
+    # child are test_cpu_throughput's and test_process_baseline's to prove.
+    monkeypatch.setattr(ct, "machine_load", lambda: (0.0, 4))
+    monkeypatch.setattr(ct, "_time_rates", lambda cpu, size, s: (0.125, None, "fake"))
+    monkeypatch.setattr(
+        pb, "run_child", lambda timeout=0: {"rss": 400 << 20, "peak_rss": 500 << 20}
+    )
     monkeypatch.setenv("COLUMNS", "160")
     summary = tmp_path / "summary.json"
     argv = ["demo", "classify", "--headless", "--runs-dir", str(runs_dir)]
@@ -209,6 +218,8 @@ def test_headless_classify_demo_end_to_end(
     assert result["planned_steps"] == 2 and result["planned_train_seconds"] > 0
     assert result["measured_step_seconds"] is None or result["measured_step_seconds"] > 0
     assert "(planned " in out and "for 2 steps)" in out
+    # and its peak memory beside the worker's measured one (bench/demo_time.py holds them)
+    assert result["planned_peak_bytes"] > 0 and result["measured_peak_bytes"] > 0
     assert Path(result["adapter"], "adapter_config.json").exists()
     assert Path(result["model_card"]).exists()
     assert len(result["samples"]) == 3
