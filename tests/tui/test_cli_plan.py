@@ -90,16 +90,22 @@ def test_remeasure_cpu_on_a_gpu_plan_keeps_stdout_json(
 ) -> None:
     """In-process, with the timing faked: the CPU figure is refreshed, the GPU plan unchanged."""
     import affiner.planner.hardware.cpu_throughput as ct
+    import affiner.planner.hardware.process_baseline as pb
     from affiner.tui.cli.entry import main
 
     monkeypatch.setenv("AFFINER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(ct, "machine_load", lambda: (0.0, 4))
     monkeypatch.setattr(ct, "_time_rates", lambda cpu, size, s: (0.125, None, "fake"))
+    # the process-baseline child answers at once (the real child: test_process_baseline)
+    monkeypatch.setattr(
+        pb, "run_child", lambda timeout=0: {"rss": 400 << 20, "peak_rss": 500 << 20}
+    )
     assert main(["plan", "--model", "7B", "--gpu", "4090", "--json", "--remeasure-cpu"]) == 0
     out = capsys.readouterr()
     assert json.loads(out.out)["gpu"]
     assert "nothing cached → 0.125 TFLOP/s fp32" in out.err
+    assert "CPU process baseline re-measured: nothing cached → 500 MiB" in out.err
 
 
 def test_the_longest_sequence_stops_at_the_models_window() -> None:

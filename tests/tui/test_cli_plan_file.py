@@ -57,6 +57,20 @@ def run_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+@pytest.fixture
+def fake_cpu_measures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU plan without the real measurements: a fixed matmul rate and a process-baseline
+    child that answers at once (the real ones: test_cpu_throughput, test_process_baseline)."""
+    import affiner.planner.hardware.cpu_throughput as ct
+    import affiner.planner.hardware.process_baseline as pb
+
+    monkeypatch.setattr(ct, "machine_load", lambda: (0.0, 4))
+    monkeypatch.setattr(ct, "_time_rates", lambda cpu, size, s: (0.125, None, "fake"))
+    monkeypatch.setattr(
+        pb, "run_child", lambda timeout=0: {"rss": 400 << 20, "peak_rss": 500 << 20}
+    )
+
+
 def _plan(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
     from affiner.tui.cli.entry import main
 
@@ -175,13 +189,9 @@ def test_another_method_beside_the_file_keeps_its_other_settings(run_toml: Path,
     assert cfg.training.learning_rate == 1e-4 and cfg.eval.every_steps == 7
 
 
-def test_a_cpu_plan_saves_a_cpu_run(run_toml: Path, capsys, monkeypatch) -> None:
-    import affiner.planner.hardware.cpu_throughput as ct
+def test_a_cpu_plan_saves_a_cpu_run(run_toml: Path, capsys, fake_cpu_measures) -> None:
     from affiner.runner.config import load_config
     from affiner.tui.cli.entry import main
-
-    monkeypatch.setattr(ct, "machine_load", lambda: (0.0, 4))  # no timing run in a test
-    monkeypatch.setattr(ct, "_time_rates", lambda cpu, size, s: (0.125, None, "fake"))
 
     model = str(run_toml.parent / "model")
     args = ["plan", "--model", model, "--cpu", "--data", "train.jsonl", "--save", "cpu.toml"]
@@ -228,7 +238,9 @@ def _plan_cpu(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_a_run_toml_that_ran_is_planned_at_its_measured_step(run_toml: Path, capsys) -> None:
+def test_a_run_toml_that_ran_is_planned_at_its_measured_step(
+    run_toml: Path, capsys, fake_cpu_measures
+) -> None:
     model = _plan_cpu(capsys, str(run_toml))["candidates"][0]["time"]
     _ran_on_cpu(run_toml.parent, 3.0 * model["step_seconds"])
     (cand,) = _plan_cpu(capsys, str(run_toml))["candidates"]
