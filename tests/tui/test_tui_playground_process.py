@@ -66,6 +66,8 @@ async def main():
         screen = app.screen
         info_a = str(screen.query_one("#run-info").render())
         pid_a = screen.session.pid
+        await pilot.press(*"/max 12", "enter")  # short answers: what is proven is where they run
+        limit = str(screen.query_one("#run-info").render())
         await pilot.press(*"tell me a story", "enter")
         await settle(pilot)
         tuned = screen.query_one("#pane-tuned", ChatPane).turns.copy()
@@ -78,6 +80,7 @@ async def main():
     maps = Path("/proc/self/maps")
     print(json.dumps({
         "info_a": info_a,
+        "limit": limit,
         "tuned": tuned,
         "base": base,
         "pids": [pid_a, pid_b],
@@ -118,6 +121,7 @@ def test_a_chat_from_the_playground_leaves_no_torch_in_the_app(
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert "(chat): base" in seen["info_a"], seen["info_a"]  # loaded, not "Could not load"
+    assert "max 12 new tokens" in seen["limit"], seen["limit"]
     assert seen["tuned"][0] == ["user", "tell me a story"] == seen["base"][0]
     assert seen["tuned"][1][0] == "assistant" and seen["tuned"][1][1]
     assert seen["base"][1][1] and seen["tuned"][1][1] != seen["base"][1][1]
