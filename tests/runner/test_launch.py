@@ -417,13 +417,36 @@ def test_affiner_train_runs_lora_to_a_working_adapter(
 
 @pytest.mark.slow
 def test_affiner_preflight_reports_measured_next_to_estimate(
-    tiny_llama: Path, runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_llama: Path,
+    runs_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import affiner.runner.run as run_face
+    from affiner.runner.run.phases import PREFLIGHT_LOAD, PREFLIGHT_START, PREFLIGHT_TRAIN
     from affiner.tui.cli.entry import main
 
+    # The same real child also proves that it reports its phases as it goes (the one real
+    # pre-flight test_preflight_progress relies on): the CLI's call is watched, not replaced.
+    seen: list = []
+    real = run_face.run_preflight_process
+
+    def watched(cfg, **kwargs):
+        return real(cfg, progress=seen.append, poll_seconds=0.05, **kwargs)
+
+    monkeypatch.setattr(run_face, "run_preflight_process", watched)
     toml = write_training_toml(tmp_path, tiny_llama, max_steps=12, checkpoint_every=6, eval_every=6)
     assert main(["preflight", str(toml), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
+    phases = [p.phase for p in seen]
+    assert phases[0] == PREFLIGHT_START
+    assert PREFLIGHT_LOAD in phases and PREFLIGHT_TRAIN in phases
+    training = [p for p in seen if p.phase == PREFLIGHT_TRAIN]
+    assert training[-1].total and training[-1].steps == 3
+    assert [p.done for p in training] == sorted(p.done for p in training)  # it counts up
+    elapsed = [p.elapsed for p in seen]
+    assert elapsed == sorted(elapsed) and elapsed[-1] > 0
     assert data["type"] == "preflight" and data["measured_peak_bytes"] > 0
     assert data["measured_step_seconds"] > 0
     assert data["predicted_peak_bytes"] > 0 and data["predicted_step_seconds"] > 0

@@ -5,7 +5,8 @@ It used to show a static "Running the pre-flight check…" for minutes. The chil
 into a `PreflightProgress` with the elapsed time and, once steps are timed, the time they
 still need at the measured pace; the assistant shows that line and removes it when the check
 ends. The reader and the words are checked on written events (fast); one real pre-flight
-of a tiny model checks that the child really reports them (slow).
+of a tiny model checks that the child really reports them (slow; it shares the child of
+``affiner preflight``'s test in tests/runner/test_launch.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any
 import pytest
 from textual.widgets import Static
 
-from affiner.runner.config import load_config
 from affiner.runner.run.events import EventWriter, Progress
 from affiner.runner.run.phases import (
     PREFLIGHT_EVAL,
@@ -28,12 +28,10 @@ from affiner.runner.run.phases import (
 from affiner.runner.run.preflight import (
     PreflightProgress,
     _ProgressReader,
-    run_preflight_process,
 )
 from affiner.tui.app import AffinerApp
 from affiner.tui.assistant import Task
 from affiner.tui.assistant.text import preflight_progress
-from tests.train_helpers import make_run
 from tests.tui_fakes import fake_services
 from tests.tui_pilot import wait_for
 
@@ -112,22 +110,9 @@ async def test_the_assistant_shows_the_progress_and_drops_it_when_done(tmp_path:
         await wait_for(pilot, lambda: not screen.query("#preflight-status"))
 
 
-@pytest.mark.slow
-def test_a_real_preflight_reports_its_phases(tiny_llama: Path, tmp_path: Path) -> None:
-    cfg = load_config(
-        make_run(tmp_path, tiny_llama, method="lora", training={"device": "cpu"}).config
-    )
-    seen: list[PreflightProgress] = []
-    event = run_preflight_process(cfg, progress=seen.append, poll_seconds=0.05)
-    assert event.measured_step_seconds > 0
-    phases = [p.phase for p in seen]
-    assert phases[0] == PREFLIGHT_START
-    assert PREFLIGHT_LOAD in phases and PREFLIGHT_TRAIN in phases
-    training = [p for p in seen if p.phase == PREFLIGHT_TRAIN]
-    assert training[-1].total and training[-1].steps == 3
-    assert [p.done for p in training] == sorted(p.done for p in training)  # it counts up
-    elapsed = [p.elapsed for p in seen]
-    assert elapsed == sorted(elapsed) and elapsed[-1] > 0
+# One real pre-flight of a tiny model checks that the child really reports its phases:
+# tests/runner/test_launch.py::test_affiner_preflight_reports_measured_next_to_estimate watches
+# the progress of the child `affiner preflight` starts (one child proves both).
 
 
 def test_every_phase_the_runner_names_has_words() -> None:
