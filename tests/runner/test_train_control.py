@@ -114,36 +114,40 @@ def test_sigterm_saves_a_checkpoint_and_stops_keeping_the_best(
 def test_resume_after_a_kill_continues_exactly_with_no_step_twice(
     tiny_llama: Path, tmp_path: Path
 ) -> None:
+    # 12 steps (was 16): the kill still lands after a checkpoint with steps and an evaluation
+    # logged since, so the resume must redo both; keep_last 2 drops a checkpoint on the way.
     sections = {
-        "training": {"max_steps": 16, "logging_steps": 1, "lr_scheduler": "cosine"},
-        "eval": {"every_steps": 4},
-        "checkpoint": {"every_steps": 5, "keep_last": 2},
+        "training": {"max_steps": 12, "logging_steps": 1, "lr_scheduler": "cosine"},
+        "eval": {"every_steps": 3},
+        "checkpoint": {"every_steps": 4, "keep_last": 2},
     }
     straight = make_run(tmp_path / "straight", tiny_llama, method="lora", sections=sections)
     assert run_training(straight.path) == EXIT_FINISHED
 
     rd = make_run(tmp_path / "killed", tiny_llama, method="lora", sections=sections)
     with pytest.raises(_Killed):
-        run_training(rd.path, callbacks=[_Kill(at_step=13)])
+        run_training(rd.path, callbacks=[_Kill(at_step=11)])
     before = events_of(rd)
-    # Killed inside step 13: steps 11 and 12 were logged after the step-10 checkpoint.
-    assert max(e["step"] for e in of_type(before, "train_log")) == 12
+    # Killed inside step 11: steps 9 and 10 (and the eval of step 9) were logged after the
+    # step-8 checkpoint.
+    assert max(e["step"] for e in of_type(before, "train_log")) == 10
+    assert 9 in [e["step"] for e in of_type(before, "eval")]
     assert not of_type(before, "run_finished")
 
     assert run_training(rd.path, resume=True) == EXIT_FINISHED
 
     raw = events_of(rd)
     resumed = of_type(raw, "run_started")[-1]
-    assert resumed["resumed_from_step"] == 10  # the newest complete checkpoint
+    assert resumed["resumed_from_step"] == 8  # the newest complete checkpoint
     events = effective_events(read_events(rd.path))
     logs = [e for e in events if e.type == "train_log"]
-    assert [e.step for e in logs] == list(range(1, 17))  # none twice, none missing
-    assert [e.step for e in events if e.type == "eval"] == [4, 8, 12, 16]
+    assert [e.step for e in logs] == list(range(1, 13))  # none twice, none missing
+    assert [e.step for e in events if e.type == "eval"] == [3, 6, 9, 12]
     assert events[-1].type == "run_finished" and events[-1].state == "finished"
 
     # Exactly where it stopped: the same losses as the run that was never interrupted.
     expected = {e["step"]: e["loss"] for e in of_type(events_of(straight), "train_log")}
-    assert [round(e.loss, 4) for e in logs] == [round(expected[s], 4) for s in range(1, 17)]
+    assert [round(e.loss, 4) for e in logs] == [round(expected[s], 4) for s in range(1, 13)]
 
 
 def test_classification_reports_accuracy_precision_recall_f1(
