@@ -11,6 +11,7 @@ change, and look at the SVGs before committing them.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input
-from textual.worker import WorkerState
+from textual.worker import WorkerState, get_current_worker
 
 from affiner.planner.hardware.device import DeviceTarget, target_from_catalog
 from affiner.planner.models.sizes import spec_from_size
@@ -132,7 +133,9 @@ def test_states_planning_a_7b(
 
 
 class HeldPreflight:
-    """A pre-flight that reports one moment of its steps and waits until released."""
+    """A pre-flight that reports one moment of its steps and waits until released, or until
+    its worker is cancelled: the app cancels it as it exits after the snapshot, which then
+    need not wait out the timeout."""
 
     def __init__(self) -> None:
         self.release = threading.Event()
@@ -146,7 +149,11 @@ class HeldPreflight:
             )
         )
         self.reported.set()
-        self.release.wait(timeout=5)
+        worker = get_current_worker()
+        deadline = time.monotonic() + 5
+        while not self.release.wait(timeout=0.02):
+            if worker.is_cancelled or time.monotonic() > deadline:
+                break
         raise RuntimeError("released")
 
 
