@@ -1,8 +1,12 @@
 """Curves drawn with plotext: the loss plot (train and eval) and the memory history.
 
 Both keep their data in plain lists and redraw from them on every change and resize:
-``clear_data`` → ``plot`` → ``refresh``. Long histories are averaged down to the plot's
-width first, since a 70-cell plot cannot show 50,000 steps and plotext slows with points.
+``clear_data`` → ``plot`` → ``refresh``. Long histories are brought down to the plot's
+width first, since a 70-cell plot cannot show 200,000 steps and plotext slows with points:
+each column keeps its lowest and highest point (`downsample_extremes`), so a loss spike or a
+memory peak is never averaged away, and the first and last points stay where they are. The
+train curve's smoothing is kept between redraws (`SmoothedCurve`) and extended by the new
+points only, so a refresh costs what the plot's width does, not what the run's length does.
 
 The title and the legend sit on a line of their own above the plot area (`LegendPlot`):
 plotext draws its legend inside the canvas, over whatever curve passes the top-left corner,
@@ -16,8 +20,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from plotext._dict import color_codes
+from plotext._utility import colors_to_ansi
 from rich.color import Color
 from rich.style import Style
 from rich.text import Text
@@ -25,7 +31,8 @@ from textual.app import RenderResult
 from textual_plotext import PlotextPlot
 
 from affiner.planner.units import GIB
-from affiner.tui.live import Point, downsample, smooth
+from affiner.tui.live import Point, smooth
+from affiner.tui.live.history import SmoothedCurve, downsample_extremes
 
 #: Colours that read on dark and light backgrounds alike.
 CURVE_COLORS = ("cyan", "orange", "magenta", "green", "blue", "red")
@@ -70,6 +77,53 @@ def legend_lines(title: str, items: Sequence[LegendItem], width: int) -> list[Te
     for text in lines:
         text.truncate(max(1, width) if width else text.cell_len)
     return lines
+
+
+#: The rich style of each plotext (foreground, style, background) triple met so far.
+_CELL_STYLES: dict[tuple[object, ...], Style | None] = {}
+
+
+def canvas_text(figure: Any) -> Text:
+    """A plotext figure built straight into a rich `Text`, equal to ``Text.from_ansi(build())``.
+
+    plotext writes its canvas as an ANSI string and rich parses it back, cell by cell: at
+    160x48 that round trip was two thirds of a monitor refresh, and it does not depend on how
+    many points are drawn. Here the figure's matrix (a marker and three colours per cell) is
+    read directly; each run of cells of one colour becomes one span, with the style rich's
+    own ANSI decoder gives that colour (worked out once per colour and kept), so the text is
+    the same, span for span (a test compares them).
+    """
+    figure._set_sizes()
+    figure._build_matrix()
+    matrix = figure.monitor.matrix
+    text = Text()
+    append = text.append
+    markers, fore, style, back = matrix.marker, matrix.fullground, matrix.style, matrix.background
+    for row in matrix.Rows[::-1]:
+        marks, f_row, s_row, b_row = markers[row], fore[row], style[row], back[row]
+        start, cols = 0, len(marks)
+        while start < cols:
+            colors = (f_row[start], s_row[start], b_row[start])
+            end = start + 1
+            while (
+                end < cols
+                and f_row[end] == colors[0]
+                and s_row[end] == colors[1]
+                and (b_row[end] == colors[2])
+            ):
+                end += 1
+            append("".join(marks[start:end]), _cell_style(colors))
+            start = end
+        append("\n")
+    return text
+
+
+def _cell_style(colors: tuple[Any, Any, Any]) -> Style | None:
+    key = tuple(tuple(c) if isinstance(c, list) else c for c in colors)
+    if key not in _CELL_STYLES:
+        probe = Text.from_ansi(colors_to_ansi(*colors) + "x")
+        _CELL_STYLES[key] = probe.spans[0].style if probe.spans else None  # type: ignore[assignment]
+    return _CELL_STYLES[key]
 
 
 def _rich_style(plotext_color: str) -> Style:
@@ -140,7 +194,7 @@ class LegendPlot(PlotextPlot):
         self._plot.plotsize(width, plot_height)
         self._plot._set_size(width, plot_height)
         self._plot.theme(self._get_plotext_theme_name(self.app.theme))
-        return Text("\n").join([*header, Text.from_ansi(self._plot.build())])
+        return Text("\n").join([*header, canvas_text(self._plot)])
 
     def _width(self) -> int:
         return max(10, self.size.width - AXIS_CELLS) if self.size.width else 200
@@ -175,11 +229,14 @@ class LossPlot(LegendPlot):
         self.train: list[Point] = []
         self.eval: list[Point] = []
         self.curves: list[tuple[str, list[Point]]] = []
+        self._smoothed = SmoothedCurve()
 
     def set_losses(
         self, train: Sequence[Point], eval: Sequence[Point], *, total_steps: int = 0
     ) -> None:
-        self.train, self.eval, self.curves = list(train), list(eval), []
+        # the history's own lists, not copies: at 200,000 steps a copy was a third of a refresh;
+        # the widget only reads them, on the screen's thread, and the history only appends
+        self.train, self.eval, self.curves = _as_list(train), _as_list(eval), []
         self.total_steps = total_steps
         self.replot()
 
@@ -194,8 +251,10 @@ class LossPlot(LegendPlot):
         self.replot()
 
     def shown_train(self) -> list[Point]:
-        """The train curve as drawn: smoothed, then averaged down to the plot's width."""
-        return downsample(smooth(self.train, self.smoothing), self._width())
+        """The train curve as drawn: smoothed, then each column's extremes at the plot's width
+        (two points a column: the braille line has two dots across a cell)."""
+        self._smoothed.update(self.train, self.smoothing)
+        return self._smoothed.shown(self._width())
 
     def on_resize(self) -> None:
         self.replot()
@@ -222,7 +281,7 @@ class LossPlot(LegendPlot):
         width = self._width()
         drawn = False
         for number, (label, points) in enumerate(self.curves):
-            shown = downsample(smooth(points, self.smoothing), width)
+            shown = downsample_extremes(smooth(points, self.smoothing), width)
             if shown:
                 _line(plt, shown, CURVE_COLORS[number % len(CURVE_COLORS)], label)
                 drawn = True
@@ -233,7 +292,7 @@ class LossPlot(LegendPlot):
         self.heading = self.title
         self.legend = []
         train = self.shown_train()
-        evals = downsample(self.eval, self._width())
+        evals = downsample_extremes(self.eval, self._width())
         self.waiting = "" if train or evals else "waiting for the first training log"
         if train:
             label = "train (smoothed)" if self.smoothing > 0 else "train"
@@ -265,6 +324,13 @@ class MemoryPlot(LegendPlot):
         self.capacity: int | None = None
         self.total_steps = 0
         self.title = "memory (GiB)"
+        self._curves: dict[str, SmoothedCurve] = {}
+
+    def _curve(self, label: str, points: list[Point]) -> SmoothedCurve:
+        """The series kept between redraws (its column extremes read from blocks)."""
+        curve = self._curves.setdefault(label, SmoothedCurve())
+        curve.update(points, 0.0)
+        return curve
 
     def set_series(
         self,
@@ -275,7 +341,7 @@ class MemoryPlot(LegendPlot):
         title: str = "memory (GiB)",
         total_steps: int = 0,
     ) -> None:
-        self.series = [(label, list(points)) for label, points in series]
+        self.series = [(label, _as_list(points)) for label, points in series]
         self.predicted_peak, self.capacity, self.title = predicted_peak, capacity, title
         self.total_steps = total_steps
         self.replot()
@@ -290,7 +356,7 @@ class MemoryPlot(LegendPlot):
         self.heading, self.legend = self.title, []
         width = self._width()
         drawn = [
-            (label, [(x, y / GIB) for x, y in downsample(points, width)])
+            (label, [(x, y / GIB) for x, y in self._curve(label, points).shown(width)])
             for label, points in self.series
             if points
         ]
@@ -318,6 +384,10 @@ class MemoryPlot(LegendPlot):
         # headroom above the highest line, so neither it nor the peak runs along the frame
         plt.ylim(0, top * 1.1 or 1.0)
         self.refresh()
+
+
+def _as_list(points: Sequence[Point]) -> list[Point]:
+    return points if isinstance(points, list) else list(points)
 
 
 def _padded(lo: float, hi: float) -> tuple[float, float]:
