@@ -61,6 +61,7 @@ async def test_playground_streams_tuned_and_base_answers(tiny_llama: Path, tmp_p
         await wait_playground(pilot)
         screen = app.screen
         assert isinstance(screen, PlaygroundScreen) and screen.run_dir == run
+        await pilot.press(*"/max 16", "enter")  # enough tokens to see them streamed one by one
         await pilot.press(*"tell me a story", "enter")
         await wait_playground(pilot)
         tuned = screen.query_one("#pane-tuned", ChatPane).turns
