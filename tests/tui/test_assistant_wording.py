@@ -362,3 +362,21 @@ def test_after_a_pre_flight_the_peak_shown_and_recorded_is_the_measured_one() ->
     line = AssistantScreen.summary_line(SimpleNamespace(flow=flow))
     assert "measured" not in line
     assert flow.build_config().plan.measured_peak_bytes is None
+
+
+def test_a_cpu_pre_flight_below_the_plan_says_the_heap_grows_over_the_run() -> None:
+    """The CPU plan is the whole run's peak; a few pre-flight steps peak lower (issue 12)."""
+    from affiner.tui.assistant.text import preflight_summary
+
+    def summary(device: str, measured: int) -> str:
+        event = Preflight(
+            device=device,
+            measured_peak_bytes=measured,
+            predicted_peak_bytes=2 * GIB,
+            measured_step_seconds=1.0,
+        )
+        return preflight_summary(event, None)
+
+    assert "new batch shapes" in summary("cpu", int(1.5 * GIB))
+    assert "new batch shapes" not in summary("cpu", int(2.1 * GIB))  # above: nothing to explain
+    assert "new batch shapes" not in summary("NVIDIA H100", int(1.5 * GIB))

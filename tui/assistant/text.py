@@ -125,6 +125,11 @@ def preflight_summary(event: Any, candidate: Any) -> str:
         f"- peak memory ({peak_basis(getattr(event, 'device', '') or 'cpu')}): "
         f"**{format_bytes(peak)}** (predicted {format_bytes(predicted_peak)})"
     )
+    if getattr(event, "device", "") == "cpu" and peak and predicted_peak and peak < predicted_peak:
+        lines.append(
+            "- on a CPU the process keeps more of its freed heap as the run sees new batch "
+            "shapes: the prediction is for the whole run, the measurement after a few steps"
+        )
     eval_peak = getattr(event, "eval_peak_bytes", None)
     if eval_peak:
         lines.append(f"- evaluation peak: {format_bytes(eval_peak)}")
