@@ -15,7 +15,10 @@ the run's own files, so the sample is the only witness a reader has.
 `summarize` is called again and again (the TUI's runs screen, a ``watch affiner runs`` loop), and a
 long run's ``events.jsonl`` holds tens of thousands of lines, so the event log is not re-read
 each time: `affiner.runner.run.tally` keeps, per events file, how far it was read and the folded
-state `summarize` needs, and the next call reads only the bytes appended since.
+state `summarize` needs, and the next call reads only the bytes appended since. ``status.json``
+and ``run.toml`` are small but parsing and checking them was most of a warm refresh over 200
+folders, so their parsed form is kept too, keyed on the file's exact bytes (`_by_content`):
+a changed file is always parsed again, however fast it was rewritten.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from affiner.runner.config import read_raw_config
 from affiner.runner.run.checkpoints import latest_checkpoint
 from affiner.runner.run.events import (
     FINAL_STATES,
+    STATUS_FILE,
     EvalResult,
     Event,
     RunFinished,
@@ -134,13 +138,55 @@ def _as_rundir(run_dir: RunDir | str | os.PathLike[str]) -> RunDir:
     return run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
 
 
+#: Parsed small files by path: (their bytes, what parsing them gave). Bounded: see `_by_content`.
+_PARSED: dict[tuple[str, Path], tuple[bytes, Any]] = {}
+#: Files whose parse is kept (past this the cache starts over; a runs root rarely holds more).
+MAX_PARSED = 4096
+
+
+def _by_content(kind: str, path: Path, parse: Any) -> Any:
+    """``parse(path)``, or what it gave last time when the file's bytes are the same.
+
+    Keyed on the bytes, not the modification time: a file rewritten within the clock's tick
+    with the same size would look unchanged by its time. Reading a few hundred bytes is cheap;
+    parsing TOML and checking JSON against the schema is what cost. A failure to parse (a
+    ValueError) is kept as well and raised again; a file that cannot be read is not kept.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return parse(path)
+    hit = _PARSED.get((kind, path))
+    if hit is None or hit[0] != raw:
+        try:
+            value: Any = parse(path)
+        except ValueError as error:
+            value = error
+        if len(_PARSED) >= MAX_PARSED:
+            _PARSED.clear()
+        hit = _PARSED[(kind, path)] = (raw, value)
+    if isinstance(hit[1], ValueError):
+        raise hit[1]
+    return hit[1]
+
+
+def cached_raw_config(path: Path) -> dict[str, Any]:
+    """`read_raw_config`, parsed again only when the file's bytes changed (do not modify it)."""
+    return _by_content("toml", path, read_raw_config)  # type: ignore[no-any-return]
+
+
+def _read_status(run_dir: Path) -> RunStatus | None:
+    """`read_status`, checked again only when ``status.json``'s bytes changed."""
+    return _by_content("status", run_dir / STATUS_FILE, lambda _path: read_status(run_dir))  # type: ignore[no-any-return]
+
+
 def _read_config_labels(path: Path) -> tuple[str, str, str]:
     """Model, method and task from ``run.toml`` without validating it (a summary never fails).
 
     The task is empty unless the file names one of ``causal_lm`` / ``classification``.
     """
     try:
-        data = read_raw_config(path)
+        data = cached_raw_config(path)
     except (OSError, ValueError):
         return "", "", ""
     model_section = data.get("model") if isinstance(data.get("model"), dict) else {}
@@ -201,7 +247,7 @@ def summarize(run_dir: RunDir | str | os.PathLike[str], *, now: float | None = N
     """
     rd = _as_rundir(run_dir)
     now = time.time() if now is None else now
-    status = read_status(rd.path)
+    status = _read_status(rd.path)
     tally = tally_events(rd.events)
     model, method, task = _read_config_labels(rd.config)
 

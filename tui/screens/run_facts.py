@@ -50,6 +50,19 @@ def short_ids(run_ids: Sequence[str], names: Iterable[str] = ()) -> dict[str, st
             sees them); the run ids are added to them.
     """
     everyone = set(names) | set(run_ids)
+    # who starts or ends with each candidate tail, looked up instead of scanned: 200 runs
+    # scanned every name for every tail (a tenth of a second each refresh)
+    wanted = {
+        "-".join(parts[-count:])
+        for parts in (run_id.split("-") for run_id in run_ids)
+        for count in range(1, len(parts))
+    }
+    holders: dict[str, set[str]] = {}
+    for name in everyone:
+        for cut in range(1, len(name) + 1):
+            for piece in (name[:cut], name[-cut:]):
+                if piece in wanted:
+                    holders.setdefault(piece, set()).add(name)
     out: dict[str, str] = {}
     for run_id in run_ids:
         parts = run_id.split("-")
@@ -58,7 +71,7 @@ def short_ids(run_ids: Sequence[str], names: Iterable[str] = ()) -> dict[str, st
             tail = "-".join(parts[-count:])
             if len(tail) < MIN_SHORT_ID:
                 continue
-            if [n for n in everyone if n.startswith(tail) or n.endswith(tail)] == [run_id]:
+            if holders.get(tail) == {run_id}:
                 out[run_id] = tail
                 break
     return out
@@ -92,7 +105,7 @@ class RunSettings:
     def read(cls, run_dir: Path) -> RunSettings | None:
         """The settings of the run in `run_dir`; None when its ``run.toml`` cannot be read."""
         try:
-            raw = read_raw_config(run_dir / "run.toml")
+            raw = _raw_config(run_dir / "run.toml")
         except (OSError, ValueError):
             return None
         cfg = RunConfig()
@@ -122,6 +135,32 @@ class RunSettings:
             data=Path(data).name if data else "",
             labels=tuple(str(x) for x in labels) if isinstance(labels, list) else (),
         )
+
+
+#: ``run.toml`` tables by path, with the bytes they were parsed from (see `_raw_config`).
+_TABLES: dict[Path, tuple[bytes, dict[str, Any] | ValueError]] = {}
+
+
+def _raw_config(path: Path) -> dict[str, Any]:
+    """`read_raw_config`, parsed again only when the file's bytes changed.
+
+    The runs screen reads every run's settings on each refresh (every 5 s); parsing 200 TOML
+    files was a third of it. The bytes, not the modification time, say whether it changed (a
+    rewrite within the clock's tick keeps the time). The tables are shared: read, never modify.
+    """
+    raw = path.read_bytes()  # OSError: no settings, as before
+    hit = _TABLES.get(path)
+    if hit is None or hit[0] != raw:
+        try:
+            tables: dict[str, Any] | ValueError = read_raw_config(path)
+        except ValueError as error:
+            tables = error
+        if len(_TABLES) >= 4096:
+            _TABLES.clear()
+        hit = _TABLES[path] = (raw, tables)
+    if isinstance(hit[1], ValueError):
+        raise hit[1]
+    return hit[1]
 
 
 def _int(value: Any) -> int:
@@ -199,13 +238,21 @@ class FactsCache:
         """
         with self._lock:
             entry = self._readers.get(run_dir)
-            if entry is None or _shrank(entry[0]):
+            size = _size(entry[0]) if entry is not None else None
+            if (
+                entry is None
+                or (size is None and entry[0].offset > 0)
+                or (size is not None and size < entry[0].offset)
+            ):
                 entry = (EventReader(run_dir), RunFacts())
                 self._readers[run_dir] = entry
+                size = None
             reader, facts = entry
-            events = reader.read_new()
-            if events:
-                facts.add(events)
+            # a log no longer than what was read has nothing new: not even opened again
+            if size is None or size > reader.offset:
+                events = reader.read_new()
+                if events:
+                    facts.add(events)
             return take(facts)
 
     def forget_except(self, keep: Iterable[Path]) -> None:
@@ -216,8 +263,9 @@ class FactsCache:
                 del self._readers[path]
 
 
-def _shrank(reader: EventReader) -> bool:
+def _size(reader: EventReader) -> int | None:
+    """The events file's size now (None when it cannot be read: gone, or not a file)."""
     try:
-        return reader.path.stat().st_size < reader.offset
+        return reader.path.stat().st_size
     except OSError:
-        return reader.offset > 0
+        return None
