@@ -91,15 +91,22 @@ def canvas_text(figure: Any) -> Text:
     many points are drawn. Here the figure's matrix (a marker and three colours per cell) is
     read directly; each run of cells of one colour becomes one span, with the style rich's
     own ANSI decoder gives that colour (worked out once per colour and kept), so the text is
-    the same, span for span (a test compares them).
+    the same, span for span (a test compares them). It reads plotext's private matrix; where
+    a plotext has none of that shape, the ANSI round trip is taken instead.
     """
-    figure._set_sizes()
-    figure._build_matrix()
-    matrix = figure.monitor.matrix
+    try:
+        if figure.monitor.fast_plot:
+            raise AttributeError("fast_plot")  # plotext then builds no matrix to read
+        figure._set_sizes()
+        figure._build_matrix()
+        matrix = figure.monitor.matrix
+        rows = matrix.Rows
+    except AttributeError:  # another plotext's insides: its own (slower) way, the same text
+        return Text.from_ansi(figure.build())
     text = Text()
     append = text.append
     markers, fore, style, back = matrix.marker, matrix.fullground, matrix.style, matrix.background
-    for row in matrix.Rows[::-1]:
+    for row in rows[::-1]:
         marks, f_row, s_row, b_row = markers[row], fore[row], style[row], back[row]
         start, cols = 0, len(marks)
         while start < cols:
