@@ -185,12 +185,36 @@ class LegendPlot(PlotextPlot):
         self.heading = ""
         self.legend: list[LegendItem] = []
         self.waiting = ""
+        #: bumped by every replot: the text drawn last is reused until then (see `render`)
+        self._version = 0
+        self._drawn: tuple[tuple[object, ...], Text] | None = None
+        self._given: object = None
+
+    def _same_as_before(self, given: object) -> bool:
+        """Whether the data given now is what was given last (then there is nothing to redraw).
+
+        The monitor hands both plots the history on every batch of events, and most batches
+        change one of them: training logs come every step, memory samples every few seconds.
+        Building a plotext canvas is most of a refresh, so a plot whose data did not change
+        keeps what it drew.
+        """
+        if given == self._given:
+            return True
+        self._given = given
+        return False
 
     def header(self) -> list[Text]:
         """The lines above the plot (what tests read as the legend)."""
         return legend_lines(self.heading, self.legend, self.size.width)
 
     def render(self) -> RenderResult:
+        """The header and the plot, built again only after a replot, a resize or a new theme."""
+        key = (self._version, self.size.width, self.size.height, self.app.theme)
+        if self._drawn is None or self._drawn[0] != key:
+            self._drawn = (key, self._build_text())
+        return self._drawn[1].copy()
+
+    def _build_text(self) -> Text:
         width, height = self.size.width, self.size.height
         header = self.header()
         if self.waiting:
@@ -243,7 +267,10 @@ class LossPlot(LegendPlot):
     ) -> None:
         # the history's own lists, not copies: at 200,000 steps a copy was a third of a refresh;
         # the widget only reads them, on the screen's thread, and the history only appends
-        self.train, self.eval, self.curves = _as_list(train), _as_list(eval), []
+        train, eval = _as_list(train), _as_list(eval)
+        if self._same_as_before(("run", _given(train), _given(eval), total_steps)):
+            return
+        self.train, self.eval, self.curves = train, eval, []
         self.total_steps = total_steps
         self.replot()
 
@@ -251,6 +278,7 @@ class LossPlot(LegendPlot):
         """Show one train-loss curve per run instead of a single run's train/eval pair."""
         self.train, self.eval = [], []
         self.curves = [(label, list(points)) for label, points in curves]
+        self._given = None
         self.replot()
 
     def set_smoothing(self, weight: float) -> None:
@@ -272,6 +300,7 @@ class LossPlot(LegendPlot):
         return super().render()
 
     def replot(self) -> None:
+        self._version += 1
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
@@ -348,7 +377,11 @@ class MemoryPlot(LegendPlot):
         title: str = "memory (GiB)",
         total_steps: int = 0,
     ) -> None:
-        self.series = [(label, _as_list(points)) for label, points in series]
+        kept = [(label, _as_list(points)) for label, points in series]
+        given = ([(label, _given(p)) for label, p in kept], predicted_peak, capacity, title)
+        if self._same_as_before((*given, total_steps)):
+            return
+        self.series = kept
         self.predicted_peak, self.capacity, self.title = predicted_peak, capacity, title
         self.total_steps = total_steps
         self.replot()
@@ -357,6 +390,7 @@ class MemoryPlot(LegendPlot):
         self.replot()
 
     def replot(self) -> None:
+        self._version += 1
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
@@ -391,6 +425,12 @@ class MemoryPlot(LegendPlot):
         # headroom above the highest line, so neither it nor the peak runs along the frame
         plt.ylim(0, top * 1.1 or 1.0)
         self.refresh()
+
+
+def _given(points: list[Point]) -> tuple[object, ...]:
+    """What tells a series given again from a changed one: the list itself (a resume folds the
+    history into new lists), its length and its last point (the history only appends)."""
+    return (id(points), len(points), points[-1] if points else None)
 
 
 def _as_list(points: Sequence[Point]) -> list[Point]:
