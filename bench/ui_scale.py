@@ -226,12 +226,14 @@ def bench_monitor(
 async def _monitor_refresh(
     path: Path, history: Any, size: tuple[int, int], profile: bool = False
 ) -> dict[str, Any]:
+    steps = history.total_steps
     """One refresh of the real `MonitorScreen` (data in, both plots built), in a headless app."""
     from types import SimpleNamespace
 
     from textual.app import App
 
-    from affiner.tui.live import RunHistory
+    from affiner.runner.run import SystemSample, TrainLog
+    from affiner.tui.live import RunHistory, smooth
     from affiner.tui.screens.monitor import MonitorScreen
     from affiner.tui.widgets.plots import LossPlot, MemoryPlot
 
@@ -253,37 +255,53 @@ async def _monitor_refresh(
         screen.history = history
         loss, memory = screen.query_one(LossPlot), screen.query_one(MemoryPlot)
 
-        def refresh() -> None:
-            screen._draw()  # what a batch of events costs: every panel given the history
-            loss.render()  # what the compositor then asks of the plots: plotext's canvas
+        step = [history.step]
+
+        def batch(sample: bool) -> list[Any]:
+            step[0] += 1
+            events: list[Any] = [TrainLog(step=step[0], loss=2.0, total_steps=steps, t=2e9)]
+            if sample:
+                events.append(SystemSample(step=step[0], ram_total=32 * GIB, process_rss=GIB))
+            return events
+
+        def refresh(sample: bool = False) -> None:
+            # what a batch of events costs the screen: folded, every panel given the history,
+            # then what the compositor asks of the plots (a plot whose data did not change
+            # keeps its text)
+            history.add(batch(sample))
+            screen._draw()
+            loss.render()
             memory.render()
+
+        def full_render() -> None:  # both canvases built, whatever changed
+            loss._build_text()
+            memory._build_text()
 
         first = best_ms(refresh, repeat=1)  # the first draw smooths the whole curve once
         await pilot.pause()  # the layout, now that the screen has a run: the plots' real size
         await pilot.pause()
+        versions = (loss._version, memory._version)
         warm = best_ms(refresh, repeat=7)
+        replots = (loss._version - versions[0], memory._version - versions[1])
+        both = best_ms(lambda: refresh(True), repeat=7)
         drawn = len(loss.shown_train())
 
         def all_points() -> None:  # the baseline: the same plot fed every point
             plt = loss.plt
             plt.clear_data()
             plt.clear_figure()
-            xs, ys = zip(*smooth_all(history.train_loss), strict=True)
+            xs, ys = zip(*smooth(history.train_loss, 0.6), strict=True)
             plt.plot(xs, ys, marker="braille")
-            loss.render()
-
-        from affiner.tui.live import smooth
-
-        def smooth_all(points: Any) -> Any:
-            return smooth(points, 0.6)
+            loss._build_text()
 
         baseline = best_ms(all_points, repeat=1)
+        loss.replot()
         plot_width = loss.size.width
         draw_ms = best_ms(screen._draw, repeat=7)
-        render_ms = best_ms(lambda: (loss.render(), memory.render()), repeat=7)
+        render_ms = best_ms(full_render, repeat=7)
         screen.history = RunHistory()  # the floor: the same screen and canvases, no points
         screen._draw()
-        empty_ms = best_ms(refresh, repeat=7)
+        empty_ms = best_ms(full_render, repeat=7)
         screen.history = history
         screen._draw()
         if profile:
@@ -291,7 +309,7 @@ async def _monitor_refresh(
             import pstats
 
             profiler = cProfile.Profile()
-            profiler.runcall(lambda: (loss.render(), memory.render()))
+            profiler.runcall(refresh)
             pstats.Stats(profiler).sort_stats("cumtime").print_stats(25)
     return {
         "size": f"{size[0]}x{size[1]}",
@@ -299,12 +317,14 @@ async def _monitor_refresh(
         "points_drawn": drawn,
         "refresh_first_ms": round(first, 2),
         "refresh_ms": round(warm, 2),
+        "replots_in_7_log_refreshes": replots,
+        "refresh_log_and_sample_ms": round(both, 2),
         "refresh_draw_ms": round(draw_ms, 2),
-        "refresh_render_ms": round(render_ms, 2),
+        "both_canvases_ms": round(render_ms, 2),
         "empty_run_refresh_ms": round(empty_ms, 2),
         "all_points_plot_ms": round(baseline, 2),
         "bar_ms": MONITOR_BAR_MS,
-        "meets_bar": warm < MONITOR_BAR_MS,
+        "meets_bar": both < MONITOR_BAR_MS,
     }
 
 
@@ -403,15 +423,16 @@ def table(result: dict[str, Any]) -> str:
         ("---", "---", "---", "---"),
         (
             f"monitor refresh, {m['steps']:,} steps, {m['size']} (draw + both plots)",
-            f"{m['refresh_ms']} ms ({m['points_drawn']} points drawn)",
+            f"{m['refresh_ms']} ms a log; {m['refresh_log_and_sample_ms']} ms a log and a "
+            f"memory sample ({m['points_drawn']} points drawn)",
             f"every point plotted: {m['all_points_plot_ms']:.0f} ms; "
             f"old curve path alone: {m['old_curve_path_ms']} ms",
             f"< {MONITOR_BAR_MS:.0f} ms: {'yes' if m['meets_bar'] else 'no'}",
         ),
         (
-            "  of which: panels given the history / plotext canvases",
-            f"{m['refresh_draw_ms']} / {m['refresh_render_ms']} ms",
-            f"empty run: {m['empty_run_refresh_ms']} ms",
+            "  panels given the history / both canvases built",
+            f"{m['refresh_draw_ms']} / {m['both_canvases_ms']} ms",
+            f"empty run's canvases: {m['empty_run_refresh_ms']} ms",
             "",
         ),
         (
