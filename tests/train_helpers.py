@@ -108,3 +108,22 @@ def of_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 def dict_events(rd: RunDir) -> list[dict[str, Any]]:
     return list(iter_event_dicts(rd.path))
+
+
+def classifier_run(tmp_path: Path, tiny_llama: Path) -> Path:
+    """A LoRA classifier run whose run.toml lists no labels (training detected good/bad)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    rd = make_run(tmp_path, tiny_llama, task="classification")
+    torch.manual_seed(2)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_llama, num_labels=2, dtype=torch.float32
+    )
+    model.config.pad_token_id = 0
+    config = LoraConfig(
+        task_type="SEQ_CLS", r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"]
+    )
+    get_peft_model(model, config).save_pretrained(rd.adapter)
+    return rd.path

@@ -21,7 +21,7 @@ from affiner.planner.errors import AffinerError
 from affiner.runner.inference import ChatProcess, ChatSession
 from affiner.runner.run.process import pid_alive
 from tests.assistant_fakes import make_adapter
-from tests.train_helpers import make_run
+from tests.train_helpers import classifier_run, make_run
 
 pytestmark = pytest.mark.slow
 
@@ -59,6 +59,20 @@ def classify_run(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return rd.path
 
 
+def by_hand(chat: ChatProcess, lines: list[str], until_id: int) -> list[dict]:
+    """Write raw lines to the child's stdin; read its lines (each must be JSON) up to `until_id`'s."""
+    child = chat._child
+    assert child is not None and child.stdin is not None and child.stdout is not None
+    child.stdin.write("".join(line + "\n" for line in lines))
+    child.stdin.flush()
+    answers: list[dict] = []
+    while not answers or answers[-1].get("id") != until_id:
+        line = child.stdout.readline()
+        assert line, "the child ended mid-protocol"
+        answers.append(json.loads(line))  # every line is JSON
+    return answers
+
+
 def test_the_child_streams_what_the_in_process_session_says(chat_run: Path) -> None:
     local = ChatSession.from_run(chat_run, device="cpu")
     local_pieces = [p for p in local.stream(MESSAGES, use_adapter=True, **GREEDY) if p]
@@ -85,18 +99,50 @@ def test_the_child_streams_what_the_in_process_session_says(chat_run: Path) -> N
         with pytest.raises(AffinerError, match="generator, not a classifier"):
             chat.classify(["a text"])
         assert chat.generate(MESSAGES, use_adapter=False, **GREEDY) == expected["base"]
-        pid = chat.pid
+
+        # The protocol by hand, on the same child: one JSON object a line each way, a bad line
+        # answered in words, an unknown request named; then end of input ends it (below).
+        assert chat._ready["type"] == "ready" and chat._ready["task"] == "causal_lm"
+        answers = by_hand(
+            chat,
+            [
+                "this is not json",
+                json.dumps({"op": "stream", "id": 707, "messages": MESSAGES, **GREEDY}),
+                json.dumps({"op": "dance", "id": 708}),
+            ],
+            until_id=708,
+        )
+        assert answers[0]["type"] == "error" and "not JSON" in answers[0]["message"]
+        pieces = [a["text"] for a in answers if a["type"] == "piece" and a["id"] == 707]
+        assert pieces and {"type": "done", "id": 707, "stopped": False} in answers
+        assert answers[-1] == {"type": "error", "id": 708, "message": "unknown request 'dance'"}
+        assert chat.generate(MESSAGES, **GREEDY) == expected["tuned"]  # still serving
+        pid, child = chat.pid, chat._child
     assert pid is not None and not pid_alive(pid)
+    assert child is not None and child.returncode == 0  # closed stdin: it left by itself
     assert chat.log is not None and not chat.log.exists()  # a clean end leaves no log behind
     with pytest.raises(AffinerError, match="closed"):
         chat.generate(MESSAGES)
 
 
-def test_a_classifier_run_s_labels_come_back(classify_run: Path) -> None:
-    local = ChatSession.from_run(classify_run, device="cpu")
+def test_a_classifier_run_s_labels_come_back(
+    classify_run: Path, tiny_llama: Path, tmp_path: Path
+) -> None:
+    # A whole-model classifier whose run.toml lists its labels loads them (in process).
+    whole = ChatSession.from_run(classify_run, device="cpu")
     texts = ["loved this film", "boring plot"]
-    with ChatProcess.from_run(classify_run, device="cpu") as chat:
-        assert chat.task == "classification" and chat.labels == ["good", "bad"]
+    assert whole.labels == ["good", "bad"]
+    assert {p.label for p in whole.classify(texts)} <= {"good", "bad"}
+
+    # A LoRA classifier whose run.toml lists none: the child finds them (and that the base side's
+    # head is untrained) and says so once loaded; its predictions are the in-process ones.
+    run = classifier_run(tmp_path, tiny_llama)
+    local = ChatSession.from_run(run, device="cpu")
+    chat = ChatProcess.from_run(run, device="cpu")
+    assert chat.labels == [] and chat.base_head_untrained is None  # known once loaded
+    with chat:
+        assert chat.task == "classification" and sorted(chat.labels) == ["bad", "good"]
+        assert chat.base_head_untrained is True
         predictions = chat.classify(texts)
         with pytest.raises(AffinerError, match="classifier"):
             next(chat.stream(MESSAGES))
@@ -126,30 +172,6 @@ def test_a_load_error_comes_back_in_words(chat_run: Path, tmp_path: Path) -> Non
     (empty / "run.toml").write_text(text)
     with pytest.raises(AffinerError, match="no saved weights"):
         ChatProcess(empty)
-
-
-def test_the_protocol_by_hand(chat_run: Path) -> None:
-    """One JSON object a line each way; a bad line is answered in words, then end of input ends it."""
-    requests = [
-        "this is not json",
-        json.dumps({"op": "stream", "id": 7, "messages": MESSAGES, **GREEDY}),
-        json.dumps({"op": "dance", "id": 8}),
-    ]
-    out = subprocess.run(
-        [sys.executable, "-m", "affiner.runner.chat", str(chat_run), "--device", "cpu"],
-        input="\n".join(requests) + "\n",
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    answers = [json.loads(line) for line in out.stdout.splitlines()]  # every line is JSON
-    assert answers[0]["type"] == "ready" and answers[0]["task"] == "causal_lm"
-    assert answers[1]["type"] == "error" and "not JSON" in answers[1]["message"]
-    pieces = [a["text"] for a in answers if a["type"] == "piece" and a["id"] == 7]
-    assert pieces and {"type": "done", "id": 7, "stopped": False} in answers
-    assert answers[-1] == {"type": "error", "id": 8, "message": "unknown request 'dance'"}
 
 
 #: A parent that starts a chat, says its child's pid, then waits to be killed.

@@ -18,29 +18,10 @@ from affiner.tui.screens.playground import (
     PlaygroundScreen,
 )
 from affiner.tui.widgets.side_by_side import Transcript, TurnRow
-from tests.train_helpers import make_run
+from tests.train_helpers import classifier_run
 from tests.tui.test_tui_playground import services_with, wait_playground
 from tests.tui_fakes import fake_services, finished_run, lm_run
 from tests.tui_pilot import wait_for
-
-
-def classifier_run(tmp_path: Path, tiny_llama: Path) -> Path:
-    """A LoRA classifier run whose run.toml lists no labels (training detected good/bad)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSequenceClassification
-
-    rd = make_run(tmp_path, tiny_llama, task="classification")
-    torch.manual_seed(2)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        tiny_llama, num_labels=2, dtype=torch.float32
-    )
-    model.config.pad_token_id = 0
-    config = LoraConfig(
-        task_type="SEQ_CLS", r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"]
-    )
-    get_peft_model(model, config).save_pretrained(rd.adapter)
-    return rd.path
 
 
 def test_labels_come_from_the_data_when_run_toml_lists_none(
@@ -83,19 +64,6 @@ async def test_classifier_answers_use_label_names_and_the_base_head_is_called_ch
         base = screen.query_one("#pane-base", ChatPane).turns[1][1]
         assert tuned.split()[0] in ("good", "bad") and "LABEL_" not in tuned
         assert base.startswith("chance, untrained head  (") and "LABEL_" not in base
-
-
-def test_a_chat_process_carries_the_labels_and_head_its_child_found(
-    tiny_llama: Path, tmp_path: Path
-) -> None:
-    from affiner.runner.chat_client import ChatProcess
-
-    run = classifier_run(tmp_path, tiny_llama)  # run.toml lists no labels
-    chat = ChatProcess.from_run(run, device="cpu")
-    assert chat.labels == [] and chat.base_head_untrained is None  # known once loaded
-    with chat:
-        assert sorted(chat.labels) == ["bad", "good"]
-        assert chat.base_head_untrained is True
 
 
 class RecordingChat:
