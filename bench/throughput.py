@@ -9,9 +9,12 @@ A. transformers ``Trainer`` + peft LoRA as their docs write it: ``get_peft_model
    (``DataCollatorForSeq2Seq``, labels padded with -100), random order.
 B. TRL's ``SFTTrainer`` with its defaults (gradient checkpointing on, bf16 autocast, no packing).
 C. TRL's ``SFTTrainer`` with its best single-device setting: ``packing=True`` with the ``bfd``
-   strategy, which turns on padding-free batches (position ids, no attention mask; on the CPU
-   transformers' sdpa path builds the block-diagonal mask from them, so boundaries are exact), in
-   fp32 without checkpointing like A and D.
+   strategy, which turns on padding-free batches (position ids, no attention mask), in fp32
+   without checkpointing like A and D. TRL's docs tie padding-free to FlashAttention; on the CPU
+   transformers' sdpa path builds the block-diagonal mask from the position ids when there is no
+   KV cache, and TRL's ``compute_loss`` passes ``use_cache=False``, so boundaries are exact
+   (checked on a tiny Llama: a packed pair's logits equal the separate ones; with the cache on
+   they do not).
 D. affiner's runner through its real entry point: a ``run.toml`` and ``python -m
    affiner.runner.worker RUN_DIR``; tokens/s and times read from its ``events.jsonl``.
 
@@ -205,7 +208,7 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"{data}: {shown}")
     load = report.get("load_average", {})
     if load:
-        lines.append(f"load average before {load.get('before')} after {load.get('after')}")
+        lines.append(f"load average {_load_words(load)}")
     return "\n".join(lines)
 
 
@@ -215,7 +218,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="a local model folder")
     parser.add_argument("--rows", type=int, default=16, help="training rows of the chat set")
     parser.add_argument(
-        "--long-rows", type=int, default=8, help="training rows of the long-tailed debates set"
+        "--long-rows", type=int, default=16, help="training rows of the long-tailed debates set"
     )
     parser.add_argument("--eval-rows", type=int, default=8, help="held-out rows per data set")
     parser.add_argument("--sets", default=",".join(SETS), help="data sets, comma separated")
@@ -267,7 +270,8 @@ def debate_pairs() -> list[dict[str, Any]]:
     """The 2016 debates as user/assistant pairs: the previous speaker's turn, then a candidate's.
 
     Consecutive statements of one speaker are one turn; a reply by a moderator is not an
-    assistant turn (the model learns to answer as a candidate).
+    assistant turn (the model learns to answer as a candidate). The prompt is the end of the
+    turn before (`PROMPT_CHARS`); the reply is whole, so its length keeps the corpus's tail.
     """
     from affiner.planner.models import package_dir_of
 
@@ -294,12 +298,26 @@ def debate_pairs() -> list[dict[str, Any]]:
             pairs.append(
                 {
                     "messages": [
-                        {"role": "user", "content": prev},
+                        {"role": "user", "content": _last_words(prev, PROMPT_CHARS)},
                         {"role": "assistant", "content": reply},
                     ]
                 }
             )
     return pairs
+
+
+#: A debate prompt keeps the end of the turn before (where the question is): a whole opening
+#: statement as the prompt would leave no room for the reply within the sequence, and the
+#: runner refuses rows with nothing left to learn from.
+PROMPT_CHARS = 300
+
+
+def _last_words(text: str, limit: int) -> str:
+    """The end of `text`, at most `limit` characters, starting at a word."""
+    if len(text) <= limit:
+        return text
+    tail = text[-limit:]
+    return tail[tail.find(" ") + 1 :] if " " in tail else tail
 
 
 def build_sets(
@@ -785,7 +803,7 @@ def markdown(report: dict[str, Any]) -> str:
         "# Throughput on the CPU: affiner's runner against Trainer + peft and TRL",
         "",
         f"Measured {report['when']} on {report['machine']['processor']} ({report['machine']['cpus']} CPUs), "
-        f"load average {report['load_average']['before']} before, {report['load_average']['after']} after.",
+        f"load average {_load_words(report['load_average'])}.",
         f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}.",
         f"Model {Path(report['model']).name}; LoRA r={report['hyper']['lora_rank']} all-linear; "
         f"micro-batch {report['hyper']['micro_batch']}; lr {report['hyper']['learning_rate']}; one epoch of "
@@ -817,7 +835,16 @@ def markdown(report: dict[str, Any]) -> str:
         )
     if report["token_mismatch"]:
         lines += ["", f"Real-token mismatch: {report['token_mismatch']}"]
+    if report.get("notes"):
+        lines += ["", *[f"- {note}" for note in report["notes"]]]
     return "\n".join(lines) + "\n"
+
+
+def _load_words(load: dict[str, Any]) -> str:
+    """``[1m, 5m, 15m] before, [...] after``; per data set when a report joins two runs."""
+    if "before" in load:
+        return f"{load['before']} before, {load['after']} after"
+    return "; ".join(f"{name}: {_load_words(value)}" for name, value in load.items())
 
 
 def main(argv: list[str] | None = None) -> int:

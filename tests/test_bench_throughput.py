@@ -112,7 +112,7 @@ def test_table_shows_each_way_and_the_ratio():
     assert "A Trainer + peft" in text and "D affiner runner" in text
     assert "100.0" in text and "200.0" in text and "2.00" in text  # tokens/s and peak GiB
     assert "chat: D/A 2.00" in text
-    assert "load average before [1, 2, 3]" in text
+    assert "load average [1, 2, 3] before, [2, 2, 2] after" in text
 
 
 def test_report_survives_json():
@@ -185,3 +185,25 @@ def test_missing_trl_is_a_clear_error_for_b_and_c_only(monkeypatch):
 def test_main_says_the_error_in_one_line_and_exits_2(capsys):
     assert T.main(["--rows", "-3"]) == 2
     assert capsys.readouterr().err.startswith("error: --rows must be at least 1")
+
+
+def test_markdown_page_has_the_table_the_ratios_and_the_notes():
+    report = {
+        **_report(),
+        "when": "2026-12-01T20:00:00Z",
+        "machine": {"processor": "x86_64", "cpus": 2},
+        "versions": {"torch": "2.13.0"},
+        "model": "/m/smollm2",
+        "hyper": T.asdict(T.Hyper()),
+        "rows": {"chat": 16},
+        "eval_rows": 8,
+        "data": {"chat": {"seq_len": 128, "truncated": 0, "percentiles": {}, "histogram": {}}},
+        "token_mismatch": [],
+        "load_average": {"chat": {"before": [5, 5, 5], "after": [4, 4, 4]}},
+        "notes": ["two invocations"],
+    }
+    page = T.markdown(report)
+    assert "| chat | A Trainer + peft (docs recipe) | 1000 | 10.0 | 100.0 | 2.00 | 2.5000 |" in page
+    assert "- chat: D/A 2.0" in page
+    assert "chat: [5, 5, 5] before, [4, 4, 4] after" in page
+    assert page.rstrip().endswith("- two invocations")
