@@ -22,7 +22,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 #: Largest whole number accepted (exactly representable as a float, far above any step or byte count).
@@ -65,15 +65,30 @@ def _bad(name: str, value: Any, expected: str) -> SchemaError:
     return SchemaError(f"{name!r} is {_shown(value)}, {expected}", field=name)
 
 
-_HINTS: dict[type, dict[str, Any]] = {}
+Checker = Callable[[Any, Mapping[str, Any], str], Any]
+
+#: Per dataclass, its init fields once resolved: (name, checker, metadata, required). Every line
+#: of a log asks again, so the annotations are resolved and compiled the first time only.
+_FIELDS: dict[type, tuple[tuple[str, Checker, Mapping[str, Any], bool], ...]] = {}
+#: Per type hint, the function that checks a value against it (see `_compile`).
+_CHECKERS: dict[Any, Checker] = {}
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    """The resolved annotations of a dataclass (cached: every line of a log asks again)."""
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = _HINTS[cls] = typing.get_type_hints(cls)
-    return hints
+def _fields(cls: type) -> tuple[tuple[str, Checker, Mapping[str, Any], bool], ...]:
+    found = _FIELDS.get(cls)
+    if found is None:
+        hints = typing.get_type_hints(cls)
+        found = _FIELDS[cls] = tuple(
+            (
+                spec.name,
+                _checker(hints[spec.name]),
+                spec.metadata,
+                spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING,
+            )
+            for spec in dataclasses.fields(cls)
+            if spec.init
+        )
+    return found
 
 
 def _shown(value: Any) -> str:
@@ -92,17 +107,14 @@ def check_fields(cls: type, data: Mapping[str, Any], *, where: str = "") -> dict
         SchemaError: a value does not fit (the first one found), or a field without a default
             is missing.
     """
-    hints = _hints(cls)
     kwargs: dict[str, Any] = {}
-    for spec in dataclasses.fields(cls):
-        if not spec.init:
-            continue
-        name = f"{where}{spec.name}"
-        if spec.name not in data:
-            if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+    for field_name, check, meta, required in _fields(cls):
+        if field_name not in data:
+            if required:
+                name = f"{where}{field_name}"
                 raise SchemaError(f"{name!r} is missing", field=name)
             continue
-        kwargs[spec.name] = check_value(data[spec.name], hints[spec.name], spec.metadata, name)
+        kwargs[field_name] = check(data[field_name], meta, f"{where}{field_name}")
     return kwargs
 
 
@@ -110,16 +122,13 @@ def field_problems(cls: type, data: Mapping[str, Any]) -> tuple[dict[str, Any], 
     """Like `check_fields`, but a value that does not fit is dropped (its default applies) and
     described, instead of failing the whole object: for ``status.json``, whose good fields (the
     worker's pid) still matter when one is bad."""
-    hints = _hints(cls)
     kwargs: dict[str, Any] = {}
     problems: list[str] = []
-    for spec in dataclasses.fields(cls):
-        if not spec.init or spec.name not in data:
+    for field_name, check, meta, _required in _fields(cls):
+        if field_name not in data:
             continue
         try:
-            kwargs[spec.name] = check_value(
-                data[spec.name], hints[spec.name], spec.metadata, spec.name
-            )
+            kwargs[field_name] = check(data[field_name], meta, field_name)
         except SchemaError as exc:
             problems.append(str(exc))
     return kwargs, problems
@@ -128,49 +137,90 @@ def field_problems(cls: type, data: Mapping[str, Any]) -> tuple[dict[str, Any], 
 def check_value(value: Any, hint: Any, meta: Mapping[str, Any], name: str) -> Any:
     """`value` as field `name` of type `hint` holds it (ints for floats, checked dataclasses for
     dicts), or SchemaError saying what was expected."""
+    return _checker(hint)(value, meta, name)
+
+
+def _checker(hint: Any) -> Checker:
+    found = _CHECKERS.get(hint)
+    if found is None:
+        found = _CHECKERS[hint] = _compile(hint)
+    return found
+
+
+def _unsupported(hint: Any) -> Checker:
+    def check(value: Any, meta: Mapping[str, Any], name: str) -> Any:
+        raise SchemaError(f"{name!r} has an unsupported type {hint}", field=name)  # (a bug)
+
+    return check
+
+
+def _compile(hint: Any) -> Checker:
+    """The check for one type hint, decided once: the hint's shape never changes per line."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
+        none_ok = type(None) in options
         real = [option for option in options if option is not type(None)]
-        if len(real) == 1:
-            return check_value(value, real[0], meta, name)
-        raise SchemaError(
-            f"{name!r} has an unsupported type {hint}", field=name
-        )  # (a programming error)
+        inner = _checker(real[0]) if len(real) == 1 else _unsupported(hint)
+
+        def optional(value: Any, meta: Mapping[str, Any], name: str) -> Any:
+            if value is None and none_ok:
+                return None
+            return inner(value, meta, name)
+
+        return optional
     if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise _bad(name, value, "not true or false")
+        return _boolean
     if hint is int:
-        return _whole(value, meta, name)
+        return _whole
     if hint is float:
-        return _number(value, meta, name)
+        return _number
     if hint is str:
-        if isinstance(value, str):
-            allowed = meta.get("choices")
-            if allowed and value not in allowed:
-                raise _bad(name, value, f"not one of {', '.join(allowed)}")
-            return value
-        raise _bad(name, value, "not a string")
+        return _text
     if origin is list:
-        (item,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise _bad(name, value, "not a list")
-        return [check_value(v, item, meta, f"{name}[{i}]") for i, v in enumerate(value)]
+        (item_hint,) = typing.get_args(hint)
+        item = _checker(item_hint)
+
+        def listed(value: Any, meta: Mapping[str, Any], name: str) -> list[Any]:
+            if not isinstance(value, list):
+                raise _bad(name, value, "not a list")
+            return [item(v, meta, f"{name}[{i}]") for i, v in enumerate(value)]
+
+        return listed
     if origin is dict:
-        key_type, item = typing.get_args(hint)
-        if not isinstance(value, dict) or not all(isinstance(k, key_type) for k in value):
-            raise _bad(name, value, "not an object of named values")
-        return {k: check_value(v, item, meta, f"{name}.{k}") for k, v in value.items()}
+        key_type, item_hint = typing.get_args(hint)
+        item = _checker(item_hint)
+
+        def mapped(value: Any, meta: Mapping[str, Any], name: str) -> dict[Any, Any]:
+            if not isinstance(value, dict) or not all(isinstance(k, key_type) for k in value):
+                raise _bad(name, value, "not an object of named values")
+            return {k: item(v, meta, f"{name}.{k}") for k, v in value.items()}
+
+        return mapped
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        if not isinstance(value, dict):
-            raise _bad(name, value, "not an object")
-        return hint(**check_fields(hint, value, where=f"{name}."))
-    raise SchemaError(
-        f"{name!r} has an unsupported type {hint}", field=name
-    )  # (a programming error)
+
+        def nested(value: Any, meta: Mapping[str, Any], name: str) -> Any:
+            if not isinstance(value, dict):
+                raise _bad(name, value, "not an object")
+            return hint(**check_fields(hint, value, where=f"{name}."))
+
+        return nested
+    return _unsupported(hint)
+
+
+def _boolean(value: Any, meta: Mapping[str, Any], name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _bad(name, value, "not true or false")
+
+
+def _text(value: Any, meta: Mapping[str, Any], name: str) -> str:
+    if isinstance(value, str):
+        allowed = meta.get("choices")
+        if allowed and value not in allowed:
+            raise _bad(name, value, f"not one of {', '.join(allowed)}")
+        return value
+    raise _bad(name, value, "not a string")
 
 
 def _whole(value: Any, meta: Mapping[str, Any], name: str) -> int:
