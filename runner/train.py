@@ -548,6 +548,8 @@ class _Run:
 
     # ------------------------------------------------------------------ endings
     def finish(self, state: str, message: str, exit_code: int) -> int:
+        if self.sampler is not None:
+            self.sampler.stop()  # its last sample (the run's whole peak) lands before the end
         best = self.events.best.best if self.events is not None else None
         self._last_words(
             RunFinished(

@@ -175,14 +175,23 @@ class SystemSampler(threading.Thread):
         _PROCESS.cpu_percent(interval=None)
         try:
             while not self._stop_event.wait(self.interval):
-                try:
-                    self.writer.write(take_sample(nvml, self.step(), self.device))
-                except ValueError:  # the writer was closed under us: the run is over
+                if not self._sample(nvml):
                     return
-                except OSError:  # a full disk: the training thread says so; try the next one
-                    continue
+            # stopped: one last sample, so a run shorter than the interval still has one and
+            # the last figure holds the whole run's resident peak (which never goes down)
+            self._sample(nvml)
         finally:
             nvml.close()
+
+    def _sample(self, nvml: _Nvml) -> bool:
+        """Write one sample; False once the writer is closed (the run is over)."""
+        try:
+            self.writer.write(take_sample(nvml, self.step(), self.device))
+        except ValueError:  # the writer was closed under us
+            return False
+        except OSError:  # a full disk: the training thread says so; try the next one
+            pass
+        return True
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop_event.set()
