@@ -482,9 +482,18 @@ def extremes(xs: Sequence[float], ys: Sequence[float], width: int) -> list[Point
         low = chunk.index(min(chunk))
         high = chunk.index(max(chunk))
         for k in (low, high) if low <= high else (high, low):
-            point = (xs[lo + k], chunk[k])
-            if not out or out[-1] != point:
-                out.append(point)
+            _keep(out, (xs[lo + k], chunk[k]))
+    return _with_ends(out, xs, ys)
+
+
+def _keep(out: list[Point], point: Point) -> None:
+    """Append `point` unless it repeats the last one (a bucket's min and max can coincide)."""
+    if not out or out[-1] != point:
+        out.append(point)
+
+
+def _with_ends(out: list[Point], xs: Sequence[float], ys: Sequence[float]) -> list[Point]:
+    """`out` starting and ending where the series does, so a curve never loses its ends."""
     first, last = (xs[0], ys[0]), (xs[-1], ys[-1])
     if out[0] != first:
         out.insert(0, first)
@@ -588,12 +597,5 @@ class SmoothedCurve:
             low = self._low_at[lo + lows.index(min(lows))]
             high = self._high_at[lo + highs.index(max(highs))]
             for k in (low, high) if low <= high else (high, low):
-                point = (xs[k], ys[k])
-                if not out or out[-1] != point:
-                    out.append(point)
-        first, last = (xs[0], ys[0]), (xs[-1], ys[-1])
-        if out[0] != first:
-            out.insert(0, first)
-        if out[-1] != last:
-            out.append(last)
-        return out
+                _keep(out, (xs[k], ys[k]))
+        return _with_ends(out, xs, ys)
