@@ -26,7 +26,13 @@ from affiner.planner.vocabulary import (
     QUANTIZATIONS,
     TASKS,
 )
-from affiner.runner.config.schema import DATA_FORMATS, DEVICES, SCHEDULERS, RunConfig
+from affiner.runner.config.schema import (
+    DATA_FORMATS,
+    DEVICES,
+    LOSS_KERNELS,
+    SCHEDULERS,
+    RunConfig,
+)
 
 ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 # Canonical column names a [data].columns table may rename to.
@@ -176,6 +182,18 @@ def find_problems(cfg: RunConfig) -> list[Problem]:
     out += _at_least("training.weight_decay", t.weight_decay, 0)
     out += _at_least("training.max_grad_norm", t.max_grad_norm, 0)
     out += _at_least("training.logging_steps", t.logging_steps, 1)
+    out += _choice("training.loss_kernel", t.loss_kernel, LOSS_KERNELS)
+    if t.packing and m.task == "classification":
+        out.append(("training.packing", "packing joins the rows of a causal-LM batch; a classification "
+                    "model scores each row on its own", "remove packing (or set it to false): "
+                    "classification batches are padded and grouped by length"))  # fmt: skip
+    if t.loss_kernel == "liger":
+        problem = liger_problem(effective_device(t.device)) if t.device in DEVICES else None
+        if m.task == "classification":
+            problem = "the fused loss is a language-model head's; a classification head has none"
+        if problem:
+            out.append(("training.loss_kernel", f"liger's fused cross-entropy cannot run: {problem}",
+                        'use loss_kernel = "auto" (it picks liger where it can) or "torch"'))  # fmt: skip
     if t.optimizer in EIGHT_BIT_OPTIMIZERS and t.device in DEVICES:
         problem = bitsandbytes_problem(effective_device(t.device))
         if problem:
@@ -264,6 +282,18 @@ def nvidia_gpu_present() -> bool:
 
         return shutil.which("nvidia-smi") is not None
     return False
+
+
+def liger_problem(device: str) -> str | None:
+    """Why liger-kernel's fused linear cross-entropy cannot run on `device`, or None when it can.
+
+    Its kernels are Triton's, which compile for CUDA GPUs only.
+    """
+    if device != "cuda":
+        return "its kernels are written in Triton, which runs on CUDA GPUs, not on the CPU"
+    if find_spec("liger_kernel") is None:
+        return 'liger-kernel is not installed (pip install "affiner[liger]")'
+    return None
 
 
 def bitsandbytes_problem(device: str) -> str | None:

@@ -41,6 +41,7 @@ from affiner.planner.vocabulary import (
 DATA_FORMATS = ("auto", "text", "instruction", "chat", "prompt_completion", "classification")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 DEVICES = ("auto", "cpu", "cuda")
+LOSS_KERNELS = ("auto", "liger", "torch")
 
 
 @dataclass
@@ -133,6 +134,15 @@ class TrainingSection:
             `affiner.planner.vocabulary.resolve_auto_precision`), or explicit.
         device: ``auto``, ``cpu`` or ``cuda``.
         preflight: run the pre-flight check before training.
+        packing: join a micro-batch's rows into one padding-free row whose position ids restart
+            at each example (transformers' ``DataCollatorWithFlattening``), so no compute goes
+            to padding. Left out: on for causal LM wherever the model's attention keeps the
+            examples apart (checked on the loaded model before training), else padded batches
+            grouped by length, with a warning. ``true`` refuses to start where it would not be
+            exact; ``false`` pads each micro-batch to its longest row, grouped by length.
+        loss_kernel: ``auto`` (liger-kernel's fused linear cross-entropy on CUDA when it is
+            installed and supports the model, else torch's), ``liger`` (required: refused on
+            the CPU or without ``affiner[liger]``) or ``torch`` (full logits, then the loss).
     """
 
     epochs: float = 3.0
@@ -151,6 +161,8 @@ class TrainingSection:
     seed: int = 42
     device: str = "auto"
     preflight: bool = True
+    packing: bool | None = None
+    loss_kernel: str = "auto"
 
 
 @dataclass
