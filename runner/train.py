@@ -192,6 +192,11 @@ class _Run:
         if self.writer is not None:
             self.writer.write(event)
 
+    def _batching_notes(self, batching: Any) -> None:
+        """Each place the run could not pack or fuse as its defaults say, as one warning."""
+        for note in batching.notes:
+            self.emit_once(Warning_(code="batching", message=note[:1].upper() + note[1:] + "."))
+
     def emit_once(self, warning: Warning_) -> None:
         """Write `warning` unless the log already holds the same one (an earlier attempt's)."""
         if self._logged_warnings is None:
@@ -392,10 +397,12 @@ class _Run:
             TokenCounter,
             build_collator,
             build_training_args,
+            decide_batching,
             load_model,
             make_compute_metrics,
             memory_settings,
             preprocess_logits_for_metrics,
+            trainer_arguments,
             world_size,
         )
 
@@ -410,8 +417,15 @@ class _Run:
         )
         self.loading = False
         classification = cfg.model.task == "classification"
+        batching = decide_batching(cfg, self.loaded.model, device)
+        self._batching_notes(batching)
         args = build_training_args(
-            cfg, output_dir=rd.checkpoints, device=device, precision=precision, has_eval=has_eval
+            cfg,
+            output_dir=rd.checkpoints,
+            device=device,
+            precision=precision,
+            has_eval=has_eval,
+            **trainer_arguments(batching),
         )
         tokens = TokenCounter()
         self.events = EventCallback(
@@ -430,6 +444,8 @@ class _Run:
                 predicted_step_seconds=cfg.plan.predicted_step_seconds,
                 num_gpus=world_size() if device == "cuda" else 0,
                 resumed_from_step=resumed_from,
+                packing=batching.packing,
+                loss_kernel=batching.loss_kernel,
             ),
             tokens=tokens,
             stop=self.stop,
@@ -443,13 +459,15 @@ class _Run:
             args=args,
             train_dataset=train_ds,
             eval_dataset=eval_ds if has_eval else None,
-            data_collator=build_collator(cfg, tokenizer, device),
+            data_collator=build_collator(cfg, tokenizer, device, packing=batching.packing),
             processing_class=tokenizer,
             compute_metrics=make_compute_metrics(len(data.labels)) if classification else None,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics if classification else None,
             callbacks=[self.events, *self.extra],
             token_counter=tokens,
             settings_record=memory_settings(cfg),
+            packing=batching.packing,
+            causal_lm=not classification,
         )
         self.trainer.remove_callback(PrinterCallback)  # the event log replaces printed dicts
         if self.writer is not None and self.sampler is None:

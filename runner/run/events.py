@@ -105,6 +105,10 @@ class RunStarted(Event):
     predicted_peak_bytes: int | None = None
     predicted_step_seconds: float | None = None
     num_gpus: int = 1
+    #: How batches were made (`affiner.runner.training.batching`): packed rows or padded ones.
+    packing: bool | None = None
+    #: ``liger`` (fused linear cross-entropy) or ``torch``.
+    loss_kernel: str | None = None
 
 
 @dataclass

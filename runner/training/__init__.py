@@ -7,6 +7,12 @@ The only room where torch, transformers, peft and bitsandbytes are imported at m
 only the worker process imports it.
 """
 
+from affiner.runner.training.batching import (
+    Batching,
+    BatchingError,
+    decide_batching,
+    trainer_arguments,
+)
 from affiner.runner.training.callbacks import (
     CountingTrainer,
     EventCallback,
@@ -47,6 +53,8 @@ from affiner.runner.training.versions import write_command, write_versions
 __all__ = [
     "MAX_BACKOFFS",
     "BatchShape",
+    "Batching",
+    "BatchingError",
     "CardFacts",
     "CountingTrainer",
     "EventCallback",
@@ -60,6 +68,7 @@ __all__ = [
     "build_training_args",
     "changed_settings",
     "cuda_context_bytes",
+    "decide_batching",
     "free_accelerator_memory",
     "is_long_run",
     "is_oom",
@@ -74,6 +83,7 @@ __all__ = [
     "run_preflight",
     "save_merged",
     "should_preflight",
+    "trainer_arguments",
     "world_size",
     "write_batch",
     "write_command",

@@ -89,13 +89,17 @@ PROGRESS_SECONDS = 2.0
 
 
 class TokenCounter:
-    """Sums attention-mask tokens as tensors; `take()` syncs with the device once per log."""
+    """Sums real (non-padding) tokens as tensors; `take()` syncs with the device once per log."""
 
     def __init__(self) -> None:
         self._total: Any = 0
 
     def add(self, attention_mask: Any) -> None:
         self._total = self._total + attention_mask.detach().sum()
+
+    def add_count(self, tokens: int) -> None:
+        """A packed batch's tokens: its length is known on the host, no tensor to sum."""
+        self._total = self._total + tokens
 
     def take(self) -> int:
         total, self._total = self._total, 0
@@ -117,11 +121,16 @@ class CountingTrainer(Trainer):
         *args: Any,
         token_counter: TokenCounter | None = None,
         settings_record: dict[str, Any] | None = None,
+        packing: bool = False,
+        causal_lm: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.token_counter = token_counter or TokenCounter()
         self.settings_record = settings_record
+        self.packing = packing
+        self.causal_lm = causal_lm
+        self._eval_tally: list[Any] | None = None
 
     def expected_checkpoint_bytes(self) -> int:
         """The next checkpoint's size: the newest complete one's, else an estimate."""
@@ -179,7 +188,62 @@ class CountingTrainer(Trainer):
         mask = inputs.get("attention_mask")
         if mask is not None:
             self.token_counter.add(mask)
+        elif "position_ids" in inputs:  # a packed batch: every token is real
+            self.token_counter.add_count(int(inputs["input_ids"].numel()))
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if self.packing:
+            # transformers keeps packed examples apart only without a KV cache (its mask builder
+            # reads the restarting position ids only then); training never needs one
+            inputs = {**inputs, "use_cache": False}
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+    def prediction_step(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> Any:
+        """The Trainer's step, plus each batch's summed token loss for a token-weighted mean.
+
+        The Trainer averages batch means weighted by rows, so a causal LM's eval loss would
+        depend on how rows were batched (a packed batch counts as one row); summing token
+        losses gives every held-out token the same weight whatever the batching.
+        """
+        loss, logits, labels = super().prediction_step(
+            model, inputs, prediction_loss_only, ignore_keys=ignore_keys
+        )
+        if self._eval_tally is not None and loss is not None and "labels" in inputs:
+            import torch
+
+            tokens = inputs["labels"][..., 1:].ne(-100).sum().to(self._eval_tally.device)
+            summed = loss.detach().double().to(tokens.device) * tokens
+            # a batch with no loss tokens has a NaN mean; it adds nothing to the sums
+            self._eval_tally += torch.stack([torch.where(tokens > 0, summed, 0.0), tokens.double()])
+        return loss, logits, labels
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
+        """The Trainer's loop; a causal LM's loss is then the mean over held-out tokens (all
+        processes' tokens, when there are several)."""
+        import torch
+
+        if self.causal_lm:
+            self._eval_tally = torch.zeros(2, dtype=torch.float64, device=self.args.device)
+        try:
+            output = super().evaluation_loop(*args, **kwargs)
+            tally = self._eval_tally
+        finally:
+            self._eval_tally = None
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        if tally is not None and f"{prefix}_loss" in output.metrics:
+            if self.args.world_size > 1:
+                tally = self.accelerator.reduce(tally, reduction="sum")
+            summed, tokens = tally.tolist()
+            if tokens > 0:
+                output.metrics[f"{prefix}_loss"] = summed / tokens
+        return output
 
 
 class StopRequest:
@@ -227,6 +291,8 @@ class RunInfo:
     predicted_step_seconds: float | None = None
     num_gpus: int = 1
     resumed_from_step: int | None = None
+    packing: bool | None = None
+    loss_kernel: str | None = None
 
 
 class EventCallback(TrainerCallback):
@@ -334,6 +400,8 @@ class EventCallback(TrainerCallback):
                 predicted_peak_bytes=info.predicted_peak_bytes,
                 predicted_step_seconds=info.predicted_step_seconds,
                 num_gpus=info.num_gpus,
+                packing=info.packing,
+                loss_kernel=info.loss_kernel,
             ),
         )
         self.status.state = "running"

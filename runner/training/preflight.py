@@ -128,6 +128,8 @@ def memory_settings(cfg: RunConfig) -> dict[str, Any]:
         "optimizer": t.optimizer,
         "device": t.device,
         "attn_implementation": cfg.model.attn_implementation,
+        "packing": t.packing,
+        "loss_kernel": t.loss_kernel,
     }
 
 
@@ -323,6 +325,7 @@ def _measure(
     import torch
     from transformers import PrinterCallback, TrainerCallback
 
+    from affiner.runner.training.batching import decide_batching, trainer_arguments
     from affiner.runner.training.callbacks import CountingTrainer
     from affiner.runner.training.metrics import make_compute_metrics, preprocess_logits_for_metrics
     from affiner.runner.training.modeling import load_model
@@ -363,6 +366,7 @@ def _measure(
             loaded = load_model(
                 cfg, tokenizer, device=device, precision=precision, labels=list(data.labels or [])
             )
+            batching = decide_batching(cfg, loaded.model, device)
             args = build_training_args(
                 cfg,
                 output_dir=Path(tmp),
@@ -377,18 +381,21 @@ def _measure(
                 logging_strategy="no",
                 logging_first_step=False,
                 warmup_steps=0,
+                **trainer_arguments(batching),
             )
             trainer = CountingTrainer(
                 model=loaded.model,
                 args=args,
                 train_dataset=train_rows,
-                data_collator=build_collator(cfg, tokenizer, device),
+                data_collator=build_collator(cfg, tokenizer, device, packing=batching.packing),
                 processing_class=tokenizer,
                 compute_metrics=make_compute_metrics(len(data.labels)) if classification else None,
                 preprocess_logits_for_metrics=preprocess_logits_for_metrics
                 if classification
                 else None,
                 callbacks=[_Timer()],
+                packing=batching.packing,
+                causal_lm=not classification,
             )
             trainer.remove_callback(PrinterCallback)
             stage = "training"

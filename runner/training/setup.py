@@ -1,4 +1,5 @@
-"""From ``run.toml`` to the Trainer's arguments and collator (shared by training and pre-flight).
+"""From ``run.toml`` to the Trainer's arguments (shared by training and pre-flight); the collator
+is `affiner.runner.training.batching`'s.
 
 Names are mapped to transformers 5: ``eval_strategy``, ``use_cpu``, ``warmup_steps`` (a float
 below 1 is a ratio of the total steps), and optimizer names (``adamw`` → ``adamw_torch_fused``, the Trainer's own
@@ -13,7 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from affiner.runner.config import RunConfig
+from affiner.runner.training.batching import build_collator
 from affiner.runner.training.modeling import Precision
+
+__all__ = [
+    "OPTIMIZERS",
+    "build_collator",
+    "build_training_args",
+    "dataloader_workers",
+    "world_size",
+]
 
 OPTIMIZERS = {
     "adamw": "adamw_torch_fused",
@@ -115,18 +125,3 @@ def _checkpointing_kwargs(args_class: Any, enabled: bool) -> dict[str, Any]:
         else "gradient_checkpointing"
     )
     return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
-
-
-def build_collator(cfg: RunConfig, tokenizer: Any, device: str) -> Any:
-    """Pads each batch to its longest row: labels with -100 (no loss on padding) for causal LM.
-
-    On a GPU, lengths are rounded up to a multiple of 8 for tensor-core-friendly shapes.
-    """
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
-
-    multiple = 8 if device == "cuda" else None
-    if cfg.model.task == "classification":
-        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
-    return DataCollatorForSeq2Seq(
-        tokenizer, label_pad_token_id=-100, pad_to_multiple_of=multiple, padding=True
-    )
