@@ -15,30 +15,44 @@ the offset stays after the last newline, and the line is read whole on a later c
 
 Folding the effective events in order gives the same figures as a full read, because every
 figure here is a left fold (last, count, max, strict minimum); tests compare the two.
+
+A first read (a fresh ``affiner runs``) meets whole logs, nearly all ``train_log`` and ``system``
+lines. Those in the writer's own form are recognised by one pattern
+(`affiner.runner.run.canonical_lines`) instead of being decoded: of a run of them only their
+steps are read, and only the lines whose figures survive the fold (the last log, the last one
+with a loss, the last line) are decoded whole. Every other line is decoded as `EventReader`
+decodes it, in order, so skipped lines are counted and numbered as a full read counts them.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeAlias
 
+from affiner.runner.run.canonical_lines import event_lines_pattern
 from affiner.runner.run.events import (
     FILE_WARNINGS,
     LOG_SKIPPED,
     Checkpoint,
     EvalResult,
     Event,
+    Progress,
     RunFinished,
     RunStarted,
     SkippedLines,
+    SystemSample,
     TrainLog,
     Warning_,
     decode_lines,
-    effective_events,
+    dropped_by_resume,
     has_class_metrics,
+    parse_event,
+    resume_step,
 )
 
 #: Bytes kept from the start and from just before the read offset, to notice a log rewritten
@@ -143,13 +157,112 @@ _cursors: dict[str, _LogCursor] = {}
 _cursors_lock = threading.Lock()
 
 
-def _parse_lines(data: bytes, tally: EventTally) -> list[Event]:
-    """Events from complete lines, numbered on from `tally`'s count; blank, non-JSON, unknown
-    and schema-breaking lines are skipped as `EventReader` skips them, and noted in the tally."""
-    lines = data.split(b"\n")
-    events = decode_lines(lines, tally.lines + 1, tally.skipped)
-    tally.lines += len(lines)
-    return events
+#: Train logs, system samples and progress as the writer writes them (most of a log): their
+#: step and loss are read from the match, and a line is decoded only when its figures are kept.
+_WRITER_LINES = event_lines_pattern((TrainLog, SystemSample, Progress), captured=("step", "loss"))
+
+#: Consecutive lines in the writer's form, as matches of `_WRITER_LINES`.
+_Matches: TypeAlias = list[re.Match[bytes]]
+#: A block of lines in order: decoded events, and runs of lines left as matches.
+_Piece: TypeAlias = Event | _Matches
+
+
+def _pieces(data: bytes, tally: EventTally) -> list[_Piece]:
+    """The complete lines of `data` (no trailing newline), numbered on from `tally`'s count.
+
+    Runs of lines in the writer's form stay matches; the lines between them are decoded as
+    `EventReader` decodes them (blank, non-JSON, unknown and schema-breaking lines skipped
+    and noted in the tally), block by block in order, which numbers and notes them exactly
+    as one pass over every line would.
+    """
+    pieces: list[_Piece] = []
+    number = tally.lines + 1
+    run: _Matches = []
+    taken = 0  # where the next line not yet taken starts
+
+    def decode(block: bytes) -> None:
+        nonlocal number, run
+        lines = block.split(b"\n")
+        if run:
+            pieces.append(run)
+            run = []
+        pieces.extend(decode_lines(lines, number, tally.skipped))
+        number += len(lines)
+
+    # searched with a newline before and after (see `event_lines_pattern`): a match starts at
+    # the newline before its line, so in `data` its line starts at match.start()
+    framed = b"\n" + data + b"\n"
+    for match in _WRITER_LINES.finditer(framed) if _WRITER_LINES is not None else ():
+        if match.start() > taken:
+            decode(data[taken : match.start() - 1])
+        run.append(match)
+        number += 1
+        taken = match.end()
+    if taken <= len(data):
+        decode(data[taken:])
+    if run:
+        pieces.append(run)
+    tally.lines = number - 1
+    return pieces
+
+
+def _step(match: re.Match[bytes]) -> int:
+    return int(match[f"{match.lastgroup}_step"])
+
+
+def _decoded(match: re.Match[bytes]) -> Event:
+    """The event of a line in the writer's form: the schema accepts whatever the pattern does."""
+    event = parse_event(json.loads(match[match.lastgroup or 0]))
+    assert event is not None  # (a known type: the pattern names it)
+    return event
+
+
+def _absorb_run(tally: EventTally, run: _Matches) -> None:
+    """Fold a run of writer-form lines as folding each of them would.
+
+    A train log sets the latest log, the last loss (when it has one), the highest step and the
+    time; a system sample or a progress event only the time. So folding the last log with a loss, the last log and
+    the last line, in that order, and the highest step of the run, gives the same tally.
+    """
+    top: int | None = None
+    last_log = last_loss = -1
+    for index, match in enumerate(run):
+        if match.lastgroup == TrainLog.type:
+            step = int(match["train_log_step"])
+            top = step if top is None or step > top else top
+            last_log = index
+            if match["train_log_loss"] != b"null":
+                last_loss = index
+    for index in sorted({last_loss, last_log, len(run) - 1} - {-1}):
+        tally.absorb(_decoded(run[index]))
+    if top is not None:
+        tally.max_step = top if tally.max_step is None else max(tally.max_step, top)
+
+
+def _effective(pieces: list[_Piece]) -> list[_Piece]:
+    """`affiner.runner.run.events.effective_events` over pieces.
+
+    An event is dropped when some later ``run_started`` resumes from a step it names a cut for
+    (`dropped_by_resume`); a step greater than the lowest later resume step is exactly that, so
+    one walk from the end, keeping that lowest step, decides every line.
+    """
+    kept: list[_Piece] = []
+    lowest: int | None = None  # the lowest resume step after the piece at hand
+    for piece in reversed(pieces):
+        if isinstance(piece, list):
+            if lowest is not None:
+                limit = lowest
+                piece = [match for match in piece if _step(match) <= limit]
+            if piece:
+                kept.append(piece)
+            continue
+        if lowest is None or not dropped_by_resume(piece, lowest):
+            kept.append(piece)
+        cut = resume_step(piece)
+        if cut is not None:
+            lowest = cut if lowest is None else min(lowest, cut)
+    kept.reverse()
+    return kept
 
 
 def _read_on(cursor: _LogCursor, handle: BinaryIO) -> bool:
@@ -166,10 +279,13 @@ def _read_on(cursor: _LogCursor, handle: BinaryIO) -> bool:
         return True
     # a new object: a tally handed out earlier stays as it was
     tally = replace(cursor.tally, skipped=cursor.tally.skipped.copy())
-    for event in _parse_lines(complete, tally):
-        if tally.cuts(event):
+    for piece in _pieces(complete, tally):
+        if isinstance(piece, list):
+            _absorb_run(tally, piece)
+        elif tally.cuts(piece):
             return False
-        tally.absorb(event)
+        else:
+            tally.absorb(piece)
     cursor.tally = tally
     cursor.offset += len(complete) + 1
     cursor.tail = (cursor.tail + complete + b"\n")[-TAIL_BYTES:]
@@ -184,8 +300,11 @@ def _read_all(cursor: _LogCursor, handle: BinaryIO) -> None:
     cursor.offset, cursor.head, cursor.tail, cursor.tally = 0, b"", b"", EventTally()
     if not newline:
         return
-    for event in effective_events(_parse_lines(complete, cursor.tally)):
-        cursor.tally.absorb(event)
+    for piece in _effective(_pieces(complete, cursor.tally)):
+        if isinstance(piece, list):
+            _absorb_run(cursor.tally, piece)
+        else:
+            cursor.tally.absorb(piece)
     cursor.offset = len(complete) + 1
     cursor.head = (complete + b"\n")[:TAIL_BYTES]
     cursor.tail = complete[-(TAIL_BYTES - 1) :] + b"\n"
