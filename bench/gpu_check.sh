@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Everything affiner can only check on an NVIDIA GPU, in one call that fits a short lease:
 # the GPU card, the `gpu`-marked tests (NVML, CUDA context, bf16, OOM recovery and the run's own
-# out-of-memory back-off, 4-bit and 8-bit
+# out-of-memory back-off, packing and the fused loss on CUDA, 4-bit and 8-bit
 # LoRA, one real-shape cell of the peak bench) and the planner's accuracy matrix
 # (bench/memory_peak.py --device cuda), each row written to a JSONL file as soon as it is
 # measured.
 #
 #   bash bench/gpu_check.sh [RESULTS_DIR]       (default: $OUT, else bench/results/gpu)
 #
-# Wheels the GPU machine lacks (bitsandbytes, for QLoRA and 8-bit) are installed from .whl/
+# Wheels the GPU machine lacks (bitsandbytes for QLoRA and 8-bit, liger-kernel for the fused
+# loss) are installed from .whl/
 # when it holds any. DEADLINE (seconds, default 540) is the time the whole script may take:
 # the bench starts no new cell once less than a minute of it is left. A second call with the
 # same RESULTS_DIR (its memory_cuda.jsonl copied back) measures only the cells not yet done.
@@ -40,6 +41,7 @@ nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,compute_cap 
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, '· transformers', transformers.__version__, '· peft', peft.__version__)"
 
 python3 -m pytest -q -p no:cacheprovider -m gpu -o addopts="" tests/runner/test_gpu_real.py \
+  tests/runner/test_batching_gpu.py \
   tests/test_oom_backoff.py 2>&1 \
   | tee "$results/gpu-tests.log"
 tests_rc=${PIPESTATUS[0]}

@@ -16,7 +16,10 @@ C. TRL's ``SFTTrainer`` with its best single-device setting: ``packing=True`` wi
    (checked on a tiny Llama: a packed pair's logits equal the separate ones; with the cache on
    they do not).
 D. affiner's runner through its real entry point: a ``run.toml`` and ``python -m
-   affiner.runner.worker RUN_DIR``; tokens/s and times read from its ``events.jsonl``.
+   affiner.runner.worker RUN_DIR``, with the runner's defaults (micro-batches packed
+   padding-free where its probe finds the model exact, the fused loss on CUDA when liger-kernel
+   is installed); tokens/s and times read from its ``events.jsonl``, what it decided from its
+   ``run_started`` event.
 
 Why the same tokens: every way trains one epoch over the same rows, encoded once by the runner's own
 ``encode_causal`` (chat template, loss on the assistant turns only, truncated at the set's
@@ -615,7 +618,13 @@ def run_runner(spec: dict[str, Any], workdir: Path) -> WayResult:
     result.peak_rss_bytes = summary["peak_rss_bytes"]
     result.own_eval_loss = summary["eval_loss"]
     result.own_tokens_per_second = summary["median_tokens_per_second"]
-    result.settings = {"run_dir": str(run_dir), "run.toml": run_toml(spec)}
+    started = next((e for e in events if e.get("type") == "run_started"), {})
+    result.settings = {
+        "run_dir": str(run_dir),
+        "run.toml": run_toml(spec),
+        "packing": started.get("packing"),
+        "loss_kernel": started.get("loss_kernel"),
+    }
     # D's real tokens: the same rows encoded the same way, one epoch (its events give rates only).
     tokenizer, model = _load(spec["model"])
     result.real_tokens = sum(
