@@ -159,7 +159,9 @@ _cursors_lock = threading.Lock()
 
 #: Train logs, system samples and progress as the writer writes them (most of a log): their
 #: step and loss are read from the match, and a line is decoded only when its figures are kept.
-_WRITER_LINES = event_lines_pattern((TrainLog, SystemSample, Progress), captured=("step", "loss"))
+_WRITER_LINES = event_lines_pattern(
+    (TrainLog, SystemSample, Progress), captured=("t", "step", "loss")
+)
 
 #: Consecutive lines in the writer's form, as matches of `_WRITER_LINES`.
 _Matches: TypeAlias = list[re.Match[bytes]]
@@ -217,26 +219,58 @@ def _decoded(match: re.Match[bytes]) -> Event:
     return event
 
 
-def _absorb_run(tally: EventTally, run: _Matches) -> None:
-    """Fold a run of writer-form lines as folding each of them would.
+def _absorb_run(tally: EventTally, run: _Matches) -> re.Match[bytes] | None:
+    """Fold a run of writer-form lines as folding each of them would; return its last train log.
 
     A train log sets the latest log, the last loss (when it has one), the highest step and the
-    time; a system sample or a progress event only the time. So folding the last log with a loss, the last log and
-    the last line, in that order, and the highest step of the run, gives the same tally.
+    time; a system sample or a progress event only the time. Those are read from the matched
+    text as the schema would read them (``float``/``int`` of the JSON number); the latest log
+    itself is an event the caller decodes once, from the last run that has one (`_fold`).
     """
     top: int | None = None
-    last_log = last_loss = -1
-    for index, match in enumerate(run):
+    last_log: re.Match[bytes] | None = None
+    loss = b"null"
+    for match in run:
         if match.lastgroup == TrainLog.type:
             step = int(match["train_log_step"])
             top = step if top is None or step > top else top
-            last_log = index
+            last_log = match
             if match["train_log_loss"] != b"null":
-                last_loss = index
-    for index in sorted({last_loss, last_log, len(run) - 1} - {-1}):
-        tally.absorb(_decoded(run[index]))
+                loss = match["train_log_loss"]
+    if loss != b"null":
+        tally.last_loss = float(loss)
     if top is not None:
         tally.max_step = top if tally.max_step is None else max(tally.max_step, top)
+    last = run[-1]
+    tally.last_t = float(last[f"{last.lastgroup}_t"])
+    return last_log
+
+
+def _fold(tally: EventTally, pieces: list[_Piece], *, stop_at_cut: bool = False) -> bool:
+    """Fold `pieces` into `tally` in order, as folding every event would.
+
+    The newest train log of the writer's form is decoded once, at the end, unless an event
+    decoded the ordinary way came after it (it is then the latest log itself).
+
+    Args:
+        stop_at_cut: give up, returning False, at a ``run_started`` that resumes from before
+            events already counted (`EventTally.cuts`): the log must be read from the start.
+    """
+    pending: re.Match[bytes] | None = None
+    for piece in pieces:
+        if isinstance(piece, list):
+            pending = _absorb_run(tally, piece) or pending
+            continue
+        if stop_at_cut and tally.cuts(piece):
+            return False
+        if isinstance(piece, TrainLog):
+            pending = None
+        tally.absorb(piece)
+    if pending is not None:
+        latest = _decoded(pending)
+        assert isinstance(latest, TrainLog)  # (the pattern's train_log branch matched it)
+        tally.latest_log = latest
+    return True
 
 
 def _effective(pieces: list[_Piece]) -> list[_Piece]:
@@ -279,13 +313,8 @@ def _read_on(cursor: _LogCursor, handle: BinaryIO) -> bool:
         return True
     # a new object: a tally handed out earlier stays as it was
     tally = replace(cursor.tally, skipped=cursor.tally.skipped.copy())
-    for piece in _pieces(complete, tally):
-        if isinstance(piece, list):
-            _absorb_run(tally, piece)
-        elif tally.cuts(piece):
-            return False
-        else:
-            tally.absorb(piece)
+    if not _fold(tally, _pieces(complete, tally), stop_at_cut=True):
+        return False
     cursor.tally = tally
     cursor.offset += len(complete) + 1
     cursor.tail = (cursor.tail + complete + b"\n")[-TAIL_BYTES:]
@@ -300,11 +329,7 @@ def _read_all(cursor: _LogCursor, handle: BinaryIO) -> None:
     cursor.offset, cursor.head, cursor.tail, cursor.tally = 0, b"", b"", EventTally()
     if not newline:
         return
-    for piece in _effective(_pieces(complete, cursor.tally)):
-        if isinstance(piece, list):
-            _absorb_run(cursor.tally, piece)
-        else:
-            cursor.tally.absorb(piece)
+    _fold(cursor.tally, _effective(_pieces(complete, cursor.tally)))
     cursor.offset = len(complete) + 1
     cursor.head = (complete + b"\n")[:TAIL_BYTES]
     cursor.tail = complete[-(TAIL_BYTES - 1) :] + b"\n"

@@ -26,7 +26,6 @@ from rich.text import Text
 from affiner.planner.units import format_bytes, format_bytes_of, format_duration
 from affiner.runner.run import (
     CLASS_METRICS,
-    INTERRUPTED,
     RESUMABLE_STATES,
     UNKNOWN,
     Error,
@@ -45,18 +44,10 @@ from affiner.runner.run import (
     read_status_report,
     run_task,
 )
+from affiner.tui.cli.states import STATE_STYLES
 from affiner.tui.live import FileWarnings, RunHistory, downsample, drifts
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
-STATE_STYLES = {
-    "starting": "cyan",
-    "running": "bold green",
-    "finished": "bold green",
-    "failed": "bold red",
-    "stopped": "yellow",
-    INTERRUPTED: "bold yellow",
-    UNKNOWN: "dim",
-}
 #: Evaluations shown in the table (the newest; the best is always kept).
 EVAL_ROWS = 6
 #: Lines of train.log shown when a run failed.
@@ -377,7 +368,11 @@ class PlainLines:
 def _event_line(event: Event, h: RunHistory) -> str | None:
     """One plain line for an event worth one; None for the rest (samples, progress...)."""
     if isinstance(event, RunStarted):
-        return f"started: {event.method} on {event.device or 'auto'}, {event.total_steps} steps"
+        batches = f", {event.batching_words}" if event.batching_words else ""
+        return (
+            f"started: {event.method} on {event.device or 'auto'}, {event.total_steps} steps"
+            f"{batches}"
+        )
     if isinstance(event, TrainLog):
         total = event.total_steps or h.total_steps
         parts = [f"step {event.step}/{total}" if total else f"step {event.step}"]

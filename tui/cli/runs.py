@@ -360,7 +360,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def _state_cell(s: Any) -> Any:
     from rich.text import Text
 
-    from affiner.tui.cli.attach import STATE_STYLES
+    from affiner.tui.cli.states import STATE_STYLES
 
     text = Text(s.state, style=STATE_STYLES.get(s.state, ""))
     if s.warnings:
