@@ -110,6 +110,16 @@ class RunStarted(Event):
     #: ``liger`` (fused linear cross-entropy) or ``torch``.
     loss_kernel: str | None = None
 
+    @property
+    def batching_words(self) -> str:
+        """``packed batches`` / ``padded batches``, and ``fused loss``; empty for older logs."""
+        words = []
+        if self.packing is not None:
+            words.append("packed batches" if self.packing else "padded batches")
+        if self.loss_kernel == "liger":
+            words.append("fused loss")
+        return ", ".join(words)
+
 
 @dataclass
 class TrainLog(Event):

@@ -231,3 +231,19 @@ def test_a_run_packs_by_default_and_counts_its_real_tokens(
     logs = [e for e in of_type(events, "train_log") if e.get("tokens_per_second")]
     assert logs, "a packed batch has no attention mask; its tokens must still be counted"
     assert of_type(events, "eval") and of_type(events, "eval")[-1]["loss"] > 0
+
+
+def test_the_run_log_says_how_batches_were_made() -> None:
+    from affiner.runner.run.events import RunStarted
+    from affiner.tui.widgets.run_log import event_line
+
+    packed = RunStarted(
+        method="lora", device="cpu", total_steps=9, packing=True, loss_kernel="torch"
+    )
+    assert event_line(packed) == "started: lora on cpu · 9 steps · packed batches"
+    fused = RunStarted(
+        method="lora", device="cuda", total_steps=9, packing=False, loss_kernel="liger"
+    )
+    assert event_line(fused).endswith("· padded batches, fused loss")
+    older = RunStarted(method="lora", device="cpu", total_steps=9)  # a log from before packing
+    assert event_line(older) == "started: lora on cpu · 9 steps"

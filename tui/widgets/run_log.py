@@ -78,7 +78,8 @@ def event_line(event: Event, *, language_model: bool = True) -> str | None:
         ]
         what = " ".join(p for p in parts if p)
         rows = f", {event.train_rows:,} training rows" if event.train_rows else ""
-        return f"started: {what} · {event.total_steps} steps{rows}"
+        batches = f" · {event.batching_words}" if event.batching_words else ""
+        return f"started: {what} · {event.total_steps} steps{rows}{batches}"
     if isinstance(event, Preflight):
         adjusted = (
             f" · adjusted to micro-batch {event.micro_batch} × {event.grad_accum}"
