@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import warnings
@@ -60,26 +61,59 @@ def provision(ref: str | OfflineModel, *, progress: ProgressFn | None = None) ->
     return _convert_gguf(model, progress or (lambda stage, done: None))
 
 
-def named_folder(model: OfflineModel, folder: Path) -> Path:
-    """`folder` under the model's own name in affiner's cache (a symbolic link), if possible.
+#: Written last into a copied model folder: its presence says the copy is whole, and it names
+#: the files and sizes copied, so a package upgrade that changes them is copied again.
+COPY_MARKER = ".affiner-copy.json"
 
-    A folder model lives inside its package as ``.../model``; runs, the runs list and the
-    model card name a model by its folder, so a link called ``all-minilm-l6-v2`` reads better
-    than ``model``. Where links cannot be made, the package folder itself is returned.
+
+def named_folder(model: OfflineModel, folder: Path) -> Path:
+    """`folder`'s files under the model's own name in affiner's cache: hard links where the
+    cache and the package share a filesystem, copies elsewhere.
+
+    A folder model lives inside its package as ``.../model``; runs, the runs list and the model
+    card name a model by its folder, so ``all-minilm-l6-v2`` reads better than ``model``. It is
+    never a symbolic link into the package: the cache is shared by every virtual environment,
+    and a link into one of them breaks the others the day that one is deleted (a link left by
+    an older affiner is replaced). The copy is made in a temporary folder and renamed into
+    place, so a reader never sees half of it. Where nothing can be written, the package folder
+    itself is returned.
     """
-    link = cache_dir() / "models" / model.key
+    import json
+
+    target = cache_dir() / "models" / model.key
+    manifest = {
+        str(path.relative_to(folder)): path.stat().st_size
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
     try:
-        if link.is_symlink() and link.resolve() == folder.resolve():
-            return link
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if link.is_symlink():
-            link.unlink()  # left by an older install of the package
-        if not link.exists():
-            link.symlink_to(folder, target_is_directory=True)
-            return link
+        if target.is_dir() and not target.is_symlink():
+            marker = target / COPY_MARKER
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads(marker.read_text("utf-8")).get("files") == manifest:
+                    return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{model.key}-", dir=target.parent))
+        try:
+            for name in manifest:
+                source, copy = folder / name, staging / name
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(source, copy)  # same filesystem: no second copy of the bytes
+                except OSError:
+                    shutil.copy2(source, copy)
+            record = {"source": str(folder), "files": manifest}
+            (staging / COPY_MARKER).write_text(json.dumps(record, indent=1), "utf-8")
+            if target.is_symlink() or target.is_file():
+                target.unlink()  # a link left by an older affiner
+            elif target.exists():
+                shutil.rmtree(target)  # a copy of another version, or a cut one
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
     except OSError:
-        pass
-    return folder
+        return folder
 
 
 @contextlib.contextmanager
