@@ -383,12 +383,35 @@ def data_summary(preset: DemoPreset, data: DemoData) -> list[str]:
                 f"{name} labels: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
             )
         if train:
-            lines.append(f"example: {_clip(train[0]['text'])!r} → {train[0]['label']}")
+            row = representative_row(train, lambda r: str(r["text"]))
+            lines.append(f"example: {_clip(row['text'])!r} → {row['label']}")
     elif train:
-        turns = train[0]["messages"]
+        turns = representative_row(train, lambda r: str(r["messages"][1]["content"]))["messages"]
         lines.append(f"example: user {_clip(turns[0]['content'])!r}")
         lines.append(f"         assistant {_clip(turns[1]['content'])!r}")
     return lines
+
+
+def representative_row(rows: list[dict[str, Any]], words_of: Callable[[dict], str]) -> dict:
+    """The row to show as the data's example: of typical length, and a whole sentence.
+
+    The first row is whatever the shuffle left there ("how far is the sun" → "it"); a row of
+    the median word count, among those that read as a sentence (a question for chat, at least
+    four words), shows what the data is like. Deterministic: ties go to the earlier row.
+    """
+    sample = rows[:500]
+    counts = sorted(len(words_of(r).split()) for r in sample)
+    median = counts[len(counts) // 2]
+
+    def sentence(row: dict[str, Any]) -> bool:
+        text = words_of(row).strip()
+        if len(text.split()) < 4 or not text[:1].isalpha():
+            return False
+        messages = row.get("messages")
+        return not messages or str(messages[0]["content"]).strip().endswith("?")
+
+    fitting = [r for r in sample if sentence(r)] or sample
+    return min(fitting, key=lambda r: abs(len(words_of(r).split()) - max(median, 4)))
 
 
 def plan_summary(report: Any, candidate: Any) -> list[str]:
