@@ -8,7 +8,7 @@ translation.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from affiner.planner.errors import AffinerError
 from affiner.planner.vocabulary import (
@@ -27,6 +27,12 @@ from affiner.planner.vocabulary import (
 ATTENTIONS = ("sdpa", "eager", "flash_attention_2")
 SHARDINGS = ("none", "ddp", "fsdp", "zero2", "zero3")
 ALL_LINEAR = ("all-linear",)
+#: How the loss is computed once resolved: torch's cross-entropy over the full logits, or
+#: liger-kernel's fused linear cross-entropy (CUDA only), which never holds them.
+LOSS_KERNELS = ("torch", "liger")
+#: What run.toml's ``[training].loss_kernel`` may say: ``auto`` resolves to one of `LOSS_KERNELS`.
+LOSS_KERNEL_SETTINGS = ("auto", "liger", "torch")
+LossKernel = Literal["torch", "liger"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,16 @@ class TrainSettings:
         num_gpus: devices the run is spread over.
         sharding: ``none``/``ddp`` (replicas), ``fsdp``/``zero3`` (shard everything),
             ``zero2`` (shard gradients and optimizer state).
+        packing: a micro-batch's rows are joined into one padding-free row whose position ids
+            restart per example (transformers' ``DataCollatorWithFlattening``): it costs its
+            real tokens (`micro_batch_tokens`), not rows x `seq_len`, and attention runs over
+            the whole pack. Not `padded`: a pack has no padding, though sdpa and eager still
+            see a block-diagonal mask when it holds more than one example.
+        loss_kernel: ``torch`` (the full tokens x vocabulary logits, upcast to fp32) or
+            ``liger`` (fused linear cross-entropy, chunk by chunk: no full logits).
+        longest_rows: the data's longest rows in tokens, longest first (as many as the largest
+            micro-batch); a pack is planned as the `micro_batch` longest of them. Empty when
+            the data is unknown: every row is then planned at `seq_len`.
     """
 
     method: Method = "lora"
@@ -73,6 +89,9 @@ class TrainSettings:
     trainable_layers: int = 2
     num_gpus: int = 1
     sharding: str = "none"
+    packing: bool = False
+    loss_kernel: LossKernel = "torch"
+    longest_rows: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         checks = (
@@ -82,6 +101,7 @@ class TrainSettings:
             ("optimizer", self.optimizer, OPTIMIZERS),
             ("attention", self.attention, ATTENTIONS),
             ("sharding", self.sharding, SHARDINGS),
+            ("loss_kernel", self.loss_kernel, LOSS_KERNELS),
         )
         for key, value, allowed in checks:
             if value not in allowed:
@@ -118,6 +138,38 @@ class TrainSettings:
         return self.micro_batch * self.seq_len * self.grad_accum * self.num_gpus
 
     @property
+    def micro_batch_tokens(self) -> int:
+        """Tokens in the largest micro-batch one device runs.
+
+        Padded, every row is planned at `seq_len` (today's figure). Packed, the worst pack is
+        the `micro_batch` longest rows of the data, each cut at `seq_len`; with no lengths
+        known it is `micro_batch` full rows, the most a pack can hold.
+        """
+        if not self.packing or not self.longest_rows:
+            return self.micro_batch * self.seq_len
+        return sum(min(n, self.seq_len) for n in self.longest_rows[: self.micro_batch])
+
+    @property
+    def pack_examples(self) -> int:
+        """Examples in the largest pack (1 when not packed): above 1, sdpa and eager get a mask."""
+        if not self.packing:
+            return 1
+        if self.longest_rows:
+            return max(1, min(self.micro_batch, len(self.longest_rows)))
+        return self.micro_batch
+
+    @property
+    def masked_pack(self) -> bool:
+        """A pack whose attention goes through a (tokens x tokens) block-diagonal mask.
+
+        transformers builds it from the restarting position ids for sdpa and eager; torch's
+        SDPA turns the bool mask into one of the query's dtype at every layer and keeps it for
+        backward, and takes no grouped-query shortcut with a mask. FlashAttention's varlen
+        kernels need no mask.
+        """
+        return self.pack_examples > 1 and self.attention != "flash_attention_2"
+
+    @property
     def effective_batch(self) -> int:
         return self.micro_batch * self.grad_accum * self.num_gpus
 
@@ -128,5 +180,6 @@ class TrainSettings:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["lora_targets"] = list(self.lora_targets)
+        data["longest_rows"] = list(self.longest_rows)
         data["effective_quantization"] = self.effective_quantization
         return data

@@ -8,6 +8,13 @@ An estimate, always labelled as one. The arithmetic:
   lower blocks 2N (no backward at all below the first trainable block).
 - Attention scores add 2·2·layers·seq·(heads·head_dim) per token forward (QKᵀ and AV), halved
   for causal flash kernels, and three times that for forward plus backward.
+- Packing (`TrainSettings.packing`) computes a row's real tokens, not `seq_len` of them: the
+  mean row length comes from the data (train_tokens over train_rows). Attention then runs over
+  the whole pack: with sdpa or eager a block-diagonal mask makes it the pack's length, every
+  block computed (a mask stops a kernel skipping the causal half); FlashAttention's varlen
+  kernels attend within each example. Unpacked, every row is counted at `seq_len`.
+- The fused loss (liger) computes the same head matmuls chunk by chunk; the plan credits it
+  with `LIGER_HEAD_SPEEDUP` on the head's share of the FLOPs (liger's published gain).
 - Gradient checkpointing recomputes each block's forward once more in backward.
 - Utilisation (model FLOPs utilisation, MFU) is an assumption, shown with every estimate:
   `MFU` below; bitsandbytes' 4-bit and int8 matmuls dequantize weights on the fly, which
@@ -44,6 +51,10 @@ CPU_EFFICIENCY = 0.45
 QUANT_SLOWDOWN = {"nf4": 1.30, "fp4": 1.30, "int8": 1.6}
 #: Multi-GPU scaling efficiency per extra device (communication not hidden by compute).
 SCALING = 0.92
+#: Throughput of the vocabulary head under liger's fused linear cross-entropy over torch's
+#: logits-then-loss (liger-kernel reports about 20% more on Llama-3-8B): the upcast, the
+#: log-softmax and their gradients no longer make round trips through memory.
+LIGER_HEAD_SPEEDUP = 1.2
 
 # The per-step floor. Eager PyTorch dispatches every op from Python: a few microseconds of CPU
 # time per kernel launch, 5-25 µs with autograd bookkeeping (the dispatcher's layers, then
@@ -111,13 +122,39 @@ class TimeEstimate:
         return asdict(self) | {"is_estimate": True}
 
 
-def flops_per_token(spec: ModelSpec, settings: TrainSettings) -> float:
-    """Training FLOPs per token for `settings` (see the module docstring)."""
+def mean_row_tokens(
+    settings: TrainSettings, train_tokens: int | None, train_rows: int | None
+) -> float | None:
+    """The data's mean tokens a row, each cut at `seq_len` (None when the data is unknown)."""
+    if not train_tokens or not train_rows:
+        return None
+    return min(train_tokens / train_rows, float(settings.seq_len))
+
+
+def attention_span(settings: TrainSettings, row_tokens: float | None = None) -> float:
+    """Keys a query attends over, on average: the row, or the whole pack behind a mask."""
+    row = settings.seq_len if row_tokens is None else row_tokens
+    if settings.packing and settings.masked_pack:
+        return row * settings.micro_batch
+    return row
+
+
+def flops_per_token(
+    spec: ModelSpec, settings: TrainSettings, *, row_tokens: float | None = None
+) -> float:
+    """Training FLOPs per token for `settings` (see the module docstring).
+
+    `row_tokens` is the mean real length of a packed row (`mean_row_tokens`); None counts
+    every row at `seq_len`.
+    """
     n = spec.active_params
     layers = max(spec.num_layers, 1)
     q_dim = spec.num_attention_heads * spec.head_dim
     causal = 0.5 if (spec.is_decoder and settings.attention != "eager") else 1.0
-    attn_fwd = 4 * layers * settings.seq_len * q_dim * causal
+    if settings.packing and settings.masked_pack:
+        causal = 1.0  # an explicit mask: every block of scores is computed
+    span = attention_span(settings, row_tokens if settings.packing else None)
+    attn_fwd = 4 * layers * span * q_dim * causal
     if settings.method == "full":
         flops = 6 * n + 3 * attn_fwd
         recompute = 2 * n + attn_fwd
@@ -136,6 +173,10 @@ def flops_per_token(spec: ModelSpec, settings: TrainSettings) -> float:
         recompute = 2 * n + attn_fwd
     if settings.gradient_checkpointing:
         flops += recompute
+    if settings.loss_kernel == "liger" and spec.has_lm_head:
+        head_trains = settings.method in ("full", "freeze")
+        head = (6 if head_trains else 4) * spec.vocab_size * spec.hidden_size
+        flops -= head * (1 - 1 / LIGER_HEAD_SPEEDUP)
     return float(flops)
 
 
@@ -161,14 +202,34 @@ def estimate_time(
 
     Args:
         train_tokens: tokens in the training set (padded to `settings.seq_len` per row when
-            only `train_rows` is known).
+            only `train_rows` is known); with both, a packed run computes their mean a row.
         train_rows: rows in the training set.
         epochs: passes over the data.
     """
-    per_token = flops_per_token(spec, settings)
+    row = mean_row_tokens(settings, train_tokens, train_rows) if settings.packing else None
+    per_token = flops_per_token(spec, settings, row_tokens=row)
     tokens = settings.tokens_per_step
-    peak = _peak(device, settings)
     notes = []
+    if settings.packing and row is not None:
+        tokens = max(1, round(tokens * row / settings.seq_len))
+        notes.append(
+            f"packed: rows average {row:.0f} of {settings.seq_len} tokens, so a step computes "
+            f"{1 - row / settings.seq_len:.0%} fewer tokens than rows padded to {settings.seq_len}"
+        )
+    elif settings.packing:
+        notes.append(
+            f"packed, data lengths unknown: every row counted at {settings.seq_len} tokens"
+        )
+    if settings.packing and settings.masked_pack:
+        notes.append(
+            f"{settings.attention} attention spans the whole pack of {settings.micro_batch} rows "
+            "(a block-diagonal mask), so its cost grows with the pack"
+        )
+    if settings.loss_kernel == "liger":
+        notes.append(
+            f"fused loss (liger): the head's matmuls counted {LIGER_HEAD_SPEEDUP - 1:.0%} faster"
+        )
+    peak = _peak(device, settings)
     if device.is_cpu:
         util = CPU_EFFICIENCY
         what = "measured on this machine" if device.measured else "estimated for this CPU"

@@ -270,8 +270,16 @@ def block_bytes(
             nothing below it trains).
     """
     t = traits(spec)
-    bsz, seq = settings.micro_batch, settings.seq_len
+    # a pack is one row of all its examples' tokens: attention spans the whole of it
+    bsz, seq = (
+        (1, settings.micro_batch_tokens)
+        if settings.packing
+        else (settings.micro_batch, settings.seq_len)
+    )
     tokens = bsz * seq
+    # a padding mask, or a pack's block-diagonal one: k/v repeated to every head, and SDPA
+    # keeps the mask in the query's dtype at every layer (`TrainSettings.masked_pack`)
+    masked = settings.padded or settings.masked_pack
     b = BYTES[settings.compute_dtype]
     r = stream_bytes(settings)
     autocast = settings.precision in ("bf16", "fp16")
@@ -299,14 +307,14 @@ def block_bytes(
     out["attn_input"] = readers * tokens * h * b if (trainable or lora_keeps_in) else 0
 
     kernel = attention_kernel(spec, settings, device_kind)
-    heads_kv = nh if (settings.padded or kernel == "math") and not t.mqa_broadcast else nkv
+    heads_kv = nh if (masked or kernel == "math") and not t.mqa_broadcast else nkv
     kv_term = 2 * tokens * heads_kv * hd * b
     if kernel == "flash":
         out["sdpa"] = tokens * q_dim * b * 2 + kv_term + bsz * nh * seq * 4
         if spec.model_type == "phi3":
             # phi3's attention output reaches o_proj as its own copy, not SDPA's output storage
             out["sdpa"] += tokens * q_dim * b
-        if settings.padded:
+        if masked:
             out["attn_mask"] = bsz * seq * seq * b
     else:
         probs = bsz * nh * seq * seq
@@ -395,7 +403,7 @@ def estimate_activations(
 ) -> ActivationEstimate:
     """Saved-for-backward bytes of one micro-batch on `device_kind` (``cuda`` or ``cpu``)."""
     t = traits(spec)
-    tokens = settings.micro_batch * settings.seq_len
+    tokens = settings.micro_batch_tokens
     b = BYTES[settings.compute_dtype]
     h, layers = spec.hidden_size, spec.num_layers
     method = settings.method
@@ -450,6 +458,10 @@ def estimate_activations(
         kept = blocks * tokens * h * r + final + embed
         if settings.padded:
             kept += settings.micro_batch * settings.seq_len  # the boolean mask, shared
+        elif settings.masked_pack:
+            # the pack's block-diagonal mask, shared by the blocks and kept as their input:
+            # bool for sdpa, the stream's dtype for eager's additive mask
+            kept += tokens * tokens * (1 if settings.attention == "sdpa" else r)
         recompute = per_block
         details["checkpoint_inputs"] = blocks * tokens * h * r
     else:
@@ -464,6 +476,12 @@ def estimate_activations(
     logits_forward = vocab_elems * (b + (4 if b != 4 else 0) + 4)
     if t.logit_softcap:
         logits_forward += vocab_elems * b
+    if settings.loss_kernel == "liger" and spec.has_lm_head:
+        fused = fused_loss_bytes(spec, tokens, r)
+        details.update({f"fused_loss.{k}": v for k, v in fused.items()})
+        logits_saved = fused["saved"]
+        logits_peak = fused["saved"]
+        logits_forward = fused["saved"] + fused["chunk"]
     return ActivationEstimate(
         kept=kept,
         recompute=recompute,
@@ -473,3 +491,29 @@ def estimate_activations(
         per_block=per_block,
         details=details | {f"block.{k}": v for k, v in per_block_terms.items()},
     )
+
+
+def fused_loss_bytes(spec: ModelSpec, tokens: int, input_bytes: int) -> dict[str, int]:
+    """What liger-kernel's fused linear cross-entropy holds instead of the full logits.
+
+    It computes the loss and its gradients during the forward, chunk by chunk: each chunk is
+    ``next_pow2(ceil(tokens / ceil(vocab / hidden)))`` tokens, so a chunk's logits are about as
+    large as the hidden states. A chunk's logits (in the input's dtype) become their own
+    gradient in place, with a matmul's working copy beside them; what is kept for backward is
+    the input's gradient (tokens x hidden) and the per-token loss (fp32). The head weight's
+    gradient, when the head trains, is the gradient the memory model already counts.
+
+    Args:
+        tokens: tokens in the micro-batch.
+        input_bytes: bytes per element of the last hidden states (the residual stream's).
+
+    Returns:
+        ``chunk`` (the forward's vocabulary-sized working set) and ``saved`` (kept for backward).
+    """
+    h, vocab = max(spec.hidden_size, 1), spec.vocab_size
+    per_chunk = -(-tokens // max(1, -(-vocab // h)))
+    chunk_tokens = min(tokens, 1 << max(per_chunk - 1, 0).bit_length())
+    return {
+        "chunk": 2 * chunk_tokens * vocab * input_bytes,
+        "saved": tokens * h * input_bytes + tokens * 4,
+    }
