@@ -13,6 +13,7 @@ from typing import Any
 
 from affiner.planner import explain
 from affiner.planner.hardware import DeviceTarget
+from affiner.planner.levers import LEVERS
 from affiner.planner.memory import MemoryEstimate, estimate_memory, quantizable_params
 from affiner.planner.models import ModelSpec, has_fused_experts
 from affiner.planner.plan_request import (
@@ -65,6 +66,9 @@ class Candidate:
 
     Attributes:
         stated: the settings (`SETTING_FIELDS`) the request stated: planned as they are.
+        stated_levers: ``packing`` and ``loss_kernel`` as the request stated them, in
+            run.toml's words (``loss_kernel: "auto"`` stays ``auto``): what a saved run.toml
+            writes, so that an unstated one is left to the run to decide.
         chosen: the settings the planner chose, each with why (``"it fits without"``).
         alternatives: plans that would fit with stated settings given up (when this does not).
     """
@@ -77,6 +81,7 @@ class Candidate:
     stated: frozenset[str] = frozenset()
     chosen: dict[str, str] = field(default_factory=dict)
     alternatives: list[Alternative] = field(default_factory=list)
+    stated_levers: dict[str, Any] = field(default_factory=dict)
 
     @property
     def method(self) -> str:
@@ -118,6 +123,10 @@ class Candidate:
             "lora_alpha": s.lora_alpha if s.uses_lora else None,
             "lora_dropout": s.lora_dropout if s.uses_lora else None,
             "trainable_layers": s.trainable_layers if s.method == "freeze" else None,
+            "packing": s.packing,
+            "loss_kernel": s.loss_kernel,
+            "micro_batch_tokens": s.micro_batch_tokens,
+            "stated_levers": dict(self.stated_levers),
             "stated": sorted(self.stated),
             "chosen": dict(self.chosen),
             "alternatives": [a.to_json() for a in self.alternatives],
@@ -140,6 +149,8 @@ def _label(name: str, s: TrainSettings) -> str:
         "lora_alpha": f"LoRA alpha {s.lora_alpha}",
         "lora_dropout": f"LoRA dropout {s.lora_dropout:g}",
         "trainable_layers": f"{s.trainable_layers} trainable layers",
+        "packing": f"packing {on_off[s.packing]}",
+        "loss_kernel": f"loss kernel {s.loss_kernel}",
     }[name]
 
 
@@ -218,6 +229,11 @@ def _candidate(
                 w.replace(f"precision {s.precision}", f"precision auto ({s.precision})")
                 for w in words
             ]
+        if request.loss_kernel == "auto":
+            words = [
+                w.replace(f"loss kernel {s.loss_kernel}", f"loss kernel auto ({s.loss_kernel})")
+                for w in words
+            ]
         reasons.append("as stated: " + ", ".join(words))
     notable = set()
     if s.gradient_checkpointing and ok and "gradient_checkpointing" in chosen:
@@ -274,7 +290,8 @@ def _candidate(
     if s.precision == "fp16" and request.precision in (None, "auto"):
         reasons.append("fp16 with loss scaling: this GPU has no bf16")
     reasons.extend(time_reasons(t))
-    return Candidate(s, est, t, ok, reasons, frozenset(stated), chosen, found)
+    levers = {f: getattr(request, f) for f in LEVERS if getattr(request, f) is not None}
+    return Candidate(s, est, t, ok, reasons, frozenset(stated), chosen, found, levers)
 
 
 def time_reasons(t: TimeEstimate) -> list[str]:

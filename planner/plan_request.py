@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from affiner.planner.errors import AffinerError
+from affiner.planner.levers import check_words
 from affiner.planner.models import ModelSpec, has_fused_experts
 from affiner.planner.sequence_fit import SAFETY_MARGIN
 from affiner.planner.settings import ATTENTIONS, TrainSettings
@@ -23,6 +24,7 @@ from affiner.planner.vocabulary import (
     OPTIMIZERS,
     PRECISION_SETTINGS,
     QUANTIZATIONS,
+    TASKS,
     Method,
     Optimizer,
     PrecisionSetting,
@@ -44,6 +46,8 @@ SETTING_FIELDS = (
     "lora_alpha",
     "lora_dropout",
     "trainable_layers",
+    "packing",
+    "loss_kernel",
 )
 #: Stated settings an alternative may hand back to the planner, in the order they are tried.
 RELAXABLE = ("gradient_checkpointing", "optimizer", "precision", "micro_batch")
@@ -79,6 +83,13 @@ class PlanRequest:
         lora_alpha: LoRA's alpha (None: twice the rank). lora_dropout: None: 0.05 (0 for
             fused experts, which peft adapts without dropout).
         trainable_layers: blocks freeze trains (None: a quarter of them, 1 to 8).
+        packing: padding-free packed micro-batches on or off; None: as the run decides
+            (`affiner.planner.levers.resolve_packing`: on for a causal LM).
+        loss_kernel: ``auto``, ``liger`` or ``torch``; None is ``auto``: liger on a CUDA
+            device where liger-kernel is installed, else torch.
+        task: ``causal_lm`` or ``classification`` (None: what the model's head trains).
+        longest_rows: the data's longest rows in tokens, longest first (None: unknown); a
+            packed micro-batch is planned as the `micro_batch` longest.
         measured_step_seconds: one optimizer step of this request's own settings as measured
             on this device (a pre-flight's, or a run's median), for `method`; every
             candidate's time is then scaled by it (`affiner.planner.timing.calibrate`).
@@ -111,6 +122,10 @@ class PlanRequest:
     lora_alpha: int | None = None
     lora_dropout: float | None = None
     trainable_layers: int | None = None
+    packing: bool | None = None
+    loss_kernel: str | None = None
+    task: str | None = None
+    longest_rows: tuple[int, ...] | None = None
     measured_step_seconds: float | None = None
     measured_step_source: str = "a measured step"
     measured_step_estimate: float | None = None
@@ -149,6 +164,15 @@ class PlanRequest:
                     "weights, which cannot be quantized",
                     where="--quantization",
                 )
+        check_words(self.packing, self.loss_kernel)
+        if self.task is not None and self.task not in TASKS:
+            raise AffinerError(
+                f"unknown task {self.task!r}",
+                hint=f"use one of: {', '.join(TASKS)}",
+                where="--task",
+            )
+        if self.longest_rows is not None:
+            self.longest_rows = tuple(sorted((int(n) for n in self.longest_rows), reverse=True))
         if self.lora_targets is not None and not any(t.strip() for t in self.lora_targets):
             raise AffinerError(
                 "no LoRA target modules", hint="all-linear or q_proj,v_proj,...", where="--targets"
@@ -193,6 +217,7 @@ class PlanRequest:
 def _applies(s: TrainSettings) -> set[str]:
     """The `SETTING_FIELDS` that mean something for `s`'s method."""
     out = {"micro_batch", "precision", "optimizer", "gradient_checkpointing", "attention"}
+    out |= {"packing", "loss_kernel"}  # a stated one that cannot apply is refused up front
     if s.uses_lora:
         out |= {"lora_targets", "lora_rank", "lora_alpha", "lora_dropout"}
     if s.method == "freeze":

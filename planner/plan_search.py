@@ -10,6 +10,7 @@ when nothing fits without it; `_search` takes the first variant that fits.
 from __future__ import annotations
 
 from affiner.planner.hardware import DeviceTarget
+from affiner.planner.levers import resolve_loss_kernel, resolve_packing
 from affiner.planner.memory import MemoryEstimate, estimate_memory
 from affiner.planner.models import ModelSpec, has_fused_experts
 from affiner.planner.plan_request import PlanRequest
@@ -64,6 +65,9 @@ def _base_settings(
     if method not in QUANTIZED_METHODS and not (method == "lora" == request.method):
         quantization = "none"
     return TrainSettings(
+        packing=resolve_packing(spec, request),
+        loss_kernel=resolve_loss_kernel(spec, device, request),
+        longest_rows=request.longest_rows or (),
         method=method,
         precision=default_precision(device, request.precision),
         quantization=quantization,
@@ -123,7 +127,7 @@ def _sized(
                 micro_batch=mb,
                 grad_accum=accum,
                 gradient_checkpointing=checkpointing,
-                padded=mb > 1,
+                padded=mb > 1 and not settings.packing,
             )
             est = estimate_memory(spec, s, device, steps=_steps(request, s))
             if est.peak_bytes <= usable:
@@ -133,7 +137,7 @@ def _sized(
         micro_batch=mb,
         grad_accum=max(1, -(-target // (mb * settings.num_gpus))),
         gradient_checkpointing=checkpointings[-1],
-        padded=mb > 1,
+        padded=mb > 1 and not settings.packing,
     )
     return s, estimate_memory(spec, s, device, steps=_steps(request, s)), False
 
@@ -174,11 +178,13 @@ def longest_sequence_for(
     and the margin is the request's.
     """
     mb = request.micro_batch or 1
+    # the longest row the memory allows, not the data's: a pack is `micro_batch` full rows
     ways = [
         v.with_(
             micro_batch=mb,
             grad_accum=max(1, -(-request.target_batch // (mb * v.num_gpus))),
-            padded=mb > 1,
+            padded=mb > 1 and not v.packing,
+            longest_rows=(),
         )
         for v in _variants(_base_settings(spec, device, request, method), request)
     ]

@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from affiner.planner import explain
+from affiner.planner import explain, levers
 from affiner.planner.hardware import DeviceTarget
 from affiner.planner.memory import estimate_memory
 from affiner.planner.models import ModelSpec
@@ -37,7 +37,7 @@ from affiner.planner.plan_candidates import _candidate, _costlier_than_lora, tim
 from affiner.planner.plan_request import _check_lora
 from affiner.planner.plan_search import _takes_quantization
 from affiner.planner.sequence_fit import max_seq_len, usable_memory
-from affiner.planner.timing import calibrate
+from affiner.planner.timing import calibrate, mean_row_tokens
 from affiner.planner.units import format_bytes, format_duration
 from affiner.planner.vocabulary import QUANTIZED_METHODS, Method
 
@@ -55,6 +55,9 @@ from affiner.planner.plan_search import (  # isort: skip
 )
 
 QUALITY_ORDER: tuple[Method, ...] = ("full", "lora", "lora8", "qlora", "freeze")
+#: A packed step this much slower than the same plan padded is worth a note (estimate noise
+#: is smaller than this between two settings of one model on one device).
+SLOWER_BY = 0.10
 
 
 @dataclass
@@ -106,6 +109,7 @@ def plan(spec: ModelSpec, device: DeviceTarget, request: PlanRequest) -> PlanRep
     """Size every method (or the forced one) for `device`, rank them and choose one."""
     usable = usable_memory(device, request.safety_margin)
     _check_lora(spec, request)
+    levers.check_levers(spec, device, request)
     methods = [request.method] if request.method else list(QUALITY_ORDER)
     if not spec.is_decoder:
         methods = [m for m in methods if m not in QUANTIZED_METHODS] or methods
@@ -148,11 +152,71 @@ def plan(spec: ModelSpec, device: DeviceTarget, request: PlanRequest) -> PlanRep
                 other.reasons.append("fits too, ranked lower")
     else:
         report.suggestions = suggestions(spec, device, request, candidates)
+    _explain_levers(spec, device, request, methods, report, usable)
     if device.is_cpu:
         report.notes.extend(
             cpu_notes(spec, request, candidates[chosen] if chosen is not None else None)
         )
     return report
+
+
+def _explain_levers(
+    spec: ModelSpec,
+    device: DeviceTarget,
+    request: PlanRequest,
+    methods: list[str],
+    report: PlanReport,
+    usable: int,
+) -> None:
+    """Say what packing and the fused loss do for the recommendation, planned once without them.
+
+    The same methods are sized again with padded batches and torch's loss; where that changes
+    what is recommended (a better method, no checkpointing, a larger micro-batch) the chosen
+    plan's reasons say the levers are why. Where padded batches would do better (a pack's
+    mask is quadratic in its tokens), the report says so and how to plan it, since the run
+    packs unless told not to.
+    """
+    on = [c for c in report.candidates if c.settings.packing or c.settings.loss_kernel == "liger"]
+    if not on:
+        return
+    plain_request = levers.without_levers(request)
+    plain = [
+        _candidate(spec, device, plain_request, m, usable, alternatives=False) for m in methods
+    ]
+    plain_index = _choose(plain, request.priority)
+    plain_best = plain[plain_index] if plain_index is not None else None
+    best = report.best
+    rows = mean_row_tokens(on[0].settings, request.train_tokens, request.train_rows)
+    same = None
+    if best is not None:
+        same = next((c for c in plain if c.method == best.method), None)
+        words = levers.lever_reasons(spec, device, best, same, plain_best, row_tokens=rows)
+        at = 0  # after "recommended: ..." and "preferred over ...", before the figures
+        while at < len(best.reasons) and best.reasons[at].startswith(("recommended", "preferred")):
+            at += 1
+        best.reasons[at:at] = words
+    packed = best.settings.packing if best is not None else on[0].settings.packing
+    if not packed:
+        return
+    if plain_best is not None and _better(plain_best, best):
+        report.notes.append(levers.hurts_text(plain_best))
+    elif best is not None and same is not None and same.fits:
+        fast, slow = same.time.step_seconds, best.time.step_seconds
+        if fast is not None and slow is not None and fast < slow * (1 - SLOWER_BY):
+            report.notes.append(levers.slower_text(best, same))
+
+
+def _better(plain: Candidate, chosen: Candidate | None) -> bool:
+    """`plain` (padded, torch's loss) is a better plan than `chosen` for quality's sake."""
+    if chosen is None:
+        return True
+    rank = QUALITY_ORDER.index
+    if rank(plain.method) != rank(chosen.method):
+        return rank(plain.method) < rank(chosen.method)
+    a, b = plain.settings, chosen.settings
+    return (b.gradient_checkpointing and not a.gradient_checkpointing) or (
+        a.gradient_checkpointing == b.gradient_checkpointing and a.micro_batch > b.micro_batch
+    )
 
 
 def _calibrate(candidates: list[Candidate], device: DeviceTarget, request: PlanRequest) -> None:
