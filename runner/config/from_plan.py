@@ -2,7 +2,8 @@
 
 The candidate is read by attribute (method, quantization, precision, optimizer,
 gradient_checkpointing, micro_batch, grad_accum, seq_len, lora_rank, peak_bytes,
-step_seconds, settings), so any object with those names works: the planner's `Candidate`,
+step_seconds, settings; packing and loss_kernel only as stated, `_stated_levers`), so any
+object with those names works: the planner's `Candidate`,
 a test double, or a namespace built by a script. The planner spells methods, quantizations,
 precisions and optimizers as run.toml does (`affiner.planner.vocabulary`), so they are copied
 as they are; a spelling outside the vocabulary is refused by the check with the allowed words.
@@ -89,6 +90,8 @@ def build_from_plan(
     attention = _pick(candidate, "attention")
     if isinstance(attention, str) and attention:
         cfg.model.attn_implementation = attention
+    for name, value in _stated_levers(candidate).items():
+        _set(cfg, "training", name, value)
 
     cfg.plan.predicted_peak_bytes = _pick(candidate, "peak_bytes")
     step = _pick(
@@ -144,6 +147,23 @@ def build_from_plan(
                 ),
             )
     return cfg
+
+
+def _stated_levers(candidate: Any) -> dict[str, Any]:
+    """``packing`` and ``loss_kernel`` as the user stated them, to write into [training].
+
+    Only a stated one is written: left out, ``packing`` stays absent and ``loss_kernel``
+    ``auto``, so the run decides on the loaded model and device, as the plan assumed. The
+    planner's `Candidate` carries them in ``stated_levers`` (its settings hold what they
+    resolved to, which is not what to write); any other object states one by having it as
+    its own attribute (not its settings').
+    """
+    stated = dict(getattr(candidate, "stated_levers", None) or {})
+    for name in ("packing", "loss_kernel"):
+        value = getattr(candidate, name, None)
+        if name not in stated and value is not None and not hasattr(candidate, "stated_levers"):
+            stated[name] = value
+    return {k: v for k, v in stated.items() if k in ("packing", "loss_kernel") and v is not None}
 
 
 def _set(cfg: RunConfig, section: str, key: str, value: Any) -> None:

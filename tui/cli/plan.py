@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from affiner.planner.settings import ATTENTIONS, SHARDINGS
+from affiner.planner.settings import ATTENTIONS, LOSS_KERNEL_SETTINGS, SHARDINGS
 from affiner.planner.vocabulary import (
     METHODS,
     OPTIMIZERS,
@@ -197,6 +197,18 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="blocks freeze trains (default: a quarter)",
     )
+    group.add_argument(
+        "--packing",
+        choices=("auto", "on", "off"),
+        help="padding-free packed batches; auto: on for a causal LM, off for classification "
+        "(the run's default)",
+    )
+    group.add_argument(
+        "--loss-kernel",
+        choices=LOSS_KERNEL_SETTINGS,
+        help="auto: liger's fused linear cross-entropy on CUDA where liger-kernel is "
+        "installed, else torch (the default)",
+    )
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -251,6 +263,8 @@ def run_plan(args: argparse.Namespace) -> int:
         fields["gradient_checkpointing"] = {"auto": None, "on": True, "off": False}[
             args.gradient_checkpointing
         ]
+    if args.packing is not None:
+        fields["packing"] = {"auto": None, "on": True, "off": False}[args.packing]
     if args.micro_batch is not None and args.batch is None and cfg is not None:
         fields["target_batch"] = cfg.training.micro_batch * cfg.training.grad_accum * args.gpus
     fields.setdefault("seq_len", 512)
@@ -261,6 +275,7 @@ def run_plan(args: argparse.Namespace) -> int:
         else ("causal_lm" if spec.is_decoder else "classification")
     )
     spec = spec_for_task(spec, task)
+    fields["task"] = task
     data = None
     data_section = _data_section(args, cfg, fields["seq_len"])
     if data_section is not None and Path(data_section.train).expanduser().exists():
@@ -271,6 +286,7 @@ def run_plan(args: argparse.Namespace) -> int:
                 cfg.training.max_steps * fields["target_batch"],
                 1.0,
             )
+        fields.update(plan_file.length_fields(data, fields["train_rows"]))
     elif data_section is not None:
         data = {
             "path": data_section.train,
@@ -304,6 +320,12 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.max_seq_len:
         chosen = report.best or report.candidates[0]
         found = longest_sequence_for(spec, device, request, chosen.method)
+        plain = None
+        s = found.settings
+        if s is not None and (s.packing or s.loss_kernel == "liger"):
+            from affiner.planner.levers import without_levers
+
+            plain = longest_sequence_for(spec, device, without_levers(request), chosen.method)
         if args.json:
             answer = {
                 "method": found.method,
@@ -316,10 +338,13 @@ def run_plan(args: argparse.Namespace) -> int:
                 "precision": found.settings.precision if found.settings else None,
                 "safety_margin": found.margin,
                 "usable_bytes": found.usable_bytes,
+                "packing": found.settings.packing if found.settings else None,
+                "loss_kernel": found.settings.loss_kernel if found.settings else None,
+                "max_seq_len_without_levers": plain.longest if plain is not None else None,
             }
             sys.stdout.write(json.dumps(answer) + "\n")
         else:
-            print(longest_sequence_text(found, device.name))
+            print(longest_sequence_text(found, device.name, plain))
         return 0
     if args.json:
         out = report.to_json()

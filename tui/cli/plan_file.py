@@ -47,6 +47,8 @@ FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "lora_alpha": ("method.lora_alpha",),
     "lora_dropout": ("method.lora_dropout",),
     "trainable_layers": ("method.trainable_layers",),
+    "packing": ("training.packing",),
+    "loss_kernel": ("training.loss_kernel",),
     "data": ("data.train",),
     "eval": ("data.eval",),
 }
@@ -66,6 +68,7 @@ FLAG_REQUEST = {
     "lora_alpha": "lora_alpha",
     "lora_dropout": "lora_dropout",
     "trainable_layers": "trainable_layers",
+    "loss_kernel": "loss_kernel",
 }
 
 
@@ -91,6 +94,9 @@ def stated_from_config(cfg: RunConfig, num_gpus: int = 1) -> dict[str, Any]:
         "gradient_checkpointing": t.gradient_checkpointing,
         "attention": cfg.model.attn_implementation,
         "epochs": t.epochs,
+        # left out of the file (None), packing is the run's to decide: planned as it will
+        "packing": t.packing,
+        "loss_kernel": t.loss_kernel,
     }
     if cfg.quantization != "none":
         out["quantization"] = cfg.quantization
@@ -104,6 +110,23 @@ def stated_from_config(cfg: RunConfig, num_gpus: int = 1) -> dict[str, Any]:
     if m.name == "freeze":
         out["trainable_layers"] = m.trainable_layers
     return out
+
+
+#: How many of the data's longest rows a plan keeps: the largest micro-batch it tries.
+LONGEST_KEPT = 64
+
+
+def length_fields(data: dict[str, Any], rows: int | None) -> dict[str, Any]:
+    """`PlanRequest` fields from `read_data`'s lengths: the tokens of the `rows` the run trains
+    on (their mean is what a packed row computes) and the data's longest rows (the largest
+    pack); nothing when the lengths are unknown."""
+    lengths = data.get("lengths")
+    if not lengths or not rows:
+        return {}
+    return {
+        "train_tokens": max(1, round(lengths["mean"] * rows)),
+        "longest_rows": tuple(lengths["longest"]),
+    }
 
 
 def _strings(value: Any) -> list[str]:
@@ -157,11 +180,18 @@ def read_data(
     texts = ["\n".join(_strings(example.data)) for example in sample]
     lengths = sorted(len(e.ids) for e in tokenizer.encode_batch(texts)) if texts else []
     if lengths:
+        cut = [min(n, seq_len) for n in lengths]  # a row is cut at max_seq_len
+        # each measured row stands for `stride` rows of the whole set: its longest rows are
+        # estimated as the sample's, each repeated that many times
+        stride = max(1, round(rows / len(lengths)))
+        longest = [n for n in reversed(cut[-LONGEST_KEPT:]) for _ in range(stride)]
         out["lengths"] = {
             "p50": _percentile(lengths, 0.5),
             "p95": _percentile(lengths, 0.95),
             "p99": _percentile(lengths, 0.99),
             "max": lengths[-1],
+            "mean": sum(cut) / len(cut),
+            "longest": longest[: min(LONGEST_KEPT, rows)],
             "measured_rows": len(lengths),
             "longer_than_max_seq_len": sum(1 for n in lengths if n > seq_len),
         }

@@ -21,9 +21,12 @@ if TYPE_CHECKING:
 BAR_WIDTH = 8
 
 
-def longest_sequence_text(found: LongestSequence, device_name: str) -> str:
+def longest_sequence_text(
+    found: LongestSequence, device_name: str, plain: LongestSequence | None = None
+) -> str:
     """`affiner plan --max-seq-len` in words: the answer first, then what it depends on, and
-    the safety margin it kept."""
+    the safety margin it kept. `plain` is the same question with padded batches and torch's
+    loss, said when the levers make the answer longer or shorter."""
     from affiner.planner.units import format_bytes
 
     where = f"{found.method} at micro-batch {found.micro_batch} on {device_name}"
@@ -36,7 +39,10 @@ def longest_sequence_text(found: LongestSequence, device_name: str) -> str:
     lines = [f"{found.longest} tokens: the longest sequence that fits {where}"]
     s = found.settings
     if s is not None:
-        lines.append(f"  optimizer {s.optimizer}, precision {s.precision}")
+        levers = ("packed, " if s.packing else "") + f"loss kernel {s.loss_kernel}"
+        lines.append(f"  optimizer {s.optimizer}, precision {s.precision}, {levers}")
+    if plain is not None and plain.longest != found.longest:
+        lines.append(f"  padded with torch's loss: {plain.longest} tokens")
     if found.needs_checkpointing:
         if found.without_checkpointing is None:
             lines.append("  with gradient checkpointing (as stated)")
