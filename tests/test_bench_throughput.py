@@ -1,5 +1,6 @@
-"""bench/throughput.py's pure parts: counting real tokens, the ratios, the table and JSON, and
-the arguments it refuses. Nothing here trains or imports torch's training stack."""
+"""bench/throughput.py's pure parts: counting real tokens, the ratios and bars, the table and
+JSON, the ways each device runs, the arguments it refuses, and the SmolLM2-shaped model's config
+and tokenizer. Nothing here trains or imports torch's training stack."""
 
 from __future__ import annotations
 
@@ -92,17 +93,20 @@ def test_percentiles_and_histogram_describe_the_tail():
 
 def _report():
     results = [
-        _result("A", "chat", 1000, 10.0, peak_rss_bytes=2**31, eval_loss=2.5),
-        _result("D", "chat", 1000, 5.0, peak_rss_bytes=2**30, eval_loss=2.49),
+        _result("A", "chat", 1000, 10.0, peak_bytes=2**31, eval_loss=2.5),
+        _result("D", "chat", 1000, 5.0, peak_bytes=2**30, eval_loss=2.49),
     ]
     rows = []
     for r in results:
         row = T.asdict(r)
         row["tokens_per_second"] = r.tokens_per_second
         rows.append(row)
+    speed = T.ratios(results)
     return {
+        "device": "cpu",
         "results": rows,
-        "ratios": T.ratios(results),
+        "ratios": speed,
+        "bars": T.bars(results, speed),
         "load_average": {"before": [1, 2, 3], "after": [2, 2, 2]},
     }
 
@@ -124,7 +128,8 @@ def test_summarize_events_reads_time_tokens_loss_and_peak_from_the_log():
     events = [
         {"type": "run_started", "t": 100.0},
         {"type": "train_log", "t": 110.0, "step": 5, "tokens_per_second": 50.0},
-        {"type": "system", "t": 111.0, "process_peak_rss": 3 * 2**30},
+        {"type": "system", "t": 111.0, "process_peak_rss": 3 * 2**30, "torch_peak": 2**30},
+        {"type": "system", "t": 112.0, "process_peak_rss": 2**30, "torch_peak": 5 * 2**30},
         {"type": "train_log", "t": 130.0, "step": 10, "tokens_per_second": 70.0},
         {"type": "eval", "t": 140.0, "step": 10, "loss": 2.1},
     ]
@@ -135,11 +140,13 @@ def test_summarize_events_reads_time_tokens_loss_and_peak_from_the_log():
         "median_tokens_per_second": 60.0,
         "eval_loss": 2.1,
         "peak_rss_bytes": 3 * 2**30,
+        "peak_cuda_bytes": 5 * 2**30,
     }
 
 
 def test_run_toml_states_the_shared_numbers_in_the_runners_words():
     spec = {
+        "way": "D",
         "model": "/m",
         "train": "/t.jsonl",
         "eval": "/e.jsonl",
@@ -207,3 +214,188 @@ def test_markdown_page_has_the_table_the_ratios_and_the_notes():
     assert "- chat: D/A 2.0" in page
     assert "chat: [5, 5, 5] before, [4, 4, 4] after" in page
     assert page.rstrip().endswith("- two invocations")
+
+
+# ---------------------------------------------------------------- ablations, devices and bars
+def test_ratios_cover_the_ablations_e_and_f_in_way_order():
+    results = [
+        _result("F", "chat", 1000, 8.0),  # 125
+        _result("A", "chat", 1000, 10.0),  # 100
+        _result("E", "chat", 1000, 4.0),  # 250
+        _result("D", "chat", 1000, 2.0),  # 500
+        _result("C", "chat", 1000, 5.0),  # 200
+    ]
+    assert list(T.ratios(results)["chat"].items()) == [
+        ("D/A", 5.0),
+        ("D/C", 2.5),
+        ("D/E", 2.0),
+        ("D/F", 4.0),
+    ]
+
+
+def _bar(report_bars, data, name):
+    return next(b for b in report_bars if b["data"] == data and b["bar"].startswith(name))
+
+
+def test_bars_pass_fail_and_not_measured_per_data_set():
+    results = [
+        _result("A", "chat", 1000, 10.0, eval_loss=2.00),  # 100 tok/s
+        _result("C", "chat", 1000, 5.0, eval_loss=2.10),  # 200
+        _result("D", "chat", 1000, 6.0, eval_loss=2.03),  # 166.7: D/A 1.67, D/C 0.83
+        _result("A", "debates", 1000, 10.0, eval_loss=3.00),
+        _result("D", "debates", 1000, 12.5, eval_loss=3.02),  # D/A 0.8, no C
+    ]
+    out = T.bars(results, T.ratios(results))
+    assert len(out) == 6  # three bars per data set
+    assert _bar(out, "chat", "D/A")["passed"] is True
+    assert _bar(out, "chat", "D/C")["passed"] is False
+    chat_loss = _bar(out, "chat", "|loss")
+    assert chat_loss["value"] == 0.015 and chat_loss["passed"] is False  # 1.5% over A's
+    assert _bar(out, "debates", "D/A")["passed"] is False
+    assert _bar(out, "debates", "D/C") == {
+        "data": "debates",
+        "bar": "D/C >= 1.0",
+        "value": None,
+        "passed": None,
+    }
+    assert _bar(out, "debates", "|loss")["passed"] is True  # 0.67%
+
+
+def test_the_loss_bar_takes_medians_over_repeats_and_ignores_failed_ways():
+    results = [
+        _result("A", "chat", 1000, 10.0, eval_loss=2.0),
+        _result("A", "chat", 1000, 10.0, eval_loss=2.2),
+        _result("A", "chat", 1000, 10.0, eval_loss=2.4),  # median 2.2
+        _result("D", "chat", 1000, 5.0, eval_loss=2.21),
+        _result("D", "chat", 0, 0.0, error="worker exited 1"),
+    ]
+    loss = _bar(T.bars(results, T.ratios(results)), "chat", "|loss")
+    assert loss["value"] == 0.0045 and loss["passed"] is True
+    failed = [_result("A", "chat", 1000, 10.0, eval_loss=2.0), _result("D", "chat", 0, 0.0)]
+    assert _bar(T.bars(failed, T.ratios(failed)), "chat", "|loss")["passed"] is None
+
+
+def test_table_and_json_carry_the_bars_and_the_peak_meter():
+    report = _report()
+    text = T.format_table(report)
+    assert "peak GiB (RSS)" in text
+    assert "bar chat: D/A >= 1.5: 2.00 pass" in text
+    assert "bar chat: D/C >= 1.0: - not measured" in text
+    assert "bar chat: |loss D - loss A| / loss A <= 1%: -0.40% pass" in text
+    assert json.loads(json.dumps(report))["bars"][0]["passed"] is True
+    cuda = T.format_table({**report, "device": "cuda", "notes": ["F ran"]})
+    assert "peak GiB (CUDA reserved)" in cuda and "note: F ran" in cuda
+
+
+def _model_dir(tmp_path):
+    model = tmp_path / "m"
+    model.mkdir(parents=True, exist_ok=True)
+    (model / "config.json").write_text("{}")
+    return str(model)
+
+
+def test_cuda_is_refused_where_torch_sees_no_gpu(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(T, "cuda_available", lambda: False)
+    with pytest.raises(T.BenchError, match=r"--device cuda: torch sees no CUDA device"):
+        T.parse_args(["--device", "cuda", "--model", _model_dir(tmp_path)])
+    assert T.main(["--device", "cuda", "--model", _model_dir(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --device cuda") and err.count("\n") == 1  # no traceback
+
+
+def test_default_ways_by_device(tmp_path, monkeypatch):
+    monkeypatch.setattr(T, "cuda_available", lambda: True)
+    model = _model_dir(tmp_path)
+    cpu = T.parse_args(["--model", model])
+    assert cpu.ways == list("ABCDE") and cpu.notes == [] and cpu.device == "cpu"
+    cuda = T.parse_args(["--model", model, "--device", "cuda"])
+    assert cuda.ways == list("ABCDEF") and cuda.notes == []
+
+
+def test_f_is_skipped_on_the_cpu_with_a_note_not_run(tmp_path):
+    args = T.parse_args(["--model", _model_dir(tmp_path), "--ways", "DEF"])
+    assert args.ways == ["D", "E"]
+    assert len(args.notes) == 1 and args.notes[0].startswith("F (D with loss_kernel")
+    with pytest.raises(T.BenchError, match="nothing left to run on cpu"):
+        T.parse_args(["--model", _model_dir(tmp_path / "y"), "--ways", "F"])
+
+
+def test_defaults_train_several_steps_per_way():
+    args = T.parse_args(["--model", T.SHAPE_MODEL])  # the shape model needs no folder
+    assert (args.rows, args.long_rows, args.micro_batch, args.repeats) == (64, 48, 8, 1)
+    assert args.rows // args.micro_batch >= 6 and args.long_rows // args.micro_batch >= 6
+
+
+def _spec(way, device="cpu"):
+    return {
+        "way": way,
+        "device": device,
+        "model": "/m",
+        "train": "/t.jsonl",
+        "eval": "/e.jsonl",
+        "seq_len": 128,
+        "hyper": T.asdict(T.Hyper()),
+    }
+
+
+def test_each_runner_way_states_only_its_lever():
+    d, e, f = (T.run_toml(_spec(w))["training"] for w in "DEF")
+    assert "packing" not in d and "loss_kernel" not in d
+    assert e["packing"] is False and "loss_kernel" not in e
+    assert f["loss_kernel"] == "torch" and "packing" not in f
+    assert {k: v for k, v in e.items() if k != "packing"} == d
+
+
+def test_on_cuda_the_runner_trains_on_the_gpu_in_bf16():
+    training = T.run_toml(_spec("D", "cuda"))["training"]
+    assert (training["device"], training["precision"]) == ("cuda", "bf16")
+    assert T.base_dtype("cuda") == "bfloat16" and T.base_dtype("cpu") == "float32"
+    assert T.peak_label("cuda") == "peak GiB (CUDA reserved)"
+
+
+def test_runner_notes_say_when_an_ablation_measured_nothing():
+    d_padded = _result("D", "chat", 1000, 5.0, settings={"packing": False, "loss_kernel": "torch"})
+    d_packed = _result("D", "chat", 1000, 5.0, settings={"packing": True, "loss_kernel": "torch"})
+    assert T.runner_notes([d_packed], "cpu") == []
+    cpu = T.runner_notes([d_padded], "cpu")
+    assert len(cpu) == 1 and "D/E is noise" in cpu[0]
+    cuda = T.runner_notes([d_packed, d_packed], "cuda")
+    assert len(cuda) == 1 and "D and F trained alike" in cuda[0]
+
+
+def test_the_workers_keep_the_callers_pythonpath(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/tmp/affiner-site")
+    assert T._pythonpath().split(":") == [str(ROOT), "/tmp/affiner-site"]
+    monkeypatch.delenv("PYTHONPATH")
+    assert T._pythonpath() == str(ROOT)
+
+
+# ---------------------------------------------------------------- the SmolLM2-shaped model
+def test_the_shape_config_is_smollm2_135m():
+    from affiner.planner.models import spec_from_config
+    from bench.shape_model import SMOLLM2_135M
+
+    spec = spec_from_config(SMOLLM2_135M, name="smollm2-shape")
+    assert spec.params_total == 134_515_008  # SmolLM2-135M's count, embeddings tied to the head
+    assert (spec.num_layers, spec.hidden_size, spec.num_kv_heads) == (30, 576, 3)
+    assert spec.vocab_size == 49152 and spec.tied_embeddings
+
+
+def test_the_shape_tokenizer_has_the_configs_special_ids_and_a_chat_template(tmp_path):
+    from affiner.runner.data import encode_causal
+    from bench.shape_model import SMOLLM2_135M, row_texts, train_tokenizer
+
+    data = tmp_path / "train.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        for q, a in [("what is the sun", "a star"), ("who are you", "a bench model")] * 20
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = train_tokenizer(tmp_path / "tok", row_texts([data]))
+    assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == tuple(
+        SMOLLM2_135M[k] for k in ("unk_token_id", "bos_token_id", "eos_token_id", "pad_token_id")
+    )
+    assert len(tok) < SMOLLM2_135M["vocab_size"]  # every id fits the head
+    enc = encode_causal(rows[0], "chat", tok, 64)
+    learned = tok.decode([t for t in enc.labels if t != -100])
+    assert learned.startswith("a star") and "what is the sun" not in learned
