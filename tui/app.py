@@ -116,7 +116,8 @@ class AffinerApp(App[int]):
         super().__init__()
         self.services = services
         #: Pre-filled answers for the assistant (``affiner demo``): ``default_model``,
-        #: ``default_data`` and ``settings`` (a dict of `affiner.tui.assistant.flow.Settings` fields).
+        #: ``default_data``, ``settings`` (a dict of `affiner.tui.assistant.flow.Settings` fields)
+        #: and ``recipe`` (the demo's other run.toml settings, `assistant_preset`).
         self.assistant_options = dict(assistant or {})
         self.current_run: Path | None = Path(initial_run) if initial_run else None
         self._initial_run = self.current_run
@@ -143,8 +144,10 @@ class AffinerApp(App[int]):
             options = dict(self.assistant_options)
             settings = options.pop("settings", None) or {}
             eval_path = options.pop("default_eval", "")
+            recipe = options.pop("recipe", None) or {}
             screen = AssistantScreen(services, **options)
             screen.flow.eval_path = eval_path
+            screen.flow.recipe = dict(recipe)  # the demo's run.toml beyond the settings
             for field_name, value in settings.items():
                 setattr(screen.flow.settings, field_name, value)
             if "learning_rate" in settings:

@@ -251,6 +251,8 @@ async def test_tui_opens_on_the_assistant_prefilled_with_the_demo(runs_dir: Path
         settings = flow.settings
         assert (settings.epochs, settings.learning_rate, settings.lora_rank) == (2.0, 1e-3, 16)
         assert (settings.seq_len, settings.batch, settings.learning_rate_set) == (64, 32, True)
+        assert settings.stated["lora_targets"] == ("query", "key", "value", "dense")
+        assert flow.recipe["training__lr_scheduler"] == "linear"  # the headless recipe's
 
 
 def test_run_toml_accepts_offline_model_names(tmp_path: Path, cache: Path) -> None:

@@ -25,5 +25,49 @@ def assistant_preset(prepared: Any) -> dict[str, Any]:
             "lora_rank": cfg.method.lora_rank,
             "seq_len": cfg.data.max_seq_len,
             "batch": cfg.training.micro_batch,
+            # stated as a user would type them, so every plan models them and the user may
+            # still change them in the app
+            "stated": demo_stated(cfg),
         },
+        "recipe": demo_recipe(cfg),
     }
+
+
+def demo_stated(cfg: Any) -> dict[str, Any]:
+    """The demo's planned settings beyond the knobs: LoRA targets and dropout, CPU precision."""
+    targets = cfg.method.target_modules
+    stated: dict[str, Any] = {
+        "lora_targets": (targets,) if isinstance(targets, str) else tuple(targets),
+        "lora_dropout": cfg.method.lora_dropout,
+    }
+    if cfg.training.device == "cpu":
+        stated["precision"] = cfg.training.precision
+    return stated
+
+
+def demo_recipe(cfg: Any) -> dict[str, Any]:
+    """The rest of the demo's run.toml, as ``section__key`` overrides of a planned config.
+
+    The assistant's settings cover what a user tunes (method, epochs, learning rate, rank,
+    sequence, batch); these are the ones the demo fixes besides, so the app runs the run.toml
+    ``affiner demo --headless`` runs and both report the same before → after: the schedule,
+    the evaluation cadence and the step-0 evaluation, the label
+    order (a classifier's head is read in it), the device, and no second pre-flight.
+    """
+    t, e = cfg.training, cfg.eval
+    recipe: dict[str, Any] = {
+        "training__lr_scheduler": t.lr_scheduler,
+        "training__warmup_ratio": t.warmup_ratio,
+        "training__logging_steps": t.logging_steps,
+        "training__max_steps": t.max_steps,
+        "training__preflight": t.preflight,
+        "training__seed": t.seed,
+        "eval__every_steps": e.every_steps,
+        "eval__at_start": e.at_start,
+        "data__labels": list(cfg.data.labels),
+        "data__seed": cfg.data.seed,
+        "checkpoint__keep_last": cfg.checkpoint.keep_last,
+    }
+    if t.device == "cpu":
+        recipe["training__device"] = "cpu"
+    return recipe

@@ -58,6 +58,8 @@ class AssistantFlow(SettingKnobs, PreflightCalibration):
         self.run_dir: Any = None
         self._pending: list[tuple[str, Any]] = []  # what to say when the next plan arrives
         self._undo: tuple[str, Any] | None = None  # the stated setting the pending plan tries
+        #: A demo's own run.toml settings beyond `settings` (`assistant_preset`'s ``recipe``).
+        self.recipe: dict[str, Any] = {}
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -253,6 +255,7 @@ class AssistantFlow(SettingKnobs, PreflightCalibration):
         self.eval_path = preset.get("default_eval", "")
         for name, value in preset.get("settings", {}).items():
             setattr(self.settings, name, value)
+        self.recipe = dict(preset.get("recipe", {}))
         self.settings.learning_rate_set = "learning_rate" in preset.get("settings", {})
         self.settings.method_by = "the demo" if self.settings.method else None
         return say("Ready. Press Enter at each step to accept the demo's choices.") + self._enter(
@@ -438,12 +441,21 @@ class AssistantFlow(SettingKnobs, PreflightCalibration):
             train=self.data.path,
             eval=self.eval_path,
             task=self.task_kind(),
-            **overrides,
+            **{**self._recipe_overrides(overrides), **overrides},
         )
         if measured is not None:  # the run's record holds what the pre-flight measured
             config.plan.measured_step_seconds = measured.step_seconds
             config.plan.measured_peak_bytes = measured.peak_bytes
+            # the user has just watched this pre-flight; the worker does not run it again
+            config.training.preflight = False
         return config
+
+    def _recipe_overrides(self, own: dict[str, Any]) -> dict[str, Any]:
+        """The demo's recipe, less what the flow sets itself (the batch shape is the plan's, as
+        in the headless demo, whose plan states the same batch)."""
+        return {
+            k: v for k, v in self.recipe.items() if k not in own and k.split("__")[-1] not in own
+        }
 
 
 def _demo_time(key: str, device: Any) -> str:
