@@ -115,3 +115,35 @@ def test_a_setting_the_user_changes_in_the_app_is_theirs(tmp_path: Path) -> None
     assert config.method.lora_dropout == 0.0
     assert config.method.target_modules == ["q_proj", "v_proj"]
     assert config.training.lr_scheduler == "linear"  # the rest of the recipe stays
+
+
+def test_affiner_demo_opens_the_app_on_the_ready_classify_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``affiner demo`` (no task) is what the README says: the app on a ready task, not the
+    general assistant asking which model."""
+    from affiner.tui.cli import demo as cli_demo
+    from affiner.tui.cli.entry import build_parser
+
+    readied: list[str] = []
+    opened: list[object] = []
+
+    def prepare(key: str, runs_dir: object, shrink: object, console: object) -> object:
+        readied.append(key)
+        return SimpleNamespace(key=key)
+
+    class App:
+        return_code = 0
+
+        def run(self) -> int:
+            return 0
+
+    def build(prepared: object, runs_dir: object) -> App:
+        opened.append(prepared)
+        return App()
+
+    monkeypatch.setattr(cli_demo, "prepare_with_progress", prepare)
+    monkeypatch.setattr(cli_demo, "_build_demo_app", build)
+    args = build_parser().parse_args(["demo"])
+    assert args.func(args) == 0
+    assert readied == ["classify"] and opened == [SimpleNamespace(key="classify")]

@@ -1,8 +1,9 @@
 """``affiner demo [chat|classify]``: a real fine-tune end to end, offline, on whatever is here.
 
 Without ``--headless`` the model and data are made ready here (with a progress bar), then the
-TUI opens on the guided assistant with the demo's model, data and settings filled in: Enter
-walks the real flow (hardware, model, data, plan, settings, pre-flight, launch, monitor).
+TUI opens on the guided assistant with the demo's model, data and settings filled in (the
+classify demo when no task is named): Enter walks the real flow (hardware, model, data, plan,
+settings, pre-flight, launch, monitor), and the run is the headless demo's run.toml.
 
 With ``--headless`` the same steps run in this terminal: provisioning, a data summary, the
 plan (device, time estimate, what a GPU would need), the base model's held-out score, training
@@ -39,7 +40,7 @@ def register(subparsers: Any) -> None:
         nargs="?",
         choices=("chat", "classify"),
         default=None,
-        help=f"which demo (default: {DEFAULT_DEMO}; in the TUI, choose there)",
+        help=f"which demo (default: {DEFAULT_DEMO}, in the app and headless alike)",
     )
     demo.add_argument(
         "--headless", action="store_true", help="run every step here, without the TUI"
@@ -297,13 +298,9 @@ def _planned(result: Any) -> str:
 
 def _open_tui(args: argparse.Namespace, runs_dir: str | None) -> int:
     """Make the model and data ready here, then open the assistant pre-filled with them."""
-    from affiner.tui.app import build_app
 
-    if args.task is None:
-        app = build_app(runs_root=runs_dir)
-        return int(app.run() or app.return_code or 0)
     console = _console()
-    prepared = prepare_with_progress(args.task, runs_dir, _shrink(args), console)
+    prepared = prepare_with_progress(args.task or DEFAULT_DEMO, runs_dir, _shrink(args), console)
     app = _build_demo_app(prepared, runs_dir)
     return int(app.run() or app.return_code or 0)
 
