@@ -18,33 +18,40 @@ from __future__ import annotations
 
 from dataclasses import replace
 from importlib.util import find_spec
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from affiner.planner import explain
 from affiner.planner.errors import AffinerError
 from affiner.planner.settings import LOSS_KERNEL_SETTINGS, LossKernel
-from affiner.planner.units import format_bytes
 
 if TYPE_CHECKING:
     from affiner.planner.hardware import DeviceTarget
     from affiner.planner.models import ModelSpec
-    from affiner.planner.plan_candidates import Candidate
-    from affiner.planner.plan_request import PlanRequest
-    from affiner.planner.settings import TrainSettings
+
+
+class LeverRequest(Protocol):
+    """What these rules read of a `affiner.planner.plan_request.PlanRequest` (which imports
+    this module, so it is named by its fields here)."""
+
+    packing: bool | None
+    loss_kernel: str | None
+    task: str | None
+
+
+R = TypeVar("R", bound=LeverRequest)
 
 #: Families whose attention takes its positions from an ALiBi bias built on the attention
 #: mask, not from position ids: a pack's examples would see each other.
 ALIBI_FAMILIES = frozenset({"bloom", "mpt"})
-#: The settings these levers are, as `PlanRequest` and `TrainSettings` name them.
+#: The settings these levers are, as `LeverRequest` and `TrainSettings` name them.
 LEVERS = ("packing", "loss_kernel")
 
 
-def causal_lm(spec: ModelSpec, request: PlanRequest) -> bool:
+def causal_lm(spec: ModelSpec, request: LeverRequest) -> bool:
     """The run trains a vocabulary head on next tokens (what packing and the fused loss serve)."""
     return spec.is_decoder and spec.has_lm_head and request.task != "classification"
 
 
-def packing_problem(spec: ModelSpec, request: PlanRequest) -> str | None:
+def packing_problem(spec: ModelSpec, request: LeverRequest) -> str | None:
     """Why a pack would not keep its examples apart in this run, or None when it would."""
     if not causal_lm(spec, request):
         return (
@@ -65,7 +72,7 @@ def liger_installed() -> bool:
     return find_spec("liger_kernel") is not None
 
 
-def liger_problem(spec: ModelSpec, device: DeviceTarget, request: PlanRequest) -> str | None:
+def liger_problem(spec: ModelSpec, device: DeviceTarget, request: LeverRequest) -> str | None:
     """Why the fused loss cannot run in this plan, or None when it can."""
     if not causal_lm(spec, request):
         return "the fused loss is a language-model head's; a classification head has none"
@@ -74,14 +81,14 @@ def liger_problem(spec: ModelSpec, device: DeviceTarget, request: PlanRequest) -
     return None
 
 
-def resolve_packing(spec: ModelSpec, request: PlanRequest) -> bool:
+def resolve_packing(spec: ModelSpec, request: LeverRequest) -> bool:
     """What the run will do: the stated setting, or on wherever a pack stays exact."""
     if request.packing is not None:
         return request.packing
     return packing_problem(spec, request) is None
 
 
-def resolve_loss_kernel(spec: ModelSpec, device: DeviceTarget, request: PlanRequest) -> LossKernel:
+def resolve_loss_kernel(spec: ModelSpec, device: DeviceTarget, request: LeverRequest) -> LossKernel:
     """What the run will compute its loss with: stated, or liger where it runs and is installed."""
     stated = request.loss_kernel or "auto"
     if stated == "torch":
@@ -93,7 +100,7 @@ def resolve_loss_kernel(spec: ModelSpec, device: DeviceTarget, request: PlanRequ
     return "torch"
 
 
-def check_levers(spec: ModelSpec, device: DeviceTarget, request: PlanRequest) -> None:
+def check_levers(spec: ModelSpec, device: DeviceTarget, request: LeverRequest) -> None:
     """Refuse a stated packing or loss kernel this plan's run could not honour.
 
     Raises:
@@ -133,117 +140,6 @@ def check_words(packing: object, loss_kernel: object) -> None:
         )
 
 
-def without_levers(request: PlanRequest) -> PlanRequest:
+def without_levers(request: R) -> R:
     """`request` as the run would be with padded batches and torch's loss."""
     return replace(request, packing=False, loss_kernel="torch")
-
-
-def lever_reasons(
-    spec: ModelSpec,
-    device: DeviceTarget,
-    chosen: Candidate,
-    plain: Candidate | None,
-    plain_best: Candidate | None,
-    *,
-    row_tokens: float | None,
-) -> list[str]:
-    """What packing and the fused loss do for the chosen plan, in words.
-
-    Args:
-        chosen: the recommended candidate (levers as the run resolves them).
-        plain: the same method planned without the levers (None when they are off).
-        plain_best: what the recommendation would be without them (None: nothing fits).
-        row_tokens: the data's mean tokens a row (None when unknown).
-    """
-    from affiner.planner.memory.activations import estimate_activations
-
-    s = chosen.settings
-    out: list[str] = []
-    if s.packing and row_tokens is not None and row_tokens < s.seq_len:
-        # with the lengths unknown every row is planned full: packing then changes no figure
-        share = 1 - row_tokens / s.seq_len
-        out.append(
-            f"packing removes padding: rows average {row_tokens:.0f} of {s.seq_len} tokens, "
-            f"~{share:.0%} fewer tokens computed"
-        )
-    if s.loss_kernel == "liger":
-        full = estimate_activations(spec, s.with_(loss_kernel="torch"), device.kind)
-        fused = estimate_activations(spec, s, device.kind)
-        before = max(full.logits_peak, full.logits_forward)
-        after = max(fused.logits_peak, fused.logits_forward)
-        out.append(
-            f"fused loss (liger) drops the {format_bytes(before)} logits: "
-            f"{format_bytes(after)} instead"
-        )
-    if plain is None:
-        return out
-    words = _lever_words(s, row_tokens)
-    let = "let" if " and " in words else "lets"
-    name = explain.METHOD_NAMES[chosen.method]
-    if plain_best is None:
-        out.append(f"without {words} nothing would fit: {words} {let} {name} fit")
-    elif plain_best.method != chosen.method:
-        other = explain.METHOD_NAMES[plain_best.method]
-        if chosen.fits and not plain.fits:
-            out.append(
-                f"{words} {let} {name} fit: otherwise it needs "
-                f"{format_bytes(plain.peak_bytes)} and the best that fits is {other}"
-            )
-        else:
-            out.append(f"without {words} the recommendation would be {other}")
-    elif plain.fits and chosen.fits:
-        gain = _same_method_gain(chosen, plain)
-        if gain:
-            out.append(f"{words} {gain.replace('let ', let + ' ', 1)}")
-    return out
-
-
-def slower_text(chosen: Candidate, plain: Candidate) -> str:
-    """Why the same plan with padded batches would take less time a step, in words."""
-    from affiner.planner.units import format_duration
-
-    return (
-        f"with packing off a step would take about {format_duration(plain.time.step_seconds)} "
-        f"instead of {format_duration(chosen.time.step_seconds)}: with "
-        f"{chosen.settings.attention} a pack's attention spans all its "
-        f"{chosen.settings.micro_batch} rows behind a mask; set [training].packing = false "
-        "(--packing off) to plan it, or use flash_attention_2"
-    )
-
-
-def hurts_text(plain_best: Candidate) -> str:
-    """Why padded batches would do better than the packing the run is set to, in words."""
-    name = explain.METHOD_NAMES[plain_best.method]
-    s = plain_best.settings
-    how = f"micro-batch {s.micro_batch}" + (
-        ", checkpointing on" if s.gradient_checkpointing else ""
-    )
-    return (
-        f"with packing off, {name} would fit at {how} ({format_bytes(plain_best.peak_bytes)}): "
-        "with sdpa or eager a pack's block-diagonal mask costs tokens x tokens at every layer "
-        "(flash_attention_2 needs none); set [training].packing = false (--packing off) to plan it"
-    )
-
-
-def _lever_words(s: TrainSettings, row_tokens: float | None) -> str:
-    """The levers that change this plan's figures, named: packing only where a pack is
-    smaller than padded rows (the data's lengths are known), the fused loss wherever it is on."""
-    on = []
-    fewer = s.micro_batch_tokens < s.micro_batch * s.seq_len
-    if s.packing and (fewer or (row_tokens is not None and row_tokens < s.seq_len)):
-        on.append("packing")
-    if s.loss_kernel == "liger":
-        on.append("the fused loss")
-    return " and ".join(on) or "packing"
-
-
-def _same_method_gain(chosen: Candidate, plain: Candidate) -> str | None:
-    """What the levers buy the same method: no checkpointing, a larger micro-batch."""
-    a, b = chosen.settings, plain.settings
-    if b.gradient_checkpointing and not a.gradient_checkpointing:
-        return "let it run without gradient checkpointing (about a third faster)"
-    if a.micro_batch > b.micro_batch:
-        return f"let it run micro-batch {a.micro_batch} instead of {b.micro_batch}"
-    if b.optimizer != a.optimizer and a.optimizer == "adamw":
-        return "let it keep full AdamW state"
-    return None

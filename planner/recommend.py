@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from affiner.planner import explain, levers
+from affiner.planner import explain, lever_reasons, levers
 from affiner.planner.hardware import DeviceTarget
 from affiner.planner.memory import estimate_memory
 from affiner.planner.models import ModelSpec
@@ -190,7 +190,7 @@ def _explain_levers(
     same = None
     if best is not None:
         same = next((c for c in plain if c.method == best.method), None)
-        words = levers.lever_reasons(spec, device, best, same, plain_best, row_tokens=rows)
+        words = lever_reasons.lever_reasons(spec, device, best, same, plain_best, row_tokens=rows)
         at = 0  # after "recommended: ..." and "preferred over ...", before the figures
         while at < len(best.reasons) and best.reasons[at].startswith(("recommended", "preferred")):
             at += 1
@@ -199,11 +199,11 @@ def _explain_levers(
     if not packed:
         return
     if plain_best is not None and _better(plain_best, best):
-        report.notes.append(levers.hurts_text(plain_best))
+        report.notes.append(lever_reasons.hurts_text(plain_best))
     elif best is not None and same is not None and same.fits:
         fast, slow = same.time.step_seconds, best.time.step_seconds
         if fast is not None and slow is not None and fast < slow * (1 - SLOWER_BY):
-            report.notes.append(levers.slower_text(best, same))
+            report.notes.append(lever_reasons.slower_text(best, same))
 
 
 def _better(plain: Candidate, chosen: Candidate | None) -> bool:
