@@ -48,6 +48,9 @@ def run_demo(key: str, workdir: Path) -> dict:
         return {"demo": key, "failed": tail}
     data = json.loads(summary.read_text())
     return score(data) | {
+        "metric": data.get("metric"),
+        "before": data.get("before"),
+        "after": data.get("after"),
         "wall_seconds": round(wall, 1),
         "load_before": round(load_before, 2),
         "load_after": round(os.getloadavg()[0], 2),
@@ -118,11 +121,70 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+README_BEGIN, README_END = "<!-- demo-table:begin -->", "<!-- demo-table:end -->"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
+
+
+def _held_out(row: dict) -> str:
+    """``accuracy 0.48 → 0.80, F1 0.48 → 0.79`` or ``loss 3.26 → 2.03 (−38%)``."""
+    before, after = row.get("before") or {}, row.get("after") or {}
+    if row.get("metric") == "accuracy":
+        parts = [
+            f"{name} {before[key]:.2f} → {after[key]:.2f}"
+            for key, name in (("accuracy", "accuracy"), ("f1", "F1"))
+            if before.get(key) is not None and after.get(key) is not None
+        ]
+        return ", ".join(parts) or "n/a"
+    if before.get("loss") is None or after.get("loss") is None:
+        return "n/a"
+    change = after["loss"] / before["loss"] - 1
+    return f"loss {before['loss']:.2f} → {after['loss']:.2f} ({change:+.0%})".replace("-", "−")
+
+
+def readme_table(result: dict) -> str:
+    """The README's demo table: what a user waits for and what comes out, and where it was
+    measured (the machine, its load average before and after, the date)."""
+    rows = [r for r in result["demos"] if "failed" not in r]
+    loads = ", ".join(f"{r['demo']} {r['load_before']} → {r['load_after']}" for r in rows)
+    lines = [
+        f"Measured on {result['machine']}, {result['date']}, load average {loads} "
+        "(`bench/demo_time.py --readme` writes this table):",
+        "",
+        "| task | time (training) | held-out result |",
+        "| --- | --- | --- |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| `{row['demo']}` | {_duration(row['wall_seconds'])} "
+            f"({_duration(row['train_seconds'])}) | {_held_out(row)} |"
+        )
+    return "\n".join(lines)
+
+
+def write_readme(readme: Path, table_text: str) -> None:
+    """Replace the block between the demo-table markers of `readme` with `table_text`."""
+    text = readme.read_text("utf-8")
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{readme}: no {README_BEGIN} ... {README_END} block to rewrite")
+    head, tail = text[: start + len(README_BEGIN)], text[end:]
+    readme.write_text(f"{head}\n{table_text}\n{tail}", "utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--out", type=Path, help="write demo_time_cpu.json/.md into DIR")
     parser.add_argument("--only", choices=DEMOS, help="run one demo")
+    parser.add_argument(
+        "--readme", action="store_true", help="rewrite README.md's demo table with the result"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="affiner-demo-time-") as tmp:
         rows = [run_demo(key, Path(tmp)) for key in ([args.only] if args.only else DEMOS)]
@@ -143,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             f"# CPU demos: planned against measured training time and peak memory\n\n"
             f"`{cmd}`\n\n{text}\n"
         )
+    if args.readme:
+        write_readme(Path(__file__).resolve().parent.parent / "README.md", readme_table(result))
     print(json.dumps(result, indent=2) if args.json else text)
     return 0 if result["all_within_bar"] else 1
 
