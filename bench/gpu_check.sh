@@ -4,19 +4,24 @@
 # out-of-memory back-off, packing and the fused loss on CUDA, 4-bit and 8-bit
 # LoRA, one real-shape cell of the peak bench) and the planner's accuracy matrix
 # (bench/memory_peak.py --device cuda), each row written to a JSONL file as soon as it is
-# measured.
+# measured; then, if at least 200 s are left, the throughput bench on CUDA (bench/throughput.py
+# --device cuda: Trainer+peft, TRL, the runner and its packing/loss-kernel ablations on a
+# SmolLM2-135M-shaped model with random weights, since no weights reach the GPU machine).
 #
 #   bash bench/gpu_check.sh [RESULTS_DIR]       (default: $OUT, else bench/results/gpu)
 #
 # Wheels the GPU machine lacks (bitsandbytes for QLoRA and 8-bit, liger-kernel for the fused
-# loss) are installed from .whl/
-# when it holds any. DEADLINE (seconds, default 540) is the time the whole script may take:
-# the bench starts no new cell once less than a minute of it is left. A second call with the
-# same RESULTS_DIR (its memory_cuda.jsonl copied back) measures only the cells not yet done.
+# loss; trl, datasets, tomli-w and chatterbot-corpus for the throughput bench) are installed
+# from .whl/ when it holds any. DEADLINE (seconds, default 540) is the time the whole script may
+# take: the memory bench gets what is left of it less THROUGHPUT_SECONDS (default 240, 0 skips
+# the throughput bench) and a minute, and starts no new cell once its budget is spent. A second
+# call with the same RESULTS_DIR (its memory_cuda.jsonl copied back) measures only the cells
+# not yet done.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 deadline=${DEADLINE:-540}
+throughput_seconds=${THROUGHPUT_SECONDS:-240}
 results=${1:-${OUT:-bench/results/gpu}}
 mkdir -p "$results"
 
@@ -46,7 +51,7 @@ python3 -m pytest -q -p no:cacheprovider -m gpu -o addopts="" tests/runner/test_
   | tee "$results/gpu-tests.log"
 tests_rc=${PIPESTATUS[0]}
 
-left=$(( deadline - ($(date +%s) - started) - 60 ))
+left=$(( deadline - ($(date +%s) - started) - 60 - throughput_seconds ))
 if [ "$left" -gt 0 ]; then
   python3 bench/memory_peak.py --device cuda --jsonl "$results/memory_cuda.jsonl" --resume \
     --budget "$left" --out "$results/memory_cuda.json" 2>"$results/memory_cuda.stderr"
@@ -56,5 +61,20 @@ else
   echo "gpu_check: no time left for the accuracy matrix" >&2
   bench_rc=1
 fi
-echo "gpu_check: tests exit $tests_rc, bench exit $bench_rc, $(( $(date +%s) - started )) s"
-[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+
+# Throughput on CUDA: every way on the chat rows, one process each; the stderr keeps its
+# progress lines. Bounded by what is left of DEADLINE (a way cut short is lost, not the rest).
+left=$(( deadline - ($(date +%s) - started) ))
+throughput_rc=0
+if [ "$throughput_seconds" -gt 0 ] && [ "$left" -ge 200 ]; then
+  timeout "$(( left - 10 ))" python3 bench/throughput.py --device cuda --model smollm2-shape \
+    --sets chat --rows 128 --workdir /tmp/affiner-throughput --save "$results/throughput_cuda" \
+    2>"$results/throughput_cuda.stderr"
+  throughput_rc=$?
+  tail -n 5 "$results/throughput_cuda.stderr"
+elif [ "$throughput_seconds" -gt 0 ]; then
+  echo "gpu_check: $left s left, under the throughput bench's 200 s: skipped" >&2
+fi
+echo "gpu_check: tests exit $tests_rc, bench exit $bench_rc, throughput exit $throughput_rc," \
+  "$(( $(date +%s) - started )) s"
+[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$throughput_rc" -eq 0 ]

@@ -40,12 +40,15 @@ only mean something for a process that ran one way. Held-out loss is measured af
 by one evaluator for all (token-weighted mean cross-entropy over the assistant tokens of the
 held-out rows, on the model's device), the runner's adapter loaded from its run folder.
 
-Why these sizes: the defaults (64 chat rows, 48 debate rows, micro-batch 8) give 8 and 6
-optimizer steps per way, so the one warm-up step and the first step's one-time costs are a
-small part of the time measured, and the whole run (five ways, two sets) takes about ten
-minutes on a quiet 2-core CPU; 16 rows (2 steps, one of them at warm-up's rate 0) measured
-mostly noise. One interleaved round is the default: on a shared machine, ``--repeats`` is the
-way to steadier ratios (each way's median is taken).
+Why these sizes: the defaults (64 chat rows, 48 debate rows, micro-batch 8, 16 held out) give
+each way 8 and 6 optimizer steps, so warm-up's one step at rate 0 and the first step's one-time
+costs are a small part of the time measured; 16 rows (2 steps, one of them at rate 0) measured
+mostly noise. The price is time: a SmolLM2 step of 8 rows on a 2-core CPU takes 15-25 s when
+the machine is quiet (90 s at a load of 7), B (checkpointing, bf16 autocast on the CPU) takes
+about three times A's, and each way pays some 30 s to start, load and evaluate, so a default
+run (five ways, two sets) is estimated at about half an hour there. ``--sets chat`` halves
+it, ``--ways ACD`` (the bars' ways) takes about a third. One interleaved round is the default;
+on a shared machine ``--repeats`` gives steadier ratios (each way's median is taken).
 
 Bars (``bars`` in ``--json``, pass/fail in the table), per data set: D/A >= 1.5 and D/C >= 1.0
 in real tokens/s, and D's held-out loss within 1% of A's.
@@ -977,7 +980,11 @@ def length_report(sets: dict[str, dict[str, str]], model: str) -> dict[str, Any]
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    """Every way on every set, interleaved; the report as a dictionary."""
+    """Every way on every set, interleaved; the report as a dictionary.
+
+    With ``--save``, the report so far is written after every way (``"partial": true`` until
+    the last): a run cut short by a lease's end still leaves the ways it finished.
+    """
     require_trl(args.ways)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-throughput-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -996,6 +1003,37 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     lengths = length_report(sets, model)
     results: list[WayResult] = []
     started = time.time()
+
+    def report(partial: bool) -> dict[str, Any]:
+        rows = [{**asdict(r), "tokens_per_second": r.tokens_per_second} for r in results]
+        speed = ratios(results)
+        return {
+            "bench": "throughput",
+            "partial": partial,
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "model": str(args.model),
+            "device": args.device,
+            "peak_meter": PEAK_METER[args.device],
+            "hyper": asdict(hyper),
+            "rows": {"chat": args.rows, "debates": args.long_rows},
+            "eval_rows": args.eval_rows,
+            "repeats": args.repeats,
+            "ways": {w: WAYS[w] for w in args.ways},
+            "data": lengths,
+            "results": rows,
+            "ratios": speed,
+            "bars": bars(results, speed),
+            "token_mismatch": _token_mismatch(results, lengths),
+            "notes": notes + runner_notes(results, args.device),
+            "machine": machine(args.device),
+            "versions": versions(),
+            "load_average": {
+                "before": load_before,
+                "after": [round(x, 2) for x in os.getloadavg()],
+            },
+            "wall_seconds": round(time.time() - started, 1),
+        }
+
     for _round in range(args.repeats):
         for name in args.sets:
             for way in args.ways:
@@ -1015,37 +1053,20 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     flush=True,
                 )
                 runner = way in RUNNER_WAYS
-                result = run_runner(spec, workdir) if runner else _spawn(spec, workdir)
-                results.append(result)
-    load_after = [round(x, 2) for x in os.getloadavg()]
-    rows = []
-    for r in results:
-        row = asdict(r)
-        row["tokens_per_second"] = r.tokens_per_second
-        rows.append(row)
-    speed = ratios(results)
-    return {
-        "bench": "throughput",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": str(args.model),
-        "device": args.device,
-        "peak_meter": PEAK_METER[args.device],
-        "hyper": asdict(hyper),
-        "rows": {"chat": args.rows, "debates": args.long_rows},
-        "eval_rows": args.eval_rows,
-        "repeats": args.repeats,
-        "ways": {w: WAYS[w] for w in args.ways},
-        "data": lengths,
-        "results": rows,
-        "ratios": speed,
-        "bars": bars(results, speed),
-        "token_mismatch": _token_mismatch(results, lengths),
-        "notes": notes + runner_notes(results, args.device),
-        "machine": machine(args.device),
-        "versions": versions(),
-        "load_average": {"before": load_before, "after": load_after},
-        "wall_seconds": round(time.time() - started, 1),
-    }
+                results.append(run_runner(spec, workdir) if runner else _spawn(spec, workdir))
+                if args.save:
+                    save(report(partial=True), args.save)
+    return report(partial=False)
+
+
+def save(report: dict[str, Any], stem_text: str) -> None:
+    """Write STEM.json and STEM.md (whole files replaced, so a reader never sees half of one)."""
+    stem = Path(stem_text)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((".json", json.dumps(report, indent=2) + "\n"), (".md", markdown(report))):
+        part = stem.with_suffix(suffix + ".tmp")
+        part.write_text(text, "utf-8")
+        part.replace(stem.with_suffix(suffix))
 
 
 def runner_notes(results: list[WayResult], device: str) -> list[str]:
@@ -1095,6 +1116,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['rows']} training rows; held-out loss over {report['eval_rows']} rows per set "
         "(assistant tokens).",
         "",
+        *(
+            ["**Partial**: the run ended before its last way; these are the ways it finished.", ""]
+            if report.get("partial")
+            else []
+        ),
         f"| data | way | real tokens | train s | tokens/s | {peak_label(device)} | held-out loss |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -1104,10 +1130,11 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {r['data']} | {r['way']} {WAYS[r['way']]} | failed: {r['error']} | | | | |"
             )
             continue
-        tps = r["tokens_per_second"]
+        tps, loss = r["tokens_per_second"], r["eval_loss"]
         lines.append(
             f"| {r['data']} | {r['way']} {WAYS[r['way']]} | {r['real_tokens']} | {r['train_seconds']:.1f} | "
-            f"{tps:.1f} | {r['peak_bytes'] / 2**30:.2f} | {r['eval_loss']:.4f} |"
+            f"{f'{tps:.1f}' if tps else '-'} | {r['peak_bytes'] / 2**30:.2f} | "
+            f"{f'{loss:.4f}' if loss is not None else '-'} |"
         )
     lines += ["", "Ratios of D's real tokens/s to each way's:", ""]
     for data, by in report["ratios"].items():
@@ -1150,10 +1177,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code or 2
     if args.save:
-        stem = Path(args.save)
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", "utf-8")
-        stem.with_suffix(".md").write_text(markdown(report), "utf-8")
+        save(report, args.save)
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0
 

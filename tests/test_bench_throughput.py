@@ -399,3 +399,26 @@ def test_the_shape_tokenizer_has_the_configs_special_ids_and_a_chat_template(tmp
     enc = encode_causal(rows[0], "chat", tok, 64)
     learned = tok.decode([t for t in enc.labels if t != -100])
     assert learned.startswith("a star") and "what is the sun" not in learned
+
+
+def test_save_writes_both_pages_whole_and_marks_a_partial_run(tmp_path):
+    report = {
+        **_report(),
+        "partial": True,
+        "when": "2026-12-01T20:00:00Z",
+        "machine": {"processor": "x86_64", "cpus": 2},
+        "versions": {"torch": "2.13.0"},
+        "model": "/m/smollm2",
+        "hyper": T.asdict(T.Hyper()),
+        "rows": {"chat": 64},
+        "eval_rows": 16,
+        "data": {},
+        "token_mismatch": [],
+    }
+    T.save(report, str(tmp_path / "out" / "throughput_cpu"))
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["throughput_cpu.json", "throughput_cpu.md"]  # no .tmp left behind
+    assert json.loads((tmp_path / "out" / "throughput_cpu.json").read_text())["partial"] is True
+    page = (tmp_path / "out" / "throughput_cpu.md").read_text()
+    assert "**Partial**" in page and "| peak GiB (RSS) |" in page
+    assert "- chat: D/A >= 1.5: 2.00 pass" in page
