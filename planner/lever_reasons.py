@@ -86,8 +86,8 @@ def slower_text(chosen: Candidate, plain: Candidate) -> str:
         f"with packing off a step would take about {format_duration(plain.time.step_seconds)} "
         f"instead of {format_duration(chosen.time.step_seconds)}: with "
         f"{chosen.settings.attention} a pack's attention spans all its "
-        f"{chosen.settings.micro_batch} rows behind a mask; set [training].packing = false "
-        "(--packing off) to plan it, or use flash_attention_2"
+        f"{chosen.settings.micro_batch} rows behind a mask; plan it with --packing off "
+        "(packing = false in run.toml), or use flash_attention_2"
     )
 
 
@@ -101,7 +101,7 @@ def hurts_text(plain_best: Candidate) -> str:
     return (
         f"with packing off, {name} would fit at {how} ({format_bytes(plain_best.peak_bytes)}): "
         "with sdpa or eager a pack's block-diagonal mask costs tokens x tokens at every layer "
-        "(flash_attention_2 needs none); set [training].packing = false (--packing off) to plan it"
+        "(flash_attention_2 needs none); plan it with --packing off (packing = false in run.toml)"
     )
 
 
