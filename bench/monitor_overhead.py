@@ -89,6 +89,8 @@ class Report:
     sampler_interval_s: float
     repeats: list[Repeat] = field(default_factory=list)
     sample_cost_ms: float | None = None
+    #: one ``status.json`` rewrite (temp file, fsync, rename) in the run folders' file system
+    status_write_ms: float | None = None
     load_after: float | None = None
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -135,7 +137,7 @@ def summarize(
         "callback_share": round(callback_share, 5),
         "sampler_share": None if sampler_share is None else round(sampler_share, 6),
         "top_hook": top,
-        "top_hook_ms_per_step": None if top is None else statistics.median(hooks[top]),
+        "top_hook_ms_per_step": None if top is None else round(statistics.median(hooks[top]), 4),
         "direct_share": round(direct, 5),
         "bar": BAR,
         "passes": overhead <= BAR,
@@ -177,6 +179,12 @@ def format_table(report: Report) -> str:
             f"<= {BAR * 100:.0f}%: {'yes' if s['direct_passes'] else 'no'}",
         ),
         ("  inside the event callback's hooks", _pct(s["callback_share"]), hook, ""),
+        (
+            "    of which status.json rewrites (fsync), one a log",
+            _pct(s.get("status_write_share")),
+            "" if report.status_write_ms is None else f"{report.status_write_ms:.2f} ms each",
+            "",
+        ),
         (
             f"  one system sample every {report.sampler_interval_s:g} s",
             _pct(s["sampler_share"]),
@@ -430,6 +438,20 @@ def sample_cost_ms(count: int = 20) -> float:
         nvml.close()
 
 
+def status_write_ms(folder: Path, count: int = 20) -> float:
+    """The median cost of one ``status.json`` rewrite, as `EventCallback` does at every log."""
+    from affiner.runner.run import RunStatus, write_status
+
+    folder.mkdir(parents=True, exist_ok=True)
+    status = RunStatus(run_id=folder.name, state="running", step=1, total_steps=10)
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        write_status(folder, status)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
 def run_bench(args: argparse.Namespace) -> Report:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -463,9 +485,13 @@ def run_bench(args: argparse.Namespace) -> Report:
             repeat = run_way(way, cfg, rows, workdir, args.warmup, args.interval)
             report.repeats.append(repeat)
             print(f"  {way}: {repeat.mean_step_ms:.1f} ms a step", file=sys.stderr, flush=True)
+        report.status_write_ms = round(status_write_ms(workdir / "status-only"), 3)
     report.sample_cost_ms = round(sample_cost_ms(), 3)
     report.load_after = round(os.getloadavg()[0], 1)
     report.summary = summarize(report.repeats, report.sample_cost_ms, args.interval)
+    if report.status_write_ms is not None:
+        per_step = report.status_write_ms / report.logging_steps
+        report.summary["status_write_share"] = round(per_step / report.summary["off_ms"], 5)
     return report
 
 

@@ -115,6 +115,7 @@ def test_quick_run_times_both_ways_and_writes_a_real_event_log(
     assert ways["on"]["events_written"] >= 3 and ways["on"]["system_samples"] >= 1
     assert ways["off"]["events_written"] == 0
     assert isinstance(report["summary"]["passes"], bool)
+    assert report["status_write_ms"] > 0 and report["summary"]["status_write_share"] > 0
     assert json.loads(stem.with_suffix(".json").read_text())["steps"] == 2
     assert "overhead = on / off - 1" in stem.with_suffix(".md").read_text()
     on_dirs = [p for p in (tmp_path / "work").iterdir() if p.name.startswith("on-")]
