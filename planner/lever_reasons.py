@@ -52,7 +52,10 @@ def lever_reasons(
         full = estimate_activations(spec, s.with_(loss_kernel="torch"), device.kind)
         fused = estimate_activations(spec, s, device.kind)
         before = max(full.logits_peak, full.logits_forward)
-        after = max(fused.logits_peak, fused.logits_forward)
+        # the head's gradient, made early, is a gradient the run has anyway, not logits
+        after = max(fused.logits_peak, fused.logits_forward) - fused.details.get(
+            "fused_loss.head_grad", 0
+        )
         out.append(
             f"fused loss (liger) drops the {format_bytes(before)} logits: "
             f"{format_bytes(after)} instead"

@@ -477,7 +477,9 @@ def estimate_activations(
     if t.logit_softcap:
         logits_forward += vocab_elems * b
     if settings.loss_kernel == "liger" and spec.has_lm_head:
-        fused = fused_loss_bytes(spec, tokens, r)
+        # a trained head's weight gradient is made in the forward, in the weight's dtype
+        head_grad = spec.vocab_size * h * r if head_trains else 0
+        fused = fused_loss_bytes(spec, tokens, r, head_grad=head_grad)
         details.update({f"fused_loss.{k}": v for k, v in fused.items()})
         logits_saved = fused["saved"]
         logits_peak = fused["saved"]
@@ -493,27 +495,32 @@ def estimate_activations(
     )
 
 
-def fused_loss_bytes(spec: ModelSpec, tokens: int, input_bytes: int) -> dict[str, int]:
+def fused_loss_bytes(
+    spec: ModelSpec, tokens: int, input_bytes: int, *, head_grad: int = 0
+) -> dict[str, int]:
     """What liger-kernel's fused linear cross-entropy holds instead of the full logits.
 
     It computes the loss and its gradients during the forward, chunk by chunk: each chunk is
     ``next_pow2(ceil(tokens / ceil(vocab / hidden)))`` tokens, so a chunk's logits are about as
     large as the hidden states. A chunk's logits (in the input's dtype) become their own
     gradient in place, with a matmul's working copy beside them; what is kept for backward is
-    the input's gradient (tokens x hidden) and the per-token loss (fp32). The head weight's
-    gradient, when the head trains, is the gradient the memory model already counts.
+    the input's gradient (tokens x hidden) and the per-token loss (fp32), and, when the head
+    trains, its weight's gradient, made in the forward instead of at the start of backward.
 
     Args:
         tokens: tokens in the micro-batch.
         input_bytes: bytes per element of the last hidden states (the residual stream's).
+        head_grad: bytes of the head weight's gradient when it trains (0 when frozen).
 
     Returns:
-        ``chunk`` (the forward's vocabulary-sized working set) and ``saved`` (kept for backward).
+        ``chunk`` (the forward's vocabulary-sized working set), ``saved`` (kept for backward)
+        and ``head_grad`` (the part of ``saved`` that is the head's gradient, not logits).
     """
     h, vocab = max(spec.hidden_size, 1), spec.vocab_size
     per_chunk = -(-tokens // max(1, -(-vocab // h)))
     chunk_tokens = min(tokens, 1 << max(per_chunk - 1, 0).bit_length())
     return {
         "chunk": 2 * chunk_tokens * vocab * input_bytes,
-        "saved": tokens * h * input_bytes + tokens * 4,
+        "saved": tokens * h * input_bytes + tokens * 4 + head_grad,
+        "head_grad": head_grad,
     }
