@@ -623,19 +623,31 @@ class _CountingCollator:
         return batch
 
 
-def _timing_callback() -> Any:
+def _timing_callback(device: str = "cpu") -> Any:
     from transformers import TrainerCallback
 
+    def settle() -> None:
+        """On CUDA, wait for the queued kernels: a step "ends" on the host long before the GPU
+        has run it. Only at the two ends, so the steps in between run as they would."""
+        if device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
     class Timing(TrainerCallback):
-        """From the first step's start to the last step's end: what D's events measure too."""
+        """From the first step's start to the last step's end: what D's events measure too
+        (the runner's last ``train_log`` reads the loss, which waits for the GPU)."""
 
         begin: float | None = None
         end: float | None = None
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+            settle()
             self.begin = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+            if state.global_step >= state.max_steps:
+                settle()
             self.end = time.perf_counter()
 
     return Timing()
@@ -684,7 +696,7 @@ def run_way(spec: dict[str, Any]) -> WayResult:
         [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in train]
     )
     out_dir = tempfile.mkdtemp(prefix=f"bench-{way}-")
-    timing = _timing_callback()
+    timing = _timing_callback(device)
     if way == "A":
         from peft import get_peft_model
         from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
