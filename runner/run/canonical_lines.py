@@ -28,10 +28,11 @@ import math
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from affiner.runner.run.schema import FLOAT_MAX, INT_MAX
+from affiner.runner.run.schema import FLOAT_MAX, INT_MAX, check_value
 
 #: Most digits before the point for an unbounded number: 10**300 is still a finite float.
 MOST_DIGITS = 300
@@ -66,7 +67,8 @@ def _number_pattern(meta: Mapping[str, Any]) -> str | None:
     if digits is None:
         return None
     sign = "-?" if low < 0 else ""
-    return f"{sign}{_whole_part(digits)}(?:\\.[0-9]++)?+(?:[eE]-[0-9]++)?+"
+    # a point or an exponent, as `repr` of a float always has: json.loads then gives a float
+    return f"{sign}{_whole_part(digits)}(?:\\.[0-9]++(?:[eE]-[0-9]++)?+|[eE]-[0-9]++)"
 
 
 def _whole_pattern(meta: Mapping[str, Any]) -> str | None:
@@ -169,3 +171,68 @@ def event_lines_pattern(
     if not bodies:
         return None
     return re.compile(("\\n(?:" + "|".join(bodies) + ")(?=\\n)").encode("ascii"))
+
+
+def iter_block(pattern: re.Pattern[bytes], data: bytes) -> Iterator[bytes | re.Match[bytes]]:
+    """The complete lines of `data` (no trailing newline) in order: each line in the writer's
+    form as its match, and each stretch of other lines as one block of bytes (split it on
+    newlines: an empty block is one blank line).
+    """
+    taken = 0  # where the next line not yet given starts, in `data`
+    # a match starts at the newline before its line, so in `data` that line starts at
+    # match.start(); the newline after it is looked at, not taken (see `event_lines_pattern`)
+    for match in pattern.finditer(b"\n" + data + b"\n"):
+        if match.start() > taken:
+            yield data[taken : match.start() - 1]
+        yield match
+        taken = match.end()
+    if taken <= len(data):
+        yield data[taken:]
+
+
+@dataclass(frozen=True)
+class WriterForm:
+    """Lines of some event types in the writer's form, and how to build their events.
+
+    Attributes:
+        pattern: `event_lines_pattern` of the types.
+        kinds: per event type, its class and the fields whose decoded JSON still needs the
+            schema's check to become what the class holds (lists of nested objects).
+    """
+
+    pattern: re.Pattern[bytes]
+    kinds: Mapping[str, tuple[type, tuple[tuple[str, Any, Mapping[str, Any]], ...]]]
+
+    def events(self, run: list[re.Match[bytes]]) -> list[Any]:
+        """The events of consecutive matched lines, equal to what decoding and checking each
+        line would give: one `json.loads` for the whole run (the pattern has already checked
+        every value, and a float in it always reads as a float), no per-line checks."""
+        texts = [match[match.lastgroup or 0] for match in run]
+        out = []
+        for match, data in zip(run, json.loads(b"[" + b",".join(texts) + b"]"), strict=True):
+            cls, nested = self.kinds[match.lastgroup or ""]
+            del data["type"]
+            for name, hint, meta in nested:
+                data[name] = check_value(data[name], hint, meta, name)
+            out.append(cls(**data))
+        return out
+
+
+def writer_form(classes: tuple[type, ...]) -> WriterForm | None:
+    """The `WriterForm` of those of `classes` that have a pattern; None when none has."""
+    kept = tuple(cls for cls in classes if event_line_body(cls) is not None)
+    if not kept:
+        return None
+    pattern = event_lines_pattern(kept)
+    assert pattern is not None
+    kinds = {}
+    for cls in kept:
+        hints = typing.get_type_hints(cls)
+        nested = tuple(
+            (spec.name, hints[spec.name], spec.metadata)
+            for spec in dataclasses.fields(cls)
+            if typing.get_origin(hints[spec.name]) is list
+            or dataclasses.is_dataclass(hints[spec.name])
+        )
+        kinds[cls.type] = (cls, nested)  # type: ignore[attr-defined]
+    return WriterForm(pattern, kinds)

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from affiner.runner.run.canonical_lines import iter_block, writer_form
 from affiner.runner.run.schema import (
     RATIO,
     SIGNED,
@@ -526,6 +527,41 @@ def decode_lines(lines: Sequence[bytes], first_line: int, skipped: SkippedLines)
     return events
 
 
+#: Train logs, system samples and progress lines as `EventWriter` writes them: built from the
+#: matched text instead of decoded (`affiner.runner.run.canonical_lines`), the same events.
+_WRITER_FORM = writer_form((TrainLog, SystemSample, Progress))
+
+
+def decode_block(data: bytes, first_line: int, skipped: SkippedLines) -> tuple[list[Event], int]:
+    """`decode_lines` over the complete lines of `data` (no trailing newline), and their count.
+
+    The same events and the same notes in `skipped`, faster: lines in the writer's own form
+    (most of a log) are built from a pattern's match (a long run's first read took ~70 us a
+    line, now a few), the others are decoded by `decode_lines` in order, a stretch at a time.
+    """
+    if _WRITER_FORM is None:
+        lines = data.split(b"\n")
+        return decode_lines(lines, first_line, skipped), len(lines)
+    events: list[Event] = []
+    number = first_line
+    run: list[Any] = []
+    for item in iter_block(_WRITER_FORM.pattern, data):
+        if not isinstance(item, bytes):
+            run.append(item)
+            continue
+        if run:
+            events.extend(_WRITER_FORM.events(run))
+            number += len(run)
+            run = []
+        lines = item.split(b"\n")
+        events.extend(decode_lines(lines, number, skipped))
+        number += len(lines)
+    if run:
+        events.extend(_WRITER_FORM.events(run))
+        number += len(run)
+    return events, number - first_line
+
+
 class EventReader:
     """Reads an event log incrementally, tolerating a torn last line and lines that do not fit.
 
@@ -562,9 +598,8 @@ class EventReader:
         complete, newline, self._pending = buffer.rpartition(b"\n")
         if not newline:
             return []
-        lines = complete.split(b"\n")
-        events = decode_lines(lines, self._lines + 1, self.skipped)
-        self._lines += len(lines)
+        events, count = decode_block(complete, self._lines + 1, self.skipped)
+        self._lines += count
         return events
 
 

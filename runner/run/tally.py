@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, TypeAlias
 
-from affiner.runner.run.canonical_lines import event_lines_pattern
+from affiner.runner.run.canonical_lines import event_lines_pattern, iter_block
 from affiner.runner.run.events import (
     FILE_WARNINGS,
     LOG_SKIPPED,
@@ -180,28 +180,17 @@ def _pieces(data: bytes, tally: EventTally) -> list[_Piece]:
     pieces: list[_Piece] = []
     number = tally.lines + 1
     run: _Matches = []
-    taken = 0  # where the next line not yet taken starts
-
-    def decode(block: bytes) -> None:
-        nonlocal number, run
-        lines = block.split(b"\n")
-        if run:
-            pieces.append(run)
-            run = []
-        pieces.extend(decode_lines(lines, number, tally.skipped))
-        number += len(lines)
-
-    # searched with a newline before and after (see `event_lines_pattern`): a match starts at
-    # the newline before its line, so in `data` its line starts at match.start()
-    framed = b"\n" + data + b"\n"
-    for match in _WRITER_LINES.finditer(framed) if _WRITER_LINES is not None else ():
-        if match.start() > taken:
-            decode(data[taken : match.start() - 1])
-        run.append(match)
-        number += 1
-        taken = match.end()
-    if taken <= len(data):
-        decode(data[taken:])
+    for item in iter_block(_WRITER_LINES, data) if _WRITER_LINES is not None else (data,):
+        if isinstance(item, bytes):
+            if run:
+                pieces.append(run)
+                run = []
+            lines = item.split(b"\n")
+            pieces.extend(decode_lines(lines, number, tally.skipped))
+            number += len(lines)
+        else:
+            run.append(item)
+            number += 1
     if run:
         pieces.append(run)
     tally.lines = number - 1
