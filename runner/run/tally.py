@@ -157,10 +157,11 @@ _cursors: dict[str, _LogCursor] = {}
 _cursors_lock = threading.Lock()
 
 
-#: Train logs, system samples and progress as the writer writes them (most of a log): their
-#: step and loss are read from the match, and a line is decoded only when its figures are kept.
+#: Train logs, system samples, progress and checkpoints as the writer writes them (most of a
+#: log): their step and loss are read from the match, and a line is decoded only when its
+#: figures are kept.
 _WRITER_LINES = event_lines_pattern(
-    (TrainLog, SystemSample, Progress), captured=("t", "step", "loss")
+    (TrainLog, SystemSample, Progress, Checkpoint), captured=("t", "step", "loss")
 )
 
 #: Consecutive lines in the writer's form, as matches of `_WRITER_LINES`.
@@ -212,24 +213,34 @@ def _absorb_run(tally: EventTally, run: _Matches) -> re.Match[bytes] | None:
     """Fold a run of writer-form lines as folding each of them would; return its last train log.
 
     A train log sets the latest log, the last loss (when it has one), the highest step and the
-    time; a system sample or a progress event only the time. Those are read from the matched
-    text as the schema would read them (``float``/``int`` of the JSON number); the latest log
-    itself is an event the caller decodes once, from the last run that has one (`_fold`).
+    time; a checkpoint the newest checkpoint step, the highest step and the time; a system
+    sample or a progress event only the time. Those are read from the matched text as the
+    schema would read them (``float``/``int`` of the JSON number); the latest log itself is an
+    event the caller decodes once, from the last run that has one (`_fold`).
     """
     top: int | None = None
+    saved: int | None = None
     last_log: re.Match[bytes] | None = None
     loss = b"null"
     for match in run:
-        if match.lastgroup == TrainLog.type:
+        kind = match.lastgroup
+        if kind == TrainLog.type:
             step = int(match["train_log_step"])
-            top = step if top is None or step > top else top
             last_log = match
             if match["train_log_loss"] != b"null":
                 loss = match["train_log_loss"]
+        elif kind == Checkpoint.type:
+            step = int(match["checkpoint_step"])
+            saved = step if saved is None or step > saved else saved
+        else:
+            continue
+        top = step if top is None or step > top else top
     if loss != b"null":
         tally.last_loss = float(loss)
     if top is not None:
         tally.max_step = top if tally.max_step is None else max(tally.max_step, top)
+    if saved is not None and (tally.checkpoint_step is None or saved > tally.checkpoint_step):
+        tally.checkpoint_step = saved
     last = run[-1]
     tally.last_t = float(last[f"{last.lastgroup}_t"])
     return last_log
