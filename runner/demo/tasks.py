@@ -257,7 +257,9 @@ def _plan(
     from affiner.planner.recommend import plan
 
     device = resolve_target(probe())
-    request = _request(preset, device, data.train_rows, max_steps)
+    request = _request(
+        preset, device, data.train_rows, max_steps, lengths=token_lengths(preset, model_path, data)
+    )
     report = plan(resolve_model(str(model_path)), device, request)
     if report.best is None:
         reasons = "; ".join(report.candidates[0].reasons[:1]) if report.candidates else ""
@@ -268,25 +270,62 @@ def _plan(
     return report, report.best
 
 
-def _request(preset: DemoPreset, device: Any, train_rows: int, max_steps: int | None) -> Any:
-    """The `PlanRequest` of a demo: every preset setting stated, the steps it will take."""
+def token_lengths(preset: DemoPreset, model_path: Path, data: DemoData) -> list[int]:
+    """The demo's training rows in tokens as the run encodes them (chat template, truncated at
+    the preset's length): a packed micro-batch costs its rows' real tokens, so the plan needs
+    them, not the preset's maximum."""
+    from transformers import AutoTokenizer
+
+    from affiner.runner.data.render import encode_causal, encode_classification
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    lengths = []
+    for row in _read_rows(data.train):
+        if preset.task == "classification":
+            encoded = encode_classification(str(row["text"]), 0, tokenizer, preset.max_seq_len)
+        else:
+            encoded = encode_causal(row, "chat", tokenizer, preset.max_seq_len)
+        lengths.append(len(encoded.input_ids))
+    return lengths
+
+
+def _request(
+    preset: DemoPreset,
+    device: Any,
+    train_rows: int,
+    max_steps: int | None,
+    *,
+    lengths: list[int] | None = None,
+) -> Any:
+    """The `PlanRequest` of a demo: every preset setting stated, the steps it will take, and
+    the rows' token lengths when known (the mean a packed row computes, the longest a pack
+    holds)."""
     from affiner.planner.recommend import PlanRequest
 
     targets = preset.target_modules
     targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    rows = max_steps * preset.micro_batch if max_steps else train_rows
+    data_lengths: dict[str, Any] = {}
+    if lengths:
+        mean = sum(lengths) / len(lengths)
+        data_lengths = {
+            "train_tokens": max(1, round(mean * rows)),
+            "longest_rows": tuple(sorted(lengths, reverse=True)[:64]),
+        }
     return PlanRequest(
         seq_len=preset.max_seq_len,
         target_batch=preset.micro_batch,
         micro_batch=preset.micro_batch,
         method="lora",
         lora_rank=preset.lora_rank,
-        train_rows=max_steps * preset.micro_batch if max_steps else train_rows,
+        train_rows=rows,
         epochs=1.0 if max_steps else preset.epochs,
         lora_targets=targets,
         lora_alpha=preset.lora_alpha,
         lora_dropout=preset.lora_dropout,
         # The presets were measured in fp32 on the CPU (see _config): plan what will run.
         precision="fp32" if device.is_cpu else None,
+        **data_lengths,
     )
 
 

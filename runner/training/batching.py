@@ -189,7 +189,12 @@ def build_collator(cfg: RunConfig, tokenizer: Any, device: str, *, packing: bool
     if cfg.model.task == "classification":
         return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
     if packing:
-        return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+        # FlashAttention's variable-length kernels take the boundaries as cumulative lengths;
+        # handing them over saves each layer working them out from the position ids again
+        flash = cfg.model.attn_implementation.startswith("flash_attention")
+        return DataCollatorWithFlattening(
+            return_position_ids=True, separator_id=-100, return_flash_attn_kwargs=flash
+        )
     return DataCollatorForSeq2Seq(
         tokenizer, label_pad_token_id=-100, pad_to_multiple_of=multiple, padding=True
     )
