@@ -42,6 +42,10 @@ R = TypeVar("R", bound=LeverRequest)
 #: Families whose attention takes its positions from an ALiBi bias built on the attention
 #: mask, not from position ids: a pack's examples would see each other.
 ALIBI_FAMILIES = frozenset({"bloom", "mpt"})
+#: Families whose learned positions sit at an offset from the position ids (OPT adds 2): a
+#: pack's restarting ids put its later examples at the wrong positions. The runner's check on
+#: the loaded model (`affiner.runner.training.batching.packing_is_exact`) finds the same.
+OFFSET_POSITION_FAMILIES = frozenset({"opt"})
 #: The settings these levers are, as `LeverRequest` and `TrainSettings` name them.
 LEVERS = ("packing", "loss_kernel")
 
@@ -63,6 +67,11 @@ def packing_problem(spec: ModelSpec, request: LeverRequest) -> str | None:
         return (
             f"{spec.model_type}'s ALiBi attention takes positions from the attention mask, "
             "not the position ids, so packed examples would see each other"
+        )
+    if spec.model_type in OFFSET_POSITION_FAMILIES:
+        return (
+            f"{spec.model_type}'s learned positions are offset from the position ids, so a "
+            "pack's later examples would be read at the wrong positions"
         )
     return None
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from affiner.planner.settings import LOSS_KERNEL_SETTINGS
 from affiner.planner.vocabulary import (
     LORA_METHODS,
     Method,
@@ -41,7 +42,7 @@ from affiner.planner.vocabulary import (
 DATA_FORMATS = ("auto", "text", "instruction", "chat", "prompt_completion", "classification")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 DEVICES = ("auto", "cpu", "cuda")
-LOSS_KERNELS = ("auto", "liger", "torch")
+LOSS_KERNELS = LOSS_KERNEL_SETTINGS  # the planner's words: one vocabulary
 
 
 @dataclass

@@ -690,8 +690,16 @@ class RunStatus:
         return self.state in FINAL_STATES
 
 
-def write_status(run_dir: str | os.PathLike[str], status: RunStatus) -> None:
-    """Replace ``status.json`` atomically: readers see the old file or the new one, never half."""
+def write_status(
+    run_dir: str | os.PathLike[str], status: RunStatus, *, durable: bool = True
+) -> None:
+    """Replace ``status.json`` atomically: readers see the old file or the new one, never half.
+
+    `durable` also waits for the disk (fsync). A state a run ends in must survive a power cut;
+    the rewrite after every training log need not (the next one follows in seconds, and a
+    crashed process loses nothing the kernel already holds), and an fsync per log can cost a
+    fast GPU step several percent on a busy disk.
+    """
     run_dir = Path(run_dir)
     status.updated = time.time()
     payload = json.dumps(asdict(status), indent=2, default=_json_default) + "\n"
@@ -700,7 +708,8 @@ def write_status(run_dir: str | os.PathLike[str], status: RunStatus) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(payload)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, run_dir / STATUS_FILE)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

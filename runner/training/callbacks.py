@@ -359,14 +359,14 @@ class EventCallback(TrainerCallback):
         if self.writer is not None and state.is_world_process_zero:
             self.writer.write(event)
 
-    def _save_status(self, state: Any) -> None:
+    def _save_status(self, state: Any, *, durable: bool = True) -> None:
         if self.writer is None or not state.is_world_process_zero:
             return
         self.status.step = state.global_step
         self.status.total_steps = state.max_steps
         self.status.epoch = float(state.epoch or 0.0)
         self.status.best_eval_loss = self.best.best_loss
-        write_status(self.run_dir.path, self.status)
+        write_status(self.run_dir.path, self.status, durable=durable)
 
     def _enter(self, state: Any, phase: str) -> None:
         """Make `phase` the current one; ``status.json``'s message says it from now on."""
@@ -472,7 +472,7 @@ class EventCallback(TrainerCallback):
             self._saving(state, control)
         if self.phase != SAVE:
             self.phase, self.status.message = TRAIN, phase_words(TRAIN)[0]
-        self._save_status(state)
+        self._save_status(state, durable=False)  # every log: no wait for the disk
         return control
 
     def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:

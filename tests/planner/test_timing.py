@@ -56,10 +56,30 @@ def test_cpu_uses_the_measured_rate(spec) -> None:
     fast = DeviceTarget(
         "cpu", "CPU", "cpu", 1 << 35, 1 << 35, False, False, peak_tflops_fp32=4.0, measured=True
     )
-    s = TrainSettings(method="lora", precision="fp32")
+    s = TrainSettings(method="lora", precision="fp32", lora_dropout=0.0)
     slow_step = estimate_time(spec, s, cpu).step_seconds
     assert slow_step == pytest.approx(2 * estimate_time(spec, s, fast).step_seconds)
     assert "measured" in estimate_time(spec, s, cpu).notes[0]
+
+
+def test_lora_dropout_costs_cpu_time_that_no_matmul_rate_buys_back(spec) -> None:
+    from affiner.planner.timing import cpu_dropout_seconds
+
+    cpu = DeviceTarget(
+        "cpu", "CPU", "cpu", 1 << 35, 1 << 35, False, False, peak_tflops_fp32=2.0, measured=True
+    )
+    plain = TrainSettings(method="lora", precision="fp32", lora_dropout=0.0)
+    dropped = plain.with_(lora_dropout=0.05)
+    extra = cpu_dropout_seconds(spec, dropped, plain.tokens_per_step)
+    assert extra > 0 and cpu_dropout_seconds(spec, plain, plain.tokens_per_step) == 0
+    with_dropout = estimate_time(spec, dropped, cpu)
+    assert with_dropout.step_seconds == pytest.approx(
+        estimate_time(spec, plain, cpu).step_seconds + extra
+    )
+    assert any("LoRA dropout 0.05" in note for note in with_dropout.notes)
+    # a mask per wrapped layer: fewer targets, fewer masks
+    fewer = dropped.with_(lora_targets=("q_proj", "v_proj"))
+    assert cpu_dropout_seconds(spec, fewer, plain.tokens_per_step) < extra
 
 
 def test_freeze_on_a_mixture_costs_less_than_full_and_more_than_nothing() -> None:
