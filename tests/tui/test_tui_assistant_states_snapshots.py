@@ -150,7 +150,7 @@ class HeldPreflight:
         )
         self.reported.set()
         worker = get_current_worker()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while not self.release.wait(timeout=0.02):
             if worker.is_cancelled or time.monotonic() > deadline:
                 break
