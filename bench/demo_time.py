@@ -185,9 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--readme", action="store_true", help="rewrite README.md's demo table with the result"
     )
+    parser.add_argument("--workdir", type=Path, help="keep the demos' runs here")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="affiner-demo-time-") as tmp:
-        rows = [run_demo(key, Path(tmp)) for key in ([args.only] if args.only else DEMOS)]
+    keys = [args.only] if args.only else DEMOS
+    if args.workdir:  # kept: the runs, their adapters and events stay for a closer look
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        rows = [run_demo(key, args.workdir) for key in keys]
+    else:
+        with tempfile.TemporaryDirectory(prefix="affiner-demo-time-") as tmp:
+            rows = [run_demo(key, Path(tmp)) for key in keys]
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} logical cores, {platform.system()}",
         "date": time.strftime("%Y-%m-%d"),
