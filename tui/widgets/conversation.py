@@ -7,6 +7,7 @@ mounted in the same column, so the conversation reads top to bottom like a chat 
 from __future__ import annotations
 
 from textual.containers import VerticalScroll
+from textual.geometry import Size
 from textual.widget import Widget
 from textual.widgets import Markdown
 
@@ -36,7 +37,14 @@ class Message(Markdown):
 
 
 class Conversation(VerticalScroll, can_focus=False):
-    """The message column. New messages scroll it to the end."""
+    """The message column. New messages scroll it to the end, and it stays there.
+
+    A Markdown message lays itself out a refresh or two after it is mounted, so the column
+    keeps growing after the scroll that followed the mount; scrolling once would leave the
+    newest lines below the fold. The column therefore *follows* its end: every growth scrolls
+    it down again, until the user scrolls up to read (then nothing moves under them), and
+    following resumes once they are back at the bottom or a new message arrives.
+    """
 
     DEFAULT_CSS = """
     Conversation {
@@ -52,11 +60,27 @@ class Conversation(VerticalScroll, can_focus=False):
         self.show(message)
         return message
 
+    following: bool = True
+    """Whether growth scrolls the column down (false while the user reads further up)."""
+
     def show(self, widget: Widget) -> Widget:
         """Append any widget (plan bars, histogram…) as a message of its own."""
         self.mount(widget)
+        self.following = True
         self.call_after_refresh(self.scroll_end, animate=False)
         return widget
+
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        if new >= self.max_scroll_y:
+            self.following = True
+        elif new < old:  # only the user scrolls up; growth never does
+            self.following = False
+
+    def watch_virtual_size(self, size: Size) -> None:
+        """Growth of the content (not of the window, which is a resize) scrolls down again."""
+        if self.following:
+            self.scroll_end(animate=False)
 
     @property
     def messages(self) -> list[Message]:
