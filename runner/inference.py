@@ -187,19 +187,30 @@ class ChatSession:
 
     # -- chat ----------------------------------------------------------------------------
     def encode(self, messages: Sequence[Message]) -> Any:
-        """Token ids for `messages`: the chat template when the tokenizer has one, else the
-        contents joined by blank lines (a base model without a template just continues text)."""
+        """Token ids for `messages`, built as training built the prompts it learned to answer.
+
+        `affiner.runner.data.render.prompt_ids`: the chat template with its generation prompt
+        when the tokenizer has one, else affiner's plain layout up to ``### Assistant:``, so a
+        model tuned on chat, instruction or prompt/completion rows is asked in its training's form.
+
+        Raises:
+            AffinerError: the chat template refuses the conversation.
+        """
+        import torch
+
+        from affiner.runner.data.formats import RowProblem
+        from affiner.runner.data.render import prompt_ids
+
         self.load()
-        if getattr(self.tokenizer, "chat_template", None):
-            encoded = self.tokenizer.apply_chat_template(
-                list(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )
-        else:
-            text = "\n\n".join(m["content"] for m in messages)
-            encoded = self.tokenizer(text, return_tensors="pt")
-        return {
-            k: v.to(self.device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")
-        }
+        try:
+            ids = prompt_ids(list(messages), self.tokenizer)
+        except RowProblem as problem:
+            raise AffinerError(
+                str(problem),
+                hint="ask with user and assistant turns that alternate, starting with the user",
+            ) from None
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
     def stream(
         self,

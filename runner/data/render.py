@@ -5,22 +5,26 @@ text at once (never piece by piece, which can merge differently) and mapping tok
 characters through the tokenizer's offsets gives the mask. Tokenizers without offsets fall back
 to counting the tokens of text prefixes.
 
-Chat rows use the tokenizer's chat template. The assistant spans are found by rendering prefixes
-of the conversation: the text added between ``messages[:i]`` with the generation prompt and
-``messages[:i + 1]`` is turn ``i``'s answer and its end-of-turn token. When the template rewrites
-history (so prefixes do not line up) the answer is searched for in the full text instead.
+Train as served: chat, instruction and prompt/completion rows are all rendered as the
+conversation the playground and `affiner.runner.inference.ChatSession` will later send
+(`conversation`): instruction (and input) or prompt as the user turn, output or completion as
+the assistant's, loss on the assistant's text only. `generation_prompt` builds the prompt at
+inference with the same code, so the tokens a tuned model is asked with are the tokens it was
+trained to answer after.
 
-A tokenizer without a chat template gets this plain template (and instruction rows the Alpaca
-one below)::
+With a chat template, the assistant spans are found by rendering prefixes of the conversation:
+the text added between ``messages[:i]`` with the generation prompt and ``messages[:i + 1]`` is
+turn ``i``'s answer and its end-of-turn token. When the template rewrites history (so prefixes
+do not line up) the answer is searched for in the full text instead.
+
+A tokenizer without a chat template gets this one plain layout, for every conversational format
+and at inference alike (the prompt ends with the assistant header, where the reply begins)::
 
     ### System:\\n{content}\\n\\n### User:\\n{content}\\n\\n### Assistant:\\n{content}<eos>\\n\\n
 
-    ### Instruction:\\n{instruction}\\n\\n### Input:\\n{input}\\n\\n### Response:\\n{output}<eos>
-
-Instruction rows are rendered as a two-turn chat when the tokenizer has a template, so that a
-model fine-tuned on them answers the way it will be asked (through the template). Prompt and
-completion are joined exactly as written. Every causal example ends with EOS (learned) unless
-the template already put it there.
+``text`` rows are the one format trained as written (loss on every token): a data set meant as
+raw continuation, prompt and completion joined with no layout, belongs in a ``text`` column.
+Every causal example ends with EOS (learned) unless the template already put it there.
 """
 
 from __future__ import annotations
@@ -75,6 +79,12 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+#: What ends every turn of the plain layout (after the assistant's EOS too).
+PLAIN_SEPARATOR = "\n\n"
+#: The formats rendered as a conversation (`conversation`); ``text`` is trained as written.
+CONVERSATIONAL_FORMATS = ("chat", "instruction", "prompt_completion")
+
+
 def instruction_messages(row: dict[str, Any]) -> list[dict[str, str]]:
     """An Alpaca row as a conversation: instruction and input as the user turn."""
     user = row["instruction"] + (f"\n\n{row['input']}" if row.get("input", "").strip() else "")
@@ -86,38 +96,84 @@ def instruction_messages(row: dict[str, Any]) -> list[dict[str, str]]:
     ]
 
 
+def conversation(row: dict[str, Any], fmt: str) -> list[dict[str, str]]:
+    """A chat, instruction or prompt/completion row as the messages a chat client would send.
+
+    A prompt/completion row is the question a user types and the answer wanted, so it is one
+    user turn and one assistant turn: trained that way, the model answers the playground's
+    question in the form it learned.
+    """
+    if fmt == "chat":
+        return row["messages"]
+    if fmt == "instruction":
+        return instruction_messages(row)
+    if fmt == "prompt_completion":
+        return [
+            {"role": "user", "content": row["prompt"]},
+            {"role": "assistant", "content": row["completion"]},
+        ]
+    raise RowProblem(f"format {fmt!r} is not a conversation")
+
+
 def render(row: dict[str, Any], fmt: str, tokenizer: Any) -> Rendered:
-    """The text for `row` and its loss spans (see the module docstring for the templates)."""
-    eos = getattr(tokenizer, "eos_token", None) or ""
+    """The text for `row` and its loss spans (see the module docstring for the layouts)."""
     if fmt == "text":
         return Rendered(row["text"], [(0, len(row["text"]))], True)
-    if fmt == "prompt_completion":
-        text = row["prompt"] + row["completion"]
-        return Rendered(text, [(len(row["prompt"]), len(text))], True)
-    if fmt == "instruction" and has_chat_template(tokenizer):
-        return _render_chat(instruction_messages(row), tokenizer)
-    if fmt == "instruction":
-        parts = [f"{row['system']}\n\n"] if row.get("system") else []
-        parts.append(f"### Instruction:\n{row['instruction']}\n\n")
-        if row.get("input", "").strip():
-            parts.append(f"### Input:\n{row['input']}\n\n")
-        prompt = "".join(parts) + "### Response:\n"
-        return Rendered(
-            prompt + row["output"], [(len(prompt), len(prompt) + len(row["output"]))], True
-        )
-    if fmt == "chat":
-        if has_chat_template(tokenizer):
-            return _render_chat(row["messages"], tokenizer)
-        text, spans = "", []
-        for message in row["messages"]:
-            text += PLAIN_HEADERS[message["role"]]
-            if message["role"] == "assistant":
-                spans.append((len(text), len(text) + len(message["content"]) + len(eos)))
-                text += message["content"] + eos + "\n\n"
-            else:
-                text += message["content"] + "\n\n"
-        return Rendered(text, spans, True, has_eos=bool(eos))
-    raise RowProblem(f"format {fmt!r} has no causal LM rendering")
+    if fmt not in CONVERSATIONAL_FORMATS:
+        raise RowProblem(f"format {fmt!r} has no causal LM rendering")
+    messages = conversation(row, fmt)
+    if has_chat_template(tokenizer):
+        return _render_chat(messages, tokenizer)
+    return _render_plain(messages, tokenizer)
+
+
+def _render_plain(messages: list[dict[str, str]], tokenizer: Any) -> Rendered:
+    eos = getattr(tokenizer, "eos_token", None) or ""
+    text, spans = "", []
+    for message in messages:
+        text += PLAIN_HEADERS[message["role"]]
+        if message["role"] == "assistant":
+            spans.append((len(text), len(text) + len(message["content"]) + len(eos)))
+            text += message["content"] + eos + PLAIN_SEPARATOR
+        else:
+            text += message["content"] + PLAIN_SEPARATOR
+    return Rendered(text, spans, True, has_eos=bool(eos))
+
+
+def generation_prompt(messages: list[dict[str, str]], tokenizer: Any) -> Rendered:
+    """The text a model is asked with to answer `messages`, rendered as training renders them.
+
+    Through the chat template with its generation prompt when the tokenizer has one, else the
+    plain layout up to the assistant header. The text is exactly the part of a training
+    example that precedes the reply, so its tokens are the tokens training put before the loss.
+
+    Raises:
+        RowProblem: the chat template refuses the conversation.
+    """
+    if has_chat_template(tokenizer):
+        return Rendered(_apply(tokenizer, list(messages), True), [], False)
+    history = _render_plain(list(messages), tokenizer).text
+    return Rendered(history + PLAIN_HEADERS["assistant"], [], True)
+
+
+def prompt_ids(messages: list[dict[str, str]], tokenizer: Any) -> list[int]:
+    """Token ids of `generation_prompt`, tokenized as training tokenizes its examples.
+
+    Special tokens the tokenizer adds at the end of a text (an EOS some tokenizers append) are
+    left out: in training they follow the whole example, never the prompt, and a prompt that
+    ended with EOS would ask the model to stop before it starts.
+    """
+    rendered = generation_prompt(messages, tokenizer)
+    ids = list(
+        tokenizer(rendered.text, add_special_tokens=rendered.add_special_tokens)["input_ids"]
+    )
+    if not rendered.add_special_tokens:
+        return ids
+    bare = list(tokenizer(rendered.text, add_special_tokens=False)["input_ids"])
+    for start in range(len(ids) - len(bare) + 1):
+        if ids[start : start + len(bare)] == bare:
+            return ids[: start + len(bare)]
+    return ids
 
 
 def _apply(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:

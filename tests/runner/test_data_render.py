@@ -126,16 +126,14 @@ def test_loss_on_output_completion_and_all_text(
 ) -> None:
     shown = render_example(row, fmt, tokenizer, 512)
     assert learned_runs(tokenizer, shown.labels) == [learned]
-    if (
-        fmt != "instruction"
-    ):  # instruction rows go through the chat template, which ends turns itself
+    if fmt == "text":  # the other formats go through the chat template, which ends turns itself
         assert shown.input_ids[-1] == tokenizer.eos_token_id
 
 
-def test_instruction_without_a_template_is_alpaca(plain_tokenizer: Any) -> None:
+def test_instruction_without_a_template_uses_the_plain_one(plain_tokenizer: Any) -> None:
     row = {"instruction": "tell me", "input": "", "output": "a story"}
     shown = render_example(row, "instruction", plain_tokenizer, 512)
-    assert shown.text == "### Instruction:\ntell me\n\n### Response:\na story<|im_end|>"
+    assert shown.text == "### User:\ntell me\n\n### Assistant:\na story<|im_end|>\n\n"
     assert learned_runs(plain_tokenizer, shown.labels) == ["a story<|im_end|>"]
 
 
