@@ -7,7 +7,10 @@ spec.
 """
 
 from affiner.planner.models.offline import (
+    COPY_MARKER,
+    OFFLINE_MODELS,
     OfflineModel,
+    OfflineNotReady,
     converted_dir,
     find_offline_model,
     offline_folder,
@@ -21,10 +24,13 @@ from affiner.planner.models.sizes import spec_from_size
 from affiner.planner.models.spec import MODULE_KEYS, LinearTarget, ModelSpec, has_fused_experts
 
 __all__ = [
+    "COPY_MARKER",
     "MODULE_KEYS",
+    "OFFLINE_MODELS",
     "LinearTarget",
     "ModelSpec",
     "OfflineModel",
+    "OfflineNotReady",
     "converted_dir",
     "find_offline_model",
     "has_fused_experts",

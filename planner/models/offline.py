@@ -152,20 +152,34 @@ def source_path(model: OfflineModel) -> Path:
     return root / model.relative
 
 
+#: Written last into a copied folder model (`affiner.runner.demo.provision.named_folder`): its
+#: presence says the copy in affiner's cache is whole.
+COPY_MARKER = ".affiner-copy.json"
+
+
+class OfflineNotReady(AffinerError):
+    """An offline model is installed but not yet made loadable (a GGUF not converted).
+
+    Its own type so a caller that can make it ready (`affiner train`, `affiner preflight`) or
+    needs only its shape (`affiner plan`) can tell it from every other configuration mistake.
+    """
+
+
 def converted_dir(model: OfflineModel) -> Path:
-    """Where the ready-to-load safetensors folder of `model` lives (or will live)."""
-    if model.kind == "folder":
-        return source_path(model)
+    """Where the ready-to-load folder of `model` lives (or will live) in affiner's cache:
+    a GGUF's conversion, or a folder model's copy under its own name."""
     return cache_dir() / "models" / model.key
 
 
 def ready_path(model: OfflineModel) -> Path | None:
-    """The loadable folder if it exists now (no conversion), else None."""
-    try:
-        path = converted_dir(model)
-    except AffinerError:
+    """The loadable folder in affiner's cache if it is there now (nothing converted or copied
+    here), else None. A folder model's copy counts once its `COPY_MARKER` says it is whole."""
+    path = converted_dir(model)
+    if not (path / "config.json").exists():
         return None
-    return path if (path / "config.json").exists() else None
+    if model.kind == "folder" and not (path / COPY_MARKER).exists():
+        return None
+    return path
 
 
 def offline_spec(ref: str) -> ModelSpec | None:
@@ -183,6 +197,10 @@ def offline_spec(ref: str) -> ModelSpec | None:
     if model is None:
         return None
     ready = ready_path(model)
+    if ready is None and model.kind == "folder":  # loadable where the package put it
+        installed = package_dir(model)
+        folder = installed / model.relative if installed is not None else None
+        ready = folder if folder is not None and (folder / "config.json").exists() else None
     if ready is not None:
         import json
 
@@ -197,21 +215,30 @@ def offline_folder(ref: str) -> str | None:
     Returns None when `ref` names no offline model (or is an existing path), so the caller
     keeps it as written.
 
+    A folder model's copy in affiner's cache is preferred (runs are then named for the model,
+    not for the package's ``model`` folder); without one the package's folder serves.
+
     Raises:
-        AffinerError: the model's package is missing (with the install command), or the GGUF
-            has not been converted yet (with the command that converts it once).
+        AffinerError: the model's package is missing (with the install command).
+        OfflineNotReady: the GGUF has not been converted yet (with the command that converts
+            it once).
     """
     if not ref or Path(ref).expanduser().exists():
         return None
     model = find_offline_model(ref)
     if model is None:
         return None
-    source_path(model)  # the install command when the package is missing
+    source = source_path(model)  # the install command when the package is missing
     ready = ready_path(model)
-    if ready is None:
-        raise AffinerError(
-            f"{model.title} is installed but not converted for training yet",
-            hint=f"convert it once (about 30 s): python -m affiner.runner.demo.provision {model.key}",
-            where="[model].name_or_path",
-        )
-    return str(ready)
+    if ready is not None:
+        return str(ready)
+    if model.kind == "folder":  # loads as it is; `affiner train` copies it under its name first
+        return str(source)
+    raise OfflineNotReady(
+        f"{model.title} is installed but not converted for training yet",
+        hint=(
+            "`affiner train` and `affiner preflight` convert it on first use (about 30 s), "
+            f"or convert it now: python -m affiner.runner.demo.provision {model.key}"
+        ),
+        where="[model].name_or_path",
+    )

@@ -3,6 +3,7 @@ model loadable (`python -m affiner.runner.demo.provision NAME`), and reading a d
 """
 
 from affiner.runner.demo.evaluate import collect_result, wait_for_baseline
+from affiner.runner.demo.provision import provision as provision_model
 from affiner.runner.demo.tasks import get_preset, planned_seconds, prepare_demo, shrink_from_env
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "get_preset",
     "planned_seconds",
     "prepare_demo",
+    "provision_model",
     "shrink_from_env",
     "wait_for_baseline",
 ]

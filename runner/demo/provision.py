@@ -21,6 +21,7 @@ from pathlib import Path
 from affiner.planner.errors import AffinerError
 from affiner.planner.locations import cache_dir
 from affiner.planner.models import (
+    COPY_MARKER,
     OfflineModel,
     converted_dir,
     find_offline_model,
@@ -52,18 +53,17 @@ def provision(ref: str | OfflineModel, *, progress: ProgressFn | None = None) ->
     model = ref if isinstance(ref, OfflineModel) else find_offline_model(ref)
     if model is None:
         raise AffinerError(f"{ref!r} is not one of affiner's offline models")
+    if model.kind == "folder":  # raises the "not installed" error with the install command
+        report = progress or (lambda stage, done: None)
+        report("copying into affiner's cache", 0.0)
+        return named_folder(model, source_path(model))
     ready = ready_path(model)
     if ready is not None:
-        return named_folder(model, ready) if model.kind == "folder" else ready
+        return ready
     if model.kind != "gguf":
-        source_path(model)  # raises the "not installed" error with the install command
+        source_path(model)
         raise AffinerError(f"{model.title} has no loadable folder")
     return _convert_gguf(model, progress or (lambda stage, done: None))
-
-
-#: Written last into a copied model folder: its presence says the copy is whole, and it names
-#: the files and sizes copied, so a package upgrade that changes them is copied again.
-COPY_MARKER = ".affiner-copy.json"
 
 
 def named_folder(model: OfflineModel, folder: Path) -> Path:

@@ -56,9 +56,9 @@ from affiner.runner.run.process import (
     wait_gone,
     worker_argv,
 )
-from affiner.runner.run.rundir import RunDir, new_run_id
+from affiner.runner.run.rundir import RunDir, model_name, new_run_id
 from affiner.runner.run.rundir import runs_root as default_runs_root
-from affiner.runner.run.runs import model_label, resolve_run, summarize
+from affiner.runner.run.runs import resolve_run, summarize
 
 #: Seconds `stop_run` waits for a graceful stop (the worker may be writing a checkpoint).
 DEFAULT_STOP_TIMEOUT = 120.0
@@ -114,8 +114,9 @@ def _load(cfg_or_path: RunConfig | str | os.PathLike[str]) -> tuple[RunConfig, l
 
 
 def run_label(cfg: RunConfig) -> str:
-    """``lora-smollm2-135m`` style: the method, then the model's short name."""
-    return f"{cfg.method.name}-{model_label(cfg.model.name_or_path)}"
+    """``lora-smollm2-135m-instruct`` style: the method, then the model's own name
+    (`model_name`: never a generic folder such as ``model`` or a cache's hash)."""
+    return f"{cfg.method.name}-{model_name(cfg.model.name_or_path)}"
 
 
 def prepare_run(

