@@ -176,6 +176,9 @@ class _Run:
         #: the model is being loaded (an out-of-memory then is not one a smaller batch fixes)
         self.loading = False
         self.base_evaluated = False
+        #: the run's configuration and prepared data, once read (the model card needs them)
+        self.cfg: RunConfig | None = None
+        self.data: Any = None
         self._last_step = 0
         #: (code, message) of the warnings already in the log: a resume does not repeat them
         self._logged_warnings: set[tuple[str, str]] | None = None
@@ -285,6 +288,9 @@ class _Run:
         self.enter(PREPARE_DATA)
         data = prepare_data(cfg, tokenizer)
         self._data_warnings(data)
+        self.cfg, self.data = cfg, data
+        if self.rank0:
+            self._record_labels(cfg, data)
 
         # -- pre-flight (a long run measures what fits before committing to it; a resume
         # does again when its settings differ from those its checkpoint was made with)
@@ -359,15 +365,23 @@ class _Run:
         events = self.events
         if events.failure:
             return self.finish("failed", events.failure, EXIT_FAILED)
+        stopped = self.stop.requested
+        stop_message = (
+            f"Stopped on {self.stop.signal_name} at step {self.step}; resume to continue."
+        )
         if self.rank0:
             self.enter(SAVE_OUTPUTS, step=self.step)
-            self._save_outputs(cfg, self.loaded, data, device, precision)
-        if self.stop.requested:
-            return self.finish(
-                "stopped",
-                f"Stopped on {self.stop.signal_name} at step {self.step}; resume to continue.",
-                EXIT_STOPPED,
+            self._save_outputs(
+                cfg,
+                self.loaded,
+                data,
+                device,
+                precision,
+                state="stopped" if stopped else "finished",
+                message=stop_message if stopped else "",
             )
+        if stopped:
+            return self.finish("stopped", stop_message, EXIT_STOPPED)
         message = (
             "Stopped early: the eval loss stopped improving."
             if events.early_stopped
@@ -498,35 +512,81 @@ class _Run:
 
     # ------------------------------------------------------------------ saving
     def _save_outputs(
-        self, cfg: RunConfig, loaded: Any, data: Any, device: str, precision: Any
+        self,
+        cfg: RunConfig,
+        loaded: Any,
+        data: Any,
+        device: str,
+        precision: Any,
+        *,
+        state: str,
+        message: str,
     ) -> None:
-        from affiner.runner.training import CardFacts, write_model_card
-
         rd = self.rd
         self.trainer.save_model(str(rd.adapter))
         loaded.tokenizer.save_pretrained(str(rd.adapter))
         merged = False
         if cfg.output.merge and cfg.uses_lora:
             merged = self._merge(cfg, loaded, device, precision, list(data.labels or []))
-        best = self.events.best.best
+        self._write_card(state, message, adapter_step=self.step, merged=merged)
+
+    def _write_card(
+        self, state: str, message: str, *, adapter_step: int | None, merged: bool = False
+    ) -> None:
+        """The model card, from what this run found: its data report, the evaluations its event
+        log keeps (the resume rule applied) and the checkpoints it kept."""
+        from affiner.runner.run import read_events
+        from affiner.runner.run.events import EvalResult, effective_events
+        from affiner.runner.training import CardFacts, write_model_card
+
+        cfg, data, loaded = self.cfg, self.data, self.loaded
+        report = data.report
+        best = self.events.best.best if self.events is not None else None
+        trainer_state = self.trainer.state if self.trainer is not None else None
         facts = CardFacts(
-            state="stopped" if self.stop.requested else "finished",
+            state=state,
             steps=self.step,
             train_rows=len(data.train),
             eval_rows=len(data.eval) if data.eval is not None else 0,
-            train_tokens=data.report.train_tokens.total,
-            trainable_params=loaded.trainable_params,
-            total_params=loaded.total_params,
-            device=device,
-            precision=precision.name,
+            total_steps=int(trainer_state.max_steps) if trainer_state else None,
+            message=message,
+            adapter_step=adapter_step,
+            data_format=data.format,
+            rows_read=dict(report.rows_read),
+            duplicates_removed=dict(report.duplicates_removed),
+            dropped=report.dropped,
+            leaked=report.leaked,
+            eval_source=report.eval_source,
+            train_tokens=report.train_tokens.total,
+            trainable_params=loaded.trainable_params if loaded else 0,
+            total_params=loaded.total_params if loaded else 0,
+            device=loaded.device if loaded else "",
+            precision=loaded.precision.name if loaded else "",
             train_seconds=self.train_seconds,
-            final_eval=self.events.last_eval,
+            evals=[
+                e for e in effective_events(read_events(self.rd.path)) if isinstance(e, EvalResult)
+            ],
             best_eval_loss=best.eval_loss if best else None,
             best_step=best.step if best else None,
             labels=list(data.labels or []),
             merged=merged,
         )
-        write_model_card(rd, cfg, facts)
+        write_model_card(self.rd, cfg, facts)
+
+    def _record_labels(self, cfg: RunConfig, data: Any) -> None:
+        """Write the class names training found in the data into the run's ``run.toml``.
+
+        Without them there, only this process knows which class id is which: the playground,
+        `ChatSession`, a resumed attempt and a reader of the run folder would see ``LABEL_0``.
+        The run's own copy of ``run.toml`` is written (never the user's file it came from).
+        """
+        from affiner.runner.config.io import set_config_values
+
+        if cfg.model.task != "classification" or not data.labels or cfg.data.labels:
+            return
+        if self.rd.config.exists():
+            set_config_values(self.rd.config, "data", {"labels": list(data.labels)})
+        cfg.data.labels = list(data.labels)
 
     def _merge(
         self, cfg: RunConfig, loaded: Any, device: str, precision: Any, labels: list[str]
@@ -568,6 +628,8 @@ class _Run:
     def finish(self, state: str, message: str, exit_code: int) -> int:
         if self.sampler is not None:
             self.sampler.stop()  # its last sample (the run's whole peak) lands before the end
+        if state == "failed":
+            self._failed_card(message)
         best = self.events.best.best if self.events is not None else None
         self._last_words(
             RunFinished(
@@ -588,6 +650,16 @@ class _Run:
         except OSError as exc:  # the disk is still full: train.log is the last place left
             _say(f"affiner: could not write status.json ({exc}); the run {state}: {message}")
         return exit_code
+
+    def _failed_card(self, message: str) -> None:
+        """A run that failed once training began says so in its card (a card an earlier,
+        stopped attempt wrote would otherwise still describe its weights as the result)."""
+        if not self.rank0 or self.cfg is None or self.data is None or self.events is None:
+            return  # nothing trained: the run's error is all there is to say
+        try:
+            self._write_card("failed", message, adapter_step=None)
+        except Exception as exc:  # the card must never hide the failure it reports
+            _say(f"affiner: could not write the model card ({type(exc).__name__}: {exc})")
 
     def fail(self, message: str, *, code: str, exit_code: int) -> int:
         self._last_words(Error(code=code, message=message, step=self.step))

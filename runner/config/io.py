@@ -35,6 +35,7 @@ __all__ = [
     "load_config",
     "loads_config",
     "save_config",
+    "set_config_values",
     "validate_config",
 ]
 
@@ -401,3 +402,23 @@ def save_config(cfg: RunConfig, path: str | os.PathLike[str]) -> Path:
         Path(temp).unlink(missing_ok=True)
         raise
     return target
+
+
+def set_config_values(path: str | os.PathLike[str], section: str, values: dict[str, Any]) -> Path:
+    """Set `values` in one section of the ``run.toml`` at `path`, atomically; returns the path.
+
+    What the training process learns and later readers need (the class names it detected,
+    the batch that fits) belongs in the run's ``run.toml``, the one place a run's settings
+    live. The file is read raw, so every other value stays as it was written (relative paths
+    stay relative, nothing is resolved), checked as a whole, and rewritten by `save_config`.
+
+    Raises:
+        ConfigError: the result is not a valid configuration (the file is left unchanged).
+        OSError: the file cannot be read or written.
+    """
+    from affiner.runner.config.raw import read_raw_config
+
+    target = Path(path)
+    data = read_raw_config(target)
+    data.setdefault(section, {}).update(values)
+    return save_config(config_from_dict(data, source=str(target)), target)
