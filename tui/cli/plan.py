@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from affiner.planner.data_length import length_from_data, nearest_rank
 from affiner.planner.settings import ATTENTIONS, LOSS_KERNEL_SETTINGS, SHARDINGS
 from affiner.planner.vocabulary import (
     METHODS,
@@ -42,6 +43,9 @@ from affiner.tui.cli.plan_render import memory_bar as memory_bar
 
 if TYPE_CHECKING:
     from affiner.planner.recommend import PlanReport
+
+#: The max length planned when neither the user nor the data says one.
+DEFAULT_SEQ_LEN = 512
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -72,7 +76,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--vram", type=float, metavar="GiB", help="plan for a GPU with this much memory, in GiB"
     )
-    parser.add_argument("--seq-len", type=int, metavar="N", help="tokens per row (default 512)")
+    parser.add_argument(
+        "--seq-len",
+        type=int,
+        metavar="N",
+        help="tokens per row (default: the data's p99 length rounded up to a multiple of 16 "
+        "when the data's token lengths are known, else 512)",
+    )
     parser.add_argument(
         "--batch",
         type=int,
@@ -223,9 +233,7 @@ def run_plan(args: argparse.Namespace) -> int:
         raise AffinerError("--gpus must be at least 1", where="--gpus")
     cfg = None
     if args.config:
-        from affiner.runner.config import load_config
-
-        cfg = load_config(args.config)
+        cfg = plan_file.load_plan_config(args.config)
     elif not args.model:
         raise AffinerError(
             "nothing to plan",
@@ -267,7 +275,10 @@ def run_plan(args: argparse.Namespace) -> int:
         fields["packing"] = {"auto": None, "on": True, "off": False}[args.packing]
     if args.micro_batch is not None and args.batch is None and cfg is not None:
         fields["target_batch"] = cfg.training.micro_batch * cfg.training.grad_accum * args.gpus
-    fields.setdefault("seq_len", 512)
+    fallback = DEFAULT_SEQ_LEN  # the length planned when the data's lengths are unknown
+    if args.seq_len is None and cfg is not None and not plan_file.states_max_seq_len(args.config):
+        # the file's default, not the user's word: the data may choose
+        fallback = fields.pop("seq_len", DEFAULT_SEQ_LEN)
     fields.setdefault("target_batch", 16)
     task = args.task or (
         cfg.model.task
@@ -277,17 +288,20 @@ def run_plan(args: argparse.Namespace) -> int:
     spec = spec_for_task(spec, task)
     fields["task"] = task
     data = None
-    data_section = _data_section(args, cfg, fields["seq_len"])
+    measured_data = None
+    chosen = None  # the max length taken from the data (`affiner.planner.data_length`)
+    window = spec.max_position_embeddings or None
+    # measured at the length stated, else at the model's window (nothing cut before counting)
+    data_section = _data_section(args, cfg, fields.get("seq_len") or window or fallback)
     if data_section is not None and Path(data_section.train).expanduser().exists():
-        data = plan_file.read_data(data_section, spec, task=task, seq_len=fields["seq_len"])
-        fields["train_rows"] = data["rows"]
-        if cfg is not None and cfg.training.max_steps > 0:
-            fields["train_rows"], fields["epochs"] = (
-                cfg.training.max_steps * fields["target_batch"],
-                1.0,
-            )
-        fields.update(plan_file.length_fields(data, fields["train_rows"]))
-    elif data_section is not None:
+        measured_data = plan_file.measure_data(data_section, spec, task=task)
+        if "seq_len" not in fields and measured_data["sorted"]:
+            chosen = length_from_data(nearest_rank(measured_data["sorted"]), window=window)
+            fields["seq_len"] = chosen.seq_len
+        fields.setdefault("seq_len", fallback)
+        data = _with_rows(plan_file.data_at_length(measured_data, fields["seq_len"]), cfg, fields)
+    fields.setdefault("seq_len", fallback)
+    if data is None and data_section is not None:
         data = {
             "path": data_section.train,
             "rows": None,
@@ -314,9 +328,26 @@ def run_plan(args: argparse.Namespace) -> int:
                 fields["measured_step_estimate"] = same.time.step_seconds
     request = PlanRequest(**layout, **fields)
     report = plan(spec, device, request)
+    if chosen is not None and report.best is None and measured_data is not None:
+        # the data's length does not fit: the longest that does, if any method fits one
+        fits = max(
+            (
+                longest_sequence_for(spec, device, request, c.method).longest
+                for c in report.candidates
+            ),
+            default=0,
+        )
+        if 0 < fits < chosen.seq_len:
+            chosen = length_from_data(chosen.p99, window=window, fits=fits, device=device.name)
+            fields["seq_len"] = chosen.seq_len
+            data = _with_rows(plan_file.data_at_length(measured_data, chosen.seq_len), cfg, fields)
+            request = PlanRequest(**layout, **fields)
+            report = plan(spec, device, request)
+    if chosen is not None:
+        report.notes.insert(0, chosen.why.capitalize() + ".")
     if unused:
         report.notes.append(f"step time not calibrated: {unused}")
-    saved = _save(args, cfg, report, model_ref, task) if args.save else None
+    saved = _save(args, cfg, report, model_ref, task, chosen is not None) if args.save else None
     if args.max_seq_len:
         chosen = report.best or report.candidates[0]
         found = longest_sequence_for(spec, device, request, chosen.method)
@@ -350,6 +381,7 @@ def run_plan(args: argparse.Namespace) -> int:
         out = report.to_json()
         out["run_toml"] = str(Path(args.config).resolve()) if args.config else None
         out["data"] = data
+        out["max_seq_len_from_data"] = chosen.why if chosen is not None else None
         out["saved"] = saved
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return 0
@@ -380,8 +412,26 @@ def _data_section(args: argparse.Namespace, cfg: object, seq_len: int) -> object
     return replace(base, train=train, eval=eval_path, max_seq_len=seq_len)
 
 
+def _with_rows(data: dict, cfg: object, fields: dict) -> dict:
+    """Put the rows (and, for a run that stops at ``max_steps``, the rows those steps take)
+    and the data's token lengths into the plan's `fields`; returns `data`."""
+    from affiner.tui.cli import plan_file
+
+    fields["train_rows"] = data["rows"]
+    max_steps = cfg.training.max_steps if cfg is not None else 0  # type: ignore[attr-defined]
+    if max_steps > 0:
+        fields["train_rows"], fields["epochs"] = max_steps * fields["target_batch"], 1.0
+    fields.update(plan_file.length_fields(data, fields["train_rows"]))
+    return data
+
+
 def _save(
-    args: argparse.Namespace, cfg: object, report: PlanReport, model_ref: str, task: str
+    args: argparse.Namespace,
+    cfg: object,
+    report: PlanReport,
+    model_ref: str,
+    task: str,
+    length_from_data: bool = False,
 ) -> str:
     """``--save``: the chosen plan as a run.toml; refused when nothing fits."""
     from affiner.planner.errors import AffinerError
@@ -411,6 +461,7 @@ def _save(
         model=str(model),
         task=task,
         seq_len=report.request.seq_len,
+        length_from_data=length_from_data,
         extra={"plan__device": report.device.name}
         | ({"training__device": "cpu"} if report.device.is_cpu and cfg is None else {}),
     )

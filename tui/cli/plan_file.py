@@ -16,10 +16,10 @@ carried over, so ``plan run.toml --save out.toml`` gives the same run.
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from affiner.planner.data_length import nearest_rank
 from affiner.planner.errors import AffinerError
 
 if TYPE_CHECKING:
@@ -140,15 +140,24 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
-def _percentile(sorted_values: list[int], share: float) -> int:
-    return sorted_values[max(0, math.ceil(share * len(sorted_values)) - 1)]
-
-
 def read_data(
     cfg_data: Any, spec: ModelSpec, *, task: str, seq_len: int, measured: int = 5000
 ) -> dict[str, Any]:
     """What the plan says about the data: rows, and token lengths when the model folder has a
     ``tokenizer.json`` (an even spread of at most `measured` rows, chat template not counted).
+
+    Raises:
+        AffinerError: the data cannot be read (`affiner.runner.data.DataError`).
+    """
+    return data_at_length(measure_data(cfg_data, spec, task=task, measured=measured), seq_len)
+
+
+def measure_data(
+    cfg_data: Any, spec: ModelSpec, *, task: str, measured: int = 5000
+) -> dict[str, Any]:
+    """The data's rows and its rows' token lengths, sorted (None without a tokenizer.json):
+    measured once, so a max length chosen from them (`affiner.planner.data_length`) and the
+    report at that length (`data_at_length`) read the file once.
 
     Raises:
         AffinerError: the data cannot be read (`affiner.runner.data.DataError`).
@@ -159,16 +168,18 @@ def read_data(
     rows = len(loaded.train)
     if cfg_data.limit:
         rows = min(rows, cfg_data.limit)
-    out: dict[str, Any] = {"path": cfg_data.train, "rows": rows, "lengths": None}
+    out: dict[str, Any] = {"path": cfg_data.train, "rows": rows, "sorted": None, "missing": ""}
     folder = Path(spec.path) if getattr(spec, "path", None) else None
     if folder is not None and folder.is_file():
         folder = folder.parent
     tokenizer_file = folder / "tokenizer.json" if folder is not None else None
     if tokenizer_file is None or not tokenizer_file.is_file():
-        out["note"] = (
-            f"planned at max_seq_len {seq_len}: token lengths need the model folder's "
-            "tokenizer.json"
-        )
+        out["missing"] = "token lengths need the model folder's tokenizer.json"
+        if getattr(spec, "source", "") == "offline":  # a GGUF not converted yet
+            out["missing"] += (
+                f"; {spec.name} gets one when `affiner train` or `affiner preflight` first "
+                "converts it"
+            )
         return out
     from tokenizers import Tokenizer
 
@@ -178,7 +189,18 @@ def read_data(
     tokenizer.no_truncation()
     sample = loaded.train[:: max(1, len(loaded.train) // measured)]
     texts = ["\n".join(_strings(example.data)) for example in sample]
-    lengths = sorted(len(e.ids) for e in tokenizer.encode_batch(texts)) if texts else []
+    out["sorted"] = sorted(len(e.ids) for e in tokenizer.encode_batch(texts)) if texts else []
+    return out
+
+
+def data_at_length(measured: dict[str, Any], seq_len: int) -> dict[str, Any]:
+    """`measure_data`'s figures as the plan reports them at max length `seq_len`."""
+    rows = measured["rows"]
+    out: dict[str, Any] = {"path": measured["path"], "rows": rows, "lengths": None}
+    lengths = measured["sorted"]
+    if lengths is None:
+        out["note"] = f"planned at max_seq_len {seq_len}: {measured['missing']}"
+        return out
     if lengths:
         cut = [min(n, seq_len) for n in lengths]  # a row is cut at max_seq_len
         # each measured row stands for `stride` rows of the whole set: its longest rows are
@@ -186,9 +208,10 @@ def read_data(
         stride = max(1, round(rows / len(lengths)))
         longest = [n for n in reversed(cut[-LONGEST_KEPT:]) for _ in range(stride)]
         out["lengths"] = {
-            "p50": _percentile(lengths, 0.5),
-            "p95": _percentile(lengths, 0.95),
-            "p99": _percentile(lengths, 0.99),
+            # nearest rank in whole numbers (0.99 * 100 rows is 99.000…01 in floats: row 100)
+            "p50": nearest_rank(lengths, 50),
+            "p95": nearest_rank(lengths, 95),
+            "p99": nearest_rank(lengths, 99),
             "max": lengths[-1],
             "mean": sum(cut) / len(cut),
             "longest": longest[: min(LONGEST_KEPT, rows)],
@@ -200,6 +223,43 @@ def read_data(
         "longest batch); lengths counted with tokenizer.json, without the chat template"
     )
     return out
+
+
+def states_max_seq_len(config_path: str | None) -> bool:
+    """Whether the run.toml at `config_path` writes ``[data].max_seq_len`` itself (a length
+    the user states is never replaced by one chosen from the data)."""
+    if not config_path:
+        return False
+    from affiner.runner.config import read_raw_config
+
+    try:
+        data = read_raw_config(Path(config_path).expanduser()).get("data")
+    except (OSError, ValueError):
+        return True  # unreadable: keep what the loaded file says
+    return isinstance(data, dict) and "max_seq_len" in data
+
+
+def load_plan_config(config_path: str) -> RunConfig:
+    """The run.toml a plan is made from; an offline model not converted yet is kept by name.
+
+    A plan needs only the model's shape, which affiner carries for its offline models
+    (`affiner.planner.models.offline_spec`), so ``affiner plan run.toml`` naming ``smollm2``
+    plans at once, without the half-minute conversion `affiner train` does on first use.
+    """
+    from affiner.planner.models import OfflineNotReady
+    from affiner.runner.config import config_from_dict, load_config, read_raw_config, resolve_paths
+
+    try:
+        return load_config(config_path)
+    except OfflineNotReady:
+        file = Path(config_path).expanduser()
+        text = file.read_text(encoding="utf-8")
+        cfg = config_from_dict(read_raw_config(file), source=str(file), text=text)
+        name = cfg.model.name_or_path
+        cfg.model.name_or_path = ""  # the data's paths resolved as load_config would
+        resolve_paths(cfg, file.resolve().parent)
+        cfg.model.name_or_path = name
+        return cfg
 
 
 def data_text(data: dict[str, Any]) -> str:
@@ -244,12 +304,14 @@ def save_plan(
     task: str,
     seq_len: int,
     extra: dict[str, Any] | None = None,
+    length_from_data: bool = False,
 ) -> Path:
     """Write `candidate` as a run.toml at ``args.save`` (checked, so `affiner train` runs it).
 
     From a run.toml `cfg`, every field no given flag decides is the file's (the plan states
     them all, so the plan's settings equal the file's); [plan] holds the new prediction.
-    `extra` are more `config_from_plan` overrides (the device planned for).
+    `extra` are more `config_from_plan` overrides (the device planned for);
+    `length_from_data`: `seq_len` was chosen from the data, so it replaces the file's default.
     """
     from affiner.runner.config import config_from_plan, save_config
 
@@ -259,6 +321,8 @@ def save_plan(
     if cfg is not None:
         decided = {f for flag in given_flags(args) for f in FLAG_FIELDS[flag]}
         decided |= {"model.name_or_path", "model.task", "data.train", "data.eval"}
+        if length_from_data:
+            decided.add("data.max_seq_len")
         if "method.name" in decided:  # another method: its own settings, not the file's
             decided |= {f"method.{f.name}" for f in dataclasses.fields(cfg.method)}
         for section in dataclasses.fields(cfg):
