@@ -16,6 +16,8 @@ classification      ``text``, ``label`` (text or integer)       (a class id)
 
 A row that does not fit raises `RowProblem` with a sentence saying what was expected; the
 loader counts it as dropped with its ``file:line``. Normalized rows carry only canonical fields.
+A conversation's turns after its last assistant reply (an unanswered user turn) are trimmed
+(`chat_messages`); the loader counts the conversations trimmed.
 """
 
 from __future__ import annotations
@@ -164,8 +166,7 @@ def _text(row: dict[str, Any], name: str, *, required: bool = True) -> str:
 
 def normalize_row(values: Any, fmt: str) -> dict[str, Any]:
     """The canonical row for `values` in format `fmt`, or `RowProblem` saying what is wrong."""
-    if not isinstance(values, dict):
-        raise RowProblem(f"expected an object with {FORMAT_FIELDS[fmt]}, got {_kind(values)}")
+    _expect_object(values, fmt)
     if fmt == "text":
         return {"text": _text(values, "text")}
     if fmt == "instruction":
@@ -195,8 +196,29 @@ def normalize_row(values: Any, fmt: str) -> dict[str, Any]:
             "label": label.strip() if isinstance(label, str) else label,
         }
     if fmt == "chat":
-        return {"messages": _messages(values)}
+        return {"messages": chat_messages(values)[0]}
     raise RowProblem(f"unknown format {fmt!r}")
+
+
+def chat_messages(values: Any) -> tuple[list[dict[str, str]], int]:
+    """A chat row's turns, checked and ending on its last assistant reply; and how many turns
+    after that reply were left out.
+
+    A conversation logged as it happened often ends on the user's last message, which nobody
+    answered: there is nothing to learn from it, and kept it would teach the model to read a
+    question and stop. So the turns after the last assistant reply are trimmed (every turn is
+    still checked first, so a malformed one is reported, not silently cut away). A conversation
+    with no assistant turn at all has nothing to learn from and stays a row problem.
+    """
+    _expect_object(values, "chat")
+    messages = _messages(values)
+    last = max(i for i, message in enumerate(messages) if message["role"] == "assistant")
+    return messages[: last + 1], len(messages) - last - 1
+
+
+def _expect_object(values: Any, fmt: str) -> None:
+    if not isinstance(values, dict):
+        raise RowProblem(f"expected an object with {FORMAT_FIELDS[fmt]}, got {_kind(values)}")
 
 
 def _messages(values: dict[str, Any]) -> list[dict[str, str]]:

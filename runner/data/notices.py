@@ -96,6 +96,8 @@ def loading_warnings(loaded: LoadedData) -> list[DataWarning]:
                 "reorder or merge those turns",
             )
         )
+    if loaded.trimmed:
+        out.append(trimmed_warning(loaded.trimmed, loaded.trimmed_examples))
     if loaded.cut_rows:
         out.append(
             DataWarning(
@@ -108,6 +110,22 @@ def loading_warnings(loaded: LoadedData) -> list[DataWarning]:
             )
         )
     return out
+
+
+def trimmed_warning(count: int, examples: list[str]) -> DataWarning:
+    """Conversations that ended on a turn nobody answered, trimmed to their last assistant reply.
+
+    Told, not only done: the user may have meant those last questions to be answered, and a
+    data set where many are is probably cut at the wrong place.
+    """
+    shown = ", ".join(examples[:3]) + ("…" if count > 3 else "")
+    their = "their" if count > 1 else "its"
+    return DataWarning(
+        "trailing_user_turn",
+        f"{_rows(count, 'conversation')} ended on a user (or tool) turn with no reply after "
+        f"it, nothing to learn from; trimmed to {their} last assistant reply ({shown}).",
+        "nothing to do; end each conversation on an assistant reply to train on every turn",
+    )
 
 
 def _rows(count: int, noun: str = "row") -> str:

@@ -62,6 +62,8 @@ class DataReport:
     Attributes:
         cut_rows: rows with a text longer than `char_budget` characters, cut before tokenizing.
         out_of_order: chat rows whose user and assistant turns do not alternate.
+        trimmed: conversations that ended on a turn nobody answered, trimmed to their last
+            assistant reply.
         warnings: what a person should be told about this data (`affiner.runner.data.notices`):
             the pre-launch check's warnings and the tokenizer's truncation count.
     """
@@ -85,6 +87,7 @@ class DataReport:
     cut_rows: int = 0
     char_budget: int = 0
     out_of_order: int = 0
+    trimmed: int = 0
     warnings: list[DataWarning] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -108,6 +111,11 @@ class DataReport:
         if self.cut_rows:
             lines.append(
                 f"{self.cut_rows} rows cut to {self.char_budget:,} characters before tokenizing"
+            )
+        if self.trimmed:
+            lines.append(
+                f"{self.trimmed} conversations ended on a user (or tool) turn with no reply; "
+                "trimmed to their last assistant reply"
             )
         return lines
 
@@ -227,6 +235,7 @@ def prepare_data(
         cut_rows=loaded.cut_rows,
         char_budget=loaded.char_budget,
         out_of_order=loaded.out_of_order,
+        trimmed=loaded.trimmed,
     )
     truncated = truncation_warning(report.train_tokens)
     report.warnings = loading_warnings(loaded) + ([truncated] if truncated else [])

@@ -1,7 +1,8 @@
 """Loading rows without a tokenizer: read, bound, validate, collect labels, dedupe, limit, split, leakage.
 
 The order of operations, each counted in `LoadedData`: read every row (streaming, one row at a
-time), cut each text to the character budget of ``[data].max_seq_len`` and validate it; collect
+time), cut each text to the character budget of ``[data].max_seq_len`` and validate it (a
+conversation is trimmed to its last assistant reply); collect
 class labels (classification); drop exact duplicates within each split; apply ``[data].limit``
 (first rows in file order); split off ``eval_fraction`` of train with ``[data].seed`` when there
 is no eval file or bundled eval split; drop eval rows that also occur in train (leakage).
@@ -31,6 +32,7 @@ from affiner.runner.config import DataSection
 from affiner.runner.data.files import BadRecord, DataError, RawRow, Record, read_source
 from affiner.runner.data.formats import (
     RowProblem,
+    chat_messages,
     detect_format,
     label_name,
     normalize_row,
@@ -113,6 +115,9 @@ class LoadedData:
         char_budget: that budget.
         out_of_order: chat rows whose user and assistant turns do not alternate.
         out_of_order_examples: the first few of them, ``where: why``.
+        trimmed: conversations that ended on turns after their last assistant reply (a user
+            turn nobody answered), trimmed to that reply.
+        trimmed_examples: the first few of them, ``file:line``.
     """
 
     train: list[Example]
@@ -131,6 +136,8 @@ class LoadedData:
     char_budget: int = 0
     out_of_order: int = 0
     out_of_order_examples: list[str] = field(default_factory=list)
+    trimmed: int = 0
+    trimmed_examples: list[str] = field(default_factory=list)
 
     @property
     def drop_reasons(self) -> dict[str, int]:
@@ -252,12 +259,21 @@ class _Reader:
 
     def _example(self, row: RawRow, split: str) -> Example | None:
         values, cut = cut_values(rename_columns(row.values, self.data.columns), self.budget)
+        trimmed = 0
         try:
-            normalized = normalize_row(values, self.fmt)
+            if self.fmt == "chat":
+                messages, trimmed = chat_messages(values)
+                normalized: dict[str, Any] = {"messages": messages}
+            else:
+                normalized = normalize_row(values, self.fmt)
         except RowProblem as problem:
             self.out.dropped.append(DroppedRow(row.where, str(problem), split, problem.kind))
             return None
         self.out.cut_rows += cut
+        if trimmed:
+            self.out.trimmed += 1
+            if len(self.out.trimmed_examples) < SHOW_DROPPED:
+                self.out.trimmed_examples.append(row.where)
         if self.fmt == "chat":
             why = turn_order_problem(normalized["messages"])
             if why is not None:
