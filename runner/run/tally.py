@@ -107,9 +107,12 @@ class EventTally:
             if event.loss is not None:
                 self.last_loss = event.loss
         elif isinstance(event, EvalResult):
-            # Strictly lower, as `min` keeps the first of equal losses.
-            if event.loss is not None and (
-                self.best_eval is None or event.loss < self.best_eval.loss  # type: ignore[operator]
+            # Strictly lower, as `min` keeps the first of equal losses. Step 0 is the base
+            # model before training ([eval].at_start): a score, but not the run's best.
+            if (
+                event.loss is not None
+                and event.step > 0
+                and (self.best_eval is None or event.loss < self.best_eval.loss)  # type: ignore[operator]
             ):
                 self.best_eval = event
             self.class_metrics = self.class_metrics or has_class_metrics(event)

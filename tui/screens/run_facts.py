@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from affiner.planner.vocabulary import LORA_METHODS, default_learning_rate
 from affiner.runner.config import RunConfig, read_raw_config
-from affiner.runner.run import EventReader, RunStarted, model_label
+from affiner.runner.run import EvalResult, EventReader, RunStarted, model_label
 from affiner.tui.live import Point, RunHistory
 
 T = TypeVar("T")
@@ -217,6 +217,16 @@ class RunFacts:
     @property
     def final_train_loss(self) -> float | None:
         return self.history.train_loss[-1][1] if self.history.train_loss else None
+
+    @property
+    def best_eval(self) -> EvalResult | None:
+        """The lowest-loss evaluation after training began (None before one).
+
+        Step 0 is the base model evaluated before training (``[eval].at_start``): compare
+        shows it as no run's "best", as ``affiner runs`` does (`affiner.runner.run.tally`).
+        """
+        scored = [e for e in self.history.evals if e.loss is not None and e.step > 0]
+        return min(scored, key=lambda e: e.loss) if scored else None
 
 
 class FactsCache:

@@ -270,7 +270,7 @@ class RunsScreen(Screen):
                 task=task,
                 settings=settings,
                 final_train_loss=facts.final_train_loss,
-                best=facts.history.best_eval,
+                best=facts.best_eval,
                 seconds=facts.seconds,
                 peak_bytes=facts.peak_bytes,
                 curve=facts.train_curve,
