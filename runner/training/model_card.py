@@ -108,7 +108,17 @@ def render_model_card(cfg: RunConfig, facts: CardFacts, run_id: str) -> str:
     if facts.adapter_step is not None:
         lines.append(f"- `adapter/` holds the weights of step {facts.adapter_step}.")
     lines += _best_lines(facts)
-    lines += ["", *_loading(cfg, facts, base)]
+    lines.append("")
+    if facts.adapter_step is not None:
+        lines += _loading(cfg, facts, base)
+    else:
+        lines += [
+            "## How to load it",
+            "",
+            "Nothing to load from this attempt: it saved no final weights. `checkpoints/` "
+            "holds what was saved before it ended, if anything.",
+            "",
+        ]
     lines += _merged_lines(cfg, facts)
     lines += _data_lines(cfg, facts)
     lines += _training_lines(cfg, facts)
@@ -140,8 +150,7 @@ def _banner(facts: CardFacts, run_id: str) -> list[str]:
         return [
             f"> **Stopped before the end of training** (step {facts.steps}"
             f"{f' of {facts.total_steps}' if facts.total_steps else ''}): {held}"
-            f"not a finished fine-tune. Continue it with `affiner train --resume {run_id}`."
-            + (f" ({facts.message})" if facts.message else ""),
+            f"not a finished fine-tune. Continue it with `affiner train --resume {run_id}`.",
             "",
         ]
     if facts.state == "failed":

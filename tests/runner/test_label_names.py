@@ -76,7 +76,7 @@ def test_detected_labels_reach_run_toml_chat_and_plain_transformers(
     os.chdir(rd.path)
     try:
         with contextlib.redirect_stdout(printed):
-            exec(compile(_card_snippet(card), "model card", "exec"), scope)  # noqa: S102
+            exec(compile(_card_snippet(card), "model card", "exec"), scope)
     finally:
         os.chdir(here)
     model = scope["model"]
