@@ -57,6 +57,17 @@ def test_detected_labels_reach_run_toml_chat_and_plain_transformers(
     assert read_raw_config(rd.config)["data"]["labels"] == ["negative", "positive"]
     assert load_config(rd.config).data.labels == ["negative", "positive"]
 
+    # affiner attach names them in its header
+    from rich.console import Console
+
+    from affiner.tui.cli.attach import AttachView
+
+    view = AttachView(rd)
+    view.poll()
+    console = Console(width=100, record=True, file=io.StringIO())
+    console.print(view.render())
+    assert "classes  negative, positive" in console.export_text()
+
     # the playground's session names them from the run folder alone (the data moved away)
     shutil.move(str(tmp_path / "data"), str(tmp_path / "moved"))
     from affiner.runner.inference import ChatSession

@@ -104,6 +104,7 @@ class AttachView:
         #: From run.toml; "" lets the evaluations say whether perplexity means anything.
         self.task = run_task(run_dir)
         self._file_warnings = FileWarnings()
+        self._labels: list[str] = []
 
     def poll(self, now: float | None = None) -> str:
         """Read new events and the status; return the run's state.
@@ -166,6 +167,9 @@ class AttachView:
         what = " · ".join(x for x in (model_label(h.model), h.method, h.device) if x)
         if what:
             grid.add_row("model", Text(what))  # (Text: names from the run folder are not markup)
+        labels = self.class_names()
+        if labels:
+            grid.add_row("classes", Text(", ".join(labels)))
         grid.add_row("progress", self._progress_line(now))
         phase = h.phase_line(now) if not self.ended else ""
         if phase:
@@ -198,6 +202,22 @@ class AttachView:
         return Panel(
             grid, title=title, title_align="left", border_style=STATE_STYLES.get(self.state, "")
         )
+
+    def class_names(self) -> list[str]:
+        """A classifier's class names from the run's ``run.toml`` (the worker writes the ones
+        it detects there once it has read the data, so they are read again until found)."""
+        if self._labels or self.task not in ("classification", ""):
+            return self._labels
+        from affiner.runner.config import read_raw_config
+
+        try:
+            data = read_raw_config(self.run_dir.config).get("data")
+        except (OSError, ValueError):
+            return []
+        labels = data.get("labels") if isinstance(data, dict) else None
+        if isinstance(labels, list) and all(isinstance(name, str) for name in labels):
+            self._labels = list(labels)
+        return self._labels
 
     def _progress_line(self, now: float) -> RenderableType:
         h = self.history
