@@ -42,6 +42,11 @@ PLAIN_HEADERS = {
     "tool": "### Tool:\n",
 }
 
+#: What ends every turn of the plain layout (after the assistant's EOS too).
+PLAIN_SEPARATOR = "\n\n"
+#: The formats rendered as a conversation (`conversation`); ``text`` is trained as written.
+CONVERSATIONAL_FORMATS = ("chat", "instruction", "prompt_completion")
+
 
 @dataclass
 class Rendered:
@@ -77,12 +82,6 @@ class Encoded:
 
 def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
-
-
-#: What ends every turn of the plain layout (after the assistant's EOS too).
-PLAIN_SEPARATOR = "\n\n"
-#: The formats rendered as a conversation (`conversation`); ``text`` is trained as written.
-CONVERSATIONAL_FORMATS = ("chat", "instruction", "prompt_completion")
 
 
 def instruction_messages(row: dict[str, Any]) -> list[dict[str, str]]:
