@@ -93,27 +93,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def prepare_with_progress(key: str, runs_dir: str | None, shrink: dict, console: Any) -> Any:
-    """`affiner.runner.demo.tasks.prepare_demo` with a progress bar while the model is provisioned."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
+    """`affiner.runner.demo.tasks.prepare_demo` with the model's progress while it is provisioned
+    (`affiner.tui.cli.provisioning.progress_reporter`: the bar `affiner train` draws too)."""
     from affiner.runner.demo import get_preset, prepare_demo
+    from affiner.tui.cli.provisioning import progress_reporter
 
     preset = get_preset(key)
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(f"model {preset.model}: checking", total=1.0)
-
-        def report(stage: str, done: float) -> None:
-            bar.update(task, completed=done, description=f"model {preset.model}: {stage}")
-
-        prepared = prepare_demo(key, workdir=runs_dir, progress=report, **shrink)
-        bar.update(task, completed=1.0, description=f"model {preset.model}: ready")
-    return prepared
+    with progress_reporter(console, f"model {preset.model}") as report:
+        return prepare_demo(key, workdir=runs_dir, progress=report, **shrink)
 
 
 def _section(console: Any, number: int, title: str) -> None:

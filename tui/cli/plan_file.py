@@ -153,18 +153,20 @@ def read_data(
 
 
 def measure_data(
-    cfg_data: Any, spec: ModelSpec, *, task: str, measured: int = 5000
+    cfg_data: Any, spec: ModelSpec, *, task: str, measured: int = 5000, loaded: Any = None
 ) -> dict[str, Any]:
     """The data's rows and its rows' token lengths, sorted (None without a tokenizer.json):
     measured once, so a max length chosen from them (`affiner.planner.data_length`) and the
-    report at that length (`data_at_length`) read the file once.
+    report at that length (`data_at_length`) read the file once. `loaded`: the rows
+    `affiner.runner.data.load_rows` already read for `cfg_data`, when the caller has them.
 
     Raises:
         AffinerError: the data cannot be read (`affiner.runner.data.DataError`).
     """
     from affiner.runner.data import load_rows
 
-    loaded = load_rows(cfg_data, task=task)
+    if loaded is None:
+        loaded = load_rows(cfg_data, task=task)
     rows = len(loaded.train)
     if cfg_data.limit:
         rows = min(rows, cfg_data.limit)

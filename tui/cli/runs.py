@@ -119,6 +119,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                 " run `affiner` and accept a plan), or `affiner train --resume RUN`"
             ),
         )
+    from affiner.tui.cli.data_summary import print_data_summary
+    from affiner.tui.cli.provisioning import ensure_for_run_toml
+
+    # an offline model is converted here, on first use, where the user sees it (never by the worker)
+    ensure_for_run_toml(args.config)
     # The model's config and every data row are checked before a run folder exists (a large
     # file takes a moment): a mistake is an exit code 2 here, not a failed run found later.
     print(f"Checking {args.config}: its model and every data row…", file=sys.stderr, flush=True)
@@ -127,6 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     for warning in prepared.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    print_data_summary(prepared.config)
     rd = prepared.run_dir
     if args.foreground:
         print(f"Run {rd.run_id} in {rd.path}", flush=True)
@@ -167,8 +173,12 @@ def _print_outcome(rd: Any) -> None:
 def cmd_preflight(args: argparse.Namespace) -> int:
     from affiner.runner.config import load_config
     from affiner.runner.run import run_preflight_process
+    from affiner.tui.cli.data_summary import print_data_summary
+    from affiner.tui.cli.provisioning import ensure_for_run_toml
 
+    ensure_for_run_toml(args.config)  # an offline model converted here, on first use
     cfg = load_config(args.config)
+    print_data_summary(cfg)
     print(
         f"Pre-flight for {args.config}: loading the model and timing a few steps…", file=sys.stderr
     )
