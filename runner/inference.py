@@ -5,6 +5,10 @@ of the base. With a LoRA-family run the base is *the same loaded model* with its
 switched off (peft's ``disable_adapter()``), so a 7B model is loaded once, not twice. A full
 or layer-freeze run saves whole weights, so there the base is loaded separately, on demand.
 
+A question is put to the model as training put its examples (`ChatSession.encode`, through
+`affiner.runner.data.render.prompt_ids`): the chat template's generation prompt, or affiner's
+plain ``### User:`` layout for a tokenizer without one, token for token.
+
 Generation runs in its own thread and yields text as it is produced
 (`transformers.TextIteratorStreamer`); the caller iterates from wherever it likes (the TUI
 does it from a thread worker and posts each piece to the screen). One generation at a time:
