@@ -538,6 +538,7 @@ class _Run:
         from affiner.runner.run import read_events
         from affiner.runner.run.events import EvalResult, effective_events
         from affiner.runner.training import CardFacts, write_model_card
+        from affiner.runner.training.base_model import has_trained_head
 
         cfg, data, loaded = self.cfg, self.data, self.loaded
         report = data.report
@@ -570,6 +571,11 @@ class _Run:
             best_step=best.step if best else None,
             labels=list(data.labels or []),
             merged=merged,
+            base_head_trained=(
+                has_trained_head(cfg.model.name_or_path)
+                if cfg.model.task == "classification"
+                else None
+            ),
         )
         write_model_card(self.rd, cfg, facts)
 

@@ -105,7 +105,31 @@ def _offline_name(model: OfflineModel) -> BaseModelName:
         )
     else:
         note = (
-            f"affiner's offline `{model.key}`: the model folder shipped in the "
-            f"`{model.package}` package ({model.license})"
+            f"affiner's offline `{model.key}`: the model folder the `{model.package}` "
+            f"package ships, {model.license} licence"
         )
     return BaseModelName(name, note, load, hub_id)
+
+
+def has_trained_head(ref: str) -> bool | None:
+    """Whether the base was saved as a sequence classifier (its head is trained, not new).
+
+    A base that was not (a language model, a sentence encoder) gets a freshly initialised
+    head, so its evaluation before training scores chance, not the base's skill. None when
+    the base's ``config.json`` cannot be read.
+    """
+    import json
+
+    path = Path(ref).expanduser() / "config.json"
+    try:
+        if path.exists():
+            architectures = json.loads(path.read_text(encoding="utf-8")).get("architectures")
+        else:
+            from transformers import AutoConfig
+
+            architectures = AutoConfig.from_pretrained(ref).architectures
+    except Exception:  # unreadable, or not in the cache: say nothing rather than guess
+        return None
+    if not isinstance(architectures, list):
+        return None
+    return any(str(name).endswith("ForSequenceClassification") for name in architectures)

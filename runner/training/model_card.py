@@ -64,6 +64,8 @@ class CardFacts:
         evals: the run's evaluations in step order, as its event log keeps them.
         best_eval_loss, best_step: the checkpoint kept in ``checkpoints/best/``.
         labels: class names in id order (classification).
+        base_head_trained: whether the base already had a trained classification head (None:
+            not known, or not a classifier).
     """
 
     state: str
@@ -90,6 +92,7 @@ class CardFacts:
     best_step: int | None = None
     labels: list[str] = field(default_factory=list)
     merged: bool = False
+    base_head_trained: bool | None = None
 
 
 def render_model_card(cfg: RunConfig, facts: CardFacts, run_id: str) -> str:
@@ -122,7 +125,7 @@ def render_model_card(cfg: RunConfig, facts: CardFacts, run_id: str) -> str:
     lines += _merged_lines(cfg, facts)
     lines += _data_lines(cfg, facts)
     lines += _training_lines(cfg, facts)
-    lines += _evaluation_lines(facts)
+    lines += _evaluation_lines(facts, classification=cfg.model.task == "classification")
     lines += [
         "",
         "## Intended use and limitations",
@@ -332,7 +335,7 @@ def _training_lines(cfg: RunConfig, facts: CardFacts) -> list[str]:
     return lines
 
 
-def _evaluation_lines(facts: CardFacts) -> list[str]:
+def _evaluation_lines(facts: CardFacts, *, classification: bool) -> list[str]:
     """Before → after on every held-out metric, each column named by its step."""
     lines = ["", "## Evaluation", ""]
     if not facts.evals:
@@ -370,6 +373,12 @@ def _evaluation_lines(facts: CardFacts) -> list[str]:
             f"The weights in `adapter/` (step {facts.adapter_step}) were not evaluated: the "
             f"last evaluation was at step {last.step}"
             + (" (the base model, before training)." if last.step == 0 else "."),
+        ]
+    if classification and first.step == 0 and facts.base_head_trained is False:
+        lines += [
+            "",
+            "Step 0 scores the base model with the new classification head it was given "
+            "before training (randomly initialised), so its numbers are near chance.",
         ]
     if any(e.precision is not None for e in facts.evals):
         lines += [

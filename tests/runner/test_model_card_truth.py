@@ -122,6 +122,7 @@ def test_a_finished_runs_card_matches_its_event_log(tiny_llama: Path, tmp_path: 
     assert "0 duplicates removed" in card and "48 rows read" in card
     assert str(tiny_llama) not in card.split("## How to load it")[0]  # no local path in prose
     assert "Stopped" not in card and "failed" not in card.split("\n", 3)[2]
+    assert "Step 0 scores the base model with the new classification head" in card
 
     model = _run_snippet(card, rd.path)["model"]
     assert model.config.id2label == {0: "bad", 1: "good"}
