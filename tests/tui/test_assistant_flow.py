@@ -203,7 +203,7 @@ def test_preflight_then_launch_then_monitor(at_data: AssistantFlow, tmp_path: Pa
     assert (config.method.name, config.method.lora_rank, config.data.max_seq_len) == (
         "lora",
         32,
-        512,
+        912,  # the data's p99 (900 tokens) rounded up: no length was typed
     )
     assert config.model.name_or_path == "models/llama" and config.data.train == str(data)
     assert config.training.learning_rate == 2e-4 and config.training.epochs == 3

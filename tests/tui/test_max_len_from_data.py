@@ -127,3 +127,50 @@ def test_without_token_lengths_the_plan_keeps_its_default(folder: Path, capsys) 
     out = _plan(capsys, "--model", str(folder), "--data", "train.jsonl", "--eval", "eval.jsonl")
     assert {c["seq_len"] for c in out["candidates"]} == {512}
     assert out["max_seq_len_from_data"] is None
+
+
+# ---------------------------------------------------------------- the assistant's data step
+
+
+def _flow_at_data(max_pos: int = 4096) -> object:
+    from affiner.tui.assistant.flow import AssistantFlow
+    from tests.assistant_fakes import gpu_device, hardware, model_spec
+
+    flow = AssistantFlow()
+    flow.start()
+    flow.hardware_ready(hardware(), gpu_device())
+    flow.submit("models/llama")
+    flow.model_ready(model_spec(path="models/llama", max_pos=max_pos))
+    return flow
+
+
+def _preview(lengths: list[int]) -> object:
+    from affiner.tui.assistant.flow import DataPreview
+
+    return DataPreview(path="train.jsonl", format="text", rows=len(lengths), lengths=lengths)
+
+
+def test_the_assistant_takes_the_datas_p99_and_says_so() -> None:
+    flow = _flow_at_data()
+    reply = flow.data_ready(_preview(list(range(1, 101))))  # p99: 99 tokens
+    assert flow.settings.seq_len == 112
+    said = "\n".join(m.text for m in reply.messages)
+    assert "Max length 112: the data's p99 is 99 tokens" in said
+
+
+def test_the_assistant_keeps_a_typed_length_and_a_demos() -> None:
+    flow = _flow_at_data()
+    flow.change_setting("seq_len", 300)
+    flow.data_ready(_preview(list(range(1, 101))))
+    assert flow.settings.seq_len == 300
+    demo = _flow_at_data()
+    demo.settings.seq_len, demo.settings.seq_len_set = 64, True  # assistant_preset's
+    demo.data_ready(_preview(list(range(1, 101))))
+    assert demo.settings.seq_len == 64
+
+
+def test_the_assistant_caps_the_datas_length_at_the_models_window() -> None:
+    flow = _flow_at_data(max_pos=256)
+    reply = flow.data_ready(_preview([900] * 10))
+    assert flow.settings.seq_len == 256
+    assert "reads at most 256" in "\n".join(m.text for m in reply.messages)

@@ -24,6 +24,7 @@ def assistant_preset(prepared: Any) -> dict[str, Any]:
             "learning_rate": cfg.training.learning_rate,
             "lora_rank": cfg.method.lora_rank,
             "seq_len": cfg.data.max_seq_len,
+            "seq_len_set": True,  # the preset's length, not one to take from the data
             "batch": cfg.training.micro_batch,
             # stated as a user would type them, so every plan models them and the user may
             # still change them in the app

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from affiner.planner.data_length import length_from_data, nearest_rank
 from affiner.planner.units import format_bytes, format_duration
 from affiner.planner.vocabulary import LORA_METHODS
 from affiner.tui.assistant import answers
@@ -122,6 +123,7 @@ class AssistantFlow(SettingKnobs, PreflightCalibration):
 
     def data_ready(self, preview: DataPreview) -> Reply:
         self.data = preview
+        length = self._length_from_data(preview)  # before the histogram, which draws it
         reply = Reply([Say(data_summary(preview), kind="data", data=preview)])
         if preview.lengths:
             reply.messages.append(Say("", kind="histogram", data=preview))
@@ -129,6 +131,8 @@ class AssistantFlow(SettingKnobs, PreflightCalibration):
             reply.messages.append(Say(preview.note))
         if preview.example is not None:
             reply.messages.append(Say("", kind="example", data=preview))
+        if length:
+            reply += say(length)
         if self.plan is not None:
             # A plan made before the data has no total and other lengths: plan again with its
             # rows and lengths, and show that plan (showing the old one first put its numbers
@@ -140,6 +144,16 @@ class AssistantFlow(SettingKnobs, PreflightCalibration):
                 + self._replan(("show", None))
             )
         return reply + self._enter("plan")
+
+    def _length_from_data(self, preview: DataPreview) -> str | None:
+        """Take the maximum length from the rows' p99 (`affiner.planner.data_length`) unless
+        the user (or a demo) gave one; returns the sentence saying so, or None."""
+        if not preview.lengths or self.settings.seq_len_set:
+            return None
+        window = getattr(self.spec, "max_position_embeddings", None) or None
+        chosen = length_from_data(nearest_rank(preview.lengths), window=window)
+        self.settings.seq_len = chosen.seq_len
+        return f"{capitalized(chosen.why)}; `seq N` sets another."
 
     def plan_ready(self, report: Any) -> Reply:
         self._undo = None

@@ -54,6 +54,8 @@ class Settings:
     seq_len: int = 512
     batch: int = 16
     learning_rate_set: bool = False
+    #: The maximum length was given (typed, or a demo's preset): the data's p99 never replaces it.
+    seq_len_set: bool = False
     #: run.toml settings the user typed (``optimizer adamw``), by `PlanRequest` field: every
     #: re-plan states them, so the planner never changes them.
     stated: dict[str, Any] = field(default_factory=dict)
@@ -110,6 +112,8 @@ class SettingKnobs:
         setattr(self.settings, attr, value)
         if name == "lr":
             self.settings.learning_rate_set = True
+        if name == "seq_len":
+            self.settings.seq_len_set = True
         if name == "lr":  # changes neither memory nor time: nothing to plan again
             return (
                 Reply() if quiet else say(f"{label}: {old:g} → **{value:g}**." + self._time_line())

@@ -344,7 +344,7 @@ def run_plan(args: argparse.Namespace) -> int:
             request = PlanRequest(**layout, **fields)
             report = plan(spec, device, request)
     if chosen is not None:
-        report.notes.insert(0, chosen.why.capitalize() + ".")
+        report.notes.insert(0, chosen.why[:1].upper() + chosen.why[1:] + ".")
     if unused:
         report.notes.append(f"step time not calibrated: {unused}")
     saved = _save(args, cfg, report, model_ref, task, chosen is not None) if args.save else None
