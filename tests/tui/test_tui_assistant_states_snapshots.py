@@ -112,7 +112,11 @@ async def settle(pilot: Pilot) -> None:
     await pilot.pause()
     # the conversation scrolls to its end after a refresh: draw it there, not on the way
     for talk in pilot.app.screen.query(Conversation):
-        await wait_for(pilot, lambda talk=talk: talk.scroll_y == talk.max_scroll_y)
+        await wait_for(
+            pilot,
+            lambda talk=talk: talk.scroll_y == talk.max_scroll_y,
+            state=lambda talk=talk: (talk.scroll_y, talk.max_scroll_y, talk.following),
+        )
     await pilot.pause()
 
 

@@ -6,6 +6,7 @@ mounted in the same column, so the conversation reads top to bottom like a chat 
 
 from __future__ import annotations
 
+from textual import events
 from textual.containers import VerticalScroll
 from textual.geometry import Size
 from textual.widget import Widget
@@ -78,7 +79,13 @@ class Conversation(VerticalScroll, can_focus=False):
             self.following = False
 
     def watch_virtual_size(self, size: Size) -> None:
-        """Growth of the content (not of the window, which is a resize) scrolls down again."""
+        """Growth of the content scrolls down again (a full layout sets the size this way)."""
+        if self.following:
+            self.scroll_end(animate=False)
+
+    def on_resize(self, event: events.Resize) -> None:
+        """The same after a scroll-only reflow, which sets the size without calling the watcher
+        above and posts a resize instead."""
         if self.following:
             self.scroll_end(animate=False)
 
