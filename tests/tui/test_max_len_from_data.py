@@ -174,3 +174,43 @@ def test_the_assistant_caps_the_datas_length_at_the_models_window() -> None:
     reply = flow.data_ready(_preview([900] * 10))
     assert flow.settings.seq_len == 256
     assert "reads at most 256" in "\n".join(m.text for m in reply.messages)
+
+
+def test_a_chat_templates_tokens_and_default_system_prompt_are_counted(
+    folder: Path, capsys, tmp_path: Path
+) -> None:
+    """SmolLM2's template puts a system prompt before every conversation: a length from the
+    texts alone would cut most short chat rows."""
+    from tokenizers import Tokenizer
+
+    from affiner.tui.cli.template_overhead import template_overhead
+
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "say " * i},
+                {"role": "assistant", "content": "ok"},
+            ]
+        }
+        for i in range(1, 101)
+    ]
+    write_jsonl(tmp_path / "chat.jsonl", rows)
+    write_jsonl(
+        tmp_path / "chat-eval.jsonl",
+        [{"messages": [{"role": "user", "content": "ok"}, {"role": "assistant", "content": "ok"}]}],
+    )
+    args = ("--model", str(folder), "--data", "chat.jsonl", "--eval", "chat-eval.jsonl")
+    bare = _plan(capsys, *args)["data"]["lengths"]["p99"]
+    assert bare == 99 + 1 + 2  # without a template: the row's texts, i words, "ok", the roles
+    (folder / "chat_template.jinja").write_text(
+        "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}"
+        "system say say say say say\n{% endif %}{{ m['role'] + ' ' + m['content'] + '\n' }}"
+        "{% endfor %}"
+    )
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    overhead = template_overhead(folder, tokenizer)
+    assert overhead is not None and overhead(("user", "assistant")) == 6 + 2  # system line, roles
+    out = _plan(capsys, *args)
+    assert out["data"]["lengths"]["p99"] == 99 + 1 + 8  # the contents, then the template's
+    assert "with the chat template's tokens" in out["data"]["note"]
+    assert {c["seq_len"] for c in out["candidates"]} == {112}

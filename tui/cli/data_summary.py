@@ -5,9 +5,9 @@ long the rows are); a run started from the command line used to say nothing, so 
 format that was not the one meant, or a split that lost half its rows to leakage, was found
 only in the model card. This prints the same facts, one plain line each, read as the run
 reads them (`affiner.runner.data.load_rows`: detection, invalid rows, de-duplication, the
-held-out split, leakage), with token lengths counted as `affiner plan run.toml` counts them
-(the model's ``tokenizer.json`` through `tokenizers` alone, so the command stays free of torch;
-the chat template's few tokens are not counted, and the lines say so).
+held-out split, leakage), with token lengths counted as `affiner plan run.toml` counts them:
+the model's ``tokenizer.json`` through `tokenizers` alone, so the command stays free of torch,
+with the chat template's tokens added (`affiner.tui.cli.template_overhead`).
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def _token_lines(cfg: Any, loaded: Any) -> list[str]:
         return ["tokens: no row to count"]
     counted = lengths["measured_rows"]
     sample = "" if counted >= len(loaded.train) else f" (an even spread of {counted:,} rows)"
-    template = "; chat template not counted" if cfg.model.task == "causal_lm" else ""
+    conversational = cfg.model.task == "causal_lm" and loaded.format != "text"
+    template = "; chat template not counted" if conversational and not measured["template"] else ""
     lines = [
         f"tokens a row: p50 {lengths['p50']}, p95 {lengths['p95']}, p99 {lengths['p99']}, "
         f"longest {lengths['max']}{sample}{template}"

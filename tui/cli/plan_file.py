@@ -140,6 +140,19 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
+def _contents(data: dict[str, Any], fmt: str) -> list[str]:
+    """The texts a chat template wraps: a chat row's turn contents (its roles are the
+    template's to write), every text of another row."""
+    if fmt == "chat":
+        messages = data.get("messages")
+        return [
+            m["content"]
+            for m in (messages if isinstance(messages, list) else [])
+            if isinstance(m, dict) and isinstance(m.get("content"), str)
+        ]
+    return _strings(data)
+
+
 def read_data(
     cfg_data: Any, spec: ModelSpec, *, task: str, seq_len: int, measured: int = 5000
 ) -> dict[str, Any]:
@@ -170,7 +183,13 @@ def measure_data(
     rows = len(loaded.train)
     if cfg_data.limit:
         rows = min(rows, cfg_data.limit)
-    out: dict[str, Any] = {"path": cfg_data.train, "rows": rows, "sorted": None, "missing": ""}
+    out: dict[str, Any] = {
+        "path": cfg_data.train,
+        "rows": rows,
+        "sorted": None,
+        "missing": "",
+        "template": False,
+    }
     folder = Path(spec.path) if getattr(spec, "path", None) else None
     if folder is not None and folder.is_file():
         folder = folder.parent
@@ -191,7 +210,24 @@ def measure_data(
     tokenizer.no_truncation()
     sample = loaded.train[:: max(1, len(loaded.train) // measured)]
     texts = ["\n".join(_strings(example.data)) for example in sample]
-    out["sorted"] = sorted(len(e.ids) for e in tokenizer.encode_batch(texts)) if texts else []
+    counts = [len(e.ids) for e in tokenizer.encode_batch(texts)] if texts else []
+    # a conversation's rows get the chat template's markers (and any default system prompt)
+    overhead = None
+    if task == "causal_lm" and loaded.format != "text" and folder is not None:
+        from affiner.tui.cli.template_overhead import row_roles, template_overhead
+
+        overhead = template_overhead(folder, tokenizer)
+        if overhead is not None:  # each turn's content alone, then the template's own tokens
+            pieces = [_contents(example.data, loaded.format) for example in sample]
+            flat = [text for piece in pieces for text in piece]
+            ids = iter(tokenizer.encode_batch(flat, add_special_tokens=False) if flat else [])
+            counts = [
+                sum(len(next(ids).ids) for _ in piece)
+                + overhead(row_roles(example.data, loaded.format))
+                for piece, example in zip(pieces, sample, strict=True)
+            ]
+    out["template"] = overhead is not None
+    out["sorted"] = sorted(counts)
     return out
 
 
@@ -220,9 +256,14 @@ def data_at_length(measured: dict[str, Any], seq_len: int) -> dict[str, Any]:
             "measured_rows": len(lengths),
             "longer_than_max_seq_len": sum(1 for n in lengths if n > seq_len),
         }
+    counted = (
+        "with the chat template's tokens"
+        if measured.get("template")
+        else ("without a chat template")
+    )
     out["note"] = (
         f"planned at max_seq_len {seq_len}, the longest a row can be (the peak comes from the "
-        "longest batch); lengths counted with tokenizer.json, without the chat template"
+        f"longest batch); lengths counted with tokenizer.json, {counted}"
     )
     return out
 
