@@ -46,7 +46,7 @@ def progress_reporter(console: Any, label: str) -> Iterator[ProgressFn]:
         said: list[str] = []
 
         def line(stage: str, done: float) -> None:
-            if said and said[-1] == stage:
+            if stage == "done" or (said and said[-1] == stage):  # "ready" says it once, below
                 return
             said.append(stage)
             console.print(f"{label}: {stage} ({done:.0%})", markup=False, highlight=False)
