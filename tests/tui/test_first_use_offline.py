@@ -184,3 +184,12 @@ def test_the_progress_is_a_bar_on_a_terminal_and_lines_elsewhere() -> None:
     with progress_reporter(terminal, "model m") as report:
         report("writing", 0.5)
     assert "model m: ready" in terminal.file.getvalue() and "━" in terminal.file.getvalue()
+
+
+def test_a_run_toml_mistake_is_reported_before_converting(
+    conversions: list[str], capsys, tmp_path: Path
+) -> None:
+    (tmp_path / "run.toml").write_text(RUN_TOML.replace("max_steps = 2", "max_step = 2"))
+    assert main(["train", "run.toml"]) == 2
+    assert "unknown key 'max_step'" in capsys.readouterr().err
+    assert conversions == []

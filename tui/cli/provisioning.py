@@ -143,6 +143,21 @@ def model_of_run_toml(config_path: str | os.PathLike[str]) -> str:
 def ensure_for_run_toml(config_path: str | os.PathLike[str], *, console: Any = None) -> Path | None:
     """`ensure_offline_model` for the model a run.toml names (its relative paths read from the
     file's folder); None when it names no offline model."""
+    from affiner.planner.models import ready_path
+
     ref = model_of_run_toml(config_path)
     base = Path(config_path).expanduser().resolve().parent
+    model = offline_model_named(ref, base)
+    if model is not None and ready_path(model) is None:
+        _check_before_converting(config_path)
     return ensure_offline_model(ref, console=console, base_dir=base)
+
+
+def _check_before_converting(config_path: str | os.PathLike[str]) -> None:
+    """Report the run.toml's own mistakes (a typo, a missing package) before a half-minute
+    conversion, not after it; the one error expected here is the model not converted yet."""
+    from affiner.planner.models import OfflineNotReady
+    from affiner.runner.config import load_config
+
+    with contextlib.suppress(OfflineNotReady):
+        load_config(config_path)
