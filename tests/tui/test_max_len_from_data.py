@@ -214,3 +214,32 @@ def test_a_chat_templates_tokens_and_default_system_prompt_are_counted(
     assert out["data"]["lengths"]["p99"] == 99 + 1 + 8  # the contents, then the template's
     assert "with the chat template's tokens" in out["data"]["note"]
     assert {c["seq_len"] for c in out["candidates"]} == {112}
+
+
+def test_what_fits_the_device_caps_the_datas_length(tmp_path: Path, monkeypatch, capsys) -> None:
+    """8B rows of ~6,000 tokens on a 10 GiB card: the data's length does not fit, the longest
+    that does is planned, and the plan says why."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    monkeypatch.setenv("AFFINER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "llama-8b"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(LLAMA_3_8B))
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, "word": 1}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(model / "tokenizer.json"))
+    write_jsonl(tmp_path / "long.jsonl", [{"text": "word " * (6000 + i)} for i in range(50)])
+    from affiner.tui.cli.entry import main
+
+    assert (
+        main(["plan", "--model", str(model), "--data", "long.jsonl", "--vram", "10", "--json"]) == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert out["recommended"] is not None
+    why = out["max_seq_len_from_data"]
+    assert why.startswith("max length ") and "but a longer one does not fit on" in why
+    chosen = int(why.split()[2].rstrip(":"))
+    assert 16 <= chosen < 6000 and chosen % LENGTH_MULTIPLE == 0
+    best = out["candidates"][out["recommended"]]
+    assert best["seq_len"] == chosen and best["fits"]
