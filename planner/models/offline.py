@@ -166,15 +166,23 @@ class OfflineNotReady(AffinerError):
 
 
 def converted_dir(model: OfflineModel) -> Path:
-    """Where the ready-to-load folder of `model` lives (or will live) in affiner's cache:
-    a GGUF's conversion, or a folder model's copy under its own name."""
-    return cache_dir() / "models" / model.key
+    """The folder a run of `model` loads: a GGUF's conversion in affiner's cache (there or to
+    be made), a folder model's copy there under its own name once it is whole, else the
+    package's own folder (so a run made before the copy still names its model).
+
+    Raises:
+        AffinerError: a folder model that is neither copied nor installed.
+    """
+    cached = cache_dir() / "models" / model.key
+    if model.kind == "folder" and not (cached / COPY_MARKER).exists():
+        return source_path(model)
+    return cached
 
 
 def ready_path(model: OfflineModel) -> Path | None:
     """The loadable folder in affiner's cache if it is there now (nothing converted or copied
     here), else None. A folder model's copy counts once its `COPY_MARKER` says it is whole."""
-    path = converted_dir(model)
+    path = cache_dir() / "models" / model.key
     if not (path / "config.json").exists():
         return None
     if model.kind == "folder" and not (path / COPY_MARKER).exists():
