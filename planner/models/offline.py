@@ -124,6 +124,19 @@ def find_offline_model(ref: str) -> OfflineModel | None:
     return None
 
 
+def offline_model_for(ref: str) -> OfflineModel | None:
+    """The offline model a run.toml's `ref` stands for, or None.
+
+    An offline name (``smollm2``) always does. A hub id that is also an alias
+    (``HuggingFaceTB/SmolLM2-135M-Instruct``) does only when the package carrying it is
+    installed: without it the id means what it says, the model in the hub's cache.
+    """
+    model = find_offline_model(ref)
+    if model is not None and "/" in ref and package_dir(model) is None:
+        return None
+    return model
+
+
 def package_dir_of(module: str) -> Path | None:
     """Where an installed package's folder is, found without importing it (None if absent).
 
@@ -233,7 +246,7 @@ def offline_folder(ref: str) -> str | None:
     """
     if not ref or Path(ref).expanduser().exists():
         return None
-    model = find_offline_model(ref)
+    model = offline_model_for(ref)
     if model is None:
         return None
     source = source_path(model)  # the install command when the package is missing

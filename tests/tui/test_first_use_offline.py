@@ -193,3 +193,19 @@ def test_a_run_toml_mistake_is_reported_before_converting(
     assert main(["train", "run.toml"]) == 2
     assert "unknown key 'max_step'" in capsys.readouterr().err
     assert conversions == []
+
+
+def test_a_hub_id_alias_is_the_hubs_when_the_package_is_absent(
+    smollm: Any, conversions: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from affiner.planner.models import offline_model_for
+    from affiner.tui.cli.provisioning import ensure_for_run_toml
+
+    hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert offline_model_for(hub_id) == smollm  # installed: the offline copy serves the id
+    absent = dataclasses.replace(smollm, module="affiner_test_package_not_installed")
+    monkeypatch.setattr(offline, "OFFLINE_MODELS", (absent,))
+    assert offline_model_for(hub_id) is None and offline_model_for("smollm2") == absent
+    (tmp_path / "run.toml").write_text(RUN_TOML.replace('"smollm2"', f'"{hub_id}"'))
+    assert ensure_for_run_toml(tmp_path / "run.toml") is None
+    assert conversions == []

@@ -79,16 +79,17 @@ def offline_model_named(ref: str, base_dir: Path | None = None) -> OfflineModel 
     """The offline model `ref` names (``smollm2``, ``minilm``…), or None.
 
     A name that is also a folder here (next to the run.toml) is that folder, as run.toml's
-    own resolution treats it.
+    own resolution treats it; a hub id whose offline package is not installed is the hub's
+    (`affiner.planner.models.offline_model_for`).
     """
-    from affiner.planner.models import find_offline_model
+    from affiner.planner.models import offline_model_for
 
     if not ref or not ref.strip():
         return None
     path = Path(ref).expanduser()
     if path.exists() or (base_dir is not None and (base_dir / path).exists()):
         return None
-    return find_offline_model(ref)
+    return offline_model_for(ref)
 
 
 def ensure_offline_model(
