@@ -243,3 +243,28 @@ def test_what_fits_the_device_caps_the_datas_length(tmp_path: Path, monkeypatch,
     assert 16 <= chosen < 6000 and chosen % LENGTH_MULTIPLE == 0
     best = out["candidates"][out["recommended"]]
     assert best["seq_len"] == chosen and best["fits"]
+
+
+def test_the_assistant_takes_the_longest_that_fits_when_the_datas_does_not() -> None:
+    from affiner.planner.recommend import plan
+    from affiner.tui.assistant.flow import AssistantFlow
+    from tests.assistant_fakes import gpu_device, hardware, model_spec
+
+    flow = AssistantFlow()
+    flow.start()
+    flow.hardware_ready(hardware(), gpu_device(gib=16))
+    flow.submit("models/llama")
+    flow.model_ready(model_spec(path="models/llama"))
+    flow.data_ready(_preview([4000] * 100))
+    assert flow.settings.seq_len == 4000
+    too_long = plan(flow.spec, flow.device, flow.plan_request())
+    assert too_long.best is None
+    reply = flow.plan_ready(too_long)
+    assert [task.kind for task in reply.tasks] == ["plan"]
+    said = "\n".join(m.text for m in reply.messages)
+    assert "the data's p99 is 4000 tokens, but a longer one does not fit on" in said
+    assert 16 <= flow.settings.seq_len < 4000
+    fitting = plan(flow.spec, flow.device, flow.plan_request())
+    assert fitting.best is not None
+    flow.plan_ready(fitting)
+    assert flow.plan is fitting and flow.settings.seq_len < 4000

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from affiner.planner.data_length import length_from_data, nearest_rank
+from affiner.planner.data_length import DataLength, length_from_data, nearest_rank
 from affiner.planner.units import format_bytes, format_duration
 from affiner.planner.vocabulary import LORA_METHODS
 from affiner.tui.assistant import answers
@@ -61,6 +61,8 @@ class AssistantFlow(SettingKnobs, PreflightCalibration):
         self._undo: tuple[str, Any] | None = None  # the stated setting the pending plan tries
         #: A demo's own run.toml settings beyond `settings` (`assistant_preset`'s ``recipe``).
         self.recipe: dict[str, Any] = {}
+        #: The max length taken from the data (`_length_from_data`), while it is in force.
+        self._data_length: DataLength | None = None
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -153,9 +155,42 @@ class AssistantFlow(SettingKnobs, PreflightCalibration):
         window = getattr(self.spec, "max_position_embeddings", None) or None
         chosen = length_from_data(nearest_rank(preview.lengths), window=window)
         self.settings.seq_len = chosen.seq_len
+        self._data_length = chosen
         return f"{capitalized(chosen.why)}; `seq N` sets another."
 
+    def _length_that_fits(self, report: Any) -> Reply | None:
+        """When nothing fits at the length taken from the data, take the longest that does
+        (the planner's `longest_sequence_for`, over the methods planned) and plan again."""
+        chosen = self._data_length
+        candidates = getattr(report, "candidates", None) or []
+        if chosen is None or self.settings.seq_len != chosen.seq_len:
+            return None
+        if not candidates or any(c.fits for c in candidates):
+            return None
+        from affiner.planner.recommend import longest_sequence_for
+
+        request = self.plan_request()
+        fits = max(
+            (
+                longest_sequence_for(self.spec, self.device, request, c.method).longest
+                for c in candidates
+            ),
+            default=0,
+        )
+        if not 0 < fits < chosen.seq_len:
+            return None
+        window = getattr(self.spec, "max_position_embeddings", None) or None
+        capped = length_from_data(chosen.p99, window=window, fits=fits, device=self.device.name)
+        self._data_length = capped
+        self.settings.seq_len = capped.seq_len
+        return say(f"{capitalized(capped.why)}; `seq N` sets another.") + Reply(
+            tasks=[Task("plan")]
+        )
+
     def plan_ready(self, report: Any) -> Reply:
+        shorter = self._length_that_fits(report)  # what was pending waits for that plan
+        if shorter is not None:
+            return shorter
         self._undo = None
         before = self.candidate()
         self.plan = report
