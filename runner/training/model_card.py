@@ -403,6 +403,34 @@ def _auto_class(cfg: RunConfig) -> str:
 
 
 def write_model_card(run_dir: RunDir, cfg: RunConfig, facts: CardFacts) -> Path:
-    """Write ``README.md`` into the run folder."""
-    run_dir.model_card.write_text(render_model_card(cfg, facts, run_dir.run_id), encoding="utf-8")
+    """Write ``README.md`` into the run folder, and the same card into ``adapter/``.
+
+    ``adapter/`` is the folder a user uploads or copies elsewhere, and PEFT leaves a placeholder
+    card there whose metadata names the base by this machine's folder
+    (``base_model: /root/.cache/...``); the hub reads that metadata to link the base model.
+    """
+    card = render_model_card(cfg, facts, run_dir.run_id)
+    run_dir.model_card.write_text(card, encoding="utf-8")
+    if run_dir.adapter.is_dir():
+        (run_dir.adapter / "README.md").write_text(adapter_card(cfg, card), encoding="utf-8")
     return run_dir.model_card
+
+
+def adapter_card(cfg: RunConfig, card: str) -> str:
+    """The run's card with hub metadata in front, for ``adapter/README.md``."""
+    base = describe_base(cfg.model.name_or_path)
+    meta = ["---"]
+    if base.hub_id:
+        meta.append(f"base_model: {base.hub_id}")
+    if cfg.uses_lora:
+        meta.append("library_name: peft")
+    meta.append("tags:")
+    if base.hub_id and cfg.uses_lora:
+        meta.append(f"- base_model:adapter:{base.hub_id}")
+    meta += ["- affiner", f"- {cfg.method.name}", "---", ""]
+    preface = (
+        "This folder is the model of the run described below, copied from the run folder's "
+        "card; the paths in it (`adapter/`, `checkpoints/`) are relative to that run folder, "
+        "one level up.\n\n"
+    )
+    return "\n".join(meta) + "\n" + preface + card

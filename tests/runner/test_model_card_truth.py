@@ -127,6 +127,26 @@ def test_a_finished_runs_card_matches_its_event_log(tiny_llama: Path, tmp_path: 
     model = _run_snippet(card, rd.path)["model"]
     assert model.config.id2label == {0: "bad", 1: "good"}
 
+    # the folder a user uploads carries the card too, not PEFT's placeholder naming a local path
+    uploaded = (rd.adapter / "README.md").read_text(encoding="utf-8")
+    meta = uploaded.split("---")[1]
+    assert card in uploaded and "library_name: peft" in meta and str(tiny_llama) not in meta
+    assert "More Information Needed" not in uploaded
+
+
+def test_the_adapter_card_names_a_hub_base_in_its_metadata() -> None:
+    from affiner.runner.config import RunConfig
+    from affiner.runner.training.model_card import adapter_card
+
+    cfg = RunConfig()
+    cfg.model.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    cfg.method.name = "qlora"
+    text = adapter_card(cfg, "# the card\n")
+    meta = text.split("---")[1]
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in meta
+    assert "- base_model:adapter:HuggingFaceTB/SmolLM2-135M-Instruct" in meta
+    assert text.endswith("# the card\n")
+
 
 def test_a_stopped_runs_card_says_so_and_keeps_step_0_apart(
     tiny_llama: Path, tmp_path: Path
