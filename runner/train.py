@@ -179,6 +179,8 @@ class _Run:
         #: the run's configuration and prepared data, once read (the model card needs them)
         self.cfg: RunConfig | None = None
         self.data: Any = None
+        #: whether the tokenizer has a chat template (the card's snippet asks as training did)
+        self.chat_template = False
         self._last_step = 0
         #: (code, message) of the warnings already in the log: a resume does not repeat them
         self._logged_warnings: set[tuple[str, str]] | None = None
@@ -289,6 +291,7 @@ class _Run:
         data = prepare_data(cfg, tokenizer)
         self._data_warnings(data)
         self.cfg, self.data = cfg, data
+        self.chat_template = bool(getattr(tokenizer, "chat_template", None))
         if self.rank0:
             self._record_labels(cfg, data)
 
@@ -570,6 +573,7 @@ class _Run:
             best_eval_loss=best.eval_loss if best else None,
             best_step=best.step if best else None,
             labels=list(data.labels or []),
+            chat_template=self.chat_template,
             merged=merged,
             base_head_trained=(
                 has_trained_head(cfg.model.name_or_path)

@@ -64,6 +64,8 @@ class CardFacts:
         evals: the run's evaluations in step order, as its event log keeps them.
         best_eval_loss, best_step: the checkpoint kept in ``checkpoints/best/``.
         labels: class names in id order (classification).
+        chat_template: whether the tokenizer has a chat template (a causal LM's snippet asks
+            through it, as training rendered the rows; else in the plain layout).
         base_head_trained: whether the base already had a trained classification head (None:
             not known, or not a classifier).
     """
@@ -91,6 +93,7 @@ class CardFacts:
     best_eval_loss: float | None = None
     best_step: int | None = None
     labels: list[str] = field(default_factory=list)
+    chat_template: bool = False
     merged: bool = False
     base_head_trained: bool | None = None
 
@@ -231,8 +234,41 @@ def _loading(cfg: RunConfig, facts: CardFacts, base: BaseModelName) -> list[str]
             "predicted = model(**inputs).logits.argmax(-1).item()",
             "print(model.config.id2label[predicted])",
         ]
+    else:
+        lines += ["", *_asking_lines(facts)]
     lines += ["```", ""]
     return lines
+
+
+def _asking_lines(facts: CardFacts) -> list[str]:
+    """How to ask the tuned causal LM a question with the prompt training put before the loss:
+    the chat template's generation prompt, the plain layout without a template, or raw text
+    for a model trained on plain text."""
+    from affiner.runner.data.render import PLAIN_HEADERS, PLAIN_SEPARATOR
+
+    question = "Hello! What can you do?"
+    if facts.data_format == "text":
+        lines = [f"inputs = tokenizer({question!r}, return_tensors='pt')  # trained on plain text"]
+    elif facts.chat_template:
+        lines = [
+            f'messages = [{{"role": "user", "content": {question!r}}}]',
+            "# the chat template, as training rendered every row",
+            "prompt = tokenizer.apply_chat_template(",
+            "    messages, tokenize=False, add_generation_prompt=True",
+            ")",
+            'inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)',
+        ]
+    else:
+        prompt = PLAIN_HEADERS["user"] + question + PLAIN_SEPARATOR + PLAIN_HEADERS["assistant"]
+        lines = [
+            f"prompt = {prompt!r}  # the layout training used (no chat template)",
+            'inputs = tokenizer(prompt, return_tensors="pt")',
+        ]
+    return [
+        *lines,
+        "output = model.generate(**inputs, max_new_tokens=64)",
+        'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))',
+    ]
 
 
 def _merged_lines(cfg: RunConfig, facts: CardFacts) -> list[str]:

@@ -175,6 +175,31 @@ def test_a_stopped_runs_card_says_so_and_keeps_step_0_apart(
 
     scope = _run_snippet(card, rd.path)
     assert type(scope["model"]).__name__ == "PeftModelForCausalLM"
+    # trained on plain text: the snippet continues a text, and generates
+    assert "trained on plain text" in card
+    assert scope["output"].shape[1] > scope["inputs"]["input_ids"].shape[1]
+
+
+@pytest.mark.parametrize("template", [True, False], ids=["chat-template", "plain-layout"])
+def test_the_snippet_asks_with_the_prompt_training_put_before_the_loss(
+    tiny_llama: Path, template: bool
+) -> None:
+    """What the card tells a user to type gives the token ids the playground asks with."""
+    from transformers import AutoTokenizer
+
+    from affiner.runner.data.render import prompt_ids
+    from affiner.runner.training.model_card import CardFacts, _asking_lines
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    if not template:
+        tokenizer.chat_template = None
+    facts = CardFacts("finished", 1, 1, 1, data_format="chat", chat_template=template)
+    lines = _asking_lines(facts)
+    asking = [line for line in lines if "generate" not in line and "decode" not in line]
+    scope: dict[str, Any] = {"tokenizer": tokenizer}
+    exec("\n".join(asking), scope)
+    asked = [{"role": "user", "content": "Hello! What can you do?"}]
+    assert scope["inputs"]["input_ids"][0].tolist() == prompt_ids(asked, tokenizer)
 
 
 def test_a_failed_runs_card_says_so_first(tiny_llama: Path, tmp_path: Path) -> None:
