@@ -22,9 +22,12 @@ demo: $(VENV)/.affiner-demo
 	$(BIN)/affiner demo $(TASK)
 
 ## make test: set up (once) and run the checks and the whole suite, as CI does
+## (two pytest workers: most tests wait on a Textual app or a child process, so two share two
+## cores well; JOBS=1 runs them one at a time)
+JOBS ?= 2
 test: $(VENV)/.affiner-dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(JOBS)
 
 setup: $(VENV)/.affiner-demo
 setup-dev: $(VENV)/.affiner-dev
