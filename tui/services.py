@@ -8,6 +8,7 @@ inside the call, so building the app costs nothing before a screen needs the wor
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -97,6 +98,65 @@ def _preflight(config: Any, progress: Callable[[Any], None] | None = None) -> An
     return run_preflight_process(config, cancelled=lambda: worker.is_cancelled, progress=progress)
 
 
+#: A line of the conversion child's progress (``" 40%  reading the GGUF file"``).
+_PROGRESS_LINE = re.compile(r"^\s*\d+%\s+\S")
+
+
+def _make_model_ready(
+    ref: str, progress: Callable[[str], None], cancelled: Callable[[], bool] = lambda: False
+) -> str | None:
+    """Convert (or copy) the offline model `ref` names into affiner's cache if it is not there
+    yet, so the data step, the pre-flight and the run all load a folder; None when `ref` names
+    no offline model or it is ready, else the model's title once converted.
+
+    The conversion loads torch and transformers, so it runs in a child process
+    (``python -m affiner.runner.demo.provision``), never in the TUI; each of its progress lines
+    goes to `progress`. A cancelled worker (the app quits) stops the child; its half-written
+    folder is a scratch copy it never renames into place.
+
+    Raises:
+        AffinerError: the model's package is missing (with the install command), or the
+            conversion failed (with the child's own words).
+    """
+    import subprocess
+    import sys
+
+    from affiner.planner.errors import AffinerError
+    from affiner.planner.models import ready_path, source_path
+    from affiner.tui.cli.provisioning import offline_model_named
+
+    model = offline_model_named(ref)
+    if model is None:
+        return None
+    source_path(model)  # the install command when the package is missing
+    if ready_path(model) is not None:
+        return None
+    command = [sys.executable, "-m", "affiner.runner.demo.provision", model.key]
+    said: list[str] = []
+    with subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    ) as child:
+        assert child.stderr is not None
+        for line in child.stderr:
+            if cancelled():
+                child.terminate()
+                break
+            line = line.strip()
+            if _PROGRESS_LINE.match(line):
+                progress(line)
+            elif line:
+                said.append(line)
+        code = child.wait()
+    if code and not cancelled():
+        words = next((line for line in reversed(said) if line.startswith("error:")), None)
+        raise AffinerError(
+            f"Converting {model.title} for training failed: "
+            + (words.removeprefix("error:").strip() if words else f"exit code {code}"),
+            hint=f"Run it by hand to see everything: python -m affiner.runner.demo.provision {model.key}",
+        )
+    return model.title
+
+
 def _prepare_demo(key: str, runs_root: Path | None = None) -> dict[str, Any]:
     """Provision a demo's model and data (`affiner.runner.demo.tasks`) and say how to pre-fill the assistant."""
     from affiner.runner.demo import prepare_demo
@@ -165,6 +225,10 @@ class Services:
             and returns what to pre-fill (``default_model``, ``default_data``, ``settings``).
         resume_run: ``(run_dir) -> message``: continues a stopped, failed or interrupted run
             from its last checkpoint in a new detached worker.
+        make_model_ready: ``(ref, progress, cancelled) -> title or None``: converts an offline
+            model the user named (``smollm2``) on first use, in a child, before the model step
+            reads its shape; ``progress`` gets each progress line (see `_make_model_ready`).
+            `default` sets the real one; None (services built by hand) converts nothing.
     """
 
     probe_hardware: Callable[[], HardwareReport]
@@ -187,6 +251,7 @@ class Services:
     chat_session: Callable[[Path], Any] = _chat_session
     prepare_demo: Callable[[str], dict[str, Any]] = _prepare_demo
     resume_run: Callable[[Path], str] = _resume_run
+    make_model_ready: Callable[..., str | None] | None = None
 
     @classmethod
     def default(cls, runs_root: str | os.PathLike[str] | None = None) -> Services:
@@ -229,4 +294,5 @@ class Services:
             runs_root=root,
             prepare_demo=lambda key: _prepare_demo(key, root),
             read_load=_read_load,
+            make_model_ready=_make_model_ready,
         )

@@ -258,7 +258,7 @@ def offline_folder(ref: str) -> str | None:
     raise OfflineNotReady(
         f"{model.title} is installed but not converted for training yet",
         hint=(
-            "`affiner train` and `affiner preflight` convert it on first use (about 30 s), "
+            "`affiner train`, `affiner preflight` and the app convert it on first use (about 30 s), "
             f"or convert it now: python -m affiner.runner.demo.provision {model.key}"
         ),
         where="[model].name_or_path",

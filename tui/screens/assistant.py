@@ -24,7 +24,7 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from affiner.planner.errors import AffinerError
 from affiner.planner.units import format_bytes
@@ -38,6 +38,18 @@ from affiner.tui.widgets.example_view import ExampleView
 from affiner.tui.widgets.plan_bars import PlanBars
 from affiner.tui.widgets.settings_form import SettingsForm
 from affiner.tui.widgets.token_histogram import TokenHistogram
+
+
+class ModelConverting(Message):
+    """A line of an offline model's first-use conversion (``" 40%  reading the GGUF file"``),
+    posted by the model step's worker thread; a newer one replaces a queued one."""
+
+    def __init__(self, ref: str, line: str) -> None:
+        super().__init__()
+        self.ref, self.line = ref, line
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, ModelConverting)
 
 
 class PreflightProgressed(Message):
@@ -287,7 +299,29 @@ class AssistantScreen(Screen):
         return report, self.services.resolve_device(report)
 
     def _task_resolve_model(self, ref: str) -> Any:
+        # An offline model named for the first time is converted before its shape is read, so
+        # the data step counts its tokens and the run loads a folder (a child does the work).
+        ready = self.services.make_model_ready
+        if ready is not None:
+            worker = get_current_worker()
+            ready(
+                ref,
+                lambda line: self.post_message(ModelConverting(ref, line)),
+                lambda: worker.is_cancelled,
+            )
         return self.services.resolve_model(ref)
+
+    @on(ModelConverting)
+    def _model_converting(self, message: ModelConverting) -> None:
+        text = (
+            f"{message.ref} is used for the first time here: converting it once into a folder "
+            f"affiner trains from (about 30 s; later runs load it in a second). {message.line}"
+        )
+        found = self.query("#model-status")
+        if found:
+            found.first(Static).update(text)
+        else:
+            self.query_one(Conversation).show(Static(text, id="model-status"))
 
     def _task_load_data(self, path: str) -> Any:
         flow = self.flow
@@ -340,6 +374,12 @@ class AssistantScreen(Screen):
         ):
             self.notify(readable(worker.error), title="Could not re-plan", severity="error")
             return
+        if worker.name == "resolve_model" and event.state in (
+            WorkerState.ERROR,
+            WorkerState.SUCCESS,
+        ):
+            for done in self.query("#model-status"):
+                done.remove()  # the model's summary (or the error) says the rest
         if worker.name == "preflight" and event.state in (WorkerState.ERROR, WorkerState.SUCCESS):
             status = self._preflight_status()
             if status is not None:  # the pre-flight's summary (or the error) says the rest
