@@ -110,15 +110,20 @@ class RunStarted(Event):
     packing: bool | None = None
     #: ``liger`` (fused linear cross-entropy) or ``torch``.
     loss_kernel: str | None = None
+    #: torch's loss from the logits of the loss-carrying positions only (``logits_to_keep``).
+    loss_positions: bool | None = None
 
     @property
     def batching_words(self) -> str:
-        """``packed batches`` / ``padded batches``, and ``fused loss``; empty for older logs."""
+        """``packed batches`` / ``padded batches``, and ``fused loss`` or ``logits at loss
+        tokens only``; empty for older logs."""
         words = []
         if self.packing is not None:
             words.append("packed batches" if self.packing else "padded batches")
         if self.loss_kernel == "liger":
             words.append("fused loss")
+        elif self.loss_positions:
+            words.append("logits at loss tokens only")
         return ", ".join(words)
 
 

@@ -17,6 +17,14 @@ The loss kernel: liger-kernel's fused linear cross-entropy computes the loss chu
 from the last hidden states without ever holding the (tokens x vocabulary) logits; its kernels
 are Triton's, so CUDA only. transformers' Trainer applies it (``use_liger_kernel``); only that
 kernel is turned on, the rest of the model stays as the base library computes it.
+
+With torch's loss, the vocabulary head runs only where a label counts. A chat row's loss is on
+its assistant turns alone, yet the plain recipe projects every position onto the whole
+vocabulary (49,152 entries for SmolLM2: the head is a fifth of the model's matmuls per token)
+and then throws most of those logits away. transformers' causal LMs take ``logits_to_keep`` as
+a tensor of positions; the collator lists the positions whose next token carries loss
+(`LossPositions`, on the host, so no step waits on the device to find them) and the Trainer's
+loss is computed from those logits alone — the same sum over the same tokens.
 """
 
 from __future__ import annotations
@@ -59,12 +67,15 @@ class Batching:
     packing: bool
     loss_kernel: str
     notes: tuple[str, ...] = field(default_factory=tuple)
+    loss_positions: bool = False
 
     @property
     def words(self) -> str:
         """How batches are made, for the event log and the model card."""
         batches = "packed (padding-free)" if self.packing else "padded, grouped by length"
         loss = "fused linear cross-entropy (liger)" if self.loss_kernel == "liger" else "torch"
+        if self.loss_positions:
+            loss += ", logits at loss tokens only"
         return f"batches {batches}; loss {loss}"
 
 
@@ -106,7 +117,65 @@ def decide_batching(cfg: RunConfig, model: Any, device: str) -> Batching:
             )
         elif find_spec("liger_kernel") is not None:
             notes.append(f"the loss is torch's: {problem}")
-    return Batching(packing=packing, loss_kernel=loss_kernel, notes=tuple(notes))
+    positions = causal and loss_kernel == "torch" and keeps_chosen_logits(model)
+    return Batching(
+        packing=packing, loss_kernel=loss_kernel, notes=tuple(notes), loss_positions=positions
+    )
+
+
+def keeps_chosen_logits(model: Any) -> bool:
+    """Whether the causal LM's forward takes ``logits_to_keep`` (positions as a tensor)."""
+    import inspect
+
+    base = getattr(model, "get_base_model", lambda: model)()
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class LossPositions:
+    """Wraps a causal-LM collator: each batch also says which positions' logits the loss needs.
+
+    Position ``p`` predicts token ``p + 1``, so it is kept when any row's label at ``p + 1``
+    counts (is not -100). Worked out here, on the host, from the labels the batch already has.
+    A batch with no loss token keeps every position (its loss is the model's own, as before).
+    """
+
+    def __init__(self, collator: Any) -> None:
+        self.collator = collator
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collator(features)
+        labels = batch.get("labels")
+        if labels is not None and labels.dim() == 2 and labels.shape[1] > 1:
+            counted = labels[:, 1:].ne(-100).any(dim=0)
+            if bool(counted.any()):
+                batch["logits_to_keep"] = counted.nonzero().flatten()
+        return batch
+
+
+def kept_logits_loss(
+    logits: Any, labels: Any, positions: Any, num_items_in_batch: Any = None
+) -> Any:
+    """Cross-entropy of the logits kept at `positions` against the labels one step on.
+
+    The sum over counted tokens, divided by `num_items_in_batch` when the Trainer gives one
+    (the counted tokens of the whole accumulated batch, as the model's own loss divides) or
+    else by this batch's counted tokens: the model's own loss, term for term.
+    """
+    import torch.nn.functional as F
+
+    targets = labels[:, positions + 1].to(logits.device)
+    summed = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
+    if num_items_in_batch is not None:
+        return summed / num_items_in_batch
+    return summed / targets.ne(-100).sum()
 
 
 def packing_is_exact(model: Any, *, lengths: tuple[int, int] = (5, 7)) -> tuple[bool, str]:
@@ -172,13 +241,27 @@ def liger_unsupported(model: Any) -> str | None:
     return None
 
 
-def build_collator(cfg: RunConfig, tokenizer: Any, device: str, *, packing: bool = False) -> Any:
-    """The collator for `packing`: flattened rows, or each batch padded to its longest row.
+def build_collator(
+    cfg: RunConfig,
+    tokenizer: Any,
+    device: str,
+    *,
+    packing: bool = False,
+    loss_positions: bool = False,
+) -> Any:
+    """The collator for `packing`: flattened rows, or each batch padded to its longest row;
+    with `loss_positions`, each batch also lists the positions the loss reads (`LossPositions`).
 
     Padded labels are -100 (no loss on padding); a flattened batch marks each example's first
     label -100 so no example learns to predict the next one's first token. On a GPU, padded
     lengths are rounded up to a multiple of 8 for tensor-core-friendly shapes.
     """
+    collator = _collator(cfg, tokenizer, device, packing)
+    causal = cfg.model.task != "classification"
+    return LossPositions(collator) if loss_positions and causal else collator
+
+
+def _collator(cfg: RunConfig, tokenizer: Any, device: str, packing: bool) -> Any:
     from transformers import (
         DataCollatorForSeq2Seq,
         DataCollatorWithFlattening,

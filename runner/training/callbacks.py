@@ -192,12 +192,36 @@ class CountingTrainer(Trainer):
             self.token_counter.add_count(int(inputs["input_ids"].numel()))
         return super().training_step(model, inputs, num_items_in_batch)
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
         if self.packing:
             # transformers keeps packed examples apart only without a KV cache (its mask builder
             # reads the restarting position ids only then); training never needs one
             inputs = {**inputs, "use_cache": False}
-        return super().compute_loss(model, inputs, *args, **kwargs)
+        positions = inputs.get("logits_to_keep")
+        if positions is None or "labels" not in inputs:
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+        from affiner.runner.training.batching import kept_logits_loss
+
+        # the head projects only the positions the loss reads (see runner.training.batching)
+        labels = inputs["labels"]
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        # the Trainer treats the loss as scaled for gradient accumulation exactly when the
+        # model would have divided by num_items_in_batch itself (its training_step)
+        scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+        loss = kept_logits_loss(
+            outputs.logits, labels, positions, num_items_in_batch if scaled else None
+        )
+        if scaled and self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes  # as the Trainer's own compute_loss does
+        return (loss, outputs) if return_outputs else loss
 
     def prediction_step(
         self,
@@ -293,6 +317,7 @@ class RunInfo:
     resumed_from_step: int | None = None
     packing: bool | None = None
     loss_kernel: str | None = None
+    loss_positions: bool | None = None
 
 
 class EventCallback(TrainerCallback):
@@ -402,6 +427,7 @@ class EventCallback(TrainerCallback):
                 num_gpus=info.num_gpus,
                 packing=info.packing,
                 loss_kernel=info.loss_kernel,
+                loss_positions=info.loss_positions,
             ),
         )
         self.status.state = "running"
