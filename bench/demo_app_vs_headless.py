@@ -48,8 +48,8 @@ SETTINGS = (
 )  # fmt: skip
 #: The guided walk: what the screen says when each Enter is due (the steps' own questions).
 WALK = (
-    "Press Enter at each step",  # the demo is ready: Enter takes its model
-    "Which training data",  # Enter takes its data
+    "Enter uses",  # the demo is ready and its model is the default: Enter takes it
+    "Which training data",  # Enter takes its data, the default too
     "Enter accepts the highlighted plan",
     "Enter continues.",  # the settings
     "Enter runs the pre-flight",
@@ -78,7 +78,7 @@ def run_in_app(task: str, runs: Path, timeout: float = 3600) -> tuple[Path, list
     seen: list[str] = []
     with TmuxSession(argv, env=env, cwd=str(REPO), width=160, height=50) as term:
         for text in WALK:
-            term.wait_for(text, timeout=900)
+            wait_text(term, text, timeout=900)
             seen.append(text)
             time.sleep(0.5)  # the step's widgets settle before the key
             term.send("Enter")
@@ -89,6 +89,20 @@ def run_in_app(task: str, runs: Path, timeout: float = 3600) -> tuple[Path, list
             time.sleep(2)
         term.send("C-q")
     return only_run(runs), seen
+
+
+def wait_text(term: TmuxSession, text: str, timeout: float) -> None:
+    """Wait for `text` on the screen, read as prose: a sentence the app wraps over two lines
+    still counts (the lines are joined, whitespace collapsed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        screen = term.screen()
+        prose = " ".join(" ".join(line.strip(" ▊▎").split()) for line in screen.splitlines())
+        if text in prose:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{text!r} not on the screen after {timeout:.0f}s:\n{screen}")
+        time.sleep(0.5)
 
 
 def finished(runs: Path) -> bool:
