@@ -31,7 +31,7 @@ if str(REPO) not in sys.path:  # run as a script: bench.tmux_driver must import
     sys.path.insert(0, str(REPO))
 
 from affiner.runner.config.raw import tomllib  # noqa: E402
-from bench.tmux_driver import TmuxSession, tmux_available  # noqa: E402
+from bench.tmux_driver import TmuxSession, app_env, tmux_available  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results")
 AFFINER = [sys.executable, "-c", "import sys; from affiner.tui.cli import main; sys.exit(main())"]
@@ -67,18 +67,12 @@ def run_headless(task: str, runs: Path) -> Path:
 
 def run_in_app(task: str, runs: Path, timeout: float = 3600) -> tuple[Path, list[str]]:
     """Walk the app's demo with Enter at each step; wait for the run it launches to end."""
-    env = {
-        "PYTHONPATH": str(REPO),
-        "TERM": "xterm-256color",
-        "HF_HUB_OFFLINE": "1",
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": os.environ.get("HOME", "/tmp"),
-    }
+    env = app_env(str(REPO))
     argv = [sys.executable, "-m", "affiner", "demo", task, "--runs-dir", str(runs)]
     seen: list[str] = []
     with TmuxSession(argv, env=env, cwd=str(REPO), width=160, height=50) as term:
         for text in WALK:
-            wait_text(term, text, timeout=900)
+            term.wait_for_prose(text, timeout=900)
             seen.append(text)
             time.sleep(0.5)  # the step's widgets settle before the key
             term.send("Enter")
@@ -89,20 +83,6 @@ def run_in_app(task: str, runs: Path, timeout: float = 3600) -> tuple[Path, list
             time.sleep(2)
         term.send("C-q")
     return only_run(runs), seen
-
-
-def wait_text(term: TmuxSession, text: str, timeout: float) -> None:
-    """Wait for `text` on the screen, read as prose: a sentence the app wraps over two lines
-    still counts (the lines are joined, whitespace collapsed)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        screen = term.screen()
-        prose = " ".join(" ".join(line.strip(" ▊▎").split()) for line in screen.splitlines())
-        if text in prose:
-            return
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{text!r} not on the screen after {timeout:.0f}s:\n{screen}")
-        time.sleep(0.5)
 
 
 def finished(runs: Path) -> bool:

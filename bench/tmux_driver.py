@@ -6,6 +6,7 @@ tmux server socket (``-L``), so nothing touches a user's tmux.
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -16,6 +17,19 @@ from collections.abc import Mapping
 
 def tmux_available() -> bool:
     return shutil.which("tmux") is not None
+
+
+def app_env(repo: str, **extra: str) -> dict[str, str]:
+    """The environment affiner runs with inside tmux: the checkout on the path, a colour
+    terminal, no hub, and only the caller's PATH and HOME from this process (plus `extra`)."""
+    return {
+        "PYTHONPATH": repo,
+        "TERM": "xterm-256color",
+        "HF_HUB_OFFLINE": "1",
+        **extra,
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/tmp"),
+    }
 
 
 class TmuxSession:
@@ -58,6 +72,19 @@ class TmuxSession:
                 return time.perf_counter() - start
             if time.perf_counter() - start > timeout:
                 raise TimeoutError(f"{text!r} not on screen after {timeout}s:\n{self.screen()}")
+            time.sleep(poll)
+
+    def wait_for_prose(self, text: str, timeout: float = 20.0, poll: float = 0.5) -> float:
+        """Like `wait_for`, with the screen read as prose: a sentence the app wraps over two
+        lines still counts (lines joined, borders and runs of spaces collapsed)."""
+        start = time.perf_counter()
+        while True:
+            screen = self.screen()
+            prose = " ".join(" ".join(line.strip(" ▊▎").split()) for line in screen.splitlines())
+            if text in prose:
+                return time.perf_counter() - start
+            if time.perf_counter() - start > timeout:
+                raise TimeoutError(f"{text!r} not on screen after {timeout}s:\n{screen}")
             time.sleep(poll)
 
     def alive(self) -> bool:

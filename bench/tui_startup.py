@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.tmux_driver import TmuxSession, tmux_available  # noqa: E402
+from bench.tmux_driver import TmuxSession, app_env, tmux_available  # noqa: E402
 
 BAR_SECONDS = 1.5
 MARKER = "Assist"  # the assistant screen's footer: the first screen is drawn
@@ -39,14 +39,7 @@ HELLO_APP = (
 
 
 def _env(runs_dir: str) -> dict[str, str]:
-    return {
-        "PYTHONPATH": str(REPO),
-        "TERM": "xterm-256color",
-        "HF_HUB_OFFLINE": "1",
-        "AFFINER_RUNS": runs_dir,
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": os.environ.get("HOME", "/tmp"),
-    }
+    return app_env(str(REPO), AFFINER_RUNS=runs_dir)
 
 
 def time_to_screen(argv: list[str], marker: str, env: dict[str, str]) -> float:
