@@ -122,14 +122,10 @@ def _make_model_ready(
     import sys
 
     from affiner.planner.errors import AffinerError
-    from affiner.planner.models import ready_path, source_path
-    from affiner.tui.cli.provisioning import offline_model_named
+    from affiner.tui.cli.provisioning import offline_readiness
 
-    model = offline_model_named(ref)
-    if model is None:
-        return None
-    source_path(model)  # the install command when the package is missing
-    if ready_path(model) is not None:
+    model, ready = offline_readiness(ref)
+    if model is None or ready is not None:
         return None
     command = [sys.executable, "-m", "affiner.runner.demo.provision", model.key]
     said: list[str] = []

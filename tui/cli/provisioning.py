@@ -92,6 +92,24 @@ def offline_model_named(ref: str, base_dir: Path | None = None) -> OfflineModel 
     return offline_model_for(ref)
 
 
+def offline_readiness(
+    ref: str, base_dir: Path | None = None
+) -> tuple[OfflineModel | None, Path | None]:
+    """The offline model `ref` names and its loadable folder in affiner's cache (None until it
+    is converted or copied); ``(None, None)`` when `ref` names no offline model.
+
+    Raises:
+        AffinerError: the package carrying the model is not installed (the install command).
+    """
+    from affiner.planner.models import ready_path, source_path
+
+    model = offline_model_named(ref, base_dir)
+    if model is None:
+        return None, None
+    source_path(model)  # not installed: the install command, before any bar is drawn
+    return model, ready_path(model)
+
+
 def ensure_offline_model(
     ref: str, *, console: Any = None, base_dir: Path | None = None
 ) -> Path | None:
@@ -104,14 +122,8 @@ def ensure_offline_model(
         AffinerError: the package carrying the model is not installed (with the command that
             installs it), or the conversion needs a package that is missing.
     """
-    from affiner.planner.models import ready_path, source_path
-
-    model = offline_model_named(ref, base_dir)
-    if model is None:
-        return None
-    source_path(model)  # not installed: the install command, before any bar is drawn
-    ready = ready_path(model)
-    if ready is not None:
+    model, ready = offline_readiness(ref, base_dir)
+    if model is None or ready is not None:
         return ready
     from affiner.runner.demo import provision_model
 
