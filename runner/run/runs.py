@@ -49,7 +49,7 @@ from affiner.runner.run.events import (
     read_status,
 )
 from affiner.runner.run.process import is_worker_of
-from affiner.runner.run.rundir import RunDir, find_run, list_run_dirs, runs_root
+from affiner.runner.run.rundir import RunDir, find_run, list_run_dirs, model_name, runs_root
 from affiner.runner.run.tally import tally_events
 
 #: A derived state: the status says the run is live but its process is gone.
@@ -222,12 +222,13 @@ def is_language_model(evals: list[EvalResult], task: str | None = None) -> bool:
 
 
 def model_label(name_or_path: str) -> str:
-    """A short name for a model: a folder's last part, a hub id as written."""
+    """A short name for a model: a hub id as written, a folder by the name the run id gives it
+    (`model_name`: an offline model's key, never a generic ``model`` or a cache's hash)."""
     if not name_or_path:
         return ""
     path = Path(name_or_path)
     if path.is_absolute() or name_or_path.startswith((".", "~")) or path.exists():
-        return path.name or name_or_path
+        return model_name(name_or_path)
     return name_or_path
 
 
