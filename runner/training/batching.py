@@ -124,10 +124,14 @@ def decide_batching(cfg: RunConfig, model: Any, device: str) -> Batching:
 
 
 def keeps_chosen_logits(model: Any) -> bool:
-    """Whether the causal LM's forward takes ``logits_to_keep`` (positions as a tensor)."""
+    """Whether the causal LM's forward takes ``logits_to_keep`` (positions as a tensor) and its
+    loss is the cross-entropy alone: a mixture of experts asked for its router logits adds a
+    load-balancing term to the loss it computes, which a loss computed outside would drop."""
     import inspect
 
     base = getattr(model, "get_base_model", lambda: model)()
+    if getattr(getattr(base, "config", None), "output_router_logits", False):
+        return False
     try:
         return "logits_to_keep" in inspect.signature(base.forward).parameters
     except (TypeError, ValueError):

@@ -85,6 +85,8 @@ def test_a_run_keeps_only_the_loss_logits_and_says_so(tiny_llama: Path, tmp_path
     model = _model(tiny_llama)
     assert decide_batching(_config(), model, "cpu").loss_positions
     assert not decide_batching(_config("classification"), model, "cpu").loss_positions
+    model.config.output_router_logits = True  # an MoE's own loss adds its router's balance term
+    assert not decide_batching(_config(), model, "cpu").loss_positions
     rd = make_run(tmp_path, tiny_llama, training={"max_steps": 2, "logging_steps": 1})
     from affiner.runner.train import run_training
 
