@@ -12,48 +12,20 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from transformers import TrainerCallback
 
 from affiner.planner.locations import cache_dir
 from affiner.runner.run.events import effective_events, read_events
 from affiner.runner.train import EXIT_FAILED, EXIT_FINISHED, EXIT_STOPPED, run_training
 from affiner.runner.training.base_model import describe_base
 from affiner.runner.training.model_card import METRIC_WORDS
+from tests.train_callbacks import PoisonWeights, Terminate
 from tests.train_helpers import events_of, make_run, of_type
 
 KEY_OF = {words: key for key, words in METRIC_WORDS}
-
-
-class _Terminate(TrainerCallback):
-    """SIGTERM while step `at_step` runs, as `affiner stop` sends it."""
-
-    def __init__(self, at_step: int) -> None:
-        self.at_step = at_step
-
-    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.global_step == self.at_step - 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
-class _Poison(TrainerCallback):
-    """An infinite weight after step `at_step`: the next loss is not finite."""
-
-    def __init__(self, at_step: int) -> None:
-        self.at_step = at_step
-
-    def on_step_end(
-        self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
-    ) -> None:
-        if state.global_step == self.at_step:
-            import torch
-
-            with torch.no_grad():
-                next(p for p in model.parameters() if p.requires_grad).fill_(float("inf"))
 
 
 def _table(card: str) -> tuple[list[int], dict[str, list[str]]]:
@@ -158,7 +130,7 @@ def test_a_stopped_runs_card_says_so_and_keeps_step_0_apart(
         eval={"every_steps": 100, "at_start": True},
         checkpoint={"every_steps": 100},
     )
-    assert run_training(rd.path, callbacks=[_Terminate(at_step=3)]) == EXIT_STOPPED
+    assert run_training(rd.path, callbacks=[Terminate(at_step=3)]) == EXIT_STOPPED
     card = rd.model_card.read_text(encoding="utf-8")
     title, _, rest = card.partition("\n\n")
     assert title == f"# {rd.run_id}"
@@ -211,7 +183,7 @@ def test_a_failed_runs_card_says_so_first(tiny_llama: Path, tmp_path: Path) -> N
         eval={"every_steps": 100},
         checkpoint={"every_steps": 100},
     )
-    assert run_training(rd.path, callbacks=[_Poison(at_step=2)]) == EXIT_FAILED
+    assert run_training(rd.path, callbacks=[PoisonWeights(at_step=2)]) == EXIT_FAILED
     card = rd.model_card.read_text(encoding="utf-8")
     banner = card.split("\n\n")[1]
     assert banner.startswith("> **This run failed at step ")

@@ -7,7 +7,6 @@ passed to `run_training(callbacks=...)`, so the real recipe handles them.
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -17,36 +16,10 @@ from transformers import TrainerCallback
 
 from affiner.runner.run.events import effective_events, read_events, read_status
 from affiner.runner.train import EXIT_FAILED, EXIT_FINISHED, EXIT_STOPPED, run_training
+from tests.train_callbacks import PoisonWeights, Terminate
 from tests.train_helpers import events_of, make_run, of_type
 
 pytestmark = pytest.mark.slow
-
-
-class _PoisonWeights(TrainerCallback):
-    """Sets a weight to infinity at one step: the next forward pass gives a non-finite loss."""
-
-    def __init__(self, at_step: int) -> None:
-        self.at_step = at_step
-
-    def on_step_end(
-        self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
-    ) -> None:
-        if state.global_step == self.at_step:
-            import torch
-
-            with torch.no_grad():
-                next(p for p in model.parameters() if p.requires_grad).fill_(float("inf"))
-
-
-class _Terminate(TrainerCallback):
-    """Sends this process SIGTERM while step `at_step` runs, as `affiner stop` would."""
-
-    def __init__(self, at_step: int) -> None:
-        self.at_step = at_step
-
-    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.global_step == self.at_step - 1:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 class _Killed(BaseException):
@@ -67,7 +40,7 @@ def test_nan_loss_stops_with_an_error_and_advice(tiny_llama: Path, tmp_path: Pat
         tmp_path, tiny_llama, method="full", training={"logging_steps": 1, "max_steps": 20}
     )
 
-    assert run_training(rd.path, callbacks=[_PoisonWeights(at_step=3)]) == EXIT_FAILED
+    assert run_training(rd.path, callbacks=[PoisonWeights(at_step=3)]) == EXIT_FAILED
 
     events = events_of(rd)
     errors = of_type(events, "error")
@@ -93,7 +66,7 @@ def test_sigterm_saves_a_checkpoint_and_stops_keeping_the_best(
         checkpoint={"every_steps": 100},
     )
 
-    assert run_training(rd.path, callbacks=[_Terminate(at_step=7)]) == EXIT_STOPPED
+    assert run_training(rd.path, callbacks=[Terminate(at_step=7)]) == EXIT_STOPPED
 
     events = events_of(rd)
     finished = events[-1]
