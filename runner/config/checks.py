@@ -28,9 +28,11 @@ from affiner.planner.vocabulary import (
 )
 from affiner.runner.config.schema import (
     DATA_FORMATS,
+    DEEPSPEED_STRATEGIES,
     DEVICES,
     LOSS_KERNELS,
     SCHEDULERS,
+    STRATEGIES,
     RunConfig,
 )
 
@@ -49,6 +51,8 @@ COLUMN_NAMES = (
     "completion",
 )
 Problem = tuple[str, str, "str | None"]
+#: Addresses only this machine reaches ("" too: no address given).
+LOOPBACK = ("", "127.0.0.1", "localhost", "::1")
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> Iterator[Problem]:
@@ -215,7 +219,72 @@ def find_problems(cfg: RunConfig) -> list[Problem]:
                     "set [data].eval, or [data].eval_fraction above 0, or early_stopping_patience = 0"))  # fmt: skip
     out += _at_least("checkpoint.every_steps", c.every_steps, 0)
     out += _at_least("checkpoint.keep_last", c.keep_last, 1)
+    out += _distributed_problems(cfg)
     return out
+
+
+def _distributed_problems(cfg: RunConfig) -> Iterator[Problem]:
+    """``[distributed]``: counts, the strategy, the rendezvous, and what this machine can run."""
+    d, t = cfg.distributed, cfg.training
+    yield from _at_least("distributed.processes", d.processes, 1)
+    yield from _at_least("distributed.nodes", d.nodes, 1)
+    yield from _choice("distributed.strategy", d.strategy, STRATEGIES)
+    if not 0 <= d.node_rank < max(d.nodes, 1):
+        yield ("distributed.node_rank", f"must be in [0, {max(d.nodes, 1) - 1}] with {d.nodes} "
+               f"node(s) (got {d.node_rank})", "0 is the main node; each other node takes the next number")  # fmt: skip
+    yield from _between("distributed.main_port", d.main_port, 0, 65535)
+    yield from _at_least("distributed.timeout_minutes", d.timeout_minutes, 0, strict=True)
+    if d.nodes > 1:
+        if d.main_address.strip() in LOOPBACK:
+            yield ("distributed.main_address", f"{d.nodes} nodes need the main node's address as the "
+                   f"others reach it (got {d.main_address!r})", 'e.g. main_address = "10.0.0.1" (the address of node_rank 0)')  # fmt: skip
+        if d.main_port == 0:
+            yield ("distributed.main_port", "several nodes must agree on one port; 0 (any free port) "
+                   "works on one node only", "e.g. main_port = 29500 (open between the nodes)")  # fmt: skip
+    if not d.enabled or t.device not in DEVICES or d.strategy not in STRATEGIES:
+        return
+    device = effective_device(t.device)
+    if d.strategy in DEEPSPEED_STRATEGIES:
+        if find_spec("deepspeed") is None:
+            yield ("distributed.strategy", f"{d.strategy} is DeepSpeed's ZeRO, and DeepSpeed is not installed",
+                   'pip install "affiner[deepspeed]", or use strategy = "fsdp" (torch\'s own sharding)')  # fmt: skip
+        elif device == "cpu":
+            yield ("distributed.strategy", f"DeepSpeed's {d.strategy} trains on CUDA GPUs, not on the CPU",
+                   'use strategy = "ddp" on the CPU')  # fmt: skip
+    if d.strategy != "ddp" and cfg.quantization != "none":
+        yield ("distributed.strategy", f"{d.strategy} shards the weights it trains, and a "
+               f"{cfg.quantization}-quantized base cannot be sharded here",
+               'use strategy = "ddp" (each GPU holds the quantized base and trains its own '
+               'copy of the adapters), or method = "lora" to shard a bf16 base')  # fmt: skip
+    if device == "cuda":
+        gpus = visible_gpu_count()
+        if gpus is not None and d.processes > gpus:
+            seen = f"{gpus} GPU" + ("" if gpus == 1 else "s")
+            yield ("distributed.processes", f"{d.processes} processes on each node need {d.processes} "
+                   f"GPUs, and this machine has {seen}" + (" visible" if os.environ.get("CUDA_VISIBLE_DEVICES") else ""),
+                   f"use processes = {max(gpus, 1)}, or [training].device = \"cpu\" to run the "
+                   "processes on the CPU")  # fmt: skip
+
+
+def visible_gpu_count() -> int | None:
+    """GPUs a CUDA run on this machine can use: NVML's count, narrowed by CUDA_VISIBLE_DEVICES;
+    None when that cannot be told without starting CUDA (no NVML)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        entries = [v for v in visible.split(",") if v.strip()]
+        if not entries or entries[0].strip() == "-1":
+            return 0
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            count = int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no library, no driver
+        return 0 if not nvidia_gpu_present() else None
+    return min(count, len(entries)) if visible is not None else count
 
 
 def _has_fused_experts(name_or_path: str) -> bool:

@@ -42,6 +42,10 @@ from affiner.planner.vocabulary import (
 DATA_FORMATS = ("auto", "text", "instruction", "chat", "prompt_completion", "classification")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 DEVICES = ("auto", "cpu", "cuda")
+#: ``[distributed].strategy``: the planner's sharding words for several processes
+#: (`affiner.planner.settings.SHARDINGS` without ``none``). zero2/zero3 are DeepSpeed's.
+STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")
+DEEPSPEED_STRATEGIES = ("zero2", "zero3")
 LOSS_KERNELS = LOSS_KERNEL_SETTINGS  # the planner's words: one vocabulary
 
 
@@ -202,6 +206,47 @@ class OutputSection:
 
 
 @dataclass
+class DistributedSection:
+    """Several processes, on one machine or several, started by ``accelerate launch``.
+
+    One process per GPU (on the CPU: per worker, with the gloo backend). Rank 0, on the node of
+    ``node_rank = 0``, writes the run's events and status; every rank's memory reaches them.
+    Left out, or ``processes = 1`` and ``nodes = 1``, the run is a single process.
+
+    Attributes:
+        processes: processes on each node (one per GPU used there).
+        nodes: machines taking part; each runs `processes` of them.
+        strategy: ``ddp`` (a full replica per process), ``fsdp`` (torch's FSDP2: weights,
+            gradients and optimizer state sharded over every process), ``zero2`` (DeepSpeed:
+            gradients and optimizer state sharded) or ``zero3`` (DeepSpeed: all three sharded);
+            the zero strategies need the optional extra ``affiner[deepspeed]`` and CUDA.
+        node_rank: this machine's place among the nodes (0 = the main node).
+        main_address: the main node's address, reachable from every node (with ``nodes > 1``).
+        main_port: the main node's rendezvous port; 0 picks a free port (one node only).
+        timeout_minutes: a collective that waits longer than this fails the run (a rank that
+            died or hangs ends the run with its name and cause, never a silent hang).
+    """
+
+    processes: int = 1
+    nodes: int = 1
+    strategy: str = "ddp"
+    node_rank: int = 0
+    main_address: str = "127.0.0.1"
+    main_port: int = 0
+    timeout_minutes: float = 30.0
+
+    @property
+    def world_size(self) -> int:
+        """Processes over all nodes."""
+        return self.processes * self.nodes
+
+    @property
+    def enabled(self) -> bool:
+        """More than one process: the run is launched by accelerate."""
+        return self.world_size > 1
+
+
+@dataclass
 class PlanSection:
     """What the planner predicted for this run (for comparison; never changes what runs)."""
 
@@ -224,6 +269,7 @@ class RunConfig:
     eval: EvalSection = field(default_factory=EvalSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     output: OutputSection = field(default_factory=OutputSection)
+    distributed: DistributedSection = field(default_factory=DistributedSection)
     plan: PlanSection = field(default_factory=PlanSection)
 
     @property

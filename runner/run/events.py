@@ -112,6 +112,12 @@ class RunStarted(Event):
     loss_kernel: str | None = None
     #: torch's loss from the logits of the loss-carrying positions only (``logits_to_keep``).
     loss_positions: bool | None = None
+    #: Processes over all nodes (``[distributed]``; 1 for a single-process run), the nodes
+    #: they run on, and how they share the model (``ddp``, ``fsdp``, ``zero2``, ``zero3``;
+    #: None for a single process).
+    world_size: int = 1
+    nodes: int = 1
+    strategy: str | None = None
 
     @property
     def batching_words(self) -> str:
@@ -201,6 +207,10 @@ class SystemSample(Event):
     #: machine's logical cores: with `cpu_percent` (the whole machine's), what others use
     process_cpu_percent: float | None = None
     cpu_count: int | None = None
+    #: In a multi-process run, the process this reading is of (its rank over all nodes) and
+    #: the node it runs on; `gpus` then holds that rank's own GPU. None: a single process.
+    rank: int | None = None
+    node: int | None = None
 
 
 @dataclass
@@ -262,6 +272,9 @@ class Preflight(Event):
     #: The batch the check started from, before any out-of-memory halving (None: older logs).
     from_micro_batch: int | None = None
     from_grad_accum: int | None = None
+    #: A multi-process check: each rank's measured peak, by rank (`measured_peak_bytes` is
+    #: the largest); empty for a single process.
+    rank_peaks: list[int] = field(default_factory=list)
 
 
 @dataclass
