@@ -36,6 +36,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,11 @@ EXIT_FINISHED, EXIT_FAILED, EXIT_USER_ERROR, EXIT_STOPPED = 0, 1, 2, 3
 
 
 def run_training(
-    run_dir: str | os.PathLike[str], *, resume: bool = False, callbacks: list[Any] | None = None
+    run_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    callbacks: list[Any] | None = None,
+    on_end: Callable[[Any], None] | None = None,
 ) -> int:
     """Train the run in `run_dir` (its ``run.toml``) in this process; returns an exit code.
 
@@ -70,13 +75,17 @@ def run_training(
         run_dir: the run folder.
         resume: continue from the newest complete checkpoint in ``checkpoints/``.
         callbacks: extra TrainerCallbacks (tests use them to inject faults).
+        on_end: called with the attempt as it ends (a rank records its step and reason).
     """
+    from affiner.runner.run.distributed import run_pid
+
     rd = RunDir(Path(run_dir).resolve())
     rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
         writer = EventWriter(rd.path) if rank0 else None
         status = read_status(rd.path) or RunStatus(run_id=rd.run_id)
-        status.state, status.pid, status.message = "starting", os.getpid(), ""
+        # the run's process is the one `affiner stop` signals: a multi-process run's supervisor
+        status.state, status.pid, status.message = "starting", run_pid(), ""
         status.started = status.started or time.time()
         _status(rd, status, rank0)
     except OSError as exc:
@@ -105,6 +114,8 @@ def run_training(
         code, message = _describe_crash(exc, run.step)
         return run.fail(message, code=code, exit_code=EXIT_FAILED)
     finally:
+        if on_end is not None:
+            on_end(run)
         run.cleanup()
         stop.restore()
         if writer is not None:
@@ -182,6 +193,10 @@ class _Run:
         #: whether the tokenizer has a chat template (the card's snippet asks as training did)
         self.chat_template = False
         self._last_step = 0
+        #: why the attempt failed, in the words of its error event ("" until it fails)
+        self.end_reason = ""
+        #: the memory readings every rank sends rank 0 (a multi-process run only)
+        self.rank_memory: Any = None
         #: (code, message) of the warnings already in the log: a resume does not repeat them
         self._logged_warnings: set[tuple[str, str]] | None = None
 
@@ -372,6 +387,9 @@ class _Run:
         stop_message = (
             f"Stopped on {self.stop.signal_name} at step {self.step}; resume to continue."
         )
+        if world_size() > 1:
+            # every rank takes part: a sharded model is gathered whole by all of them
+            self.trainer.save_model(str(rd.adapter))
         if self.rank0:
             self.enter(SAVE_OUTPUTS, step=self.step)
             self._save_outputs(
@@ -464,6 +482,9 @@ class _Run:
                 packing=batching.packing,
                 loss_kernel=batching.loss_kernel,
                 loss_positions=batching.loss_positions,
+                world_size=world_size(),
+                nodes=cfg.distributed.nodes if world_size() > 1 else 1,
+                strategy=cfg.distributed.strategy if world_size() > 1 else None,
             ),
             tokens=tokens,
             stop=self.stop,
@@ -487,7 +508,7 @@ class _Run:
             processing_class=tokenizer,
             compute_metrics=make_compute_metrics(len(data.labels)) if classification else None,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics if classification else None,
-            callbacks=[self.events, *self.extra],
+            callbacks=[*self._rank_callbacks(cfg), self.events, *self.extra],
             token_counter=tokens,
             settings_record=memory_settings(cfg),
             packing=batching.packing,
@@ -495,7 +516,10 @@ class _Run:
         )
         self.trainer.remove_callback(PrinterCallback)  # the event log replaces printed dicts
         if self.writer is not None and self.sampler is None:
-            self.sampler = SystemSampler(self.writer, interval=5.0, step=lambda: self.step)
+            tag = (0, 0) if world_size() > 1 else None  # rank 0's own readings, tagged as such
+            self.sampler = SystemSampler(
+                self.writer, interval=5.0, step=lambda: self.step, rank_node=tag
+            )
             self.sampler.start()
         if self.rank0:  # hours of training that end at the first save on a full disk: say so now
             self.trainer.check_checkpoint_space("the run's checkpoints")
@@ -510,6 +534,19 @@ class _Run:
             self.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         finally:
             self.train_seconds = (self.train_seconds or 0.0) + time.time() - started
+
+    def _rank_callbacks(self, cfg: RunConfig) -> list[Any]:
+        """A multi-process run's collectives at each step's end (`affiner.runner.training.ranks`):
+        the agreed stop first (before `EventCallback` acts on it), then each rank's memory."""
+        from affiner.runner.run.distributed import this_rank
+        from affiner.runner.training import world_size
+        from affiner.runner.training.ranks import RankMemory, StopAgreement
+
+        if world_size() <= 1:
+            return []
+        if self.rank_memory is None:
+            self.rank_memory = RankMemory(self.writer, node=this_rank().node)
+        return [StopAgreement(self.stop), self.rank_memory]
 
     def _release(self) -> None:
         """Let go of the failed attempt's Trainer and model (the optimizer state goes with it)."""
@@ -532,8 +569,11 @@ class _Run:
         state: str,
         message: str,
     ) -> None:
+        from affiner.runner.training import world_size
+
         rd = self.rd
-        self.trainer.save_model(str(rd.adapter))
+        if world_size() == 1:
+            self.trainer.save_model(str(rd.adapter))
         loaded.tokenizer.save_pretrained(str(rd.adapter))
         merged = False
         if cfg.output.merge and cfg.uses_lora:
@@ -611,12 +651,14 @@ class _Run:
         """Fold the adapter into the base and save it to ``merged/`` (`merge_adapter`).
 
         A quantized base cannot hold merged weights, so for QLoRA/8-bit runs the base is
-        loaded again unquantized (compute dtype) and the saved adapter applied to it.
+        loaded again unquantized (compute dtype) and the saved adapter applied to it; so is a
+        sharded run's (FSDP, ZeRO-3), whose rank 0 holds only its shard of the weights.
         """
-        from affiner.runner.training import merge_adapter, save_merged
+        from affiner.runner.training import merge_adapter, save_merged, world_size
 
         model = self.trainer.model
-        if loaded.quantized:
+        sharded = world_size() > 1 and cfg.distributed.strategy in ("fsdp", "zero3")
+        if loaded.quantized or sharded:
             self.trainer.model = None  # free the quantized copy before loading the base again
             model = None
             gc.collect()
@@ -679,6 +721,7 @@ class _Run:
             _say(f"affiner: could not write the model card ({type(exc).__name__}: {exc})")
 
     def fail(self, message: str, *, code: str, exit_code: int) -> int:
+        self.end_reason = f"{code}: {message}"[:400]
         self._last_words(Error(code=code, message=message, step=self.step))
         return self.finish("failed", message, exit_code)
 
@@ -716,4 +759,6 @@ class _Run:
     def cleanup(self) -> None:
         if self.sampler is not None:
             self.sampler.stop()
+        if self.rank_memory is not None:
+            self.rank_memory.close()
         gc.collect()

@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure peak memory and step time, write them to the run, and exit",
     )
     parser.add_argument(
+        "--rank",
+        action="store_true",
+        help="one rank of a multi-process run, started by accelerate launch (the run's own "
+        "worker supervises the ranks and holds the run folder)",
+    )
+    parser.add_argument(
         "--exit-with-parent",
         action="store_true",
         help="with --preflight-only: stop as on Ctrl-C when stdin closes (the caller has gone)",
@@ -65,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (run_dir / "run.toml").exists():
         print(f"error: {run_dir}: no run.toml in this folder", file=sys.stderr)
         return 2
+    if args.rank:
+        from affiner.runner.training.ranks import run_rank
+
+        return run_rank(run_dir, resume=args.resume)
     purpose = "preflight" if args.preflight_only else "resume" if args.resume else "train"
     try:
         lock = _hold_run_lock(run_dir, purpose)
@@ -76,12 +86,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.exit_with_parent:
                 _exit_when_stdin_closes()
             return _preflight(run_dir)
+        if _distributed(run_dir):
+            from affiner.runner.run.supervise import supervise
+
+            return supervise(run_dir, resume=args.resume)
         from affiner.runner.train import run_training
 
         return run_training(run_dir, resume=args.resume)
     finally:
         if lock is not None:
             lock.release()
+
+
+def _distributed(run_dir: Path) -> bool:
+    """``[distributed]`` asks for several processes (a run.toml that does not load is left to
+    the training recipe, which says why in the run's events)."""
+    from affiner.runner.config import load_config
+
+    try:
+        return load_config(run_dir / "run.toml").distributed.enabled
+    except AffinerError:
+        return False
 
 
 def _hold_run_lock(run_dir: Path, purpose: Purpose) -> RunLock | None:

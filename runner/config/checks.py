@@ -251,6 +251,10 @@ def _distributed_problems(cfg: RunConfig) -> Iterator[Problem]:
         elif device == "cpu":
             yield ("distributed.strategy", f"DeepSpeed's {d.strategy} trains on CUDA GPUs, not on the CPU",
                    'use strategy = "ddp" on the CPU')  # fmt: skip
+    if d.strategy == "fsdp" and device == "cpu":
+        yield ("distributed.strategy", "accelerate applies FSDP to GPU processes only: on the CPU the "
+               "processes would each hold the whole model (plain DDP) while the plan said sharded",
+               'use strategy = "ddp" on the CPU, or run on CUDA GPUs')  # fmt: skip
     if d.strategy != "ddp" and cfg.quantization != "none":
         yield ("distributed.strategy", f"{d.strategy} shards the weights it trains, and a "
                f"{cfg.quantization}-quantized base cannot be sharded here",

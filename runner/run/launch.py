@@ -125,6 +125,7 @@ def prepare_run(
     runs_root: str | os.PathLike[str] | None = None,
     run_id: str | None = None,
     preflight: bool | None = None,
+    node_rank: int | None = None,
 ) -> PreparedRun:
     """Validate the configuration and write the run folder, all or nothing (no process yet).
 
@@ -133,6 +134,8 @@ def prepare_run(
         runs_root: the folder of run folders (default `affiner.runner.run.rundir.runs_root()`).
         run_id: the folder's name; default a new sortable id labelled with method and model.
         preflight: overrides ``[training].preflight`` when not None.
+        node_rank: overrides ``[distributed].node_rank`` (the other machines of a multi-node
+            run start from the same run.toml); written into the run's own run.toml.
 
     Raises:
         AffinerError: the configuration is invalid, or the run id is taken or not a plain name.
@@ -140,6 +143,11 @@ def prepare_run(
     cfg, warnings = _load(cfg_or_path)
     if preflight is not None:
         cfg.training.preflight = preflight
+    if node_rank is not None:
+        from affiner.runner.config import validate_config
+
+        cfg.distributed.node_rank = node_rank
+        validate_config(cfg, where="--node-rank")
     root = default_runs_root(runs_root).resolve()
     # a disk too full for the first checkpoint is refused now, not hours into the run
     check_space_for_run(cfg, root)
@@ -180,6 +188,7 @@ def _write_run_files(staging: RunDir, cfg: RunConfig, *, final_dir: Path) -> Non
         f"affiner train {shlex.quote(str(final_dir / 'run.toml'))}",
         "# The process affiner started for this run (add --resume to continue it):",
         shlex.join(worker_argv(final_dir)),
+        *_distributed_commands(cfg, final_dir),
         "",
     ]
     staging.command.write_text("\n".join(command), encoding="utf-8")
@@ -189,6 +198,32 @@ def _write_run_files(staging: RunDir, cfg: RunConfig, *, final_dir: Path) -> Non
         RunStatus(run_id=final_dir.name, state="starting", started=now, message="created"),
     )
     save_config(cfg, staging.config)
+
+
+def _distributed_commands(cfg: RunConfig, final_dir: Path) -> list[str]:
+    """command.txt's lines on a multi-process run: how its worker starts the ranks, and the
+    command each other node runs."""
+    from affiner.runner.run.distributed import ACCELERATE_FILE, launch_argv, node_commands
+
+    d = cfg.distributed
+    if not d.enabled:
+        return []
+    rd = RunDir(final_dir)
+    port = d.main_port or 0
+    argv = launch_argv(rd, node_rank=d.node_rank, port=port, resume=False)
+    lines = [
+        f"# That process starts the {d.world_size} ranks ({d.strategy}) with accelerate, from "
+        f"{ACCELERATE_FILE} in this folder"
+        + (" (port 0: a free one, chosen at launch)" if not port else "")
+        + ":",
+        shlex.join(argv),
+    ]
+    if d.nodes > 1 and d.node_rank == 0:
+        lines.append(
+            f"# This run spans {d.nodes} nodes; run on each other node (same paths there):"
+        )
+        lines += node_commands(cfg, rd)[1:]
+    return lines
 
 
 def start_run(

@@ -31,7 +31,6 @@ so the previous checkpoint stays the one to resume from.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import signal
 import threading
@@ -67,6 +66,7 @@ from affiner.runner.run.diskspace import (
     free_bytes,
     is_disk_full,
 )
+from affiner.runner.run.distributed import run_pid
 from affiner.runner.run.events import Progress
 from affiner.runner.run.phases import BASE_EVAL, EVAL, SAVE, TRAIN, phase_words
 from affiner.runner.training.metrics import (
@@ -318,6 +318,9 @@ class RunInfo:
     packing: bool | None = None
     loss_kernel: str | None = None
     loss_positions: bool | None = None
+    world_size: int = 1
+    nodes: int = 1
+    strategy: str | None = None
 
 
 class EventCallback(TrainerCallback):
@@ -413,7 +416,7 @@ class EventCallback(TrainerCallback):
             state,
             RunStarted(
                 run_id=info.run_id,
-                pid=os.getpid(),
+                pid=run_pid(),
                 model=info.model,
                 method=info.method,
                 device=info.device,
@@ -428,6 +431,9 @@ class EventCallback(TrainerCallback):
                 packing=info.packing,
                 loss_kernel=info.loss_kernel,
                 loss_positions=info.loss_positions,
+                world_size=info.world_size,
+                nodes=info.nodes,
+                strategy=info.strategy,
             ),
         )
         self.status.state = "running"
@@ -632,6 +638,10 @@ class EventCallback(TrainerCallback):
     def _keep_if_best(self, state: Any, control: Any, loss: float, kwargs: dict[str, Any]) -> None:
         if not self.best.improves(loss):
             return
+        if self.world_size > 1:
+            # several ranks save the best as a checkpoint, together: rank 0 alone holds only
+            # its shard of a sharded model, and a save by one rank would stall the others
+            control.should_save = True
         if control.should_save:  # a checkpoint of this very step follows: link its files
             self._pending_best = (state.global_step, loss)
             return

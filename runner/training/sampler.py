@@ -160,10 +160,17 @@ class SystemSampler(threading.Thread):
     """
 
     def __init__(
-        self, writer: EventWriter, *, interval: float = 5.0, step: Callable[[], int] = lambda: 0
+        self,
+        writer: EventWriter,
+        *,
+        interval: float = 5.0,
+        step: Callable[[], int] = lambda: 0,
+        rank_node: tuple[int, int] | None = None,
     ) -> None:
         super().__init__(name="affiner-system-sampler", daemon=True)
         self.writer = writer
+        #: a multi-process run's rank 0 tags its own readings (the other ranks' come at logs)
+        self.rank_node = rank_node
         self.interval = interval
         self.step = step
         self.device = training_device_index()  # read here, in the training thread
@@ -186,7 +193,10 @@ class SystemSampler(threading.Thread):
     def _sample(self, nvml: _Nvml) -> bool:
         """Write one sample; False once the writer is closed (the run is over)."""
         try:
-            self.writer.write(take_sample(nvml, self.step(), self.device))
+            sample = take_sample(nvml, self.step(), self.device)
+            if self.rank_node is not None:
+                sample.rank, sample.node = self.rank_node
+            self.writer.write(sample)
         except ValueError:  # the writer was closed under us
             return False
         except OSError:  # a full disk: the training thread says so; try the next one

@@ -105,11 +105,33 @@ def build_training_args(
         **save_kwargs,
     }
     if distributed:
-        kwargs["ddp_find_unused_parameters"] = False
-        if device == "cpu":
-            kwargs["ddp_backend"] = "gloo"
+        kwargs.update(strategy_kwargs(cfg, device))
     kwargs.update(overrides)
     return TrainingArguments(**kwargs)
+
+
+def strategy_kwargs(cfg: RunConfig, device: str) -> dict[str, Any]:
+    """The Trainer's arguments for ``[distributed]``: the strategy, the backend, the timeout.
+
+    FSDP2 and ZeRO are the Trainer's own integrations (it builds accelerate's plugin from
+    them); DDP is what it does with several processes and neither. Gloo on the CPU (NCCL is
+    CUDA's). ``ddp_timeout`` is the collective timeout: a rank that waits longer for the others
+    fails with the reason, instead of hanging.
+    """
+    from affiner.runner.run.distributed import deepspeed_config, fsdp_config
+
+    d = cfg.distributed
+    out: dict[str, Any] = {"ddp_timeout": max(1, round(d.timeout_minutes * 60))}
+    if device == "cpu":
+        out["ddp_backend"] = "gloo"
+    if d.strategy == "ddp":
+        out["ddp_find_unused_parameters"] = False
+    elif d.strategy == "fsdp":
+        out["fsdp"] = True
+        out["fsdp_config"] = fsdp_config()
+    else:
+        out["deepspeed"] = deepspeed_config(3 if d.strategy == "zero3" else 2)
+    return out
 
 
 def _checkpointing_kwargs(args_class: Any, enabled: bool) -> dict[str, Any]:

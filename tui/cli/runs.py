@@ -43,6 +43,13 @@ def register(subparsers: Any) -> None:
     train.add_argument(
         "--run-id", metavar="ID", help="name the run folder (default: time-method-model)"
     )
+    train.add_argument(
+        "--node-rank",
+        type=int,
+        default=None,
+        metavar="K",
+        help="this machine's place in a multi-node run ([distributed].node_rank; 0 = main)",
+    )
     train.set_defaults(func=cmd_train)
 
     pre = subparsers.add_parser(
@@ -99,6 +106,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.run_id:
             raise AffinerError("--run-id names a new run; a resumed run keeps its id")
+        if args.node_rank is not None:
+            raise AffinerError(
+                "--node-rank goes with a new run; a resumed run keeps its node's place",
+                where="--node-rank",
+            )
         rd, message = check_resumable(args.resume)
         if args.foreground:
             print(f"Resuming run {rd.run_id}: {message}", flush=True)
@@ -128,7 +140,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     # file takes a moment): a mistake is an exit code 2 here, not a failed run found later.
     print(f"Checking {args.config}: its model and every data row…", file=sys.stderr, flush=True)
     prepared = prepare_run(
-        args.config, run_id=args.run_id, preflight=False if args.no_preflight else None
+        args.config,
+        run_id=args.run_id,
+        preflight=False if args.no_preflight else None,
+        node_rank=args.node_rank,
     )
     for warning in prepared.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -142,7 +157,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     launch_worker(rd)
     print(f"Started run {rd.run_id}")
     _print_follow(rd)
+    _print_node_commands(prepared.config, rd)
     return 0
+
+
+def _print_node_commands(cfg: Any, rd: Any) -> None:
+    """A run over several machines waits for the others: say exactly what each one runs."""
+    from affiner.runner.run.distributed import node_commands
+
+    d = cfg.distributed
+    if d.nodes <= 1 or d.node_rank != 0:
+        return
+    print(
+        f"This run spans {d.nodes} nodes and waits for them at {d.main_address}:{d.main_port}. "
+        "Run on each other node (same run.toml, model and data paths there; also in "
+        f"{rd.command}):"
+    )
+    for node, command in enumerate(node_commands(cfg, rd)[1:], start=1):
+        print(f"  node {node}: {command}")
 
 
 def _print_follow(rd: Any) -> None:
