@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {run_dir}: no run.toml in this folder", file=sys.stderr)
         return 2
     if args.rank:
-        from affiner.runner.training.ranks import run_rank
+        from affiner.runner.rank import run_rank
 
         return run_rank(run_dir, resume=args.resume)
     purpose = "preflight" if args.preflight_only else "resume" if args.resume else "train"

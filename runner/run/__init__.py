@@ -16,6 +16,7 @@ from affiner.runner.run.checkpoints import (
     read_log_history,
     saved_weights,
 )
+from affiner.runner.run.distributed import node_commands
 from affiner.runner.run.events import (
     CLASS_METRICS,
     FILE_WARNINGS,
@@ -173,6 +174,7 @@ __all__ = [
     "measured_step",
     "model_label",
     "new_run_id",
+    "node_commands",
     "peak_basis",
     "phase_words",
     "prepare_run",

@@ -1,9 +1,8 @@
-"""One rank of a multi-process run: its record, its log, and what the ranks must agree on.
+"""What the ranks of a multi-process run must do together (`affiner.runner.rank` is one rank).
 
-``accelerate launch`` starts ``python -m affiner.runner.worker RUN --rank`` once per process
-(`affiner.runner.run.supervise` watches them). Each rank trains with the same recipe as a
-single process (`affiner.runner.train.run_training`); rank 0 alone writes the run's files.
-Two things need every rank at once, so they are collectives at a step's end:
+Each rank trains with the same recipe as a single process (`affiner.runner.train`); rank 0
+alone writes the run's files. Two things need every rank at once, so they are collectives at a
+step's end:
 
 - a stop (`StopAgreement`): a signal reaches the ranks at different moments, but they must
   save the same checkpoint and stop after the same step, or one waits forever for the others;
@@ -13,91 +12,14 @@ Two things need every rank at once, so they are collectives at a step's end:
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import os
-import signal
-import socket
-import sys
-import time
-from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
-from affiner.runner.run import EventWriter, RunDir
-from affiner.runner.run.distributed import (
-    RankRecord,
-    rank_log,
-    this_rank,
-    write_rank_record,
-)
+from affiner.runner.run import EventWriter
 from affiner.runner.training.sampler import _Nvml, _try, nvml_handle_for_torch_device, take_sample
 
-__all__ = ["RankMemory", "StopAgreement", "gather_objects", "run_rank"]
-
-
-def run_rank(run_dir: Path, *, resume: bool) -> int:
-    """Train as one rank: record it, send its output to its log, train, record how it ended."""
-    rd = RunDir(run_dir)
-    record = this_rank()
-    if record.rank != 0:
-        _output_to(rank_log(rd, record.rank))
-    _die_with_parent()
-    write_rank_record(rd, record)
-    code: int | None = None
-    try:
-        from affiner.runner.train import run_training
-
-        code = run_training(
-            run_dir, resume=resume, callbacks=[], on_end=lambda r: _ended(r, record)
-        )
-        return code
-    finally:
-        record.ended, record.exit_code = time.time(), code if code is not None else 1
-        if code is None:
-            record.reason = record.reason or "crashed before training could say why (see its log)"
-        with contextlib.suppress(OSError):
-            write_rank_record(rd, record)
-        with contextlib.suppress(OSError, ValueError):
-            sys.stdout.flush()
-            sys.stderr.flush()
-
-
-def _ended(run: Any, record: RankRecord) -> None:
-    """What the recipe knows at its end: the step reached and, for a failure, why."""
-    record.step = int(getattr(run, "step", 0) or 0)
-    record.reason = str(getattr(run, "end_reason", "") or "")
-
-
-def _output_to(path: Path) -> None:
-    """Point this process's stdout and stderr (the descriptors, so C++ warnings too) at `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    os.write(
-        fd, f"\n=== {stamp} rank {os.environ.get('RANK', '?')} on {socket.gethostname()}\n".encode()
-    )
-    for stream, target in ((sys.stdout, 1), (sys.stderr, 2)):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
-        os.dup2(fd, target)
-    os.close(fd)
-
-
-def _die_with_parent() -> None:
-    """Be killed when the launcher dies (Linux): torchrun starts each rank in its own session,
-    so a ``kill -9`` of the run's process group would otherwise leave the ranks training,
-    unwatched, holding their GPUs."""
-    if not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before the request took hold
-        os._exit(1)
+__all__ = ["RankMemory", "StopAgreement", "gather_objects"]
 
 
 def _collective_device() -> Any:

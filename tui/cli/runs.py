@@ -163,7 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _print_node_commands(cfg: Any, rd: Any) -> None:
     """A run over several machines waits for the others: say exactly what each one runs."""
-    from affiner.runner.run.distributed import node_commands
+    from affiner.runner.run import node_commands
 
     d = cfg.distributed
     if d.nodes <= 1 or d.node_rank != 0:
