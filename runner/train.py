@@ -148,6 +148,12 @@ def _status(rd: RunDir, status: RunStatus, rank0: bool) -> None:
         write_status(rd.path, status)
 
 
+def _log_name() -> str:
+    """Where this process's traceback goes: train.log, or a rank's own log (ranks 1 and up)."""
+    rank = int(os.environ.get("RANK", "0") or 0)
+    return "train.log" if rank == 0 else f"ranks/rank-{rank}.log"
+
+
 def _describe_crash(exc: Exception, step: int) -> tuple[str, str]:
     """An error code and a message that says what to try."""
     from affiner.runner.training import is_oom
@@ -161,7 +167,7 @@ def _describe_crash(exc: Exception, step: int) -> tuple[str, str]:
         )
     return (
         "crash",
-        f"Training crashed at step {step}: {type(exc).__name__}: {text} (traceback in train.log)",
+        f"Training crashed at step {step}: {type(exc).__name__}: {text} (traceback in {_log_name()})",
     )
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import gc
+import os
 import statistics
 import tempfile
 import time
@@ -64,7 +65,7 @@ class _Progress:
 
     def __init__(self, run_dir: RunDir | str | None) -> None:
         self._writer = None
-        if run_dir is not None:
+        if run_dir is not None and _rank() == 0:  # one writer per run: rank 0
             rd = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
             self._writer = EventWriter(rd.path)
         self._last = 0.0
@@ -104,7 +105,7 @@ def planned_steps(cfg: RunConfig, train_rows: int, world_size: int = 1) -> int:
 
 def is_long_run(cfg: RunConfig, train_rows: int) -> bool:
     """True when a mistake would cost enough time that a minute of measuring pays for itself."""
-    steps = planned_steps(cfg, train_rows)
+    steps = planned_steps(cfg, train_rows, cfg.distributed.world_size)
     if cfg.plan.predicted_step_seconds:
         return steps * cfg.plan.predicted_step_seconds > LONG_RUN_SECONDS
     return steps > LONG_RUN_STEPS
@@ -148,9 +149,11 @@ def changed_settings(recorded: dict[str, Any] | None, now: dict[str, Any]) -> li
 def should_preflight(
     cfg: RunConfig, train_rows: int, *, resuming: bool, changed: list[str], world_size: int = 1
 ) -> bool:
-    """Whether the run measures before it trains: a long single-process run, new or resumed
-    with changed settings (a resume at the settings its checkpoint ran with already ran)."""
-    if not cfg.training.preflight or world_size != 1 or not is_long_run(cfg, train_rows):
+    """Whether the run measures before it trains: a long run, new or resumed with changed
+    settings (a resume at the settings its checkpoint ran with already ran). A multi-process
+    run measures its own layout, every rank at once (`world_size` is no longer a reason not to)."""
+    del world_size  # kept for callers; the layout is measured as it will run
+    if not cfg.training.preflight or not is_long_run(cfg, train_rows):
         return False
     return not resuming or bool(changed)
 
@@ -228,6 +231,14 @@ def _run(
             break
         except _OutOfMemory as oom:
             stage = f"{oom.stage} ({oom.detail})" if oom.detail else oom.stage
+            if _ranks() > 1:  # one rank cannot halve its batch alone: the layout is refused
+                raise AffinerError(
+                    f"Out of memory in the pre-flight check on rank {_rank()} ({stage}) at "
+                    f"micro_batch {micro}.",
+                    hint="Lower [training].micro_batch (raise grad_accum to keep the effective "
+                    'batch), turn on gradient_checkpointing, or shard more: strategy = "fsdp".',
+                    where="[training].micro_batch",
+                ) from None
         # Freed here, out of the except block: while an exception is being handled, its
         # traceback keeps the failed attempt's frames (and the model in them) alive.
         _free_memory()
@@ -248,6 +259,12 @@ def _run(
         # The run that follows in this process reports its own peak, not the pre-flight's.
         torch.cuda.reset_peak_memory_stats()
     adjusted = micro != first_micro
+    rank_peaks: list[int] = []
+    if _ranks() > 1:  # every rank's own peak, by rank; the run's is the largest
+        from affiner.runner.training.ranks import gather_objects
+
+        rank_peaks = [int(peak) for peak in gather_objects(measured.peak_bytes)]
+        measured.peak_bytes = max(rank_peaks)
     event = Preflight(
         device=measured.device_name,
         measured_peak_bytes=measured.peak_bytes,
@@ -263,11 +280,12 @@ def _run(
         notes=notes + measured.notes,
         from_micro_batch=first_micro,
         from_grad_accum=first_accum,
+        rank_peaks=rank_peaks,
     )
     cfg.training.micro_batch, cfg.training.grad_accum = micro, accum
     cfg.plan.measured_peak_bytes = measured.peak_bytes
     cfg.plan.measured_step_seconds = measured.step_seconds
-    if run_dir is not None:
+    if run_dir is not None and _rank() == 0:
         rd = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
         with EventWriter(rd.path) as writer:
             writer.write(event)
@@ -284,6 +302,14 @@ def _run(
                 )
         write_back(rd, micro=micro, accum=accum, event=event)
     return event
+
+
+def _ranks() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)
 
 
 def write_back(rd: RunDir, *, micro: int, accum: int, event: Preflight) -> None:
@@ -333,7 +359,8 @@ def _measure(
     from affiner.runner.training.setup import build_collator, build_training_args
 
     cuda = device == "cuda"
-    train_rows, seq_len = _longest_rows(data.train, micro, steps * accum)
+    # each rank takes its share of the rows: every one of them gets the longest
+    train_rows, seq_len = _longest_rows(data.train, micro, steps * accum * _ranks())
     eval_source = data.eval if data.eval is not None and len(data.eval) else data.train
     eval_rows, _ = _longest_rows(eval_source, micro, 1)
     classification = cfg.model.task == "classification"
@@ -413,6 +440,8 @@ def _measure(
             progress(PREFLIGHT_SAVE)
             trainer.save_model(str(Path(tmp) / "checkpoint"))
             if trainer.optimizer is not None:
+                # every rank saves its optimizer state; only rank 0 wrote the folder's weights
+                (Path(tmp) / "checkpoint").mkdir(parents=True, exist_ok=True)
                 torch.save(
                     trainer.optimizer.state_dict(), Path(tmp) / "checkpoint" / "optimizer.pt"
                 )
