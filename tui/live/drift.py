@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from affiner.planner.units import format_bytes, format_duration
 from affiner.runner.run import SystemSample
 from affiner.tui.live.history import RunHistory
+from affiner.tui.live.ranks import over_plan
 
 #: Steps this many times slower than the plan's (or the pre-flight's) step are worth a word.
 STEP_DRIFT = 1.5
@@ -70,12 +71,20 @@ def drifts(history: RunHistory) -> list[Drift]:
     peak, predicted = history.measured_peak_bytes, history.predicted_peak_bytes
     if peak and predicted and peak > predicted * (1 + MEMORY_DRIFT):
         where = "GPU" if history.on_gpu else "process"
+        sample = history.last_sample
+        top = over_plan(history.ranks, predicted)
+        if top is not None:  # a multi-process run: which rank, against the per-GPU figure
+            where = f"{top.label}'s {where}"
+            sample = history.rank_samples.get(top.rank, sample)
+        per_gpu = ""
+        if history.world_size > 1:  # the planner's figure is one GPU's (one process's on a CPU)
+            per_gpu = " per GPU" if history.on_gpu else " per process"
         out.append(
             Drift(
                 "memory_over_plan",
                 f"{where} memory peaked at {format_bytes(peak)}, past the predicted "
-                f"{format_bytes(predicted)}",
-                _gpu_shared(history.last_sample) if history.on_gpu else None,
+                f"{format_bytes(predicted)}{per_gpu}",
+                _gpu_shared(sample) if history.on_gpu else None,
             )
         )
     return out

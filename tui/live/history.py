@@ -47,6 +47,7 @@ from affiner.runner.run import (
     resume_step,
     step_gap,
 )
+from affiner.tui.live.ranks import RankReading, layout_words, rank_label, rank_memory
 
 Point = tuple[float, float]
 
@@ -95,6 +96,15 @@ class RunHistory:
     memory: dict[str, MemorySeries] = field(default_factory=dict)
     predicted_peak_bytes: int | None = None
     measured_peak_bytes: int | None = None
+    #: the run's layout (`RunStarted.world_size`, `.nodes`, `.strategy`): 1, 1, None for a
+    #: single process
+    world_size: int = 1
+    nodes: int = 1
+    strategy: str | None = None
+    #: a multi-process run's latest ``system`` event of each rank, by rank (empty otherwise)
+    rank_samples: dict[int, SystemSample] = field(default_factory=dict)
+    #: each rank's peak as a multi-process pre-flight measured it, by rank (empty otherwise)
+    preflight_rank_peaks: list[int] = field(default_factory=list)
     warnings: list[Warning_] = field(default_factory=list)
     errors: list[Error] = field(default_factory=list)
     best_checkpoint: Checkpoint | None = None
@@ -267,6 +277,9 @@ class RunHistory:
         self.epochs = event.epochs or self.epochs
         if event.predicted_peak_bytes:
             self.predicted_peak_bytes = event.predicted_peak_bytes
+        self.world_size = max(1, event.world_size or 1)
+        self.nodes = max(1, event.nodes or 1)
+        self.strategy = event.strategy if self.world_size > 1 else None
         if event.predicted_step_seconds and self.planned_step_source == "plan":
             self.planned_step_seconds = event.predicted_step_seconds
         self.finished = None
@@ -326,6 +339,9 @@ class RunHistory:
         _append(self.eval_loss, event.step, event.loss)
 
     def _system(self, event: SystemSample) -> None:
+        if event.rank is not None:
+            self._rank_system(event)
+            return
         self.last_sample = event
         step = float(event.step)
         if event.gpus:
@@ -348,6 +364,42 @@ class RunHistory:
         if peak:
             self.measured_peak_bytes = max(self.measured_peak_bytes or 0, peak)
 
+    def _rank_system(self, event: SystemSample) -> None:
+        """One rank's reading: its own series (``rank 1``), never mixed into another's.
+
+        Rank 0 writes every rank's samples one after another: folded into one "GPU 0" or
+        "RAM (process)" series, two ranks' readings would zigzag between them.
+        """
+        rank = int(event.rank or 0)
+        self.rank_samples[rank] = event
+        if rank == 0 or self.last_sample is None:
+            self.last_sample = event  # the machine's CPU use, for the drift's likely cause
+        label = rank_label(rank, event.node, self.nodes)
+        if event.gpus:
+            self.on_gpu = True
+            gpu = event.gpus[0]
+            used, total = gpu.memory_used, gpu.memory_total
+        else:
+            used = event.process_rss if event.process_rss is not None else event.ram_used
+            total = event.ram_total
+        if used is not None:
+            series = self.memory.setdefault(label, MemorySeries(label))
+            series.points.append((float(event.step), float(used)))
+            series.total = total or series.total
+        peak = event.torch_peak or event.process_peak_rss
+        if peak:
+            self.measured_peak_bytes = max(self.measured_peak_bytes or 0, peak)
+
+    @property
+    def ranks(self) -> list[RankReading]:
+        """Each rank's latest memory, by rank (empty for a single-process run)."""
+        return rank_memory(self.rank_samples, self.nodes)
+
+    @property
+    def layout(self) -> str:
+        """``2 processes · ddp`` (nodes when more than one); "" for a single process."""
+        return layout_words(self.world_size, self.nodes, self.strategy)
+
     def _preflight(self, event: Preflight) -> None:
         if event.measured_step_seconds:
             self.planned_step_seconds = event.measured_step_seconds
@@ -356,6 +408,8 @@ class RunHistory:
             self.predicted_peak_bytes = event.predicted_peak_bytes
         if event.measured_peak_bytes:
             self.measured_peak_bytes = max(self.measured_peak_bytes or 0, event.measured_peak_bytes)
+        if event.rank_peaks:
+            self.preflight_rank_peaks = list(event.rank_peaks)
 
     def _checkpoint(self, event: Checkpoint) -> None:
         if event.best:

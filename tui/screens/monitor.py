@@ -9,6 +9,12 @@ Stopping asks first (a modal), then calls `Services.stop_run` in a worker: the r
 its next step, saves, and keeps its best checkpoint. When the run warns about overfitting,
 the banner offers exactly that, with the key.
 
+A multi-process run (``[distributed]``) says its layout in the title ("2 processes · ddp") and
+shows each rank's memory against the per-GPU prediction under the progress bar
+(`RankMemoryPanel`); the memory plot then draws one curve a rank. A rank that dies arrives as
+an ordinary ``error`` event (``rank_failed``, naming the rank and its cause) and shows as any
+error does: in the banner, the log and the summary.
+
 The log pane shows affiner's own messages (every warning among them) and counts the
 libraries' warnings in train.log; ``l`` shows those. Once the run has ended, a summary takes
 the plots' place (time against the plan, score before and after, the weights and the commands
@@ -35,6 +41,7 @@ from affiner.tui.live import RunHistory, WatchBatch, watch_run
 from affiner.tui.messages import RunBatch, WatchFailed
 from affiner.tui.screens.confirm import ConfirmScreen
 from affiner.tui.widgets.plots import LossPlot, MemoryPlot
+from affiner.tui.widgets.rank_memory import RankMemoryPanel
 from affiner.tui.widgets.run_log import RunLog
 from affiner.tui.widgets.run_panels import EvalTable, RunProgress, RunStats, WarningsBanner
 from affiner.tui.widgets.run_summary import ENDED, RESUMABLE, SummaryPanel, outcome_of
@@ -79,6 +86,7 @@ class MonitorScreen(Screen):
         yield Static(id="run-title")
         yield WarningsBanner(stop_key="s", id="warnings")
         yield RunProgress(id="progress")
+        yield RankMemoryPanel(id="ranks")
         with Horizontal(id="plots"):
             yield LossPlot(id="loss-plot")
             yield MemoryPlot(id="memory-plot")
@@ -185,10 +193,14 @@ class MonitorScreen(Screen):
             title.update("No run open. F4 lists the runs; Enter on one opens it here.")
         else:
             model = model_label(h.model)
-            parts = [self.state, h.run_id or self.run_dir.name, model, h.method, h.device]
+            # "2 processes · ddp" ("" for a single process) before the id: at 80 columns the
+            # end of the line is cut, and the layout is what tells this run from a single one
+            parts = [self.state, h.layout, h.run_id or self.run_dir.name, model, h.method]
+            parts.append(h.device)
             title.update("  ·  ".join(p for p in parts if p))
         self.query_one(WarningsBanner).show(h, errors=not self.summary_shown)
         self.query_one(RunProgress).show(h, self.state)
+        self.query_one(RankMemoryPanel).show(h)
         self.query_one(LossPlot).set_losses(h.train_loss, h.eval_loss, total_steps=h.total_steps)
         self.query_one(MemoryPlot).set_series(
             [(s.label, s.points) for s in h.memory.values()],
@@ -196,6 +208,7 @@ class MonitorScreen(Screen):
             capacity=max((s.total or 0 for s in h.memory.values()), default=0) or None,
             title=self._memory_title(),
             total_steps=h.total_steps,
+            peak_label=self._peak_label(),
         )
         self.query_one(RunStats).show(h, self.grad_norm)
         self.query_one(EvalTable).show(h, task=self.config_task or None)
@@ -205,11 +218,20 @@ class MonitorScreen(Screen):
         """What the memory plot measures: the GPU's memory, or the training process's RAM on a
         CPU run (the planner's CPU peak is the process's), by the device the run named."""
         h = self.history
+        per_rank = " per rank" if h.rank_samples else ""
         if h.on_gpu or (h.device and h.device != "cpu"):
-            return "GPU memory (GiB)"
+            return f"GPU memory{per_rank} (GiB)"
         if h.device == "cpu" or h.memory:
-            return "process RAM (GiB)"
+            return f"process RAM{per_rank} (GiB)"
         return "memory (GiB)"
+
+    def _peak_label(self) -> str:
+        """The prediction's name in the memory plot's legend: per GPU (or per process on the
+        CPU) once each curve is one rank, since the planner predicts one GPU's peak."""
+        h = self.history
+        if not h.rank_samples:
+            return "predicted peak"
+        return "predicted per GPU" if h.on_gpu else "predicted per process"
 
     @property
     def summary_shown(self) -> bool:

@@ -11,6 +11,7 @@ __all__ = [
     "gauge",
     "plan_bars",
     "plots",
+    "rank_memory",
     "run_log",
     "run_panels",
     "run_summary",

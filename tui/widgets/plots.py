@@ -360,6 +360,7 @@ class MemoryPlot(LegendPlot):
         self.capacity: int | None = None
         self.total_steps = 0
         self.title = "memory (GiB)"
+        self.peak_label = "predicted peak"
         self._curves: dict[str, SmoothedCurve] = {}
 
     def _curve(self, label: str, points: list[Point]) -> SmoothedCurve:
@@ -376,14 +377,23 @@ class MemoryPlot(LegendPlot):
         capacity: int | None = None,
         title: str = "memory (GiB)",
         total_steps: int = 0,
+        peak_label: str = "predicted peak",
     ) -> None:
+        """Draw `series` against `predicted_peak`; `peak_label` names that line in the legend
+        (``predicted per GPU`` when each curve is one rank of a multi-process run)."""
         kept = [(label, _as_list(points)) for label, points in series]
-        given = ([(label, _given(p)) for label, p in kept], predicted_peak, capacity, title)
+        given = (
+            [(label, _given(p)) for label, p in kept],
+            predicted_peak,
+            capacity,
+            title,
+            peak_label,
+        )
         if self._same_as_before((*given, total_steps)):
             return
         self.series = kept
         self.predicted_peak, self.capacity, self.title = predicted_peak, capacity, title
-        self.total_steps = total_steps
+        self.total_steps, self.peak_label = total_steps, peak_label
         self.replot()
 
     def on_resize(self) -> None:
@@ -420,7 +430,7 @@ class MemoryPlot(LegendPlot):
             if len(drawn) > 1:  # one line needs no name: the title says what it is
                 self.legend.append(LegendItem(LINE_GLYPH, label, color))
         if self.predicted_peak:
-            self.legend.append(LegendItem(FLAT_GLYPH, "predicted peak", "red"))
+            self.legend.append(LegendItem(FLAT_GLYPH, self.peak_label, "red"))
         self._step_axis(xs, self.total_steps)
         # headroom above the highest line, so neither it nor the peak runs along the frame
         plt.ylim(0, top * 1.1 or 1.0)

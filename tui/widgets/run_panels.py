@@ -16,7 +16,7 @@ from textual.widgets import DataTable, Static
 
 from affiner.planner.units import format_bytes, format_bytes_of
 from affiner.runner.run import CLASS_METRICS, LIVE_STATES, EvalResult, is_language_model
-from affiner.tui.live import RunHistory, drifts
+from affiner.tui.live import RunHistory, drifts, layout_short
 from affiner.tui.widgets.gauge import bar_text
 from affiner.tui.widgets.run_log import perplexity
 
@@ -242,6 +242,10 @@ def stats_lines(h: RunHistory, grad_norm: float | None = None) -> list[str]:
         f"tokens/s  {'N/A' if tps is None else f'{tps:,.0f}'}",
         f"peak/plan {_peak_of_plan(h)}",
     ]
+    if h.rank_samples:
+        # each rank's memory has its own panel (RankMemoryPanel): eight ranks would not fit here
+        lines.append(f"layout    {layout_short(h.world_size, h.strategy) or 'N/A'}")
+        return lines
     for series in h.memory.values():
         lines.append(f"{series.label[:13]:<9} {format_bytes(series.latest)}")
     return lines
