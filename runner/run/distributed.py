@@ -293,7 +293,7 @@ def log_tail(path: Path, lines: int = 8, width: int = 300) -> list[str]:
     except OSError:
         return []
     # a progress bar redraws itself with carriage returns: its last drawing is the line
-    kept = [line.split("\r")[-1].rstrip()[:width] for line in text.splitlines()]
+    kept = [line.split("\r")[-1].rstrip()[:width] for line in text.split("\n")]
     return [line for line in kept if line.strip()][-lines:]
 
 
