@@ -10,6 +10,10 @@ shows as its own line with a countdown (`RunHistory.phase_line`). When the outpu
 terminal (a pipe, a file, a CI log), a live view would print nothing until the end, so
 `attach` writes `PlainLines` instead: one flushed line per log, evaluation, warning and drift,
 and per phase when it opens and at each tenth of its count; the summary closes it.
+
+A multi-process run (``[distributed]``) says its layout (``2 processes · ddp``, in the plain
+start line ``2×ddp``), each rank's memory while it runs, and each rank's peak beside the
+per-GPU prediction in the summary at the end; a single-process run prints what it always did.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ from affiner.runner.run import (
     run_task,
 )
 from affiner.tui.cli.states import STATE_STYLES
-from affiner.tui.live import FileWarnings, RunHistory, downsample, drifts
+from affiner.tui.live import FileWarnings, RunHistory, downsample, drifts, layout_short
+from affiner.tui.live.ranks import rank_label
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 #: Evaluations shown in the table (the newest; the best is always kept).
@@ -167,6 +172,8 @@ class AttachView:
         what = " · ".join(x for x in (model_label(h.model), h.method, h.device) if x)
         if what:
             grid.add_row("model", Text(what))  # (Text: names from the run folder are not markup)
+        if h.layout:
+            grid.add_row("layout", Text(h.layout))
         labels = self.class_names()
         if labels:
             grid.add_row("classes", Text(", ".join(labels)))
@@ -193,6 +200,9 @@ class AttachView:
         memory = self._memory_line()
         if memory:
             grid.add_row("memory", memory)
+        ranks = rank_peaks_text(h, latest=True)
+        if ranks.plain and not self.ended:
+            grid.add_row("ranks", ranks)
         if self.message and not self.ended:
             grid.add_row("status", Text(self.message))
         state = Text(self.state, style=STATE_STYLES.get(self.state, ""))
@@ -243,12 +253,14 @@ class AttachView:
     def _memory_line(self) -> str:
         h = self.history
         parts = []
-        for series in h.memory.values():
-            parts.append(f"{series.label} {format_bytes_of(series.latest, series.total)}")
+        if not h.rank_samples:  # a multi-process run's ranks have their own row
+            for series in h.memory.values():
+                parts.append(f"{series.label} {format_bytes_of(series.latest, series.total)}")
         if h.measured_peak_bytes:
             peak = f"peak {format_bytes(h.measured_peak_bytes)}"
             if h.predicted_peak_bytes:
-                peak += f" (predicted {format_bytes(h.predicted_peak_bytes)})"
+                per = f" {_per(h)}" if h.world_size > 1 else ""
+                peak += f" (predicted {format_bytes(h.predicted_peak_bytes)}{per})"
             parts.append(peak)
         return "  ".join(parts)
 
@@ -320,6 +332,8 @@ class AttachView:
                 text.append(f" in {format_duration(finished.train_seconds)}")
             if h.train_loss:
                 text.append(f" · final train loss {h.train_loss[-1][1]:.4f}")
+            if h.layout:
+                text.append(f" · {h.layout}")
             best = h.best_eval
             if best is not None and best.loss is not None:
                 text.append(f" · best eval loss {best.loss:.4f} at step {best.step}")
@@ -333,6 +347,7 @@ class AttachView:
             )
             if best_ckpt:
                 text.append(f"\nbest checkpoint  {best_ckpt}")
+            self._rank_peaks(text)
         else:
             text.append(self.state, style=STATE_STYLES.get(self.state, ""))
             if self.message:
@@ -342,6 +357,7 @@ class AttachView:
                 if tail:
                     text.append(f"\nlast lines of {self.run_dir.log}:\n", style="dim")
                     text.append(tail, style="dim")
+            self._rank_peaks(text)
             if self.state in RESUMABLE_STATES:
                 ckpt = latest_checkpoint(self.run_dir)
                 where = f"from step {ckpt[0]}" if ckpt else "from scratch (no checkpoint yet)"
@@ -349,6 +365,56 @@ class AttachView:
         return Panel(
             text, title="result", title_align="left", border_style=STATE_STYLES.get(self.state, "")
         )
+
+    def _rank_peaks(self, text: Text) -> None:
+        """A multi-process run's summary line: each rank's peak beside the per-GPU plan."""
+        peaks = rank_peaks_text(self.history, latest=False)
+        if not peaks.plain:
+            return
+        h = self.history
+        plan = (
+            f" (predicted {format_bytes(h.predicted_peak_bytes)} {_per(h)})"
+            if h.predicted_peak_bytes
+            else ""
+        )
+        text.append(f"\npeak memory per rank{plan}:\n  ")
+        text.append_text(peaks)
+
+
+def _per(h: RunHistory) -> str:
+    """What the planner's peak is of: one GPU, or one process on the CPU."""
+    return "per GPU" if h.on_gpu else "per process"
+
+
+def rank_peaks_text(h: RunHistory, *, latest: bool) -> Text:
+    """``rank 0 1.50 GiB · rank 1 2.60 GiB ⚠``: each rank's memory, the one past the plan marked.
+
+    Args:
+        h: the run so far.
+        latest: each rank's latest figure (a live view), else the highest it reported (the
+            summary at the end); a run that logged no rank samples falls back to the
+            pre-flight's per-rank peaks. Empty for a single-process run.
+    """
+    if latest:
+        figures = {r.rank: r.used_bytes for r in h.ranks}
+    else:
+        figures = dict(h.rank_peak_bytes) or dict(enumerate(h.preflight_rank_peaks))
+    known = {rank: value for rank, value in figures.items() if value is not None}
+    text = Text()
+    if not known:
+        return text
+    predicted = h.predicted_peak_bytes
+    top = max(known, key=lambda rank: (known[rank], -rank))
+    for number, rank in enumerate(sorted(figures)):
+        if number:
+            text.append(" · ")
+        sample = h.rank_samples.get(rank)
+        label = rank_label(rank, sample.node if sample is not None else None, h.nodes)
+        over = rank == top and predicted is not None and known[rank] > predicted
+        text.append(f"{label} {format_bytes(figures[rank])}", style="bold red" if over else "")
+        if over:
+            text.append(" ⚠ past the plan", style="bold red")
+    return text
 
 
 class PlainLines:
@@ -389,9 +455,12 @@ def _event_line(event: Event, h: RunHistory) -> str | None:
     """One plain line for an event worth one; None for the rest (samples, progress...)."""
     if isinstance(event, RunStarted):
         batches = f", {event.batching_words}" if event.batching_words else ""
+        layout = layout_short(event.world_size, event.strategy)
+        nodes = f" on {event.nodes} nodes" if layout and event.nodes > 1 else ""
+        layout = f" ({layout}{nodes})" if layout else ""
         return (
-            f"started: {event.method} on {event.device or 'auto'}, {event.total_steps} steps"
-            f"{batches}"
+            f"started: {event.method} on {event.device or 'auto'}{layout}, "
+            f"{event.total_steps} steps{batches}"
         )
     if isinstance(event, TrainLog):
         total = event.total_steps or h.total_steps

@@ -357,12 +357,20 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from affiner.runner.run import list_runs, runs_root
+    from affiner.tui.screens.run_facts import RunSettings
 
     summaries = list_runs()
     if args.limit and args.limit > 0:
         summaries = summaries[: args.limit]
+    # the layout run.toml asked for ([distributed]): 1 process, 1 node, no strategy when absent
+    settings = {s.run_id: RunSettings.read(s.path) or RunSettings() for s in summaries}
     if args.json:
-        print(json.dumps([s.to_dict() for s in summaries], indent=2))
+        rows = []
+        for s in summaries:
+            row, laid = s.to_dict(), settings[s.run_id]
+            row.update(world_size=laid.world_size, nodes=laid.nodes, strategy=laid.strategy)
+            rows.append(row)
+        print(json.dumps(rows, indent=2))
         return 0
     if not summaries:
         print(f"No runs in {runs_root()}. Start one with `affiner train run.toml`.")
@@ -381,6 +389,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
     table.add_column("state", no_wrap=True)
     table.add_column("progress", justify="right", no_wrap=True)
     table.add_column("best eval", justify="right", no_wrap=True)
+    # only when a run has several processes: a single-process list keeps its columns
+    layouts = any(settings[s.run_id].layout for s in summaries)
+    if layouts:
+        table.add_column("layout", no_wrap=True)
     if wide:
         table.add_column("model · method", overflow="fold")
     table.add_column("updated", justify="right")  # the one that wraps when 80 columns are tight
@@ -391,6 +403,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
             _progress_cell(s),
             "" if s.best_eval_loss is None else f"{s.best_eval_loss:.4f}",
         ]
+        if layouts:
+            cells.append(settings[s.run_id].layout)
         if wide:
             cells.append(" · ".join(x for x in (s.model, s.method) if x))
         cells.append(_age(s.updated))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from affiner.planner.units import format_bytes, format_duration
 from affiner.runner.run import SystemSample
 from affiner.tui.live.history import RunHistory
-from affiner.tui.live.ranks import over_plan
+from affiner.tui.live.ranks import rank_label
 
 #: Steps this many times slower than the plan's (or the pre-flight's) step are worth a word.
 STEP_DRIFT = 1.5
@@ -72,10 +72,12 @@ def drifts(history: RunHistory) -> list[Drift]:
     if peak and predicted and peak > predicted * (1 + MEMORY_DRIFT):
         where = "GPU" if history.on_gpu else "process"
         sample = history.last_sample
-        top = over_plan(history.ranks, predicted)
-        if top is not None:  # a multi-process run: which rank, against the per-GPU figure
-            where = f"{top.label}'s {where}"
-            sample = history.rank_samples.get(top.rank, sample)
+        peaks = history.rank_peak_bytes
+        if peaks:  # a multi-process run: the rank that peaked highest, against one GPU's figure
+            rank = max(peaks, key=lambda r: (peaks[r], -r))
+            sample = history.rank_samples.get(rank, sample)
+            node = sample.node if sample is not None else None
+            where = f"{rank_label(rank, node, history.nodes)}'s {where}"
         per_gpu = ""
         if history.world_size > 1:  # the planner's figure is one GPU's (one process's on a CPU)
             per_gpu = " per GPU" if history.on_gpu else " per process"

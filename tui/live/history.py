@@ -47,7 +47,13 @@ from affiner.runner.run import (
     resume_step,
     step_gap,
 )
-from affiner.tui.live.ranks import RankReading, layout_words, rank_label, rank_memory
+from affiner.tui.live.ranks import (
+    RankReading,
+    layout_words,
+    memory_of,
+    rank_label,
+    rank_memory,
+)
 
 Point = tuple[float, float]
 
@@ -103,6 +109,9 @@ class RunHistory:
     strategy: str | None = None
     #: a multi-process run's latest ``system`` event of each rank, by rank (empty otherwise)
     rank_samples: dict[int, SystemSample] = field(default_factory=dict)
+    #: the highest memory each rank reported over the run, by rank (`ranks.memory_of`'s
+    #: figure: what a summary at the end calls the rank's peak)
+    rank_peak_bytes: dict[int, int] = field(default_factory=dict)
     #: each rank's peak as a multi-process pre-flight measured it, by rank (empty otherwise)
     preflight_rank_peaks: list[int] = field(default_factory=list)
     warnings: list[Warning_] = field(default_factory=list)
@@ -372,6 +381,9 @@ class RunHistory:
         """
         rank = int(event.rank or 0)
         self.rank_samples[rank] = event
+        figure, _source = memory_of(event)
+        if figure is not None:
+            self.rank_peak_bytes[rank] = max(self.rank_peak_bytes.get(rank, 0), figure)
         if rank == 0 or self.last_sample is None:
             self.last_sample = event  # the machine's CPU use, for the drift's likely cause
         label = rank_label(rank, event.node, self.nodes)

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from affiner.planner.vocabulary import LORA_METHODS, default_learning_rate
 from affiner.runner.config import RunConfig, read_raw_config
 from affiner.runner.run import EvalResult, EventReader, RunStarted, model_label
-from affiner.tui.live import Point, RunHistory
+from affiner.tui.live import Point, RunHistory, layout_short
 
 T = TypeVar("T")
 
@@ -85,6 +85,8 @@ class RunSettings:
         lora: the method trains LoRA adapters (rank and alpha mean something).
         data: the training data's file name (or hub id) as written.
         labels: the class names ``[data].labels`` lists (empty when training detected them).
+        world_size, nodes, strategy: ``[distributed]``'s processes over all nodes, the nodes
+            and how they share the model (1, 1 and None for a single process).
     """
 
     model: str = ""
@@ -100,6 +102,14 @@ class RunSettings:
     max_seq_len: int = 0
     data: str = ""
     labels: tuple[str, ...] = ()
+    world_size: int = 1
+    nodes: int = 1
+    strategy: str | None = None
+
+    @property
+    def layout(self) -> str:
+        """``2×ddp`` for a multi-process run, "" for a single process (`layout_short`)."""
+        return layout_short(self.world_size, self.strategy)
 
     @classmethod
     def read(cls, run_dir: Path) -> RunSettings | None:
@@ -120,6 +130,8 @@ class RunSettings:
         rate = training.get("learning_rate", default_learning_rate(method))  # type: ignore[union-attr]
         data = str(value("data", "train"))
         labels = value("data", "labels")
+        nodes = max(1, _int(value("distributed", "nodes")))
+        world_size = max(1, _int(value("distributed", "processes"))) * nodes
         return cls(
             model=model_label(str(value("model", "name_or_path"))),
             task=str(value("model", "task")),
@@ -134,6 +146,9 @@ class RunSettings:
             max_seq_len=_int(value("data", "max_seq_len")),
             data=Path(data).name if data else "",
             labels=tuple(str(x) for x in labels) if isinstance(labels, list) else (),
+            world_size=world_size,
+            nodes=nodes,
+            strategy=str(value("distributed", "strategy")) if world_size > 1 else None,
         )
 
 

@@ -91,6 +91,14 @@ def gib_text(num_bytes: int | None) -> str:
     return f"{value:.2f}" if value < 10 else f"{value:.1f}"
 
 
+def method_text(row: RunRow) -> str:
+    """``lora``, and a multi-process run's layout after it: ``lora 2×ddp``."""
+    settings = row.settings
+    method = (settings.method if settings else "") or row.summary.method or "N/A"
+    layout = settings.layout if settings else ""
+    return f"{method} {layout}" if layout else method
+
+
 def cell_texts(row: RunRow, now: float, marked: bool) -> dict[str, str]:
     """Every column's text for `row`, by column key."""
     s, settings = row.summary, row.settings
@@ -100,7 +108,7 @@ def cell_texts(row: RunRow, now: float, marked: bool) -> dict[str, str]:
         "state": s.state,
         "best": best_text(s),
         "progress": progress_text(s),
-        "method": (settings.method if settings else "") or s.method or "N/A",
+        "method": method_text(row),
         "model": (settings.model if settings else "") or s.model or "N/A",
         "time": format_duration(row.seconds),
         "peak": gib_text(row.peak_bytes),
