@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from affiner.planner import explain
+from affiner.planner.communication import NOTABLE_SHARE
 from affiner.planner.hardware import DeviceTarget
 from affiner.planner.levers import LEVERS
 from affiner.planner.memory import MemoryEstimate, estimate_memory, quantizable_params
@@ -300,6 +301,12 @@ def time_reasons(t: TimeEstimate) -> list[str]:
     if t.step_seconds is not None:
         how = "calibrated by a measured step" if t.calibration else "estimate"
         out.append(f"about {format_duration(t.step_seconds)} per optimizer step ({how})")
+    if t.communication_share > NOTABLE_SHARE and t.communication:
+        c = t.communication
+        out.append(
+            f"communication takes {t.communication_share:.0%} of the step: "
+            f"{format_bytes(c['bytes_per_step'])} sent per GPU a step over {c['link']}"
+        )
     if t.impractical_reason:
         out.append(t.impractical_reason)
     return out

@@ -15,7 +15,7 @@ from affiner.planner.errors import AffinerError
 from affiner.planner.levers import check_words
 from affiner.planner.models import ModelSpec, has_fused_experts
 from affiner.planner.sequence_fit import SAFETY_MARGIN
-from affiner.planner.settings import ATTENTIONS, TrainSettings
+from affiner.planner.settings import ATTENTIONS, SHARDINGS, TrainSettings
 from affiner.planner.vocabulary import (
     BASE_WEIGHT_METHODS,
     FOUR_BIT,
@@ -68,7 +68,9 @@ class PlanRequest:
         micro_batch: force the micro-batch; None searches.
         lora_rank: LoRA rank for the adapter methods (None: 16).
         p95_len, train_rows, train_tokens, epochs: the data, when known (for time).
-        num_gpus, sharding: multi-GPU layout.
+        num_gpus, nodes, sharding: the multi-GPU layout: `num_gpus` devices over all
+            `nodes` (each node runs `num_gpus` / `nodes`), spread by `sharding`; run.toml's
+            ``[distributed]`` (processes x nodes, strategy) states them.
         safety_margin: share of free memory kept free.
         precision: a `PRECISION_SETTINGS` word; ``auto`` plans what ``precision = "auto"``
             will run (`resolve_auto_precision`), and so does None, which may also choose
@@ -110,6 +112,7 @@ class PlanRequest:
     train_tokens: int | None = None
     epochs: float = 1.0
     num_gpus: int = 1
+    nodes: int = 1
     sharding: str = "none"
     safety_margin: float = SAFETY_MARGIN
     precision: PrecisionSetting | None = None
@@ -208,10 +211,33 @@ class PlanRequest:
                 hint="use quality, speed or memory",
                 where="--priority",
             )
+        _check_layout(self.num_gpus, self.nodes, self.sharding)
         if self.seq_len < 1 or self.target_batch < 1:
             raise AffinerError(
                 "sequence length and batch must be at least 1", where="--seq-len/--batch"
             )
+
+
+def _check_layout(num_gpus: int, nodes: int, sharding: str) -> None:
+    """--gpus, --nodes and --sharding as one layout: counts at least 1, the GPUs spread evenly
+    over the nodes, a strategy the planner knows."""
+    if num_gpus < 1:
+        raise AffinerError(f"--gpus must be at least 1, got {num_gpus}", where="--gpus")
+    if nodes < 1:
+        raise AffinerError(f"--nodes must be at least 1, got {nodes}", where="--nodes")
+    if num_gpus % nodes:
+        raise AffinerError(
+            f"--gpus {num_gpus} cannot be spread evenly over --nodes {nodes}",
+            hint="--gpus is the total over all nodes, each node running the same number: "
+            f"e.g. --gpus {nodes * max(1, num_gpus // nodes)} --nodes {nodes}",
+            where="--gpus",
+        )
+    if sharding not in SHARDINGS:
+        raise AffinerError(
+            f"unknown sharding {sharding!r}",
+            hint=f"use one of: {', '.join(s for s in SHARDINGS if s != 'none')}",
+            where="--sharding",
+        )
 
 
 def _applies(s: TrainSettings) -> set[str]:

@@ -80,9 +80,18 @@ def _base_settings(
         lora_dropout=dropout,
         lora_targets=request.lora_targets or ALL_LINEAR,
         num_gpus=request.num_gpus,
-        sharding=request.sharding if request.num_gpus > 1 else "none",
+        nodes=request.nodes,
+        sharding=_sharding(request),
         trainable_layers=layers,
     )
+
+
+def _sharding(request: PlanRequest) -> str:
+    """The request's strategy: ``none`` on one device, ``ddp`` when several are asked for
+    with no strategy (run.toml's default)."""
+    if request.num_gpus <= 1:
+        return "none"
+    return request.sharding if request.sharding != "none" else "ddp"
 
 
 def _variants(base: TrainSettings, request: PlanRequest) -> list[TrainSettings]:

@@ -20,8 +20,13 @@ and is offered as the fast alternative (it wins under ``speed`` when its step is
 Priority ``speed`` takes the fitting candidate with the shortest step, ``memory`` the one
 with the lowest peak.
 
-When nothing fits: the longest sequence that would fit, a catalog GPU that would fit, and how
-many GPUs with FSDP full sharding would fit full fine-tuning.
+When nothing fits: the longest sequence that would fit, a catalog GPU that would fit, and the
+fewest of these GPUs (and the strategy) that fit full fine-tuning or LoRA
+(`affiner.planner.multi_gpu`). On a machine with several GPUs the same search runs for every
+method better than the best single-GPU plan (`PlanReport.layouts`), which the assistant offers.
+
+A multi-GPU request (``num_gpus`` > 1) plans every device's peak; on the CPU its processes
+share the machine's RAM, so each is planned against its share.
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ from typing import Any
 
 from affiner.planner import explain, lever_reasons, levers
 from affiner.planner.hardware import DeviceTarget
-from affiner.planner.memory import estimate_memory
 from affiner.planner.models import ModelSpec
+from affiner.planner.multi_gpu import Layout, machine_gpus, smallest_layout
 from affiner.planner.plan_candidates import _candidate, _costlier_than_lora, time_reasons
 from affiner.planner.plan_request import _check_lora
 from affiner.planner.plan_search import _takes_quantization
@@ -72,6 +77,9 @@ class PlanReport:
     usable_bytes: int
     suggestions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Methods better than the best single-device plan, each over the fewest GPUs it fits
+    #: (`affiner.planner.multi_gpu.smallest_layout`), best method first.
+    layouts: list[Layout] = field(default_factory=list)
 
     @property
     def best(self) -> Candidate | None:
@@ -86,6 +94,7 @@ class PlanReport:
             "usable_bytes": self.usable_bytes,
             "suggestions": list(self.suggestions),
             "notes": list(self.notes),
+            "layouts": [layout.to_json() for layout in self.layouts],
         }
 
 
@@ -107,7 +116,7 @@ def _choose(candidates: list[Candidate], priority: str) -> int | None:
 
 def plan(spec: ModelSpec, device: DeviceTarget, request: PlanRequest) -> PlanReport:
     """Size every method (or the forced one) for `device`, rank them and choose one."""
-    usable = usable_memory(device, request.safety_margin)
+    usable = per_process_usable(device, request)
     _check_lora(spec, request)
     levers.check_levers(spec, device, request)
     methods = [request.method] if request.method else list(QUALITY_ORDER)
@@ -150,14 +159,68 @@ def plan(spec: ModelSpec, device: DeviceTarget, request: PlanRequest) -> PlanRep
                 and QUALITY_ORDER.index(other.method) < QUALITY_ORDER.index(c.method)
             ):
                 other.reasons.append("fits too, ranked lower")
-    else:
-        report.suggestions = suggestions(spec, device, request, candidates)
+    report.layouts = _layouts(spec, device, request, methods, report, usable)
+    if chosen is None:
+        report.suggestions = suggestions(spec, device, request, candidates, report.layouts)
     _explain_levers(spec, device, request, methods, report, usable)
+    if device.is_cpu and request.num_gpus > 1:
+        report.notes.append(
+            f"{request.num_gpus} processes share this machine's RAM: each is planned "
+            f"against its share, {format_bytes(usable)}."
+        )
     if device.is_cpu:
         report.notes.extend(
             cpu_notes(spec, request, candidates[chosen] if chosen is not None else None)
         )
     return report
+
+
+def per_process_usable(device: DeviceTarget, request: PlanRequest) -> int:
+    """The memory one process may plan on: a GPU's own; on the CPU the processes of one node
+    share the RAM, so each gets its share."""
+    usable = usable_memory(device, request.safety_margin)
+    if device.is_cpu and request.num_gpus > 1:
+        usable //= max(1, request.num_gpus // max(1, request.nodes))
+    return usable
+
+
+#: Layouts searched at most (each is a plan of its own).
+MAX_LAYOUTS = 2
+
+
+def _layouts(
+    spec: ModelSpec,
+    device: DeviceTarget,
+    request: PlanRequest,
+    methods: list[str],
+    report: PlanReport,
+    usable: int,
+) -> list[Layout]:
+    """The fewest GPUs for each method better than the best single-GPU plan.
+
+    Searched when one GPU is planned and either nothing fits or this machine has several of
+    them (the assistant then offers the layout); best method first, at most `MAX_LAYOUTS`.
+    """
+    if device.is_cpu or request.num_gpus > 1:
+        return []
+    best = report.best
+    several = (machine_gpus(device) or 0) > 1
+    if best is not None and not several:
+        return []
+    rank = QUALITY_ORDER.index
+    better = [
+        m
+        for m in QUALITY_ORDER
+        if m in methods and m != "freeze" and (best is None or rank(m) < rank(best.method))
+    ]
+    out: list[Layout] = []
+    for method in better:
+        layout = smallest_layout(spec, device, request, method, usable)
+        if layout is not None:
+            out.append(layout)
+        if len(out) >= MAX_LAYOUTS:
+            break
+    return out
 
 
 def _explain_levers(
@@ -249,9 +312,14 @@ def _why_chosen(c: Candidate, priority: str) -> str:
 
 
 def suggestions(
-    spec: ModelSpec, device: DeviceTarget, request: PlanRequest, candidates: list[Candidate]
+    spec: ModelSpec,
+    device: DeviceTarget,
+    request: PlanRequest,
+    candidates: list[Candidate],
+    layouts: list[Layout] | None = None,
 ) -> list[str]:
-    """What would fit when nothing does: a shorter sequence, a bigger GPU, more GPUs."""
+    """What would fit when nothing does: a shorter sequence, a bigger GPU, more GPUs (the
+    fewest of these GPUs and the strategy, `layouts`; searched here when not given)."""
     out = []
     smallest = min(candidates, key=lambda c: c.peak_bytes)
     seq = max_seq_len(
@@ -267,17 +335,14 @@ def suggestions(
     else:
         out.append("no sequence length fits on this device: the weights alone are too large")
     out.extend(_catalog_suggestions(spec, request))
-    full = next((c for c in candidates if c.method == "full"), None)
-    if full is not None and not device.is_cpu:
-        for n in (2, 4, 8, 16):
-            s = full.settings.with_(
-                num_gpus=n, sharding="fsdp", micro_batch=1, gradient_checkpointing=True
-            )
-            if estimate_memory(spec, s, device).peak_bytes <= usable_memory(
-                device, request.safety_margin
-            ):
-                out.append(f"{n} of these GPUs with FSDP full sharding fit full fine-tuning")
-                break
+    if layouts is None:
+        if device.is_cpu or request.num_gpus > 1:
+            layouts = []
+        else:
+            usable = per_process_usable(device, request)
+            found = (smallest_layout(spec, device, request, c.method, usable) for c in candidates)
+            layouts = [layout for layout in found if layout is not None][:MAX_LAYOUTS]
+    out.extend(layout.text() for layout in layouts)
     return out
 
 

@@ -56,7 +56,10 @@ class TrainSettings:
         lora_rank, lora_alpha, lora_dropout: LoRA's hyper-parameters.
         lora_targets: module names LoRA wraps, or ``("all-linear",)``.
         trainable_layers: blocks left trainable by ``freeze`` (the last ones), with the head.
-        num_gpus: devices the run is spread over.
+        num_gpus: devices the run is spread over, over all nodes (processes per node times
+            `nodes`); the memory of each device depends on this total.
+        nodes: machines the devices are on; only the communication between them (its link)
+            depends on it, the memory does not.
         sharding: ``none``/``ddp`` (replicas), ``fsdp``/``zero3`` (shard everything),
             ``zero2`` (shard gradients and optimizer state).
         packing: a micro-batch's rows are joined into one padding-free row whose position ids
@@ -88,6 +91,7 @@ class TrainSettings:
     lora_targets: tuple[str, ...] = field(default=ALL_LINEAR)
     trainable_layers: int = 2
     num_gpus: int = 1
+    nodes: int = 1
     sharding: str = "none"
     packing: bool = False
     loss_kernel: LossKernel = "torch"
@@ -110,11 +114,17 @@ class TrainSettings:
                     hint=f"use one of: {', '.join(allowed)}",
                     where=f"settings.{key}",
                 )
-        for key in ("micro_batch", "seq_len", "grad_accum", "num_gpus"):
+        for key in ("micro_batch", "seq_len", "grad_accum", "num_gpus", "nodes"):
             if getattr(self, key) < 1:
                 raise AffinerError(
                     f"{key} must be at least 1, got {getattr(self, key)}", where=f"settings.{key}"
                 )
+        if self.num_gpus % self.nodes:
+            raise AffinerError(
+                f"{self.num_gpus} GPUs cannot be spread evenly over {self.nodes} nodes",
+                hint="every node runs the same number of processes",
+                where="settings.nodes",
+            )
         if self.uses_lora and self.lora_rank < 1:
             raise AffinerError("lora_rank must be at least 1", where="settings.lora_rank")
 
@@ -168,6 +178,11 @@ class TrainSettings:
         kernels need no mask.
         """
         return self.pack_examples > 1 and self.attention != "flash_attention_2"
+
+    @property
+    def gpus_per_node(self) -> int:
+        """Devices (processes) on each node."""
+        return self.num_gpus // self.nodes
 
     @property
     def effective_batch(self) -> int:

@@ -25,6 +25,11 @@ An estimate, always labelled as one. The arithmetic:
   zeroes the gradients and logs. A small model's FLOPs alone would say "0 ms/step".
 - A plan is impractical when one step or the whole run takes longer than anyone will wait
   (`IMPRACTICAL_STEP_SECONDS`, `IMPRACTICAL_TOTAL_SECONDS`); the estimate then says so, and why.
+- Several devices (``num_gpus`` > 1) each compute their share of the step's tokens; what
+  they spend talking (gradients, gathered weights) comes from
+  `affiner.planner.communication`, by strategy and link, less what overlaps with compute.
+  On the CPU the processes share one machine's cores, so its measured rate is divided
+  among them rather than multiplied.
 - A measured step calibrates the model: `calibrate` scales the estimate of other settings on
   the same device by how the measured step compared with its own estimate.
 """
@@ -35,6 +40,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from affiner.planner.communication import communication, communication_note
 from affiner.planner.hardware import DeviceTarget
 from affiner.planner.memory import block_params, trainable_shapes
 from affiner.planner.models import ModelSpec
@@ -49,8 +55,6 @@ MFU = {"full": 0.40, "freeze": 0.40, "lora": 0.35, "qlora": 0.30, "lora8": 0.30}
 CPU_EFFICIENCY = 0.45
 #: Extra time of bitsandbytes' quantized matmuls over 16-bit ones.
 QUANT_SLOWDOWN = {"nf4": 1.30, "fp4": 1.30, "int8": 1.6}
-#: Multi-GPU scaling efficiency per extra device (communication not hidden by compute).
-SCALING = 0.92
 #: Padding left in a batch grouped by length (the runner's order whenever it does not pack:
 #: Trainer's ``group_by_length`` sorts megabatches of 50 batches), over the rows' real tokens.
 GROUPED_PADDING = 1.05
@@ -108,6 +112,12 @@ class TimeEstimate:
         calibration: measured over estimated step time when `calibrate` scaled this estimate
             (None when it is the model's own).
         calibration_note: what calibrated it, in words (also the last of `notes`).
+        communication_seconds: the part of `step_seconds` spent in collectives that compute
+            does not hide (0 on one device).
+        communication_share: that part's share of the step (0 on one device).
+        communication: the step's collectives in full
+            (`affiner.planner.communication.Communication.to_json`), None on one device.
+        devices: the devices the run is spread over (``num_gpus``).
     """
 
     tokens_per_step: int
@@ -125,6 +135,10 @@ class TimeEstimate:
     impractical_reason: str | None = None
     calibration: float | None = None
     calibration_note: str | None = None
+    communication_seconds: float = 0.0
+    communication_share: float = 0.0
+    communication: dict[str, Any] | None = None
+    devices: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self) | {"is_estimate": True}
@@ -271,9 +285,15 @@ def estimate_time(
         )
     overhead = overhead_floor(spec, settings)
     step = None
+    comm = None
     if peak:
-        rate = peak * 1e12 * util * settings.num_gpus * (SCALING ** (settings.num_gpus - 1))
+        # the GPUs each bring their own rate; CPU processes share the one rate measured
+        devices = 1 if device.is_cpu else settings.num_gpus
+        rate = peak * 1e12 * util * devices
         step = per_token * tokens * slowdown / rate
+        comm = communication(spec, settings, device, step)
+        if comm is not None:
+            step += comm.exposed_seconds
         dropout = cpu_dropout_seconds(spec, settings, tokens) if device.is_cpu else 0.0
         if dropout > 0.05 * step:
             notes.append(
@@ -292,6 +312,12 @@ def estimate_time(
         notes.append("this device's speed is unknown (give --gpu NAME for a time estimate)")
     result = TimeEstimate(tokens, per_token, peak, util, step, notes=notes)
     result.overhead_seconds = overhead
+    result.devices = settings.num_gpus
+    if comm is not None and step:
+        result.communication_seconds = comm.exposed_seconds
+        result.communication_share = comm.exposed_seconds / step
+        result.communication = comm.to_json()
+        notes.append(communication_note(comm, settings, step))
     result.steps_per_epoch = run_steps(
         settings, train_rows=train_rows, train_tokens=train_tokens, epochs=1.0
     )
@@ -387,7 +413,8 @@ def _totals(result: TimeEstimate, device: DeviceTarget) -> None:
     if device.is_cpu:
         where, instead = "on a CPU", "use a GPU (affiner plan --gpu NAME) or a smaller model"
     else:
-        where = f"on one {device.name}" if device.count == 1 else f"on {device.name}"
+        gpus = result.devices
+        where = f"on one {device.name}" if gpus == 1 else f"on {gpus} x {device.name}"
         instead = (
             "use a faster GPU (affiner plan --gpu NAME), more GPUs (--gpus N) or a smaller model"
         )

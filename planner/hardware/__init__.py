@@ -21,6 +21,7 @@ from affiner.planner.hardware.device import (
     target_from_gpu,
     target_from_vram,
 )
+from affiner.planner.hardware.interconnect import Link, gpu_link, ring_link
 from affiner.planner.hardware.load import HostLoad, LoadSampler, ProcessLoad
 from affiner.planner.hardware.nvml import FALLBACK, memory_info
 from affiner.planner.hardware.probe import probe
@@ -37,16 +38,19 @@ __all__ = [
     "GpuProcess",
     "HardwareReport",
     "HostLoad",
+    "Link",
     "LoadSampler",
     "ProcessLoad",
     "cached_cpu_tflops",
     "cpu_target",
+    "gpu_link",
     "lookup",
     "memory_info",
     "probe",
     "remeasure_cpu_tflops",
     "remeasure_message",
     "resolve_target",
+    "ring_link",
     "target_from_catalog",
     "target_from_gpu",
     "target_from_vram",

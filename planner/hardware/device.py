@@ -225,7 +225,14 @@ def resolve_target(
                 hint=report.gpu_reason or "`affiner hw` lists the GPUs and their indices",
                 where="--gpu-index",
             )
-        return target_from_gpu(by_index[gpu_index])
+        return _counted(target_from_gpu(by_index[gpu_index]), report)
     if report.gpus:
-        return target_from_gpu(report.gpus[0])
+        return _counted(target_from_gpu(report.gpus[0]), report)
     return cpu_target(report, measure=measure)
+
+
+def _counted(target: DeviceTarget, report: HardwareReport) -> DeviceTarget:
+    """`target` with `count` set to the GPUs of its model on this machine: a multi-GPU plan
+    (and the recommendation's "this machine has 8") needs to know how many there are."""
+    same = sum(1 for info in report.gpus if info.name == target.name)
+    return replace(target, count=max(same, 1))

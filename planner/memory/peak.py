@@ -319,6 +319,8 @@ def estimate_memory(
     details["activations_recompute"] = act.recompute
     details["logits_saved"] = act.logits_saved
     copies = autocast_copies(spec, settings, shapes)
+    if _sharded_mixed(settings):
+        copies = AutocastCopies()  # the sharded engines compute in 16 bits without autocast
     details["autocast_weight_copies"] = copies.all
     # dequantized weight of the largest layer exists while its matmul runs
     dequant = 0
@@ -328,7 +330,7 @@ def estimate_memory(
     details["dequant_scratch"] = dequant
 
     weights, gradients, optimizer, extra_grad = _shard(
-        spec, settings, weights, gradients, optimizer, details
+        spec, settings, weights, gradients, optimizer, details, trainable=trainable
     )
     held_grads = gradients if settings.grad_accum > 1 else 0
     resident = weights + optimizer + held_grads + extra_grad
@@ -443,6 +445,20 @@ def _tied_gradient(spec: ModelSpec, settings: TrainSettings, grad_bytes: int) ->
     return spec.vocab_size * spec.hidden_size * grad_bytes
 
 
+def _sharded_mixed(settings: TrainSettings) -> bool:
+    """A sharded run (FSDP, ZeRO) in mixed precision, which computes without autocast.
+
+    accelerate gives FSDP2 a mixed-precision policy (each unit gathered in the compute dtype,
+    the fp32 shard kept as the master), and DeepSpeed casts the model to bf16/fp16 and keeps the
+    fp32 masters in its optimizer partitions: neither holds autocast's 16-bit weight copies.
+    """
+    return (
+        settings.num_gpus > 1
+        and settings.sharding in ("fsdp", "zero2", "zero3")
+        and settings.precision in ("bf16", "fp16")
+    )
+
+
 def _shard(
     spec: ModelSpec,
     settings: TrainSettings,
@@ -450,21 +466,42 @@ def _shard(
     gradients: int,
     optimizer: int,
     details: dict[str, int],
+    *,
+    trainable: int = 0,
 ) -> tuple[int, int, int, int]:
-    """Per-device weights, gradients, optimizer state and communication buffers under sharding."""
+    """Per-device weights, gradients, optimizer state and communication buffers under sharding.
+
+    Over `settings.num_gpus` devices (all nodes together):
+
+    - ``ddp``: a full replica on each, plus DDP's flat gradient buckets, a second copy of the
+      gradients (``gradient_as_bucket_view`` is off).
+    - ``zero2``: gradients and optimizer state sharded; one block's full gradients wait for
+      their reduce-scatter. DeepSpeed keeps the whole model in 16 bits on every device and
+      the fp32 masters of what trains, sharded, beside the optimizer state.
+    - ``fsdp``/``zero3``: weights sharded too, plus the units being used: the block computed
+      and the one prefetched, gathered in the compute dtype under mixed precision.
+    """
     n = settings.num_gpus
     mode = settings.sharding if n > 1 else "none"
     extra = 0
     layers = max(spec.num_layers, 1)
+    mixed = _sharded_mixed(settings) and settings.method in ("full", "freeze")
     if mode == "ddp":
         extra = gradients  # DDP's flat gradient buckets (gradient_as_bucket_view is off)
     elif mode in ("zero2", "fsdp", "zero3"):
         optimizer //= n
         gradients //= n
         extra = gradients * n // layers  # one block's full gradients before reduce-scatter
+        working = weights
+        if mixed:
+            working = weights // 2  # the 16-bit weights the forward and backward use
+            if mode != "fsdp":  # DeepSpeed: the fp32 masters sit beside the optimizer state
+                optimizer += trainable * 4 // n
         if mode in ("fsdp", "zero3"):
-            gathered = 2 * weights // layers  # the block being computed and the prefetched one
-            weights = weights // n + gathered
+            gathered = 2 * working // layers  # the block being computed and the prefetched one
+            weights = (weights if mode == "fsdp" else working) // n + gathered
             details["gathered_block"] = gathered
+        else:
+            weights = working
     details["comm_buffers"] = extra
     return weights, gradients, optimizer, extra
