@@ -2,7 +2,8 @@
 
 The candidate is read by attribute (method, quantization, precision, optimizer,
 gradient_checkpointing, micro_batch, grad_accum, seq_len, lora_rank, peak_bytes,
-step_seconds, settings; packing and loss_kernel only as stated, `_stated_levers`), so any
+step_seconds, settings; packing and loss_kernel only as stated, `_stated_levers`; the layout,
+num_gpus, nodes and sharding, as ``[distributed]``, `_set_layout`), so any
 object with those names works: the planner's `Candidate`,
 a test double, or a namespace built by a script. The planner spells methods, quantizations,
 precisions and optimizers as run.toml does (`affiner.planner.vocabulary`), so they are copied
@@ -92,6 +93,7 @@ def build_from_plan(
         cfg.model.attn_implementation = attention
     for name, value in _stated_levers(candidate).items():
         _set(cfg, "training", name, value)
+    _set_layout(cfg, candidate)
 
     cfg.plan.predicted_peak_bytes = _pick(candidate, "peak_bytes")
     step = _pick(
@@ -147,6 +149,28 @@ def build_from_plan(
                 ),
             )
     return cfg
+
+
+def _set_layout(cfg: RunConfig, candidate: Any) -> None:
+    """``[distributed]`` from the plan's layout: `num_gpus` devices over all `nodes`, so each
+    node runs ``num_gpus / nodes`` processes, spread by `sharding` (the planner's ``none`` on
+    several devices is run.toml's default, ``ddp``). One device leaves the section at its
+    defaults: a single process."""
+    gpus = int(_pick(candidate, "num_gpus", 1))
+    if gpus <= 1:
+        return
+    nodes = max(1, int(_pick(candidate, "nodes", 1)))
+    sharding = str(_pick(candidate, "sharding", "ddp"))
+    if gpus % nodes:
+        raise ConfigError(
+            f"the plan's {gpus} GPUs do not spread evenly over its {nodes} nodes",
+            file="plan",
+            key="[distributed].processes",
+            hint="plan a number of GPUs that is a multiple of the nodes",
+        )
+    _set(cfg, "distributed", "processes", gpus // nodes)
+    _set(cfg, "distributed", "nodes", nodes)
+    _set(cfg, "distributed", "strategy", "ddp" if sharding == "none" else sharding)
 
 
 def _stated_levers(candidate: Any) -> dict[str, Any]:

@@ -16,6 +16,9 @@ what would fit instead; only the settings left unstated are chosen, and the reas
 (a flag beside it replaces the file's value), and its data's rows and token lengths reported.
 ``--save run.toml`` writes the chosen plan as a run.toml that ``affiner train`` runs (the data
 comes from the planned run.toml or ``--data``/``--eval``); see `affiner.tui.cli.plan_file`.
+``--gpus N [--nodes M] --sharding S`` plans every GPU's peak over N GPUs (the total over the
+M nodes) and ``--save`` writes it as ``[distributed]``; a run.toml's own ``[distributed]`` is
+planned as it is, never changed.
 The printed table and the ``--max-seq-len`` answer are drawn in `affiner.tui.cli.plan_render`
 (imported here, so ``from affiner.tui.cli.plan import render_plan`` works).
 """
@@ -111,12 +114,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--lora-rank", type=int, metavar="R", help="LoRA rank (default 16)")
     add_setting_flags(parser)
-    parser.add_argument("--gpus", type=int, default=1, metavar="N", help="number of GPUs")
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        metavar="N",
+        help="GPUs over all nodes (default 1, or the run.toml's [distributed] processes x nodes); "
+        "every peak is then per GPU",
+    )
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        metavar="M",
+        help="machines the --gpus are spread over, the same number on each (default 1)",
+    )
     parser.add_argument(
         "--sharding",
         choices=[s for s in SHARDINGS if s != "none"],
-        default="ddp",
-        help="multi-GPU layout (with --gpus)",
+        help="multi-GPU strategy with --gpus: ddp (a replica each, the default), fsdp (torch's "
+        "full sharding), zero2/zero3 (DeepSpeed); --save writes it as [distributed].strategy",
+    )
+    parser.add_argument(
+        "--main-address",
+        metavar="HOST",
+        help="with --nodes above 1 and --save: the main node's address the others reach",
     )
     parser.add_argument(
         "--max-seq-len",
@@ -229,8 +249,6 @@ def run_plan(args: argparse.Namespace) -> int:
     from affiner.planner.recommend import PlanRequest, longest_sequence_for, plan
     from affiner.tui.cli import plan_file
 
-    if args.gpus < 1:
-        raise AffinerError("--gpus must be at least 1", where="--gpus")
     cfg = None
     if args.config:
         cfg = plan_file.load_plan_config(args.config)
@@ -241,6 +259,7 @@ def run_plan(args: argparse.Namespace) -> int:
             "run.toml (affiner plan run.toml)",
             where="affiner plan",
         )
+    num_gpus, nodes, sharding = plan_file.layout(args, cfg)
     plan_file.check_save(args, cfg)
     model_ref = args.model or cfg.model.name_or_path
     trust = args.trust_remote_code or (cfg is not None and cfg.model.trust_remote_code)
@@ -261,9 +280,9 @@ def run_plan(args: argparse.Namespace) -> int:
             from dataclasses import replace
 
             method = replace(cfg.method, name=args.method, quantization="none")
-            fields = plan_file.stated_from_config(replace(cfg, method=method), args.gpus)
+            fields = plan_file.stated_from_config(replace(cfg, method=method), num_gpus)
         else:
-            fields = plan_file.stated_from_config(cfg, args.gpus)
+            fields = plan_file.stated_from_config(cfg, num_gpus)
     for flag, name in plan_file.FLAG_REQUEST.items():
         if getattr(args, flag) is not None:
             fields[name] = getattr(args, flag)
@@ -274,7 +293,7 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.packing is not None:
         fields["packing"] = {"auto": None, "on": True, "off": False}[args.packing]
     if args.micro_batch is not None and args.batch is None and cfg is not None:
-        fields["target_batch"] = cfg.training.micro_batch * cfg.training.grad_accum * args.gpus
+        fields["target_batch"] = cfg.training.micro_batch * cfg.training.grad_accum * num_gpus
     fallback = DEFAULT_SEQ_LEN  # the length planned when the data's lengths are unknown
     if args.seq_len is None and cfg is not None and not plan_file.states_max_seq_len(args.config):
         # the file's default, not the user's word: the data may choose
@@ -310,8 +329,9 @@ def run_plan(args: argparse.Namespace) -> int:
         }
     layout = {
         "priority": args.priority,
-        "num_gpus": args.gpus,
-        "sharding": args.sharding if args.gpus > 1 else "none",
+        "num_gpus": num_gpus,
+        "nodes": nodes,
+        "sharding": sharding,
     }
     measured, unused = None, None
     if cfg is not None and not args.model:  # another model's steps were not measured
@@ -321,7 +341,7 @@ def run_plan(args: argparse.Namespace) -> int:
         fields["measured_step_seconds"] = measured.seconds
         fields["measured_step_source"] = measured.source
         if plan_file.given_flags(args) - {"data", "eval"}:  # a "what if" beside the file
-            as_ran = PlanRequest(**layout, **plan_file.stated_from_config(cfg, args.gpus))
+            as_ran = PlanRequest(**layout, **plan_file.stated_from_config(cfg, num_gpus))
             ran = plan(spec, device, as_ran)
             same = next((c for c in ran.candidates if c.method == cfg.method.name), None)
             if same is not None and same.time.step_seconds:
@@ -463,6 +483,7 @@ def _save(
         seq_len=report.request.seq_len,
         length_from_data=length_from_data,
         extra={"plan__device": report.device.name}
-        | ({"training__device": "cpu"} if report.device.is_cpu and cfg is None else {}),
+        | ({"training__device": "cpu"} if report.device.is_cpu and cfg is None else {})
+        | plan_file.distributed_overrides(args, cfg, report),
     )
     return str(written)

@@ -8,6 +8,9 @@ model folder's ``tokenizer.json`` through `tokenizers` alone (no transformers, n
 they leave out the chat template's few tokens and are reported, not planned on: the plan takes
 ``max_seq_len``, the longest a row can be, since the peak comes from the longest batch.
 
+A run.toml's ``[distributed]`` is planned as it is (`layout`): every peak is then per GPU, and
+``--gpus``/``--nodes``/``--sharding`` beside it are a "what if", written by ``--save``.
+
 ``--save`` writes the chosen plan with `config_from_plan` and `save_config`; from a run.toml,
 everything the plan does not decide (epochs, learning rate, [eval], [checkpoint]...) is
 carried over, so ``plan run.toml --save out.toml`` gives the same run.
@@ -51,6 +54,10 @@ FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "loss_kernel": ("training.loss_kernel",),
     "data": ("data.train",),
     "eval": ("data.eval",),
+    "gpus": ("distributed.processes", "distributed.nodes"),
+    "nodes": ("distributed.processes", "distributed.nodes"),
+    "sharding": ("distributed.strategy",),
+    "main_address": ("distributed.main_address",),
 }
 #: The `PlanRequest` field each setting flag fills.
 FLAG_REQUEST = {
@@ -70,6 +77,59 @@ FLAG_REQUEST = {
     "trainable_layers": "trainable_layers",
     "loss_kernel": "loss_kernel",
 }
+
+
+def layout(args: argparse.Namespace, cfg: RunConfig | None) -> tuple[int, int, str]:
+    """(GPUs over all nodes, nodes, strategy) to plan: the flags', else the run.toml's
+    ``[distributed]`` as it is (a run is planned as it will run), else one device.
+
+    Raises:
+        AffinerError: a count below 1, GPUs that do not spread evenly over the nodes (naming
+            the flag), or --nodes without --gpus on a file without [distributed].
+    """
+    from affiner.planner.plan_request import _check_layout
+
+    d = cfg.distributed if cfg is not None else None
+    from_file = d is not None and d.enabled
+    gpus = args.gpus
+    nodes = args.nodes
+    if gpus is None:
+        gpus = d.world_size if from_file and d is not None else 1
+        if nodes is None and from_file and d is not None:
+            nodes = d.nodes
+    if nodes is None:
+        nodes = 1
+    strategy = args.sharding or (d.strategy if from_file and d is not None else "ddp")
+    _check_layout(gpus, nodes, strategy)
+    if nodes > gpus:
+        raise AffinerError(
+            f"--nodes {nodes} is more machines than --gpus {gpus}",
+            hint="--gpus is the total over all nodes: e.g. --gpus 16 --nodes 2 for 8 on each",
+            where="--nodes",
+        )
+    return gpus, nodes, strategy if gpus > 1 else "none"
+
+
+def distributed_overrides(
+    args: argparse.Namespace, cfg: RunConfig | None, report: Any
+) -> dict[str, Any]:
+    """The ``[distributed]`` fields ``--save`` writes beyond the plan's layout (which
+    `config_from_plan` carries): the main node's address and a fixed port for several nodes,
+    and ``device = "cuda"`` for a GPU layout written from scratch."""
+    r = report.request
+    out: dict[str, Any] = {}
+    if r.num_gpus > 1 and not report.device.is_cpu and cfg is None:
+        out["training__device"] = "cuda"
+    if r.nodes > 1:
+        if args.main_address:
+            out["distributed__main_address"] = args.main_address
+        if cfg is None or cfg.distributed.main_port == 0:
+            out["distributed__main_port"] = DEFAULT_MAIN_PORT
+    return out
+
+
+#: The rendezvous port a saved multi-node run.toml names (torchrun's and accelerate's default).
+DEFAULT_MAIN_PORT = 29500
 
 
 def given_flags(args: argparse.Namespace) -> set[str]:
@@ -329,6 +389,15 @@ def check_save(args: argparse.Namespace, cfg: RunConfig | None) -> None:
             hint="add --data train.jsonl (and --eval held-out.jsonl to evaluate on your own "
             "split; without it a tenth of the training rows is held out)",
             where="--save",
+        )
+    nodes = args.nodes if args.nodes is not None else (cfg.distributed.nodes if cfg else 1)
+    address = args.main_address or (cfg.distributed.main_address if cfg else "127.0.0.1")
+    if nodes > 1 and address.strip() in ("", "127.0.0.1", "localhost", "::1"):
+        raise AffinerError(
+            f"{nodes} nodes need the main node's address, as the other nodes reach it, to "
+            "write into the run.toml",
+            hint="add --main-address 10.0.0.1 (the address of the node with node_rank 0)",
+            where="--main-address",
         )
     if Path(args.save).exists() and not args.force:
         raise AffinerError(

@@ -67,6 +67,20 @@ def memory_bar(used: int, total: int, width: int = BAR_WIDTH) -> str:
     return f"[{colour}]{'█' * filled}[/][dim]{'░' * (width - filled)}[/]{over} {share:.0%}"
 
 
+def layout_text(report: PlanReport) -> str | None:
+    """The plan's multi-GPU layout in a line (None for one device): peaks are per GPU."""
+    r = report.request
+    if r.num_gpus <= 1:
+        return None
+    from affiner.planner.communication import STRATEGY_NAMES
+
+    strategy = STRATEGY_NAMES.get(r.sharding, "DDP")
+    unit = "processes" if report.device.is_cpu else "GPUs"
+    where = f" on {r.nodes} nodes of {r.num_gpus // r.nodes}" if r.nodes > 1 else ""
+    per = "process" if report.device.is_cpu else "GPU"
+    return f"Layout: {r.num_gpus} {unit}{where} with {strategy}; every peak below is per {per}"
+
+
 def render_plan(report: PlanReport, console: Console) -> None:
     from rich import box
     from rich.table import Table
@@ -79,6 +93,9 @@ def render_plan(report: PlanReport, console: Console) -> None:
     console.print(
         f"[bold]{report.spec.name}[/] on [bold]{device.name}[/]: {format_bytes(device.memory_free)} free {kind}, {format_bytes(report.usable_bytes)} planned (safety margin kept)"
     )
+    layout = layout_text(report)
+    if layout:
+        console.print(layout, markup=False)
     table = Table(
         box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True, show_edge=False
     )
@@ -133,6 +150,10 @@ def render_plan(report: PlanReport, console: Console) -> None:
         console.print("[bold red]Nothing fits on this device.[/] What would:")
         for line in report.suggestions:
             console.print(f"  • {line}")
+    if best is not None and report.layouts:
+        console.print("[bold]Over several GPUs:[/]")
+        for found in report.layouts:
+            console.print(f"  • {found.text()}", markup=False)
     rejected = [c for c in report.candidates if not c.fits]
     if rejected:
         console.print("[bold]Does not fit:[/]")
