@@ -26,7 +26,7 @@ from affiner.planner.hardware import DeviceTarget
 from affiner.planner.memory import estimate_memory
 from affiner.planner.models import ModelSpec
 from affiner.planner.plan_request import PlanRequest
-from affiner.planner.plan_search import _base_settings, _variants
+from affiner.planner.plan_search import MICRO_BATCHES, _base_settings, _variants
 from affiner.planner.units import format_bytes
 from affiner.planner.vocabulary import QUANTIZED_METHODS
 
@@ -123,19 +123,29 @@ def counts(device: DeviceTarget) -> list[tuple[int, int]]:
 def _fits_cheaply(
     spec: ModelSpec, device: DeviceTarget, request: PlanRequest, method: str, usable: int
 ) -> bool:
-    """Whether `method` fits at the request's layout with its cheapest settings."""
+    """Whether `method` fits at the request's layout with its cheapest settings.
+
+    Checkpointing on (unless stated off) and every micro-batch the search tries: the smallest
+    is not always the cheapest, since accumulating over several keeps a step's gradients.
+    """
     base = _base_settings(spec, device, request, method)
     checkpointing = request.gradient_checkpointing is not False
-    mb = request.micro_batch or 1
+    target = max(request.target_batch, 1)
+    sizes = (
+        [request.micro_batch]
+        if request.micro_batch
+        else [1] + [m for m in sorted(MICRO_BATCHES) if 1 < m <= target]
+    )
     for variant in _variants(base, request):
-        s = variant.with_(
-            micro_batch=mb,
-            grad_accum=max(1, -(-request.target_batch // (mb * variant.num_gpus))),
-            gradient_checkpointing=checkpointing,
-            padded=mb > 1 and not variant.packing,
-        )
-        if estimate_memory(spec, s, device).peak_bytes <= usable:
-            return True
+        for mb in sizes:
+            s = variant.with_(
+                micro_batch=mb,
+                grad_accum=max(1, -(-target // (mb * variant.num_gpus))),
+                gradient_checkpointing=checkpointing,
+                padded=mb > 1 and not variant.packing,
+            )
+            if estimate_memory(spec, s, device).peak_bytes <= usable:
+                return True
     return False
 
 

@@ -225,6 +225,12 @@ def _check_layout(num_gpus: int, nodes: int, sharding: str) -> None:
         raise AffinerError(f"--gpus must be at least 1, got {num_gpus}", where="--gpus")
     if nodes < 1:
         raise AffinerError(f"--nodes must be at least 1, got {nodes}", where="--nodes")
+    if nodes > num_gpus:
+        raise AffinerError(
+            f"--nodes {nodes} is more machines than --gpus {num_gpus}",
+            hint="--gpus is the total over all nodes: e.g. --gpus 16 --nodes 2 for 8 on each",
+            where="--nodes",
+        )
     if num_gpus % nodes:
         raise AffinerError(
             f"--gpus {num_gpus} cannot be spread evenly over --nodes {nodes}",

@@ -101,12 +101,6 @@ def layout(args: argparse.Namespace, cfg: RunConfig | None) -> tuple[int, int, s
         nodes = 1
     strategy = args.sharding or (d.strategy if from_file and d is not None else "ddp")
     _check_layout(gpus, nodes, strategy)
-    if nodes > gpus:
-        raise AffinerError(
-            f"--nodes {nodes} is more machines than --gpus {gpus}",
-            hint="--gpus is the total over all nodes: e.g. --gpus 16 --nodes 2 for 8 on each",
-            where="--nodes",
-        )
     return gpus, nodes, strategy if gpus > 1 else "none"
 
 
