@@ -137,6 +137,8 @@ class PreflightCalibration:
             p95_len=min(p95, self.settings.seq_len) if p95 else None,
             train_rows=self.data.rows if self.data else None,
             epochs=self.settings.epochs,
+            num_gpus=self.settings.num_gpus,
+            sharding=self.settings.sharding,
             **(self.settings.stated | self._measured_fields()),
         )
 

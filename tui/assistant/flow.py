@@ -27,17 +27,21 @@ from affiner.planner.vocabulary import LORA_METHODS
 from affiner.tui.assistant import answers
 from affiner.tui.assistant.answers import AnswerContext, capitalized, method_name
 from affiner.tui.assistant.calibration import Measured, PreflightCalibration
+from affiner.tui.assistant.gpus import GpuLayout
 from affiner.tui.assistant.intents import Intent, parse_intent
 from affiner.tui.assistant.knobs import STATED, SettingKnobs, Settings, shown
 from affiner.tui.assistant.preview import DataPreview
 from affiner.tui.assistant.reply import Reply, Say, Task, say
 from affiner.tui.assistant.text import QUESTIONS, data_summary, plan_question
 
+#: The words that accept an offer (Enter and "next" move on instead).
+YES = ("yes", "y", "ok", "okay", "sure", "accept", "yes please")
+
 #: The steps, in order. ``monitor`` is where the flow ends (the app opens the monitor).
 STEPS = ("hardware", "model", "data", "plan", "settings", "preflight", "launch", "monitor")
 
 
-class AssistantFlow(SettingKnobs, PreflightCalibration):
+class AssistantFlow(SettingKnobs, PreflightCalibration, GpuLayout):
     """State of one guided conversation. See the module docstring for the protocol."""
 
     def __init__(self, *, default_model: str | None = None, default_data: str | None = None):
@@ -192,6 +196,7 @@ class AssistantFlow(SettingKnobs, PreflightCalibration):
         if shorter is not None:
             return shorter
         self._undo = None
+        self._gpu_offer = None  # an offer stands beside the plan it was made for
         before = self.candidate()
         self.plan = report
         reply = Reply()
@@ -217,6 +222,8 @@ class AssistantFlow(SettingKnobs, PreflightCalibration):
                 )
             elif what == "method":
                 reply += self._method_chosen(*info)
+            elif what == "layout":
+                reply += self.layout_planned(*info)
         self._pending.clear()
         return reply
 
@@ -267,8 +274,16 @@ class AssistantFlow(SettingKnobs, PreflightCalibration):
     # -- intents -----------------------------------------------------------------------
     def handle(self, intent: Intent) -> Reply:
         kind, value = intent.kind, intent.value
+        if kind == "next" and intent.text.strip().lower().strip(" .!") in YES:
+            # a typed yes (not Enter, not "next") takes the pending multi-GPU offer
+            accepted = self.accept_gpu_offer()
+            if accepted is not None:
+                return accepted
         if kind == "next":
             return self._next()
+        if kind == "use_gpus":
+            count, strategy = value
+            return self.use_gpus(self.machine_gpus if count == -1 else count, strategy)
         if kind == "back":
             index = STEPS.index(self.step)
             return self._enter(STEPS[max(1, index - 1)] if index > 1 else "model")
@@ -419,6 +434,9 @@ class AssistantFlow(SettingKnobs, PreflightCalibration):
             head += f"\n\n{capitalized(answers.chooser(by))} **{method_name(chosen)}**"
             head += f": {answers.DEMO_METHOD_WHY}." if by == "the demo" else "."
             head += f" `use {best.method}` follows the recommendation."
+        offer = self.gpu_offer_line()
+        if offer:
+            head += "\n\n" + offer
         return Reply(
             [
                 Say("", kind="plan", data=self.plan),

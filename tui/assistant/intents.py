@@ -32,6 +32,7 @@ KINDS = (
     "set_precision",  # value: the word typed
     "set_attention",  # value: the word typed
     "set_dropout",  # value: float
+    "use_gpus",  # value: (count, strategy or None): ``use 4 gpus with fsdp``
     "why_not",  # value: method name
     "why",  # value: method name or None (the recommendation)
     "how_long",
@@ -227,6 +228,10 @@ def parse_intent(text: str) -> Intent:
     if method := method_from_words(line):
         return Intent("use_method", method, stripped)
 
+    gpus = _gpu_count(bare)
+    if gpus is not None:
+        return Intent("use_gpus", gpus, stripped)
+
     gpu = _gpu_phrase(line)
     if gpu is not None:
         return Intent("plan_for_gpu", gpu or None, stripped)
@@ -256,6 +261,36 @@ def parse_intent(text: str) -> Intent:
     if match and match.group(1) in GOTO_STEPS:
         return Intent("goto", match.group(1), stripped)
     return Intent("unknown", None, stripped)
+
+
+#: The multi-GPU strategies as people type them, to run.toml's words.
+STRATEGY_ALIASES = {
+    "ddp": "ddp",
+    "fsdp": "fsdp",
+    "zero2": "zero2",
+    "zero-2": "zero2",
+    "zero 2": "zero2",
+    "zero3": "zero3",
+    "zero-3": "zero3",
+    "zero 3": "zero3",
+}
+
+
+def _gpu_count(line: str) -> tuple[int, str | None] | None:
+    """``use 4 gpus``, ``4 gpus with fsdp``, ``gpus 2``, ``use one gpu``: (count, strategy)."""
+    strategies = "|".join(re.escape(k) for k in STRATEGY_ALIASES)
+    tail = rf"(?:\s+(?:with|using|via|and)\s+({strategies}))?"
+    lead = r"(?:(?:use|with|on|try|train on|run on|spread over)\s+)?"
+    match = re.fullmatch(rf"{lead}(\d+|one|all)\s+gpus?{tail}", line) or re.fullmatch(
+        rf"gpus?\s*[:=]?\s*(\d+){tail}", line
+    )
+    if not match:
+        return None
+    word = match.group(1)
+    count = {"one": 1, "all": -1}.get(word)
+    value = count if count is not None else int(word)
+    strategy = STRATEGY_ALIASES.get(match.group(2)) if match.group(2) else None
+    return value, strategy
 
 
 _GPU_LEADS = (

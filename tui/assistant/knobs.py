@@ -59,6 +59,10 @@ class Settings:
     #: run.toml settings the user typed (``optimizer adamw``), by `PlanRequest` field: every
     #: re-plan states them, so the planner never changes them.
     stated: dict[str, Any] = field(default_factory=dict)
+    #: GPUs of this machine the run spreads over, and how (`affiner.tui.assistant.gpus`):
+    #: above 1, every plan is per GPU and the run.toml carries ``[distributed]``.
+    num_gpus: int = 1
+    sharding: str = "none"
 
     def lr_for(self, method: str) -> float:
         """The learning rate a run would use: the user's, else the method's usual one
