@@ -170,23 +170,30 @@ def _process_name(reader: _Reader, pid: int) -> str:
 
 
 def _processes(reader: _Reader, handle: Any) -> tuple[GpuProcess, ...]:
-    found: list[GpuProcess] = []
+    """Each process holding memory on the GPU, once.
+
+    NVML lists a process with both a CUDA and a graphics context (a desktop's compositor
+    running CUDA, a viewer of training curves) in both lists; counted twice, its memory would
+    read double, so it is one entry of kind ``compute+graphics`` with the larger figure.
+    """
+    found: dict[int, GpuProcess] = {}
     for kind, function in (
         ("compute", "nvmlDeviceGetComputeRunningProcesses"),
         ("graphics", "nvmlDeviceGetGraphicsRunningProcesses"),
     ):
         for proc in reader.read(function, handle) or ():
             pid = int(getattr(proc, "pid", -1))
-            used = getattr(proc, "usedGpuMemory", None)
-            found.append(
-                GpuProcess(
-                    pid=pid,
-                    name=_process_name(reader, pid),
-                    used_bytes=None if used is None else int(used),
-                    kind=kind,
-                )
+            raw = getattr(proc, "usedGpuMemory", None)
+            used = None if raw is None else int(raw)
+            seen = found.get(pid)
+            if seen is not None:
+                both = max((b for b in (seen.used_bytes, used) if b is not None), default=None)
+                found[pid] = GpuProcess(pid, seen.name, both, f"{seen.kind}+{kind}")
+                continue
+            found[pid] = GpuProcess(
+                pid=pid, name=_process_name(reader, pid), used_bytes=used, kind=kind
             )
-    return tuple(found)
+    return tuple(found.values())
 
 
 def _read_gpu(reader: _Reader, index: int, handle: Any, warnings: list[str]) -> GpuInfo:

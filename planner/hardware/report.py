@@ -26,7 +26,7 @@ class GpuProcess:
     pid: int
     name: str
     used_bytes: int | None
-    kind: str = "compute"  # "compute" or "graphics"
+    kind: str = "compute"  # "compute", "graphics", or "compute+graphics" (listed in both)
 
 
 @dataclass(frozen=True)

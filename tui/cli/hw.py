@@ -205,16 +205,41 @@ def gpu_table(report: HardwareReport) -> Any:
 
 
 def process_table(report: HardwareReport) -> Any | None:
-    rows = [(gpu.index, proc) for gpu in report.gpus for proc in gpu.processes]
-    if not rows:
+    """Every GPU with the processes holding its memory, biggest first, as nvitop lists them.
+
+    A GPU without one says so in its row, so eight GPUs read as eight groups, never as a list
+    that silently skips the idle ones; one whose memory is in use with no process listed
+    (another container's) says that instead. None when there is no GPU.
+    """
+    from rich.markup import escape
+
+    from affiner.tui.screens.hardware_text import hidden_holders, processes_by_memory
+
+    if not report.gpus:
         return None
     table = house_table("Processes holding GPU memory")
-    for column in ("GPU", "PID", "name", "kind", "memory"):
-        table.add_column(column)
-    for index, proc in rows:
-        table.add_row(
-            str(index), str(proc.pid), proc.name or "N/A", proc.kind, format_bytes(proc.used_bytes)
-        )
+    table.add_column("GPU", justify="right", no_wrap=True)
+    table.add_column("PID", justify="right", no_wrap=True)
+    table.add_column("name", overflow="fold")
+    table.add_column("kind", no_wrap=True)
+    table.add_column("memory", justify="right", no_wrap=True)
+    for gpu in report.gpus:
+        processes = processes_by_memory(gpu)
+        if not processes:
+            if hidden_holders(gpu):
+                words = "[yellow]none listed (hidden from this container?)[/yellow]"
+                table.add_row(str(gpu.index), "", words, "", format_bytes(gpu.memory_used))
+            else:
+                table.add_row(str(gpu.index), "", "[dim]no processes hold memory[/dim]", "", "")
+            continue
+        for number, proc in enumerate(processes):
+            table.add_row(
+                str(gpu.index) if number == 0 else "",
+                str(proc.pid),
+                escape(proc.name) if proc.name else "N/A",
+                proc.kind,
+                format_bytes(proc.used_bytes),
+            )
     return table
 
 
@@ -283,12 +308,17 @@ def render_report(
     report: HardwareReport, console: Console, *, catalog_gpu: GpuModel | None = None
 ) -> None:
     """Everything `affiner hw` shows, in the order a person scans it."""
+    from affiner.tui.screens.hardware_text import hidden_holders, no_holders_text
+
     if report.gpus:
         console.print(gpu_table(report))
         processes = process_table(report)
         if processes is not None:
             console.print()
             console.print(processes)
+        for gpu in report.gpus:
+            if hidden_holders(gpu):
+                console.print(f"[yellow]note:[/yellow] GPU {gpu.index}: {no_holders_text(gpu)}")
     else:
         console.print(f"[yellow]No GPU:[/yellow] {report.gpu_reason or 'none found'}")
     from affiner.planner.hardware import cached_cpu_tflops

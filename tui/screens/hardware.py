@@ -20,7 +20,7 @@ from typing import ClassVar
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Container, Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Label, Select, Static
@@ -41,10 +41,22 @@ from affiner.tui.screens.hardware_text import (
 )
 from affiner.tui.widgets.gauge import Gauge
 
-__all__ = ["THIS_MACHINE", "GpuCard", "HardwareScreen", "gpu_summary", "holders_line"]
+__all__ = [
+    "COMPACT_FROM",
+    "THIS_MACHINE",
+    "GpuCard",
+    "HardwareScreen",
+    "gpu_summary",
+    "holders_line",
+]
 
 #: The picker's value for "plan for this machine".
 THIS_MACHINE = "__this_machine__"
+
+
+#: From this many GPUs on, each card puts its two gauges on one line (``-compact``): eight
+#: GPUs then take four lines each instead of five, as nvitop folds its panel on a full box.
+COMPACT_FROM = 4
 
 
 class GpuCard(Vertical):
@@ -52,19 +64,27 @@ class GpuCard(Vertical):
 
     DEFAULT_CSS = """
     GpuCard { height: auto; }
+    GpuCard > .hw-gpu-gauges { height: auto; layout: vertical; }
+    GpuCard.-compact > .hw-gpu-gauges { layout: horizontal; }
+    GpuCard.-compact .hw-gpu-memory { width: 3fr; }
+    GpuCard.-compact .hw-gpu-util { width: 2fr; margin-left: 2; }
     """
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(classes="hw-gpu", **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *, compact: bool = False, **kwargs: object) -> None:
+        classes = "hw-gpu -compact" if compact else "hw-gpu"
+        super().__init__(classes=classes, **kwargs)  # type: ignore[arg-type]
         self.title = Static(classes="hw-gpu-title")
         self.memory = Gauge("memory", classes="hw-gpu-memory")
-        self.util = Gauge("util", as_bytes=False, classes="hw-gpu-util")
+        # beside the memory gauge, the label needs no padding to line up with it
+        width = 4 if compact else 8
+        self.util = Gauge("util", as_bytes=False, label_width=width, classes="hw-gpu-util")
         self.holders = Static(classes="hw-gpu-holders")
 
     def compose(self) -> ComposeResult:
         yield self.title
-        yield self.memory
-        yield self.util
+        with Container(classes="hw-gpu-gauges"):
+            yield self.memory
+            yield self.util
         yield self.holders
 
     def show(self, gpu: GpuInfo, load: HostLoad | None = None) -> None:
@@ -236,7 +256,8 @@ class HardwareScreen(Screen):
         cards = list(box.query(GpuCard).results(GpuCard))
         if len(cards) != len(report.gpus):
             box.remove_children()
-            cards = [GpuCard(id=f"hw-gpu-{gpu.index}") for gpu in report.gpus]
+            compact = len(report.gpus) >= COMPACT_FROM
+            cards = [GpuCard(id=f"hw-gpu-{gpu.index}", compact=compact) for gpu in report.gpus]
             box.mount_all(cards)
         for card, gpu in zip(cards, report.gpus, strict=True):
             card.show(gpu, self.load)

@@ -13,6 +13,7 @@ from affiner.planner.hardware import (
     FALLBACK,
     DeviceTarget,
     GpuInfo,
+    GpuProcess,
     HardwareReport,
     HostLoad,
     ProcessLoad,
@@ -49,6 +50,32 @@ def _rss_text(reading: ProcessLoad | None) -> str:
     return f"RSS {format_bytes(None if reading is None else reading.rss_bytes)}"
 
 
+#: Memory a GPU may show in use with no process listed before the holders are called hidden:
+#: the driver's own share (NVML memory info v1 counts it as used) stays well under this.
+HIDDEN_HOLDERS_BYTES = 1 << 30
+
+
+def hidden_holders(gpu: GpuInfo) -> bool:
+    """NVML lists no process, yet the GPU's memory is in use: someone this machine (or this
+    container) cannot see holds it, as nvitop says for a container's view of a shared GPU."""
+    return not gpu.processes and gpu.memory_used > HIDDEN_HOLDERS_BYTES
+
+
+def no_holders_text(gpu: GpuInfo) -> str:
+    """What a GPU without listed processes says: free, or held by processes hidden from us."""
+    if hidden_holders(gpu):
+        return (
+            f"no processes listed, yet {format_bytes(gpu.memory_used)} is in use: processes "
+            "of other containers or users are hidden from this one"
+        )
+    return "no processes hold memory"
+
+
+def processes_by_memory(gpu: GpuInfo) -> list[GpuProcess]:
+    """The GPU's processes, biggest holder first (unknown figures last), as nvitop orders them."""
+    return sorted(gpu.processes, key=lambda p: p.used_bytes or 0, reverse=True)
+
+
 def holders_line(gpu: GpuInfo, load: HostLoad | None = None) -> str:
     """Who holds the GPU's memory, biggest first, one process a line, as nvitop lists them.
 
@@ -56,8 +83,8 @@ def holders_line(gpu: GpuInfo, load: HostLoad | None = None) -> str:
     CPU use and resident memory from the host's load reading (None: not read yet, "N/A").
     """
     if not gpu.processes:
-        return "  no processes hold memory"
-    ordered = sorted(gpu.processes, key=lambda p: p.used_bytes or 0, reverse=True)
+        return f"  {no_holders_text(gpu)}"
+    ordered = processes_by_memory(gpu)
     by_pid = load.by_pid if load is not None else {}
     lines = []
     for process in ordered[:GPU_PROCESSES_SHOWN]:
