@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,12 @@ from affiner.runner.run.distributed import RankRecord, rank_log, this_rank, writ
 __all__ = ["run_rank"]
 
 
-def run_rank(run_dir: Path, *, resume: bool) -> int:
-    """Train as one rank: record it, send its output to its log, train, record how it ended."""
+def run_rank(run_dir: Path, *, resume: bool, preflight: Callable[[], int] | None = None) -> int:
+    """Train as one rank: record it, send its output to its log, train, record how it ended.
+
+    With `preflight` (the worker's pre-flight check), the rank measures instead of training:
+    every rank takes part, rank 0 records the result.
+    """
     rd = RunDir(run_dir)
     record = this_rank()
     if record.rank != 0:
@@ -34,6 +39,9 @@ def run_rank(run_dir: Path, *, resume: bool) -> int:
     write_rank_record(rd, record)
     code: int | None = None
     try:
+        if preflight is not None:
+            code = preflight()
+            return code
         from affiner.runner.train import run_training
 
         code = run_training(

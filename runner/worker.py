@@ -74,7 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rank:
         from affiner.runner.rank import run_rank
 
-        return run_rank(run_dir, resume=args.resume)
+        return run_rank(
+            run_dir,
+            resume=args.resume,
+            preflight=(lambda: _preflight(run_dir)) if args.preflight_only else None,
+        )
     purpose = "preflight" if args.preflight_only else "resume" if args.resume else "train"
     try:
         lock = _hold_run_lock(run_dir, purpose)
@@ -82,14 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        if args.preflight_only:
-            if args.exit_with_parent:
-                _exit_when_stdin_closes()
-            return _preflight(run_dir)
-        if _distributed(run_dir):
+        if args.preflight_only and args.exit_with_parent:
+            _exit_when_stdin_closes()
+        if _distributed(run_dir):  # the ranks measure or train; this process watches them
             from affiner.runner.run.supervise import supervise
 
-            return supervise(run_dir, resume=args.resume)
+            return supervise(run_dir, resume=args.resume, preflight=args.preflight_only)
+        if args.preflight_only:
+            return _preflight(run_dir)
         from affiner.runner.train import run_training
 
         return run_training(run_dir, resume=args.resume)
@@ -153,8 +157,9 @@ def _preflight_failed(rd: RunDir, code: str, message: str, exit_code: int) -> in
     """Say why in the run folder (an ``error`` event, what the caller reads) and on stderr."""
     from affiner.runner.run import Error, EventWriter
 
-    with EventWriter(rd.path) as writer:
-        writer.write(Error(code=code, message=message))
+    if int(os.environ.get("RANK", "0") or 0) == 0:  # one writer per run: rank 0
+        with EventWriter(rd.path) as writer:
+            writer.write(Error(code=code, message=message))
     print(f"error: {message}", file=sys.stderr)
     return exit_code
 

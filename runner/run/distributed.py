@@ -163,7 +163,13 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def launch_argv(
-    rd: RunDir, *, node_rank: int, port: int, resume: bool, python: str | None = None
+    rd: RunDir,
+    *,
+    node_rank: int,
+    port: int,
+    resume: bool,
+    python: str | None = None,
+    extra: list[str] | None = None,
 ) -> list[str]:
     """``python -m accelerate.commands.launch --config_file RUN/accelerate.yaml ... -m
     affiner.runner.worker RUN --rank [--resume]``: this interpreter's accelerate, so the ranks
@@ -187,6 +193,7 @@ def launch_argv(
         str(rd.path),
         RANK_FLAG,
         *(["--resume"] if resume else []),
+        *(extra or []),
     ]
 
 

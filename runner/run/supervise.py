@@ -84,8 +84,10 @@ class RankFailure:
 class Supervisor:
     """One launch of the ranks of a run (see the module docstring)."""
 
-    def __init__(self, rd: RunDir, cfg: Any, *, resume: bool) -> None:
+    def __init__(self, rd: RunDir, cfg: Any, *, resume: bool, preflight: bool = False) -> None:
         self.rd, self.cfg, self.resume = rd, cfg, resume
+        #: the ranks run the pre-flight check (``--preflight-only``) instead of training
+        self.preflight = preflight
         self.node_rank = int(cfg.distributed.node_rank)
         self.main = self.node_rank == 0
         self.child: subprocess.Popen[bytes] | None = None
@@ -101,7 +103,13 @@ class Supervisor:
         port = d.main_port or free_port()
         write_launch_files(self.cfg, self.rd, port=port, node_rank=self.node_rank)
         clear_rank_records(self.rd)
-        argv = launch_argv(self.rd, node_rank=self.node_rank, port=port, resume=self.resume)
+        argv = launch_argv(
+            self.rd,
+            node_rank=self.node_rank,
+            port=port,
+            resume=self.resume,
+            extra=["--preflight-only"] if self.preflight else [],
+        )
         self._say(
             f"affiner: {d.world_size} processes ({d.processes} per node x {d.nodes} node"
             f"{'s' if d.nodes > 1 else ''}, {d.strategy}) on port {port}; ranks 1+ log to "
@@ -178,6 +186,8 @@ class Supervisor:
         final = status is not None and status.final
         if not self.main:
             return self._node_outcome(code, failure)
+        if self.preflight:
+            return self._preflight_outcome(code, records, failure)
         if failure is None and final:
             if status.state == "stopped":
                 self._say(
@@ -251,6 +261,22 @@ class Supervisor:
         status.state, status.message, status.pid = "failed", message, os.getpid()
         write_status(self.rd.path, status)
 
+    def _preflight_outcome(
+        self, code: int, records: list[RankRecord], failure: RankFailure | None
+    ) -> int:
+        """A check has no final state: 0 when every rank measured, else the cause as an
+        ``error`` event (what the caller reads) and the failing rank's exit code."""
+        if failure is None and records and all(r.exit_code == 0 for r in records):
+            return EXIT_FINISHED
+        if failure is not None:
+            message, exit_code = failure.message(), failure.record.exit_code or EXIT_FAILED
+        else:
+            message, exit_code = f"accelerate launch {exit_words(code)} before any rank measured", 1
+        self._say(f"error: {message}")
+        with EventWriter(self.rd.path) as writer:
+            writer.write(Error(code="rank_failed", message=message))
+        return exit_code
+
     def _node_outcome(self, code: int, failure: RankFailure | None) -> int:
         """A node other than the main one: its own folder says how its ranks ended."""
         status = read_status(self.rd.path) or RunStatus(run_id=self.rd.run_id)
@@ -270,7 +296,7 @@ class Supervisor:
         print(line, flush=True)
 
 
-def supervise(run_dir: Path, *, resume: bool) -> int:
+def supervise(run_dir: Path, *, resume: bool, preflight: bool = False) -> int:
     """Launch and watch the ranks of the run in `run_dir`; returns the worker's exit code."""
     from affiner.runner.config import load_config
 
@@ -286,4 +312,4 @@ def supervise(run_dir: Path, *, resume: bool) -> int:
         write_status(rd.path, status)
         print(f"error: {exc}", flush=True)
         return EXIT_USER_ERROR
-    return Supervisor(rd, cfg, resume=resume).run()
+    return Supervisor(rd, cfg, resume=resume, preflight=preflight).run()

@@ -289,3 +289,21 @@ def test_log_tail_keeps_a_progress_bar_s_last_drawing(tmp_path: Path) -> None:
     log.write_text("a\n\nb 1%\rb 99%\n")
     assert dist_files.log_tail(log) == ["a", "b 99%"]
     assert dist_files.log_tail(tmp_path / "missing.log") == []
+
+
+def test_the_preflight_table_lists_each_rank_s_peak() -> None:
+    from rich.console import Console
+
+    from affiner.runner.run.events import Preflight
+    from affiner.tui.cli.runs import render_preflight
+
+    result = Preflight(
+        device="cpu",
+        measured_peak_bytes=3 * 2**30,
+        measured_step_seconds=0.5,
+        rank_peaks=[2 * 2**30, 3 * 2**30],
+    )
+    console = Console(width=120, record=True)
+    console.print(render_preflight(result, RunConfig(), source="plan"))
+    text = console.export_text()
+    assert "peak per rank (2 processes, the estimate is per GPU): 0: 2.00 GiB · 1: 3.00 GiB" in text

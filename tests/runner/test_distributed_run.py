@@ -1,5 +1,5 @@
 """Two CPU processes (DDP over gloo) through the launch path users take: ``affiner train`` of a
-run.toml with ``[distributed] processes = 2``, ``affiner stop``, ``--resume``, a ``kill -9`` of
+run.toml with ``[distributed] processes = 2`` (its pre-flight measured by both ranks), ``affiner stop``, ``--resume``, a ``kill -9`` of
 rank 1 and ``--resume`` again, to a finished run whose held-out loss is within 5% of one
 process trained on the same data with the same effective batch (4 x 2 accumulation there,
 4 on each of two ranks here).
@@ -27,13 +27,18 @@ from affiner.tui.cli.entry import main
 from tests.runner.test_launch import started_run_id, wait_final, wait_until
 from tests.train_helpers import dict_events, make_run, of_type
 
-STEPS = 200
+STEPS = 210  # over 200 steps: a long run, so its first launch runs the pre-flight
 pytestmark = pytest.mark.slow
 
 
 def settings(grad_accum: int) -> dict[str, dict[str, object]]:
     return {
-        "training": {"max_steps": STEPS, "micro_batch": 4, "grad_accum": grad_accum},
+        "training": {
+            "max_steps": STEPS,
+            "micro_batch": 4,
+            "grad_accum": grad_accum,
+            "preflight": grad_accum == 1,  # the two ranks measure their layout first
+        },
         "eval": {"every_steps": 100},
         "checkpoint": {"every_steps": 5, "keep_last": 2},
     }
@@ -53,7 +58,7 @@ def test_two_processes_stop_resume_survive_a_killed_rank_and_match_one(
     tiny_llama: Path, runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     source = make_run(tmp_path / "ddp", tiny_llama, distributed={"processes": 2}, **settings(1))
-    assert main(["train", str(source.config), "--no-preflight"]) == 0
+    assert main(["train", str(source.config)]) == 0
     rd = RunDir(runs_dir.resolve() / started_run_id(capsys.readouterr().out))
 
     # -- affiner stop: every rank saves the same checkpoint and ends "stopped"
@@ -102,3 +107,6 @@ def test_two_processes_stop_resume_survive_a_killed_rank_and_match_one(
     loss = final_eval_loss(rd)
     assert abs(loss - single_loss) <= 0.05 * single_loss, (loss, single_loss)
     assert (rd.adapter / "adapter_model.safetensors").exists()
+    (preflight,) = of_type(events, "preflight")  # once: the resumes kept their settings
+    assert len(preflight["rank_peaks"]) == 2 and all(preflight["rank_peaks"])
+    assert preflight["measured_peak_bytes"] == max(preflight["rank_peaks"])

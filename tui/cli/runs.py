@@ -338,6 +338,12 @@ def render_preflight(result: Any, cfg: Any, *, source: str = "plan") -> Any:
             " so the run fits (the same effective batch)",
             style="bold yellow",
         )
+    peaks = list(getattr(result, "rank_peaks", None) or [])
+    if peaks:  # a multi-process check: the run's peak is its largest rank's
+        per_rank = " · ".join(f"{rank}: {format_bytes(peak)}" for rank, peak in enumerate(peaks))
+        lines.append(
+            f"\npeak per rank ({len(peaks)} processes, the estimate is per GPU): {per_rank}"
+        )
     for note in result.notes:
         lines.append(f"\n• {note}")
     return Group(table, lines)
