@@ -222,3 +222,22 @@ async def test_a_single_process_run_looks_as_before(runs_dir: Path) -> None:
         plot = screen.query_one(MemoryPlot)
         assert [label for label, _ in plot.series] == ["GPU 0"]
         assert plot.title == "GPU memory (GiB)" and plot.peak_label == "predicted peak"
+
+
+def test_a_rank_sample_listing_every_gpu_keeps_the_ranks_own() -> None:
+    """Rank 0's periodic sampler may list every GPU: rank 0 must not show GPU 1 as its own."""
+    history = RunHistory()
+    history.add([ddp_started(gpu=True), gpu_rank(10, 0, 1.0), gpu_rank(10, 1, 1.2)])
+    every = SystemSample(
+        step=12,
+        gpus=[
+            GpuSample(index=1, memory_used=9 * GIB, memory_total=80 * GIB),
+            GpuSample(index=0, memory_used=3 * GIB, memory_total=80 * GIB),
+        ],
+        rank=0,
+        node=0,
+    )
+    history.add([every])
+    assert history.rank_samples[0].gpus == [every.gpus[1]]
+    assert history.memory["rank 0"].points[-1] == (12.0, 3 * GIB)
+    assert [r.gpu_index for r in history.ranks] == [0, 1]

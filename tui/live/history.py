@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from affiner.planner.units import format_duration
 from affiner.runner.run import (
@@ -109,6 +109,8 @@ class RunHistory:
     strategy: str | None = None
     #: a multi-process run's latest ``system`` event of each rank, by rank (empty otherwise)
     rank_samples: dict[int, SystemSample] = field(default_factory=dict)
+    #: the GPU index each rank reported as its own (see `_own_gpu`)
+    rank_gpu: dict[int, int] = field(default_factory=dict)
     #: the highest memory each rank reported over the run, by rank (`ranks.memory_of`'s
     #: figure: what a summary at the end calls the rank's peak)
     rank_peak_bytes: dict[int, int] = field(default_factory=dict)
@@ -380,6 +382,7 @@ class RunHistory:
         "RAM (process)" series, two ranks' readings would zigzag between them.
         """
         rank = int(event.rank or 0)
+        event = self._own_gpu(rank, event)
         self.rank_samples[rank] = event
         figure, _source = memory_of(event)
         if figure is not None:
@@ -401,6 +404,22 @@ class RunHistory:
         peak = event.torch_peak or event.process_peak_rss
         if peak:
             self.measured_peak_bytes = max(self.measured_peak_bytes or 0, peak)
+
+    def _own_gpu(self, rank: int, event: SystemSample) -> SystemSample:
+        """The sample with the rank's own GPU only.
+
+        A rank's reading sent at a training log holds its own GPU alone, and that is what is
+        remembered; rank 0's periodic sampler may list every GPU NVML sees, and then the one
+        remembered is kept (none while it is not known yet), so no rank shows another's GPU.
+        """
+        if len(event.gpus) == 1:
+            self.rank_gpu[rank] = event.gpus[0].index
+            return event
+        if not event.gpus:
+            return event
+        known = self.rank_gpu.get(rank)
+        own = [gpu for gpu in event.gpus if gpu.index == known]
+        return replace(event, gpus=own)
 
     @property
     def ranks(self) -> list[RankReading]:
