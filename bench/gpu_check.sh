@@ -2,7 +2,8 @@
 # Everything affiner can only check on an NVIDIA GPU, in one call that fits a short lease:
 # the GPU card, the `gpu`-marked tests (NVML, CUDA context, bf16, OOM recovery and the run's own
 # out-of-memory back-off, packing and the fused loss on CUDA, 4-bit and 8-bit
-# LoRA, one real-shape cell of the peak bench) and the planner's accuracy matrix
+# LoRA, one real-shape cell of the peak bench, DDP and FSDP over two GPUs or, on one GPU, the
+# two-process CPU run and the FSDP plan) and the planner's accuracy matrix
 # (bench/memory_peak.py --device cuda), each row written to a JSONL file as soon as it is
 # measured; then, if at least 200 s are left, the throughput bench on CUDA (bench/throughput.py
 # --device cuda: Trainer+peft, TRL, the runner and its packing/loss-kernel ablations on a
@@ -46,10 +47,21 @@ nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,compute_cap 
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, '· transformers', transformers.__version__, '· peft', peft.__version__)"
 
 python3 -m pytest -q -p no:cacheprovider -m gpu -o addopts="" tests/runner/test_gpu_real.py \
-  tests/runner/test_batching_gpu.py \
+  tests/runner/test_batching_gpu.py tests/runner/test_distributed_gpu.py \
   tests/test_oom_backoff.py 2>&1 \
   | tee "$results/gpu-tests.log"
 tests_rc=${PIPESTATUS[0]}
+
+# Several processes: with two GPUs or more, test_distributed_gpu.py above ran DDP and FSDP on
+# CUDA. With one, the two-process CPU path (gloo) runs here instead, and the FSDP plan over two
+# of these GPUs is recorded beside it.
+gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
+if [ "$gpus" -lt 2 ]; then
+  python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/runner/test_distributed_run.py 2>&1 \
+    | tee "$results/distributed-cpu.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || tests_rc=1
+fi
+python3 -m affiner plan --model 7B --gpus 2 --sharding fsdp 2>&1 | tee "$results/plan-fsdp-2gpus.txt"
 
 left=$(( deadline - ($(date +%s) - started) - 60 - throughput_seconds ))
 if [ "$left" -gt 0 ]; then
