@@ -9,7 +9,7 @@ What travels, per optimizer step:
 
 - ``ddp``: one all-reduce of the gradients of what trains, in their own dtype (fp32 for the
   Trainer's mixed precision and for LoRA's fp32 adapters), once a step: accumulation runs
-  under ``no_sync``. LoRA's adapters are a few MB, so a LoRA run hardly talks at all.
+  under ``no_sync``. LoRA's adapters are a few MiB, so a LoRA run hardly talks at all.
 - ``zero2``: a reduce-scatter of the gradients every micro-batch (DeepSpeed reduces them as
   each backward makes them), and after the step an all-gather of the updated weights that
   train, in 16 bits.
