@@ -115,6 +115,7 @@ class Candidate:
             "phase": self.memory.phase,
             "time": self.time.to_json(),
             "num_gpus": s.num_gpus,
+            "nodes": s.nodes,
             "sharding": s.sharding,
             "reserved_bytes": self.memory.reserved_bytes,
             "allocated_bytes": self.memory.allocated_bytes,

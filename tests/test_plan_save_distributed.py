@@ -151,6 +151,7 @@ def test_a_run_tomls_distributed_is_planned_as_it_is_and_kept(
         (["--gpus", "6", "--nodes", "4"], "--gpus", "spread evenly"),
         (["--gpus", "2", "--nodes", "4"], "--nodes", "more machines"),
         (["--gpus", "16", "--nodes", "2", "--save", "x.toml"], "--main-address", "address"),
+        (["--sharding", "fsdp"], "--sharding", "add --gpus N"),
     ],
 )
 def test_layout_mistakes_name_their_flag(
@@ -164,3 +165,13 @@ def test_layout_mistakes_name_their_flag(
     assert err.startswith(f"{where}:") or f"{where}:" in err, err
     assert words in err and "Traceback" not in err
     assert not Path("x.toml").exists()
+
+
+def test_the_table_says_the_layout_and_that_peaks_are_per_gpu(folder: Path, capsys) -> None:
+    from affiner.tui.cli.entry import main
+
+    args = ["plan", "--model", "model", "--gpu", "H100", "--gpus", "4", "--sharding", "zero3"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "Layout: 4 GPUs with ZeRO-3; every peak below is per GPU" in out
+    assert "ZeRO-3 over 4 GPUs:" in out and "NVLink 4" in out

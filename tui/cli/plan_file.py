@@ -101,6 +101,12 @@ def layout(args: argparse.Namespace, cfg: RunConfig | None) -> tuple[int, int, s
         nodes = 1
     strategy = args.sharding or (d.strategy if from_file and d is not None else "ddp")
     _check_layout(gpus, nodes, strategy)
+    if args.sharding and gpus == 1:
+        raise AffinerError(
+            f"--sharding {args.sharding} spreads a run over several GPUs, and one is planned",
+            hint=f"add --gpus N (e.g. --gpus 4 --sharding {args.sharding})",
+            where="--sharding",
+        )
     return gpus, nodes, strategy if gpus > 1 else "none"
 
 
