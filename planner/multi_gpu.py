@@ -134,7 +134,7 @@ def _fits_cheaply(
     sizes = (
         [request.micro_batch]
         if request.micro_batch
-        else [1] + [m for m in sorted(MICRO_BATCHES) if 1 < m <= target]
+        else [1] + [m for m in sorted(MICRO_BATCHES) if 1 < m <= target // request.num_gpus]
     )
     for variant in _variants(base, request):
         for mb in sizes:

@@ -125,7 +125,8 @@ def _sized(
     sizes = (
         [request.micro_batch]
         if request.micro_batch
-        else [m for m in MICRO_BATCHES if m <= max(target, 1)] or [1]
+        # each device takes its share of the effective batch: no more rows than that a pass
+        else [m for m in MICRO_BATCHES if m <= max(target // settings.num_gpus, 1)] or [1]
     )
     stated = request.gradient_checkpointing
     checkpointings = (False, True) if stated is None else (stated,)
