@@ -151,3 +151,26 @@ def test_a_layout_that_does_not_spread_evenly_is_refused() -> None:
     assert info.value.where == "--gpus"
     with pytest.raises(AffinerError):
         TrainSettings(num_gpus=6, nodes=4)
+
+
+def test_each_gpu_takes_its_share_of_the_effective_batch(llama7b) -> None:
+    for n in (1, 4, 16):
+        request = PlanRequest(seq_len=1024, target_batch=16, method="full", num_gpus=n,
+                              sharding="fsdp" if n > 1 else "none")  # fmt: skip
+        s = plan(llama7b, H100, request).candidates[0].settings
+        assert s.effective_batch == 16, n
+
+
+def test_cpu_processes_share_the_machines_rate() -> None:
+    """Two CPU processes each compute half the step's rows on half the cores: the step takes
+    no less than one process's, plus the gloo all-reduce over loopback."""
+    from affiner.planner.hardware.device import DeviceTarget
+
+    cpu = DeviceTarget(kind="cpu", name="CPU", source="cpu", memory_total=64 * GIB,
+                       memory_free=48 * GIB, bf16=False, fp16=False, peak_tflops_fp32=1.0)  # fmt: skip
+    spec = spec_from_size("135M")
+    one = estimate_time(spec, _settings("lora", 1, precision="fp32", grad_accum=2), cpu)
+    two = estimate_time(spec, _settings("lora", 2, "ddp", precision="fp32", grad_accum=1), cpu)
+    assert one.tokens_per_step == two.tokens_per_step
+    assert two.step_seconds >= one.step_seconds * 0.99
+    assert "gloo" in two.communication["link"]
