@@ -31,6 +31,10 @@ def run_rank(run_dir: Path, *, resume: bool, preflight: Callable[[], int] | None
     With `preflight` (the worker's pre-flight check), the rank measures instead of training:
     every rank takes part, rank 0 records the result.
     """
+    from affiner.runner.training.callbacks import StopRequest
+
+    # a stop the supervisor passes on as soon as this rank is recorded is kept, not fatal
+    StopRequest.catch_early()
     rd = RunDir(run_dir)
     record = this_rank()
     if record.rank != 0:

@@ -195,6 +195,8 @@ class Supervisor:
                     "above reports their exit code 3 as a failure: it is the stop)"
                 )
             return _EXIT_OF_STATE.get(status.state, EXIT_FAILED)
+        if self.stop_signal and not final and (failure is None or failure.record.exit_code is None):
+            return self._stopped_unsaved()
         if failure is not None:
             message = failure.message()
             code_word = "rank_failed"
@@ -260,6 +262,18 @@ class Supervisor:
                 writer.write(RunFinished(state="failed", step=status.step, message=message))
         status.state, status.message, status.pid = "failed", message, os.getpid()
         write_status(self.rd.path, status)
+
+    def _stopped_unsaved(self) -> int:
+        """Asked to stop before the ranks could save (they were still starting): the run is
+        ``stopped`` as asked, and resumes from its last checkpoint."""
+        status = read_status(self.rd.path) or RunStatus(run_id=self.rd.run_id)
+        message = f"stopped on {self.stop_signal} before the ranks saved; resume to continue"
+        with EventWriter(self.rd.path) as writer:
+            writer.write(RunFinished(state="stopped", step=status.step, message=message))
+        status.state, status.message, status.pid = "stopped", message, os.getpid()
+        write_status(self.rd.path, status)
+        self._say(f"affiner: {message}")
+        return EXIT_STOPPED
 
     def _preflight_outcome(
         self, code: int, records: list[RankRecord], failure: RankFailure | None

@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import Trainer, TrainerCallback
 
@@ -277,12 +277,29 @@ class StopRequest:
     save a checkpoint, and stops. A second SIGINT raises KeyboardInterrupt as usual.
     """
 
+    #: A signal that came before any request was installed (a rank told to stop while it
+    #: was still importing): the first `install` takes it over.
+    early: ClassVar[str | None] = None
+
     def __init__(self) -> None:
         self.requested = False
         self.signal_name: str | None = None
         self._previous: dict[int, Any] = {}
 
+    @classmethod
+    def catch_early(cls) -> None:
+        """Hold SIGTERM/SIGINT as a stop request from now on, before a request exists."""
+
+        def note(signum: int, frame: Any) -> None:
+            cls.early = signal.Signals(signum).name
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, note)
+
     def install(self) -> None:
+        if StopRequest.early is not None:
+            self.requested, self.signal_name = True, StopRequest.early
+            StopRequest.early = None
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
         for sig in (signal.SIGTERM, signal.SIGINT):
