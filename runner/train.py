@@ -165,9 +165,29 @@ def _describe_crash(exc: Exception, step: int) -> tuple[str, str]:
             "the effective batch), shorten [data].max_seq_len, turn on gradient_checkpointing, "
             "or use method qlora. `affiner preflight` measures what fits."
         )
+    if _is_collective_timeout(text):
+        return "collective_timeout", (
+            f"At step {step} this rank waited longer than [distributed].timeout_minutes for the "
+            "others in a collective: another rank stopped answering (its log says why), or a "
+            f"step or save takes longer than the timeout ({_first_line(exc)[:160]}; traceback in "
+            f"{_log_name()}). Raise timeout_minutes if a checkpoint of this size is slow."
+        )
     return (
         "crash",
         f"Training crashed at step {step}: {type(exc).__name__}: {text} (traceback in {_log_name()})",
+    )
+
+
+def _is_collective_timeout(text: str) -> bool:
+    """NCCL's watchdog or gloo gave up waiting for the other ranks (``ddp_timeout``)."""
+    low = text.lower()
+    waited = "timed out" in low or "timeout" in low
+    return (
+        int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+        and waited
+        and any(
+            word in low for word in ("watchdog", "collective", "gloo", "nccl", "recv", "allreduce")
+        )
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from affiner.runner.run import EventWriter
-from affiner.runner.training.sampler import _Nvml, _try, nvml_handle_for_torch_device, take_sample
+from affiner.runner.training.sampler import _Nvml, own_gpu, take_sample
 
 __all__ = ["RankMemory", "StopAgreement", "gather_objects"]
 
@@ -106,24 +106,10 @@ class RankMemory(TrainerCallback):
         sample = take_sample(None, step, device)
         sample.node = self.node
         if cuda and self._nvml is not None and self._nvml.module is not None:
-            sample.gpus = _own_gpu(self._nvml, device)
+            sample.gpus = own_gpu(self._nvml, device)
         return sample
 
     def close(self) -> None:
         if self._nvml is not None:
             self._nvml.close()
             self._nvml = None
-
-
-def _own_gpu(nvml: _Nvml, device: int) -> list[Any]:
-    """NVML's reading of the GPU torch calls `device` (matched by UUID), as a one-item list."""
-    nv = nvml.module
-    handle = _try(lambda: nvml_handle_for_torch_device(nv, device), None)
-    if handle is None:
-        return []
-    uuid = _try(lambda: nv.nvmlDeviceGetUUID(handle), None)
-    readings = nvml.sample()
-    for index, other in enumerate(nvml.handles):
-        if uuid is not None and _try(lambda h=other: nv.nvmlDeviceGetUUID(h), None) == uuid:
-            return [readings[index]] if index < len(readings) else []
-    return []

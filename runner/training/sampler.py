@@ -195,7 +195,10 @@ class SystemSampler(threading.Thread):
         try:
             sample = take_sample(nvml, self.step(), self.device)
             if self.rank_node is not None:
+                # a rank's reading is of its own GPU (the others' ranks report theirs)
                 sample.rank, sample.node = self.rank_node
+                if sample.gpus and nvml.module is not None:
+                    sample.gpus = own_gpu(nvml, self.device)
             self.writer.write(sample)
         except ValueError:  # the writer was closed under us
             return False
@@ -207,3 +210,17 @@ class SystemSampler(threading.Thread):
         self._stop_event.set()
         if self.is_alive():
             self.join(timeout)
+
+
+def own_gpu(nvml: _Nvml, device: int) -> list[Any]:
+    """NVML's reading of the GPU torch calls `device` (matched by UUID), as a one-item list."""
+    nv = nvml.module
+    handle = _try(lambda: nvml_handle_for_torch_device(nv, device), None)
+    if handle is None:
+        return []
+    uuid = _try(lambda: nv.nvmlDeviceGetUUID(handle), None)
+    readings = nvml.sample()
+    for index, other in enumerate(nvml.handles):
+        if uuid is not None and _try(lambda h=other: nv.nvmlDeviceGetUUID(h), None) == uuid:
+            return [readings[index]] if index < len(readings) else []
+    return []

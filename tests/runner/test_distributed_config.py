@@ -307,3 +307,20 @@ def test_the_preflight_table_lists_each_rank_s_peak() -> None:
     console.print(render_preflight(result, RunConfig(), source="plan"))
     text = console.export_text()
     assert "peak per rank (2 processes, the estimate is per GPU): 0: 2.00 GiB · 1: 3.00 GiB" in text
+
+
+def test_a_collective_timeout_is_said_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from affiner.runner.train import _describe_crash
+
+    gloo = RuntimeError(
+        "[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting "
+        "1800000ms for recv operation to complete"
+    )
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    code, message = _describe_crash(gloo, 12)
+    assert code == "collective_timeout"
+    assert "At step 12 this rank waited longer than [distributed].timeout_minutes" in message
+    assert "ranks/rank-1.log" in message
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert _describe_crash(gloo, 12)[0] == "crash"  # one process has no collective to wait on
