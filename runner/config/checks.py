@@ -224,7 +224,8 @@ def find_problems(cfg: RunConfig) -> list[Problem]:
 
 
 def _distributed_problems(cfg: RunConfig) -> Iterator[Problem]:
-    """``[distributed]``: counts, the strategy, the rendezvous, and what this machine can run."""
+    """``[distributed]``: counts, the strategy, the rendezvous (what this machine can run is
+    `machine_problems`, asked before a launch)."""
     d, t = cfg.distributed, cfg.training
     yield from _at_least("distributed.processes", d.processes, 1)
     yield from _at_least("distributed.nodes", d.nodes, 1)
@@ -243,31 +244,50 @@ def _distributed_problems(cfg: RunConfig) -> Iterator[Problem]:
                    "works on one node only", "e.g. main_port = 29500 (open between the nodes)")  # fmt: skip
     if not d.enabled or t.device not in DEVICES or d.strategy not in STRATEGIES:
         return
-    device = effective_device(t.device)
-    if d.strategy in DEEPSPEED_STRATEGIES:
-        if find_spec("deepspeed") is None:
-            yield ("distributed.strategy", f"{d.strategy} is DeepSpeed's ZeRO, and DeepSpeed is not installed",
-                   'pip install "affiner[deepspeed]", or use strategy = "fsdp" (torch\'s own sharding)')  # fmt: skip
-        elif device == "cpu":
-            yield ("distributed.strategy", f"DeepSpeed's {d.strategy} trains on CUDA GPUs, not on the CPU",
-                   'use strategy = "ddp" on the CPU')  # fmt: skip
-    if d.strategy == "fsdp" and device == "cpu":
-        yield ("distributed.strategy", "accelerate applies FSDP to GPU processes only: on the CPU the "
-               "processes would each hold the whole model (plain DDP) while the plan said sharded",
-               'use strategy = "ddp" on the CPU, or run on CUDA GPUs')  # fmt: skip
+    if t.device == "cpu":  # said in the file itself: refused wherever it is read
+        yield from _strategy_on_the_cpu(d.strategy)
     if d.strategy != "ddp" and cfg.quantization != "none":
         yield ("distributed.strategy", f"{d.strategy} shards the weights it trains, and a "
                f"{cfg.quantization}-quantized base cannot be sharded here",
                'use strategy = "ddp" (each GPU holds the quantized base and trains its own '
                'copy of the adapters), or method = "lora" to shard a bf16 base')  # fmt: skip
+
+
+def _strategy_on_the_cpu(strategy: str) -> Iterator[Problem]:
+    if strategy in DEEPSPEED_STRATEGIES:
+        yield ("distributed.strategy", f"DeepSpeed's {strategy} trains on CUDA GPUs, not on the CPU",
+               'use strategy = "ddp" on the CPU')  # fmt: skip
+    if strategy == "fsdp":
+        yield ("distributed.strategy", "accelerate applies FSDP to GPU processes only: on the CPU the "
+               "processes would each hold the whole model (plain DDP) while the plan said sharded",
+               'use strategy = "ddp" on the CPU, or run on CUDA GPUs')  # fmt: skip
+
+
+def machine_problems(cfg: RunConfig) -> list[Problem]:
+    """What this machine cannot run of ``[distributed]``: asked before a launch here, not when
+    a file is read (a plan saved for an 8-GPU server is a valid file on a laptop)."""
+    d, t = cfg.distributed, cfg.training
+    out: list[Problem] = []
+    if not d.enabled or t.device not in DEVICES or d.strategy not in STRATEGIES:
+        return out
+    device = effective_device(t.device)
+    if d.strategy in DEEPSPEED_STRATEGIES and find_spec("deepspeed") is None:
+        out.append(("distributed.strategy", f"{d.strategy} is DeepSpeed's ZeRO, and DeepSpeed is not installed",
+                    'pip install "affiner[deepspeed]", or use strategy = "fsdp" (torch\'s own sharding)'))  # fmt: skip
+    if t.device == "auto" and device == "cpu":  # device = "cpu" was refused with the file
+        out += [
+            (key, f'{message} (device = "auto" is the CPU on this machine: no NVIDIA GPU)', hint)
+            for key, message, hint in _strategy_on_the_cpu(d.strategy)
+        ]
     if device == "cuda":
         gpus = visible_gpu_count()
         if gpus is not None and d.processes > gpus:
             seen = f"{gpus} GPU" + ("" if gpus == 1 else "s")
-            yield ("distributed.processes", f"{d.processes} processes on each node need {d.processes} "
-                   f"GPUs, and this machine has {seen}" + (" visible" if os.environ.get("CUDA_VISIBLE_DEVICES") else ""),
-                   f"use processes = {max(gpus, 1)}, or [training].device = \"cpu\" to run the "
-                   "processes on the CPU")  # fmt: skip
+            out.append(("distributed.processes", f"{d.processes} processes on each node need {d.processes} "
+                        f"GPUs, and this machine has {seen}" + (" visible" if os.environ.get("CUDA_VISIBLE_DEVICES") else ""),
+                        f"use processes = {max(gpus, 1)}, or [training].device = \"cpu\" to run the "
+                        "processes on the CPU"))  # fmt: skip
+    return out
 
 
 def visible_gpu_count() -> int | None:

@@ -348,6 +348,21 @@ def validate_config(
     return warnings
 
 
+def check_for_this_machine(
+    cfg: RunConfig, *, where: str = "run.toml", lines: dict[str, int] | None = None
+) -> None:
+    """Refuse what this machine cannot run (`affiner.runner.config.checks.machine_problems`),
+    at the key's line; a launch asks, reading a file does not.
+
+    Raises:
+        ConfigError: this machine lacks the GPUs or the library the file asks for.
+    """
+    problems = _Problems(where, lines or {})
+    for dotted, message, hint in config_checks.machine_problems(cfg):
+        problems.add(dotted, message, hint)
+    problems.raise_if_any()
+
+
 # ---------------------------------------------------------------------------- writing
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from affiner.planner.errors import AffinerError
 from affiner.runner.config import RunConfig, resolve_paths, save_config, validate_config
+from affiner.runner.config.io import check_for_this_machine
 from affiner.runner.run.diskspace import DiskFullError, free_bytes, is_disk_full
 from affiner.runner.run.events import Error, EventReader, Preflight, Progress, read_events
 from affiner.runner.run.launch import child_env
@@ -151,6 +152,7 @@ def run_preflight_process(
     own = copy.deepcopy(cfg)
     resolve_paths(own, Path.cwd())
     validate_config(own, where="run configuration")
+    check_for_this_machine(own, where="run configuration")  # the GPUs a layout needs are here
     # the model's config is read before a child loads anything: remote code, a config naming
     # only its model_type, a missing folder are said in words here (data stays the worker's:
     # the pre-flight reads only the rows it times)

@@ -313,10 +313,14 @@ class Supervisor:
 def supervise(run_dir: Path, *, resume: bool, preflight: bool = False) -> int:
     """Launch and watch the ranks of the run in `run_dir`; returns the worker's exit code."""
     from affiner.runner.config import load_config
+    from affiner.runner.config.io import check_for_this_machine, key_lines
 
     rd = RunDir(run_dir)
     try:
         cfg = load_config(rd.config)
+        # a resume may find a machine with fewer GPUs than the launch had
+        lines = key_lines(rd.config.read_text(encoding="utf-8"))
+        check_for_this_machine(cfg, where=str(rd.config), lines=lines)
     except AffinerError as exc:
         with EventWriter(rd.path) as writer:
             writer.write(Error(code="config", message=str(exc)))

@@ -23,6 +23,7 @@ The warnings it returns are the data warnings the worker records
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -79,6 +80,7 @@ def check_before_launch(
         AffinerError: the model or the data cannot be used; the message names the file and
             line or the run.toml key.
     """
+    _check_machine(cfg, source)
     try:
         warnings = check_model(cfg)
         warnings += check_data(cfg)
@@ -87,6 +89,19 @@ def check_before_launch(
             error.where = _key_line(Path(source), error.where)
         raise
     return warnings
+
+
+def _check_machine(cfg: RunConfig, source: str | os.PathLike[str] | None) -> None:
+    """What this machine cannot run (too few GPUs, no DeepSpeed), at the run.toml's line."""
+    from affiner.runner.config.io import check_for_this_machine, key_lines
+
+    lines: dict[str, int] = {}
+    if source is not None:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            lines = key_lines(Path(source).read_text(encoding="utf-8"))
+    check_for_this_machine(
+        cfg, where=str(source) if source is not None else "run configuration", lines=lines
+    )
 
 
 def _key_line(file: Path, key: str) -> str:

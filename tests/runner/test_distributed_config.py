@@ -47,13 +47,41 @@ def error_of(section: str, device: str = "cpu") -> str:
         ("nodes = 2\nmain_port = 29500\n", 10, "main_address", "main node's address"),
         ('nodes = 2\nmain_address = "10.0.0.1"\n', 10, "main_port", "agree on one port"),
         ('processes = 2\nstrategy = "fsdp"\n', 12, "strategy", "FSDP to GPU processes only"),
-        ('processes = 2\nstrategy = "zero3"\n', 12, "strategy", "DeepSpeed is not installed"),
     ],
 )
 def test_each_mistake_is_refused_at_its_line(section: str, line: int, key: str, words: str) -> None:
     message = error_of(section)
     assert f"run.toml:{line} [distributed].{key}" in message, message
     assert words in message, message
+
+
+def machine_error_of(section: str, device: str) -> str:
+    """The refusal a launch on this machine gives (reading the file accepts it)."""
+    from affiner.runner.config.io import check_for_this_machine, key_lines
+
+    text = BASE.format(device=device) + "\n[distributed]\n" + section
+    cfg = loads_config(text, source="run.toml")
+    with pytest.raises(ConfigError) as error:
+        check_for_this_machine(cfg, where="run.toml", lines=key_lines(text))
+    return str(error.value)
+
+
+def test_zero_without_deepspeed_is_refused_where_it_would_launch() -> None:
+    message = machine_error_of('processes = 2\nstrategy = "zero3"\n', "cuda")
+    assert "run.toml:12 [distributed].strategy" in message
+    assert "DeepSpeed is not installed" in message and "affiner[deepspeed]" in message
+
+
+def test_a_plan_for_gpus_this_machine_lacks_is_a_valid_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(checks, "visible_gpu_count", lambda: 0)
+    cfg = load('processes = 8\nstrategy = "fsdp"\n', device="cuda")  # saved for a server
+    assert cfg.distributed.world_size == 8
+    message = machine_error_of('processes = 8\nstrategy = "fsdp"\n', "cuda")
+    assert "8 processes on each node need 8 GPUs, and this machine has 0 GPUs" in message
+    auto = machine_error_of('processes = 2\nstrategy = "fsdp"\n', "auto")
+    assert "FSDP to GPU processes only" in auto and 'device = "auto" is the CPU' in auto
 
 
 def test_zero_on_the_cpu_is_refused_even_with_deepspeed_installed(
@@ -83,7 +111,7 @@ def test_more_processes_than_gpus_is_refused_unless_on_the_cpu(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(checks, "visible_gpu_count", lambda: 2)
-    message = error_of("processes = 4\n", device="cuda")
+    message = machine_error_of("processes = 4\n", device="cuda")
     assert "run.toml:11 [distributed].processes" in message
     assert "4 processes on each node need 4 GPUs, and this machine has 2 GPUs" in message
     assert 'device = \\"cpu\\"' in message or 'device = "cpu"' in message
