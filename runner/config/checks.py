@@ -282,11 +282,13 @@ def machine_problems(cfg: RunConfig) -> list[Problem]:
     if device == "cuda":
         gpus = visible_gpu_count()
         if gpus is not None and d.processes > gpus:
-            seen = f"{gpus} GPU" + ("" if gpus == 1 else "s")
-            out.append(("distributed.processes", f"{d.processes} processes on each node need {d.processes} "
-                        f"GPUs, and this machine has {seen}" + (" visible" if os.environ.get("CUDA_VISIBLE_DEVICES") else ""),
-                        f"use processes = {max(gpus, 1)}, or [training].device = \"cpu\" to run the "
-                        "processes on the CPU"))  # fmt: skip
+            visible = " visible" if os.environ.get("CUDA_VISIBLE_DEVICES") else ""
+            seen = f"{gpus} GPU{'' if gpus == 1 else 's'}{visible}" if gpus else "no NVIDIA GPU"
+            hint = (
+                f"use processes = {gpus}" if gpus else "run it on the machine it was planned for"
+            ) + ', or [training].device = "cpu" to run the processes on the CPU (ddp)'
+            out.append(("distributed.processes", f"{d.processes} processes on each node need "
+                        f"{d.processes} GPUs, and this machine has {seen}", hint))  # fmt: skip
     return out
 
 

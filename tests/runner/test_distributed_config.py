@@ -79,7 +79,8 @@ def test_a_plan_for_gpus_this_machine_lacks_is_a_valid_file(
     cfg = load('processes = 8\nstrategy = "fsdp"\n', device="cuda")  # saved for a server
     assert cfg.distributed.world_size == 8
     message = machine_error_of('processes = 8\nstrategy = "fsdp"\n', "cuda")
-    assert "8 processes on each node need 8 GPUs, and this machine has 0 GPUs" in message
+    assert "8 processes on each node need 8 GPUs, and this machine has no NVIDIA GPU" in message
+    assert "run it on the machine it was planned for" in message
     auto = machine_error_of('processes = 2\nstrategy = "fsdp"\n', "auto")
     assert "FSDP to GPU processes only" in auto and 'device = "auto" is the CPU' in auto
 
