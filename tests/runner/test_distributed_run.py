@@ -27,7 +27,7 @@ from affiner.tui.cli.entry import main
 from tests.runner.test_launch import started_run_id, wait_final, wait_until
 from tests.train_helpers import dict_events, make_run, of_type
 
-STEPS = 210  # over 200 steps: a long run, so its first launch runs the pre-flight
+STEPS = 80
 pytestmark = pytest.mark.slow
 
 
@@ -39,8 +39,10 @@ def settings(grad_accum: int) -> dict[str, dict[str, object]]:
             "grad_accum": grad_accum,
             "preflight": grad_accum == 1,  # the two ranks measure their layout first
         },
-        "eval": {"every_steps": 100},
+        "eval": {"every_steps": 40},
         "checkpoint": {"every_steps": 5, "keep_last": 2},
+        # planned at 30 s a step: a long run, so its first launch measures the layout first
+        "plan": {"predicted_step_seconds": 30.0},
     }
 
 
