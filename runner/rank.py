@@ -33,8 +33,9 @@ def run_rank(run_dir: Path, *, resume: bool, preflight: Callable[[], int] | None
     """
     from affiner.runner.training.callbacks import StopRequest
 
-    # a stop the supervisor passes on as soon as this rank is recorded is kept, not fatal
-    StopRequest.catch_early()
+    if preflight is None:  # a check stops at once on a signal; training keeps the request
+        # a stop the supervisor passes on as soon as this rank is recorded is kept, not fatal
+        StopRequest.catch_early()
     rd = RunDir(run_dir)
     record = this_rank()
     if record.rank != 0:
@@ -51,7 +52,9 @@ def run_rank(run_dir: Path, *, resume: bool, preflight: Callable[[], int] | None
         code = run_training(
             run_dir, resume=resume, callbacks=[], on_end=lambda r: _ended(r, record)
         )
-        return code
+        # torchrun takes any other exit code for a failure and kills the ranks still working
+        # (rank 0 writing the model card); the record keeps the stop (3) for the supervisor
+        return 0 if code == 3 else code
     finally:
         record.ended, record.exit_code = time.time(), code if code is not None else 1
         if code is None:

@@ -38,6 +38,8 @@ SETTINGS_RECORD = "affiner_settings.json"
 #: Files of a Trainer checkpoint that only resuming needs; everything else is the model.
 _RESUME_ONLY = (
     "optimizer.pt",
+    "optimizer.bin",  # FSDP's optimizer state (and its sharded weights below): resume only
+    "pytorch_model_fsdp.bin",
     "scheduler.pt",
     "scaler.pt",
     "training_args.bin",

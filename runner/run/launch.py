@@ -370,7 +370,14 @@ def _resumable(rd: RunDir) -> str:
         )
     if not rd.config.exists():
         raise AffinerError(f"{rd.path} has no run.toml, so it cannot be resumed")
-    load_config(rd.config)  # an edited run.toml must still be valid before anything starts
+    cfg = load_config(rd.config)  # an edited run.toml must still be valid before anything starts
+    if cfg.distributed.nodes > 1:
+        raise AffinerError(
+            f"run {rd.run_id} spans {cfg.distributed.nodes} nodes, and resuming one is not "
+            "supported: each node's folder holds only its own part of a checkpoint",
+            hint=f"start a new run from its configuration (`affiner train {rd.config}` on every "
+            "node); its last checkpoint is in checkpoints/ on the main node",
+        )
     checkpoint = latest_checkpoint(rd)
     if checkpoint is None:
         return "no checkpoint was saved, so the run starts again from step 0"

@@ -21,9 +21,12 @@ closed", which is not the cause). A collective that waits longer than
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +84,16 @@ class RankFailure:
         return text
 
 
+_PEER_WORDS = ("connection", "by peer", "gloo", "nccl", "collective", "timed out", "timeout")
+
+
+def _after_a_peer(record: RankRecord) -> bool:
+    """A crash that reads as another rank's absence (a closed connection, a collective that
+    gave up): the consequence of some rank's end, not the cause."""
+    reason = record.reason.lower()
+    return record.exit_code is not None and any(word in reason for word in _PEER_WORDS)
+
+
 class Supervisor:
     """One launch of the ranks of a run (see the module docstring)."""
 
@@ -117,7 +130,9 @@ class Supervisor:
         )
         self._install_handlers()
         try:
-            self.child = subprocess.Popen(argv, env=self._env(), cwd=self.rd.path)
+            self.child = subprocess.Popen(
+                argv, env=self._env(), cwd=self.rd.path, preexec_fn=_end_with_parent
+            )
             while self.child.poll() is None:
                 self._watch()
                 time.sleep(POLL_SECONDS)
@@ -126,6 +141,14 @@ class Supervisor:
             return self._outcome(self.child.returncode)
         finally:
             self._restore_handlers()
+            if self.child is not None and self.child.poll() is None:
+                # leaving early (an exception, the caller gone): nothing may outlive this
+                self.stop_signal = self.stop_signal or "SIGTERM"
+                self._watch()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.child.wait(ORPHAN_GRACE_SECONDS)
+                self.child.kill()
+                self._end_orphans()
 
     def _env(self) -> dict[str, str]:
         from affiner.runner.run.lock import LOCK_FD_ENV
@@ -248,7 +271,9 @@ class Supervisor:
             found.append(RankFailure(record, how, tail, seen, why))
         if not found:
             return None
-        return min(found, key=lambda f: (f.record.exit_code != 2, f.seen))
+        # a rank killed outright is noticed at the next look (half a second), while its peers
+        # fail on the broken connection at once: those come after it whatever the clock says
+        return min(found, key=lambda f: (f.record.exit_code != 2, _after_a_peer(f.record), f.seen))
 
     def _record_failure(
         self, status: RunStatus | None, code: str, message: str, failure: RankFailure | None
@@ -308,6 +333,16 @@ class Supervisor:
     @staticmethod
     def _say(line: str) -> None:
         print(line, flush=True)
+
+
+def _end_with_parent() -> None:
+    """In the launcher, before it runs: SIGTERM when the supervisor dies (Linux), which
+    torchrun passes to the ranks as a stop, so a killed supervisor leaves nothing running."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def supervise(run_dir: Path, *, resume: bool, preflight: bool = False) -> int:

@@ -57,7 +57,7 @@ from affiner.runner.run import (
     clean_number,
     write_status,
 )
-from affiner.runner.run.checkpoints import complete_checkpoints_in, write_settings_record
+from affiner.runner.run.checkpoints import BestInfo, complete_checkpoints_in, write_settings_record
 from affiner.runner.run.diskspace import (
     DiskFullError,
     check_space,
@@ -283,6 +283,12 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        #: a signal came to this process; in a multi-process run the ranks then agree on
+        #: `requested` at a step's end (`affiner.runner.training.ranks.StopAgreement`), so no
+        #: rank acts on a signal the others have not seen yet
+        self.signalled = False
+        #: False once the ranks decide together: a signal sets `signalled` only
+        self.alone = True
         self.signal_name: str | None = None
         self._previous: dict[int, Any] = {}
 
@@ -298,7 +304,8 @@ class StopRequest:
 
     def install(self) -> None:
         if StopRequest.early is not None:
-            self.requested, self.signal_name = True, StopRequest.early
+            self.signalled, self.signal_name = True, StopRequest.early
+            self.requested = self.alone
             StopRequest.early = None
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
@@ -306,10 +313,12 @@ class StopRequest:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
+        if self.signalled and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
+        self.signalled = True
         self.signal_name = signal.Signals(signum).name
+        if self.alone:
+            self.requested = True
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -657,8 +666,11 @@ class EventCallback(TrainerCallback):
             return
         if self.world_size > 1:
             # several ranks save the best as a checkpoint, together: rank 0 alone holds only
-            # its shard of a sharded model, and a save by one rank would stall the others
+            # its shard of a sharded model, and a save by one rank would stall the others.
+            # Every rank keeps the new best (rank 0 alone writes it), so all decide alike next time.
             control.should_save = True
+            if not state.is_world_process_zero:
+                self.best.best = BestInfo(int(state.global_step), float(loss))
         if control.should_save:  # a checkpoint of this very step follows: link its files
             self._pending_best = (state.global_step, loss)
             return

@@ -53,6 +53,7 @@ class StopAgreement(TrainerCallback):
 
     def __init__(self, stop: Any) -> None:
         self.stop = stop
+        stop.alone = False  # from now on a signal only asks; the ranks decide here, together
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         import torch
@@ -60,11 +61,13 @@ class StopAgreement(TrainerCallback):
 
         if not dist.is_initialized():
             return control
-        flag = torch.tensor([1.0 if self.stop.requested else 0.0], device=_collective_device())
+        asked = self.stop.signalled or self.stop.requested
+        flag = torch.tensor([1.0 if asked else 0.0], device=_collective_device())
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() > 0 and not self.stop.requested:
-            self.stop.requested = True
+        agreed = flag.item() > 0
+        if agreed and not self.stop.signal_name:
             self.stop.signal_name = "SIGTERM (sent to another rank)"
+        self.stop.requested = agreed
         return control
 
 

@@ -284,7 +284,8 @@ def test_the_rank_that_died_first_is_the_cause(tmp_path: Path) -> None:
     (rd.path / "ranks" / "rank-1.log").write_text("loading\rLoading 50%\rLoading 100%\nstep 7\n")
     rd.log.write_text("traceback : Signal 9 (SIGKILL) received by PID 12\n")
     sup = supervisor(rd)
-    sup._vanished[1] = now - 5  # seen gone before rank 0 failed on the broken collective
+    # seen gone half a second after rank 0 failed on the broken connection: still the cause
+    sup._vanished[1] = now + 0.5
     failure = sup._failure(dist_files.read_rank_records(rd))
     assert failure is not None and failure.record.rank == 1
     message = failure.message()
@@ -353,3 +354,39 @@ def test_a_collective_timeout_is_said_as_one(monkeypatch: pytest.MonkeyPatch) ->
     assert "ranks/rank-1.log" in message
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert _describe_crash(gloo, 12)[0] == "crash"  # one process has no collective to wait on
+
+
+def test_with_several_ranks_a_signal_only_asks_until_they_agree() -> None:
+    import signal
+
+    from affiner.runner.training.callbacks import StopRequest
+    from affiner.runner.training.ranks import StopAgreement
+
+    alone = StopRequest()
+    alone._handle(signal.SIGTERM, None)
+    assert alone.requested  # one process acts on its own signal
+    stop = StopRequest()
+    agreement = StopAgreement(stop)
+    stop._handle(signal.SIGTERM, None)
+    # between this rank's all-reduce and its EventCallback, nothing changes what it will do
+    assert stop.signalled and not stop.requested
+    assert agreement.on_step_end(None, None, "control") == "control"  # no process group here
+
+
+def test_a_multi_node_run_is_not_resumed_into_a_hang(
+    tiny_llama: Path, runs_dir: Path, tmp_path: Path
+) -> None:
+    from affiner.planner.errors import AffinerError
+    from affiner.runner.run import launch
+    from affiner.runner.run.events import RunStatus, write_status
+    from tests.train_helpers import make_run
+
+    source = make_run(
+        tmp_path,
+        tiny_llama,
+        distributed={"nodes": 2, "main_address": "10.0.0.1", "main_port": 29500},
+    )
+    rd = launch.prepare_run(source.config).run_dir
+    write_status(rd.path, RunStatus(run_id=rd.run_id, state="stopped"))
+    with pytest.raises(AffinerError, match="spans 2 nodes, and resuming one is not supported"):
+        launch.check_resumable(rd.run_id)
