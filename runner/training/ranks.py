@@ -44,11 +44,13 @@ def gather_objects(value: Any) -> list[Any]:
 
 
 class StopAgreement(TrainerCallback):
-    """At each step's end, every rank learns whether any rank was asked to stop.
+    """At each logging step's end, every rank learns whether any rank was asked to stop.
 
-    One all-reduce of a single number per optimizer step (the Trainer's own gradient
-    all-reduce moves millions). It must run before `EventCallback`, which turns the agreed
-    request into "save a checkpoint, then stop", identically on every rank.
+    One all-reduce of a single number. Reading its result waits for the GPU, so it is asked
+    only at the steps whose loss the Trainer reads on the host anyway (every
+    ``logging_steps``, and the last): no extra host sync in the training loop, and a stop
+    lands at most `logging_steps` steps later. It must run before `EventCallback`, which turns
+    the agreed request into "save a checkpoint, then stop", identically on every rank.
     """
 
     def __init__(self, stop: Any) -> None:
@@ -61,6 +63,9 @@ class StopAgreement(TrainerCallback):
 
         if not dist.is_initialized():
             return control
+        every = max(1, int(getattr(args, "logging_steps", 1) or 1))
+        if state.global_step % every and state.global_step < state.max_steps:
+            return control  # asked at logging steps only: their loss is read on the host anyway
         asked = self.stop.signalled or self.stop.requested
         flag = torch.tensor([1.0 if asked else 0.0], device=_collective_device())
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)

@@ -206,17 +206,21 @@ def test_each_node_gets_its_exact_command(tmp_path: Path) -> None:
     ]
 
 
+def two_node_run(tmp_path: Path, model: Path) -> RunDir:
+    """A run folder whose run.toml spans two nodes (nothing is launched)."""
+    from tests.train_helpers import make_run
+
+    return make_run(
+        tmp_path, model, distributed={"nodes": 2, "main_address": "10.0.0.1", "main_port": 29500}
+    )
+
+
 def test_command_txt_holds_the_ranks_launch_and_the_other_nodes(
     tiny_llama: Path, runs_dir: Path, tmp_path: Path
 ) -> None:
     from affiner.runner.run import launch
-    from tests.train_helpers import make_run
 
-    source = make_run(
-        tmp_path,
-        tiny_llama,
-        distributed={"nodes": 2, "main_address": "10.0.0.1", "main_port": 29500},
-    )
+    source = two_node_run(tmp_path, tiny_llama)
     rd = launch.prepare_run(source.config).run_dir
     text = rd.command.read_text()
     assert "-m accelerate.commands.launch --config_file" in text
@@ -238,13 +242,8 @@ def test_the_cli_prints_what_each_other_node_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from affiner.tui.cli.entry import main
-    from tests.train_helpers import make_run
 
-    source = make_run(
-        tmp_path,
-        tiny_llama,
-        distributed={"nodes": 2, "main_address": "10.0.0.1", "main_port": 29500},
-    )
+    source = two_node_run(tmp_path, tiny_llama)
     started: list[RunDir] = []
     # the ranks would wait for node 1 forever: the worker is not started here
     monkeypatch.setattr(
@@ -379,13 +378,8 @@ def test_a_multi_node_run_is_not_resumed_into_a_hang(
     from affiner.planner.errors import AffinerError
     from affiner.runner.run import launch
     from affiner.runner.run.events import RunStatus, write_status
-    from tests.train_helpers import make_run
 
-    source = make_run(
-        tmp_path,
-        tiny_llama,
-        distributed={"nodes": 2, "main_address": "10.0.0.1", "main_port": 29500},
-    )
+    source = two_node_run(tmp_path, tiny_llama)
     rd = launch.prepare_run(source.config).run_dir
     write_status(rd.path, RunStatus(run_id=rd.run_id, state="stopped"))
     with pytest.raises(AffinerError, match="spans 2 nodes, and resuming one is not supported"):
