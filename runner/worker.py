@@ -12,6 +12,10 @@ Exit codes:
 
 A failed pre-flight (1 or 2) also writes an ``error`` event: its caller reads the reason there.
 
+With ``[distributed]`` asking for several processes the worker trains nothing itself: it
+supervises ``accelerate launch`` (`affiner.runner.run.supervise`), whose ranks are this module
+again with ``--rank`` (`affiner.runner.rank`), and exits with the codes above for the whole run.
+
 The worker holds the run folder's lock (`affiner.runner.run.lock`) for its whole life: the one
 its launcher took and handed down, or one it takes itself when started by hand. While another
 worker holds it, this one writes nothing to the folder and exits with 2.
