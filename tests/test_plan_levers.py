@@ -24,6 +24,7 @@ from affiner.planner.recommend import PlanRequest, longest_sequence_for, plan
 from affiner.planner.settings import TrainSettings
 from affiner.planner.timing import estimate_time
 from tests.model_configs import LLAMA_3_8B
+from tests.plan_helpers import fake_cpu_rates, plan_json
 from tests.tiny_models import write_jsonl
 
 #: A long-tailed mix: one long row, the rest short (chat data looks like this).
@@ -297,22 +298,7 @@ def _word_tokenizer(path: Path) -> None:
 
 @pytest.fixture
 def fake_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A CPU plan without timing this machine: a fixed matmul rate and process baseline."""
-    import affiner.planner.hardware.cpu_throughput as ct
-    import affiner.planner.hardware.process_baseline as pb
-
-    monkeypatch.setattr(ct, "machine_load", lambda: (0.0, 4))
-    monkeypatch.setattr(ct, "_time_rates", lambda cpu, size, s: (0.125, None, "fake"))
-    monkeypatch.setattr(
-        pb, "run_child", lambda timeout=0: {"rss": 400 << 20, "peak_rss": 500 << 20}
-    )
-
-
-def _plan(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
-    from affiner.tui.cli.entry import main
-
-    assert main(["plan", *args, "--json"]) == 0
-    return json.loads(capsys.readouterr().out)
+    fake_cpu_rates(monkeypatch)
 
 
 def _best(report: dict) -> dict:
@@ -321,7 +307,7 @@ def _best(report: dict) -> dict:
 
 def test_the_flags_are_planned_as_stated(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     off = _best(
-        _plan(
+        plan_json(
             capsys, "--model", "model", "--vram", "24", "--packing", "off", "--loss-kernel", "torch"
         )
     )
@@ -331,7 +317,7 @@ def test_the_flags_are_planned_as_stated(folder: Path, capsys: pytest.CaptureFix
         "loss_kernel": "torch",
     }
     assert "as stated: " in " ".join(off["reasons"]) and "packing off" in " ".join(off["reasons"])
-    auto = _best(_plan(capsys, "--model", "model", "--vram", "24", "--loss-kernel", "auto"))
+    auto = _best(plan_json(capsys, "--model", "model", "--vram", "24", "--loss-kernel", "auto"))
     assert auto["packing"] is True and auto["stated_levers"] == {"loss_kernel": "auto"}
     assert any("loss kernel auto (torch)" in r for r in auto["reasons"])
 
@@ -365,12 +351,12 @@ def test_the_flags_are_refused_with_a_message(
 def test_plan_run_toml_packing_false_and_absent_differ(
     folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    absent = _plan(capsys, "run.toml", "--vram", "24")
+    absent = plan_json(capsys, "run.toml", "--vram", "24")
     text = (
         (folder / "run.toml").read_text().replace("epochs = 1\n", "epochs = 1\npacking = false\n")
     )
     (folder / "off.toml").write_text(text)
-    off = _plan(capsys, "off.toml", "--vram", "24")
+    off = plan_json(capsys, "off.toml", "--vram", "24")
     a, b = _best(absent), _best(off)
     assert a["packing"] is True and b["packing"] is False
     assert "packing" not in a["stated_levers"] and b["stated_levers"]["packing"] is False
@@ -386,17 +372,17 @@ def test_plan_run_toml_packing_false_and_absent_differ(
 def test_save_writes_packing_only_when_stated(
     folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _plan(
+    plan_json(
         capsys, "--model", "model", "--vram", "24", "--data", "train.jsonl", "--save", "auto.toml"
     )
     written = tomllib.loads((folder / "auto.toml").read_text())["training"]
     assert "packing" not in written and written.get("loss_kernel", "auto") == "auto"
-    _plan(capsys, "--model", "model", "--vram", "24", "--data", "train.jsonl", "--packing", "off",
+    plan_json(capsys, "--model", "model", "--vram", "24", "--data", "train.jsonl", "--packing", "off",
           "--loss-kernel", "torch", "--save", "off.toml")  # fmt: skip
     written = tomllib.loads((folder / "off.toml").read_text())["training"]
     assert written["packing"] is False and written["loss_kernel"] == "torch"
     # from a run.toml that leaves packing out, the saved plan leaves it out too
-    _plan(capsys, "run.toml", "--vram", "24", "--save", "again.toml")
+    plan_json(capsys, "run.toml", "--vram", "24", "--save", "again.toml")
     assert "packing" not in tomllib.loads((folder / "again.toml").read_text())["training"]
 
 

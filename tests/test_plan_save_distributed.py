@@ -4,30 +4,17 @@ planned as it is; every layout mistake names its flag."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from tests.model_configs import LLAMA_3_8B
-from tests.tiny_models import write_jsonl
+from tests.plan_helpers import fake_cpu_rates, plan_json, small_llama_folder
 
 
 @pytest.fixture
 def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A small Llama-shaped config.json folder (no weights) and its data, in the cwd."""
-    monkeypatch.setenv("AFFINER_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("AFFINER_RUNS", str(tmp_path / "runs"))
-    monkeypatch.chdir(tmp_path)
-    small = dict(
-        LLAMA_3_8B, hidden_size=256, intermediate_size=512, num_hidden_layers=2, vocab_size=1000
-    )
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "config.json").write_text(json.dumps(small))
-    rows = [{"instruction": f"say {i} " + "word " * (i % 9), "output": "ok"} for i in range(40)]
-    write_jsonl(tmp_path / "train.jsonl", rows)
-    return tmp_path
+    return small_llama_folder(tmp_path, monkeypatch)
 
 
 @pytest.fixture
@@ -40,29 +27,14 @@ def eight_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def fake_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A CPU plan without the real measurements (a fixed matmul rate and process baseline)."""
-    import affiner.planner.hardware.cpu_throughput as ct
-    import affiner.planner.hardware.process_baseline as pb
-
-    monkeypatch.setattr(ct, "machine_load", lambda: (0.0, 4))
-    monkeypatch.setattr(ct, "_time_rates", lambda cpu, size, s: (0.125, None, "fake"))
-    monkeypatch.setattr(
-        pb, "run_child", lambda timeout=0: {"rss": 400 << 20, "peak_rss": 500 << 20}
-    )
-
-
-def _plan(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
-    from affiner.tui.cli.entry import main
-
-    assert main(["plan", *args, "--json"]) == 0
-    return json.loads(capsys.readouterr().out)
+    fake_cpu_rates(monkeypatch)
 
 
 def test_save_writes_the_gpu_layout_as_distributed(folder: Path, eight_gpus: None, capsys) -> None:
     from affiner.runner.config import load_config
 
     out = folder / "fsdp.toml"
-    data = _plan(capsys, "--model", "model", "--gpu", "H100", "--gpus", "4", "--sharding",
+    data = plan_json(capsys, "--model", "model", "--gpu", "H100", "--gpus", "4", "--sharding",
                  "fsdp", "--method", "full", "--data", "train.jsonl", "--save", str(out))  # fmt: skip
     (cand,) = data["candidates"]
     assert (cand["num_gpus"], cand["sharding"]) == (4, "fsdp")
@@ -72,7 +44,7 @@ def test_save_writes_the_gpu_layout_as_distributed(folder: Path, eight_gpus: Non
     assert cfg.training.device == "cuda"
     assert cfg.plan.predicted_peak_bytes == cand["peak_bytes"]  # per GPU
     # the saved file planned again is the same layout, stated by the file
-    again = _plan(capsys, str(out), "--gpu", "H100")
+    again = plan_json(capsys, str(out), "--gpu", "H100")
     assert (again["candidates"][0]["num_gpus"], again["candidates"][0]["sharding"]) == (4, "fsdp")
 
 
@@ -82,7 +54,7 @@ def test_several_nodes_write_processes_per_node_and_the_rendezvous(
     from affiner.runner.config import load_config
 
     out = folder / "nodes.toml"
-    _plan(capsys, "--model", "model", "--gpu", "H100", "--gpus", "16", "--nodes", "2",
+    plan_json(capsys, "--model", "model", "--gpu", "H100", "--gpus", "16", "--nodes", "2",
           "--sharding", "ddp", "--main-address", "10.0.0.1", "--data", "train.jsonl",
           "--save", str(out))  # fmt: skip
     d = load_config(out).distributed
@@ -94,7 +66,9 @@ def test_one_gpu_writes_no_layout(folder: Path, capsys) -> None:
     from affiner.runner.config import load_config
 
     out = folder / "one.toml"
-    _plan(capsys, "--model", "model", "--vram", "24", "--data", "train.jsonl", "--save", str(out))
+    plan_json(
+        capsys, "--model", "model", "--vram", "24", "--data", "train.jsonl", "--save", str(out)
+    )
     assert load_config(out).distributed.world_size == 1
     assert "[distributed]" not in out.read_text() or "processes = 1" in out.read_text()
 
@@ -129,8 +103,8 @@ def test_a_run_tomls_distributed_is_planned_as_it_is_and_kept(
 
     run = folder / "run.toml"
     run.write_text(CPU_RUN)
-    one = _plan(capsys, str(run), "--gpus", "1")
-    data = _plan(capsys, str(run), "--save", str(folder / "out.toml"))
+    one = plan_json(capsys, str(run), "--gpus", "1")
+    data = plan_json(capsys, str(run), "--save", str(folder / "out.toml"))
     (cand,) = data["candidates"]
     assert (cand["num_gpus"], cand["sharding"]) == (2, "ddp")
     # two processes share the RAM: each is planned against half of it (RAM available moves)

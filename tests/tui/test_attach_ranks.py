@@ -29,6 +29,7 @@ from affiner.tui.cli.attach import AttachView, PlainLines, attach
 from affiner.tui.cli.entry import main
 from affiner.tui.screens.run_facts import RunSettings
 from affiner.tui.screens.runs_columns import RunRow, method_text
+from tests.tui.test_attach import render_text
 
 GIB = 1024**3
 DDP_TOML = (
@@ -84,12 +85,6 @@ def ddp_events(final: RunFinished | None, rank1_peak: float = 1.25) -> list:
     if final is not None:
         events.append(final)
     return events
-
-
-def render_text(view: AttachView, width: int = 100, now: float = 1100.0) -> str:
-    console = Console(record=True, width=width, color_system=None)
-    console.print(view.render(now=now))
-    return console.export_text()
 
 
 def test_finished_ddp_run_summary_names_the_layout_and_each_ranks_peak(runs_dir: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.model_configs import LLAMA_3_8B
-from tests.tiny_models import write_jsonl
+from tests.plan_helpers import small_llama_folder
 
 RUN_TOML = """\
 [model]
@@ -41,17 +41,7 @@ every_steps = 7
 @pytest.fixture
 def run_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A tiny Llama-shaped config.json folder (no weights), its data, and a run.toml."""
-    monkeypatch.setenv("AFFINER_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("AFFINER_RUNS", str(tmp_path / "runs"))
-    monkeypatch.chdir(tmp_path)
-    small = dict(
-        LLAMA_3_8B, hidden_size=256, intermediate_size=512, num_hidden_layers=2, vocab_size=1000
-    )
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "config.json").write_text(json.dumps(small))
-    rows = [{"instruction": f"say {i} " + "word " * (i % 9), "output": "ok"} for i in range(40)]
-    write_jsonl(tmp_path / "train.jsonl", rows)
+    small_llama_folder(tmp_path, monkeypatch)
     path = tmp_path / "run.toml"
     path.write_text(RUN_TOML)
     return path
