@@ -12,9 +12,11 @@ from tests.model_configs import LLAMA_3_8B
 from tests.tiny_models import write_jsonl
 
 
-def small_llama_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """``model/config.json`` (no weights) and ``train.jsonl`` in `tmp_path`, made the cwd, with
-    affiner's cache, runs and the hub kept inside it."""
+def small_llama_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows: list[dict[str, str]] | None = None
+) -> Path:
+    """``model/config.json`` (no weights) and ``train.jsonl`` (`rows`, or 40 short instruction
+    rows) in `tmp_path`, made the cwd, with affiner's cache, runs and the hub kept inside it."""
     monkeypatch.setenv("AFFINER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("AFFINER_RUNS", str(tmp_path / "runs"))
@@ -24,7 +26,8 @@ def small_llama_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     )
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text(json.dumps(small))
-    rows = [{"instruction": f"say {i} " + "word " * (i % 9), "output": "ok"} for i in range(40)]
+    if rows is None:
+        rows = [{"instruction": f"say {i} " + "word " * (i % 9), "output": "ok"} for i in range(40)]
     write_jsonl(tmp_path / "train.jsonl", rows)
     return tmp_path
 

@@ -8,7 +8,6 @@ recommendation, the CLI flags, ``plan run.toml`` and ``--save`` against the run.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import pytest
@@ -24,8 +23,7 @@ from affiner.planner.recommend import PlanRequest, longest_sequence_for, plan
 from affiner.planner.settings import TrainSettings
 from affiner.planner.timing import estimate_time
 from tests.model_configs import LLAMA_3_8B
-from tests.plan_helpers import fake_cpu_rates, plan_json
-from tests.tiny_models import write_jsonl
+from tests.plan_helpers import fake_cpu_rates, plan_json, small_llama_folder
 
 #: A long-tailed mix: one long row, the rest short (chat data looks like this).
 LONG_TAIL = (512, 140, 96, 80, 64, 48, 40, 32)
@@ -266,22 +264,13 @@ epochs = 1
 @pytest.fixture
 def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A Llama-shaped config.json folder (no weights), long-tailed chat-like data, a run.toml."""
-    monkeypatch.setenv("AFFINER_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("AFFINER_RUNS", str(tmp_path / "runs"))
-    monkeypatch.chdir(tmp_path)
-    small = dict(
-        LLAMA_3_8B, hidden_size=256, intermediate_size=512, num_hidden_layers=2, vocab_size=1000
-    )
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "config.json").write_text(json.dumps(small))
-    _word_tokenizer(tmp_path / "model" / "tokenizer.json")
     # long-tailed: most rows a few words, one in ten a few hundred
     rows = [
         {"instruction": f"say {i} " + "word " * (300 if i % 10 == 0 else i % 9), "output": "ok"}
         for i in range(40)
     ]
-    write_jsonl(tmp_path / "train.jsonl", rows)
+    small_llama_folder(tmp_path, monkeypatch, rows)
+    _word_tokenizer(tmp_path / "model" / "tokenizer.json")
     (tmp_path / "run.toml").write_text(RUN_TOML)
     return tmp_path
 
