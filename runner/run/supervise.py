@@ -204,8 +204,8 @@ class Supervisor:
     # ------------------------------------------------------------------ the end
     def _outcome(self, code: int) -> int:
         records = read_rank_records(self.rd)
-        failure = self._failure(records)
         status = read_status(self.rd.path)
+        failure = self._failure(records, step=status.step if status is not None else 0)
         final = status is not None and status.final
         if not self.main:
             return self._node_outcome(code, failure)
@@ -238,8 +238,10 @@ class Supervisor:
         self._record_failure(status, code_word, message, failure)
         return EXIT_FAILED
 
-    def _failure(self, records: list[RankRecord]) -> RankFailure | None:
+    def _failure(self, records: list[RankRecord], step: int = 0) -> RankFailure | None:
         """The first rank that ended abnormally: a crash (exit code 1) or a disappearance.
+
+        `step` is the run's last (rank 0's), said for a rank killed before it could say its own.
 
         Ranks that failed on a broken collective after another rank died come later, so the
         earliest end is the cause. A rank that asked to stop (3) or finished (0) is no failure;
@@ -249,8 +251,6 @@ class Supervisor:
             log_text = self.rd.log.read_text(encoding="utf-8", errors="replace")[-200_000:]
         except OSError:
             log_text = ""
-        status = read_status(self.rd.path)
-        step = status.step if status is not None else 0
         found: list[RankFailure] = []
         for record in records:
             if record.exit_code in (0, 3):
